@@ -1,0 +1,54 @@
+// The library's front door: scan a file, disarm a file. The CLI and the tests use only this.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+
+#include "modelcdr/finding.hpp"
+#include "modelcdr/result.hpp"
+
+namespace modelcdr {
+
+inline constexpr const char* kVersion = "0.1.0";
+
+struct TensorStats {
+  uint64_t count = 0;
+  uint64_t total_bytes = 0;
+  std::map<std::string, uint64_t> dtypes;  // dtype name -> tensor count
+};
+
+enum class FileStatus { clean, findings, error, removed, rejected, skipped };
+const char* status_name(FileStatus s);
+
+struct FileReport {
+  std::string input, output;
+  std::string format;
+  FileStatus status = FileStatus::clean;
+  std::optional<Error> error;
+  TensorStats tensors;
+  Findings findings;           // everything noticed about the input
+  Findings removed;            // what disarm dropped or converted (severity >= low)
+  std::string architecture;    // path of OUT.architecture.json, if written
+  std::string note;            // one-line reason for skipped / rejected
+};
+
+struct ScanOptions {
+  bool stego = false;
+};
+
+enum class CompatTarget { torch2, torch1_13 };
+
+struct DisarmOptions {
+  CompatTarget compat = CompatTarget::torch2;
+  bool allow_trailing_data = false;  // drop bytes after STOP instead of rejecting
+};
+
+FileReport scan_file(const std::string& path, const ScanOptions& options);
+FileReport disarm_file(const std::string& input, const std::string& output, const DisarmOptions& options);
+
+// True when the bytes at `path` are a model format modelcdr handles (used by directory mode:
+// everything else is "other" and is skipped unless the user asks to copy it).
+bool is_model_file(const std::string& path);
+
+}  // namespace modelcdr

@@ -1,0 +1,113 @@
+// Model IR: what a model *is*, with everything executable stripped away. The lifter builds it
+// from the pickle value graph; every writer (torch zip, safetensors, ...) emits from it alone.
+// Tensor payloads are never copied into the IR: a Storage holds a span of the mapped input,
+// or an owned buffer once a transform (LSB randomisation, MTD) has rewritten it.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "modelcdr/finding.hpp"
+
+namespace modelcdr::model {
+
+enum class DType : uint8_t {
+  f64, f32, f16, bf16, c64, c128, i64, i32, i16, i8, u8, boolean,
+  qint8, quint8, qint32, quint4x2, quint2x4,
+  // torch 2.x-only dtypes (no legacy storage class; written with _rebuild_tensor_v3)
+  u16, u32, u64, f8_e4m3fn, f8_e5m2, f8_e4m3fnuz, f8_e5m2fnuz, c32,
+};
+
+struct DTypeInfo {
+  DType dtype;
+  const char* name;          // torch name without "torch.", e.g. "float32"
+  const char* storage_class; // legacy class, e.g. "FloatStorage"; nullptr for 2.x-only dtypes
+  uint32_t element_size;
+  bool is_float;             // IEEE-style binary float (f64/f32/f16/bf16/f8*), not complex
+};
+
+const DTypeInfo& dtype_info(DType d);
+std::optional<DType> dtype_from_storage_class(const std::string& class_name);  // "FloatStorage"
+std::optional<DType> dtype_from_name(const std::string& torch_name);           // "float32"
+
+using StorageId = uint32_t;
+using TensorId = uint32_t;
+using ValueId = uint32_t;
+constexpr ValueId kNoValue = 0xFFFFFFFFu;
+
+struct Storage {
+  DType dtype = DType::f32;
+  uint64_t nbytes = 0;
+  std::span<const uint8_t> bytes;   // into the mapped input (or into `owned`)
+  std::vector<uint8_t> owned;       // set when a transform rewrote the payload
+  std::string source;               // where it came from, e.g. "archive/data/3"
+  void set_owned(std::vector<uint8_t> data) {
+    owned = std::move(data);
+    bytes = std::span<const uint8_t>(owned.data(), owned.size());
+    nbytes = owned.size();
+  }
+};
+
+enum class TensorKind : uint8_t { dense, quantized_per_tensor, quantized_per_channel, sparse_coo };
+
+struct Tensor {
+  TensorKind kind = TensorKind::dense;
+  DType dtype = DType::f32;
+  StorageId storage = 0;             // dense and quantized
+  int64_t storage_offset = 0;        // elements
+  std::vector<int64_t> shape, stride;
+  bool requires_grad = false;
+  bool is_parameter = false;         // rebuilt via _rebuild_parameter
+  bool param_requires_grad = true;
+  // quantized
+  double q_scale = 0.0;
+  int64_t q_zero_point = 0;
+  TensorId q_scales = 0, q_zero_points = 0;  // per-channel: tensors
+  int64_t q_axis = 0;
+  // sparse COO: indices / values tensors and coalesced flag; shape holds the dense size
+  TensorId sparse_indices = 0, sparse_values = 0;
+  std::optional<bool> sparse_coalesced;
+};
+
+enum class ValueKind : uint8_t {
+  none, boolean, integer, big_integer, floating, complex, string, bytes,
+  list, tuple, dict, ordered_dict, set, tensor, dropped,
+};
+
+struct Value {
+  ValueKind kind = ValueKind::none;
+  bool b = false;
+  int64_t i = 0;
+  double f = 0.0, imag = 0.0;
+  std::string text;                 // string / bytes / big_integer (LE two's complement bytes)
+  std::vector<ValueId> items;       // list / tuple / set
+  std::vector<std::pair<ValueId, ValueId>> entries;  // dict / ordered_dict (insertion order)
+  ValueId metadata = kNoValue;      // ordered_dict: the state dict's `_metadata` attribute
+  TensorId tensor = 0;              // tensor
+  std::string dropped_what, dropped_why;  // dropped: emitted as None, explained in the report
+};
+
+// A module tree lifted from a whole-model pickle: paths and class names as data only.
+struct ModuleInfo {
+  std::string path;        // "" for the root, "layer1.0" ...
+  std::string class_module, class_name;
+  std::vector<std::string> parameters, buffers;
+};
+
+struct Model {
+  std::vector<Storage> storages;
+  std::vector<Tensor> tensors;
+  std::vector<Value> values;        // arena; a value referenced twice is shared (same object)
+  ValueId root = kNoValue;
+  std::vector<ModuleInfo> architecture;  // non-empty when a whole module was converted
+  Findings findings;                // what the lifter dropped or converted, with locations
+
+  ValueId add(Value v) {
+    values.push_back(std::move(v));
+    return static_cast<ValueId>(values.size() - 1);
+  }
+};
+
+}  // namespace modelcdr::model

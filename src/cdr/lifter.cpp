@@ -1,0 +1,973 @@
+#include "cdr/lifter.hpp"
+
+#include <cstring>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "cdr/globals_policy.hpp"
+
+namespace modelcdr::cdr {
+
+namespace {
+
+using model::DType;
+using model::Model;
+using model::Tensor;
+using model::TensorId;
+using model::TensorKind;
+using model::Value;
+using model::ValueId;
+using model::ValueKind;
+using pickle::kNoNode;
+using pickle::Node;
+using pickle::NodeId;
+using pickle::NodeKind;
+using pickle::Program;
+
+bool is_global(const Node& n, std::string_view module, std::string_view name) {
+  return n.kind == NodeKind::Global && n.text == module && n.name == name;
+}
+
+std::string global_text(const Node& n) { return n.text + "." + n.name; }
+
+bool valid_utf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    unsigned char c = s[i];
+    size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (len == 0 || i + len > s.size()) return false;
+    for (size_t k = 1; k < len; ++k)
+      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
+    i += len;
+  }
+  return true;
+}
+
+// Overflow-checked a*b and a+b for sizes that come from the input.
+bool mul_ok(uint64_t a, uint64_t b, uint64_t& out) { return !__builtin_mul_overflow(a, b, &out); }
+bool add_ok(uint64_t a, uint64_t b, uint64_t& out) { return !__builtin_add_overflow(a, b, &out); }
+
+class Lifter {
+ public:
+  Lifter(const Program& p, const StorageResolver& r, const LiftOptions& o) : p_(p), resolve_(r), opt_(o) {}
+
+  Result<Model> run() {
+    if (p_.root == kNoNode) return err(0, "cdr.no-root", "pickle has no root value");
+    MCDR_ASSIGN(m_.root, lift(p_.root, 0));
+    return std::move(m_);
+  }
+
+ private:
+  // ---- small helpers -------------------------------------------------------------------
+  const Node& at(NodeId id) const { return p_.nodes[id]; }
+
+  Error err(uint64_t offset, std::string rule, std::string message) const {
+    return make_error(std::move(rule), std::move(message), offset, opt_.entry);
+  }
+
+  void note(Severity s, std::string rule, std::string message, uint64_t offset) {
+    add_finding(m_.findings, s, std::move(rule), std::move(message), opt_.entry, offset);
+  }
+
+  ValueId dropped(const Node& n, std::string what, std::string why, Severity s = Severity::high) {
+    note(s, "cdr.dropped", what + " removed: " + why, n.offset);
+    Value v;
+    v.kind = ValueKind::dropped;
+    v.dropped_what = std::move(what);
+    v.dropped_why = std::move(why);
+    return m_.add(std::move(v));
+  }
+
+  ValueId scalar(ValueKind k) {
+    Value v;
+    v.kind = k;
+    return m_.add(std::move(v));
+  }
+
+  // The items of a Tuple node (the argument tuple of a call), or nullptr.
+  const std::vector<NodeId>* tuple_items(NodeId id) const {
+    if (id == kNoNode) return nullptr;
+    const Node& n = at(id);
+    return n.kind == NodeKind::Tuple ? &n.items : nullptr;
+  }
+
+  std::optional<int64_t> as_int(NodeId id) const {
+    const Node& n = at(id);
+    if (n.kind == NodeKind::Int) return n.i;
+    if (n.kind == NodeKind::Bool) return n.b ? 1 : 0;
+    return std::nullopt;
+  }
+
+  std::optional<std::string> as_text(NodeId id) const {
+    const Node& n = at(id);
+    if (n.kind == NodeKind::Str || n.kind == NodeKind::Py2Str || n.kind == NodeKind::Bytes) return n.text;
+    return std::nullopt;
+  }
+
+  std::optional<double> as_number(NodeId id) const {
+    const Node& n = at(id);
+    if (n.kind == NodeKind::Float) return n.f;
+    if (n.kind == NodeKind::Int) return static_cast<double>(n.i);
+    return std::nullopt;
+  }
+
+  // Value of key `key` in a Dict node (entries), or kNoNode.
+  NodeId dict_get(const Node& d, std::string_view key) const {
+    for (auto [k, v] : d.entries) {
+      const Node& kn = at(k);
+      if ((kn.kind == NodeKind::Str || kn.kind == NodeKind::Py2Str) && kn.text == key) return v;
+    }
+    return kNoNode;
+  }
+
+  bool is_empty_ordered_dict_call(NodeId id) const {
+    const Node& n = at(id);
+    if (n.kind != NodeKind::Call || !is_global(at(n.items[0]), "collections", "OrderedDict")) return false;
+    auto* args = tuple_items(n.items[1]);
+    return args && args->empty() && n.entries.empty() && n.build_states.empty();
+  }
+
+  // ---- the walk ------------------------------------------------------------------------
+  Result<ValueId> lift(NodeId id, uint32_t depth) {
+    if (auto it = done_.find(id); it != done_.end()) return it->second;
+    if (depth > opt_.max_depth)
+      return err(at(id).offset, "cdr.too-deep", "values nested deeper than " + std::to_string(opt_.max_depth));
+    if (!in_progress_.insert(id).second) return dropped(at(id), "reference cycle", "cycles are not plain data");
+    auto r = lift_uncached(id, depth);
+    in_progress_.erase(id);
+    if (!r.ok()) return r;
+    done_[id] = *r;
+    return r;
+  }
+
+  Result<ValueId> lift_uncached(NodeId id, uint32_t depth) {
+    const Node& n = at(id);
+    if (n.kind != NodeKind::List && n.kind != NodeKind::Set && !n.appended.empty())
+      note(Severity::high, "cdr.dropped", "APPEND on a non-list object removed", n.offset);
+    if (n.kind != NodeKind::Dict && n.kind != NodeKind::Call && !n.entries.empty())
+      note(Severity::high, "cdr.dropped", "SETITEM on a non-dict object removed", n.offset);
+    switch (n.kind) {
+      case NodeKind::None: return scalar(ValueKind::none);
+      case NodeKind::Bool: {
+        Value v;
+        v.kind = ValueKind::boolean;
+        v.b = n.b;
+        return m_.add(std::move(v));
+      }
+      case NodeKind::Int: return integer(n.i);
+      case NodeKind::BigInt: {
+        Value v;
+        v.kind = ValueKind::big_integer;
+        v.text = n.text;
+        if (v.text.size() > 255) return dropped(n, "integer", "larger than 2040 bits");
+        return m_.add(std::move(v));
+      }
+      case NodeKind::Float: return floating(n.f);
+      case NodeKind::Str: return text_value(n, ValueKind::string, n.text);
+      case NodeKind::Py2Str:
+        // torch.load decodes protocol-2 strings as UTF-8; anything else would not load.
+        if (valid_utf8(n.text)) return text_value(n, ValueKind::string, n.text);
+        note(Severity::info, "cdr.converted", "non-UTF-8 Python 2 string kept as bytes", n.offset);
+        return text_value(n, ValueKind::bytes, n.text);
+      case NodeKind::Bytes:
+      case NodeKind::ByteArray: return text_value(n, ValueKind::bytes, n.text);
+      case NodeKind::List: return sequence(n, ValueKind::list, n.items, depth);
+      case NodeKind::Tuple: return sequence(n, ValueKind::tuple, n.items, depth);
+      case NodeKind::Set:
+      case NodeKind::FrozenSet: return sequence(n, ValueKind::set, n.items, depth);
+      case NodeKind::Dict: return dict(n, ValueKind::dict, depth);
+      case NodeKind::Global: return bare_global(n);
+      case NodeKind::Call: return call(id, depth);
+      case NodeKind::NewObj: return new_object(id, depth);
+      case NodeKind::Inst:
+        return dropped(n, "object of class " + (n.items.empty() ? std::string("?") : global_text(at(n.items[0]))),
+                       "INST/OBJ instances are not plain data", Severity::critical);
+      case NodeKind::PersId: return dropped(n, "persistent id", "outside a tensor");
+      case NodeKind::Ext: return dropped(n, "extension-registry reference", "EXT opcodes are never plain data", Severity::critical);
+      case NodeKind::Buffer: return dropped(n, "out-of-band buffer", "no buffers travel with a file", Severity::high);
+    }
+    return dropped(n, "value", "unknown node");
+  }
+
+  ValueId integer(int64_t i) {
+    Value v;
+    v.kind = ValueKind::integer;
+    v.i = i;
+    return m_.add(std::move(v));
+  }
+
+  ValueId floating(double f) {
+    Value v;
+    v.kind = ValueKind::floating;
+    v.f = f;
+    return m_.add(std::move(v));
+  }
+
+  ValueId text_value(const Node& n, ValueKind k, const std::string& s) {
+    if (looks_like_embedded_pickle(s))
+      return dropped(n, k == ValueKind::string ? "string" : "bytes",
+                     "it holds a serialized pickle (a dormant payload)", Severity::high);
+    Value v;
+    v.kind = k;
+    v.text = s;
+    return m_.add(std::move(v));
+  }
+
+  Result<ValueId> sequence(const Node& n, ValueKind k, const std::vector<NodeId>& items, uint32_t depth) {
+    Value v;
+    v.kind = k;
+    v.items.reserve(items.size() + n.appended.size());
+    for (NodeId c : items) {
+      MCDR_ASSIGN(ValueId cv, lift(c, depth + 1));
+      v.items.push_back(cv);
+    }
+    if (k == ValueKind::set)
+      for (NodeId c : n.appended) {
+        MCDR_ASSIGN(ValueId cv, lift(c, depth + 1));
+        v.items.push_back(cv);
+      }
+    if (!n.build_states.empty()) note(Severity::high, "cdr.dropped", "BUILD state on a container removed", n.offset);
+    return m_.add(std::move(v));
+  }
+
+  bool is_hashable_key(ValueId id) const {
+    const Value& v = m_.values[id];
+    switch (v.kind) {
+      case ValueKind::none:
+      case ValueKind::boolean:
+      case ValueKind::integer:
+      case ValueKind::big_integer:
+      case ValueKind::floating:
+      case ValueKind::complex:
+      case ValueKind::string:
+      case ValueKind::bytes: return true;
+      case ValueKind::tuple:
+        for (auto c : v.items)
+          if (!is_hashable_key(c)) return false;
+        return true;
+      default: return false;
+    }
+  }
+
+  Result<ValueId> dict(const Node& n, ValueKind k, uint32_t depth) {
+    Value v;
+    v.kind = k;
+    MCDR_TRY(add_entries(n, v, depth));
+    if (!n.build_states.empty()) note(Severity::high, "cdr.dropped", "BUILD state on a dict removed", n.offset);
+    return m_.add(std::move(v));
+  }
+
+  Status add_entries(const Node& n, Value& v, uint32_t depth) {
+    v.entries.reserve(n.entries.size());
+    for (auto [kn, vn] : n.entries) {
+      MCDR_ASSIGN(ValueId kv, lift(kn, depth + 1));
+      if (!is_hashable_key(kv)) {
+        note(Severity::high, "cdr.dropped", "dict entry with a non-plain key removed", at(kn).offset);
+        continue;
+      }
+      MCDR_ASSIGN(ValueId vv, lift(vn, depth + 1));
+      v.entries.emplace_back(kv, vv);
+    }
+    return ok_status();
+  }
+
+  ValueId bare_global(const Node& n) {
+    if (is_torch_dtype(n.text, n.name)) {
+      note(Severity::low, "cdr.converted", "dtype object torch." + n.name + " written as the string 'torch." + n.name + "'",
+           n.offset);
+      Value v;
+      v.kind = ValueKind::string;
+      v.text = "torch." + n.name;
+      return m_.add(std::move(v));
+    }
+    return dropped(n, "reference to " + global_text(n), "globals are not plain data",
+                   is_known_global(n.text, n.name) ? Severity::medium : unknown_global_severity(n.text, n.name));
+  }
+
+  // ---- calls (REDUCE) --------------------------------------------------------------------
+  Result<ValueId> call(NodeId id, uint32_t depth) {
+    const Node& n = at(id);
+    const Node& callee = at(n.items[0]);
+    NodeId args_id = n.items[1];
+    if (callee.kind != NodeKind::Global)
+      return dropped(n, "call of a computed callable", "only named, known functions are recognised", Severity::critical);
+    const std::string& mod = callee.text;
+    const std::string& name = callee.name;
+    auto* args = tuple_items(args_id);
+    if (!args) return dropped(n, "call of " + global_text(callee), "arguments are not a tuple", Severity::high);
+
+    if (mod == "collections" && (name == "OrderedDict" || name == "Counter" || name == "defaultdict"))
+      return mapping_call(n, name, *args, depth);
+    if (mod == "torch._utils") {
+      if (name == "_rebuild_tensor_v2" || name == "_rebuild_tensor" || name == "_rebuild_tensor_v3" ||
+          name == "_rebuild_parameter" || name == "_rebuild_parameter_with_state" || name == "_rebuild_qtensor" ||
+          name == "_rebuild_sparse_tensor")
+        return tensor_call(id, name, *args, depth);
+    }
+    if (mod == "torch._tensor" && name == "_rebuild_from_type_v2") return rebuild_from_type(n, *args, depth);
+    if (mod == "torch" && name == "Size") return size_call(n, *args, depth);
+    if (mod == "_codecs" && name == "encode") return codecs_encode(n, *args);
+    if (mod == "builtins") return builtin_call(n, name, *args, depth);
+    if ((mod == "numpy.core.multiarray" || mod == "numpy._core.multiarray") && name == "scalar")
+      return numpy_scalar(n, *args);
+    if (mod == "torch" && name == "device") return device_call(n, *args);
+    if (mod == "pathlib" && (name == "PosixPath" || name == "WindowsPath" || name == "Path"))
+      return path_call(n, *args, name == "WindowsPath" ? '\\' : '/');
+    Severity s = is_known_global(mod, name) ? Severity::medium : unknown_global_severity(mod, name);
+    return dropped(n, "call of " + global_text(callee), "not a recognised data constructor", s);
+  }
+
+  Result<ValueId> mapping_call(const Node& n, const std::string& name, const std::vector<NodeId>& args,
+                               uint32_t depth) {
+    Value v;
+    v.kind = name == "OrderedDict" ? ValueKind::ordered_dict : ValueKind::dict;
+    if (name != "OrderedDict")
+      note(Severity::low, "cdr.converted", "collections." + name + " written as a plain dict", n.offset);
+    // Constructor argument: a dict (Counter) or a list of pairs (OrderedDict, protocol 0).
+    if (name != "defaultdict" && !args.empty()) {
+      const Node& a = at(args[0]);
+      if (a.kind == NodeKind::Dict) {
+        MCDR_TRY(add_entries(a, v, depth));
+      } else if (a.kind == NodeKind::List || a.kind == NodeKind::Tuple) {
+        for (NodeId pair : a.items) {
+          auto* kv = tuple_items(pair);
+          if (!kv || kv->size() != 2) {
+            note(Severity::high, "cdr.dropped", "mapping item that is not a pair removed", at(pair).offset);
+            continue;
+          }
+          MCDR_ASSIGN(ValueId k, lift((*kv)[0], depth + 1));
+          MCDR_ASSIGN(ValueId val, lift((*kv)[1], depth + 1));
+          v.entries.emplace_back(k, val);
+        }
+      }
+    }
+    if (name == "defaultdict" && !args.empty() && at(args[0]).kind != NodeKind::None)
+      note(Severity::low, "cdr.dropped", "defaultdict default factory removed", n.offset);
+    MCDR_TRY(add_entries(n, v, depth));
+    for (NodeId s : n.build_states) MCDR_TRY(apply_dict_state(n, s, v, depth));
+    return m_.add(std::move(v));
+  }
+
+  // BUILD on an OrderedDict: torch state dicts carry `_metadata` this way (FORMATS.md §2.7).
+  Status apply_dict_state(const Node& n, NodeId state_id, Value& v, uint32_t depth) {
+    const Node& st = at(state_id);
+    if (st.kind != NodeKind::Dict || v.kind != ValueKind::ordered_dict) {
+      note(Severity::high, "pickle.build-on-object", "BUILD with a non-dict state removed", st.offset);
+      return ok_status();
+    }
+    for (auto [kn, vn] : st.entries) {
+      const Node& k = at(kn);
+      if (k.kind == NodeKind::Str && k.text == "_metadata" &&
+          (at(vn).kind == NodeKind::Dict || at(vn).kind == NodeKind::Call)) {
+        MCDR_ASSIGN(ValueId mv, lift(vn, depth + 1));
+        const auto kind = m_.values[mv].kind;
+        if (kind == ValueKind::dict || kind == ValueKind::ordered_dict) {
+          v.metadata = mv;
+          continue;
+        }
+      }
+      note(Severity::high, "cdr.dropped", "attribute set by BUILD on a dict removed", k.offset);
+    }
+    return ok_status();
+  }
+
+  Result<ValueId> size_call(const Node& n, const std::vector<NodeId>& args, uint32_t depth) {
+    if (args.size() != 1 || at(args[0]).kind != NodeKind::Tuple)
+      return dropped(n, "torch.Size", "argument is not a tuple");
+    return lift(args[0], depth + 1);
+  }
+
+  Result<ValueId> codecs_encode(const Node& n, const std::vector<NodeId>& args) {
+    // Protocol 2 spelling of bytes: encode(<text with code points <= 0xFF>, 'latin1').
+    if (args.size() != 2 || at(args[0]).kind != NodeKind::Str || !as_text(args[1]) ||
+        (*as_text(args[1]) != "latin1" && *as_text(args[1]) != "latin-1"))
+      return dropped(n, "call of _codecs.encode", "only encode(str, 'latin1') is plain data");
+    MCDR_ASSIGN(std::string raw, latin1_from_utf8(at(args[0])));
+    return text_value(n, ValueKind::bytes, raw);
+  }
+
+  Result<std::string> latin1_from_utf8(const Node& s) {
+    std::string out;
+    out.reserve(s.text.size());
+    const auto& t = s.text;
+    for (size_t i = 0; i < t.size(); ++i) {
+      unsigned char c = t[i];
+      if (c < 0x80) {
+        out.push_back(static_cast<char>(c));
+      } else if ((c == 0xC2 || c == 0xC3) && i + 1 < t.size()) {
+        out.push_back(static_cast<char>(((c & 0x03) << 6) | (static_cast<unsigned char>(t[i + 1]) & 0x3F)));
+        ++i;
+      } else {
+        return err(s.offset, "cdr.bad-latin1", "bytes spelled with a code point above 0xFF");
+      }
+    }
+    return out;
+  }
+
+  Result<ValueId> builtin_call(const Node& n, const std::string& name, const std::vector<NodeId>& args,
+                               uint32_t depth) {
+    if ((name == "set" || name == "frozenset") && args.size() <= 1) {
+      Value v;
+      v.kind = ValueKind::set;
+      if (!args.empty()) {
+        const Node& a = at(args[0]);
+        if (a.kind != NodeKind::List && a.kind != NodeKind::Tuple) return dropped(n, "builtins." + name, "argument is not a list");
+        for (NodeId c : a.items) {
+          MCDR_ASSIGN(ValueId cv, lift(c, depth + 1));
+          v.items.push_back(cv);
+        }
+      }
+      if (name == "frozenset") note(Severity::info, "cdr.converted", "frozenset written as a set", n.offset);
+      return m_.add(std::move(v));
+    }
+    if ((name == "bytearray" || name == "bytes") && args.size() <= 1) {
+      if (args.empty()) return text_value(n, ValueKind::bytes, "");
+      MCDR_ASSIGN(ValueId inner, lift(args[0], depth + 1));
+      if (m_.values[inner].kind == ValueKind::bytes) return inner;
+      return dropped(n, "builtins." + name, "argument is not bytes");
+    }
+    if (name == "complex" && args.size() == 2 && as_number(args[0]) && as_number(args[1])) {
+      Value v;
+      v.kind = ValueKind::complex;
+      v.f = *as_number(args[0]);
+      v.imag = *as_number(args[1]);
+      return m_.add(std::move(v));
+    }
+    Severity s = is_known_global("builtins", name) ? Severity::medium : unknown_global_severity("builtins", name);
+    return dropped(n, "call of builtins." + name, "not a recognised data constructor", s);
+  }
+
+  Result<ValueId> device_call(const Node& n, const std::vector<NodeId>& args) {
+    if (args.empty() || !as_text(args[0])) return dropped(n, "torch.device", "unexpected arguments");
+    std::string s = *as_text(args[0]);
+    if (args.size() == 2 && as_int(args[1])) s += ":" + std::to_string(*as_int(args[1]));
+    note(Severity::low, "cdr.converted", "torch.device written as the string '" + s + "'", n.offset);
+    Value v;
+    v.kind = ValueKind::string;
+    v.text = s;
+    return m_.add(std::move(v));
+  }
+
+  Result<ValueId> path_call(const Node& n, const std::vector<NodeId>& args, char sep) {
+    std::string s;
+    for (NodeId a : args) {
+      auto t = as_text(a);
+      if (!t) return dropped(n, "path object", "a path part is not a string");
+      if (!s.empty() && s.back() != sep) s.push_back(sep);
+      s += *t;
+    }
+    note(Severity::low, "cdr.converted", "path object written as the string '" + s + "'", n.offset);
+    Value v;
+    v.kind = ValueKind::string;
+    v.text = s;
+    return m_.add(std::move(v));
+  }
+
+  // numpy scalar(dtype, raw bytes): e.g. best_acc saved as np.float64. Becomes the equal
+  // Python number (reported). The dtype is numpy.dtype('<code>', False, True) + BUILD state.
+  Result<ValueId> numpy_scalar(const Node& n, const std::vector<NodeId>& args) {
+    if (args.size() != 2) return dropped(n, "numpy scalar", "unexpected arguments");
+    const Node& dt = at(args[0]);
+    std::string raw;
+    if (at(args[1]).kind == NodeKind::Call) {
+      const Node& enc = at(args[1]);
+      const Node& callee = at(enc.items[0]);
+      auto* eargs = tuple_items(enc.items[1]);
+      if (!is_global(callee, "_codecs", "encode") || !eargs || eargs->size() != 2 || at((*eargs)[0]).kind != NodeKind::Str)
+        return dropped(n, "numpy scalar", "payload is not bytes");
+      MCDR_ASSIGN(raw, latin1_from_utf8(at((*eargs)[0])));
+    } else if (auto t = as_text(args[1])) {
+      raw = *t;
+    } else {
+      return dropped(n, "numpy scalar", "payload is not bytes");
+    }
+    auto code = numpy_dtype_code(dt);
+    if (!code) return dropped(n, "numpy scalar", "dtype is not a plain numeric numpy dtype");
+    char order = code->first;
+    const std::string& c = code->second;
+    auto value = numpy_number(c, order, raw);
+    if (!value) return dropped(n, "numpy scalar of dtype " + c, "not a numeric scalar of matching size");
+    note(Severity::low, "cdr.converted", "numpy scalar of dtype '" + c + "' written as a Python number", n.offset);
+    return *value;
+  }
+
+  // ('f8' | 'i8' | ..., byte order) from numpy.dtype(code, False, True) with BUILD state.
+  std::optional<std::pair<char, std::string>> numpy_dtype_code(const Node& dt) const {
+    if (dt.kind != NodeKind::Call || !is_global(at(dt.items[0]), "numpy", "dtype")) return std::nullopt;
+    auto* a = tuple_items(dt.items[1]);
+    if (!a || a->empty() || !as_text((*a)[0])) return std::nullopt;
+    char order = '<';
+    if (!dt.build_states.empty()) {
+      auto* st = tuple_items(dt.build_states.back());
+      if (st && st->size() >= 2 && as_text((*st)[1]) && as_text((*st)[1])->size() == 1) order = (*as_text((*st)[1]))[0];
+    }
+    return std::make_pair(order, *as_text((*a)[0]));
+  }
+
+  std::optional<ValueId> numpy_number(const std::string& code, char order, const std::string& raw) {
+    if (code.size() < 2) return std::nullopt;
+    char kind = code[0];
+    int size = std::atoi(code.c_str() + 1);
+    if (size <= 0 || static_cast<size_t>(size) != raw.size() || size > 8) return std::nullopt;
+    uint64_t bits = 0;
+    for (int i = 0; i < size; ++i) {
+      int idx = order == '>' ? size - 1 - i : i;
+      bits |= static_cast<uint64_t>(static_cast<unsigned char>(raw[idx])) << (8 * i);
+    }
+    if (kind == 'f' && size == 8) {
+      double d;
+      std::memcpy(&d, &bits, 8);
+      return floating(d);
+    }
+    if (kind == 'f' && size == 4) {
+      float f;
+      uint32_t b32 = static_cast<uint32_t>(bits);
+      std::memcpy(&f, &b32, 4);
+      return floating(f);
+    }
+    if (kind == 'i') {
+      int shift = 64 - 8 * size;
+      return integer(static_cast<int64_t>(bits << shift) >> shift);
+    }
+    if (kind == 'u' && (size < 8 || bits <= static_cast<uint64_t>(INT64_MAX))) return integer(static_cast<int64_t>(bits));
+    if (kind == 'b' && size == 1) {
+      Value v;
+      v.kind = ValueKind::boolean;
+      v.b = bits != 0;
+      return m_.add(std::move(v));
+    }
+    return std::nullopt;
+  }
+
+  // ---- tensors -------------------------------------------------------------------------
+  Result<ValueId> tensor_call(NodeId id, const std::string& fn, const std::vector<NodeId>& args, uint32_t depth) {
+    MCDR_ASSIGN(std::optional<TensorId> tid, tensor_from_call(id, fn, args, depth));
+    if (!tid) return dropped(at(id), "tensor", "its rebuild call has unexpected arguments");
+    Value v;
+    v.kind = ValueKind::tensor;
+    v.tensor = *tid;
+    return m_.add(std::move(v));
+  }
+
+  // A tensor node (a rebuild call, possibly wrapped) to a TensorId; nullopt = unrecognised.
+  Result<std::optional<TensorId>> tensor_of(NodeId id, uint32_t depth) {
+    if (auto it = tensor_nodes_.find(id); it != tensor_nodes_.end()) return std::optional<TensorId>(it->second);
+    const Node& n = at(id);
+    if (n.kind != NodeKind::Call || at(n.items[0]).kind != NodeKind::Global || !tuple_items(n.items[1]))
+      return std::optional<TensorId>();
+    const Node& callee = at(n.items[0]);
+    if (callee.text != "torch._utils") return std::optional<TensorId>();
+    return tensor_from_call(id, callee.name, *tuple_items(n.items[1]), depth);
+  }
+
+  Result<std::optional<TensorId>> tensor_from_call(NodeId id, const std::string& fn, const std::vector<NodeId>& a,
+                                                   uint32_t depth) {
+    if (depth > opt_.max_depth) return err(at(id).offset, "cdr.too-deep", "tensor wrappers nested too deep");
+    std::optional<TensorId> result;
+    if (fn == "_rebuild_tensor_v2" || fn == "_rebuild_tensor" || fn == "_rebuild_tensor_v3") {
+      MCDR_ASSIGN(result, dense_tensor(id, fn, a));
+    } else if (fn == "_rebuild_parameter" || fn == "_rebuild_parameter_with_state") {
+      MCDR_ASSIGN(result, parameter(id, fn, a, depth));
+    } else if (fn == "_rebuild_qtensor") {
+      MCDR_ASSIGN(result, quantized_tensor(id, a, depth));
+    } else if (fn == "_rebuild_sparse_tensor") {
+      MCDR_ASSIGN(result, sparse_tensor(id, a, depth));
+    }
+    if (result) tensor_nodes_[id] = *result;
+    return result;
+  }
+
+  struct StorageView {
+    model::StorageId storage;
+    DType dtype;
+  };
+
+  // ('storage', <class>, key, location, numel[, view_metadata]) -> a storage, shared by key.
+  Result<std::optional<StorageView>> storage_of(NodeId pid_node, std::optional<DType> explicit_dtype) {
+    const Node& pn = at(pid_node);
+    if (pn.kind != NodeKind::PersId) return std::optional<StorageView>();
+    auto* t = tuple_items(pn.items[0]);
+    if (!t || t->size() < 5 || t->size() > 6 || as_text((*t)[0]) != std::optional<std::string>("storage"))
+      return err(pn.offset, "cdr.bad-persistent-id", "persistent id is not ('storage', class, key, location, numel)");
+    const Node& cls = at((*t)[1]);
+    auto key = as_text((*t)[2]);
+    auto location = as_text((*t)[3]);
+    auto numel = as_int((*t)[4]);
+    if (cls.kind != NodeKind::Global || !key || !location || !numel || *numel < 0)
+      return err(pn.offset, "cdr.bad-persistent-id", "persistent id fields have unexpected types");
+    if (t->size() == 6 && at((*t)[5]).kind != NodeKind::None)
+      return err(pn.offset, "cdr.unsupported", "legacy storage views (view_metadata) are not supported");
+    if (key->empty() || key->size() > 64)
+      return err(pn.offset, "cdr.bad-persistent-id", "storage key is empty or longer than 64 bytes");
+    std::optional<DType> dtype;
+    bool untyped = false;
+    if ((cls.text == "torch" || cls.text == "torch.cuda") ) dtype = model::dtype_from_storage_class(cls.name);
+    if (cls.text == "torch.storage" && (cls.name == "UntypedStorage" || cls.name == "TypedStorage")) {
+      untyped = true;
+      dtype = explicit_dtype ? explicit_dtype : std::optional<DType>(DType::u8);
+    }
+    if (!dtype)
+      return err(pn.offset, "cdr.bad-storage-type", "storage type " + global_text(cls) + " is not a torch storage class");
+    uint64_t elsize = model::dtype_info(*dtype).element_size;
+    uint64_t nbytes = 0;
+    if (untyped) {
+      nbytes = static_cast<uint64_t>(*numel);
+      if (nbytes % elsize != 0)
+        return err(pn.offset, "cdr.bad-storage-size", "untyped storage size is not a multiple of the element size");
+    } else if (!mul_ok(static_cast<uint64_t>(*numel), elsize, nbytes)) {
+      return err(pn.offset, "cdr.bad-storage-size", "storage size overflows");
+    }
+    if (auto it = storages_by_key_.find(*key); it != storages_by_key_.end()) {
+      const auto& s = m_.storages[it->second];
+      if (s.dtype != *dtype)
+        return err(pn.offset, "cdr.storage-dtype-conflict",
+                   "storage '" + *key + "' is used as " + model::dtype_info(s.dtype).name + " and as " +
+                       model::dtype_info(*dtype).name);
+      return std::optional<StorageView>(StorageView{it->second, *dtype});
+    }
+    if (*location != "cpu")
+      note(Severity::info, "cdr.converted", "storage '" + *key + "' location '" + *location + "' written as 'cpu'", pn.offset);
+    MCDR_ASSIGN(model::Storage s, resolve_(StorageRequest{*key, *dtype, nbytes, pn.offset}));
+    s.dtype = *dtype;
+    m_.storages.push_back(std::move(s));
+    auto sid = static_cast<model::StorageId>(m_.storages.size() - 1);
+    storages_by_key_[*key] = sid;
+    return std::optional<StorageView>(StorageView{sid, *dtype});
+  }
+
+  Result<std::vector<int64_t>> int_tuple(NodeId id, const char* what) {
+    const Node& n = at(id);
+    const std::vector<NodeId>* items = nullptr;
+    if (n.kind == NodeKind::Tuple || n.kind == NodeKind::List) items = &n.items;
+    // torch.Size((...)) appears in some writers
+    if (n.kind == NodeKind::Call && is_global(at(n.items[0]), "torch", "Size")) {
+      auto* a = tuple_items(n.items[1]);
+      if (a && a->size() == 1 && at((*a)[0]).kind == NodeKind::Tuple) items = &at((*a)[0]).items;
+    }
+    if (!items) return err(n.offset, "cdr.bad-tensor", std::string(what) + " is not a tuple of integers");
+    if (items->size() > opt_.max_dims)
+      return err(n.offset, "cdr.bad-tensor", std::string(what) + " has more than " + std::to_string(opt_.max_dims) + " dimensions");
+    std::vector<int64_t> out;
+    for (NodeId c : *items) {
+      auto v = as_int(c);
+      if (!v || *v < 0) return err(n.offset, "cdr.bad-tensor", std::string(what) + " holds a negative or non-integer value");
+      out.push_back(*v);
+    }
+    return out;
+  }
+
+  // The view must lie inside its storage: offset + sum((size_i - 1) * stride_i) < numel.
+  Status check_view(const Tensor& t, uint64_t offset_of_call) {
+    if (t.shape.size() != t.stride.size())
+      return err(offset_of_call, "cdr.bad-tensor", "size and stride have different lengths");
+    const auto& s = m_.storages[t.storage];
+    uint64_t numel = s.nbytes / model::dtype_info(t.dtype).element_size;
+    uint64_t elements = 1;
+    uint64_t last = static_cast<uint64_t>(t.storage_offset);
+    for (size_t i = 0; i < t.shape.size(); ++i) {
+      if (!mul_ok(elements, static_cast<uint64_t>(t.shape[i]), elements))
+        return err(offset_of_call, "cdr.bad-tensor", "tensor size overflows");
+    }
+    if (elements == 0) {
+      if (static_cast<uint64_t>(t.storage_offset) > numel)
+        return err(offset_of_call, "cdr.tensor-out-of-bounds", "storage offset beyond the storage");
+      return ok_status();
+    }
+    for (size_t i = 0; i < t.shape.size(); ++i) {
+      uint64_t span = 0;
+      if (!mul_ok(static_cast<uint64_t>(t.shape[i] - 1), static_cast<uint64_t>(t.stride[i]), span) || !add_ok(last, span, last))
+        return err(offset_of_call, "cdr.tensor-out-of-bounds", "tensor view overflows");
+    }
+    if (last >= numel)
+      return err(offset_of_call, "cdr.tensor-out-of-bounds",
+                 "tensor view reaches element " + std::to_string(last) + " of a storage of " + std::to_string(numel) +
+                     " elements (" + s.source + ")");
+    return ok_status();
+  }
+
+  Result<std::optional<TensorId>> dense_tensor(NodeId id, const std::string& fn, const std::vector<NodeId>& a) {
+    const Node& n = at(id);
+    bool v3 = fn == "_rebuild_tensor_v3";
+    size_t min_args = fn == "_rebuild_tensor" ? 4 : v3 ? 7 : 6;
+    size_t max_args = fn == "_rebuild_tensor" ? 4 : v3 ? 8 : 7;
+    if (a.size() < min_args || a.size() > max_args)
+      return err(n.offset, "cdr.bad-tensor", fn + " called with " + std::to_string(a.size()) + " arguments");
+    std::optional<DType> explicit_dtype;
+    if (v3) {
+      const Node& d = at(a[6]);
+      if (d.kind != NodeKind::Global || !is_torch_dtype(d.text, d.name))
+        return err(n.offset, "cdr.bad-tensor", "_rebuild_tensor_v3 dtype is not a torch dtype");
+      explicit_dtype = model::dtype_from_name(d.name);
+    }
+    MCDR_ASSIGN(std::optional<StorageView> sv, storage_of(a[0], explicit_dtype));
+    if (!sv) return std::optional<TensorId>();
+    Tensor t;
+    t.dtype = sv->dtype;
+    t.storage = sv->storage;
+    auto off = as_int(a[1]);
+    if (!off || *off < 0) return err(n.offset, "cdr.bad-tensor", "storage offset is not a non-negative integer");
+    t.storage_offset = *off;
+    MCDR_ASSIGN(t.shape, int_tuple(a[2], "size"));
+    MCDR_ASSIGN(t.stride, int_tuple(a[3], "stride"));
+    if (a.size() > 4) {
+      auto rg = as_int(a[4]);
+      if (!rg) return err(n.offset, "cdr.bad-tensor", "requires_grad is not a bool");
+      t.requires_grad = *rg != 0;
+      if (!is_empty_ordered_dict_call(a[5]) && at(a[5]).kind != NodeKind::None)
+        note(Severity::medium, "cdr.dropped", "tensor backward hooks removed", at(a[5]).offset);
+    }
+    size_t meta_index = v3 ? 7 : 6;
+    if (a.size() > meta_index) {
+      const Node& meta = at(a[meta_index]);
+      if (meta.kind != NodeKind::Dict && meta.kind != NodeKind::None)
+        return err(n.offset, "cdr.bad-tensor", "tensor metadata is not a dict");
+      for (auto [k, v] : meta.entries)
+        if (as_int(v).value_or(0) != 0)
+          return err(n.offset, "cdr.unsupported", "tensor with conj/neg bits set is not supported");
+    }
+    MCDR_TRY(check_view(t, n.offset));
+    m_.tensors.push_back(std::move(t));
+    return std::optional<TensorId>(static_cast<TensorId>(m_.tensors.size() - 1));
+  }
+
+  Result<std::optional<TensorId>> parameter(NodeId id, const std::string& fn, const std::vector<NodeId>& a, uint32_t depth) {
+    const Node& n = at(id);
+    if (a.size() != (fn == "_rebuild_parameter" ? 3u : 4u))
+      return err(n.offset, "cdr.bad-tensor", fn + " called with " + std::to_string(a.size()) + " arguments");
+    MCDR_ASSIGN(std::optional<TensorId> inner, tensor_of(a[0], depth + 1));
+    if (!inner) return std::optional<TensorId>();
+    auto rg = as_int(a[1]);
+    if (!rg) return err(n.offset, "cdr.bad-tensor", "parameter requires_grad is not a bool");
+    if (!is_empty_ordered_dict_call(a[2]) && at(a[2]).kind != NodeKind::None)
+      note(Severity::medium, "cdr.dropped", "parameter backward hooks removed", at(a[2]).offset);
+    if (a.size() == 4) {
+      const Node& st = at(a[3]);
+      bool empty = st.kind == NodeKind::None || (st.kind == NodeKind::Dict && st.entries.empty());
+      if (!empty) note(Severity::medium, "cdr.dropped", "Python attributes of a parameter removed", st.offset);
+    }
+    Tensor t = m_.tensors[*inner];
+    t.is_parameter = true;
+    t.param_requires_grad = *rg != 0;
+    m_.tensors.push_back(std::move(t));
+    return std::optional<TensorId>(static_cast<TensorId>(m_.tensors.size() - 1));
+  }
+
+  Result<std::optional<TensorId>> quantized_tensor(NodeId id, const std::vector<NodeId>& a, uint32_t depth) {
+    const Node& n = at(id);
+    if (a.size() != 7) return err(n.offset, "cdr.bad-tensor", "_rebuild_qtensor called with " + std::to_string(a.size()) + " arguments");
+    MCDR_ASSIGN(std::optional<StorageView> sv, storage_of(a[0], std::nullopt));
+    if (!sv) return std::optional<TensorId>();
+    Tensor t;
+    t.dtype = sv->dtype;
+    t.storage = sv->storage;
+    auto off = as_int(a[1]);
+    if (!off || *off < 0) return err(n.offset, "cdr.bad-tensor", "storage offset is not a non-negative integer");
+    t.storage_offset = *off;
+    MCDR_ASSIGN(t.shape, int_tuple(a[2], "size"));
+    MCDR_ASSIGN(t.stride, int_tuple(a[3], "stride"));
+    auto* q = tuple_items(a[4]);
+    if (!q || q->empty() || at((*q)[0]).kind != NodeKind::Global)
+      return err(n.offset, "cdr.bad-tensor", "quantizer parameters are not (scheme, ...)");
+    const std::string& scheme = at((*q)[0]).name;
+    if ((scheme == "per_tensor_affine") && q->size() == 3 && as_number((*q)[1]) && as_int((*q)[2])) {
+      t.kind = TensorKind::quantized_per_tensor;
+      t.q_scale = *as_number((*q)[1]);
+      t.q_zero_point = *as_int((*q)[2]);
+    } else if ((scheme == "per_channel_affine" || scheme == "per_channel_affine_float_qparams") && q->size() == 4 &&
+               as_int((*q)[3])) {
+      MCDR_ASSIGN(std::optional<TensorId> scales, tensor_of((*q)[1], depth + 1));
+      MCDR_ASSIGN(std::optional<TensorId> zps, tensor_of((*q)[2], depth + 1));
+      if (!scales || !zps) return err(n.offset, "cdr.bad-tensor", "per-channel scales/zero points are not tensors");
+      t.kind = TensorKind::quantized_per_channel;
+      t.q_scales = *scales;
+      t.q_zero_points = *zps;
+      t.q_axis = *as_int((*q)[3]);
+      if (scheme != "per_channel_affine")
+        return err(n.offset, "cdr.unsupported", "quantization scheme " + scheme + " is not supported");
+    } else {
+      return err(n.offset, "cdr.unsupported", "quantization scheme " + scheme + " is not supported");
+    }
+    auto rg = as_int(a[5]);
+    t.requires_grad = rg.value_or(0) != 0;
+    MCDR_TRY(check_view(t, n.offset));
+    m_.tensors.push_back(std::move(t));
+    return std::optional<TensorId>(static_cast<TensorId>(m_.tensors.size() - 1));
+  }
+
+  Result<std::optional<TensorId>> sparse_tensor(NodeId id, const std::vector<NodeId>& a, uint32_t depth) {
+    const Node& n = at(id);
+    if (a.size() != 2) return err(n.offset, "cdr.bad-tensor", "_rebuild_sparse_tensor called with unexpected arguments");
+    const Node& layout = at(a[0]);
+    bool coo = false;
+    if (layout.kind == NodeKind::Call && is_global(at(layout.items[0]), "torch.serialization", "_get_layout")) {
+      auto* la = tuple_items(layout.items[1]);
+      coo = la && la->size() == 1 && as_text((*la)[0]) == std::optional<std::string>("torch.sparse_coo");
+    }
+    if (!coo) return err(n.offset, "cdr.unsupported", "only sparse COO tensors are supported");
+    auto* d = tuple_items(a[1]);
+    if (!d || d->size() < 3 || d->size() > 4) return err(n.offset, "cdr.bad-tensor", "sparse COO data is not (indices, values, size)");
+    MCDR_ASSIGN(std::optional<TensorId> idx, tensor_of((*d)[0], depth + 1));
+    MCDR_ASSIGN(std::optional<TensorId> vals, tensor_of((*d)[1], depth + 1));
+    if (!idx || !vals) return err(n.offset, "cdr.bad-tensor", "sparse indices/values are not tensors");
+    Tensor t;
+    t.kind = TensorKind::sparse_coo;
+    t.dtype = m_.tensors[*vals].dtype;
+    t.sparse_indices = *idx;
+    t.sparse_values = *vals;
+    MCDR_ASSIGN(t.shape, int_tuple((*d)[2], "sparse size"));
+    if (d->size() == 4 && as_int((*d)[3])) t.sparse_coalesced = *as_int((*d)[3]) != 0;
+    m_.tensors.push_back(std::move(t));
+    return std::optional<TensorId>(static_cast<TensorId>(m_.tensors.size() - 1));
+  }
+
+  Result<ValueId> rebuild_from_type(const Node& n, const std::vector<NodeId>& a, uint32_t depth) {
+    // _rebuild_from_type_v2(func, new_type, args, state): keep the tensor, drop the subclass.
+    if (a.size() != 4 || at(a[0]).kind != NodeKind::Global || at(a[1]).kind != NodeKind::Global || !tuple_items(a[2]))
+      return dropped(n, "tensor subclass", "unexpected _rebuild_from_type_v2 arguments");
+    const Node& fn = at(a[0]);
+    const Node& type = at(a[1]);
+    bool plain = is_global(type, "torch", "Tensor") || is_global(type, "torch.nn.parameter", "Parameter");
+    if (!plain) note(Severity::medium, "cdr.converted", "tensor subclass " + global_text(type) + " written as a plain tensor", n.offset);
+    const Node& st = at(a[3]);
+    if (!(st.kind == NodeKind::None || (st.kind == NodeKind::Dict && st.entries.empty())))
+      note(Severity::medium, "cdr.dropped", "Python attributes of a tensor removed", st.offset);
+    if (fn.text != "torch._utils") return dropped(n, "tensor subclass", "inner rebuild function is not torch._utils");
+    MCDR_ASSIGN(std::optional<TensorId> tid, tensor_from_call(a[2], fn.name, *tuple_items(a[2]), depth + 1));
+    if (!tid) return dropped(n, "tensor subclass", "inner rebuild call not recognised");
+    Value v;
+    v.kind = ValueKind::tensor;
+    v.tensor = *tid;
+    return m_.add(std::move(v));
+  }
+
+  // ---- objects (NEWOBJ) ------------------------------------------------------------------
+  Result<ValueId> new_object(NodeId id, uint32_t depth) {
+    const Node& n = at(id);
+    NodeId cls_id = n.items[0];
+    const Node* cls = &at(cls_id);
+    // Legacy-format whole models replace the class by ('module', class, file, source).
+    if (cls->kind == NodeKind::PersId) {
+      auto* t = tuple_items(cls->items[0]);
+      if (t && t->size() >= 2 && as_text((*t)[0]) == std::optional<std::string>("module")) {
+        note(Severity::info, "cdr.dropped", "module source code stored with the class removed", cls->offset);
+        cls = &at((*t)[1]);
+      }
+    }
+    if (cls->kind != NodeKind::Global) return dropped(n, "object of a computed class", "not plain data", Severity::critical);
+    const Node& state = n.build_states.empty() ? n : at(n.build_states.back());
+    bool has_state_dict = !n.build_states.empty() && state.kind == NodeKind::Dict;
+    if (has_state_dict && dict_get(state, "_parameters") != kNoNode && dict_get(state, "_modules") != kNoNode)
+      return module_state_dict(id, *cls, depth);
+    if (has_state_dict && (is_global(*cls, "argparse", "Namespace") || is_global(*cls, "types", "SimpleNamespace"))) {
+      note(Severity::low, "cdr.converted", global_text(*cls) + " written as a plain dict", n.offset);
+      Value v;
+      v.kind = ValueKind::dict;
+      MCDR_TRY(add_entries(state, v, depth));
+      return m_.add(std::move(v));
+    }
+    if (is_global(*cls, "collections", "OrderedDict")) return mapping_call(n, "OrderedDict", {}, depth);
+    Severity s = is_known_global(cls->text, cls->name) ? Severity::medium : unknown_global_severity(cls->text, cls->name);
+    return dropped(n, "object of class " + global_text(*cls), "not a recognised data class", s);
+  }
+
+  // A whole nn.Module (torch.save(model)) becomes the state dict model.state_dict() would give:
+  // per module its parameters, then its persistent buffers, then its children, recursively.
+  Result<ValueId> module_state_dict(NodeId id, const Node& cls, uint32_t depth) {
+    note(Severity::medium, "cdr.module-converted",
+         "whole-model object of class " + global_text(cls) + " converted to a state dict (architecture kept as data)",
+         at(id).offset);
+    Value sd;
+    sd.kind = ValueKind::ordered_dict;
+    std::string root_prefix = module_roots_++ == 0 ? "" : "#" + std::to_string(module_roots_ - 1) + "/";
+    MCDR_TRY(flatten_module(id, "", root_prefix, sd, depth, 0));
+    return m_.add(std::move(sd));
+  }
+
+  Status flatten_module(NodeId id, const std::string& prefix, const std::string& root_prefix, Value& sd,
+                        uint32_t depth, uint32_t module_depth) {
+    if (module_depth > 128) return err(at(id).offset, "cdr.too-deep", "modules nested deeper than 128");
+    const Node& n = at(id);
+    const Node* cls = &at(n.items[0]);
+    if (cls->kind == NodeKind::PersId) {
+      auto* t = tuple_items(cls->items[0]);
+      if (t && t->size() >= 2) cls = &at((*t)[1]);
+    }
+    const Node& state = at(n.build_states.back());
+    model::ModuleInfo info;
+    info.path = root_prefix + (prefix.empty() ? "" : prefix.substr(0, prefix.size() - 1));
+    if (cls->kind == NodeKind::Global) {
+      info.class_module = cls->text;
+      info.class_name = cls->name;
+    }
+    std::unordered_set<std::string> non_persistent;
+    NodeId np = dict_get(state, "_non_persistent_buffers_set");
+    if (np != kNoNode) collect_strings(np, non_persistent);
+    auto add_tensors = [&](const char* key, std::vector<std::string>& names, bool buffers) -> Status {
+      NodeId holder = dict_get(state, key);
+      if (holder == kNoNode) return ok_status();
+      for (auto [kn, vn] : at(holder).entries) {
+        auto name = as_text(kn);
+        if (!name || at(vn).kind == NodeKind::None) continue;
+        if (buffers && non_persistent.count(*name)) continue;
+        MCDR_ASSIGN(ValueId v, lift(vn, depth + 1));
+        MCDR_ASSIGN(ValueId k, lift(kn, depth + 1));
+        Value key_value;
+        key_value.kind = ValueKind::string;
+        key_value.text = prefix + *name;
+        (void)k;
+        sd.entries.emplace_back(m_.add(std::move(key_value)), v);
+        names.push_back(*name);
+      }
+      return ok_status();
+    };
+    MCDR_TRY(add_tensors("_parameters", info.parameters, false));
+    MCDR_TRY(add_tensors("_buffers", info.buffers, true));
+    m_.architecture.push_back(info);
+    NodeId children = dict_get(state, "_modules");
+    for (auto [kn, vn] : at(children).entries) {
+      auto name = as_text(kn);
+      const Node& child = at(vn);
+      if (!name || child.kind == NodeKind::None) continue;
+      bool is_module = child.kind == NodeKind::NewObj && !child.build_states.empty() &&
+                       at(child.build_states.back()).kind == NodeKind::Dict &&
+                       dict_get(at(child.build_states.back()), "_parameters") != kNoNode;
+      if (!is_module) {
+        note(Severity::high, "cdr.dropped", "submodule '" + prefix + *name + "' is not a module object", child.offset);
+        continue;
+      }
+      MCDR_TRY(flatten_module(vn, prefix + *name + ".", root_prefix, sd, depth + 1, module_depth + 1));
+    }
+    return ok_status();
+  }
+
+  void collect_strings(NodeId id, std::unordered_set<std::string>& out) const {
+    const Node& n = at(id);
+    const std::vector<NodeId>* items = &n.items;
+    if (n.kind == NodeKind::Call) {
+      auto* a = tuple_items(n.items[1]);
+      if (!a || a->empty()) return;
+      items = &at((*a)[0]).items;
+    }
+    for (NodeId c : *items)
+      if (auto s = as_text(c)) out.insert(*s);
+  }
+
+  const Program& p_;
+  const StorageResolver& resolve_;
+  const LiftOptions& opt_;
+  Model m_;
+  std::unordered_map<NodeId, ValueId> done_;
+  std::unordered_set<NodeId> in_progress_;
+  std::unordered_map<std::string, model::StorageId> storages_by_key_;
+  std::unordered_map<NodeId, TensorId> tensor_nodes_;
+  int module_roots_ = 0;
+};
+
+}  // namespace
+
+Result<Model> lift(const Program& program, const StorageResolver& resolver, const LiftOptions& options) {
+  Lifter l(program, resolver, options);
+  return l.run();
+}
+
+}  // namespace modelcdr::cdr

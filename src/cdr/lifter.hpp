@@ -1,0 +1,43 @@
+// The lifter is the policy: it walks the pickle value graph from the root and recognises the
+// few shapes a model is made of (tensors rebuilt from storages, parameters, state dicts with
+// `_metadata`, primitives, containers, a handful of plain-data classes). Everything else is
+// replaced by a Dropped value and reported. Arguments are checked, not only names.
+#pragma once
+#include <functional>
+#include <string>
+
+#include "modelcdr/model.hpp"
+#include "modelcdr/result.hpp"
+#include "pickle/value_graph.hpp"
+
+namespace modelcdr::cdr {
+
+struct StorageRequest {
+  std::string key;       // persistent-id key ("0", "140234..." in legacy files)
+  model::DType dtype;
+  uint64_t nbytes = 0;   // numel x element size, overflow-checked by the lifter
+  uint64_t pid_offset = 0;
+};
+
+// Returns the storage's bytes (a span into the mapped input) or an error (missing record,
+// size mismatch). Called once per distinct key.
+using StorageResolver = std::function<Result<model::Storage>(const StorageRequest&)>;
+
+struct LiftOptions {
+  std::string entry;          // for findings: "archive/data.pkl"
+  uint32_t max_depth = 512;   // nesting of values
+  uint32_t max_dims = 64;
+};
+
+Result<model::Model> lift(const pickle::Program& program, const StorageResolver& resolver,
+                          const LiftOptions& options);
+
+// Findings about every global, call and BUILD in the program, reachable from the root or not
+// (a payload can run during unpickling and be popped before STOP).
+void scan_program(const pickle::Program& program, const std::string& entry, Findings& findings);
+
+// True when bytes look like a serialized pickle (raw, base64 or hex encoded): a dormant
+// payload that an application might unpickle later.
+bool looks_like_embedded_pickle(std::string_view data);
+
+}  // namespace modelcdr::cdr

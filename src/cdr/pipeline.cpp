@@ -1,0 +1,209 @@
+// The pipeline: sniff -> container/decode -> lift -> emit, with every finding collected.
+// scan_file is the pipeline without emit; disarm_file writes atomically or not at all.
+#include <algorithm>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "container/sniff.hpp"
+#include "formats/parsed_model.hpp"
+#include "formats/torch_zip_writer.hpp"
+#include "io/atomic_output.hpp"
+#include "io/mapped_file.hpp"
+#include "modelcdr/api.hpp"
+
+namespace modelcdr {
+
+namespace {
+
+using container::Format;
+
+Error with_path(Error e, const std::string& path) {
+  e.message = e.message;
+  (void)path;
+  return e;
+}
+
+Result<formats::ParsedModel> parse(std::span<const uint8_t> bytes, Format format) {
+  formats::ReadOptions options;
+  switch (format) {
+    case Format::torch_zip: return formats::read_torch_zip(bytes, options);
+    case Format::torch_legacy: return formats::read_torch_legacy(bytes, options);
+    case Format::pickle: return formats::read_bare_pickle(bytes, options);
+    case Format::torch_tar: return make_error("format.unsupported", "the pre-1.0 PyTorch tar format is not supported yet");
+    case Format::npy: return make_error("format.unsupported", "NumPy .npy files are not supported yet");
+    case Format::safetensors: return make_error("format.unsupported", "safetensors files are not supported yet");
+    case Format::empty: return make_error("format.empty", "file is empty");
+    case Format::seven_zip:
+    case Format::gzip:
+    case Format::bzip2:
+    case Format::xz:
+    case Format::zlib:
+    case Format::lz4:
+      return make_error("format.compressed", std::string("a ") + container::format_name(format) +
+                                                 " container: torch.load cannot read it and modelcdr does not unpack it");
+    default: return make_error("format.unknown", "not a pickle, PyTorch, NumPy or safetensors file");
+  }
+}
+
+TensorStats tensor_stats(const model::Model& m) {
+  TensorStats s;
+  for (const auto& v : m.values) {
+    if (v.kind != model::ValueKind::tensor) continue;
+    ++s.count;
+    s.dtypes[model::dtype_info(m.tensors[v.tensor].dtype).name]++;
+  }
+  for (const auto& st : m.storages) s.total_bytes += st.nbytes;
+  return s;
+}
+
+// Findings that mean the file cannot be parsed with certainty: disarm rejects them.
+bool is_ambiguity(const Finding& f, const DisarmOptions& o) {
+  if (f.rule.rfind("zip.", 0) == 0) return f.severity >= Severity::high;
+  if (f.rule == "pickle.trailing-data" || f.rule == "torch.trailing-data") return !o.allow_trailing_data;
+  return f.rule == "pickle.second-stream" || f.rule == "pickle.frame-straddle" || f.rule == "pickle.frame-nested" ||
+         f.rule == "pickle.out-of-band-buffer" || f.rule == "pickle.ext-opcode" || f.rule == "torch.entry-outside-prefix";
+}
+
+bool counts(const Finding& f) { return f.severity >= Severity::low; }
+
+Status write_architecture(const model::Model& m, const std::string& path) {
+  nlohmann::ordered_json modules = nlohmann::ordered_json::array();
+  for (const auto& info : m.architecture) {
+    modules.push_back({{"path", info.path},
+                       {"class", info.class_module + "." + info.class_name},
+                       {"parameters", info.parameters},
+                       {"buffers", info.buffers}});
+  }
+  nlohmann::ordered_json doc = {{"schema", "modelcdr.architecture/1"},
+                                {"note", "module classes recorded as data; nothing here is imported"},
+                                {"modules", modules}};
+  MCDR_ASSIGN(io::AtomicOutput out, io::AtomicOutput::create(path));
+  MCDR_TRY(out.write(doc.dump(2) + "\n"));
+  return out.commit();
+}
+
+struct Loaded {
+  io::MappedFile file;
+  Format format = Format::unknown;
+};
+
+Result<Loaded> load(const std::string& path) {
+  Loaded l;
+  MCDR_ASSIGN(l.file, io::MappedFile::open(path));
+  l.format = container::sniff(l.file.bytes().subspan(0, std::min<size_t>(l.file.size(), 4096)), l.file.size());
+  return l;
+}
+
+}  // namespace
+
+const char* status_name(FileStatus s) {
+  switch (s) {
+    case FileStatus::clean: return "clean";
+    case FileStatus::findings: return "findings";
+    case FileStatus::error: return "error";
+    case FileStatus::removed: return "removed";
+    case FileStatus::rejected: return "rejected";
+    case FileStatus::skipped: return "skipped";
+  }
+  return "error";
+}
+
+bool is_model_file(const std::string& path) {
+  auto l = load(path);
+  if (!l.ok()) return false;
+  switch (l->format) {
+    case Format::torch_zip:
+    case Format::torch_legacy:
+    case Format::torch_tar:
+    case Format::npy:
+    case Format::safetensors: return true;
+    case Format::pickle: {
+      auto b = l->file.bytes();
+      if (b.size() >= 2 && b[0] == 0x80) return true;
+      break;
+    }
+    default: break;
+  }
+  static const char* exts[] = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz", ".safetensors", ".tar", ".model", ".dat", ".data"};
+  for (const char* e : exts) {
+    std::string ext(e);
+    if (path.size() >= ext.size() && path.compare(path.size() - ext.size(), ext.size(), ext) == 0) return true;
+  }
+  return false;
+}
+
+FileReport scan_file(const std::string& path, const ScanOptions& options) {
+  FileReport r;
+  r.input = path;
+  auto loaded = load(path);
+  if (!loaded.ok()) {
+    r.status = FileStatus::error;
+    r.error = loaded.error();
+    r.format = "unknown";
+    return r;
+  }
+  r.format = container::format_name(loaded->format);
+  auto parsed = parse(loaded->file.bytes(), loaded->format);
+  if (!parsed.ok()) {
+    r.status = FileStatus::error;
+    r.error = with_path(parsed.error(), path);
+    return r;
+  }
+  r.format = container::format_name(parsed->format);
+  r.findings = parsed->findings;
+  r.findings.insert(r.findings.end(), parsed->model.findings.begin(), parsed->model.findings.end());
+  r.tensors = tensor_stats(parsed->model);
+  r.status = std::any_of(r.findings.begin(), r.findings.end(), counts) ? FileStatus::findings : FileStatus::clean;
+  (void)options;
+  return r;
+}
+
+FileReport disarm_file(const std::string& input, const std::string& output, const DisarmOptions& options) {
+  FileReport r;
+  r.input = input;
+  auto reject = [&](Error e) {
+    r.status = FileStatus::rejected;
+    r.error = std::move(e);
+    r.output.clear();
+    return r;
+  };
+  auto loaded = load(input);
+  if (!loaded.ok()) {
+    r.format = "unknown";
+    return reject(loaded.error());
+  }
+  loaded->file.advise_sequential();
+  r.format = container::format_name(loaded->format);
+  auto parsed = parse(loaded->file.bytes(), loaded->format);
+  if (!parsed.ok()) return reject(parsed.error());
+  r.format = container::format_name(parsed->format);
+  r.findings = parsed->findings;
+  r.findings.insert(r.findings.end(), parsed->model.findings.begin(), parsed->model.findings.end());
+  r.tensors = tensor_stats(parsed->model);
+  if (parsed->not_disarmable) return reject(make_error("format.not-disarmable", *parsed->not_disarmable));
+  for (const auto& f : r.findings)
+    if (is_ambiguity(f, options))
+      return reject(make_error("cdr.ambiguous-input", "cannot be parsed with certainty: " + f.message + " [" + f.rule + "]",
+                               f.offset, f.entry));
+
+  auto out = io::AtomicOutput::create(output);
+  if (!out.ok()) return reject(out.error());
+  formats::TorchWriteOptions wo;
+  wo.compat = options.compat == CompatTarget::torch1_13 ? formats::Compat::torch1_13 : formats::Compat::torch2;
+  if (auto s = formats::write_torch_zip(parsed->model, wo, *out); !s.ok()) return reject(s.error());
+  if (!parsed->model.architecture.empty()) {
+    r.architecture = output + ".architecture.json";
+    if (auto s = write_architecture(parsed->model, r.architecture); !s.ok()) return reject(s.error());
+  }
+  if (auto s = out->commit(); !s.ok()) {
+    if (!r.architecture.empty()) std::remove(r.architecture.c_str());
+    return reject(s.error());
+  }
+  r.output = output;
+  for (const auto& f : r.findings)
+    if (counts(f)) r.removed.push_back(f);
+  r.status = r.removed.empty() ? FileStatus::clean : FileStatus::removed;
+  return r;
+}
+
+}  // namespace modelcdr

@@ -1,0 +1,16 @@
+// Subcommands beyond scan/disarm register here (one file per command family under src/cli/),
+// so that main.cpp stays small and command families don't edit each other's files.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <functional>
+#include <vector>
+
+struct ExtraCommand {
+  CLI::App* app = nullptr;
+  std::function<int()> run;
+};
+
+// Each command family provides a registration function and lists it in extra_commands.cpp.
+std::vector<ExtraCommand>& extra_commands();
+void add_extra_commands(CLI::App& app);
+int run_extra_commands(CLI::App& app);

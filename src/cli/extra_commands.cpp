@@ -1,0 +1,16 @@
+#include "cli/commands.hpp"
+
+std::vector<ExtraCommand>& extra_commands() {
+  static std::vector<ExtraCommand> commands;
+  return commands;
+}
+
+// Command families register here (declared in their own files).
+void add_extra_commands(CLI::App& app) { (void)app; }
+
+int run_extra_commands(CLI::App& app) {
+  (void)app;
+  for (auto& c : extra_commands())
+    if (c.app && c.app->parsed()) return c.run();
+  return 2;
+}

@@ -1,0 +1,59 @@
+// ZipReader: a strict reader for ZIP archives (PyTorch checkpoints, TorchScript, .npz).
+// Why hand-written: general zip libraries are lenient by design (they find the end record by
+// scanning, accept local/central disagreement, ignore gaps, skip CRC checks) and those are
+// exactly the ambiguities attackers use to show one content to a scanner and another to
+// torch.load. This reader locates every entry through the central directory *and* its local
+// header and requires both to agree. CRC-32 and inflate come from libdeflate.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "modelcdr/finding.hpp"
+#include "modelcdr/result.hpp"
+
+namespace modelcdr::container {
+
+struct ZipEntry {
+  std::string name;
+  uint16_t method = 0;          // 0 stored, 8 deflate (anything else is rejected)
+  uint16_t flags = 0;
+  uint32_t crc32 = 0;           // from the central directory
+  uint64_t compressed_size = 0;
+  uint64_t uncompressed_size = 0;
+  uint64_t local_header_offset = 0;
+  uint64_t data_offset = 0;     // file offset of the (compressed) data
+};
+
+struct ZipArchive {
+  std::vector<ZipEntry> entries;  // central-directory order
+  uint64_t prefix_bytes = 0;      // bytes before the first local header (polyglot / self-extractor)
+  const ZipEntry* find(const std::string& name) const {
+    for (const auto& e : entries)
+      if (e.name == name) return &e;
+    return nullptr;
+  }
+};
+
+struct ZipLimits {
+  uint64_t max_entries = 1'000'000;
+  uint64_t max_inflated_bytes = 1ull << 32;  // per deflated entry
+  uint64_t max_inflate_ratio = 1000;         // inflated / compressed
+};
+
+// Parse the archive structure. Every anomaly becomes a Finding (rule ids "zip.*"); anomalies
+// that make the content ambiguous (duplicate names, local/central mismatch, overlapping
+// entries, bad CRC, encrypted or unknown-method entries, truncation, `..` or absolute names)
+// are severity high and make `disarm` reject the file. A structurally unreadable archive
+// returns an Error.
+// `verify_crc` computes the CRC-32 of every entry (one sequential pass over the data).
+Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, const ZipLimits& limits = {},
+                            bool verify_crc = true);
+
+// The bytes of an entry: a span into `file` for stored entries; for deflated entries the
+// inflated bytes are placed in `scratch` (bounded by limits) and a span into it is returned.
+Result<std::span<const uint8_t>> entry_bytes(std::span<const uint8_t> file, const ZipEntry& entry,
+                                             std::vector<uint8_t>& scratch, const ZipLimits& limits = {});
+
+}  // namespace modelcdr::container

@@ -1,0 +1,205 @@
+// Byte layout mirrors PyTorch's miniz writer (FORMATS.md §2.3, §9) so our output is
+// indistinguishable from a torch.save file at the container level.
+#include "container/zip_writer.hpp"
+
+#include <libdeflate.h>
+
+#include <algorithm>
+
+namespace modelcdr::container {
+
+namespace {
+
+constexpr uint64_t kMax32 = 0xFFFFFFFF;
+constexpr uint16_t kFlagsWithDescriptor = 0x0808;  // data descriptor + UTF-8 name
+constexpr uint16_t kFlagsNoDescriptor = 0x0800;
+constexpr uint16_t kAlignExtraId = 0x4246;  // 'FB'
+constexpr uint16_t kZip64ExtraId = 0x0001;
+
+class Buf {
+ public:
+  void u16(uint16_t v) {
+    for (int i = 0; i < 2; ++i) b_.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  }
+  void u32(uint32_t v) {
+    for (int i = 0; i < 4; ++i) b_.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  }
+  void u64(uint64_t v) {
+    for (int i = 0; i < 8; ++i) b_.push_back(static_cast<uint8_t>(v >> (8 * i)));
+  }
+  void bytes(std::string_view s) { b_.insert(b_.end(), s.begin(), s.end()); }
+  void fill(size_t n, uint8_t v) { b_.insert(b_.end(), n, v); }
+  std::span<const uint8_t> span() const { return b_; }
+
+ private:
+  std::vector<uint8_t> b_;
+};
+
+uint32_t clamp32(uint64_t v) { return static_cast<uint32_t>(std::min(v, kMax32)); }
+
+}  // namespace
+
+uint32_t ZipWriter::crc32(std::span<const uint8_t> data, uint32_t seed) {
+  return libdeflate_crc32(seed, data.data(), data.size());
+}
+
+Status ZipWriter::add(const std::string& name, std::span<const uint8_t> data) {
+  MCDR_TRY(begin_entry(name, data.size()));
+  MCDR_TRY(write_payload(data));
+  return end_entry();
+}
+
+Status ZipWriter::begin_entry(const std::string& name, uint64_t size) {
+  if (finished_) return make_error("zip.writer-state", "archive already finished", out_.tell(), name);
+  if (open_) return make_error("zip.writer-state", "previous entry not ended", out_.tell(), name);
+  if (name.empty() || name.size() > 0xFFFF || name.find('\0') != std::string::npos)
+    return make_error("zip.writer-name", "entry name is empty, too long or contains NUL", out_.tell(), name);
+  if (!names_.insert(name).second)
+    return make_error("zip.duplicate-name", "entry '" + name + "' written twice", out_.tell(), name);
+
+  const uint64_t offset = out_.tell();
+  const bool big_size = size >= kMax32;
+  const bool big_offset = offset >= kMax32;
+  uint16_t zip64_len = (big_size ? 16 : 0) + (big_offset ? 8 : 0);
+  uint64_t start = offset + 30 + name.size() + 4 + (zip64_len ? 4 + zip64_len : 0);
+  const uint64_t align = alignment_ == 0 ? 1 : alignment_;
+  const uint64_t pad = (align - start % align) % align;
+  if (pad > 0xFFFF) return make_error("zip.writer-alignment", "alignment too large", offset, name);
+
+  Buf h;
+  h.u32(0x04034b50);
+  h.u16(0);  // version needed (what torch writes)
+  h.u16(size ? kFlagsWithDescriptor : kFlagsNoDescriptor);
+  h.u16(0);  // stored
+  h.u16(0);  // time
+  h.u16(0);  // date
+  h.u32(0);  // crc, sizes: in the data descriptor (or all zero for an empty entry)
+  h.u32(0);
+  h.u32(0);
+  h.u16(static_cast<uint16_t>(name.size()));
+  h.u16(static_cast<uint16_t>((zip64_len ? 4 + zip64_len : 0) + 4 + pad));
+  h.bytes(name);
+  if (zip64_len) {
+    h.u16(kZip64ExtraId);
+    h.u16(zip64_len);
+    if (big_size) {
+      h.u64(size);
+      h.u64(size);
+    }
+    if (big_offset) h.u64(offset);
+  }
+  h.u16(kAlignExtraId);
+  h.u16(static_cast<uint16_t>(pad));
+  h.fill(static_cast<size_t>(pad), 'Z');
+  MCDR_TRY(out_.write(h.span()));
+
+  written_.push_back(Written{name, size, 0, offset});
+  pending_ = size;
+  running_crc_ = 0;
+  open_ = true;
+  return ok_status();
+}
+
+Status ZipWriter::write_payload(std::span<const uint8_t> chunk) {
+  if (!open_) return make_error("zip.writer-state", "write_payload without begin_entry", out_.tell());
+  if (chunk.size() > pending_)
+    return make_error("zip.writer-size",
+                      "payload exceeds the declared size by " + std::to_string(chunk.size() - pending_) + " bytes",
+                      out_.tell(), written_.back().name);
+  running_crc_ = crc32(chunk, running_crc_);
+  MCDR_TRY(out_.write(chunk));
+  pending_ -= chunk.size();
+  return ok_status();
+}
+
+Status ZipWriter::end_entry() {
+  if (!open_) return make_error("zip.writer-state", "end_entry without begin_entry", out_.tell());
+  Written& w = written_.back();
+  if (pending_ != 0)
+    return make_error("zip.writer-size", std::to_string(pending_) + " payload bytes missing", out_.tell(), w.name);
+  w.crc = running_crc_;
+  open_ = false;
+  if (w.size == 0) return ok_status();
+  Buf d;
+  d.u32(0x08074b50);
+  d.u32(w.crc);
+  if (w.size >= kMax32 || w.local_offset >= kMax32) {
+    d.u64(w.size);
+    d.u64(w.size);
+  } else {
+    d.u32(static_cast<uint32_t>(w.size));
+    d.u32(static_cast<uint32_t>(w.size));
+  }
+  return out_.write(d.span());
+}
+
+Status ZipWriter::finish() {
+  if (finished_) return make_error("zip.writer-state", "archive already finished", out_.tell());
+  if (open_) return make_error("zip.writer-state", "entry still open at finish", out_.tell(), written_.back().name);
+  const uint64_t cd_offset = out_.tell();
+  for (const Written& w : written_) {
+    const bool big_size = w.size >= kMax32;
+    const bool big_offset = w.local_offset >= kMax32;
+    uint16_t zip64_len = (big_size ? 16 : 0) + (big_offset ? 8 : 0);
+    Buf c;
+    c.u32(0x02014b50);
+    c.u16(0);  // version made by
+    c.u16(0);  // version needed
+    c.u16(w.size ? kFlagsWithDescriptor : kFlagsNoDescriptor);
+    c.u16(0);  // stored
+    c.u16(0);  // time
+    c.u16(0);  // date
+    c.u32(w.crc);
+    c.u32(clamp32(w.size));
+    c.u32(clamp32(w.size));
+    c.u16(static_cast<uint16_t>(w.name.size()));
+    c.u16(zip64_len ? 4 + zip64_len : 0);
+    c.u16(0);  // comment
+    c.u16(0);  // disk
+    c.u16(0);  // internal attributes
+    c.u32(0);  // external attributes
+    c.u32(clamp32(w.local_offset));
+    c.bytes(w.name);
+    if (zip64_len) {
+      c.u16(kZip64ExtraId);
+      c.u16(zip64_len);
+      if (big_size) {
+        c.u64(w.size);
+        c.u64(w.size);
+      }
+      if (big_offset) c.u64(w.local_offset);
+    }
+    MCDR_TRY(out_.write(c.span()));
+  }
+  const uint64_t cd_size = out_.tell() - cd_offset;
+  const uint64_t zip64_offset = out_.tell();
+  const uint64_t n = written_.size();
+  Buf e;
+  e.u32(0x06064b50);
+  e.u64(44);
+  e.u16(0x031E);  // made by
+  e.u16(45);      // needed
+  e.u32(0);
+  e.u32(0);
+  e.u64(n);
+  e.u64(n);
+  e.u64(cd_size);
+  e.u64(cd_offset);
+  e.u32(0x07064b50);
+  e.u32(0);
+  e.u64(zip64_offset);
+  e.u32(1);
+  e.u32(0x06054b50);
+  e.u16(0);
+  e.u16(0);
+  e.u16(static_cast<uint16_t>(std::min<uint64_t>(n, 0xFFFF)));
+  e.u16(static_cast<uint16_t>(std::min<uint64_t>(n, 0xFFFF)));
+  e.u32(clamp32(cd_size));
+  e.u32(clamp32(cd_offset));
+  e.u16(0);  // comment
+  MCDR_TRY(out_.write(e.span()));
+  finished_ = true;
+  return ok_status();
+}
+
+}  // namespace modelcdr::container

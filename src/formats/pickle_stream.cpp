@@ -1,0 +1,46 @@
+#include "cdr/lifter.hpp"
+#include "formats/parsed_model.hpp"
+
+namespace modelcdr::formats {
+
+Result<pickle::Program> decode_stream(std::span<const uint8_t> bytes, const std::string& entry, uint64_t base_offset,
+                                      const ReadOptions& options, Findings& findings, bool trailing_expected) {
+  pickle::DecodeOptions d;
+  d.limits = options.limits;
+  d.entry = entry;
+  d.base_offset = base_offset;
+  MCDR_ASSIGN(pickle::Program program, pickle::decode(bytes, d, findings));
+  cdr::scan_program(program, entry, findings);
+  if (!trailing_expected && program.end_offset < bytes.size()) {
+    uint64_t extra = bytes.size() - program.end_offset;
+    // A second stream is worse than stray bytes: pickle.load() on a file object would run it.
+    Findings scratch;
+    bool second = bytes[program.end_offset] == 0x80 || bytes[program.end_offset] == 'c' || bytes[program.end_offset] == '(';
+    if (second) {
+      auto tail = bytes.subspan(program.end_offset);
+      pickle::DecodeOptions d2 = d;
+      d2.base_offset = base_offset + program.end_offset;
+      auto p2 = pickle::decode(tail, d2, scratch);
+      second = p2.ok();
+      if (second) cdr::scan_program(*p2, entry, findings);
+    }
+    add_finding(findings, Severity::high, second ? "pickle.second-stream" : "pickle.trailing-data",
+                std::to_string(extra) + (second ? " bytes after STOP form a second pickle stream" : " bytes after STOP"),
+                entry, base_offset + program.end_offset);
+  }
+  return program;
+}
+
+Result<ParsedModel> read_bare_pickle(std::span<const uint8_t> file, const ReadOptions& options) {
+  ParsedModel parsed;
+  parsed.format = container::Format::pickle;
+  MCDR_ASSIGN(pickle::Program program, decode_stream(file, "", 0, options, parsed.findings, false));
+  cdr::StorageResolver no_storages = [](const cdr::StorageRequest& r) -> Result<model::Storage> {
+    return make_error("cdr.no-storage", "a bare pickle has no storage records (key '" + r.key + "')", r.pid_offset);
+  };
+  cdr::LiftOptions lo;
+  MCDR_ASSIGN(parsed.model, cdr::lift(program, no_storages, lo));
+  return parsed;
+}
+
+}  // namespace modelcdr::formats

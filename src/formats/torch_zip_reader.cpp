@@ -1,0 +1,174 @@
+// PyTorch zip checkpoints (FORMATS.md §2): archive/data.pkl + archive/data/<key> records.
+// TorchScript archives (a constants.pkl record, as torch.load decides) are recognised and
+// scanned, but not disarmed. NumPy .npz archives are recognised by their member names.
+#include <algorithm>
+#include <unordered_set>
+
+#include "cdr/lifter.hpp"
+#include "container/zip_reader.hpp"
+#include "formats/parsed_model.hpp"
+
+namespace modelcdr::formats {
+
+namespace {
+
+using container::ZipArchive;
+using container::ZipEntry;
+
+bool ends_with(const std::string& s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Byte-swaps each element in place (big-endian checkpoints); complex types swap each half.
+void byteswap(std::vector<uint8_t>& data, model::DType d) {
+  uint32_t size = model::dtype_info(d).element_size;
+  if (d == model::DType::c64 || d == model::DType::c128 || d == model::DType::c32) size /= 2;
+  if (size <= 1) return;
+  for (size_t i = 0; i + size <= data.size(); i += size) std::reverse(data.begin() + i, data.begin() + i + size);
+}
+
+struct ArchiveView {
+  std::span<const uint8_t> file;
+  const ZipArchive* zip;
+  std::string prefix;
+  Result<std::span<const uint8_t>> read(const ZipEntry& e, std::vector<uint8_t>& scratch) const {
+    return container::entry_bytes(file, e, scratch);
+  }
+};
+
+void report_records(const ZipArchive& zip, const std::string& prefix, const std::unordered_set<std::string>& used,
+                    Findings& findings) {
+  static const std::unordered_set<std::string> bookkeeping = {
+      "data.pkl", "version", ".data/version", "byteorder", ".format_version", ".storage_alignment", ".data/serialization_id"};
+  for (const auto& e : zip.entries) {
+    if (e.name.compare(0, prefix.size() + 1, prefix + "/") != 0) {
+      add_finding(findings, Severity::high, "torch.entry-outside-prefix",
+                  "entry '" + e.name + "' is not under the archive folder '" + prefix + "/'", e.name, e.local_header_offset);
+      continue;
+    }
+    std::string rel = e.name.substr(prefix.size() + 1);
+    if (bookkeeping.count(rel) || used.count(e.name)) continue;
+    if (rel.compare(0, 5, "data/") == 0) {
+      add_finding(findings, Severity::low, "torch.unreferenced-record",
+                  "storage record '" + e.name + "' is not referenced by data.pkl (dropped)", e.name, e.local_header_offset);
+    } else {
+      add_finding(findings, Severity::medium, "torch.unknown-record",
+                  "record '" + e.name + "' is not part of a checkpoint (dropped)", e.name, e.local_header_offset);
+    }
+  }
+}
+
+Status check_version(const ArchiveView& a, Findings& findings) {
+  const ZipEntry* v = a.zip->find(a.prefix + "/.data/version");
+  if (!v) v = a.zip->find(a.prefix + "/version");
+  if (!v) {
+    add_finding(findings, Severity::medium, "torch.missing-version", "no version record (torch.load would refuse the file)",
+                a.prefix + "/version", 0);
+    return ok_status();
+  }
+  std::vector<uint8_t> scratch;
+  MCDR_ASSIGN(auto bytes, a.read(*v, scratch));
+  std::string text(bytes.begin(), bytes.end());
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  bool digits = !text.empty() && text.size() < 8 && std::all_of(text.begin(), text.end(), ::isdigit);
+  long value = digits ? std::stol(text) : -1;
+  if (value < 1 || value > 10)
+    add_finding(findings, Severity::medium, "torch.bad-version",
+                "version record '" + text.substr(0, 16) + "' is outside 1..10 (torch.load would refuse the file)", v->name,
+                v->data_offset);
+  return ok_status();
+}
+
+Result<bool> big_endian(const ArchiveView& a) {
+  const ZipEntry* b = a.zip->find(a.prefix + "/byteorder");
+  if (!b) return false;
+  std::vector<uint8_t> scratch;
+  MCDR_ASSIGN(auto bytes, a.read(*b, scratch));
+  std::string text(bytes.begin(), bytes.end());
+  if (text == "little") return false;
+  if (text == "big") return true;
+  return make_error("torch.bad-byteorder", "byteorder record is neither 'little' nor 'big'", b->data_offset, b->name);
+}
+
+Status scan_torchscript(const ArchiveView& a, const ReadOptions& options, ParsedModel& parsed) {
+  parsed.format = container::Format::torchscript;
+  parsed.not_disarmable = "TorchScript archives hold executable code (code/, constants.pkl) and are not disarmed yet";
+  for (const auto& e : a.zip->entries) {
+    std::string rel = e.name.substr(std::min(e.name.size(), a.prefix.size() + 1));
+    if (rel.compare(0, 5, "code/") == 0 && ends_with(rel, ".py"))
+      add_finding(parsed.findings, Severity::high, "torchscript.code", "TorchScript code '" + rel + "' runs when the model is used",
+                  e.name, e.local_header_offset);
+    if (ends_with(rel, ".pkl") && rel.find("debug_pkl") == std::string::npos) {
+      std::vector<uint8_t> scratch;
+      MCDR_ASSIGN(auto bytes, a.read(e, scratch));
+      auto program = decode_stream(bytes, e.name, 0, options, parsed.findings, false);
+      if (!program.ok()) return program.error();
+    }
+  }
+  return ok_status();
+}
+
+}  // namespace
+
+Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOptions& options) {
+  ParsedModel parsed;
+  parsed.format = container::Format::torch_zip;
+  MCDR_ASSIGN(ZipArchive zip, container::read_zip(file, parsed.findings));
+  if (zip.entries.empty()) return make_error("torch.empty-archive", "zip archive has no entries");
+  const std::string& first = zip.entries.front().name;
+  auto slash = first.find('/');
+  bool npz = std::all_of(zip.entries.begin(), zip.entries.end(), [](const ZipEntry& e) { return ends_with(e.name, ".npy"); });
+  if (npz) {
+    parsed.format = container::Format::npz;
+    return make_error("format.unsupported", "NumPy .npz archives are not supported yet");
+  }
+  if (slash == std::string::npos || slash == 0)
+    return make_error("torch.no-archive-folder", "first zip entry '" + first + "' is not in a folder (not a torch checkpoint)");
+  ArchiveView a{file, &zip, first.substr(0, slash)};
+  if (zip.find(a.prefix + "/constants.pkl")) {
+    MCDR_TRY(scan_torchscript(a, options, parsed));
+    return parsed;
+  }
+  const ZipEntry* pkl = zip.find(a.prefix + "/data.pkl");
+  if (!pkl) return make_error("torch.no-data-pkl", "no '" + a.prefix + "/data.pkl' record");
+  MCDR_TRY(check_version(a, parsed.findings));
+  MCDR_ASSIGN(bool swap, big_endian(a));
+
+  std::vector<uint8_t> pkl_scratch;
+  MCDR_ASSIGN(auto pkl_bytes, a.read(*pkl, pkl_scratch));
+  MCDR_ASSIGN(pickle::Program program, decode_stream(pkl_bytes, pkl->name, 0, options, parsed.findings, false));
+
+  std::unordered_set<std::string> used;
+  cdr::StorageResolver resolver = [&](const cdr::StorageRequest& r) -> Result<model::Storage> {
+    std::string name = a.prefix + "/data/" + r.key;
+    const ZipEntry* e = zip.find(name);
+    if (!e) return make_error("torch.missing-storage", "storage record '" + name + "' does not exist", r.pid_offset, pkl->name);
+    if (e->uncompressed_size != r.nbytes)
+      return make_error("torch.storage-size-mismatch",
+                        "record '" + name + "' holds " + std::to_string(e->uncompressed_size) + " bytes, the pickle declares " +
+                            std::to_string(r.nbytes),
+                        r.pid_offset, pkl->name);
+    used.insert(name);
+    model::Storage s;
+    s.source = name;
+    s.nbytes = r.nbytes;
+    std::vector<uint8_t> scratch;
+    MCDR_ASSIGN(auto bytes, a.read(*e, scratch));
+    if (swap || e->method != 0) {
+      std::vector<uint8_t> owned(bytes.begin(), bytes.end());
+      if (swap) byteswap(owned, r.dtype);
+      s.set_owned(std::move(owned));
+    } else {
+      s.bytes = bytes;
+    }
+    return s;
+  };
+  cdr::LiftOptions lo;
+  lo.entry = pkl->name;
+  MCDR_ASSIGN(parsed.model, cdr::lift(program, resolver, lo));
+  if (swap) add_finding(parsed.findings, Severity::info, "torch.big-endian", "big-endian storages converted to little-endian");
+  report_records(zip, a.prefix, used, parsed.findings);
+  return parsed;
+}
+
+}  // namespace modelcdr::formats

@@ -1,0 +1,398 @@
+#include "formats/torch_zip_writer.hpp"
+
+#include <cstring>
+#include <unordered_map>
+
+#include "container/zip_writer.hpp"
+#include "pickle/pickle_emitter.hpp"
+
+namespace modelcdr::formats {
+
+namespace {
+
+using model::DType;
+using model::Model;
+using model::Tensor;
+using model::TensorKind;
+using model::Value;
+using model::ValueId;
+using model::ValueKind;
+using pickle::EmitGlobal;
+using pickle::PickleEmitter;
+
+constexpr size_t kBatch = 1000;  // items per APPENDS/SETITEMS, as CPython's pickler does
+constexpr uint32_t kNewStorageBase = 0x80000000u;  // ids of storages the writer creates itself
+
+// Emits the IR as a protocol-2 program. Shared values (same ValueId twice) and tensors are
+// memoized so identity survives: tied weights come back as one object.
+class DataPklEmitter {
+ public:
+  DataPklEmitter(const Model& m, const TorchWriteOptions& o, std::vector<model::StorageId>& order,
+                 std::vector<model::Storage>& extra)
+      : m_(m), opt_(o), order_(order), extra_(extra) {}
+
+  std::vector<uint8_t> run() {
+    e_.proto2();
+    value(m_.root);
+    e_.stop();
+    return std::move(e_.bytes());
+  }
+
+ private:
+  bool compat13() const { return opt_.compat == Compat::torch1_13; }
+
+  void value(ValueId id) {
+    if (id == model::kNoValue) {
+      e_.none();
+      return;
+    }
+    if (auto it = memo_.find(id); it != memo_.end()) {
+      e_.get(it->second);
+      return;
+    }
+    const Value& v = m_.values[id];
+    switch (v.kind) {
+      case ValueKind::none:
+      case ValueKind::dropped: e_.none(); return;
+      case ValueKind::boolean: e_.boolean(v.b); return;
+      case ValueKind::integer: e_.integer(v.i); return;
+      case ValueKind::big_integer: e_.long1(v.text); return;
+      case ValueKind::floating: floating(v.f); return;
+      case ValueKind::complex: complex(v.f, v.imag); return;
+      case ValueKind::string: e_.unicode(v.text); return;
+      case ValueKind::bytes: bytes(v.text); break;
+      case ValueKind::list: list(id, v.items); return;
+      case ValueKind::tuple: tuple(v.items); break;
+      case ValueKind::dict: dict(id, v, false); return;
+      case ValueKind::ordered_dict: dict(id, v, true); return;
+      case ValueKind::set: set(id, v.items); return;
+      case ValueKind::tensor: tensor_value(v.tensor); break;
+    }
+    memo_[id] = e_.put();
+  }
+
+  void floating(double f) {
+    if (!compat13()) {
+      e_.binfloat(f);
+      return;
+    }
+    // torch 1.13's weights_only loader has no BINFLOAT: a 0-dim float64 tensor carries the
+    // exact value instead (FORMATS.md §5.4 item 5, option b).
+    uint8_t raw[8];
+    std::memcpy(raw, &f, 8);
+    scalar_tensor(DType::f64, std::span<const uint8_t>(raw, 8), {});
+  }
+
+  void complex(double re, double im) {
+    if (!compat13()) {
+      e_.global(EmitGlobal::builtins_complex);
+      e_.binfloat(re);
+      e_.binfloat(im);
+      e_.tuple_n(2);
+      e_.reduce();
+      return;
+    }
+    uint8_t raw[16];
+    std::memcpy(raw, &re, 8);
+    std::memcpy(raw + 8, &im, 8);
+    scalar_tensor(DType::c128, std::span<const uint8_t>(raw, 16), {});
+  }
+
+  void bytes(const std::string& b) {
+    if (compat13()) {
+      scalar_tensor(DType::u8, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(b.data()), b.size()),
+                    {static_cast<int64_t>(b.size())});
+      return;
+    }
+    // Protocol 2 spelling of bytes: _codecs.encode(<latin-1 text>, 'latin1').
+    std::string latin1_as_utf8;
+    latin1_as_utf8.reserve(b.size() * 2);
+    for (unsigned char c : b) {
+      if (c < 0x80) {
+        latin1_as_utf8.push_back(static_cast<char>(c));
+      } else {
+        latin1_as_utf8.push_back(static_cast<char>(0xC0 | (c >> 6)));
+        latin1_as_utf8.push_back(static_cast<char>(0x80 | (c & 0x3F)));
+      }
+    }
+    e_.global(EmitGlobal::codecs_encode);
+    e_.unicode(latin1_as_utf8);
+    e_.unicode("latin1");
+    e_.tuple_n(2);
+    e_.reduce();
+  }
+
+  // A tensor the writer makes itself (a scalar in compat mode): its storage is owned by
+  // `extra_` and gets a key like any other.
+  void scalar_tensor(DType d, std::span<const uint8_t> raw, std::vector<int64_t> shape) {
+    model::Storage s;
+    s.dtype = d;
+    s.set_owned(std::vector<uint8_t>(raw.begin(), raw.end()));
+    extra_.push_back(std::move(s));
+    uint32_t sid = kNewStorageBase + static_cast<uint32_t>(extra_.size() - 1);
+    std::vector<int64_t> stride;
+    if (!shape.empty()) stride.push_back(1);
+    e_.global(EmitGlobal::rebuild_tensor_v2);
+    e_.mark();
+    persistent_id(sid, d);
+    e_.integer(0);
+    int_tuple(shape);
+    int_tuple(stride);
+    e_.boolean(false);
+    empty_ordered_dict();
+    e_.tuple();
+    e_.reduce();
+  }
+
+  void list(ValueId id, const std::vector<ValueId>& items) {
+    e_.empty_list();
+    memo_[id] = e_.put();
+    batched(items.size(), [&](size_t i) { value(items[i]); }, [&] { e_.appends(); });
+  }
+
+  void tuple(const std::vector<ValueId>& items) {
+    if (items.size() <= 3) {
+      for (auto it : items) value(it);
+      e_.tuple_n(items.size());
+      return;
+    }
+    e_.mark();
+    for (auto it : items) value(it);
+    e_.tuple();
+  }
+
+  void set(ValueId id, const std::vector<ValueId>& items) {
+    if (compat13()) {  // 1.13 accepts no set at all: a list keeps the elements
+      list(id, items);
+      return;
+    }
+    e_.global(EmitGlobal::builtins_set);
+    e_.empty_list();
+    e_.put();
+    batched(items.size(), [&](size_t i) { value(items[i]); }, [&] { e_.appends(); });
+    e_.tuple_n(1);
+    e_.reduce();
+    memo_[id] = e_.put();
+  }
+
+  void dict(ValueId id, const Value& v, bool ordered) {
+    if (ordered) {
+      empty_ordered_dict();
+    } else {
+      e_.empty_dict();
+    }
+    memo_[id] = e_.put();
+    batched(v.entries.size(),
+            [&](size_t i) {
+              value(v.entries[i].first);
+              value(v.entries[i].second);
+            },
+            [&] { e_.setitems(); });
+    if (ordered && v.metadata != model::kNoValue) {
+      // state-dict `_metadata`, applied with BUILD exactly as torch.save writes it (§2.7).
+      e_.empty_dict();
+      e_.unicode("_metadata");
+      value(v.metadata);
+      e_.setitem();
+      e_.build();
+    }
+  }
+
+  template <class Item, class Close>
+  void batched(size_t n, Item item, Close close) {
+    for (size_t start = 0; start < n; start += kBatch) {
+      e_.mark();
+      size_t end = std::min(n, start + kBatch);
+      for (size_t i = start; i < end; ++i) item(i);
+      close();
+    }
+  }
+
+  void empty_ordered_dict() {
+    e_.global(EmitGlobal::ordered_dict);
+    e_.tuple_n(0);
+    e_.reduce();
+  }
+
+  void int_tuple(const std::vector<int64_t>& xs) {
+    if (xs.size() <= 3) {
+      for (auto x : xs) e_.integer(x);
+      e_.tuple_n(xs.size());
+      return;
+    }
+    e_.mark();
+    for (auto x : xs) e_.integer(x);
+    e_.tuple();
+  }
+
+  const model::Storage& storage(uint32_t sid) const {
+    return sid >= kNewStorageBase ? extra_[sid - kNewStorageBase] : m_.storages[sid];
+  }
+
+  // ('storage', <class>, '<key>', 'cpu', numel) BINPERSID; keys in first-use order.
+  void persistent_id(uint32_t sid, DType d) {
+    auto [it, inserted] = keys_.try_emplace(sid, static_cast<uint32_t>(keys_.size()));
+    if (inserted) order_.push_back(sid);
+    const auto& info = model::dtype_info(d);
+    uint64_t nbytes = storage(sid).nbytes;
+    e_.mark();
+    e_.unicode("storage");
+    if (info.storage_class) {
+      e_.storage_class(d);
+      e_.unicode(std::to_string(it->second));
+      e_.unicode("cpu");
+      e_.integer(static_cast<int64_t>(nbytes / info.element_size));
+    } else {
+      e_.global(EmitGlobal::untyped_storage);
+      e_.unicode(std::to_string(it->second));
+      e_.unicode("cpu");
+      e_.integer(static_cast<int64_t>(nbytes));
+    }
+    e_.tuple();
+    e_.binpersid();
+  }
+
+  void tensor_value(model::TensorId tid) {
+    const Tensor& t = m_.tensors[tid];
+    if (t.is_parameter) {
+      e_.global(EmitGlobal::rebuild_parameter);
+      e_.mark();
+      bare_tensor(t);
+      e_.boolean(t.param_requires_grad);
+      empty_ordered_dict();
+      e_.tuple();
+      e_.reduce();
+      return;
+    }
+    bare_tensor(t);
+  }
+
+  void tensor_ref(model::TensorId tid) {
+    auto it = tensor_memo_.find(tid);
+    if (it != tensor_memo_.end()) {
+      e_.get(it->second);
+      return;
+    }
+    bare_tensor(m_.tensors[tid]);
+    tensor_memo_[tid] = e_.put();
+  }
+
+  void bare_tensor(const Tensor& t) {
+    switch (t.kind) {
+      case TensorKind::dense: dense(t); return;
+      case TensorKind::quantized_per_tensor:
+      case TensorKind::quantized_per_channel: quantized(t); return;
+      case TensorKind::sparse_coo: sparse(t); return;
+    }
+  }
+
+  void dense(const Tensor& t) {
+    bool v3 = model::dtype_info(t.dtype).storage_class == nullptr;
+    e_.global(v3 ? EmitGlobal::rebuild_tensor_v3 : EmitGlobal::rebuild_tensor_v2);
+    e_.mark();
+    persistent_id(t.storage, t.dtype);
+    e_.integer(t.storage_offset);
+    int_tuple(t.shape);
+    int_tuple(t.stride);
+    e_.boolean(t.requires_grad);
+    empty_ordered_dict();
+    if (v3) e_.dtype_global(t.dtype);
+    e_.tuple();
+    e_.reduce();
+  }
+
+  void quantized(const Tensor& t) {
+    e_.global(EmitGlobal::rebuild_qtensor);
+    e_.mark();
+    persistent_id(t.storage, t.dtype);
+    e_.integer(t.storage_offset);
+    int_tuple(t.shape);
+    int_tuple(t.stride);
+    if (t.kind == TensorKind::quantized_per_tensor) {
+      e_.global(EmitGlobal::per_tensor_affine);
+      e_.binfloat(t.q_scale);
+      e_.integer(t.q_zero_point);
+      e_.tuple_n(3);
+    } else {
+      e_.mark();
+      e_.global(EmitGlobal::per_channel_affine);
+      tensor_ref(t.q_scales);
+      tensor_ref(t.q_zero_points);
+      e_.integer(t.q_axis);
+      e_.tuple();
+    }
+    e_.boolean(t.requires_grad);
+    empty_ordered_dict();
+    e_.tuple();
+    e_.reduce();
+  }
+
+  void sparse(const Tensor& t) {
+    e_.global(EmitGlobal::rebuild_sparse_tensor);
+    e_.global(EmitGlobal::get_layout);
+    e_.unicode("torch.sparse_coo");
+    e_.tuple_n(1);
+    e_.reduce();
+    e_.mark();
+    tensor_ref(t.sparse_indices);
+    tensor_ref(t.sparse_values);
+    e_.global(EmitGlobal::torch_size);
+    int_tuple(t.shape);
+    e_.tuple_n(1);
+    e_.reduce();
+    if (t.sparse_coalesced.has_value() && !compat13()) e_.boolean(*t.sparse_coalesced);
+    e_.tuple();
+    e_.tuple_n(2);
+    e_.reduce();
+  }
+
+  const Model& m_;
+  const TorchWriteOptions& opt_;
+  std::vector<model::StorageId>& order_;
+  std::vector<model::Storage>& extra_;
+  PickleEmitter e_;
+  std::unordered_map<ValueId, uint32_t> memo_;
+  std::unordered_map<model::TensorId, uint32_t> tensor_memo_;
+  std::unordered_map<uint32_t, uint32_t> keys_;
+};
+
+Status copy_payload(container::ZipWriter& zip, const std::string& name, std::span<const uint8_t> bytes) {
+  MCDR_TRY(zip.begin_entry(name, bytes.size()));
+  constexpr size_t kChunk = 8 << 20;  // large sequential writes; CRC folded in per chunk
+  for (size_t off = 0; off < bytes.size(); off += kChunk)
+    MCDR_TRY(zip.write_payload(bytes.subspan(off, std::min(kChunk, bytes.size() - off))));
+  return zip.end_entry();
+}
+
+std::span<const uint8_t> text(std::string_view s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+}  // namespace
+
+Result<std::vector<uint8_t>> emit_data_pkl(const Model& model, const TorchWriteOptions& options,
+                                           std::vector<model::StorageId>& storage_order,
+                                           std::vector<model::Storage>& extra_storages) {
+  DataPklEmitter emitter(model, options, storage_order, extra_storages);
+  return emitter.run();
+}
+
+Status write_torch_zip(const Model& model, const TorchWriteOptions& options, io::AtomicOutput& out) {
+  std::vector<model::StorageId> order;
+  std::vector<model::Storage> extra;
+  MCDR_ASSIGN(std::vector<uint8_t> pkl, emit_data_pkl(model, options, order, extra));
+  container::ZipWriter zip(out, 64);
+  MCDR_TRY(zip.add("archive/data.pkl", pkl));
+  MCDR_TRY(zip.add("archive/.format_version", text("1")));
+  MCDR_TRY(zip.add("archive/.storage_alignment", text("64")));
+  MCDR_TRY(zip.add("archive/byteorder", text("little")));
+  for (size_t key = 0; key < order.size(); ++key) {
+    uint32_t sid = order[key];
+    const auto& s = sid >= kNewStorageBase ? extra[sid - kNewStorageBase] : model.storages[sid];
+    MCDR_TRY(copy_payload(zip, "archive/data/" + std::to_string(key), s.bytes));
+  }
+  MCDR_TRY(zip.add("archive/version", text("3\n")));
+  return zip.finish();
+}
+
+}  // namespace modelcdr::formats

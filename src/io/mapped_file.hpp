@@ -1,0 +1,33 @@
+// MappedFile: the input, mapped read-only once. Stages pass spans into it, never copies.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "modelcdr/result.hpp"
+
+namespace modelcdr::io {
+
+class MappedFile {
+ public:
+  static Result<MappedFile> open(const std::string& path);
+  MappedFile() = default;
+  MappedFile(MappedFile&& o) noexcept;
+  MappedFile& operator=(MappedFile&& o) noexcept;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  ~MappedFile();
+
+  std::span<const uint8_t> bytes() const { return {data_, size_}; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+  // Tell the kernel we will stream through [off, off+len) once (readahead, then drop).
+  void advise_sequential() const;
+
+ private:
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+  std::string path_;
+};
+
+}  // namespace modelcdr::io

@@ -1,0 +1,44 @@
+// PickleMachine: a symbolic evaluator for every opcode of pickle protocols 0-5.
+// Why hand-written: no library parses pickle without executing it; CPython's own unpickler
+// imports modules and calls callables by design. This machine only builds a value graph
+// (value_graph.hpp); GLOBAL resolves nothing, REDUCE calls nothing.
+// Every count is bounded by MachineLimits; malformed input returns an Error naming the
+// entry, offset and rule, never a crash or an unbounded allocation.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+
+#include "modelcdr/finding.hpp"
+#include "modelcdr/result.hpp"
+#include "pickle/value_graph.hpp"
+
+namespace modelcdr::pickle {
+
+struct MachineLimits {
+  uint64_t max_ops = 50'000'000;        // opcodes executed
+  uint64_t max_nodes = 20'000'000;      // graph nodes created
+  uint64_t max_memo_entries = 10'000'000;
+  uint64_t max_memo_index = 0xFFFFFFFFull;  // memo is a hash map: an index never sizes an allocation
+  uint64_t max_stack_depth = 1'000'000; // stack + mark-stack entries
+  uint64_t max_text_bytes = 1ull << 32; // single str/bytes payload (also bounded by remaining input)
+  uint64_t max_line_bytes = 1 << 20;    // protocol-0 text arguments
+  uint64_t max_container_items = 100'000'000;  // total items appended across all containers
+};
+
+struct DecodeOptions {
+  MachineLimits limits;
+  std::string entry;       // name used in errors/findings (zip member or "")
+  uint64_t base_offset = 0;  // added to offsets when the span is a slice of a larger file
+};
+
+// Decode one pickle starting at the beginning of `data`, stopping at the first STOP.
+// Bytes after STOP are *not* examined here: `Program::end_offset` tells the caller where the
+// next stream would begin, so the caller decides whether trailing bytes are a finding.
+// Structural oddities that do not prevent a certain parse (FRAME misuse, leftover stack items
+// or marks at STOP, PUT of an index that overwrites another, EXT/NEXT_BUFFER opcodes, Python-2
+// name remaps) are appended to `findings`.
+Result<Program> decode(std::span<const uint8_t> data, const DecodeOptions& options, Findings& findings);
+
+}  // namespace modelcdr::pickle

@@ -1,0 +1,261 @@
+#include "container/zip_writer.hpp"
+
+#include <gtest/gtest.h>
+#include <libdeflate.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "container/zip_reader.hpp"
+
+namespace modelcdr::container {
+namespace {
+
+namespace fs = std::filesystem;
+using Bytes = std::vector<uint8_t>;
+
+fs::path make_temp_dir() {
+  std::string tmpl = (fs::temp_directory_path() / "zip_writer_test-XXXXXX").string();
+  EXPECT_NE(::mkdtemp(tmpl.data()), nullptr);
+  return fs::path(tmpl);
+}
+
+Bytes read_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return Bytes(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+std::string log_of(const fs::path& dir) {
+  Bytes b = read_file(dir / "py.log");
+  return std::string(b.begin(), b.end());
+}
+
+int run_python(const fs::path& dir, const std::string& script) {
+  fs::path s = dir / "script.py";
+  std::ofstream(s) << script;
+  int rc = std::system(("/usr/bin/python3 " + s.string() + " > " + (dir / "py.log").string() + " 2>&1").c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+std::span<const uint8_t> span_of(const std::string& s) {
+  return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+std::string dump(const Findings& f) {
+  std::string s;
+  for (const auto& x : f) s += std::string(severity_name(x.severity)) + " " + x.rule + " " + x.entry + ": " + x.message + "\n";
+  return s;
+}
+
+struct Item {
+  std::string name, data;
+};
+
+std::vector<Item> sample_items() {
+  std::vector<Item> items = {{"archive/data.pkl", "\x80\x02}q\x00."},
+                             {"archive/.format_version", "1"},
+                             {"archive/.storage_alignment", "64"},
+                             {"archive/byteorder", "little"},
+                             {"archive/data/0", std::string(1000, '\x01')},
+                             {"archive/data/1", ""},
+                             {"archive/version", "3\n"}};
+  std::string big(300000, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 2654435761u) >> 13);
+  items.push_back({"archive/data/2", big});
+  return items;
+}
+
+// Writes items, the 2nd-last through chunked write_payload calls.
+fs::path write_archive(const fs::path& dir, const std::vector<Item>& items, const std::string& name = "out.pt") {
+  fs::path p = dir / name;
+  auto out = io::AtomicOutput::create(p.string());
+  EXPECT_TRUE(out.ok());
+  ZipWriter w(*out);
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i % 2 == 1) {
+      EXPECT_TRUE(w.begin_entry(items[i].name, items[i].data.size()).ok());
+      auto sp = span_of(items[i].data);
+      for (size_t off = 0; off < sp.size(); off += 777)
+        EXPECT_TRUE(w.write_payload(sp.subspan(off, std::min<size_t>(777, sp.size() - off))).ok());
+      EXPECT_TRUE(w.end_entry().ok());
+    } else {
+      EXPECT_TRUE(w.add(items[i].name, span_of(items[i].data)).ok());
+    }
+  }
+  EXPECT_TRUE(w.finish().ok());
+  EXPECT_TRUE(out->commit().ok());
+  return p;
+}
+
+TEST(ZipWriter, RoundTripThroughOurReader) {
+  fs::path dir = make_temp_dir();
+  auto items = sample_items();
+  Bytes z = read_file(write_archive(dir, items));
+  Findings f;
+  auto a = read_zip(z, f);
+  ASSERT_TRUE(a.ok()) << a.error().describe();
+  EXPECT_TRUE(f.empty()) << dump(f);
+  ASSERT_EQ(a->entries.size(), items.size());
+  std::vector<uint8_t> scratch;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const ZipEntry& e = a->entries[i];
+    EXPECT_EQ(e.name, items[i].name);
+    EXPECT_EQ(e.data_offset % 64, 0u) << e.name;
+    EXPECT_EQ(e.method, 0);
+    EXPECT_EQ(e.flags, items[i].data.empty() ? 0x0800 : 0x0808);
+    EXPECT_EQ(e.crc32, ZipWriter::crc32(span_of(items[i].data)));
+    auto b = entry_bytes(z, e, scratch);
+    ASSERT_TRUE(b.ok());
+    EXPECT_EQ(std::string(b->begin(), b->end()), items[i].data);
+  }
+  // Always zip64 end records, like torch: record, then locator, then the classic end record.
+  ASSERT_GE(z.size(), 98u);
+  const uint8_t* end = z.data() + z.size();
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(end - 22), 4), std::string("PK\x05\x06", 4));
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(end - 42), 4), std::string("PK\x06\x07", 4));
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(end - 98), 4), std::string("PK\x06\x06", 4));
+  fs::remove_all(dir);
+}
+
+TEST(ZipWriter, AlignmentForEveryNameLength) {
+  fs::path dir = make_temp_dir();
+  std::vector<Item> items;
+  for (int n = 1; n <= 80; ++n) items.push_back({std::string(n, 'a' + n % 26) + std::to_string(n), std::string(n * 3, 'x')});
+  Bytes z = read_file(write_archive(dir, items));
+  Findings f;
+  auto a = read_zip(z, f);
+  ASSERT_TRUE(a.ok()) << a.error().describe();
+  EXPECT_TRUE(f.empty()) << dump(f);
+  for (const auto& e : a->entries) EXPECT_EQ(e.data_offset % 64, 0u) << e.name;
+  fs::remove_all(dir);
+}
+
+TEST(ZipWriter, PythonZipfileAcceptsOutput) {
+  fs::path dir = make_temp_dir();
+  auto items = sample_items();
+  fs::path p = write_archive(dir, items);
+  std::string script = "import zipfile, zlib, sys\nz = zipfile.ZipFile('" + p.string() +
+                       "')\nassert z.testzip() is None\nnames = z.namelist()\nprint(names)\n";
+  script += "assert names == [" ;
+  for (const auto& it : items) script += "'" + it.name + "',";
+  script += "]\nassert len(z.read('archive/data/2')) == 300000\nassert z.read('archive/version') == b'3\\n'\n";
+  EXPECT_EQ(run_python(dir, script), 0) << log_of(dir);
+  fs::remove_all(dir);
+}
+
+TEST(ZipWriter, ByteIdenticalToTorchSave) {
+  // Re-writing the records of a torch.save file must reproduce it byte for byte (§2.3).
+  fs::path dir = make_temp_dir();
+  fs::path t = dir / "torch.pt";
+  ASSERT_EQ(run_python(dir, "import torch\ntorch.save({'w': torch.arange(10.), 'b': torch.zeros(0), 'c': torch.ones(7, dtype=torch.int16)}, '" +
+                                t.string() + "')\n"),
+            0)
+      << log_of(dir);
+  Bytes orig = read_file(t);
+  Findings f;
+  auto a = read_zip(orig, f);
+  ASSERT_TRUE(a.ok()) << a.error().describe();
+  std::vector<Item> items;
+  std::vector<uint8_t> scratch;
+  for (const auto& e : a->entries) {
+    auto b = entry_bytes(orig, e, scratch);
+    ASSERT_TRUE(b.ok());
+    items.push_back({e.name, std::string(b->begin(), b->end())});
+  }
+  Bytes ours = read_file(write_archive(dir, items));
+  EXPECT_EQ(ours.size(), orig.size());
+  EXPECT_TRUE(ours == orig) << "first difference at "
+                            << (std::mismatch(ours.begin(), ours.end(), orig.begin(), orig.end()).first - ours.begin());
+  fs::remove_all(dir);
+}
+
+TEST(ZipWriter, SizeContractIsEnforced) {
+  fs::path dir = make_temp_dir();
+  auto out = io::AtomicOutput::create((dir / "x.zip").string());
+  ASSERT_TRUE(out.ok());
+  ZipWriter w(*out);
+  std::string five = "12345";
+  ASSERT_TRUE(w.begin_entry("a", 4).ok());
+  EXPECT_FALSE(w.write_payload(span_of(five)).ok());  // more than declared
+  EXPECT_TRUE(w.write_payload(span_of(five).first(3)).ok());
+  EXPECT_FALSE(w.end_entry().ok());                 // one byte short
+  EXPECT_FALSE(w.begin_entry("b", 1).ok());         // still open
+  EXPECT_FALSE(w.finish().ok());                    // still open
+  EXPECT_TRUE(w.write_payload(span_of(five).first(1)).ok());
+  EXPECT_TRUE(w.end_entry().ok());
+  EXPECT_FALSE(w.end_entry().ok());
+  EXPECT_FALSE(w.add("a", span_of(five)).ok());     // duplicate name
+  EXPECT_FALSE(w.write_payload(span_of(five)).ok());  // no open entry
+  EXPECT_TRUE(w.finish().ok());
+  EXPECT_FALSE(w.add("c", span_of(five)).ok());     // after finish
+  fs::remove_all(dir);
+}
+
+TEST(ZipWriter, Crc32MatchesZlibAndChains) {
+  std::string s = "123456789";
+  EXPECT_EQ(ZipWriter::crc32(span_of(s)), 0xCBF43926u);
+  uint32_t c = ZipWriter::crc32(span_of(s).first(4));
+  EXPECT_EQ(ZipWriter::crc32(span_of(s).subspan(4), c), 0xCBF43926u);
+}
+
+// The reader takes the zip64 end record when present; sentinel values in the classic record
+// must then be resolved from it, and disagreement must be reported.
+TEST(ZipWriter, Zip64EndRecordPath) {
+  fs::path dir = make_temp_dir();
+  Bytes z = read_file(write_archive(dir, sample_items()));
+  auto patch16 = [](Bytes& b, size_t at, uint16_t v) { b[at] = v & 0xFF, b[at + 1] = v >> 8; };
+  auto patch32 = [](Bytes& b, size_t at, uint32_t v) {
+    for (int i = 0; i < 4; ++i) b[at + i] = static_cast<uint8_t>(v >> (8 * i));
+  };
+  const size_t eocd = z.size() - 22;
+  {
+    Bytes s = z;  // classic record fully sentinel: everything must come from zip64
+    patch16(s, eocd + 8, 0xFFFF);
+    patch16(s, eocd + 10, 0xFFFF);
+    patch32(s, eocd + 12, 0xFFFFFFFF);
+    patch32(s, eocd + 16, 0xFFFFFFFF);
+    Findings f;
+    auto a = read_zip(s, f);
+    ASSERT_TRUE(a.ok()) << a.error().describe();
+    EXPECT_TRUE(f.empty()) << dump(f);
+    EXPECT_EQ(a->entries.size(), sample_items().size());
+  }
+  {
+    Bytes s = z;  // classic record disagrees with zip64 entry count
+    patch16(s, eocd + 8, 3);
+    patch16(s, eocd + 10, 3);
+    Findings f;
+    auto a = read_zip(s, f);
+    ASSERT_TRUE(a.ok()) << a.error().describe();
+    EXPECT_EQ(std::count_if(f.begin(), f.end(), [](const Finding& x) { return x.rule == "zip.zip64-inconsistent"; }), 1)
+        << dump(f);
+  }
+  {
+    Bytes s = z;  // zip64 record claims one more entry than the directory holds
+    const size_t z64 = z.size() - 98;
+    s[z64 + 24] += 1;
+    s[z64 + 32] += 1;
+    Findings f;
+    auto a = read_zip(s, f);
+    ASSERT_FALSE(a.ok());
+    EXPECT_EQ(a.error().rule, "zip.entry-count-mismatch");
+  }
+  {
+    Bytes s = z;  // locator points somewhere else
+    patch32(s, z.size() - 42 + 8, 12);
+    Findings f;
+    auto a = read_zip(s, f);
+    ASSERT_FALSE(a.ok());
+    EXPECT_EQ(a.error().rule, "zip.zip64-inconsistent");
+  }
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace modelcdr::container
