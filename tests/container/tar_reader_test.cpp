@@ -104,7 +104,7 @@ TEST(TarReader, ReadsHandBuiltArchive) {
   const TarMember* s = a->find("storages");
   ASSERT_NE(s, nullptr);
   EXPECT_EQ(s->size, 700u);
-  EXPECT_EQ(s->data_offset, 3u * 512 + 512);
+  EXPECT_EQ(s->data_offset, 2u * 1024 + 512);  // third member: two header+data pairs before it
   auto b = tar_member_bytes(t, *s);
   ASSERT_TRUE(b.ok());
   EXPECT_EQ(std::string(b->begin(), b->end()), std::string(700, 's'));
@@ -165,12 +165,12 @@ TEST(TarReader, Base256Size) {
 
 TEST(TarReader, BadChecksumIsError) {
   Bytes t = build_tar(torch_members());
-  t[512 + 5] ^= 1;  // second header's name
+  t[1024 + 5] ^= 1;  // second header's name
   Findings f;
   auto a = read_tar(t, f);
   ASSERT_FALSE(a.ok());
   EXPECT_EQ(a.error().rule, "tar.bad-checksum");
-  EXPECT_EQ(a.error().offset, 512u + 148);
+  EXPECT_EQ(a.error().offset, 1024u + 148);
 }
 
 TEST(TarReader, NonRegularMembersAreFindings) {

@@ -459,7 +459,7 @@ TEST(PickleMachine, LongTextAndBinary) {
   auto padded = run("\x8a\x09\x05\x00\x00\x00\x00\x00\x00\x00\x00."sv);
   EXPECT_EQ(padded.root().kind, NodeKind::Int);
   EXPECT_EQ(padded.root().i, 5);
-  auto big4 = run("\x8b\x09\x00\x00\x00\x00\x00\x00\x00\x00\x00\x80."sv);
+  auto big4 = run("\x8b\x09\x00\x00\x00" "\x00\x00\x00\x00\x00\x00\x00\x00\x80."sv);
   ASSERT_EQ(big4.root().kind, NodeKind::BigInt);
   EXPECT_EQ(big4.root().text.size(), 9u);
   EXPECT_ERR(run("\x8b\xff\xff\xff\xff."sv), "pickle.negative-length");
