@@ -1,11 +1,14 @@
 // The library's front door: scan a file, disarm a file. The CLI and the tests use only this.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 
 #include "modelcdr/finding.hpp"
+#include "modelcdr/model.hpp"
 #include "modelcdr/result.hpp"
 
 namespace modelcdr {
@@ -35,6 +38,8 @@ struct FileReport {
 
 struct ScanOptions {
   bool stego = false;
+  // Extra per-file analysis over the lifted IR (e.g. the steganography test); adds findings.
+  std::function<void(const model::Model&, FileReport&)> inspect;
 };
 
 enum class CompatTarget { torch2, torch1_13 };
@@ -42,7 +47,24 @@ enum class CompatTarget { torch2, torch1_13 };
 struct DisarmOptions {
   CompatTarget compat = CompatTarget::torch2;
   bool allow_trailing_data = false;  // drop bytes after STOP instead of rejecting
+  // Optional transform of the IR between lift and emit (LSB randomisation, MTD). It may
+  // replace storage payloads (Storage::set_owned) and must report what it did in `report`.
+  std::function<Status(model::Model&, FileReport&)> transform;
 };
+
+// The two halves of disarm, for commands that transform a model in between (protect,
+// restore): load_model parses, scans and lifts (rejecting what disarm would reject);
+// write_model emits a fresh checkpoint atomically. The LoadedModel keeps the input mapped,
+// since the IR's tensor payloads are spans into it.
+struct LoadedModel;
+struct LoadedModelDeleter {
+  void operator()(LoadedModel* m) const;
+};
+using LoadedModelPtr = std::unique_ptr<LoadedModel, LoadedModelDeleter>;
+Result<LoadedModelPtr> load_model(const std::string& input, const DisarmOptions& options, FileReport& report);
+model::Model& model_of(LoadedModel& loaded);
+Status write_model(const model::Model& model, const std::string& output, const DisarmOptions& options,
+                   FileReport& report);
 
 FileReport scan_file(const std::string& path, const ScanOptions& options);
 FileReport disarm_file(const std::string& input, const std::string& output, const DisarmOptions& options);

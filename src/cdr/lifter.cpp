@@ -542,7 +542,11 @@ class Lifter {
   // ---- tensors -------------------------------------------------------------------------
   Result<ValueId> tensor_call(NodeId id, const std::string& fn, const std::vector<NodeId>& args, uint32_t depth) {
     MCDR_ASSIGN(std::optional<TensorId> tid, tensor_from_call(id, fn, args, depth));
-    if (!tid) return dropped(at(id), "tensor", "its rebuild call has unexpected arguments");
+    if (!tid) {
+      std::string why = unsupported_.empty() ? "its rebuild call has unexpected arguments" : unsupported_;
+      unsupported_.clear();
+      return dropped(at(id), "tensor", why);
+    }
     Value v;
     v.kind = ValueKind::tensor;
     v.tensor = *tid;
@@ -803,7 +807,10 @@ class Lifter {
       auto* la = tuple_items(layout.items[1]);
       coo = la && la->size() == 1 && as_text((*la)[0]) == std::optional<std::string>("torch.sparse_coo");
     }
-    if (!coo) return err(n.offset, "cdr.unsupported", "only sparse COO tensors are supported");
+    if (!coo) {
+      unsupported_ = "only sparse COO tensors are supported (CSR/CSC/BSR/BSC are not yet)";
+      return std::optional<TensorId>();
+    }
     auto* d = tuple_items(a[1]);
     if (!d || d->size() < 3 || d->size() > 4) return err(n.offset, "cdr.bad-tensor", "sparse COO data is not (indices, values, size)");
     MCDR_ASSIGN(std::optional<TensorId> idx, tensor_of((*d)[0], depth + 1));
@@ -961,6 +968,7 @@ class Lifter {
   std::unordered_map<std::string, model::StorageId> storages_by_key_;
   std::unordered_map<NodeId, TensorId> tensor_nodes_;
   int module_roots_ = 0;
+  std::string unsupported_;  // why the last tensor call was not recognised, if known
 };
 
 }  // namespace

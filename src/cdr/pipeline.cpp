@@ -17,12 +17,6 @@ namespace {
 
 using container::Format;
 
-Error with_path(Error e, const std::string& path) {
-  e.message = e.message;
-  (void)path;
-  return e;
-}
-
 Result<formats::ParsedModel> parse(std::span<const uint8_t> bytes, Format format) {
   formats::ReadOptions options;
   switch (format) {
@@ -146,60 +140,82 @@ FileReport scan_file(const std::string& path, const ScanOptions& options) {
   auto parsed = parse(loaded->file.bytes(), loaded->format);
   if (!parsed.ok()) {
     r.status = FileStatus::error;
-    r.error = with_path(parsed.error(), path);
+    r.error = parsed.error();
     return r;
   }
   r.format = container::format_name(parsed->format);
   r.findings = parsed->findings;
   r.findings.insert(r.findings.end(), parsed->model.findings.begin(), parsed->model.findings.end());
   r.tensors = tensor_stats(parsed->model);
+  if (options.inspect) options.inspect(parsed->model, r);
   r.status = std::any_of(r.findings.begin(), r.findings.end(), counts) ? FileStatus::findings : FileStatus::clean;
-  (void)options;
   return r;
+}
+
+}  // namespace modelcdr
+
+struct modelcdr::LoadedModel {
+  Loaded input;
+  formats::ParsedModel parsed;
+};
+
+namespace modelcdr {
+
+void LoadedModelDeleter::operator()(LoadedModel* m) const { delete m; }
+model::Model& model_of(LoadedModel& loaded) { return loaded.parsed.model; }
+
+Result<LoadedModelPtr> load_model(const std::string& input, const DisarmOptions& options, FileReport& r) {
+  r.input = input;
+  r.format = "unknown";
+  LoadedModelPtr m(new LoadedModel);
+  MCDR_ASSIGN(m->input, load(input));
+  m->input.file.advise_sequential();
+  r.format = container::format_name(m->input.format);
+  MCDR_ASSIGN(m->parsed, parse(m->input.file.bytes(), m->input.format));
+  r.format = container::format_name(m->parsed.format);
+  r.findings = m->parsed.findings;
+  r.findings.insert(r.findings.end(), m->parsed.model.findings.begin(), m->parsed.model.findings.end());
+  r.tensors = tensor_stats(m->parsed.model);
+  if (m->parsed.not_disarmable) return make_error("format.not-disarmable", *m->parsed.not_disarmable);
+  for (const auto& f : r.findings)
+    if (is_ambiguity(f, options))
+      return make_error("cdr.ambiguous-input", "cannot be parsed with certainty: " + f.message + " [" + f.rule + "]",
+                        f.offset, f.entry);
+  return m;
+}
+
+Status write_model(const model::Model& model, const std::string& output, const DisarmOptions& options, FileReport& r) {
+  MCDR_ASSIGN(io::AtomicOutput out, io::AtomicOutput::create(output));
+  formats::TorchWriteOptions wo;
+  wo.compat = options.compat == CompatTarget::torch1_13 ? formats::Compat::torch1_13 : formats::Compat::torch2;
+  MCDR_TRY(formats::write_torch_zip(model, wo, out));
+  if (!model.architecture.empty()) {
+    r.architecture = output + ".architecture.json";
+    MCDR_TRY(write_architecture(model, r.architecture));
+  }
+  if (auto s = out.commit(); !s.ok()) {
+    if (!r.architecture.empty()) std::remove(r.architecture.c_str());
+    r.architecture.clear();
+    return s;
+  }
+  r.output = output;
+  return ok_status();
 }
 
 FileReport disarm_file(const std::string& input, const std::string& output, const DisarmOptions& options) {
   FileReport r;
-  r.input = input;
   auto reject = [&](Error e) {
     r.status = FileStatus::rejected;
     r.error = std::move(e);
     r.output.clear();
     return r;
   };
-  auto loaded = load(input);
-  if (!loaded.ok()) {
-    r.format = "unknown";
-    return reject(loaded.error());
-  }
-  loaded->file.advise_sequential();
-  r.format = container::format_name(loaded->format);
-  auto parsed = parse(loaded->file.bytes(), loaded->format);
-  if (!parsed.ok()) return reject(parsed.error());
-  r.format = container::format_name(parsed->format);
-  r.findings = parsed->findings;
-  r.findings.insert(r.findings.end(), parsed->model.findings.begin(), parsed->model.findings.end());
-  r.tensors = tensor_stats(parsed->model);
-  if (parsed->not_disarmable) return reject(make_error("format.not-disarmable", *parsed->not_disarmable));
-  for (const auto& f : r.findings)
-    if (is_ambiguity(f, options))
-      return reject(make_error("cdr.ambiguous-input", "cannot be parsed with certainty: " + f.message + " [" + f.rule + "]",
-                               f.offset, f.entry));
-
-  auto out = io::AtomicOutput::create(output);
-  if (!out.ok()) return reject(out.error());
-  formats::TorchWriteOptions wo;
-  wo.compat = options.compat == CompatTarget::torch1_13 ? formats::Compat::torch1_13 : formats::Compat::torch2;
-  if (auto s = formats::write_torch_zip(parsed->model, wo, *out); !s.ok()) return reject(s.error());
-  if (!parsed->model.architecture.empty()) {
-    r.architecture = output + ".architecture.json";
-    if (auto s = write_architecture(parsed->model, r.architecture); !s.ok()) return reject(s.error());
-  }
-  if (auto s = out->commit(); !s.ok()) {
-    if (!r.architecture.empty()) std::remove(r.architecture.c_str());
-    return reject(s.error());
-  }
-  r.output = output;
+  auto loaded = load_model(input, options, r);
+  if (!loaded.ok()) return reject(loaded.error());
+  model::Model& m = model_of(**loaded);
+  if (options.transform)
+    if (auto s = options.transform(m, r); !s.ok()) return reject(s.error());
+  if (auto s = write_model(m, output, options, r); !s.ok()) return reject(s.error());
   for (const auto& f : r.findings)
     if (counts(f)) r.removed.push_back(f);
   r.status = r.removed.empty() ? FileStatus::clean : FileStatus::removed;

@@ -125,7 +125,13 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
   if (slash == std::string::npos || slash == 0)
     return make_error("torch.no-archive-folder", "first zip entry '" + first + "' is not in a folder (not a torch checkpoint)");
   ArchiveView a{file, &zip, first.substr(0, slash)};
-  if (zip.find(a.prefix + "/constants.pkl")) {
+  // torch.load hands archives with constants.pkl to torch.jit.load; older TorchScript
+  // archives (model.json, attributes.pkl) and any archive with code/ are programs too.
+  bool script = zip.find(a.prefix + "/constants.pkl") || zip.find(a.prefix + "/model.json") ||
+                zip.find(a.prefix + "/attributes.pkl") ||
+                std::any_of(zip.entries.begin(), zip.entries.end(),
+                            [&](const ZipEntry& e) { return e.name.rfind(a.prefix + "/code/", 0) == 0; });
+  if (script) {
     MCDR_TRY(scan_torchscript(a, options, parsed));
     return parsed;
   }
