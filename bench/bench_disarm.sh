@@ -93,4 +93,9 @@ print("disarm output verified equal to the input")
 PYEOF
 rm -f -- "$WORK/check.pt"
 
+# peak memory split into anonymous vs file-backed pages (GNU time's max RSS counts mmapped input pages)
+echo "== disarm memory breakdown (one extra run, sampled from /proc)"
+python3 "$HERE/rss_sampler.py" "$BIN" disarm "$IN" -o "$WORK/check.pt" --quiet
+rm -f -- "$WORK/check.pt"
+
 python3 "$HERE/bench_stats.py" "$WORK" "$REPEAT" "$SIZE_MB" "$(stat -c %s "$IN")"

@@ -43,10 +43,15 @@ struct ScanOptions {
 };
 
 enum class CompatTarget { torch2, torch1_13 };
+// What disarm writes: a PyTorch zip checkpoint (default), a safetensors file, or a NumPy .npz.
+enum class OutputFormat { pt, safetensors, npz,
+  joblib, pickle };  // joblib/pickle: for models lifted from pickle/joblib inputs (registry objects, numpy arrays)
 
 struct DisarmOptions {
   CompatTarget compat = CompatTarget::torch2;
+  OutputFormat output_format = OutputFormat::pt;
   bool allow_trailing_data = false;  // drop bytes after STOP instead of rejecting
+  bool fsync = false;                // fsync outputs before the rename (durable, slower)
   // Optional transform of the IR between lift and emit (LSB randomisation, MTD). It may
   // replace storage payloads (Storage::set_owned) and must report what it did in `report`.
   std::function<Status(model::Model&, FileReport&)> transform;
@@ -68,6 +73,11 @@ Status write_model(const model::Model& model, const std::string& output, const D
 
 FileReport scan_file(const std::string& path, const ScanOptions& options);
 FileReport disarm_file(const std::string& input, const std::string& output, const DisarmOptions& options);
+
+// Extends the vetted class registry (docs/REGISTRY.md) for this process with the classes a
+// policy file names one by one: {"allow_classes": ["module.Class", ...]} (NEWOBJ + BUILD) and
+// {"allow_reduce": [...]} (REDUCE with plain-data arguments + BUILD). No wildcards.
+Status load_class_policy(const std::string& path);
 
 // True when the bytes at `path` are a model format modelcdr handles (used by directory mode:
 // everything else is "other" and is skipped unless the user asks to copy it).

@@ -43,7 +43,11 @@ struct Storage {
   std::span<const uint8_t> bytes;   // into the mapped input (or into `owned`)
   std::vector<uint8_t> owned;       // set when a transform rewrote the payload
   std::string source;               // where it came from, e.g. "archive/data/3"
+  // `bytes` is a span of the read-only input mapping: a writer may drop its pages once they
+  // are written (bounded resident set). Never true for owned or in-memory buffers.
+  bool mapped = false;
   void set_owned(std::vector<uint8_t> data) {
+    mapped = false;
     owned = std::move(data);
     bytes = std::span<const uint8_t>(owned.data(), owned.size());
     nbytes = owned.size();
@@ -74,6 +78,10 @@ struct Tensor {
 enum class ValueKind : uint8_t {
   none, boolean, integer, big_integer, floating, complex, string, bytes,
   list, tuple, dict, ordered_dict, set, tensor, dropped,
+  // Appended for numpy / scikit-learn models (cdr/class_registry.hpp, docs/REGISTRY.md):
+  ndarray,      // numpy array: numeric/structured data in `tensor`, object arrays in `items`
+  numpy_dtype,  // numpy dtype: `text` = dtype code ("f8", "V56", "O8"), `state` = its state tuple
+  object,       // instance of a vetted registry class: `class_id`, constructor `items`, `state`
 };
 
 struct Value {
@@ -87,6 +95,11 @@ struct Value {
   ValueId metadata = kNoValue;      // ordered_dict: the state dict's `_metadata` attribute
   TensorId tensor = 0;              // tensor
   std::string dropped_what, dropped_why;  // dropped: emitted as None, explained in the report
+  // numpy and registry objects (appended; zero/empty for every other kind):
+  uint32_t class_id = 0;            // object: index into cdr::ClassRegistry (never a name from the input)
+  ValueId state = kNoValue;         // object: BUILD state; ndarray: its numpy_dtype; numpy_dtype: state tuple
+  std::vector<int64_t> array_shape; // ndarray: numpy shape
+  bool fortran_order = false;       // ndarray: bytes are in Fortran (column-major) order
 };
 
 // A module tree lifted from a whole-model pickle: paths and class names as data only.
@@ -96,6 +109,10 @@ struct ModuleInfo {
   std::vector<std::string> parameters, buffers;
 };
 
+// ndarray values: `tensor` views the array bytes as a contiguous tensor (numeric dtypes: same
+// dtype and shape, strides of the numpy order; structured/string dtypes: a flat uint8 tensor of
+// numel x itemsize bytes). Object arrays (dtype 'O') hold their elements in `items`, C order.
+
 struct Model {
   std::vector<Storage> storages;
   std::vector<Tensor> tensors;
@@ -103,6 +120,9 @@ struct Model {
   ValueId root = kNoValue;
   std::vector<ModuleInfo> architecture;  // non-empty when a whole module was converted
   Findings findings;                // what the lifter dropped or converted, with locations
+  // String key/value metadata of the input file (safetensors `__metadata__`), kept as data;
+  // writers that can hold it (safetensors) write it back, the others report it as dropped.
+  std::vector<std::pair<std::string, std::string>> file_metadata;
 
   ValueId add(Value v) {
     values.push_back(std::move(v));

@@ -4,7 +4,9 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "cdr/class_registry.hpp"
 #include "cdr/globals_policy.hpp"
+#include "io/byte_cursor.hpp"
 
 namespace modelcdr::cdr {
 
@@ -182,7 +184,9 @@ class Lifter {
       case NodeKind::Inst:
         return dropped(n, "object of class " + (n.items.empty() ? std::string("?") : global_text(at(n.items[0]))),
                        "INST/OBJ instances are not plain data", Severity::critical);
-      case NodeKind::PersId: return dropped(n, "persistent id", "outside a tensor");
+      case NodeKind::PersId:
+        if (opt_.tar_tensors) return tar_tensor(id);
+        return dropped(n, "persistent id", "outside a tensor");
       case NodeKind::Ext: return dropped(n, "extension-registry reference", "EXT opcodes are never plain data", Severity::critical);
       case NodeKind::Buffer: return dropped(n, "out-of-band buffer", "no buffers travel with a file", Severity::high);
     }
@@ -306,11 +310,25 @@ class Lifter {
     }
     if (mod == "torch._tensor" && name == "_rebuild_from_type_v2") return rebuild_from_type(n, *args, depth);
     if (mod == "torch" && name == "Size") return size_call(n, *args, depth);
+    if (opt_.tar_tensors && mod == "torch.nn.parameter" && name == "Parameter") return tar_parameter(n, *args, depth);
     if (mod == "_codecs" && name == "encode") return codecs_encode(n, *args);
     if (mod == "builtins") return builtin_call(n, name, *args, depth);
     if ((mod == "numpy.core.multiarray" || mod == "numpy._core.multiarray") && name == "scalar")
       return numpy_scalar(n, *args);
     if (mod == "torch" && name == "device") return device_call(n, *args);
+    if ((mod == "numpy.core.multiarray" || mod == "numpy._core.multiarray") && name == "_reconstruct")
+      return numpy_reconstruct(n, *args, depth);
+    if (mod == "numpy" && name == "dtype") return numpy_dtype(n, *args, depth);
+    if (opt_.registry && mod == "copyreg" && name == "_reconstructor" && args->size() == 3 &&
+        at((*args)[0]).kind == NodeKind::Global && is_global(at((*args)[1]), "builtins", "object") &&
+        at((*args)[2]).kind == NodeKind::None) {
+      const Node& cls = at((*args)[0]);
+      if (auto cid = opt_.registry->find(cls.text, cls.name); cid && opt_.registry->at(*cid).construct == Construct::newobj)
+        return registry_object(n, *cid, nullptr, depth);
+    }
+    if (opt_.registry)
+      if (auto cid = opt_.registry->find(mod, name); cid && opt_.registry->at(*cid).construct == Construct::reduce)
+        return registry_object(n, *cid, args, depth);
     if (mod == "pathlib" && (name == "PosixPath" || name == "WindowsPath" || name == "Path"))
       return path_call(n, *args, name == "WindowsPath" ? '\\' : '/');
     Severity s = is_known_global(mod, name) ? Severity::medium : unknown_global_severity(mod, name);
@@ -858,6 +876,10 @@ class Lifter {
       if (t && t->size() >= 2 && as_text((*t)[0]) == std::optional<std::string>("module")) {
         note(Severity::info, "cdr.dropped", "module source code stored with the class removed", cls->offset);
         cls = &at((*t)[1]);
+      } else if (opt_.tar_tensors && t && t->size() == 3 && at((*t)[0]).kind == NodeKind::Global) {
+        // tar format: (class, source file, source code)
+        note(Severity::info, "cdr.dropped", "module source code stored with the class removed", cls->offset);
+        cls = &at((*t)[0]);
       }
     }
     if (cls->kind != NodeKind::Global) return dropped(n, "object of a computed class", "not plain data", Severity::critical);
@@ -873,6 +895,17 @@ class Lifter {
       return m_.add(std::move(v));
     }
     if (is_global(*cls, "collections", "OrderedDict")) return mapping_call(n, "OrderedDict", {}, depth);
+    if (cls->name == "NumpyArrayWrapper" &&
+        (cls->text == "joblib.numpy_pickle" || cls->text == "sklearn.externals.joblib.numpy_pickle"))
+      return joblib_array(n, depth);
+    if (opt_.registry) {
+      auto* args = n.items.size() == 2 ? tuple_items(n.items[1]) : nullptr;
+      if (auto cid = opt_.registry->find(cls->text, cls->name); cid) {
+        if (opt_.registry->at(*cid).construct == Construct::newobj && args && args->empty())
+          return registry_object(n, *cid, nullptr, depth);
+        return dropped(n, "object of class " + global_text(*cls), "created with unexpected constructor arguments");
+      }
+    }
     Severity s = is_known_global(cls->text, cls->name) ? Severity::medium : unknown_global_severity(cls->text, cls->name);
     return dropped(n, "object of class " + global_text(*cls), "not a recognised data class", s);
   }
@@ -897,7 +930,7 @@ class Lifter {
     const Node* cls = &at(n.items[0]);
     if (cls->kind == NodeKind::PersId) {
       auto* t = tuple_items(cls->items[0]);
-      if (t && t->size() >= 2) cls = &at((*t)[1]);
+      if (t && t->size() >= 2) cls = &at((*t)[at((*t)[0]).kind == NodeKind::Global ? 0 : 1]);
     }
     const Node& state = at(n.build_states.back());
     model::ModuleInfo info;
@@ -957,6 +990,310 @@ class Lifter {
     }
     for (NodeId c : *items)
       if (auto s = as_text(c)) out.insert(*s);
+  }
+
+  // ---- tar format (FORMATS.md §3.3) ------------------------------------------------------
+  Result<ValueId> tar_tensor(NodeId id) {
+    const Node& n = at(id);
+    const Node& k = at(n.items[0]);
+    std::string key = k.kind == NodeKind::Int ? std::to_string(k.i) : as_text(n.items[0]).value_or("");
+    auto it = opt_.tar_tensors->find(key);
+    if (it == opt_.tar_tensors->end()) return err(n.offset, "torch.missing-tensor", "tensor '" + key.substr(0, 64) + "' is not in the tensors member");
+    const TarTensor& tt = it->second;
+    model::StorageId sid;
+    if (auto s = storages_by_key_.find(tt.storage_key); s != storages_by_key_.end()) {
+      sid = s->second;
+      if (m_.storages[sid].dtype != tt.dtype)
+        return err(n.offset, "cdr.storage-dtype-conflict", "storage '" + tt.storage_key + "' is used with two dtypes");
+    } else {
+      MCDR_ASSIGN(model::Storage st, resolve_(StorageRequest{tt.storage_key, tt.dtype, tt.storage_nbytes, n.offset}));
+      st.dtype = tt.dtype;
+      m_.storages.push_back(std::move(st));
+      sid = static_cast<model::StorageId>(m_.storages.size() - 1);
+      storages_by_key_[tt.storage_key] = sid;
+    }
+    Tensor t;
+    t.dtype = tt.dtype;
+    t.storage = sid;
+    t.storage_offset = tt.storage_offset;
+    t.shape = tt.shape;
+    t.stride = tt.stride;
+    MCDR_TRY(check_view(t, n.offset));
+    m_.tensors.push_back(std::move(t));
+    Value v;
+    v.kind = ValueKind::tensor;
+    v.tensor = static_cast<TensorId>(m_.tensors.size() - 1);
+    return m_.add(std::move(v));
+  }
+
+  // torch.nn.parameter.Parameter(<tensor pid>) + BUILD (requires_grad, volatile, hooks).
+  Result<ValueId> tar_parameter(const Node& n, const std::vector<NodeId>& args, uint32_t depth) {
+    if (args.empty() || args.size() > 2) return dropped(n, "parameter", "unexpected arguments");
+    MCDR_ASSIGN(ValueId inner, lift(args[0], depth + 1));
+    if (m_.values[inner].kind != ValueKind::tensor) return dropped(n, "parameter", "its data is not a tensor");
+    bool rg = true;
+    if (args.size() == 2 && as_int(args[1])) rg = *as_int(args[1]) != 0;
+    if (!n.build_states.empty()) {
+      auto* st = tuple_items(n.build_states.back());
+      if (st && !st->empty() && as_int((*st)[0])) rg = *as_int((*st)[0]) != 0;
+      if (st && st->size() >= 3 && at((*st)[2]).kind != NodeKind::None && !is_empty_ordered_dict_call((*st)[2]))
+        note(Severity::medium, "cdr.dropped", "parameter backward hooks removed", n.offset);
+    }
+    Tensor t = m_.tensors[m_.values[inner].tensor];
+    t.is_parameter = true;
+    t.param_requires_grad = rg;
+    m_.tensors.push_back(std::move(t));
+    Value v;
+    v.kind = ValueKind::tensor;
+    v.tensor = static_cast<TensorId>(m_.tensors.size() - 1);
+    return m_.add(std::move(v));
+  }
+
+  // ---- numpy arrays and registry objects ------------------------------------------------
+  // numpy.dtype(code, False, True) [+ BUILD (3, order, None, names, fields, elsize, align, flags)]
+  Result<ValueId> numpy_dtype(const Node& n, const std::vector<NodeId>& args, uint32_t depth) {
+    auto code = args.size() == 3 ? as_text(args[0]) : std::nullopt;
+    if (!code || !parse_numpy_code(*code)) return dropped(n, "numpy dtype", "not a plain numpy dtype code");
+    Value v;
+    v.kind = ValueKind::numpy_dtype;
+    v.text = *code;
+    if (n.build_states.size() > 1) return dropped(n, "numpy dtype", "more than one BUILD");
+    if (!n.build_states.empty()) {
+      NodeId sid = n.build_states.back();
+      auto* st = tuple_items(sid);
+      if (!st || st->size() != 8 || as_int((*st)[0]) != std::optional<int64_t>(3) || !as_text((*st)[1]) ||
+          at((*st)[2]).kind != NodeKind::None)
+        return dropped(n, "numpy dtype " + *code, "state is not a version-3 dtype state without subarray");
+      std::string order = *as_text((*st)[1]);
+      if (order != "<" && order != "|" && order != "=")
+        return dropped(n, "numpy dtype " + *code, "byte order '" + order.substr(0, 4) + "' is not little-endian");
+      for (int i = 5; i < 8; ++i)
+        if (!as_int((*st)[i])) return dropped(n, "numpy dtype " + *code, "state holds a non-integer size field");
+      MCDR_ASSIGN(ValueId state, lift(sid, depth + 1));
+      v.state = state;
+      if (!valid_fields(*code, state)) return dropped(n, "numpy dtype " + *code, "structured fields are not plain numeric fields");
+    }
+    return m_.add(std::move(v));
+  }
+
+  // names/fields of a structured dtype: every field a simple numeric dtype inside the item.
+  bool valid_fields(const std::string& code, ValueId state) const {
+    const Value& st = m_.values[state];
+    if (st.kind != ValueKind::tuple || st.items.size() != 8) return false;
+    const Value& names = m_.values[st.items[3]];
+    const Value& fields = m_.values[st.items[4]];
+    if (names.kind == ValueKind::none && fields.kind == ValueKind::none) return true;
+    auto nc = parse_numpy_code(code);
+    if (!nc || nc->kind != 'V' || names.kind != ValueKind::tuple || fields.kind != ValueKind::dict) return false;
+    if (names.items.size() != fields.entries.size()) return false;
+    for (auto [k, fv] : fields.entries) {
+      const Value& f = m_.values[fv];
+      if (m_.values[k].kind != ValueKind::string || f.kind != ValueKind::tuple || f.items.size() != 2) return false;
+      const Value& fd = m_.values[f.items[0]];
+      const Value& off = m_.values[f.items[1]];
+      if (fd.kind != ValueKind::numpy_dtype || off.kind != ValueKind::integer || off.i < 0) return false;
+      auto fc = parse_numpy_code(fd.text);
+      if (!fc || !fc->dtype) return false;
+      if (fd.state != model::kNoValue) {
+        const Value& fs = m_.values[fd.state];
+        if (m_.values[fs.items[3]].kind != ValueKind::none) return false;  // nested structure
+      }
+      if (static_cast<uint64_t>(off.i) + fc->itemsize > nc->itemsize) return false;
+    }
+    return true;
+  }
+
+  // The dtype node of an array: lifted and checked. nullopt (with a reason) when unusable.
+  struct ArrayDtype {
+    ValueId value;
+    NumpyCode code;
+  };
+  Result<std::optional<ArrayDtype>> array_dtype(NodeId id, uint32_t depth, std::string& why) {
+    MCDR_ASSIGN(ValueId dv, lift(id, depth + 1));
+    const Value& d = m_.values[dv];
+    if (d.kind != ValueKind::numpy_dtype) {
+      why = "its dtype is not a plain numpy dtype";
+      return std::optional<ArrayDtype>();
+    }
+    auto code = parse_numpy_code(d.text);
+    if (code->kind == 'V' && (d.state == model::kNoValue || m_.values[m_.values[d.state].items[3]].kind == ValueKind::none)) {
+      why = "void dtypes without fields are not supported";
+      return std::optional<ArrayDtype>();
+    }
+    return std::optional<ArrayDtype>(ArrayDtype{dv, *code});
+  }
+
+  Result<std::optional<std::vector<int64_t>>> array_shape(NodeId id) {
+    auto* items = tuple_items(id);
+    if (!items) return std::optional<std::vector<int64_t>>();
+    if (items->size() > opt_.max_dims) return err(at(id).offset, "cdr.bad-array", "array has too many dimensions");
+    std::vector<int64_t> shape;
+    for (NodeId c : *items) {
+      auto v = as_int(c);
+      if (!v || *v < 0) return std::optional<std::vector<int64_t>>();
+      shape.push_back(*v);
+    }
+    return std::optional<std::vector<int64_t>>(std::move(shape));
+  }
+
+  // An ndarray value from raw bytes (a span of the input, or an owned copy).
+  Result<ValueId> make_array(const Node& n, const ArrayDtype& dt, std::vector<int64_t> shape, bool fortran,
+                             std::span<const uint8_t> bytes, std::vector<uint8_t>* owned, const std::string& source) {
+    uint64_t numel = 1, nbytes = 0;
+    for (int64_t d : shape)
+      if (!mul_ok(numel, static_cast<uint64_t>(d), numel)) return err(n.offset, "cdr.bad-array", "array size overflows");
+    if (!mul_ok(numel, dt.code.itemsize, nbytes)) return err(n.offset, "cdr.bad-array", "array size overflows");
+    if (bytes.size() != nbytes)
+      return err(n.offset, "cdr.bad-array",
+                 "array data holds " + std::to_string(bytes.size()) + " bytes, its shape and dtype need " + std::to_string(nbytes));
+    model::Storage s;
+    s.dtype = dt.code.dtype ? *dt.code.dtype : DType::u8;
+    s.source = source;
+    if (owned) {
+      s.set_owned(std::move(*owned));
+    } else {
+      s.bytes = bytes;
+      s.nbytes = nbytes;
+    }
+    m_.storages.push_back(std::move(s));
+    Tensor t;
+    t.storage = static_cast<model::StorageId>(m_.storages.size() - 1);
+    if (dt.code.dtype) {
+      t.dtype = *dt.code.dtype;
+      t.shape = shape;
+      t.stride.assign(shape.size(), 1);
+      int64_t acc = 1;
+      if (fortran) {
+        for (size_t i = 0; i < shape.size(); ++i) { t.stride[i] = acc; acc *= std::max<int64_t>(shape[i], 1); }
+      } else {
+        for (size_t i = shape.size(); i-- > 0;) { t.stride[i] = acc; acc *= std::max<int64_t>(shape[i], 1); }
+      }
+    } else {
+      t.dtype = DType::u8;
+      t.shape = {static_cast<int64_t>(nbytes)};
+      t.stride = {1};
+    }
+    m_.tensors.push_back(std::move(t));
+    Value v;
+    v.kind = ValueKind::ndarray;
+    v.tensor = static_cast<TensorId>(m_.tensors.size() - 1);
+    v.state = dt.value;
+    v.array_shape = std::move(shape);
+    v.fortran_order = fortran;
+    return m_.add(std::move(v));
+  }
+
+  // numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b') + BUILD
+  // (1, shape, dtype, is_fortran, raw bytes | list of objects).
+  Result<ValueId> numpy_reconstruct(const Node& n, const std::vector<NodeId>& args, uint32_t depth) {
+    if (args.size() != 3 || !is_global(at(args[0]), "numpy", "ndarray"))
+      return dropped(n, "numpy array", "not a plain numpy.ndarray (subclasses are not rebuilt)");
+    if (n.build_states.size() != 1) return dropped(n, "numpy array", "expected exactly one BUILD");
+    auto* st = tuple_items(n.build_states.back());
+    if (!st || st->size() != 5 || as_int((*st)[0]) != std::optional<int64_t>(1) || !as_int((*st)[3]))
+      return dropped(n, "numpy array", "state is not (1, shape, dtype, is_fortran, data)");
+    MCDR_ASSIGN(auto shape, array_shape((*st)[1]));
+    if (!shape) return dropped(n, "numpy array", "shape is not a tuple of non-negative integers");
+    std::string why;
+    MCDR_ASSIGN(auto dt, array_dtype((*st)[2], depth, why));
+    if (!dt) return dropped(n, "numpy array", why);
+    bool fortran = *as_int((*st)[3]) != 0;
+    const Node& data = at((*st)[4]);
+    if (dt->code.kind == 'O') return object_array(n, *dt, *shape, data, depth);
+    std::string raw;
+    if (auto t = as_text((*st)[4])) {
+      raw = *t;
+    } else if (data.kind == NodeKind::ByteArray) {
+      raw = data.text;
+    } else if (data.kind == NodeKind::Call && is_global(at(data.items[0]), "_codecs", "encode")) {
+      auto* ea = tuple_items(data.items[1]);
+      if (!ea || ea->size() != 2 || at((*ea)[0]).kind != NodeKind::Str || as_text((*ea)[1]) != std::optional<std::string>("latin1"))
+        return dropped(n, "numpy array", "data is not bytes");
+      MCDR_ASSIGN(raw, latin1_from_utf8(at((*ea)[0])));
+    } else {
+      return dropped(n, "numpy array", "data is not bytes");
+    }
+    std::vector<uint8_t> owned(raw.begin(), raw.end());
+    std::span<const uint8_t> view(owned.data(), owned.size());
+    return make_array(n, *dt, std::move(*shape), fortran, view, &owned, "numpy array at offset " + std::to_string(n.offset));
+  }
+
+  Result<ValueId> object_array(const Node& n, const ArrayDtype& dt, std::vector<int64_t> shape, const Node& data,
+                               uint32_t depth) {
+    if (data.kind != NodeKind::List) return dropped(n, "numpy object array", "elements are not a list");
+    uint64_t numel = 1;
+    for (int64_t d : shape)
+      if (!mul_ok(numel, static_cast<uint64_t>(d), numel)) return err(n.offset, "cdr.bad-array", "array size overflows");
+    if (numel != data.items.size()) return err(n.offset, "cdr.bad-array", "object array element count does not match its shape");
+    Value v;
+    v.kind = ValueKind::ndarray;
+    for (NodeId c : data.items) {
+      MCDR_ASSIGN(ValueId cv, lift(c, depth + 1));
+      v.items.push_back(cv);
+    }
+    v.state = dt.value;
+    v.array_shape = std::move(shape);
+    return m_.add(std::move(v));
+  }
+
+  // joblib NumpyArrayWrapper + BUILD {subclass, shape, order, dtype, allow_mmap[, alignment]},
+  // with the array bytes consumed by the reader's hook (Node::has_payload).
+  Result<ValueId> joblib_array(const Node& n, uint32_t depth) {
+    if (n.build_states.size() != 1 || at(n.build_states.back()).kind != NodeKind::Dict)
+      return dropped(n, "joblib array", "wrapper state is not one dict");
+    const Node& st = at(n.build_states.back());
+    NodeId sub = dict_get(st, "subclass"), shape_id = dict_get(st, "shape"), order = dict_get(st, "order"),
+           dtype = dict_get(st, "dtype");
+    if (sub == kNoNode || shape_id == kNoNode || order == kNoNode || dtype == kNoNode)
+      return dropped(n, "joblib array", "wrapper state lacks subclass/shape/order/dtype");
+    if (!is_global(at(sub), "numpy", "ndarray") && !is_global(at(sub), "numpy", "memmap") &&
+        !is_global(at(sub), "numpy.core.memmap", "memmap"))
+      return dropped(n, "joblib array", "array subclass " + (at(sub).kind == NodeKind::Global ? global_text(at(sub)) : "?") +
+                                            " is not numpy.ndarray");
+    if (!n.has_payload) return dropped(n, "joblib array", "its data was not read (not parsed as a joblib stream)");
+    MCDR_ASSIGN(auto shape, array_shape(shape_id));
+    if (!shape) return dropped(n, "joblib array", "shape is not a tuple of non-negative integers");
+    auto ord = as_text(order);
+    if (!ord || (*ord != "C" && *ord != "F")) return dropped(n, "joblib array", "order is not 'C' or 'F'");
+    std::string why;
+    MCDR_ASSIGN(auto dt, array_dtype(dtype, depth, why));
+    if (!dt) return dropped(n, "joblib array", why);
+    if (n.payload_is_pickle || dt->code.kind == 'O')
+      return dropped(n, "joblib object array", "object arrays are stored as a nested pickle (scanned, not rebuilt)");
+    uint64_t numel = 1, nbytes = 0;
+    for (int64_t d : *shape)
+      if (!mul_ok(numel, static_cast<uint64_t>(d), numel)) return err(n.offset, "cdr.bad-array", "array size overflows");
+    if (!mul_ok(numel, dt->code.itemsize, nbytes) || nbytes > n.payload_size)
+      return err(n.offset, "cdr.bad-array", "joblib array payload is smaller than its shape and dtype need");
+    io::ByteCursor cur(opt_.payload_bytes, opt_.entry);
+    MCDR_TRY(cur.seek(static_cast<size_t>(n.payload_offset + n.payload_size - nbytes)));
+    MCDR_ASSIGN(auto bytes, cur.take(nbytes));
+    return make_array(n, *dt, std::move(*shape), *ord == "F", bytes, nullptr,
+                      "joblib array at offset " + std::to_string(n.payload_offset));
+  }
+
+  // A vetted class: NEWOBJ () / copyreg._reconstructor / REDUCE(args) + BUILD dict state.
+  Result<ValueId> registry_object(const Node& n, uint32_t cid, const std::vector<NodeId>* ctor_args, uint32_t depth) {
+    const RegistryClass& rc = opt_.registry->at(cid);
+    std::string what = "object of class " + rc.module + "." + rc.name;
+    if (n.build_states.size() > 1) return dropped(n, what, "more than one BUILD");
+    Value v;
+    v.kind = ValueKind::object;
+    v.class_id = cid;
+    if (ctor_args)
+      for (NodeId a : *ctor_args) {
+        MCDR_ASSIGN(ValueId av, lift(a, depth + 1));
+        v.items.push_back(av);
+      }
+    if (!n.build_states.empty()) {
+      const Node& st = at(n.build_states.back());
+      if (st.kind != NodeKind::Dict) return dropped(n, what, "its state is not a dict");
+      for (auto [k, val] : st.entries)
+        if (at(k).kind != NodeKind::Str) return dropped(n, what, "its state has a non-string attribute name");
+      MCDR_ASSIGN(v.state, lift(n.build_states.back(), depth + 1));
+    }
+    note(Severity::info, "cdr.registry-object", what + " rebuilt from the vetted class registry", n.offset);
+    return m_.add(std::move(v));
   }
 
   const Program& p_;

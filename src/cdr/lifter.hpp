@@ -4,6 +4,9 @@
 // replaced by a Dropped value and reported. Arguments are checked, not only names.
 #pragma once
 #include <functional>
+#include <span>
+#include <unordered_map>
+#include <vector>
 #include <string>
 
 #include "modelcdr/model.hpp"
@@ -23,10 +26,29 @@ struct StorageRequest {
 // size mismatch). Called once per distinct key.
 using StorageResolver = std::function<Result<model::Storage>(const StorageRequest&)>;
 
+class ClassRegistry;
+
+// A tensor record of PyTorch's pre-0.1.10 tar format (FORMATS.md §3.3), addressed in the
+// object pickle by a persistent id that is its key.
+struct TarTensor {
+  std::string storage_key;
+  model::DType dtype = model::DType::f32;
+  uint64_t storage_nbytes = 0;
+  int64_t storage_offset = 0;
+  std::vector<int64_t> shape, stride;
+};
+
 struct LiftOptions {
   std::string entry;          // for findings: "archive/data.pkl"
   uint32_t max_depth = 512;   // nesting of values
   uint32_t max_dims = 64;
+  // joblib: the decoded span that Node::payload_offset refers to (arrays stored after a
+  // NumpyArrayWrapper's BUILD); must outlive the Model (storages are spans into it).
+  std::span<const uint8_t> payload_bytes;
+  // Vetted classes rebuilt as ValueKind::object; nullptr = none (torch checkpoints).
+  const ClassRegistry* registry = nullptr;
+  // Tar format: persistent ids that are tensor keys; class persistent ids (cls, file, source).
+  const std::unordered_map<std::string, TarTensor>* tar_tensors = nullptr;
 };
 
 Result<model::Model> lift(const pickle::Program& program, const StorageResolver& resolver,

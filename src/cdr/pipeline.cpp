@@ -1,11 +1,16 @@
 // The pipeline: sniff -> container/decode -> lift -> emit, with every finding collected.
 // scan_file is the pipeline without emit; disarm_file writes atomically or not at all.
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "container/sniff.hpp"
 #include "formats/parsed_model.hpp"
+#include "formats/pickle_writer.hpp"
+#include "formats/safetensors_writer.hpp"
 #include "formats/torch_zip_writer.hpp"
 #include "io/atomic_output.hpp"
 #include "io/mapped_file.hpp"
@@ -19,20 +24,26 @@ using container::Format;
 
 Result<formats::ParsedModel> parse(std::span<const uint8_t> bytes, Format format) {
   formats::ReadOptions options;
+  formats::ReadOptions mapped = options;  // `bytes` is the MappedFile itself
+  mapped.input_is_mapped = true;
   switch (format) {
-    case Format::torch_zip: return formats::read_torch_zip(bytes, options);
-    case Format::torch_legacy: return formats::read_torch_legacy(bytes, options);
-    case Format::pickle: return formats::read_bare_pickle(bytes, options);
-    case Format::torch_tar: return make_error("format.unsupported", "the pre-1.0 PyTorch tar format is not supported yet");
-    case Format::npy: return make_error("format.unsupported", "NumPy .npy files are not supported yet");
-    case Format::safetensors: return make_error("format.unsupported", "safetensors files are not supported yet");
+    case Format::torch_zip: return formats::read_torch_zip(bytes, mapped);
+    case Format::torch_legacy: return formats::read_torch_legacy(bytes, mapped);
+    case Format::pickle: return formats::read_joblib(bytes, options);  // plain pickles too (inline joblib arrays)
+    case Format::torch_tar: return formats::read_torch_tar(bytes, options);
+    case Format::npy: return formats::read_npy(bytes, options);
+    case Format::safetensors: return formats::read_safetensors(bytes, options);
     case Format::empty: return make_error("format.empty", "file is empty");
-    case Format::seven_zip:
     case Format::gzip:
     case Format::bzip2:
     case Format::xz:
     case Format::zlib:
     case Format::lz4:
+    case Format::lzma:
+      // joblib's compressed files: decompressed with a capped output size and read as joblib;
+      // any other content is rejected.
+      return formats::read_compressed(bytes, options);
+    case Format::seven_zip:
       return make_error("format.compressed", std::string("a ") + container::format_name(format) +
                                                  " container: torch.load cannot read it and modelcdr does not unpack it");
     default: return make_error("format.unknown", "not a pickle, PyTorch, NumPy or safetensors file");
@@ -185,10 +196,28 @@ Result<LoadedModelPtr> load_model(const std::string& input, const DisarmOptions&
 }
 
 Status write_model(const model::Model& model, const std::string& output, const DisarmOptions& options, FileReport& r) {
-  MCDR_ASSIGN(io::AtomicOutput out, io::AtomicOutput::create(output));
-  formats::TorchWriteOptions wo;
-  wo.compat = options.compat == CompatTarget::torch1_13 ? formats::Compat::torch1_13 : formats::Compat::torch2;
-  MCDR_TRY(formats::write_torch_zip(model, wo, out));
+  MCDR_ASSIGN(io::AtomicOutput out, io::AtomicOutput::create(output, options.fsync));
+  switch (options.output_format) {
+    case OutputFormat::safetensors: MCDR_TRY(formats::write_safetensors(model, out, r.findings)); break;
+    case OutputFormat::npz: MCDR_TRY(formats::write_npz(model, out, r.findings)); break;
+    case OutputFormat::joblib:
+    case OutputFormat::pickle: {
+      formats::PickleWriteOptions po;
+      po.joblib = options.output_format == OutputFormat::joblib;
+      MCDR_TRY(formats::write_pickle(model, po, out));
+      break;
+    }
+    case OutputFormat::pt: {
+      formats::TorchWriteOptions wo;
+      wo.compat = options.compat == CompatTarget::torch1_13 ? formats::Compat::torch1_13 : formats::Compat::torch2;
+      MCDR_TRY(formats::write_torch_zip(model, wo, out));
+      if (!model.file_metadata.empty())
+        add_finding(r.findings, Severity::info, "convert.metadata-dropped",
+                    std::to_string(model.file_metadata.size()) +
+                        " file metadata entries not written: a PyTorch checkpoint has no place for them (use --to safetensors)");
+      break;
+    }
+  }
   if (!model.architecture.empty()) {
     r.architecture = output + ".architecture.json";
     MCDR_TRY(write_architecture(model, r.architecture));
@@ -202,17 +231,47 @@ Status write_model(const model::Model& model, const std::string& output, const D
   return ok_status();
 }
 
+// torch 1.13's weights_only loader has no quantized tensors and no 2.x-only dtypes: in
+// compat mode they are dropped (reported) rather than written in a form 1.13 cannot read.
+void drop_for_torch113(model::Model& m, FileReport& r) {
+  for (auto& v : m.values) {
+    if (v.kind != model::ValueKind::tensor) continue;
+    const auto& t = m.tensors[v.tensor];
+    bool quantized = t.kind == model::TensorKind::quantized_per_tensor || t.kind == model::TensorKind::quantized_per_channel;
+    bool new_dtype = model::dtype_info(t.dtype).storage_class == nullptr;
+    if (!quantized && !new_dtype) continue;
+    std::string what = quantized ? "quantized tensor" : std::string("tensor of dtype ") + model::dtype_info(t.dtype).name;
+    add_finding(r.findings, Severity::medium, "cdr.compat-dropped",
+                what + " removed: torch 1.13's weights_only loader cannot read it (--compat torch1.13)");
+    v = model::Value{};
+    v.kind = model::ValueKind::dropped;
+    v.dropped_what = what;
+    v.dropped_why = "not loadable by torch 1.13";
+  }
+}
+
+// A rejected file leaves no output behind: not ours, and not a stale one from an earlier run.
+void remove_stale_output(const std::string& input, const std::string& output) {
+  struct stat si{}, so{};
+  if (::lstat(output.c_str(), &so) != 0 || !S_ISREG(so.st_mode)) return;
+  if (::stat(input.c_str(), &si) == 0 && si.st_dev == so.st_dev && si.st_ino == so.st_ino) return;
+  ::unlink(output.c_str());
+  ::unlink((output + ".architecture.json").c_str());
+}
+
 FileReport disarm_file(const std::string& input, const std::string& output, const DisarmOptions& options) {
   FileReport r;
   auto reject = [&](Error e) {
     r.status = FileStatus::rejected;
     r.error = std::move(e);
     r.output.clear();
+    remove_stale_output(input, output);
     return r;
   };
   auto loaded = load_model(input, options, r);
   if (!loaded.ok()) return reject(loaded.error());
   model::Model& m = model_of(**loaded);
+  if (options.compat == CompatTarget::torch1_13 && options.output_format == OutputFormat::pt) drop_for_torch113(m, r);
   if (options.transform)
     if (auto s = options.transform(m, r); !s.ok()) return reject(s.error());
   if (auto s = write_model(m, output, options, r); !s.ok()) return reject(s.error());

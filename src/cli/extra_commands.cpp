@@ -6,7 +6,9 @@ std::vector<ExtraCommand>& extra_commands() {
 }
 
 // Command families register here (declared in their own files).
-void add_extra_commands(CLI::App& app) { (void)app; }
+void add_mtd_commands(CLI::App& app);  // src/cli/mtd_commands.cpp
+
+void add_extra_commands(CLI::App& app) { add_mtd_commands(app); }
 
 int run_extra_commands(CLI::App& app) {
   (void)app;

@@ -11,9 +11,12 @@
 #include <thread>
 
 #include "cli/commands.hpp"
+#include "cli/hf_layout.hpp"
 #include "io/atomic_output.hpp"
 #include "modelcdr/api.hpp"
 #include "report/render.hpp"
+#include "stego/lsb_randomizer.hpp"
+#include "stego/stego_detector.hpp"
 
 namespace fs = std::filesystem;
 using namespace modelcdr;
@@ -44,10 +47,15 @@ std::vector<std::string> collect_files(const std::string& path, const std::strin
   return out;
 }
 
-int scan_main(const std::vector<std::string>& paths, bool as_json, bool as_sarif, bool stego) {
+int scan_main(const std::vector<std::string>& paths, bool as_json, bool as_sarif, bool stego, double stego_threshold) {
   std::vector<FileReport> reports;
   ScanOptions options;
   options.stego = stego;
+  if (stego) {
+    stego::StegoOptions so;
+    so.threshold = stego_threshold;
+    options.inspect = stego::make_stego_inspector(so);
+  }
   for (const auto& p : paths)
     for (const auto& f : collect_files(p)) reports.push_back(scan_file(f, options));
   int rc = 0;
@@ -88,6 +96,8 @@ int exit_code(FileStatus s) {
 void print_removed(const FileReport& r) {
   if (r.error) std::cerr << "modelcdr: rejected " << report::error_line(r.input, *r.error) << "\n";
   for (const auto& f : r.removed) std::cerr << "modelcdr: removed " << report::text_line(r.input, f) << "\n";
+  for (const auto& f : r.findings)
+    if (f.rule == "stego.lsb-randomized") std::cerr << "modelcdr: " << r.input << ": " << f.message << "\n";
 }
 
 Status write_report(const std::string& path, const std::vector<FileReport>& reports) {
@@ -155,7 +165,9 @@ int disarm_directory(const std::string& in, const std::string& out, const Disarm
       std::error_code e2;
       fs::create_directories(target.parent_path(), e2);
       if (is_model_file(files[i])) {
-        reports[i] = disarm_file(files[i], target.string(), options);
+        reports[i] = disarm_file(files[i], cli::output_name(target.string(), options.output_format), options);
+      } else if (auto converted = cli::convert_other(files[i], target.string(), options.output_format)) {
+        reports[i] = std::move(*converted);
       } else if (copy_other_files) {
         reports[i] = copy_other(files[i], target.string());
       } else {
@@ -229,9 +241,12 @@ int main(int argc, char** argv) {
   auto* json_flag = scan->add_flag("--json", as_json, "print one JSON document (schema modelcdr.scan/1)");
   scan->add_flag("--sarif", as_sarif, "print SARIF 2.1.0")->excludes(json_flag);
   scan->add_flag("--stego", stego, "also test float tensors for payloads hidden in low mantissa bits");
+  double stego_threshold = stego::StegoOptions{}.threshold;
+  scan->add_option("--stego-threshold", stego_threshold, "suspicion score for a --stego finding (default 6)")
+      ->check(CLI::Range(0.0, 300.0));
 
   auto* disarm = app.add_subcommand("disarm", "rebuild a clean PyTorch checkpoint from scratch");
-  std::string in, out, report_path, compat = "torch2";
+  std::string in, out, report_path, compat = "torch2", to = "pt";
   unsigned jobs = 1;
   bool copy_other_files = false, quiet = false;
   DisarmOptions options;
@@ -240,16 +255,48 @@ int main(int argc, char** argv) {
   disarm->add_option("--report", report_path, "write a JSON report (schema modelcdr.disarm/1)");
   disarm->add_option("--compat", compat, "loader to target: torch2 (default) or torch1.13")
       ->check(CLI::IsMember({"torch2", "torch1.13"}));
+  disarm->add_option("--to", to,
+                     "output format: pt (default), safetensors, npz (arrays only), or joblib / pickle (pickle and "
+                     "joblib inputs: numpy arrays and vetted scikit-learn objects, docs/REGISTRY.md)")
+      ->check(CLI::IsMember({"pt", "safetensors", "npz", "joblib", "pickle"}));
   disarm->add_option("--jobs,-j", jobs, "files disarmed in parallel (folder input)")->check(CLI::Range(1u, 256u));
   disarm->add_flag("--copy-other", copy_other_files, "copy files that are not model files (folder input)");
   disarm->add_flag("--allow-trailing-data", options.allow_trailing_data, "drop bytes after the pickle's STOP instead of rejecting");
+  disarm->add_flag("--fsync", options.fsync, "flush each output to the device before renaming it into place");
+  std::string policy_path;
+  disarm->add_option("--policy", policy_path,
+                     "JSON file {\"allow_classes\": [\"module.Class\", ...]} adding classes to the vetted registry "
+                     "(docs/REGISTRY.md)");
   disarm->add_flag("-q,--quiet", quiet, "print only errors");
+  std::string lsb_spec;
+  auto* lsb_opt = disarm->add_option("--randomize-lsb", lsb_spec,
+                                     "randomize the low mantissa bits of float tensors: 'default' (also when no value "
+                                     "is given), N for every float type, or float32=N,float16=N,...")
+                      ->expected(0, 1);
 
   add_extra_commands(app);
   CLI11_PARSE(app, argc, argv);
-  if (*scan) return scan_main(scan_paths, as_json, as_sarif, stego);
+  if (!policy_path.empty())
+    if (auto s = load_class_policy(policy_path); !s.ok()) {
+      std::cerr << "modelcdr: --policy: " << s.error().message << "\n";
+      return 2;
+    }
+  if (*scan) return scan_main(scan_paths, as_json, as_sarif, stego, stego_threshold);
   if (*disarm) {
     options.compat = compat == "torch1.13" ? CompatTarget::torch1_13 : CompatTarget::torch2;
+    options.output_format = to == "safetensors" ? OutputFormat::safetensors
+                            : to == "npz"       ? OutputFormat::npz
+                            : to == "joblib"    ? OutputFormat::joblib
+                            : to == "pickle"    ? OutputFormat::pickle
+                                                : OutputFormat::pt;
+    if (lsb_opt->count() > 0) {
+      auto policy = stego::parse_lsb_policy(lsb_spec);
+      if (!policy.ok()) {
+        std::cerr << "modelcdr: " << policy.error().message << "\n";
+        return 2;
+      }
+      options.transform = stego::make_lsb_transform(*policy);
+    }
     return disarm_main(in, out, report_path, options, jobs, copy_other_files, quiet);
   }
   return run_extra_commands(app);

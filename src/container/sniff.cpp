@@ -55,7 +55,7 @@ bool looks_like_pickle(std::span<const uint8_t> b) {
   if (b.empty()) return false;
   uint8_t c = b[0];
   if (c == 0x80) return b.size() >= 2 && b[1] <= 5;
-  return std::strchr("(}]cdlNIJKLMFGSTUVXBCt)ih\x8c\x95", c) != nullptr && c != 0;
+  return std::strchr("(}]cdlNIJKLMFGSTUVXBC)\x8c\x95", c) != nullptr && c != 0;
 }
 }  // namespace
 
@@ -78,6 +78,8 @@ const char* format_name(Format f) {
     case Format::lz4: return "lz4";
     case Format::empty: return "empty";
     case Format::unknown: return "unknown";
+    case Format::joblib: return "joblib";
+    case Format::lzma: return "lzma";
   }
   return "unknown";
 }
@@ -95,6 +97,9 @@ Format sniff(std::span<const uint8_t> b, uint64_t file_size) {
   if (starts_with(b, "\x04\x22\x4D\x18", 4)) return Format::lz4;
   if (b.size() >= 2 && b[0] == 0x78 && (b[1] == 0x01 || b[1] == 0x5E || b[1] == 0x9C || b[1] == 0xDA))
     return Format::zlib;
+  if (starts_with(b, "ZF0x", 4)) return Format::zlib;  // joblib < 0.10: "ZF" + hex length + zlib
+  // lzma-alone (props 0x5D): not a pickle, since 0x00 is no opcode.
+  if (starts_with(b, "\x5D\x00\x00", 3)) return Format::lzma;
   if (looks_like_safetensors(b, file_size)) return Format::safetensors;
   if (looks_like_pickle(b)) return Format::pickle;
   return Format::unknown;

@@ -20,6 +20,8 @@ enum class Format {
   safetensors,
   zip_not_at_start,  // a zip whose first local header is not at offset 0 (polyglot)
   seven_zip, gzip, bzip2, xz, zlib, lz4, empty, unknown,
+  joblib,   // a pickle stream with joblib NumpyArrayWrapper arrays inline (set by the reader)
+  lzma,     // lzma-alone stream (joblib compress='lzma'); "ZF0x" joblib < 0.10 files sniff as zlib
 };
 
 const char* format_name(Format f);

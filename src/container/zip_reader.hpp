@@ -40,6 +40,9 @@ struct ZipLimits {
   uint64_t max_entries = 1'000'000;
   uint64_t max_inflated_bytes = 1ull << 32;  // per deflated entry
   uint64_t max_inflate_ratio = 1000;         // inflated / compressed
+  // The file is a read-only file mapping (io::MappedFile): the CRC pass may drop its pages
+  // behind itself. Never set for buffers in ordinary memory (release would zero them).
+  bool release_pages = false;
 };
 
 // Parse the archive structure. Every anomaly becomes a Finding (rule ids "zip.*"); anomalies

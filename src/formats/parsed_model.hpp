@@ -1,6 +1,7 @@
 // What every format reader hands to the pipeline: the Model IR plus every finding about the
 // input (container, pickle program, lifter).
 #pragma once
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -9,6 +10,14 @@
 #include "modelcdr/finding.hpp"
 #include "modelcdr/model.hpp"
 #include "pickle/pickle_machine.hpp"
+
+namespace modelcdr::container {
+struct ZipArchive;
+}
+
+namespace modelcdr::container {
+struct ZipArchive;
+}
 
 namespace modelcdr::formats {
 
@@ -19,10 +28,15 @@ struct ParsedModel {
   // Set when the file was understood but cannot be disarmed (e.g. TorchScript): scan reports
   // it, disarm rejects with this text.
   std::optional<std::string> not_disarmable;
+  // Owns bytes the model's storages point into when they are not the mapped input (a
+  // decompressed joblib stream). Moving a ParsedModel keeps the pointer stable.
+  std::shared_ptr<const std::vector<uint8_t>> backing;
 };
 
 struct ReadOptions {
   pickle::MachineLimits limits;
+  bool input_is_mapped = false;  // the input span is an io::MappedFile (pages may be released)
+  pickle::ArrayBuildHook on_array_build;  // joblib: passed to pickle::decode by decode_stream
 };
 
 Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOptions& options);
@@ -34,5 +48,27 @@ Result<ParsedModel> read_bare_pickle(std::span<const uint8_t> file, const ReadOp
 Result<pickle::Program> decode_stream(std::span<const uint8_t> bytes, const std::string& entry, uint64_t base_offset,
                                       const ReadOptions& options, Findings& findings, bool trailing_expected);
 
+
+// joblib / pickle files (joblib_reader.cpp): a pickle stream, with NumpyArrayWrapper arrays
+// inline (format "joblib" when any was found), and scikit-learn objects rebuilt through the
+// vetted class registry (cdr/class_registry.hpp).
+Result<ParsedModel> read_joblib(std::span<const uint8_t> file, const ReadOptions& options);
+// A zlib/gzip/bz2/xz/lzma/lz4 (or joblib "ZF") compressed file: decompressed with a bounded
+// output size, then read as joblib/pickle. Anything else inside is rejected.
+Result<ParsedModel> read_compressed(std::span<const uint8_t> file, const ReadOptions& options);
+// TorchScript (torch.jit.save) archives, called by read_torch_zip: tensors of the module tree
+// become a state dict, code/ and constants are removed (torchscript_reader.cpp).
+Status read_torchscript_archive(std::span<const uint8_t> file, const container::ZipArchive& zip, const std::string& prefix,
+                                const ReadOptions& options, ParsedModel& parsed);
+// PyTorch's pre-0.1.10 tar format (FORMATS.md §3.3; torch_tar_reader.cpp).
+Result<ParsedModel> read_torch_tar(std::span<const uint8_t> file, const ReadOptions& options);
+
+// safetensors (FORMATS.md §6): strict header validation; `__metadata__` kept as strings.
+Result<ParsedModel> read_safetensors(std::span<const uint8_t> file, const ReadOptions& options);
+// NumPy .npy / .npz (FORMATS.md §7.1-7.2). read_npz takes the already-parsed archive and its
+// zip findings (torch zip sniffing recognised the member names).
+Result<ParsedModel> read_npy(std::span<const uint8_t> file, const ReadOptions& options);
+Result<ParsedModel> read_npz(std::span<const uint8_t> file, const container::ZipArchive& zip, Findings findings,
+                             const ReadOptions& options);
 
 }  // namespace modelcdr::formats

@@ -118,6 +118,7 @@ Result<ParsedModel> read_torch_legacy(std::span<const uint8_t> file, const ReadO
     s.source = "storage " + r.key;
     s.nbytes = r.nbytes;
     s.bytes = it->second;
+    s.mapped = options.input_is_mapped;
     return s;
   };
   cdr::LiftOptions lo;

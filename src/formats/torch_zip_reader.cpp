@@ -1,6 +1,6 @@
 // PyTorch zip checkpoints (FORMATS.md §2): archive/data.pkl + archive/data/<key> records.
-// TorchScript archives (a constants.pkl record, as torch.load decides) are recognised and
-// scanned, but not disarmed. NumPy .npz archives are recognised by their member names.
+// TorchScript archives (a constants.pkl record, as torch.load decides) go to
+// torchscript_reader.cpp, which extracts their tensors. NumPy .npz archives are recognised by their member names.
 #include <algorithm>
 #include <unordered_set>
 
@@ -90,37 +90,20 @@ Result<bool> big_endian(const ArchiveView& a) {
   return make_error("torch.bad-byteorder", "byteorder record is neither 'little' nor 'big'", b->data_offset, b->name);
 }
 
-Status scan_torchscript(const ArchiveView& a, const ReadOptions& options, ParsedModel& parsed) {
-  parsed.format = container::Format::torchscript;
-  parsed.not_disarmable = "TorchScript archives hold executable code (code/, constants.pkl) and are not disarmed yet";
-  for (const auto& e : a.zip->entries) {
-    std::string rel = e.name.substr(std::min(e.name.size(), a.prefix.size() + 1));
-    if (rel.compare(0, 5, "code/") == 0 && ends_with(rel, ".py"))
-      add_finding(parsed.findings, Severity::high, "torchscript.code", "TorchScript code '" + rel + "' runs when the model is used",
-                  e.name, e.local_header_offset);
-    if (ends_with(rel, ".pkl") && rel.find("debug_pkl") == std::string::npos) {
-      std::vector<uint8_t> scratch;
-      MCDR_ASSIGN(auto bytes, a.read(e, scratch));
-      auto program = decode_stream(bytes, e.name, 0, options, parsed.findings, false);
-      if (!program.ok()) return program.error();
-    }
-  }
-  return ok_status();
-}
-
 }  // namespace
 
 Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOptions& options) {
   ParsedModel parsed;
   parsed.format = container::Format::torch_zip;
-  MCDR_ASSIGN(ZipArchive zip, container::read_zip(file, parsed.findings));
+  container::ZipLimits zip_limits;
+  zip_limits.release_pages = options.input_is_mapped;
+  MCDR_ASSIGN(ZipArchive zip, container::read_zip(file, parsed.findings, zip_limits));
   if (zip.entries.empty()) return make_error("torch.empty-archive", "zip archive has no entries");
   const std::string& first = zip.entries.front().name;
   auto slash = first.find('/');
   bool npz = std::all_of(zip.entries.begin(), zip.entries.end(), [](const ZipEntry& e) { return ends_with(e.name, ".npy"); });
   if (npz) {
-    parsed.format = container::Format::npz;
-    return make_error("format.unsupported", "NumPy .npz archives are not supported yet");
+    return read_npz(file, zip, std::move(parsed.findings), options);
   }
   if (slash == std::string::npos || slash == 0)
     return make_error("torch.no-archive-folder", "first zip entry '" + first + "' is not in a folder (not a torch checkpoint)");
@@ -132,7 +115,7 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
                 std::any_of(zip.entries.begin(), zip.entries.end(),
                             [&](const ZipEntry& e) { return e.name.rfind(a.prefix + "/code/", 0) == 0; });
   if (script) {
-    MCDR_TRY(scan_torchscript(a, options, parsed));
+    MCDR_TRY(read_torchscript_archive(file, zip, a.prefix, options, parsed));
     return parsed;
   }
   const ZipEntry* pkl = zip.find(a.prefix + "/data.pkl");
@@ -166,6 +149,7 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
       s.set_owned(std::move(owned));
     } else {
       s.bytes = bytes;
+      s.mapped = options.input_is_mapped;
     }
     return s;
   };

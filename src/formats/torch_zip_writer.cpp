@@ -4,6 +4,7 @@
 #include <unordered_map>
 
 #include "container/zip_writer.hpp"
+#include "io/mapped_file.hpp"
 #include "pickle/pickle_emitter.hpp"
 #include "pickle/pickle_machine.hpp"
 
@@ -68,6 +69,16 @@ class DataPklEmitter {
       case ValueKind::ordered_dict: dict(id, v, true); return;
       case ValueKind::set: set(id, v.items); return;
       case ValueKind::tensor: tensor_value(v.tensor); break;
+      // numpy / registry values (lifted from pickle/joblib inputs) as plain torch data:
+      case ValueKind::ndarray:  // numeric arrays as tensors, object arrays as lists
+        if (!v.items.empty() || m_.values[v.state].text.rfind("O", 0) == 0) {
+          list(id, v.items);
+          return;
+        }
+        tensor_value(v.tensor);
+        break;
+      case ValueKind::numpy_dtype: e_.unicode(v.text); return;  // the dtype code, e.g. "f8"
+      case ValueKind::object: value(v.state); return;           // its state dict
     }
     memo_[id] = e_.put();
   }
@@ -357,11 +368,16 @@ class DataPklEmitter {
   std::unordered_map<uint32_t, uint32_t> keys_;
 };
 
-Status copy_payload(container::ZipWriter& zip, const std::string& name, std::span<const uint8_t> bytes) {
+// `mapped`: the payload is a span of the mapped input, whose pages are dropped once written
+// so that the resident set stays bounded whatever the model's size.
+Status copy_payload(container::ZipWriter& zip, const std::string& name, std::span<const uint8_t> bytes, bool mapped) {
   MCDR_TRY(zip.begin_entry(name, bytes.size()));
   constexpr size_t kChunk = 8 << 20;  // large sequential writes; CRC folded in per chunk
-  for (size_t off = 0; off < bytes.size(); off += kChunk)
-    MCDR_TRY(zip.write_payload(bytes.subspan(off, std::min(kChunk, bytes.size() - off))));
+  for (size_t off = 0; off < bytes.size(); off += kChunk) {
+    auto chunk = bytes.subspan(off, std::min(kChunk, bytes.size() - off));
+    MCDR_TRY(zip.write_payload(chunk));
+    if (mapped) io::release_mapped_pages(chunk);
+  }
   return zip.end_entry();
 }
 
@@ -423,10 +439,19 @@ Status write_torch_zip(const Model& model, const TorchWriteOptions& options, io:
   MCDR_TRY(zip.add("archive/.format_version", text("1")));
   MCDR_TRY(zip.add("archive/.storage_alignment", text("64")));
   MCDR_TRY(zip.add("archive/byteorder", text("little")));
+  std::vector<uint8_t> scratch;  // for options.storage_payload
   for (size_t key = 0; key < order.size(); ++key) {
     uint32_t sid = order[key];
     const auto& s = sid >= kNewStorageBase ? extra[sid - kNewStorageBase] : model.storages[sid];
-    MCDR_TRY(copy_payload(zip, "archive/data/" + std::to_string(key), s.bytes));
+    std::span<const uint8_t> payload = s.bytes;
+    if (options.storage_payload) {
+      MCDR_ASSIGN(payload, options.storage_payload(static_cast<uint32_t>(key), s, scratch));
+      if (payload.size() != s.bytes.size())
+        return make_error("writer.payload-size", "storage payload hook changed the size of archive/data/" +
+                                                     std::to_string(key));
+    }
+    bool mapped = s.mapped && payload.data() == s.bytes.data();
+    MCDR_TRY(copy_payload(zip, "archive/data/" + std::to_string(key), payload, mapped));
   }
   MCDR_TRY(zip.add("archive/version", text("3\n")));
   return zip.finish();

@@ -3,6 +3,9 @@
 // and the bookkeeping records torch 2.x writes. Nothing from the input but tensor payloads.
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
 
 #include "io/atomic_output.hpp"
 #include "modelcdr/model.hpp"
@@ -14,6 +17,14 @@ enum class Compat { torch2, torch1_13 };
 
 struct TorchWriteOptions {
   Compat compat = Compat::torch2;
+  // Optional payload hook (MTD protect/restore): returns the bytes written for the storage with
+  // record key `key` (archive/data/<key>) instead of `s.bytes`. Called once per record, in key
+  // order, writer-created storages included; `scratch` is one buffer reused across calls, so a
+  // hook that transforms into it holds at most one storage in memory. The returned span must
+  // have exactly s.nbytes bytes and stay valid until the next call.
+  std::function<Result<std::span<const uint8_t>>(uint32_t key, const model::Storage& s,
+                                                 std::vector<uint8_t>& scratch)>
+      storage_payload;
 };
 
 // Generates data.pkl for `model`; `storage_order` receives the storages in key order.

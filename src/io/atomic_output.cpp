@@ -36,8 +36,9 @@ std::string dir_of(const std::string& path) {
 }
 }  // namespace
 
-Result<AtomicOutput> AtomicOutput::create(const std::string& final_path) {
+Result<AtomicOutput> AtomicOutput::create(const std::string& final_path, bool durable) {
   AtomicOutput out;
+  out.durable_ = durable;
   out.final_path_ = final_path;
   std::string base = final_path;
   auto slash = base.rfind('/');
@@ -65,6 +66,7 @@ AtomicOutput& AtomicOutput::operator=(AtomicOutput&& o) noexcept {
     final_path_ = std::move(o.final_path_);
     buf_ = std::move(o.buf_);
     written_ = o.written_;
+    durable_ = o.durable_;
     o.fd_ = -1;
     o.temp_path_.clear();
   }
@@ -95,7 +97,7 @@ Status AtomicOutput::write(std::span<const uint8_t> bytes) {
 Status AtomicOutput::commit() {
   if (fd_ < 0) return make_error("io.commit", "output is closed");
   MCDR_TRY(flush_buffer());
-  if (::fsync(fd_) != 0) return make_error("io.fsync", std::string("fsync failed: ") + std::strerror(errno));
+  if (durable_ && ::fsync(fd_) != 0) return make_error("io.fsync", std::string("fsync failed: ") + std::strerror(errno));
   ::close(fd_);
   fd_ = -1;
   if (::rename(temp_path_.c_str(), final_path_.c_str()) != 0) {

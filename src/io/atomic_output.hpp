@@ -14,7 +14,10 @@ namespace modelcdr::io {
 
 class AtomicOutput {
  public:
-  static Result<AtomicOutput> create(const std::string& final_path);
+  // `durable`: fsync the file before the rename. Off by default, like cp and torch.save: the
+  // rename still guarantees that readers see either nothing or the whole file, but flushing
+  // gigabytes to the device would make disarm several times slower than a copy.
+  static Result<AtomicOutput> create(const std::string& final_path, bool durable = false);
   AtomicOutput() = default;
   AtomicOutput(AtomicOutput&& o) noexcept;
   AtomicOutput& operator=(AtomicOutput&& o) noexcept;
@@ -38,6 +41,7 @@ class AtomicOutput {
   std::string temp_path_, final_path_;
   std::vector<uint8_t> buf_;
   uint64_t written_ = 0;
+  bool durable_ = false;
 };
 
 }  // namespace modelcdr::io

@@ -8,6 +8,12 @@
 
 namespace modelcdr::io {
 
+// Drops the resident pages of a read-only file mapping inside `span` (rounded inwards to page
+// boundaries) once they have been consumed, so a streaming pass over a 20 GB model keeps a
+// bounded resident set; the data stays in the page cache. Only for spans of a MappedFile:
+// on anonymous memory this would zero the data.
+void release_mapped_pages(std::span<const uint8_t> span);
+
 class MappedFile {
  public:
   static Result<MappedFile> open(const std::string& path);
@@ -19,6 +25,9 @@ class MappedFile {
   ~MappedFile();
 
   std::span<const uint8_t> bytes() const { return {data_, size_}; }
+  bool contains(std::span<const uint8_t> s) const {
+    return data_ && s.data() >= data_ && s.data() + s.size() <= data_ + size_;
+  }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
   // Tell the kernel we will stream through [off, off+len) once (readahead, then drop).

@@ -464,7 +464,29 @@ class Machine {
       add_finding(findings_, sev, rule, message(), opt_.entry, opt_.base_offset + op_pos_);
     }
   }
+  // One finding per distinct remapped name (the user wants to see each), up to a cap; the rest
+  // are folded into one counted finding.
+  void note_remap(const std::string& old_name, const std::string& new_name) {
+    std::string key = old_name + '\n' + new_name;
+    if (auto it = remaps_.find(key); it != remaps_.end()) {
+      ++it->second.count;
+      return;
+    }
+    if (remaps_.size() < kMaxRemapFindings) {
+      remaps_.emplace(std::move(key), RepeatState{findings_.size(), 1});
+      add_finding(findings_, Severity::info, "pickle.py2-name-remap",
+                  "Python-2 name '" + quote(old_name) + "' read as '" + quote(new_name) + "' (protocol < 3)", opt_.entry,
+                  opt_.base_offset + op_pos_);
+      return;
+    }
+    note(Repeat::Py2Remap, Severity::info, "pickle.py2-name-remap",
+         [] { return std::string("more Python-2 names remapped (protocol < 3)"); });
+  }
+
   void finish_repeats() {
+    for (auto& [key, r] : remaps_)
+      if (r.count > 1 && r.index < findings_.size())
+        findings_[r.index].message += " (first of " + std::to_string(r.count) + " occurrences)";
     for (auto& r : repeats_)
       if (r.count > 1 && r.index < findings_.size())
         findings_[r.index].message += " (first of " + std::to_string(r.count) + " occurrences)";
@@ -613,9 +635,7 @@ class Machine {
     if (prog_.protocol < 3) {
       std::string old = module + " " + name;
       remapped = remap_py2_name(module, name);
-      if (remapped)
-        note(Repeat::Py2Remap, Severity::info, "pickle.py2-name-remap",
-             [&] { return std::string("Python-2 name '" + quote(old) + "' read as '" + module + " " + name + "' (protocol < 3)"); });
+      if (remapped) note_remap(old, module + " " + name);
     }
     MCDR_ASSIGN(NodeId id, make(NodeKind::Global));
     Node& g = node(id);
@@ -696,8 +716,9 @@ class Machine {
         if (framed && cur_.pos() > frame_end) straddle();
         return stop();
       }
+      array_consumed_ = false;
       MCDR_TRY(step());
-      if (framed && cur_.pos() > frame_end) straddle();
+      if (framed && !array_consumed_ && cur_.pos() > frame_end) straddle();
     }
   }
 
@@ -1006,6 +1027,7 @@ class Machine {
         MCDR_TRY(count_items(1));
         NodeId state = pop_unchecked();
         node(stack_.back()).build_states.push_back(state);
+        if (opt_.on_array_build && is_array_wrapper(stack_.back())) return array_payload(stack_.back());
         return ok_status();
       }
       case Op::INST: {
@@ -1072,6 +1094,37 @@ class Machine {
     return push(id);
   }
 
+  // BUILD target whose class is joblib's NumpyArrayWrapper (what joblib's unpickler checks
+  // with isinstance after BUILD, whichever opcode created the object).
+  bool is_array_wrapper(NodeId id) const {
+    const Node& n = prog_.nodes[id];
+    if ((n.kind != NodeKind::NewObj && n.kind != NodeKind::Call && n.kind != NodeKind::Inst) || n.items.empty())
+      return false;
+    const Node& cls = prog_.nodes[n.items[0]];
+    return cls.kind == NodeKind::Global && cls.name == "NumpyArrayWrapper" &&
+           (cls.text == "joblib.numpy_pickle" || cls.text == "sklearn.externals.joblib.numpy_pickle");
+  }
+
+  Status array_payload(NodeId id) {
+    if (node(id).has_payload) return fail("joblib.double-build", "a second BUILD on one NumpyArrayWrapper");
+    // joblib reads the array from the file, after the current frame: bytes left in the frame
+    // would be read by the two sides differently.
+    if (in_frame_ && cur_.pos() != frame_end_)
+      return fail("joblib.array-inside-frame", "NumpyArrayWrapper BUILD is not the last opcode of its FRAME");
+    size_t before = cur_.pos();
+    MCDR_ASSIGN(RawPayload p, opt_.on_array_build(prog_, id, cur_));
+    if (p.offset != before || cur_.pos() != before + p.size)
+      return fail("joblib.bad-hook", "array hook reported a span it did not consume");
+    Node& n = node(id);
+    n.has_payload = true;
+    n.payload_is_pickle = p.is_pickle;
+    n.payload_offset = p.offset;
+    n.payload_size = p.size;
+    in_frame_ = false;
+    array_consumed_ = true;
+    return ok_status();
+  }
+
   Status ext(int64_t code) {
     if (code <= 0) return fail("pickle.bad-ext-code", op_name() + " specifies code " + std::to_string(code) + " <= 0");
     note(Repeat::Ext, Severity::high, "pickle.ext-opcode",
@@ -1096,11 +1149,14 @@ class Machine {
   std::vector<size_t> marks_;  // stack depths at each MARK, innermost last
   std::unordered_map<uint64_t, NodeId> memo_;
   std::array<RepeatState, static_cast<size_t>(Repeat::kCount)> repeats_{};
+  static constexpr size_t kMaxRemapFindings = 32;
+  std::unordered_map<std::string, RepeatState> remaps_;
   size_t op_pos_ = 0;
   uint8_t op_ = 0;
   uint64_t items_total_ = 0;
   bool in_frame_ = false;
   size_t frame_end_ = 0;
+  bool array_consumed_ = false;  // the last BUILD consumed array bytes (not a frame straddle)
 };
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "modelcdr/finding.hpp"
+#include "io/byte_cursor.hpp"
 #include "modelcdr/result.hpp"
 #include "pickle/value_graph.hpp"
 
@@ -27,10 +28,24 @@ struct MachineLimits {
   uint64_t max_container_items = 100'000'000;  // total items appended across all containers
 };
 
+// What an on_array_build hook consumed after a BUILD: a span of the decoded data.
+struct RawPayload {
+  uint64_t offset = 0, size = 0;  // relative to the start of the decoded span
+  bool is_pickle = false;         // a nested pickle (joblib object arrays)
+};
+
+// joblib hook: called on BUILD when the target is a NewObj/Call/Inst whose class is the
+// Global joblib.numpy_pickle.NumpyArrayWrapper (or sklearn.externals.joblib.numpy_pickle's),
+// after the state is attached to the target. The hook reads the array bytes that follow in
+// the stream from `cursor` (positioned just after BUILD) and returns the span it consumed;
+// the machine records it on the node (Node::has_payload) and resumes after it.
+using ArrayBuildHook = std::function<Result<RawPayload>(const Program& program, NodeId target, io::ByteCursor& cursor)>;
+
 struct DecodeOptions {
   MachineLimits limits;
   std::string entry;       // name used in errors/findings (zip member or "")
   uint64_t base_offset = 0;  // added to offsets when the span is a slice of a larger file
+  ArrayBuildHook on_array_build;  // optional; empty = BUILD never consumes bytes
 };
 
 // Decode one pickle starting at the beginning of `data`, stopping at the first STOP.

@@ -51,6 +51,12 @@ struct Node {
   std::vector<NodeId> build_states;                // BUILD states applied to this node
   uint64_t offset = 0;       // byte offset (inside the pickle's entry) of the creating opcode
   bool remapped = false;     // Global: name changed by the Python-2 compatibility table
+  // Raw bytes that followed this node's BUILD in the stream (joblib NumpyArrayWrapper arrays,
+  // consumed by DecodeOptions::on_array_build): [payload_offset, +payload_size) of the decoded
+  // span; payload_is_pickle when they form a nested protocol-2 pickle (object arrays).
+  bool has_payload = false;
+  bool payload_is_pickle = false;
+  uint64_t payload_offset = 0, payload_size = 0;
 };
 
 struct Program {

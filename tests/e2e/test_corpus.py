@@ -36,15 +36,22 @@ BENIGN_TORCHISH = [r for r in BENIGN if r.get("format") in TORCHISH]
 NO_CORPUS = [pytest.param(None, marks=pytest.mark.skip(reason=f"corpus not found at {corpus_dir()}"))]
 JOBS = max(2, min(8, (os.cpu_count() or 2) * 2))
 
-# Known, honestly-recorded gaps: path -> reason.  Keep empty unless a file really cannot be handled yet.
-XFAIL_BENIGN: dict = {}
+# Known, honestly-recorded divergences: path -> reason (strict xfail: an unexpected pass is reported).
+XFAIL_BENIGN = {
+    "benign/modelaudit/simple_nested.pkl":
+        "policy: a bytes value holding a serialized pickle (dormant payload) is dropped and flagged "
+        "(pickle.nested-pickle), although this fixture's inner pickle is harmless",
+}
 XFAIL_MALICIOUS: dict = {}
 
 
-def params(records):
+def params(records, xfails=None):
     if not records:
         return NO_CORPUS
-    return [pytest.param(r, id=r["path"]) for r in records]
+    xfails = xfails or {}
+    return [pytest.param(r, id=r["path"],
+                         marks=[pytest.mark.xfail(reason=xfails[r["path"]], strict=True)] if r["path"] in xfails else [])
+            for r in records]
 
 
 def _require():
@@ -267,11 +274,24 @@ for j in jobs:
     try:
         if j["format"] == "pickle":
             ref = vocab.static_load(open(j["src"], "rb").read())
+            r["how"] = "vocab.static_load"
         else:
-            ref = torch.load(j["src"], weights_only=True)
+            try:
+                ref = torch.load(j["src"], weights_only=True, map_location="cpu")
+                r["how"] = "torch.load(weights_only=True)"
+            except Exception as e1:
+                # 1.13's weights_only loader lacks BINFLOAT, FRAME, qtensors: fall back to the data-only
+                # evaluator with the same allowlisted torch reconstructors (torch-zip only)
+                if j["format"] != "torch-zip":
+                    raise
+                try:
+                    ref = vocab.static_torch_load(j["src"])
+                except Exception as e2:
+                    raise RuntimeError(f"{type(e1).__name__}: {str(e1)[-150:]} / static: {type(e2).__name__}: {e2}")
+                r["how"] = "vocab.static_torch_load"
         r["ref"] = "ok"
     except Exception as e:
-        r["ref"] = f"{type(e).__name__}: {str(e)[:300]}"
+        r["ref"] = f"{type(e).__name__}: {str(e)[-300:]}"
         res[j["path"]] = r
         continue
     for mode, out in (("default", j["out_default"]), ("compat", j["out_compat"])):
@@ -347,10 +367,8 @@ def _common_disarm_asserts(res, what):
     assert status == {0: "clean", 1: "removed", 2: "rejected"}[rc], f"report status {status} vs exit {rc}"
 
 
-@pytest.mark.parametrize("rec", params(MALICIOUS))
+@pytest.mark.parametrize("rec", params(MALICIOUS, XFAIL_MALICIOUS))
 def test_malicious_disarm(rec, malicious_results):
-    if rec["path"] in XFAIL_MALICIOUS:
-        pytest.xfail(XFAIL_MALICIOUS[rec["path"]])
     res = malicious_results["disarm"][rec["path"]]
     _common_disarm_asserts(res, f"{rec['path']} ({rec['format']}: {rec.get('technique', '')})")
     if res["rc"] in (0, 1):
@@ -380,10 +398,8 @@ def test_benign_disarm_sane(rec, benign_results):
     _common_disarm_asserts(res, f"{rec['path']} ({rec['format']})")
 
 
-@pytest.mark.parametrize("rec", params(BENIGN_TORCHISH))
+@pytest.mark.parametrize("rec", params(BENIGN_TORCHISH, XFAIL_BENIGN))
 def test_benign_content_equal(rec, benign_results):
-    if rec["path"] in XFAIL_BENIGN:
-        pytest.xfail(XFAIL_BENIGN[rec["path"]])
     c = benign_results["cmp"][rec["path"]]
     if c["ref"] != "ok":
         pytest.skip(f"reference loader cannot read it (not weights_only-loadable under this torch): {c['ref']}")
@@ -396,7 +412,7 @@ def test_benign_content_equal(rec, benign_results):
     assert c["compat"] == [], "compat-mode output differs:\n" + "\n".join(c["compat"])
 
 
-@pytest.mark.parametrize("rec", params(BENIGN_TORCHISH))
+@pytest.mark.parametrize("rec", params(BENIGN_TORCHISH, XFAIL_BENIGN))
 def test_benign_scan_clean(rec, benign_results):
     c = benign_results["cmp"][rec["path"]]
     if c["ref"] != "ok":

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Benchmark: modelcdr protect / restore (MTD) vs cp vs whole-file encryption with
+# `openssl enc -aes-256-ctr` (+ decryption), all measured in the same run.
+#
+#   bench/bench_mtd.sh                        # 1 GiB and 2.5 GiB float32 state dicts
+#   BENCH_SIZES_MB="256" bench/bench_mtd.sh   # quicker
+#
+# Environment:
+#   BENCH_SIZES_MB  space-separated model sizes in MiB (default "1024 2560")
+#   BENCH_TENSORS   tensors per model (default 16; the largest tensor is SIZE/TENSORS)
+#   BENCH_REPEAT    runs per command, the median is reported (default 3)
+#   BENCH_DIR       parent of the temp dir (default $TMPDIR or /tmp)
+#   BENCH_STRICT=1  exit 1 when a target is missed
+#   MODELCDR_BIN    binary (default <repo>/build/modelcdr); TORCH_PYTHON (default /usr/bin/python3)
+#
+# Targets: protect and restore wall time each <= 1.5 x cp; peak RSS <= 64 MiB + largest tensor.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+BIN="${MODELCDR_BIN:-$REPO/build/modelcdr}"
+PY="${TORCH_PYTHON:-/usr/bin/python3}"
+SIZES="${BENCH_SIZES_MB:-1024 2560}"
+NT="${BENCH_TENSORS:-16}"
+REPEAT="${BENCH_REPEAT:-3}"
+TIME=/usr/bin/time
+
+[[ -x "$BIN" ]] || { echo "modelcdr binary not found at $BIN (set MODELCDR_BIN)" >&2; exit 2; }
+[[ -x "$TIME" ]] || { echo "/usr/bin/time (GNU time) is required" >&2; exit 2; }
+command -v openssl >/dev/null || { echo "openssl is required" >&2; exit 2; }
+
+WORK="$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/modelcdr-bench-mtd.XXXXXX")"
+cleanup() { rm -rf -- "$WORK"; }
+trap cleanup EXIT INT TERM
+
+"$BIN" keygen --symmetric -o "$WORK/sym.key" --quiet
+AESKEY="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+AESIV="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+
+gen() {  # gen PATH SIZE_MB: float32 state dict written by torch.save (or by a stdlib fallback)
+    if "$PY" -c 'import torch' 2>/dev/null; then
+        "$PY" - "$1" "$2" "$NT" <<'PYEOF'
+import collections, sys, torch
+path, size_mb, nt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+total = size_mb * 1024 * 1024 // 4
+per = total // nt
+sd = collections.OrderedDict()
+g = torch.Generator().manual_seed(0)
+for i in range(nt):
+    n = per if i < nt - 1 else total - per * (nt - 1)
+    sd[f"layer{i}.weight"] = torch.rand(n, generator=g)
+torch.save(sd, path)
+PYEOF
+    else
+        echo "$PY has no torch" >&2; exit 2
+    fi
+}
+
+run() {  # run NAME OUT CMD...: REPEAT timed runs with a warm cache; output removed after each
+    local name="$1" out="$2"; shift 2
+    local i
+    for ((i = 1; i <= REPEAT; i++)); do
+        rm -f -- "$out"
+        sync
+        cat "$CUR_IN" > /dev/null
+        if ! "$TIME" -v -o "$WORK/$name.$i.time" "$@" > "$WORK/$name.$i.log" 2>&1; then
+            echo "$name run $i failed:" >&2; cat "$WORK/$name.$i.log" "$WORK/$name.$i.time" >&2; exit 1
+        fi
+        if [[ $i -lt $REPEAT ]]; then rm -f -- "$out"; fi
+    done
+}
+
+summary() {  # summary SIZE_MB -> prints the table, returns 1 if a target is missed
+    python3 - "$WORK" "$REPEAT" "$1" "$NT" <<'PYEOF'
+import re, statistics, sys
+work, repeat, size_mb, nt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+def parse(name):
+    walls, rss, cpu = [], [], []
+    for i in range(1, repeat + 1):
+        t = open(f"{work}/{name}.{i}.time").read()
+        m = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", t)
+        h, mi, s = m.groups()
+        walls.append((int(h or 0) * 3600) + int(mi) * 60 + float(s))
+        rss.append(int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", t).group(1)) / 1024)
+        u = float(re.search(r"User time \(seconds\): ([\d.]+)", t).group(1))
+        sy = float(re.search(r"System time \(seconds\): ([\d.]+)", t).group(1))
+        cpu.append(u + sy)
+    return statistics.median(walls), statistics.median(rss), statistics.median(cpu)
+r = {n: parse(n) for n in ("cp", "enc", "dec", "protect", "restore")}
+cp = r["cp"][0]
+largest = size_mb / nt
+print(f"\n== {size_mb} MiB float32 model, {nt} tensors (largest {largest:.0f} MiB); median of {repeat}")
+print(f"{'command':<10}{'wall s':>9}{'x cp':>8}{'x enc':>8}{'cpu s':>9}{'peak RSS MiB':>14}")
+for n, label in (("cp", "cp"), ("enc", "aes-ctr enc"), ("dec", "aes-ctr dec"), ("protect", "protect"), ("restore", "restore")):
+    w, m, c = r[n]
+    ref = r["enc"][0] if n in ("cp", "enc", "protect") else r["dec"][0]
+    print(f"{label:<10}{w:>9.2f}{w / cp:>8.2f}{w / ref:>8.2f}{c:>9.2f}{m:>14.1f}")
+ok = True
+for n in ("protect", "restore"):
+    w, m, _ = r[n]
+    t_ok = w <= 1.5 * cp
+    m_ok = m <= 64 + largest
+    ok &= t_ok and m_ok
+    print(f"target {n}: time {w / cp:.2f} x cp (<= 1.5) {'OK' if t_ok else 'MISSED'}; "
+          f"RSS {m:.0f} MiB (<= {64 + largest:.0f}) {'OK' if m_ok else 'MISSED'}")
+sys.exit(0 if ok else 1)
+PYEOF
+}
+
+rc=0
+for SIZE in $SIZES; do
+    CUR_IN="$WORK/in-$SIZE.pt"
+    echo "== generating ${SIZE} MiB float32 state dict (${NT} tensors)"
+    gen "$CUR_IN" "$SIZE"
+    ls -l "$CUR_IN"
+    cat "$CUR_IN" > /dev/null
+    echo "== cp";       run cp "$WORK/cp.pt" cp "$CUR_IN" "$WORK/cp.pt"
+    rm -f "$WORK/cp.pt"
+    echo "== openssl enc -aes-256-ctr"
+    run enc "$WORK/enc.bin" openssl enc -aes-256-ctr -K "$AESKEY" -iv "$AESIV" -in "$CUR_IN" -out "$WORK/enc.bin"
+    echo "== openssl dec"
+    run dec "$WORK/dec.pt" openssl enc -d -aes-256-ctr -K "$AESKEY" -iv "$AESIV" -in "$WORK/enc.bin" -out "$WORK/dec.pt"
+    rm -f "$WORK/enc.bin" "$WORK/dec.pt"
+    echo "== modelcdr protect"
+    run protect "$WORK/prot.pt" "$BIN" protect "$CUR_IN" -o "$WORK/prot.pt" --map "$WORK/prot.map" --key-file "$WORK/sym.key" --quiet
+    echo "== modelcdr restore"
+    CUR_IN_SAVED="$CUR_IN"; CUR_IN="$WORK/prot.pt"
+    run restore "$WORK/rest.pt" "$BIN" restore "$WORK/prot.pt" --map "$WORK/prot.map" --key-file "$WORK/sym.key" -o "$WORK/rest.pt" --quiet
+    CUR_IN="$CUR_IN_SAVED"
+    # correctness, once: the restored file is bit-identical to a plain disarm
+    "$BIN" disarm "$CUR_IN" -o "$WORK/disarm.pt" --quiet
+    cmp -s "$WORK/rest.pt" "$WORK/disarm.pt" && echo "restored == disarmed: yes" || { echo "restored != disarmed" >&2; exit 1; }
+    rm -f "$WORK/rest.pt" "$WORK/disarm.pt" "$WORK/prot.pt" "$WORK/prot.map"
+    summary "$SIZE" || rc=1
+    rm -f "$CUR_IN"
+done
+if [[ "${BENCH_STRICT:-0}" == 1 ]]; then exit $rc; fi
+exit 0

@@ -1,0 +1,279 @@
+// `modelcdr keygen | protect | restore | verify` — Moving Target Defense (docs/MTD.md).
+// Exit codes: 0 ok; 2 usage, I/O or rejected input; 3 integrity mismatch (nothing written).
+#include <sodium.h>
+
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.hpp"
+#include "io/atomic_output.hpp"
+#include "modelcdr/api.hpp"
+#include "mtd/mtd.hpp"
+#include "report/render.hpp"
+
+using namespace modelcdr;
+
+namespace {
+
+struct MtdArgs {
+  std::string input, output, map, report, compat = "torch2", expect = "auto";
+  std::vector<std::string> key_files, passphrase_files, recipients;
+  std::string identity, sign, verify_signer;
+  std::string keygen_out;
+  bool symmetric = false, force = false, quiet = false, allow_trailing = false;
+};
+
+int usage(const std::string& msg) {
+  std::cerr << "modelcdr: " << msg << "\n";
+  return 2;
+}
+
+int error_exit(const std::string& what, const Error& e) {
+  std::cerr << "modelcdr: " << what << ": " << e.describe() << "\n";
+  return 2;
+}
+
+Result<std::string> read_passphrase(const std::string& path) {
+  MCDR_ASSIGN(std::string s, mtd::read_small_file(path, 64 << 10));
+  auto nl = s.find_first_of("\r\n");
+  if (nl != std::string::npos) s.resize(nl);
+  if (s.empty()) return make_error("key.passphrase", path + ": empty passphrase");
+  return s;
+}
+
+nlohmann::ordered_json report_json(const std::string& command, const MtdArgs& a, const mtd::MtdResult& r) {
+  using json = nlohmann::ordered_json;
+  json mism = json::array();
+  for (const auto& m : r.mismatches) {
+    json x = {{"what", m.what}};
+    if (!m.name.empty()) x["name"] = m.name;
+    if (m.key >= 0) x["record"] = "archive/data/" + std::to_string(m.key);
+    if (!m.against.empty()) x["against"] = m.against;
+    if (!m.expected.empty()) x["expected"] = m.expected;
+    if (!m.actual.empty()) x["actual"] = m.actual;
+    x["detail"] = m.detail;
+    mism.push_back(x);
+  }
+  const char* status = r.outcome == mtd::Outcome::ok ? "ok" : r.outcome == mtd::Outcome::mismatch ? "mismatch" : "error";
+  json changed = json::array();
+  for (const auto& m : r.mismatches)
+    if (m.what == "tensor") changed.push_back(m.name);
+  json doc = {{"schema", "modelcdr.mtd/1"},
+              {"tool", {{"name", "modelcdr"}, {"version", kVersion}}},
+              {"command", command},
+              {"input", a.input},
+              {"map", a.map},
+              {"output", r.output.empty() ? json(nullptr) : json(r.output)},
+              {"status", status},
+              {"state", r.state.empty() ? json(nullptr) : json(r.state)},
+              {"signer", r.signer.empty() ? json(nullptr) : json({{"fingerprint", r.signer}, {"trusted", r.signer_trusted}})},
+              {"error", r.error ? json({{"rule", r.error->rule}, {"message", r.error->message}}) : json(nullptr)},
+              {"records", r.storages},
+              {"permuted", r.permuted},
+              {"swapped", r.swapped},
+              {"changed_tensors", changed},
+              {"mismatches", mism}};
+  return doc;
+}
+
+void write_report(const std::string& path, const nlohmann::ordered_json& doc) {
+  if (path.empty()) return;
+  auto out = io::AtomicOutput::create(path);
+  if (!out.ok() || !out->write(doc.dump(2) + "\n").ok() || !out->commit().ok())
+    std::cerr << "modelcdr: cannot write report " << path << "\n";
+}
+
+int finish(const std::string& command, const MtdArgs& a, const mtd::MtdResult& r) {
+  write_report(a.report, report_json(command, a, r));
+  if (r.outcome == mtd::Outcome::error) {
+    std::cerr << "modelcdr: " << command << ": " << a.input << ": " << r.error->describe() << "\n";
+    return 2;
+  }
+  if (r.outcome == mtd::Outcome::mismatch) {
+    for (const auto& m : r.mismatches) {
+      std::cerr << "modelcdr: integrity: ";
+      if (m.what == "tensor")
+        std::cerr << "tensor '" << m.name << "' (archive/data/" << m.key << ") does not match the map's "
+                  << (m.against == "protected" ? "protected" : "original") << " hash: " << m.detail << "\n";
+      else if (m.what == "non-tensor")
+        std::cerr << "non-tensor data (data.pkl) does not match the map: " << m.detail << "\n";
+      else
+        std::cerr << m.what << (m.name.empty() ? "" : " " + m.name) << ": " << m.detail << "\n";
+    }
+    std::cerr << "modelcdr: " << command << ": " << a.input << ": integrity check FAILED (" << r.mismatches.size()
+              << " mismatch" << (r.mismatches.size() == 1 ? "" : "es") << ")"
+              << (command == "restore" ? "; nothing written" : "") << "\n";
+    return 3;
+  }
+  if (!a.quiet) {
+    std::string signer = r.signer.empty() ? "unsigned map"
+                         : command == "protect" ? "signed by " + r.signer
+                         : r.signer_trusted ? "signed by " + r.signer + " (verified)"
+                                            : "signed by " + r.signer + " (not checked against a trusted key: use --verify-signer)";
+    if (command == "protect")
+      std::cerr << "modelcdr: protected " << a.input << " -> " << a.output << " (" << r.permuted << "/" << r.storages
+                << " records permuted, " << r.swapped << " swapped), map " << a.map << ", " << signer << "\n";
+    else if (command == "restore")
+      std::cerr << "modelcdr: restored " << a.input << " -> " << a.output << ", all " << r.storages
+                << " records verified before and after, " << signer << "\n";
+    else
+      std::cout << a.input << ": intact (" << r.state << "), " << r.storages << " records match the map, " << signer << "\n";
+  }
+  return 0;
+}
+
+bool parse_compat(const std::string& s, CompatTarget& c) {
+  if (s == "torch2") c = CompatTarget::torch2;
+  else if (s == "torch1.13") c = CompatTarget::torch1_13;
+  else return false;
+  return true;
+}
+
+int keygen_main(const MtdArgs& a) {
+  if (a.keygen_out.empty()) return usage("keygen: -o NAME is required");
+  auto s = a.symmetric ? mtd::keygen_symmetric(a.keygen_out, a.force) : mtd::keygen_pair(a.keygen_out, a.force);
+  if (!s.ok()) return error_exit("keygen", s.error());
+  if (!a.quiet) {
+    if (a.symmetric) std::cerr << "modelcdr: wrote symmetric key " << a.keygen_out << " (mode 0600)\n";
+    else std::cerr << "modelcdr: wrote " << a.keygen_out << ".key (secret, mode 0600) and " << a.keygen_out << ".pub\n";
+  }
+  return 0;
+}
+
+int protect_main(const MtdArgs& a) {
+  if (a.input.empty() || a.output.empty() || a.map.empty()) return usage("protect: IN, -o OUT and --map MAP are required");
+  if (a.key_files.empty() && a.passphrase_files.empty() && a.recipients.empty())
+    return usage("protect: give at least one of --key-file, --passphrase-file, --recipient");
+  mtd::ProtectOptions o;
+  if (!parse_compat(a.compat, o.compat)) return usage("--compat must be torch2 or torch1.13");
+  o.allow_trailing_data = a.allow_trailing;
+  std::vector<std::unique_ptr<mtd::KeyFile>> keep;
+  for (const auto& f : a.key_files) {
+    auto k = mtd::read_key_file(f);
+    if (!k.ok()) return error_exit("--key-file", k.error());
+    if (!k->has_symmetric) return usage("--key-file " + f + ": not a symmetric key file (make one with keygen --symmetric)");
+    o.seal.symmetric_keys.push_back(k->symmetric);
+  }
+  for (const auto& f : a.passphrase_files) {
+    auto p = read_passphrase(f);
+    if (!p.ok()) return error_exit("--passphrase-file", p.error());
+    o.seal.passphrases.push_back(*p);
+  }
+  for (const auto& f : a.recipients) {
+    auto k = mtd::read_key_file(f);
+    if (!k.ok()) return error_exit("--recipient", k.error());
+    if (!k->has_x25519) return usage("--recipient " + f + ": no x25519-public key");
+    o.seal.recipients.push_back(k->x25519_public);
+  }
+  if (!a.sign.empty()) {
+    auto k = mtd::read_key_file(a.sign);
+    if (!k.ok()) return error_exit("--sign", k.error());
+    if (!k->has_ed25519_secret) return usage("--sign " + a.sign + ": no ed25519-secret key (give the .key file)");
+    keep.push_back(std::make_unique<mtd::KeyFile>(std::move(*k)));
+    o.seal.signer = keep.back().get();
+  }
+  auto r = mtd::protect(a.input, a.output, a.map, o);
+  if (r.outcome == mtd::Outcome::ok && !a.quiet)
+    for (const auto& f : r.file.removed) std::cerr << "modelcdr: removed " << report::text_line(a.input, f) << "\n";
+  return finish("protect", a, r);
+}
+
+// Builds OpenOptions from the key arguments; returns an exit code on error.
+int open_options(const MtdArgs& a, mtd::RestoreOptions& o, std::vector<std::unique_ptr<mtd::KeyFile>>& keep) {
+  int given = !a.key_files.empty() + !a.passphrase_files.empty() + !a.identity.empty();
+  if (given != 1 || a.key_files.size() > 1 || a.passphrase_files.size() > 1)
+    return usage("give exactly one of --key-file, --passphrase-file, --identity");
+  if (!a.key_files.empty()) {
+    auto k = mtd::read_key_file(a.key_files[0]);
+    if (!k.ok()) return error_exit("--key-file", k.error());
+    if (!k->has_symmetric) return usage("--key-file: not a symmetric key file");
+    o.open.symmetric_key = k->symmetric;
+  }
+  if (!a.passphrase_files.empty()) {
+    auto p = read_passphrase(a.passphrase_files[0]);
+    if (!p.ok()) return error_exit("--passphrase-file", p.error());
+    o.open.passphrase = *p;
+  }
+  if (!a.identity.empty()) {
+    auto k = mtd::read_key_file(a.identity);
+    if (!k.ok()) return error_exit("--identity", k.error());
+    if (!k->has_x25519_secret) return usage("--identity " + a.identity + ": no x25519-secret key (give the .key file)");
+    keep.push_back(std::make_unique<mtd::KeyFile>(std::move(*k)));
+    o.open.identity = keep.back().get();
+  }
+  if (!a.verify_signer.empty()) {
+    auto k = mtd::read_key_file(a.verify_signer);
+    if (!k.ok()) return error_exit("--verify-signer", k.error());
+    if (!k->has_ed25519) return usage("--verify-signer: no ed25519-public key");
+    o.open.trusted_signer = k->ed25519_public;
+  }
+  o.expect = a.expect;
+  if (o.expect != "auto" && o.expect != "protected" && o.expect != "restored")
+    return usage("--expect must be auto, protected or restored");
+  return -1;
+}
+
+int restore_main(const MtdArgs& a) {
+  if (a.input.empty() || a.output.empty() || a.map.empty()) return usage("restore: IN, --map MAP and -o OUT are required");
+  mtd::RestoreOptions o;
+  std::vector<std::unique_ptr<mtd::KeyFile>> keep;
+  if (int rc = open_options(a, o, keep); rc >= 0) return rc;
+  return finish("restore", a, mtd::restore(a.input, a.map, a.output, o));
+}
+
+int verify_main(const MtdArgs& a) {
+  if (a.input.empty() || a.map.empty()) return usage("verify: IN and --map MAP are required");
+  mtd::RestoreOptions o;
+  std::vector<std::unique_ptr<mtd::KeyFile>> keep;
+  if (int rc = open_options(a, o, keep); rc >= 0) return rc;
+  return finish("verify", a, mtd::verify(a.input, a.map, o));
+}
+
+void add_key_args(CLI::App* c, MtdArgs& a, bool opening) {
+  c->add_option("--key-file", a.key_files, "symmetric key file (keygen --symmetric)");
+  c->add_option("--passphrase-file", a.passphrase_files, "file whose first line is the passphrase (Argon2id)");
+  if (opening) {
+    c->add_option("--identity", a.identity, "your secret key file (NAME.key) to open a map sealed to you");
+    c->add_option("--verify-signer", a.verify_signer, "require a valid signature by this public key (NAME.pub)");
+  }
+  c->add_option("--report", a.report, "write a JSON report (modelcdr.mtd/1)");
+  c->add_flag("--quiet", a.quiet, "no progress messages");
+}
+
+}  // namespace
+
+void add_mtd_commands(CLI::App& app) {
+  static MtdArgs a;
+  auto* kg = app.add_subcommand("keygen", "make a key pair (NAME.key, NAME.pub) or a symmetric key file");
+  kg->add_option("-o,--output", a.keygen_out, "NAME (pair) or FILE (--symmetric)");
+  kg->add_flag("--symmetric", a.symmetric, "write one random symmetric key file");
+  kg->add_flag("--force", a.force, "overwrite existing key files");
+  kg->add_flag("--quiet", a.quiet, "no messages");
+  extra_commands().push_back({kg, [] { return keygen_main(a); }});
+
+  auto* pr = app.add_subcommand("protect", "disarm, then apply keyed MTD transforms; write the sealed map");
+  pr->add_option("input", a.input, "model file");
+  pr->add_option("-o,--output", a.output, "protected model");
+  pr->add_option("--map", a.map, "sealed deconstruction map to write");
+  pr->add_option("--recipient", a.recipients, "public key file (NAME.pub) that may open the map; repeatable");
+  pr->add_option("--sign", a.sign, "sign the map with this secret key file (NAME.key)");
+  pr->add_option("--compat", a.compat, "torch2 (default) or torch1.13");
+  pr->add_flag("--allow-trailing-data", a.allow_trailing, "drop bytes after the pickle's STOP instead of rejecting");
+  add_key_args(pr, a, false);
+  extra_commands().push_back({pr, [] { return protect_main(a); }});
+
+  auto* rs = app.add_subcommand("restore", "verify a protected model against its map, undo the transforms, verify again");
+  rs->add_option("input", a.input, "protected model");
+  rs->add_option("--map", a.map, "sealed map");
+  rs->add_option("-o,--output", a.output, "restored model (bit-identical to the disarmed original)");
+  add_key_args(rs, a, true);
+  extra_commands().push_back({rs, [] { return restore_main(a); }});
+
+  auto* vf = app.add_subcommand("verify", "check a protected or restored model against its map");
+  vf->add_option("input", a.input, "model file");
+  vf->add_option("--map", a.map, "sealed map");
+  vf->add_option("--expect", a.expect, "auto (default), protected or restored");
+  add_key_args(vf, a, true);
+  extra_commands().push_back({vf, [] { return verify_main(a); }});
+}

@@ -1,0 +1,200 @@
+// NumPy .npy and .npz inputs (FORMATS.md §7.1, §7.2). Numeric arrays become tensors whose
+// payload is a span of the input (byte-swapped into an owned copy for big-endian data).
+// Object arrays carry a pickle after the header: it goes through the pickle machine, the
+// program scan and the lifter like any pickle, so the policy is the same as for checkpoints.
+// Unsupported dtypes (strings, datetimes, structured, float128) are refused, not guessed.
+#include <algorithm>
+#include <optional>
+
+#include "cdr/lifter.hpp"
+#include "container/zip_reader.hpp"
+#include "formats/npy_header.hpp"
+#include "formats/parsed_model.hpp"
+#include "io/byte_cursor.hpp"
+
+namespace modelcdr::formats {
+
+namespace {
+
+using model::DType;
+
+struct NpyDtype {
+  bool object = false;
+  DType dtype = DType::f32;
+  bool big_endian = false;
+};
+
+Result<NpyDtype> map_descr(const std::string& descr, const std::string& entry) {
+  auto bad = [&](const std::string& why) {
+    return make_error("npy.unsupported-dtype", "dtype '" + descr + "' " + why, 0, entry);
+  };
+  if (descr.size() < 2) return bad("is not understood");
+  char order = descr[0];
+  if (order != '<' && order != '>' && order != '|' && order != '=') return bad("has no byte-order character");
+  std::string code = descr.substr(1);
+  NpyDtype d;
+  d.big_endian = order == '>';
+  if (code == "O" || code == "O8" || code == "O4") {
+    d.object = true;
+    return d;
+  }
+  static const std::pair<const char*, DType> table[] = {
+      {"b1", DType::boolean}, {"i1", DType::i8},   {"u1", DType::u8},   {"i2", DType::i16},  {"u2", DType::u16},
+      {"i4", DType::i32},     {"u4", DType::u32},  {"i8", DType::i64},  {"u8", DType::u64},  {"f2", DType::f16},
+      {"f4", DType::f32},     {"f8", DType::f64},  {"c8", DType::c64},  {"c16", DType::c128}};
+  for (auto [c, t] : table)
+    if (code == c) {
+      d.dtype = t;
+      if (model::dtype_info(t).element_size == 1) d.big_endian = false;
+      return d;
+    }
+  return bad("is not a plain numeric dtype (strings, datetimes, void and float128 are not supported)");
+}
+
+void byteswap(std::vector<uint8_t>& data, DType d) {
+  uint32_t size = model::dtype_info(d).element_size;
+  if (d == DType::c64 || d == DType::c128) size /= 2;
+  if (size <= 1) return;
+  for (size_t i = 0; i + size <= data.size(); i += size) std::reverse(data.begin() + i, data.begin() + i + size);
+}
+
+// Appends `src` into `dst` (ids remapped) and returns the root of `src` in `dst`.
+model::ValueId graft(model::Model& dst, model::Model&& src) {
+  auto sbase = static_cast<model::StorageId>(dst.storages.size());
+  auto tbase = static_cast<model::TensorId>(dst.tensors.size());
+  auto vbase = static_cast<model::ValueId>(dst.values.size());
+  for (auto& s : src.storages) {
+    bool owned = !s.owned.empty();
+    dst.storages.push_back(std::move(s));
+    if (owned) {
+      auto& b = dst.storages.back();
+      b.bytes = std::span<const uint8_t>(b.owned.data(), b.owned.size());
+    }
+  }
+  for (auto t : src.tensors) {
+    t.storage += sbase;
+    t.q_scales += tbase;
+    t.q_zero_points += tbase;
+    t.sparse_indices += tbase;
+    t.sparse_values += tbase;
+    dst.tensors.push_back(std::move(t));
+  }
+  auto remap = [&](model::ValueId v) { return v == model::kNoValue ? v : v + vbase; };
+  for (auto v : src.values) {
+    for (auto& i : v.items) i = remap(i);
+    for (auto& [k, x] : v.entries) k = remap(k), x = remap(x);
+    v.metadata = remap(v.metadata);
+    v.tensor += tbase;
+    dst.values.push_back(std::move(v));
+  }
+  dst.findings.insert(dst.findings.end(), src.findings.begin(), src.findings.end());
+  dst.architecture.insert(dst.architecture.end(), src.architecture.begin(), src.architecture.end());
+  return remap(src.root);
+}
+
+// One .npy (a bare file or an npz member) lifted into `m`; returns its value.
+// `owned_copy` is set for npz members whose bytes live in a scratch buffer.
+Result<model::ValueId> read_one(std::span<const uint8_t> bytes, const std::string& entry, bool owned_copy,
+                                const ReadOptions& options, model::Model& m, Findings& findings) {
+  MCDR_ASSIGN(NpyHeader h, parse_npy_header(bytes, entry, findings));
+  MCDR_ASSIGN(NpyDtype d, map_descr(h.descr, entry));
+  io::ByteCursor c(bytes, entry);
+  MCDR_TRY(c.seek(h.data_offset));
+  if (d.object) {
+    auto payload = bytes.subspan(h.data_offset);
+    add_finding(findings, Severity::medium, "npy.object-array",
+                "object array: its data is a pickle (np.load refuses it without allow_pickle=True)", entry, h.data_offset);
+    MCDR_ASSIGN(pickle::Program program, decode_stream(payload, entry, h.data_offset, options, findings, false));
+    cdr::StorageResolver no_storages = [&](const cdr::StorageRequest& r) -> Result<model::Storage> {
+      return make_error("cdr.no-storage", "an object array's pickle has no storage records (key '" + r.key + "')",
+                        r.pid_offset, entry);
+    };
+    cdr::LiftOptions lo;
+    lo.entry = entry;
+    MCDR_ASSIGN(model::Model sub, cdr::lift(program, no_storages, lo));
+    return graft(m, std::move(sub));
+  }
+  uint64_t esize = model::dtype_info(d.dtype).element_size;
+  uint64_t numel = 1;
+  for (uint64_t dim : h.shape) {
+    if (dim != 0 && numel > UINT64_MAX / dim) return c.err("npy.bad-shape", "shape overflows 64 bits");
+    numel *= dim;
+  }
+  if (numel > UINT64_MAX / esize || h.shape.size() > 64) return c.err("npy.bad-shape", "array size overflows 64 bits");
+  for (uint64_t dim : h.shape)
+    if (dim > static_cast<uint64_t>(INT64_MAX)) return c.err("npy.bad-shape", "dimension too large");
+  uint64_t nbytes = numel * esize;
+  if (nbytes > c.remaining())
+    return c.err("npy.truncated", "array data needs " + std::to_string(nbytes) + " bytes, " +
+                                      std::to_string(c.remaining()) + " follow the header");
+  MCDR_ASSIGN(auto data, c.take(nbytes));
+  if (!c.at_end())
+    add_finding(findings, Severity::medium, "npy.trailing-data",
+                std::to_string(c.remaining()) + " bytes after the array data (dropped)", entry, c.abs_pos());
+  model::Storage s;
+  s.dtype = d.dtype;
+  s.nbytes = nbytes;
+  s.source = entry.empty() ? "data" : entry;
+  if (d.big_endian || owned_copy) {
+    std::vector<uint8_t> owned(data.begin(), data.end());
+    if (d.big_endian) byteswap(owned, d.dtype);
+    s.set_owned(std::move(owned));
+  } else {
+    s.bytes = data;
+  }
+  if (d.big_endian)
+    add_finding(findings, Severity::info, "npy.big-endian", "big-endian array converted to little-endian", entry, 0);
+  m.storages.push_back(std::move(s));
+  model::Tensor t;
+  t.dtype = d.dtype;
+  t.storage = static_cast<model::StorageId>(m.storages.size() - 1);
+  for (uint64_t dim : h.shape) t.shape.push_back(static_cast<int64_t>(dim));
+  t.stride.assign(t.shape.size(), 1);
+  int64_t acc = 1;
+  if (h.fortran_order) {
+    for (size_t i = 0; i < t.shape.size(); ++i) t.stride[i] = acc, acc *= std::max<int64_t>(t.shape[i], 1);
+  } else {
+    for (size_t i = t.shape.size(); i-- > 0;) t.stride[i] = acc, acc *= std::max<int64_t>(t.shape[i], 1);
+  }
+  m.tensors.push_back(std::move(t));
+  model::Value v;
+  v.kind = model::ValueKind::tensor;
+  v.tensor = static_cast<model::TensorId>(m.tensors.size() - 1);
+  return m.add(std::move(v));
+}
+
+}  // namespace
+
+Result<ParsedModel> read_npy(std::span<const uint8_t> file, const ReadOptions& options) {
+  ParsedModel parsed;
+  parsed.format = container::Format::npy;
+  MCDR_ASSIGN(parsed.model.root, read_one(file, "", false, options, parsed.model, parsed.findings));
+  return parsed;
+}
+
+Result<ParsedModel> read_npz(std::span<const uint8_t> file, const container::ZipArchive& zip, Findings findings,
+                             const ReadOptions& options) {
+  ParsedModel parsed;
+  parsed.format = container::Format::npz;
+  parsed.findings = std::move(findings);
+  model::Value root;
+  root.kind = model::ValueKind::dict;
+  std::vector<std::pair<model::ValueId, model::ValueId>> entries;
+  for (const auto& e : zip.entries) {
+    if (e.name.size() < 5 || e.name.compare(e.name.size() - 4, 4, ".npy") != 0)
+      return make_error("npz.bad-member", "member '" + e.name + "' is not a .npy file", e.local_header_offset, e.name);
+    std::vector<uint8_t> scratch;
+    MCDR_ASSIGN(auto bytes, container::entry_bytes(file, e, scratch));
+    MCDR_ASSIGN(model::ValueId v, read_one(bytes, e.name, !scratch.empty() || e.method != 0, options, parsed.model,
+                                           parsed.findings));
+    model::Value key;
+    key.kind = model::ValueKind::string;
+    key.text = e.name.substr(0, e.name.size() - 4);
+    entries.emplace_back(parsed.model.add(std::move(key)), v);
+  }
+  root.entries = std::move(entries);
+  parsed.model.root = parsed.model.add(std::move(root));
+  return parsed;
+}
+
+}  // namespace modelcdr::formats

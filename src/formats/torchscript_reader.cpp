@@ -1,0 +1,291 @@
+// TorchScript archives (FORMATS.md §4): a program, never reproduced. What is kept is data:
+// data.pkl's module tree (`__torch__.<path>.<Class>` NEWOBJ + BUILD dict of attributes) is
+// walked for tensors, which become a state dict in nn.Module.state_dict() order (per module:
+// parameters, buffers, then submodules), plus the module classes as architecture data. Which
+// attributes are parameters/buffers is read from the `__parameters__ = [...]` /
+// `__buffers__ = [...]` declaration lines of code/ (read as text, never run); without them,
+// tensors with requires_grad are parameters and other tensors buffers. code/, constants.pkl
+// (decoded and scanned), constants/, extra/ and debug records are dropped and reported.
+// Archives of the old format (model.json / attributes.pkl / tensors/) are rejected.
+#include <algorithm>
+#include <unordered_set>
+
+#include "cdr/lifter.hpp"
+#include "container/zip_reader.hpp"
+#include "formats/parsed_model.hpp"
+
+namespace modelcdr::formats {
+
+namespace {
+
+using pickle::kNoNode;
+using pickle::Node;
+using pickle::NodeId;
+using pickle::NodeKind;
+using pickle::Program;
+
+bool ends_with(const std::string& s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+struct Declared {
+  std::vector<std::string> parameters, buffers;
+  bool found = false;
+};
+
+// `["a", "b", ]` -> {a, b}; names are identifiers or digits.
+std::vector<std::string> name_list(std::string_view s) {
+  std::vector<std::string> out;
+  size_t i = 0;
+  while ((i = s.find('"', i)) != std::string_view::npos) {
+    size_t j = s.find('"', i + 1);
+    if (j == std::string_view::npos) break;
+    out.emplace_back(s.substr(i + 1, j - i - 1));
+    i = j + 1;
+  }
+  return out;
+}
+
+// Finds `class <name>(` in TorchScript source text and its __parameters__/__buffers__ lines.
+Declared declarations(std::string_view code, const std::string& name) {
+  Declared d;
+  std::string head = "class " + name + "(";
+  size_t pos = 0;
+  while ((pos = code.find(head, pos)) != std::string_view::npos) {
+    if (pos == 0 || code[pos - 1] == '\n') break;
+    pos += head.size();
+  }
+  if (pos == std::string_view::npos) return d;
+  size_t line = code.find('\n', pos);
+  while (line != std::string_view::npos) {
+    size_t next = code.find('\n', line + 1);
+    std::string_view l = code.substr(line + 1, next == std::string_view::npos ? std::string_view::npos : next - line - 1);
+    if (l.empty() || (l[0] != ' ')) break;  // end of the class body
+    auto strip = l.find_first_not_of(' ');
+    std::string_view t = strip == std::string_view::npos ? std::string_view() : l.substr(strip);
+    if (t.rfind("__parameters__ = [", 0) == 0) {
+      d.parameters = name_list(t);
+      d.found = true;
+    } else if (t.rfind("__buffers__ = [", 0) == 0) {
+      d.buffers = name_list(t);
+      d.found = true;
+    } else if (t.rfind("def ", 0) == 0) {
+      break;
+    }
+    line = next;
+  }
+  return d;
+}
+
+bool is_torch_class(const Program& p, const Node& n) {
+  if (n.kind != NodeKind::NewObj || n.items.empty()) return false;
+  const Node& c = p.at(n.items[0]);
+  return c.kind == NodeKind::Global && (c.text == "__torch__" || c.text.rfind("__torch__.", 0) == 0);
+}
+
+bool is_tensor_call(const Program& p, const Node& n) {
+  if (n.kind != NodeKind::Call) return false;
+  const Node& c = p.at(n.items[0]);
+  return c.kind == NodeKind::Global && c.text == "torch._utils" && c.name.rfind("_rebuild_", 0) == 0;
+}
+
+class Walker {
+ public:
+  Walker(Program& p, const container::ZipArchive& zip, std::span<const uint8_t> file, const std::string& prefix,
+         Findings& findings)
+      : p_(p), zip_(zip), file_(file), prefix_(prefix), findings_(findings) {}
+
+  // Appends the state-dict entries of module node `id` under `path` to `entries`.
+  Status module(NodeId id, const std::string& path, std::vector<std::pair<std::string, NodeId>>& entries,
+                std::vector<model::ModuleInfo>& arch, int depth) {
+    if (depth > 128) return make_error("cdr.too-deep", "modules nested deeper than 128");
+    const Node& n = p_.at(id);
+    const Node& cls = p_.at(n.items[0]);
+    model::ModuleInfo info;
+    info.path = path.empty() ? "" : path.substr(0, path.size() - 1);
+    info.class_module = cls.text;
+    info.class_name = cls.name;
+    if (n.build_states.size() != 1 || p_.at(n.build_states.back()).kind != NodeKind::Dict) {
+      add_finding(findings_, Severity::high, "torchscript.setstate",
+                  "module '" + info.path + "' (" + cls.text + "." + cls.name +
+                      ") is restored by a TorchScript __setstate__; its state was dropped",
+                  "", n.offset);
+      arch.push_back(info);
+      return ok_status();
+    }
+    const Node& st = p_.at(n.build_states.back());
+    Declared decl = declared(cls);
+    std::vector<std::pair<std::string, NodeId>> params, buffers, children;
+    for (auto [k, v] : st.entries) {
+      const Node& kn = p_.at(k);
+      if (kn.kind != NodeKind::Str) continue;
+      const Node& vn = p_.at(v);
+      if (is_torch_class(p_, vn)) {
+        children.emplace_back(kn.text, v);
+      } else if (is_tensor_call(p_, vn)) {
+        bool is_param = false, is_buffer = false;
+        if (decl.found) {
+          is_param = std::count(decl.parameters.begin(), decl.parameters.end(), kn.text) > 0;
+          is_buffer = std::count(decl.buffers.begin(), decl.buffers.end(), kn.text) > 0;
+        } else {
+          is_param = requires_grad(vn);
+          is_buffer = !is_param;
+        }
+        if (is_param) params.emplace_back(kn.text, v);
+        else if (is_buffer) buffers.emplace_back(kn.text, v);
+        else
+          add_finding(findings_, Severity::low, "torchscript.attribute",
+                      "tensor attribute '" + path + kn.text + "' is neither a parameter nor a buffer (dropped)", "", kn.offset);
+      }
+    }
+    for (auto& [name, v] : params) {
+      entries.emplace_back(path + name, v);
+      info.parameters.push_back(name);
+    }
+    for (auto& [name, v] : buffers) {
+      entries.emplace_back(path + name, v);
+      info.buffers.push_back(name);
+    }
+    arch.push_back(info);
+    for (auto& [name, v] : children) MCDR_TRY(module(v, path + name + ".", entries, arch, depth + 1));
+    return ok_status();
+  }
+
+ private:
+  bool requires_grad(const Node& call) const {
+    const Node& args = p_.at(call.items[1]);
+    if (args.kind != NodeKind::Tuple || args.items.size() < 5) return false;
+    const Node& rg = p_.at(args.items[4]);
+    return rg.kind == NodeKind::Bool && rg.b;
+  }
+
+  Declared declared(const Node& cls) {
+    // __torch__.a.b.C -> code/__torch__/a/b.py ; __torch__ C -> code/__torch__.py
+    std::string rel = cls.text;
+    std::replace(rel.begin(), rel.end(), '.', '/');
+    const container::ZipEntry* e = zip_.find(prefix_ + "/code/" + rel + ".py");
+    if (!e || e->uncompressed_size > (64u << 20)) return {};
+    std::vector<uint8_t> scratch;
+    auto bytes = container::entry_bytes(file_, *e, scratch);
+    if (!bytes.ok()) return {};
+    std::string_view text(reinterpret_cast<const char*>(bytes->data()), bytes->size());
+    return declarations(text, cls.name);
+  }
+
+  Program& p_;
+  const container::ZipArchive& zip_;
+  std::span<const uint8_t> file_;
+  std::string prefix_;
+  Findings& findings_;
+};
+
+}  // namespace
+
+Status read_torchscript_archive(std::span<const uint8_t> file, const container::ZipArchive& zip, const std::string& prefix,
+                                const ReadOptions& options, ParsedModel& parsed) {
+  parsed.format = container::Format::torchscript;
+  const container::ZipEntry* pkl = zip.find(prefix + "/data.pkl");
+  if (!pkl || zip.find(prefix + "/model.json")) {
+    parsed.not_disarmable =
+        "old-format TorchScript archive (model.json / attributes.pkl / tensors/) is not supported; re-save it with "
+        "torch.jit.save from a current PyTorch";
+  }
+  std::unordered_set<std::string> used;
+  for (const auto& e : zip.entries) {
+    std::string rel = e.name.substr(std::min(e.name.size(), prefix.size() + 1));
+    if (rel.compare(0, 5, "code/") == 0 && ends_with(rel, ".py"))
+      add_finding(parsed.findings, Severity::high, "torchscript.code",
+                  "TorchScript code '" + rel + "' removed (it runs when the model is loaded or used)", e.name,
+                  e.local_header_offset);
+    else if (rel.compare(0, 10, "constants/") == 0)
+      add_finding(parsed.findings, Severity::low, "torchscript.constant", "code constant '" + rel + "' removed", e.name,
+                  e.local_header_offset);
+    else if (rel.compare(0, 6, "extra/") == 0 || rel == "bytecode.pkl" || ends_with(rel, ".json"))
+      add_finding(parsed.findings, Severity::medium, "torchscript.extra", "record '" + rel + "' removed", e.name,
+                  e.local_header_offset);
+    // Every pickle is decoded and scanned (constants.pkl calls, __setstate__ state), except
+    // source-range debug info, which the loaders skip.
+    if (ends_with(rel, ".pkl") && rel.find("debug_pkl") == std::string::npos && rel != "data.pkl") {
+      std::vector<uint8_t> scratch;
+      MCDR_ASSIGN(auto bytes, container::entry_bytes(file, e, scratch));
+      auto program = decode_stream(bytes, e.name, 0, options, parsed.findings, false);
+      if (!program.ok()) return program.error();
+      if (rel == "constants.pkl" && program->root != kNoNode && !program->at(program->root).items.empty())
+        add_finding(parsed.findings, Severity::medium, "torchscript.constants",
+                    "constants.pkl (" + std::to_string(program->at(program->root).items.size()) +
+                        " constants used by the code) removed",
+                    e.name, 0);
+    }
+  }
+  if (parsed.not_disarmable) return ok_status();
+
+  std::vector<uint8_t> pkl_scratch;
+  MCDR_ASSIGN(auto pkl_bytes, container::entry_bytes(file, *pkl, pkl_scratch));
+  MCDR_ASSIGN(Program program, decode_stream(pkl_bytes, pkl->name, 0, options, parsed.findings, false));
+  const Node& root = program.at(program.root);
+  if (!is_torch_class(program, root)) {
+    parsed.not_disarmable = "TorchScript data.pkl root is not a scripted module";
+    return ok_status();
+  }
+  std::vector<std::pair<std::string, NodeId>> entries;
+  std::vector<model::ModuleInfo> arch;
+  Walker w(program, zip, file, prefix, parsed.findings);
+  MCDR_TRY(w.module(program.root, "", entries, arch, 0));
+
+  // A synthetic root: OrderedDict() with SETITEMs of (path, tensor node), so the ordinary lifter
+  // (and its checks) turns the tensors into the IR.
+  auto add = [&](Node n) {
+    program.nodes.push_back(std::move(n));
+    return static_cast<NodeId>(program.nodes.size() - 1);
+  };
+  Node g;
+  g.kind = NodeKind::Global;
+  g.text = "collections";
+  g.name = "OrderedDict";
+  NodeId gid = add(g);
+  Node empty;
+  empty.kind = NodeKind::Tuple;
+  NodeId eid = add(empty);
+  Node od;
+  od.kind = NodeKind::Call;
+  od.items = {gid, eid};
+  for (auto& [path, v] : entries) {
+    Node k;
+    k.kind = NodeKind::Str;
+    k.text = path;
+    NodeId kid = add(k);
+    od.entries.emplace_back(kid, v);
+  }
+  program.root = add(od);
+
+  std::unordered_set<std::string> used_records;
+  cdr::StorageResolver resolver = [&](const cdr::StorageRequest& r) -> Result<model::Storage> {
+    std::string name = prefix + "/data/" + r.key;
+    const container::ZipEntry* e = zip.find(name);
+    if (!e) return make_error("torch.missing-storage", "storage record '" + name + "' does not exist", r.pid_offset, pkl->name);
+    if (e->uncompressed_size != r.nbytes)
+      return make_error("torch.storage-size-mismatch",
+                        "record '" + name + "' holds " + std::to_string(e->uncompressed_size) + " bytes, the pickle declares " +
+                            std::to_string(r.nbytes),
+                        r.pid_offset, pkl->name);
+    model::Storage s;
+    s.source = name;
+    s.nbytes = r.nbytes;
+    std::vector<uint8_t> scratch;
+    MCDR_ASSIGN(auto bytes, container::entry_bytes(file, *e, scratch));
+    if (e->method != 0) s.set_owned(std::vector<uint8_t>(bytes.begin(), bytes.end()));
+    else s.bytes = bytes;
+    return s;
+  };
+  cdr::LiftOptions lo;
+  lo.entry = pkl->name;
+  MCDR_ASSIGN(parsed.model, cdr::lift(program, resolver, lo));
+  parsed.model.architecture = std::move(arch);
+  add_finding(parsed.findings, Severity::medium, "torchscript.converted",
+              "TorchScript module converted to a state dict of " + std::to_string(entries.size()) +
+                  " tensors (code removed; module classes kept as data)",
+              pkl->name, 0);
+  return ok_status();
+}
+
+}  // namespace modelcdr::formats

@@ -1,0 +1,45 @@
+// Key files for MTD (docs/MTD.md §5): a small text format, one "field: base64" per line.
+//   modelcdr-key-v1            first line, always
+//   kind: secret | public | symmetric
+//   x25519-public / x25519-secret     (crypto_box key pair: seals the map to recipients)
+//   ed25519-public / ed25519-secret   (crypto_sign key pair: signs maps)
+//   key                               (symmetric: 32 random bytes)
+// Secret and symmetric files are written with mode 0600, atomically (temp file + rename).
+#pragma once
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "modelcdr/result.hpp"
+
+namespace modelcdr::mtd {
+
+using Key32 = std::array<uint8_t, 32>;
+
+struct KeyFile {
+  std::string kind;  // secret | public | symmetric
+  bool has_x25519 = false, has_x25519_secret = false, has_ed25519 = false, has_ed25519_secret = false;
+  Key32 x25519_public{}, x25519_secret{}, ed25519_public{};
+  std::array<uint8_t, 64> ed25519_secret{};
+  bool has_symmetric = false;
+  Key32 symmetric{};
+  ~KeyFile();
+};
+
+Result<KeyFile> read_key_file(const std::string& path);
+std::string render_key_file(const KeyFile& k, bool include_secrets);
+// Generates NAME.key (0600) and NAME.pub; refuses to overwrite unless `force`.
+Status keygen_pair(const std::string& name, bool force);
+Status keygen_symmetric(const std::string& path, bool force);
+// Writes `text` to `path` with `mode`, atomically (temp in the same folder, fsync, rename).
+Status write_file_atomic(const std::string& path, const std::string& text, unsigned mode, bool force);
+Result<std::string> read_small_file(const std::string& path, size_t limit);
+
+std::string to_base64(const uint8_t* p, size_t n);
+Result<std::vector<uint8_t>> from_base64(const std::string& s);
+std::string to_hex(const uint8_t* p, size_t n);
+// Short printable id of a public key: first 16 hex digits of BLAKE2b-256(key).
+std::string fingerprint(const uint8_t* p, size_t n);
+
+}  // namespace modelcdr::mtd

@@ -1,0 +1,671 @@
+#include "mtd/mtd.hpp"
+
+#include <sodium.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <thread>
+#include <unordered_set>
+
+#include "formats/torch_zip_writer.hpp"
+#include "io/atomic_output.hpp"
+#include "mtd/permute.hpp"
+
+namespace modelcdr::mtd {
+
+namespace {
+
+using json = nlohmann::ordered_json;
+using model::Model;
+using model::StorageId;
+using model::ValueId;
+using model::ValueKind;
+
+constexpr const char* kMapSchema = "modelcdr.mtd-map/1";
+constexpr const char* kHashName = "blake2b-256";
+
+// ---- hashing: BLAKE2b-256 (libsodium crypto_generichash), hex ---------------------------------
+
+using Digest = std::array<uint8_t, 32>;
+
+Digest hash_bytes(std::span<const uint8_t> b) {
+  Digest d;
+  crypto_generichash(d.data(), d.size(), b.data(), b.size(), nullptr, 0);
+  return d;
+}
+std::string hex(const Digest& d) { return to_hex(d.data(), d.size()); }
+
+// Drop the mapped input pages of a storage we are done with, so that peak RSS stays at the
+// transform buffer rather than growing with the file (MAP_PRIVATE, never written: no data lost).
+void release_pages(std::span<const uint8_t> b) {
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  uintptr_t start = (reinterpret_cast<uintptr_t>(b.data()) + page - 1) & ~(page - 1);
+  uintptr_t end = (reinterpret_cast<uintptr_t>(b.data()) + b.size()) & ~(page - 1);
+  if (end > start) ::madvise(reinterpret_cast<void*>(start), end - start, MADV_DONTNEED);
+}
+
+// Hashes many spans with up to 4 threads (verification pass over a whole file).
+std::vector<Digest> hash_all(const std::vector<std::span<const uint8_t>>& spans) {
+  std::vector<Digest> out(spans.size());
+  std::atomic<size_t> next{0};
+  auto worker = [&] {
+    for (size_t i; (i = next++) < spans.size();) {
+      out[i] = hash_bytes(spans[i]);
+      release_pages(spans[i]);
+    }
+  };
+  unsigned n = std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < n; ++t) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+  return out;
+}
+
+// ---- names and structure --------------------------------------------------------------------
+
+// Name of each storage: the state-dict path of the first tensor that views it ("layer1.0.conv1.weight").
+std::vector<std::string> storage_names(const Model& m) {
+  std::vector<std::string> names(m.storages.size());
+  std::vector<bool> seen(m.values.size(), false);
+  std::function<void(model::TensorId, const std::string&)> tensor = [&](model::TensorId tid, const std::string& path) {
+    if (tid >= m.tensors.size()) return;
+    const auto& t = m.tensors[tid];
+    switch (t.kind) {
+      case model::TensorKind::dense:
+      case model::TensorKind::quantized_per_tensor:
+        if (t.storage < names.size() && names[t.storage].empty()) names[t.storage] = path;
+        break;
+      case model::TensorKind::quantized_per_channel:
+        if (t.storage < names.size() && names[t.storage].empty()) names[t.storage] = path;
+        tensor(t.q_scales, path + ".q_scales");
+        tensor(t.q_zero_points, path + ".q_zero_points");
+        break;
+      case model::TensorKind::sparse_coo:
+        tensor(t.sparse_indices, path + ".indices");
+        tensor(t.sparse_values, path + ".values");
+        break;
+    }
+  };
+  auto join = [](const std::string& a, const std::string& b) { return a.empty() ? b : a + "." + b; };
+  std::function<void(ValueId, const std::string&)> walk = [&](ValueId id, const std::string& path) {
+    if (id == model::kNoValue || id >= m.values.size() || seen[id]) return;
+    seen[id] = true;
+    const auto& v = m.values[id];
+    if (v.kind == ValueKind::tensor) {
+      tensor(v.tensor, path);
+      return;
+    }
+    for (size_t i = 0; i < v.entries.size(); ++i) {
+      const auto& k = m.values[v.entries[i].first];
+      std::string part = k.kind == ValueKind::string    ? k.text
+                         : k.kind == ValueKind::integer ? std::to_string(k.i)
+                                                        : "[" + std::to_string(i) + "]";
+      walk(v.entries[i].second, join(path, part));
+    }
+    for (size_t i = 0; i < v.items.size(); ++i) walk(v.items[i], join(path, std::to_string(i)));
+  };
+  walk(m.root, "");
+  return names;
+}
+
+bool is_float_storage(const model::Storage& s) {
+  const auto& info = model::dtype_info(s.dtype);
+  return info.is_float && (info.element_size == 1 || info.element_size == 2 || info.element_size == 4 ||
+                           info.element_size == 8) &&
+         s.nbytes % info.element_size == 0;
+}
+
+// Storages that may trade places: float, viewed by exactly one dense tensor that covers it
+// exactly (offset 0, contiguous). Grouped by dtype and shape.
+std::map<std::string, std::vector<StorageId>> swap_groups(const Model& m, const std::vector<std::string>& names) {
+  std::vector<int> users(m.storages.size(), 0);
+  std::vector<int64_t> user(m.storages.size(), -1);
+  for (size_t t = 0; t < m.tensors.size(); ++t) {
+    const auto& x = m.tensors[t];
+    if (x.kind == model::TensorKind::sparse_coo) continue;
+    if (x.storage >= m.storages.size()) continue;
+    users[x.storage]++;
+    user[x.storage] = static_cast<int64_t>(t);
+  }
+  std::map<std::string, std::vector<StorageId>> groups;
+  for (StorageId s = 0; s < m.storages.size(); ++s) {
+    if (users[s] != 1 || names[s].empty() || !is_float_storage(m.storages[s])) continue;
+    const auto& t = m.tensors[static_cast<size_t>(user[s])];
+    if (t.kind != model::TensorKind::dense || t.storage_offset != 0 || t.dtype != m.storages[s].dtype) continue;
+    int64_t expect = 1;
+    bool contiguous = t.stride.size() == t.shape.size();
+    for (size_t d = t.shape.size(); contiguous && d-- > 0;) {
+      if (t.shape[d] != 1 && t.stride[d] != expect) contiguous = false;
+      expect *= t.shape[d];
+    }
+    if (!contiguous || uint64_t(expect) * model::dtype_info(t.dtype).element_size != m.storages[s].nbytes) continue;
+    std::string k = model::dtype_info(t.dtype).name;
+    for (auto d : t.shape) k += "," + std::to_string(d);
+    groups[k].push_back(s);
+  }
+  return groups;
+}
+
+formats::TorchWriteOptions write_options(CompatTarget c) {
+  formats::TorchWriteOptions wo;
+  wo.compat = c == CompatTarget::torch1_13 ? formats::Compat::torch1_13 : formats::Compat::torch2;
+  return wo;
+}
+
+std::string compat_name(CompatTarget c) { return c == CompatTarget::torch1_13 ? "torch1.13" : "torch2"; }
+
+json architecture_json(const Model& m) {
+  if (m.architecture.empty()) return nullptr;
+  json modules = json::array();
+  for (const auto& info : m.architecture)
+    modules.push_back({{"path", info.path},
+                       {"class", info.class_module + "." + info.class_name},
+                       {"parameters", info.parameters},
+                       {"buffers", info.buffers}});
+  return {{"schema", "modelcdr.architecture/1"},
+          {"note", "module classes recorded as data; nothing here is imported"},
+          {"modules", modules}};
+}
+
+Status write_text(const std::string& path, const std::string& text, io::AtomicOutput& out) {
+  MCDR_ASSIGN(out, io::AtomicOutput::create(path));
+  return out.write(text);
+}
+
+// The written records of a model, in key order, as the writer will emit them.
+struct Layout {
+  std::vector<uint8_t> pkl;
+  std::vector<StorageId> order;
+  std::vector<model::Storage> extra;
+  const model::Storage& at(const Model& m, size_t key) const {
+    StorageId sid = order[key];
+    return sid < m.storages.size() ? m.storages[sid] : extra[sid - 0x80000000u];
+  }
+};
+
+Result<Layout> layout_of(const Model& m, CompatTarget c) {
+  Layout l;
+  auto wo = write_options(c);
+  MCDR_ASSIGN(l.pkl, formats::emit_data_pkl(m, wo, l.order, l.extra));
+  return l;
+}
+
+Result<Key32> parse_key32(const json& j) {
+  if (!j.is_string()) return make_error("map.payload", "bad key field");
+  MCDR_ASSIGN(auto b, from_base64(j.get<std::string>()));
+  if (b.size() != 32) return make_error("map.payload", "bad key length");
+  Key32 k;
+  std::memcpy(k.data(), b.data(), 32);
+  return k;
+}
+
+bool map_integrity_error(const Error& e) {
+  return e.rule.rfind("map.", 0) == 0;
+}
+
+// Opens and decodes a map; fills signer info.
+Result<json> open_and_parse(const std::string& map_path, const OpenOptions& o, MtdResult& r) {
+  MCDR_ASSIGN(std::string sealed, read_small_file(map_path, size_t(1) << 30));
+  MCDR_ASSIGN(OpenedMap opened, open_map(sealed, o));
+  json payload = json::parse(opened.payload, nullptr, false);
+  if (payload.is_discarded() || !payload.is_object() || payload.value("schema", "") != kMapSchema)
+    return make_error("map.payload", "the map's payload is not a " + std::string(kMapSchema) + " document");
+  if (opened.signed_) {
+    // Without --verify-signer the signature is still checked against the signer the sealed
+    // payload names; who that is has to be judged by the user (the fingerprint is reported).
+    auto signer = payload.contains("signer") ? parse_key32(payload["signer"]) : Result<Key32>(make_error("map.signature", ""));
+    if (!signer.ok() || !signature_valid(sealed, *signer))
+      return make_error("map.signature", "the map's signature does not verify with the signer key it names");
+    if (opened.signature_checked_against_trusted && *signer != opened.signer)
+      return make_error("map.signature", "the map names a different signer than --verify-signer");
+    r.signer = fingerprint(signer->data(), 32);
+    r.signer_trusted = opened.signature_checked_against_trusted;
+  }
+  return payload;
+}
+
+struct MapEntry {
+  uint32_t key;
+  std::string name, dtype;
+  uint64_t nbytes;
+  bool permuted;
+  uint32_t source;
+  std::string before, after;
+};
+
+Result<std::vector<MapEntry>> entries_of(const json& payload) {
+  std::vector<MapEntry> out;
+  const auto& st = payload.at("storages");
+  if (!st.is_array()) return make_error("map.payload", "storages is not a list");
+  for (const auto& e : st) {
+    MapEntry m;
+    m.key = e.at("key").get<uint32_t>();
+    m.name = e.at("name").get<std::string>();
+    m.dtype = e.at("dtype").get<std::string>();
+    m.nbytes = e.at("nbytes").get<uint64_t>();
+    m.permuted = e.at("permuted").get<bool>();
+    m.source = e.at("source").get<uint32_t>();
+    m.before = e.at("before").get<std::string>();
+    m.after = e.at("after").get<std::string>();
+    if (m.key != out.size()) return make_error("map.payload", "storages out of order");
+    out.push_back(std::move(m));
+  }
+  // `source` must be a permutation of the keys.
+  std::vector<bool> used(out.size(), false);
+  for (const auto& e : out) {
+    if (e.source >= out.size() || used[e.source]) return make_error("map.payload", "swap table is not a permutation");
+    used[e.source] = true;
+  }
+  return out;
+}
+
+// Compares the records of `m` with the map's hashes. `which`: "after" or "before".
+struct Comparison {
+  std::vector<Mismatch> against_after, against_before;
+  bool structure_ok = true;
+};
+
+Comparison compare(const Model& m, const Layout& l, const json& payload, const std::vector<MapEntry>& entries,
+                   const std::vector<std::string>& names_now) {
+  Comparison c;
+  std::string pkl_hash = hex(hash_bytes(l.pkl));
+  const auto& nt = payload.at("non_tensor");
+  auto nontensor = [&](const std::string& against, const std::string& expected) {
+    Mismatch x;
+    x.what = "non-tensor";
+    x.name = "data.pkl";
+    x.against = against;
+    x.expected = expected;
+    x.actual = pkl_hash;
+    x.detail = "the non-tensor data (state-dict keys, shapes, dtypes, metadata) differs from the map";
+    return x;
+  };
+  if (pkl_hash != nt.at("after").get<std::string>()) c.against_after.push_back(nontensor("protected", nt.at("after")));
+  if (pkl_hash != nt.at("before").get<std::string>()) c.against_before.push_back(nontensor("restored", nt.at("before")));
+  if (l.order.size() != entries.size()) {
+    c.structure_ok = false;
+    Mismatch x;
+    x.what = "structure";
+    x.expected = std::to_string(entries.size());
+    x.actual = std::to_string(l.order.size());
+    x.detail = "the file has " + x.actual + " tensor records, the map " + x.expected;
+    c.against_after.push_back(x);
+    c.against_before.push_back(x);
+  }
+  size_t n = std::min(l.order.size(), entries.size());
+  std::vector<std::span<const uint8_t>> spans(n);
+  for (size_t k = 0; k < n; ++k) spans[k] = l.at(m, k).bytes;
+  auto digests = hash_all(spans);
+  for (size_t k = 0; k < n; ++k) {
+    const auto& e = entries[k];
+    std::string h = hex(digests[k]);
+    auto tensor_mismatch = [&](const std::string& against, const std::string& expected) {
+      Mismatch x;
+      x.what = "tensor";
+      x.name = e.name;
+      x.key = static_cast<int64_t>(k);
+      x.against = against;
+      x.expected = expected;
+      x.actual = h;
+      if (spans[k].size() != e.nbytes)
+        x.detail = "size " + std::to_string(spans[k].size()) + " bytes, map says " + std::to_string(e.nbytes);
+      else if (k < names_now.size() && !names_now[k].empty() && names_now[k] != e.name)
+        x.detail = "record now belongs to '" + names_now[k] + "'";
+      else
+        x.detail = "tensor bytes changed";
+      return x;
+    };
+    if (h != e.after) c.against_after.push_back(tensor_mismatch("protected", e.after));
+    if (h != e.before) c.against_before.push_back(tensor_mismatch("restored", e.before));
+  }
+  return c;
+}
+
+// Names by record key for the model as it is now.
+std::vector<std::string> names_by_key(const Model& m, const Layout& l) {
+  auto by_sid = storage_names(m);
+  std::vector<std::string> out(l.order.size());
+  for (size_t k = 0; k < l.order.size(); ++k)
+    if (l.order[k] < by_sid.size()) out[k] = by_sid[l.order[k]];
+  return out;
+}
+
+MtdResult fail(MtdResult r, Error e) {
+  r.outcome = Outcome::error;
+  r.error = std::move(e);
+  return r;
+}
+
+MtdResult mismatch_file(MtdResult r, const Error& e) {
+  Mismatch x;
+  x.what = "file";
+  x.detail = "the file cannot be read as a model: " + e.describe();
+  r.mismatches.push_back(x);
+  r.outcome = Outcome::mismatch;
+  return r;
+}
+
+}  // namespace
+
+Key32 derive_storage_key(const Key32& secret, const std::string& name, uint32_t key) {
+  std::string msg = "modelcdr/mtd/v1/perm";
+  msg.push_back('\0');
+  msg += name;
+  msg.push_back('\0');
+  msg += std::to_string(key);
+  Key32 out;
+  crypto_generichash(out.data(), out.size(), reinterpret_cast<const uint8_t*>(msg.data()), msg.size(), secret.data(),
+                     secret.size());
+  return out;
+}
+
+MtdResult protect(const std::string& input, const std::string& output, const std::string& map_path,
+                  const ProtectOptions& options) {
+  MtdResult r;
+  if (sodium_init() < 0) return fail(r, make_error("crypto.init", "libsodium failed to initialise"));
+  DisarmOptions dopt;
+  dopt.compat = options.compat;
+  dopt.allow_trailing_data = options.allow_trailing_data;
+  auto loaded = load_model(input, dopt, r.file);
+  if (!loaded.ok()) return fail(r, loaded.error());
+  Model& m = model_of(**loaded);
+  for (const auto& st : m.storages) release_pages(st.bytes);  // the reader's CRC pass touched them all
+  auto layout = layout_of(m, options.compat);
+  if (!layout.ok()) return fail(r, layout.error());
+  const Layout& l = *layout;
+  auto by_sid = storage_names(m);
+  const size_t n = l.order.size();
+  std::vector<std::string> names(n);
+  std::vector<int64_t> key_of_sid(m.storages.size(), -1);
+  for (size_t k = 0; k < n; ++k) {
+    StorageId sid = l.order[k];
+    if (sid < m.storages.size()) {
+      key_of_sid[sid] = static_cast<int64_t>(k);
+      names[k] = by_sid[sid];
+    }
+    if (names[k].empty()) names[k] = "data/" + std::to_string(k);
+  }
+
+  // Fresh secret for this copy; swaps drawn with randombytes_uniform (unbiased).
+  Key32 secret;
+  randombytes_buf(secret.data(), secret.size());
+  std::vector<uint32_t> source(n);
+  for (size_t k = 0; k < n; ++k) source[k] = static_cast<uint32_t>(k);
+  for (auto& [shape, members] : swap_groups(m, by_sid)) {
+    std::vector<uint32_t> keys;
+    for (auto sid : members)
+      if (key_of_sid[sid] >= 0) keys.push_back(static_cast<uint32_t>(key_of_sid[sid]));
+    if (keys.size() < 2) continue;
+    std::vector<uint32_t> perm = keys;
+    for (size_t i = perm.size(); i > 1; --i) std::swap(perm[i - 1], perm[randombytes_uniform(static_cast<uint32_t>(i))]);
+    for (size_t i = 0; i < keys.size(); ++i) source[keys[i]] = perm[i];
+  }
+
+  std::vector<Digest> before(n), after(n);
+  std::vector<bool> permuted(n, false);
+  for (size_t k = 0; k < n; ++k) permuted[k] = is_float_storage(l.at(m, k));
+  auto wo = write_options(options.compat);
+  wo.storage_payload = [&](uint32_t key, const model::Storage& s,
+                           std::vector<uint8_t>& scratch) -> Result<std::span<const uint8_t>> {
+    if (key >= n) return make_error("mtd.internal", "writer and layout disagree on the records");
+    const model::Storage& src = source[key] == key ? s : l.at(m, source[key]);
+    if (src.bytes.size() != s.bytes.size()) return make_error("mtd.internal", "swap between different sizes");
+    if (!permuted[key]) {
+      before[source[key]] = after[key] = hash_bytes(src.bytes);
+      return src.bytes;
+    }
+    scratch.resize(src.bytes.size());
+    const size_t esize = model::dtype_info(src.dtype).element_size;
+    Key32 pk = derive_storage_key(secret, names[key], key);
+    Digest hb;
+    std::thread hasher;  // the before-hash of a large storage overlaps with the permutation
+    if (src.bytes.size() >= (4u << 20)) hasher = std::thread([&] { hb = hash_bytes(src.bytes); });
+    else hb = hash_bytes(src.bytes);
+    permute(src.bytes.data(), scratch.data(), src.bytes.size() / esize, esize, pk.data(), false);
+    sodium_memzero(pk.data(), pk.size());
+    after[key] = hash_bytes(scratch);
+    if (hasher.joinable()) hasher.join();
+    before[source[key]] = hb;
+    release_pages(src.bytes);
+    return std::span<const uint8_t>(scratch.data(), scratch.size());
+  };
+  auto out = io::AtomicOutput::create(output);
+  if (!out.ok()) return fail(r, out.error());
+  if (auto s = formats::write_torch_zip(m, wo, *out); !s.ok()) return fail(r, s.error());
+
+  std::string pkl_hash = hex(hash_bytes(l.pkl));
+  json storages = json::array();
+  json swaps = json::array();
+  for (size_t k = 0; k < n; ++k) {
+    const auto& s = l.at(m, k);
+    storages.push_back({{"key", k},
+                        {"name", names[k]},
+                        {"dtype", model::dtype_info(s.dtype).name},
+                        {"nbytes", s.bytes.size()},
+                        {"permuted", bool(permuted[k])},
+                        {"source", source[k]},
+                        {"before", hex(before[k])},
+                        {"after", hex(after[k])}});
+    if (source[k] != k) {
+      swaps.push_back({{"at", names[k]}, {"holds", names[source[k]]}});
+      ++r.swapped;
+    }
+    if (permuted[k]) ++r.permuted;
+  }
+  r.storages = n;
+  json payload = {
+      {"schema", kMapSchema},
+      {"tool", std::string("modelcdr ") + kVersion},
+      {"created_unix", static_cast<int64_t>(std::chrono::duration_cast<std::chrono::seconds>(
+                           std::chrono::system_clock::now().time_since_epoch()).count())},
+      {"secret", to_base64(secret.data(), secret.size())},
+      {"permutation",
+       {{"scheme", kPermScheme},
+        {"block_elements", kPermBlock},
+        {"tables", kPermTables},
+        {"key_derivation", "BLAKE2b-256 keyed by secret over 'modelcdr/mtd/v1/perm' 0 name 0 key"},
+        {"stream", "ChaCha20 (crypto_stream_chacha20), nonce 0"}}},
+      {"hash", kHashName},
+      {"compat", compat_name(options.compat)},
+      {"non_tensor", {{"what", "archive/data.pkl as emitted by modelcdr from the IR (no tensor payloads)"},
+                      {"before", pkl_hash}, {"after", pkl_hash}}},
+      {"signer", options.seal.signer ? json(to_base64(options.seal.signer->ed25519_public.data(), 32)) : json(nullptr)},
+      {"architecture", architecture_json(m)},
+      {"storages", storages},
+      {"swaps", swaps},
+  };
+  std::string text = payload.dump();
+  sodium_memzero(secret.data(), secret.size());
+  auto sealed = seal_map(text, options.seal);
+  sodium_memzero(text.data(), text.size());
+  if (!sealed.ok()) return fail(r, sealed.error());
+  if (options.seal.signer) r.signer = fingerprint(options.seal.signer->ed25519_public.data(), 32);
+  io::AtomicOutput map_out, arch_out;
+  if (auto s = write_text(map_path, *sealed, map_out); !s.ok()) return fail(r, s.error());
+  if (!m.architecture.empty()) {
+    r.file.architecture = output + ".architecture.json";
+    if (auto s = write_text(r.file.architecture, architecture_json(m).dump(2) + "\n", arch_out); !s.ok())
+      return fail(r, s.error());
+  }
+  // Commit the map first: a protected model without its map would be lost.
+  if (auto s = map_out.commit(); !s.ok()) return fail(r, s.error());
+  if (auto s = out->commit(); !s.ok()) {
+    ::unlink(map_path.c_str());
+    return fail(r, s.error());
+  }
+  if (!m.architecture.empty()) (void)arch_out.commit();
+  r.output = output;
+  r.file.output = output;
+  for (const auto& f : r.file.findings)
+    if (f.severity >= Severity::low) r.file.removed.push_back(f);
+  r.outcome = Outcome::ok;
+  return r;
+}
+
+namespace {
+
+struct Prepared {
+  LoadedModelPtr loaded;
+  json payload;
+  std::vector<MapEntry> entries;
+  CompatTarget compat = CompatTarget::torch2;
+  Layout layout;
+  Comparison cmp;
+};
+
+// Shared first half of restore and verify: open the map, parse the input, compare hashes.
+std::optional<MtdResult> prepare(const std::string& input, const std::string& map_path, const RestoreOptions& o,
+                                 MtdResult& r, Prepared& p) {
+  if (sodium_init() < 0) return fail(r, make_error("crypto.init", "libsodium failed to initialise"));
+  auto payload = open_and_parse(map_path, o.open, r);
+  if (!payload.ok()) {
+    if (map_integrity_error(payload.error())) {
+      Mismatch x;
+      x.what = "map";
+      x.name = map_path;
+      x.detail = payload.error().message + " [" + payload.error().rule + "]";
+      r.mismatches.push_back(x);
+      r.outcome = Outcome::mismatch;
+      return r;
+    }
+    return fail(r, payload.error());
+  }
+  p.payload = std::move(*payload);
+  try {
+    auto entries = entries_of(p.payload);
+    if (!entries.ok()) return fail(r, entries.error());
+    p.entries = std::move(*entries);
+    p.compat = p.payload.at("compat").get<std::string>() == "torch1.13" ? CompatTarget::torch1_13 : CompatTarget::torch2;
+    if (p.payload.at("hash").get<std::string>() != kHashName ||
+        p.payload.at("permutation").at("scheme").get<std::string>() != kPermScheme)
+      return fail(r, make_error("map.unsupported", "the map uses a hash or permutation scheme this modelcdr does not know"));
+  } catch (const std::exception& e) {
+    return fail(r, make_error("map.payload", std::string("malformed map payload: ") + e.what()));
+  }
+  if (::access(input.c_str(), R_OK) != 0) return fail(r, make_error("io.open", "cannot open " + input));
+  DisarmOptions dopt;
+  dopt.compat = p.compat;
+  auto loaded = load_model(input, dopt, r.file);
+  if (!loaded.ok()) return mismatch_file(r, loaded.error());
+  p.loaded = std::move(*loaded);
+  Model& m = model_of(*p.loaded);
+  for (const auto& st : m.storages) release_pages(st.bytes);  // the reader's CRC pass touched them all
+  auto layout = layout_of(m, p.compat);
+  if (!layout.ok()) return mismatch_file(r, layout.error());
+  p.layout = std::move(*layout);
+  p.cmp = compare(m, p.layout, p.payload, p.entries, names_by_key(m, p.layout));
+  r.storages = p.entries.size();
+  return std::nullopt;
+}
+
+}  // namespace
+
+MtdResult verify(const std::string& input, const std::string& map_path, const RestoreOptions& o) {
+  MtdResult r;
+  Prepared p;
+  if (auto early = prepare(input, map_path, o, r, p)) return *early;
+  const auto& a = p.cmp.against_after;
+  const auto& b = p.cmp.against_before;
+  bool as_protected;
+  if (o.expect == "protected") as_protected = true;
+  else if (o.expect == "restored") as_protected = false;
+  else as_protected = a.empty() || (!b.empty() && a.size() <= b.size());
+  r.state = as_protected ? "protected" : "restored";
+  r.mismatches = as_protected ? a : b;
+  r.outcome = r.mismatches.empty() ? Outcome::ok : Outcome::mismatch;
+  return r;
+}
+
+MtdResult restore(const std::string& input, const std::string& map_path, const std::string& output,
+                  const RestoreOptions& o) {
+  MtdResult r;
+  Prepared p;
+  if (auto early = prepare(input, map_path, o, r, p)) return *early;
+  r.state = "protected";
+  // 1. The input must be exactly the protected file the map describes, before anything is undone.
+  if (!p.cmp.against_after.empty() || !p.cmp.structure_ok) {
+    r.mismatches = p.cmp.against_after;
+    r.outcome = Outcome::mismatch;
+    return r;
+  }
+  Model& m = model_of(*p.loaded);
+  const Layout& l = p.layout;
+  const size_t n = p.entries.size();
+  Key32 secret;
+  try {
+    auto s = parse_key32(p.payload.at("secret"));
+    if (!s.ok()) return fail(r, s.error());
+    secret = *s;
+  } catch (const std::exception& e) {
+    return fail(r, make_error("map.payload", e.what()));
+  }
+  std::vector<uint32_t> holder(n);  // holder[j] = key whose record holds original j
+  for (size_t k = 0; k < n; ++k) holder[p.entries[k].source] = static_cast<uint32_t>(k);
+  // 2. Undo while writing; 3. check every restored record against the before-hashes.
+  auto wo = write_options(p.compat);
+  wo.storage_payload = [&](uint32_t key, const model::Storage& s,
+                           std::vector<uint8_t>& scratch) -> Result<std::span<const uint8_t>> {
+    if (key >= n) return make_error("mtd.internal", "writer and map disagree on the records");
+    uint32_t from = holder[key];
+    const model::Storage& src = from == key ? s : l.at(m, from);
+    if (src.bytes.size() != s.bytes.size()) return make_error("mtd.internal", "swap between different sizes");
+    std::span<const uint8_t> result = src.bytes;
+    if (p.entries[from].permuted) {
+      const size_t esize = model::dtype_info(src.dtype).element_size;
+      scratch.resize(src.bytes.size());
+      Key32 pk = derive_storage_key(secret, p.entries[from].name, from);
+      permute(src.bytes.data(), scratch.data(), src.bytes.size() / esize, esize, pk.data(), true);
+      sodium_memzero(pk.data(), pk.size());
+      result = std::span<const uint8_t>(scratch.data(), scratch.size());
+    }
+    std::string h = hex(hash_bytes(result));
+    if (h != p.entries[key].before) {
+      Mismatch x;
+      x.what = "tensor";
+      x.name = p.entries[key].name;
+      x.key = key;
+      x.against = "restored";
+      x.expected = p.entries[key].before;
+      x.actual = h;
+      x.detail = "restored bytes differ from the original (wrong map for this file?)";
+      r.mismatches.push_back(x);
+    }
+    release_pages(src.bytes);
+    return result;
+  };
+  auto out = io::AtomicOutput::create(output);
+  if (!out.ok()) return fail(r, out.error());
+  auto written = formats::write_torch_zip(m, wo, *out);
+  sodium_memzero(secret.data(), secret.size());
+  if (!written.ok()) return fail(r, written.error());
+  if (!r.mismatches.empty()) {
+    out->abandon();
+    r.outcome = Outcome::mismatch;
+    return r;
+  }
+  io::AtomicOutput arch_out;
+  if (p.payload.contains("architecture") && !p.payload["architecture"].is_null()) {
+    r.file.architecture = output + ".architecture.json";
+    if (auto s = write_text(r.file.architecture, p.payload["architecture"].dump(2) + "\n", arch_out); !s.ok())
+      return fail(r, s.error());
+  }
+  if (auto s = out->commit(); !s.ok()) return fail(r, s.error());
+  if (!r.file.architecture.empty()) (void)arch_out.commit();
+  r.output = output;
+  r.state = "restored";
+  r.outcome = Outcome::ok;
+  for (size_t k = 0; k < n; ++k) {
+    if (p.entries[k].permuted) ++r.permuted;
+    if (p.entries[k].source != k) ++r.swapped;
+  }
+  return r;
+}
+
+}  // namespace modelcdr::mtd

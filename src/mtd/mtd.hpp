@@ -1,0 +1,60 @@
+// Moving Target Defense (docs/MTD.md): protect a model with secret, per-copy transforms
+// (keyed element permutations + swaps of equal-shape tensors), record the secret and the
+// before/after hashes in a sealed, optionally signed map; restore and verify against that map.
+#pragma once
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "modelcdr/api.hpp"
+#include "mtd/seal.hpp"
+
+namespace modelcdr::mtd {
+
+// One difference between a file and its map.
+struct Mismatch {
+  std::string what;      // "tensor" | "non-tensor" | "structure" | "file"
+  std::string name;      // tensor name (state-dict key path) for "tensor"
+  int64_t key = -1;      // archive/data/<key>
+  std::string against;   // "protected" (the map's after-hashes) | "restored" (before-hashes)
+  std::string expected, actual;  // hashes (hex), or sizes/counts for "structure"
+  std::string detail;
+};
+
+enum class Outcome { ok, mismatch, error };
+
+struct MtdResult {
+  Outcome outcome = Outcome::error;
+  std::optional<Error> error;       // outcome error (usage / IO / rejected input)
+  std::vector<Mismatch> mismatches; // outcome mismatch
+  std::string state;                // verify: "protected" | "restored"
+  std::string output;               // written file, if any
+  std::string signer;               // fingerprint of the map's signer, if signed
+  bool signer_trusted = false;      // checked against --verify-signer
+  size_t storages = 0, permuted = 0, swapped = 0;
+  FileReport file;                  // the disarm part (protect) / the parsed input
+};
+
+struct ProtectOptions {
+  SealOptions seal;
+  CompatTarget compat = CompatTarget::torch2;
+  bool allow_trailing_data = false;
+};
+
+MtdResult protect(const std::string& input, const std::string& output, const std::string& map_path,
+                  const ProtectOptions& options);
+
+struct RestoreOptions {
+  OpenOptions open;
+  std::string expect = "auto";  // verify only: auto | protected | restored
+};
+
+MtdResult restore(const std::string& input, const std::string& map_path, const std::string& output,
+                  const RestoreOptions& options);
+MtdResult verify(const std::string& input, const std::string& map_path, const RestoreOptions& options);
+
+// Per-storage permutation key: BLAKE2b-256 keyed by the run's secret over
+// "modelcdr/mtd/v1/perm" 0x00 name 0x00 key.
+Key32 derive_storage_key(const Key32& secret, const std::string& name, uint32_t key);
+
+}  // namespace modelcdr::mtd

@@ -1,0 +1,36 @@
+// Keyed element permutation for MTD (docs/MTD.md §3). Not a cipher: it scrambles where each
+// weight sits so that the model computes garbage without the key, at memory speed.
+//
+// Scheme "mtd-blockperm-v1" over a storage of n elements (element size 1, 2, 4 or 8 bytes):
+//   - split into nb = n / B full blocks of B = 4096 elements (16 KiB of float32: fits L1/L2) and
+//     a tail of n % B elements;
+//   - draw K = min(64, nb) random permutations T_0..T_{K-1} of [0, B) ("tables"), a random
+//     permutation pi of the nb blocks, and per output block j a table t_j in [0, K) and a mask
+//     m_j in [0, B) (B is a power of two, so i -> i XOR m_j is itself a permutation);
+//   - output block j = input block pi(j) with element i taken from T_{t_j}[i XOR m_j];
+//   - the tail gets its own random permutation (a plain Fisher-Yates).
+// Every element can land anywhere in the tensor (across rows and channels); within a block the
+// order is one of K*B keyed permutations. Cost: one gather pass through a table that sits in
+// L2 (K*B*2 bytes = 512 KiB), i.e. memcpy-like, instead of n random accesses for a global
+// Fisher-Yates. All randomness is a ChaCha20 keystream (libsodium crypto_stream_chacha20) under
+// the per-tensor key; bounded integers are drawn without bias (Lemire's method with rejection).
+//
+// Strength, honestly: the values of a tensor are unchanged as a multiset (their histogram is
+// public), and the elements of one output block all come from one input block. Recovering the
+// order needs the key (256 bits) or a structural attack on natural weights that this scheme
+// does not claim to resist; the cryptographic guarantees of MTD are those of the sealed map.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace modelcdr::mtd {
+
+inline constexpr uint32_t kPermBlock = 4096;  // elements; must be a power of two <= 65536
+inline constexpr uint32_t kPermTables = 64;
+inline constexpr const char* kPermScheme = "mtd-blockperm-v1";
+
+// out = P_key(in) (forward) or P_key^-1(in) (inverse); in and out do not overlap; both hold
+// n * elem_size bytes; elem_size is 1, 2, 4 or 8.
+void permute(const uint8_t* in, uint8_t* out, size_t n, size_t elem_size, const uint8_t key[32], bool inverse);
+
+}  // namespace modelcdr::mtd

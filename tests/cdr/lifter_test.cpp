@@ -1,0 +1,326 @@
+// The lifter's policy on hand-built pickle programs: what is kept, what is dropped, and what
+// makes a file rejected. Programs are written with the emitter (for well-formed shapes) or as
+// raw opcodes (for hostile ones); nothing is ever executed.
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "cdr/lifter.hpp"
+#include "pickle/pickle_emitter.hpp"
+#include "pickle/pickle_machine.hpp"
+
+using namespace modelcdr;
+using pickle::EmitGlobal;
+using pickle::PickleEmitter;
+
+namespace {
+
+struct Lifted {
+  Result<model::Model> model;
+  Findings findings;
+};
+
+// A resolver serving `count` float32 elements of zeros for every key.
+cdr::StorageResolver zeros_resolver(std::vector<uint8_t>& backing, uint64_t max_bytes = 4096) {
+  backing.assign(max_bytes, 0);
+  return [&backing, max_bytes](const cdr::StorageRequest& r) -> Result<model::Storage> {
+    if (r.nbytes > max_bytes) return make_error("test.too-big", "storage too big");
+    model::Storage s;
+    s.nbytes = r.nbytes;
+    s.bytes = std::span<const uint8_t>(backing.data(), r.nbytes);
+    s.source = "data/" + r.key;
+    return s;
+  };
+}
+
+Lifted run(const std::vector<uint8_t>& bytes, cdr::StorageResolver resolver = nullptr) {
+  Findings f;
+  pickle::DecodeOptions d;
+  auto program = pickle::decode(bytes, d, f);
+  EXPECT_TRUE(program.ok()) << (program.ok() ? "" : program.error().describe());
+  if (!program.ok()) return {program.error(), f};
+  cdr::scan_program(*program, "", f);
+  if (!resolver) resolver = [](const cdr::StorageRequest&) -> Result<model::Storage> { return make_error("x", "no storage"); };
+  return {cdr::lift(*program, resolver, cdr::LiftOptions{}), f};
+}
+
+// Literal bytes, NULs included (a string_view of a literal would stop at the first NUL).
+template <size_t N>
+std::vector<uint8_t> raw(const char (&s)[N]) {
+  return {s, s + N - 1};
+}
+
+// ('storage', FloatStorage, key, 'cpu', numel) BINPERSID, then offset/size/stride.
+void tensor(PickleEmitter& e, const std::string& key, int64_t numel, int64_t offset, std::vector<int64_t> shape,
+            std::vector<int64_t> stride) {
+  e.global(EmitGlobal::rebuild_tensor_v2);
+  e.mark();
+  e.mark();
+  e.unicode("storage");
+  e.storage_class(model::DType::f32);
+  e.unicode(key);
+  e.unicode("cpu");
+  e.integer(numel);
+  e.tuple();
+  e.binpersid();
+  e.integer(offset);
+  e.mark();
+  for (auto s : shape) e.integer(s);
+  e.tuple();
+  e.mark();
+  for (auto s : stride) e.integer(s);
+  e.tuple();
+  e.boolean(false);
+  e.global(EmitGlobal::ordered_dict);
+  e.tuple_n(0);
+  e.reduce();
+  e.tuple();
+  e.reduce();
+}
+
+bool has_rule(const Findings& f, const std::string& rule) {
+  for (const auto& x : f)
+    if (x.rule == rule) return true;
+  return false;
+}
+
+}  // namespace
+
+TEST(Lifter, StateDictWithSharedStorageAndTiedTensor) {
+  PickleEmitter e;
+  e.proto2();
+  e.global(EmitGlobal::ordered_dict);
+  e.tuple_n(0);
+  e.reduce();
+  e.put();  // 0
+  e.mark();
+  e.unicode("w");
+  tensor(e, "0", 12, 0, {3, 4}, {4, 1});
+  uint32_t w = e.put();
+  e.unicode("w_view");
+  tensor(e, "0", 12, 6, {2, 2}, {4, 1});
+  e.put();
+  e.unicode("tied");
+  e.get(w);
+  e.setitems();
+  e.stop();
+  std::vector<uint8_t> backing;
+  auto l = run(e.bytes(), zeros_resolver(backing));
+  ASSERT_TRUE(l.model.ok()) << l.model.error().describe();
+  const auto& m = *l.model;
+  const auto& root = m.values[m.root];
+  ASSERT_EQ(root.kind, model::ValueKind::ordered_dict);
+  ASSERT_EQ(root.entries.size(), 3u);
+  EXPECT_EQ(m.storages.size(), 1u) << "two views of key '0' share one storage";
+  const auto& t0 = m.tensors[m.values[root.entries[0].second].tensor];
+  const auto& t1 = m.tensors[m.values[root.entries[1].second].tensor];
+  EXPECT_EQ(t0.storage, t1.storage);
+  EXPECT_EQ(t1.storage_offset, 6);
+  EXPECT_EQ(root.entries[0].second, root.entries[2].second) << "tied entries stay one value";
+  EXPECT_TRUE(l.findings.empty());
+}
+
+TEST(Lifter, SystemCallIsDroppedAndReported) {
+  auto l = run(raw("\x80\x02}q\x00X\x01\x00\x00\x00" "a" "cposix\nsystem\nX\x02\x00\x00\x00id\x85R" "s."));
+  ASSERT_TRUE(l.model.ok());
+  const auto& m = *l.model;
+  const auto& v = m.values[m.values[m.root].entries[0].second];
+  EXPECT_EQ(v.kind, model::ValueKind::dropped);
+  EXPECT_TRUE(has_rule(l.findings, "pickle.global-not-allowed"));
+  EXPECT_TRUE(has_rule(l.findings, "pickle.call"));
+  bool critical = false;
+  for (const auto& f : l.findings) critical |= f.severity == Severity::critical;
+  EXPECT_TRUE(critical);
+  EXPECT_TRUE(has_rule(m.findings, "cdr.dropped"));
+}
+
+TEST(Lifter, UnreachablePayloadIsStillReported) {
+  // The call runs during unpickling and is popped before STOP: the root is harmless.
+  auto l = run(raw("\x80\x02" "cos\nsystem\nX\x02\x00\x00\x00id\x85R0K\x07."));
+  ASSERT_TRUE(l.model.ok());
+  EXPECT_EQ(l.model->values[l.model->root].kind, model::ValueKind::integer);
+  EXPECT_TRUE(has_rule(l.findings, "pickle.call"));
+}
+
+TEST(Lifter, ViewOutsideStorageIsRejected) {
+  PickleEmitter e;
+  e.proto2();
+  tensor(e, "0", 4, 2, {2, 2}, {2, 1});  // reaches element 5 of 4
+  e.stop();
+  std::vector<uint8_t> backing;
+  auto l = run(e.bytes(), zeros_resolver(backing));
+  ASSERT_FALSE(l.model.ok());
+  EXPECT_EQ(l.model.error().rule, "cdr.tensor-out-of-bounds");
+}
+
+TEST(Lifter, HugeStrideOverflowIsRejected) {
+  PickleEmitter e;
+  e.proto2();
+  tensor(e, "0", 4, 0, {3, 2}, {INT64_MAX / 2, 1});
+  e.stop();
+  std::vector<uint8_t> backing;
+  auto l = run(e.bytes(), zeros_resolver(backing));
+  ASSERT_FALSE(l.model.ok());
+  EXPECT_EQ(l.model.error().rule, "cdr.tensor-out-of-bounds");
+}
+
+TEST(Lifter, StorageKeyWithTwoDtypesIsRejected) {
+  PickleEmitter e;
+  e.proto2();
+  e.mark();
+  tensor(e, "0", 4, 0, {4}, {1});
+  // same key as int64
+  e.global(EmitGlobal::rebuild_tensor_v2);
+  e.mark();
+  e.mark();
+  e.unicode("storage");
+  e.storage_class(model::DType::i64);
+  e.unicode("0");
+  e.unicode("cpu");
+  e.integer(2);
+  e.tuple();
+  e.binpersid();
+  e.integer(0);
+  e.integer(2);
+  e.tuple_n(1);
+  e.integer(1);
+  e.tuple_n(1);
+  e.boolean(false);
+  e.none();
+  e.tuple();
+  e.reduce();
+  e.tuple();
+  e.stop();
+  std::vector<uint8_t> backing;
+  auto l = run(e.bytes(), zeros_resolver(backing));
+  ASSERT_FALSE(l.model.ok());
+  EXPECT_EQ(l.model.error().rule, "cdr.storage-dtype-conflict");
+}
+
+TEST(Lifter, MetadataIsKeptOtherBuildStateDropped) {
+  auto l = run(raw("\x80\x02" "ccollections\nOrderedDict\n)R}X\t\x00\x00\x00_metadata}X\x00\x00\x00\x00K\x01ssb."));
+  ASSERT_TRUE(l.model.ok());
+  const auto& root = l.model->values[l.model->root];
+  EXPECT_EQ(root.kind, model::ValueKind::ordered_dict);
+  EXPECT_NE(root.metadata, model::kNoValue);
+  auto l2 = run(raw("\x80\x02" "ccollections\nOrderedDict\n)R}X\x04\x00\x00\x00" "evilK\x01sb."));
+  ASSERT_TRUE(l2.model.ok());
+  EXPECT_EQ(l2.model->values[l2.model->root].metadata, model::kNoValue);
+  EXPECT_TRUE(has_rule(l2.model->findings, "cdr.dropped"));
+}
+
+TEST(Lifter, NumpyFloat64ScalarBecomesNumber) {
+  // numpy.core.multiarray.scalar(numpy.dtype('f8'), _codecs.encode('\x00...\xf0?', 'latin1')) == 1.0
+  using namespace std::string_literals;
+  std::string payload = "\x00\x00\x00\x00\x00\x00\xc3\xb0?"s;  // latin-1 text of 00*6 F0 3F, UTF-8 encoded
+  std::string p = "\x80\x02" "cnumpy.core.multiarray\nscalar\n" "cnumpy\ndtype\nX\x02\x00\x00\x00" "f8\x89\x88\x87R"
+                  "(K\x03X\x01\x00\x00\x00<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+                  "c_codecs\nencode\nX"s;
+  uint32_t n = static_cast<uint32_t>(payload.size());
+  p += std::string(reinterpret_cast<const char*>(&n), 4) + payload + "X\x06\x00\x00\x00latin1\x86R\x86R."s;
+  auto l = run(std::vector<uint8_t>(p.begin(), p.end()));
+  ASSERT_TRUE(l.model.ok()) << l.model.error().describe();
+  const auto& v = l.model->values[l.model->root];
+  ASSERT_EQ(v.kind, model::ValueKind::floating);
+  EXPECT_EQ(v.f, 1.0);
+  EXPECT_TRUE(has_rule(l.model->findings, "cdr.converted"));
+}
+
+TEST(Lifter, NestedPickleInBytesIsDropped) {
+  auto l = run(raw("\x80\x03" "C\x0b\x80\x02" "cos\nsys\n." "\x85."));
+  ASSERT_TRUE(l.model.ok());
+  const auto& root = l.model->values[l.model->root];
+  ASSERT_EQ(root.kind, model::ValueKind::tuple);
+  EXPECT_EQ(l.model->values[root.items[0]].kind, model::ValueKind::dropped);
+  EXPECT_TRUE(has_rule(l.findings, "pickle.nested-pickle"));
+}
+
+TEST(Lifter, EmbeddedPickleDetection) {
+  EXPECT_TRUE(cdr::looks_like_embedded_pickle("gASVIAAAAAAAAACMBXBvc2l4lIwGc3lzdGVtlJOU"));
+  EXPECT_TRUE(cdr::looks_like_embedded_pickle("80049520000000000000008c05706f736978"));
+  EXPECT_TRUE(cdr::looks_like_embedded_pickle("cos\nsystem\n(S'ls'\ntR."));
+  EXPECT_FALSE(cdr::looks_like_embedded_pickle("conv1.weight"));
+  EXPECT_FALSE(cdr::looks_like_embedded_pickle("a plain sentence ending in a period."));
+  EXPECT_FALSE(cdr::looks_like_embedded_pickle("deadbeefcafe0123"));
+}
+
+TEST(Lifter, CycleIsDroppedNotLooped) {
+  // l = []; l.append(l)
+  auto l = run(raw("\x80\x02]q\x00h\x00" "a."));
+  ASSERT_TRUE(l.model.ok());
+  const auto& root = l.model->values[l.model->root];
+  ASSERT_EQ(root.kind, model::ValueKind::list);
+  ASSERT_EQ(root.items.size(), 1u);
+  EXPECT_EQ(l.model->values[root.items[0]].kind, model::ValueKind::dropped);
+}
+
+TEST(Lifter, DeepNestingIsRejected) {
+  std::string p = "\x80\x02";
+  for (int i = 0; i < 600; ++i) p += "]";
+  for (int i = 0; i < 599; ++i) p += "a";
+  p += ".";
+  auto l = run(std::vector<uint8_t>(p.begin(), p.end()));
+  ASSERT_FALSE(l.model.ok());
+  EXPECT_EQ(l.model.error().rule, "cdr.too-deep");
+}
+
+TEST(Lifter, WholeModuleBecomesStateDict) {
+  // __main__.Net NEWOBJ + BUILD {'_parameters': OrderedDict(w=tensor), '_buffers': OrderedDict(),
+  //                             '_modules': OrderedDict(fc=<Linear NEWOBJ + BUILD {...}>)}
+  PickleEmitter e;
+  auto module_open = [&](const char* mod, const char* cls) {
+    std::string g = std::string("c") + mod + "\n" + cls + "\n";
+    e.bytes().insert(e.bytes().end(), g.begin(), g.end());
+    e.tuple_n(0);
+    e.bytes().push_back(0x81);  // NEWOBJ
+    e.empty_dict();
+    e.mark();
+  };
+  auto od_with_tensor = [&](const char* name, const char* key) {
+    e.global(EmitGlobal::ordered_dict);
+    e.tuple_n(0);
+    e.reduce();
+    if (name) {
+      e.unicode(name);
+      tensor(e, key, 4, 0, {4}, {1});
+      e.setitem();
+    }
+  };
+  e.proto2();
+  module_open("__main__", "Net");
+  e.unicode("_parameters");
+  od_with_tensor("w", "0");
+  e.unicode("_buffers");
+  od_with_tensor(nullptr, nullptr);
+  e.unicode("_modules");
+  e.global(EmitGlobal::ordered_dict);
+  e.tuple_n(0);
+  e.reduce();
+  e.unicode("fc");
+  module_open("torch.nn.modules.linear", "Linear");
+  e.unicode("_parameters");
+  od_with_tensor("bias", "1");
+  e.unicode("_buffers");
+  od_with_tensor(nullptr, nullptr);
+  e.unicode("_modules");
+  od_with_tensor(nullptr, nullptr);
+  e.setitems();
+  e.build();
+  e.setitem();
+  e.setitems();
+  e.build();
+  e.stop();
+  std::vector<uint8_t> backing;
+  auto l = run(e.bytes(), zeros_resolver(backing));
+  ASSERT_TRUE(l.model.ok()) << l.model.error().describe();
+  const auto& m = *l.model;
+  const auto& root = m.values[m.root];
+  ASSERT_EQ(root.kind, model::ValueKind::ordered_dict);
+  ASSERT_EQ(root.entries.size(), 2u);
+  EXPECT_EQ(m.values[root.entries[0].first].text, "w");
+  EXPECT_EQ(m.values[root.entries[1].first].text, "fc.bias");
+  ASSERT_EQ(m.architecture.size(), 2u);
+  EXPECT_EQ(m.architecture[0].class_name, "Net");
+  EXPECT_EQ(m.architecture[1].path, "fc");
+  EXPECT_EQ(m.architecture[1].class_module, "torch.nn.modules.linear");
+}

@@ -1,0 +1,142 @@
+#include <gtest/gtest.h>
+#include <sodium.h>
+
+#include <cstring>
+#include <numeric>
+#include <vector>
+
+#include "mtd/keys.hpp"
+#include "mtd/mtd.hpp"
+#include "mtd/permute.hpp"
+#include "mtd/seal.hpp"
+
+using namespace modelcdr::mtd;
+
+namespace {
+Key32 key_of(uint8_t b) {
+  Key32 k;
+  k.fill(b);
+  return k;
+}
+}  // namespace
+
+TEST(MtdPermute, RoundTripAllSizes) {
+  ASSERT_GE(sodium_init(), 0);
+  for (size_t esize : {1u, 2u, 4u, 8u}) {
+    for (size_t n : {size_t(0), size_t(1), size_t(7), size_t(4095), size_t(4096), size_t(4097), size_t(3 * 4096 + 17),
+                     size_t(70 * 4096)}) {
+      std::vector<uint8_t> in(n * esize), out(n * esize), back(n * esize);
+      for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<uint8_t>(i * 131 + (i >> 8));
+      Key32 k = key_of(static_cast<uint8_t>(n + esize));
+      permute(in.data(), out.data(), n, esize, k.data(), false);
+      permute(out.data(), back.data(), n, esize, k.data(), true);
+      EXPECT_EQ(in, back) << "esize " << esize << " n " << n;
+    }
+  }
+}
+
+TEST(MtdPermute, IsAPermutationThatMovesAcrossBlocks) {
+  const size_t n = 64 * 4096 + 100;
+  std::vector<uint32_t> in(n), out(n);
+  std::iota(in.begin(), in.end(), 0u);
+  Key32 k = key_of(7);
+  permute(reinterpret_cast<uint8_t*>(in.data()), reinterpret_cast<uint8_t*>(out.data()), n, 4, k.data(), false);
+  std::vector<uint32_t> sorted = out;
+  std::sort(sorted.begin(), sorted.end());
+  EXPECT_EQ(sorted, in);
+  size_t fixed = 0, same_block = 0;
+  for (size_t i = 0; i < n; ++i) {
+    fixed += out[i] == i;
+    same_block += out[i] / 4096 == i / 4096;
+  }
+  EXPECT_LT(fixed, n / 100);
+  EXPECT_LT(same_block, n / 10);
+  // Another key gives another permutation.
+  std::vector<uint32_t> out2(n);
+  Key32 k2 = key_of(8);
+  permute(reinterpret_cast<uint8_t*>(in.data()), reinterpret_cast<uint8_t*>(out2.data()), n, 4, k2.data(), false);
+  EXPECT_NE(out, out2);
+}
+
+TEST(MtdKeys, DerivationDependsOnNameAndKey) {
+  Key32 s = key_of(1);
+  EXPECT_NE(derive_storage_key(s, "a.weight", 0), derive_storage_key(s, "b.weight", 0));
+  EXPECT_NE(derive_storage_key(s, "a.weight", 0), derive_storage_key(s, "a.weight", 1));
+  EXPECT_NE(derive_storage_key(s, "a.weight", 0), derive_storage_key(key_of(2), "a.weight", 0));
+  EXPECT_EQ(derive_storage_key(s, "a.weight", 0), derive_storage_key(s, "a.weight", 0));
+}
+
+TEST(MtdSeal, SymmetricPassphraseAndRecipientSlots) {
+  ASSERT_GE(sodium_init(), 0);
+  KeyFile alice, mallory;
+  crypto_box_keypair(alice.x25519_public.data(), alice.x25519_secret.data());
+  alice.has_x25519 = alice.has_x25519_secret = true;
+  crypto_box_keypair(mallory.x25519_public.data(), mallory.x25519_secret.data());
+  mallory.has_x25519 = mallory.has_x25519_secret = true;
+  SealOptions so;
+  so.symmetric_keys.push_back(key_of(3));
+  so.passphrases.push_back("correct horse");
+  so.recipients.push_back(alice.x25519_public);
+  so.pwhash_mem = 8u << 20;
+  so.pwhash_ops = 1;
+  auto sealed = seal_map("{\"hello\":1}", so);
+  ASSERT_TRUE(sealed.ok());
+  EXPECT_EQ(sealed->find("hello"), std::string::npos);
+  EXPECT_EQ(*map_format_version(*sealed), kMapFormatVersion);
+
+  OpenOptions o1;
+  o1.symmetric_key = key_of(3);
+  ASSERT_TRUE(open_map(*sealed, o1).ok());
+  EXPECT_EQ(open_map(*sealed, o1)->payload, "{\"hello\":1}");
+  OpenOptions o2;
+  o2.passphrase = "correct horse";
+  EXPECT_TRUE(open_map(*sealed, o2).ok());
+  OpenOptions o3;
+  o3.identity = &alice;
+  EXPECT_TRUE(open_map(*sealed, o3).ok());
+
+  OpenOptions bad1;
+  bad1.symmetric_key = key_of(4);
+  EXPECT_EQ(open_map(*sealed, bad1).error().rule, "map.no-key");
+  OpenOptions bad2;
+  bad2.passphrase = "wrong";
+  EXPECT_EQ(open_map(*sealed, bad2).error().rule, "map.no-key");
+  OpenOptions bad3;
+  bad3.identity = &mallory;
+  EXPECT_EQ(open_map(*sealed, bad3).error().rule, "map.no-key");
+
+  // Any modified byte after the magic fails (the header is the payload's associated data).
+  for (size_t pos : {size_t(12), sealed->size() / 2, sealed->size() - 1}) {
+    std::string m = *sealed;
+    m[pos] ^= 1;
+    auto r = open_map(m, o1);
+    EXPECT_FALSE(r.ok()) << pos;
+  }
+}
+
+TEST(MtdSeal, Signatures) {
+  ASSERT_GE(sodium_init(), 0);
+  KeyFile pub, other;
+  crypto_sign_keypair(pub.ed25519_public.data(), pub.ed25519_secret.data());
+  pub.has_ed25519 = pub.has_ed25519_secret = true;
+  crypto_sign_keypair(other.ed25519_public.data(), other.ed25519_secret.data());
+  other.has_ed25519 = other.has_ed25519_secret = true;
+  SealOptions so;
+  so.symmetric_keys.push_back(key_of(5));
+  so.signer = &pub;
+  auto sealed = seal_map("{}", so);
+  ASSERT_TRUE(sealed.ok());
+  EXPECT_TRUE(signature_valid(*sealed, pub.ed25519_public));
+  EXPECT_FALSE(signature_valid(*sealed, other.ed25519_public));
+  OpenOptions o;
+  o.symmetric_key = key_of(5);
+  o.trusted_signer = pub.ed25519_public;
+  EXPECT_TRUE(open_map(*sealed, o).ok());
+  o.trusted_signer = other.ed25519_public;
+  EXPECT_EQ(open_map(*sealed, o).error().rule, "map.signature");
+  // Unsigned map with --verify-signer: rejected.
+  so.signer = nullptr;
+  auto unsigned_map = seal_map("{}", so);
+  o.trusted_signer = pub.ed25519_public;
+  EXPECT_EQ(open_map(*unsigned_map, o).error().rule, "map.signature");
+}
