@@ -46,8 +46,12 @@ struct Storage {
   // `bytes` is a span of the read-only input mapping: a writer may drop its pages once they
   // are written (bounded resident set). Never true for owned or in-memory buffers.
   bool mapped = false;
+  // CRC-32 the input's zip directory claims for these bytes, when the reader left checking it
+  // to the writer (disarm computes the CRC once, while copying, and rejects on a mismatch).
+  std::optional<uint32_t> expected_crc;
   void set_owned(std::vector<uint8_t> data) {
     mapped = false;
+    expected_crc.reset();
     owned = std::move(data);
     bytes = std::span<const uint8_t>(owned.data(), owned.size());
     nbytes = owned.size();

@@ -22,10 +22,11 @@ namespace {
 
 using container::Format;
 
-Result<formats::ParsedModel> parse(std::span<const uint8_t> bytes, Format format) {
+Result<formats::ParsedModel> parse(std::span<const uint8_t> bytes, Format format, bool defer_storage_crc = false) {
   formats::ReadOptions options;
   formats::ReadOptions mapped = options;  // `bytes` is the MappedFile itself
   mapped.input_is_mapped = true;
+  mapped.defer_storage_crc = defer_storage_crc;
   switch (format) {
     case Format::torch_zip: return formats::read_torch_zip(bytes, mapped);
     case Format::torch_legacy: return formats::read_torch_legacy(bytes, mapped);
@@ -175,14 +176,25 @@ namespace modelcdr {
 void LoadedModelDeleter::operator()(LoadedModel* m) const { delete m; }
 model::Model& model_of(LoadedModel& loaded) { return loaded.parsed.model; }
 
+namespace {
+Result<LoadedModelPtr> load_model_impl(const std::string& input, const DisarmOptions& options, FileReport& r,
+                                       bool defer_storage_crc);
+}  // namespace
+
 Result<LoadedModelPtr> load_model(const std::string& input, const DisarmOptions& options, FileReport& r) {
+  return load_model_impl(input, options, r, false);
+}
+
+namespace {
+Result<LoadedModelPtr> load_model_impl(const std::string& input, const DisarmOptions& options, FileReport& r,
+                                       bool defer_storage_crc) {
   r.input = input;
   r.format = "unknown";
   LoadedModelPtr m(new LoadedModel);
   MCDR_ASSIGN(m->input, load(input));
   m->input.file.advise_sequential();
   r.format = container::format_name(m->input.format);
-  MCDR_ASSIGN(m->parsed, parse(m->input.file.bytes(), m->input.format));
+  MCDR_ASSIGN(m->parsed, parse(m->input.file.bytes(), m->input.format, defer_storage_crc));
   r.format = container::format_name(m->parsed.format);
   r.findings = m->parsed.findings;
   r.findings.insert(r.findings.end(), m->parsed.model.findings.begin(), m->parsed.model.findings.end());
@@ -194,6 +206,7 @@ Result<LoadedModelPtr> load_model(const std::string& input, const DisarmOptions&
                         f.offset, f.entry);
   return m;
 }
+}  // namespace
 
 Status write_model(const model::Model& model, const std::string& output, const DisarmOptions& options, FileReport& r) {
   MCDR_ASSIGN(io::AtomicOutput out, io::AtomicOutput::create(output, options.fsync));
@@ -268,7 +281,11 @@ FileReport disarm_file(const std::string& input, const std::string& output, cons
     remove_stale_output(input, output);
     return r;
   };
-  auto loaded = load_model(input, options, r);
+  // Plain disarm to a torch checkpoint reads each tensor byte once: the writer checks the
+  // input's CRCs while copying. Transforms and other writers read payloads themselves, so
+  // for them every CRC is checked up front.
+  bool defer_crc = !options.transform && options.output_format == OutputFormat::pt;
+  auto loaded = load_model_impl(input, options, r, defer_crc);
   if (!loaded.ok()) return reject(loaded.error());
   model::Model& m = model_of(**loaded);
   if (options.compat == CompatTarget::torch1_13 && options.output_format == OutputFormat::pt) drop_for_torch113(m, r);

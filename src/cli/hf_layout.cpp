@@ -21,7 +21,7 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 // File name only: pytorch_model*.bin -> model*.safetensors; other checkpoint extensions keep the stem.
 std::string rename_file(const std::string& name, OutputFormat format) {
-  if (format == OutputFormat::pt) return name;
+  if (format != OutputFormat::safetensors && format != OutputFormat::npz) return name;
   std::string stem = name;
   static const char* exts[] = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".safetensors", ".npy", ".npz"};
   for (const char* e : exts)
@@ -80,7 +80,7 @@ Status write_text(const std::string& path, std::string_view text) {
 }  // namespace
 
 std::string output_name(const std::string& path, OutputFormat format) {
-  if (format == OutputFormat::pt) return path;
+  if (format != OutputFormat::safetensors && format != OutputFormat::npz) return path;
   fs::path p(path);
   return (p.parent_path() / rename_file(p.filename().string(), format)).string();
 }

@@ -32,6 +32,8 @@ class ZipWriter {
   Status finish();
 
   static uint32_t crc32(std::span<const uint8_t> data, uint32_t seed = 0);
+  // CRC-32 of the payload written so far for the open entry.
+  uint32_t entry_crc() const { return running_crc_; }
 
  private:
   struct Written {

@@ -36,6 +36,9 @@ struct ParsedModel {
 struct ReadOptions {
   pickle::MachineLimits limits;
   bool input_is_mapped = false;  // the input span is an io::MappedFile (pages may be released)
+  // Leave the CRC check of stored storage records to the writer (Storage::expected_crc), so
+  // disarm reads each tensor byte once. Every other record is still checked when read.
+  bool defer_storage_crc = false;
   pickle::ArrayBuildHook on_array_build;  // joblib: passed to pickle::decode by decode_stream
 };
 

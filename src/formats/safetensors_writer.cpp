@@ -50,7 +50,7 @@ class Flattener {
     if (auto it = has_.find(id); it != has_.end()) return it->second;
     has_[id] = false;  // cycle guard
     const Value& v = m_.values[id];
-    bool r = v.kind == ValueKind::tensor;
+    bool r = v.kind == ValueKind::tensor || numeric_ndarray(v);
     for (auto i : v.items) r = r || has_tensor(i, depth + 1);
     for (auto [k, x] : v.entries) r = r || has_tensor(x, depth + 1);
     has_[id] = r;
@@ -81,10 +81,26 @@ class Flattener {
     return std::nullopt;
   }
 
+  // numpy arrays lifted from pickles (ValueKind::ndarray): numeric ones are tensors, object
+  // arrays hold their elements in `items`, string/structured ones have no tensor form here.
+  char ndarray_code(const Value& v) const {
+    if (v.state == model::kNoValue || v.state >= m_.values.size()) return '?';
+    const Value& d = m_.values[v.state];
+    return d.text.empty() ? '?' : d.text[0];
+  }
+  bool numeric_ndarray(const Value& v) const {
+    char c = ndarray_code(v);
+    return v.kind == ValueKind::ndarray && v.tensor < m_.tensors.size() && std::strchr("fiubc", c) != nullptr && c != 0;
+  }
+
   void visit(ValueId id, const std::string& path, int depth) {
     if (depth > kMaxDepth) return drop(path, "nested too deeply");
     const Value& v = m_.values[id];
     if (v.kind == ValueKind::tensor) return add_tensor(path, v.tensor);
+    if (v.kind == ValueKind::ndarray) {
+      if (numeric_ndarray(v)) return add_tensor(path, v.tensor);
+      if (ndarray_code(v) != 'O') return drop(path, "a numpy array of a non-numeric dtype");
+    }
     if (!has_tensor(id, 0)) {
       if (v.kind == ValueKind::dropped) return;  // already reported by the lifter
       std::string why;
@@ -108,6 +124,7 @@ class Flattener {
       case ValueKind::list:
       case ValueKind::tuple:
       case ValueKind::set:
+      case ValueKind::ndarray:
         for (size_t i = 0; i < v.items.size(); ++i) visit(v.items[i], join(path, std::to_string(i)), depth + 1);
         return;
       default: return drop(path, "unexpected value");
@@ -154,6 +171,19 @@ class Flattener {
       case ValueKind::big_integer: return why = "an integer beyond 64 bits", std::nullopt;
       case ValueKind::complex: return why = "a complex number has no JSON form", std::nullopt;
       case ValueKind::tensor: return why = "tensor", std::nullopt;
+      case ValueKind::ndarray:
+        if (ndarray_code(v) == 'O') {
+          ordered_json a = ordered_json::array();
+          for (auto i : v.items) {
+            auto j = json(i, depth + 1, why);
+            if (!j) return std::nullopt;
+            a.push_back(std::move(*j));
+          }
+          return a;
+        }
+        return why = "a numpy array of a non-numeric dtype", std::nullopt;
+      case ValueKind::numpy_dtype: return ordered_json(v.text);
+      default: return why = "an object of a registry class", std::nullopt;
     }
     return why = "unknown value", std::nullopt;
   }

@@ -6,6 +6,7 @@
 
 #include "cdr/lifter.hpp"
 #include "container/zip_reader.hpp"
+#include "container/zip_writer.hpp"
 #include "formats/parsed_model.hpp"
 
 namespace modelcdr::formats {
@@ -31,8 +32,12 @@ struct ArchiveView {
   std::span<const uint8_t> file;
   const ZipArchive* zip;
   std::string prefix;
+  bool crc_checked = true;  // read_zip verified every entry's CRC
   Result<std::span<const uint8_t>> read(const ZipEntry& e, std::vector<uint8_t>& scratch) const {
-    return container::entry_bytes(file, e, scratch);
+    MCDR_ASSIGN(auto bytes, container::entry_bytes(file, e, scratch));
+    if (!crc_checked && container::ZipWriter::crc32(bytes) != e.crc32)
+      return make_error("zip.bad-crc", "CRC-32 of the record does not match the zip directory", e.data_offset, e.name);
+    return bytes;
   }
 };
 
@@ -97,7 +102,7 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
   parsed.format = container::Format::torch_zip;
   container::ZipLimits zip_limits;
   zip_limits.release_pages = options.input_is_mapped;
-  MCDR_ASSIGN(ZipArchive zip, container::read_zip(file, parsed.findings, zip_limits));
+  MCDR_ASSIGN(ZipArchive zip, container::read_zip(file, parsed.findings, zip_limits, !options.defer_storage_crc));
   if (zip.entries.empty()) return make_error("torch.empty-archive", "zip archive has no entries");
   const std::string& first = zip.entries.front().name;
   auto slash = first.find('/');
@@ -108,6 +113,7 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
   if (slash == std::string::npos || slash == 0)
     return make_error("torch.no-archive-folder", "first zip entry '" + first + "' is not in a folder (not a torch checkpoint)");
   ArchiveView a{file, &zip, first.substr(0, slash)};
+  a.crc_checked = !options.defer_storage_crc;
   // torch.load hands archives with constants.pkl to torch.jit.load; older TorchScript
   // archives (model.json, attributes.pkl) and any archive with code/ are programs too.
   bool script = zip.find(a.prefix + "/constants.pkl") || zip.find(a.prefix + "/model.json") ||
@@ -142,7 +148,9 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
     s.source = name;
     s.nbytes = r.nbytes;
     std::vector<uint8_t> scratch;
-    MCDR_ASSIGN(auto bytes, a.read(*e, scratch));
+    bool defer = !a.crc_checked && e->method == 0 && !swap;
+    MCDR_ASSIGN(auto bytes, defer ? container::entry_bytes(file, *e, scratch) : a.read(*e, scratch));
+    if (defer) s.expected_crc = e->crc32;
     if (swap || e->method != 0) {
       std::vector<uint8_t> owned(bytes.begin(), bytes.end());
       if (swap) byteswap(owned, r.dtype);

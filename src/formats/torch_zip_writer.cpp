@@ -370,7 +370,10 @@ class DataPklEmitter {
 
 // `mapped`: the payload is a span of the mapped input, whose pages are dropped once written
 // so that the resident set stays bounded whatever the model's size.
-Status copy_payload(container::ZipWriter& zip, const std::string& name, std::span<const uint8_t> bytes, bool mapped) {
+// `expected_crc`: the input directory's CRC for these same bytes, checked here instead of in
+// a separate read pass (the writer computes the CRC anyway); a mismatch aborts the output.
+Status copy_payload(container::ZipWriter& zip, const std::string& name, std::span<const uint8_t> bytes, bool mapped,
+                    std::optional<uint32_t> expected_crc, const std::string& source) {
   MCDR_TRY(zip.begin_entry(name, bytes.size()));
   constexpr size_t kChunk = 8 << 20;  // large sequential writes; CRC folded in per chunk
   for (size_t off = 0; off < bytes.size(); off += kChunk) {
@@ -378,6 +381,8 @@ Status copy_payload(container::ZipWriter& zip, const std::string& name, std::spa
     MCDR_TRY(zip.write_payload(chunk));
     if (mapped) io::release_mapped_pages(chunk);
   }
+  if (expected_crc && zip.entry_crc() != *expected_crc)
+    return make_error("zip.bad-crc", "CRC-32 of the storage record does not match the zip directory", 0, source);
   return zip.end_entry();
 }
 
@@ -450,8 +455,9 @@ Status write_torch_zip(const Model& model, const TorchWriteOptions& options, io:
         return make_error("writer.payload-size", "storage payload hook changed the size of archive/data/" +
                                                      std::to_string(key));
     }
-    bool mapped = s.mapped && payload.data() == s.bytes.data();
-    MCDR_TRY(copy_payload(zip, "archive/data/" + std::to_string(key), payload, mapped));
+    bool unchanged = payload.data() == s.bytes.data();
+    MCDR_TRY(copy_payload(zip, "archive/data/" + std::to_string(key), payload, s.mapped && unchanged,
+                          unchanged ? s.expected_crc : std::nullopt, s.source));
   }
   MCDR_TRY(zip.add("archive/version", text("3\n")));
   return zip.finish();
