@@ -49,8 +49,13 @@ struct Storage {
   // CRC-32 the input's zip directory claims for these bytes, when the reader left checking it
   // to the writer (disarm computes the CRC once, while copying, and rejects on a mismatch).
   std::optional<uint32_t> expected_crc;
+  // When `mapped`: the input's descriptor and the file offset of `bytes`, so a writer can
+  // stream the payload with pread() instead of touching the mapping.
+  int source_fd = -1;
+  uint64_t source_offset = 0;
   void set_owned(std::vector<uint8_t> data) {
     mapped = false;
+    source_fd = -1;
     expected_crc.reset();
     owned = std::move(data);
     bytes = std::span<const uint8_t>(owned.data(), owned.size());

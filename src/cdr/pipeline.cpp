@@ -22,10 +22,12 @@ namespace {
 
 using container::Format;
 
-Result<formats::ParsedModel> parse(std::span<const uint8_t> bytes, Format format, bool defer_storage_crc = false) {
+Result<formats::ParsedModel> parse(std::span<const uint8_t> bytes, Format format, bool defer_storage_crc = false,
+                                   int input_fd = -1) {
   formats::ReadOptions options;
   formats::ReadOptions mapped = options;  // `bytes` is the MappedFile itself
   mapped.input_is_mapped = true;
+  mapped.input_fd = input_fd;
   mapped.defer_storage_crc = defer_storage_crc;
   switch (format) {
     case Format::torch_zip: return formats::read_torch_zip(bytes, mapped);
@@ -194,7 +196,7 @@ Result<LoadedModelPtr> load_model_impl(const std::string& input, const DisarmOpt
   MCDR_ASSIGN(m->input, load(input));
   m->input.file.advise_sequential();
   r.format = container::format_name(m->input.format);
-  MCDR_ASSIGN(m->parsed, parse(m->input.file.bytes(), m->input.format, defer_storage_crc));
+  MCDR_ASSIGN(m->parsed, parse(m->input.file.bytes(), m->input.format, defer_storage_crc, m->input.file.fd()));
   r.format = container::format_name(m->parsed.format);
   r.findings = m->parsed.findings;
   r.findings.insert(r.findings.end(), m->parsed.model.findings.begin(), m->parsed.model.findings.end());

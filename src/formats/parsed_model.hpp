@@ -36,6 +36,7 @@ struct ParsedModel {
 struct ReadOptions {
   pickle::MachineLimits limits;
   bool input_is_mapped = false;  // the input span is an io::MappedFile (pages may be released)
+  int input_fd = -1;             // its descriptor (for Storage::source_fd), when mapped
   // Leave the CRC check of stored storage records to the writer (Storage::expected_crc), so
   // disarm reads each tensor byte once. Every other record is still checked when read.
   bool defer_storage_crc = false;

@@ -119,6 +119,10 @@ Result<ParsedModel> read_torch_legacy(std::span<const uint8_t> file, const ReadO
     s.nbytes = r.nbytes;
     s.bytes = it->second;
     s.mapped = options.input_is_mapped;
+    if (s.mapped) {
+      s.source_fd = options.input_fd;
+      s.source_offset = static_cast<uint64_t>(it->second.data() - file.data());
+    }
     return s;
   };
   cdr::LiftOptions lo;

@@ -158,6 +158,10 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
     } else {
       s.bytes = bytes;
       s.mapped = options.input_is_mapped;
+      if (s.mapped) {
+        s.source_fd = options.input_fd;
+        s.source_offset = static_cast<uint64_t>(bytes.data() - file.data());
+      }
     }
     return s;
   };

@@ -35,7 +35,7 @@ Result<MappedFile> MappedFile::open(const std::string& path) {
     }
     m.data_ = static_cast<const uint8_t*>(p);
   }
-  ::close(fd);
+  m.fd_ = fd;
   return m;
 }
 
@@ -44,17 +44,21 @@ MappedFile::MappedFile(MappedFile&& o) noexcept { *this = std::move(o); }
 MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
   if (this != &o) {
     if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+    if (fd_ >= 0) ::close(fd_);
     data_ = o.data_;
     size_ = o.size_;
+    fd_ = o.fd_;
     path_ = std::move(o.path_);
     o.data_ = nullptr;
     o.size_ = 0;
+    o.fd_ = -1;
   }
   return *this;
 }
 
 MappedFile::~MappedFile() {
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
 void release_mapped_pages(std::span<const uint8_t> span) {
