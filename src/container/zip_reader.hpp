@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "modelcdr/finding.hpp"
@@ -29,11 +30,22 @@ struct ZipEntry {
 struct ZipArchive {
   std::vector<ZipEntry> entries;  // central-directory order
   uint64_t prefix_bytes = 0;      // bytes before the first local header (polyglot / self-extractor)
+  // The first entry with `name` (duplicates are findings). Indexed, because readers look up
+  // one record per storage and checkpoints can hold tens of thousands.
   const ZipEntry* find(const std::string& name) const {
-    for (const auto& e : entries)
-      if (e.name == name) return &e;
-    return nullptr;
+    if (indexed_count_ != entries.size()) build_index();
+    auto it = index_.find(name);
+    return it == index_.end() ? nullptr : &entries[it->second];
   }
+
+ private:
+  void build_index() const {
+    index_.clear();
+    for (size_t i = 0; i < entries.size(); ++i) index_.emplace(entries[i].name, i);
+    indexed_count_ = entries.size();
+  }
+  mutable std::unordered_map<std::string, size_t> index_;
+  mutable size_t indexed_count_ = static_cast<size_t>(-1);
 };
 
 struct ZipLimits {

@@ -104,22 +104,32 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
   zip_limits.release_pages = options.input_is_mapped;
   MCDR_ASSIGN(ZipArchive zip, container::read_zip(file, parsed.findings, zip_limits, !options.defer_storage_crc));
   if (zip.entries.empty()) return make_error("torch.empty-archive", "zip archive has no entries");
-  const std::string& first = zip.entries.front().name;
+  const std::string first = zip.entries.front().name;
   auto slash = first.find('/');
+  std::string prefix = slash == std::string::npos ? std::string() : first.substr(0, slash);
   bool npz = std::all_of(zip.entries.begin(), zip.entries.end(), [](const ZipEntry& e) { return ends_with(e.name, ".npy"); });
+  // torch.load hands archives with constants.pkl to torch.jit.load; older TorchScript
+  // archives (model.json, attributes.pkl) and any archive with code/ are programs too.
+  bool script = !prefix.empty() && (zip.find(prefix + "/constants.pkl") || zip.find(prefix + "/model.json") ||
+                                    zip.find(prefix + "/attributes.pkl") ||
+                                    std::any_of(zip.entries.begin(), zip.entries.end(), [&](const ZipEntry& e) {
+                                      return e.name.rfind(prefix + "/code/", 0) == 0;
+                                    }));
+  // Only plain checkpoints leave the storage CRCs to the writer; npz and TorchScript readers
+  // read their records themselves, so for them every CRC is checked now.
+  bool crc_checked = !options.defer_storage_crc;
+  if ((npz || script) && !crc_checked) {
+    parsed.findings.clear();
+    MCDR_ASSIGN(zip, container::read_zip(file, parsed.findings, zip_limits, true));
+    crc_checked = true;
+  }
   if (npz) {
     return read_npz(file, zip, std::move(parsed.findings), options);
   }
   if (slash == std::string::npos || slash == 0)
     return make_error("torch.no-archive-folder", "first zip entry '" + first + "' is not in a folder (not a torch checkpoint)");
-  ArchiveView a{file, &zip, first.substr(0, slash)};
-  a.crc_checked = !options.defer_storage_crc;
-  // torch.load hands archives with constants.pkl to torch.jit.load; older TorchScript
-  // archives (model.json, attributes.pkl) and any archive with code/ are programs too.
-  bool script = zip.find(a.prefix + "/constants.pkl") || zip.find(a.prefix + "/model.json") ||
-                zip.find(a.prefix + "/attributes.pkl") ||
-                std::any_of(zip.entries.begin(), zip.entries.end(),
-                            [&](const ZipEntry& e) { return e.name.rfind(a.prefix + "/code/", 0) == 0; });
+  ArchiveView a{file, &zip, prefix};
+  a.crc_checked = crc_checked;
   if (script) {
     MCDR_TRY(read_torchscript_archive(file, zip, a.prefix, options, parsed));
     return parsed;
