@@ -54,33 +54,32 @@ ls -l "$IN"
 echo "== warming the page cache"
 cat "$IN" > /dev/null
 
-# run NAME OUTFILE CMD... : REPEAT timed runs, output removed (untimed) after each run
-run() {
-    local name="$1" out="$2"; shift 2
-    local i
-    for ((i = 1; i <= REPEAT; i++)); do
-        rm -f -- "$out"
-        sync
-        cat "$IN" > /dev/null
-        if ! "$TIME" -v -o "$WORK/$name.$i.time" "$@" > "$WORK/$name.$i.log" 2>&1; then
-            echo "$name run $i failed:" >&2
-            cat "$WORK/$name.$i.log" "$WORK/$name.$i.time" >&2
-            exit 1
-        fi
-    done
+# run_once NAME OUTFILE I CMD... : timed run number I, output removed (untimed) afterwards
+run_once() {
+    local name="$1" out="$2" i="$3"; shift 3
+    rm -f -- "$out"
+    sync
+    cat "$IN" > /dev/null
+    if ! "$TIME" -v -o "$WORK/$name.$i.time" "$@" > "$WORK/$name.$i.log" 2>&1; then
+        echo "$name run $i failed:" >&2
+        cat "$WORK/$name.$i.log" "$WORK/$name.$i.time" >&2
+        exit 1
+    fi
     rm -f -- "$out"
 }
 
-echo "== cp x$REPEAT"
-run cp "$WORK/cp.pt" cp "$IN" "$WORK/cp.pt"
-echo "== modelcdr disarm x$REPEAT"
-run disarm "$WORK/disarm.pt" "$BIN" disarm "$IN" -o "$WORK/disarm.pt" --quiet
-if [[ "${BENCH_SKIP_PYTHON:-0}" != 1 ]]; then
-    echo "== python torch.load(weights_only=True) + torch.save x$REPEAT"
-    run python "$WORK/python.pt" "$PY" -c \
-        'import sys, torch; torch.save(torch.load(sys.argv[1], weights_only=True), sys.argv[2])' \
-        "$IN" "$WORK/python.pt"
-fi
+# The commands take turns (cp, disarm, python; cp, disarm, python; ...) so that a slow phase
+# of the machine (writeback, a neighbour's load) hits all of them alike rather than one.
+echo "== cp / modelcdr disarm$([[ "${BENCH_SKIP_PYTHON:-0}" != 1 ]] && echo " / python torch.load+torch.save"), interleaved x$REPEAT"
+for ((i = 1; i <= REPEAT; i++)); do
+    run_once cp "$WORK/cp.pt" "$i" cp "$IN" "$WORK/cp.pt"
+    run_once disarm "$WORK/disarm.pt" "$i" "$BIN" disarm "$IN" -o "$WORK/disarm.pt" --quiet
+    if [[ "${BENCH_SKIP_PYTHON:-0}" != 1 ]]; then
+        run_once python "$WORK/python.pt" "$i" "$PY" -c \
+            'import sys, torch; torch.save(torch.load(sys.argv[1], weights_only=True), sys.argv[2])' \
+            "$IN" "$WORK/python.pt"
+    fi
+done
 
 # a final correctness spot check of one disarm output (outside the timings)
 "$BIN" disarm "$IN" -o "$WORK/check.pt" --quiet

@@ -66,7 +66,11 @@ struct LoadedModelDeleter {
   void operator()(LoadedModel* m) const;
 };
 using LoadedModelPtr = std::unique_ptr<LoadedModel, LoadedModelDeleter>;
-Result<LoadedModelPtr> load_model(const std::string& input, const DisarmOptions& options, FileReport& report);
+// `defer_storage_crc`: leave the CRC-32 of plain-checkpoint storage records unchecked and put
+// it in Storage::expected_crc instead; the caller must then check it as it reads the bytes
+// (one pass over the payload instead of two).
+Result<LoadedModelPtr> load_model(const std::string& input, const DisarmOptions& options, FileReport& report,
+                                  bool defer_storage_crc = false);
 model::Model& model_of(LoadedModel& loaded);
 Status write_model(const model::Model& model, const std::string& output, const DisarmOptions& options,
                    FileReport& report);

@@ -183,8 +183,9 @@ Result<LoadedModelPtr> load_model_impl(const std::string& input, const DisarmOpt
                                        bool defer_storage_crc);
 }  // namespace
 
-Result<LoadedModelPtr> load_model(const std::string& input, const DisarmOptions& options, FileReport& r) {
-  return load_model_impl(input, options, r, false);
+Result<LoadedModelPtr> load_model(const std::string& input, const DisarmOptions& options, FileReport& r,
+                                  bool defer_storage_crc) {
+  return load_model_impl(input, options, r, defer_storage_crc);
 }
 
 namespace {

@@ -5,6 +5,8 @@
 #include <libdeflate.h>
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 
 namespace modelcdr::container {
 
@@ -49,7 +51,7 @@ Status ZipWriter::add(const std::string& name, std::span<const uint8_t> data) {
   return end_entry();
 }
 
-Status ZipWriter::begin_entry(const std::string& name, uint64_t size) {
+Status ZipWriter::begin_entry(const std::string& name, uint64_t size, std::optional<uint64_t> phase) {
   if (finished_) return make_error("zip.writer-state", "archive already finished", out_.tell(), name);
   if (open_) return make_error("zip.writer-state", "previous entry not ended", out_.tell(), name);
   if (name.empty() || name.size() > 0xFFFF || name.find('\0') != std::string::npos)
@@ -63,7 +65,11 @@ Status ZipWriter::begin_entry(const std::string& name, uint64_t size) {
   uint16_t zip64_len = (big_size ? 16 : 0) + (big_offset ? 8 : 0);
   uint64_t start = offset + 30 + name.size() + 4 + (zip64_len ? 4 + zip64_len : 0);
   const uint64_t align = alignment_ == 0 ? 1 : alignment_;
-  const uint64_t pad = (align - start % align) % align;
+  uint64_t pad = (align - start % align) % align;
+  if (phase && *phase < kPhaseUnit && *phase % align == 0) {
+    const uint64_t want = (*phase + kPhaseUnit - start % kPhaseUnit) % kPhaseUnit;
+    if (want + 4 + zip64_len + 4 <= 0xFFFF) pad = want;
+  }
   if (pad > 0xFFFF) return make_error("zip.writer-alignment", "alignment too large", offset, name);
 
   Buf h;
@@ -110,6 +116,64 @@ Status ZipWriter::write_payload(std::span<const uint8_t> chunk) {
   MCDR_TRY(out_.write(chunk));
   pending_ -= chunk.size();
   return ok_status();
+}
+
+namespace {
+
+// The checksum side of copy_payload_from: follows `copied` (bytes the kernel has appended
+// after the entry's start) and checksums each range through a mapping of the output once it
+// is there. Reading back what was written, rather than the input a second time, makes the
+// CRC describe the committed bytes exactly.
+struct TrailingCrc {
+  const io::AtomicOutput::Window& view;
+  uint64_t size = 0;
+  // Bytes copied so far; the top bit says the copier has stopped. One atomic carries both so
+  // that a wait on it cannot miss the stop.
+  static constexpr uint64_t kStopped = uint64_t{1} << 63;
+  std::atomic<uint64_t> copied{0};
+  uint32_t crc = 0;
+  uint64_t done = 0;
+
+  void run() {
+    while (done < size) {
+      const uint64_t seen = copied.load(std::memory_order_acquire);
+      const uint64_t avail = seen & ~kStopped;
+      if (avail == done) {
+        if (seen & kStopped) return;
+        copied.wait(seen, std::memory_order_acquire);
+        continue;
+      }
+      crc = ZipWriter::crc32(std::span<const uint8_t>(view.data() + done, avail - done), crc);
+      view.drop(done, avail - done);
+      done = avail;
+    }
+  }
+};
+
+}  // namespace
+
+Result<bool> ZipWriter::copy_payload_from(int fd, uint64_t offset, uint64_t size) {
+  if (!open_) return make_error("zip.writer-state", "copy_payload_from without begin_entry", out_.tell());
+  if (size != pending_ || running_crc_ != 0)
+    return make_error("zip.writer-size", "a copied payload must be the whole entry", out_.tell(), written_.back().name);
+  MCDR_ASSIGN(io::AtomicOutput::Window view, out_.window(out_.tell(), size));
+  TrailingCrc trail{view, size};
+  std::thread checker;
+  auto progress = [&](uint64_t copied) {
+    if (!checker.joinable()) checker = std::thread([&] { trail.run(); });  // the kernel copies these files
+    trail.copied.store(copied, std::memory_order_release);
+    trail.copied.notify_one();
+  };
+  auto copied = out_.append_copy_of(fd, offset, size, progress);
+  trail.copied.fetch_or(TrailingCrc::kStopped, std::memory_order_release);
+  trail.copied.notify_one();
+  if (checker.joinable()) checker.join();
+  if (!copied) return copied.error();
+  if (!*copied) return false;
+  if (trail.done != size) return make_error("zip.writer-size", "checksum did not cover the copied payload", out_.tell());
+  running_crc_ = trail.crc;
+  pending_ = 0;
+  return true;
 }
 
 Status ZipWriter::end_entry() {

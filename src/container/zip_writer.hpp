@@ -7,6 +7,7 @@
 // copied straight from the mapped input to the output without a full-size buffer.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <unordered_set>
@@ -25,8 +26,18 @@ class ZipWriter {
   Status add(const std::string& name, std::span<const uint8_t> data);
   // Entry of known size whose payload is then written by write_payload() calls (any chunking).
   // The size must be known up front: it decides zip64 extras and the alignment padding.
-  Status begin_entry(const std::string& name, uint64_t size);
+  // `phase`: place the payload at a file offset congruent to it modulo kPhaseUnit (64 KiB; it
+  // must be a multiple of the alignment), at the cost of up to 64 KiB more padding, or less
+  // where the padding would not fit the 16-bit extra field. The page cache holds a file in
+  // folios of up to 64 KiB, and copy_file_range between offsets of the same phase moves them
+  // whole: measured here on 1 GiB, 0.41 s at the same phase, 0.47-0.58 s at another.
+  static constexpr uint64_t kPhaseUnit = 64 << 10;
+  Status begin_entry(const std::string& name, uint64_t size, std::optional<uint64_t> phase = std::nullopt);
   Status write_payload(std::span<const uint8_t> chunk);
+  // The whole payload of the open entry, copied from `size` bytes at `offset` of `fd` inside
+  // the kernel while a second thread checksums the copied bytes, read back from the output,
+  // just behind it. False (nothing written) where the kernel cannot copy these files.
+  Result<bool> copy_payload_from(int fd, uint64_t offset, uint64_t size);
   Status end_entry();
   // Central directory, zip64 end records, end of central directory.
   Status finish();

@@ -17,14 +17,13 @@ enum class Compat { torch2, torch1_13 };
 
 struct TorchWriteOptions {
   Compat compat = Compat::torch2;
-  // Optional payload hook (MTD protect/restore): returns the bytes written for the storage with
-  // record key `key` (archive/data/<key>) instead of `s.bytes`. Called once per record, in key
-  // order, writer-created storages included; `scratch` is one buffer reused across calls, so a
-  // hook that transforms into it holds at most one storage in memory. The returned span must
-  // have exactly s.nbytes bytes and stay valid until the next call.
-  std::function<Result<std::span<const uint8_t>>(uint32_t key, const model::Storage& s,
-                                                 std::vector<uint8_t>& scratch)>
-      storage_payload;
+  // Optional payload hook (MTD protect/restore): writes the payload of the record with key
+  // `key` (archive/data/<key>) through `sink` instead of copying `s.bytes`. Called once per
+  // record, in key order, writer-created storages included. The hook may hand over the bytes
+  // in any chunking, but exactly s.bytes.size() of them (the writer checks), so a transform
+  // can stream through a small buffer instead of holding a whole storage.
+  using PayloadSink = std::function<Status(std::span<const uint8_t>)>;
+  std::function<Status(uint32_t key, const model::Storage& s, const PayloadSink& sink)> storage_stream;
 };
 
 // Generates data.pkl for `model`; `storage_order` receives the storages in key order.

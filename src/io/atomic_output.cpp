@@ -1,9 +1,11 @@
 #include "io/atomic_output.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -92,6 +94,64 @@ Status AtomicOutput::write(std::span<const uint8_t> bytes) {
   if (buf_.size() + bytes.size() > kBufferSize) MCDR_TRY(flush_buffer());
   buf_.insert(buf_.end(), bytes.begin(), bytes.end());
   return ok_status();
+}
+
+Result<bool> AtomicOutput::append_copy_of(int in_fd, uint64_t offset, uint64_t size,
+                                          const std::function<void(uint64_t)>& progress) {
+  if (fd_ < 0) return make_error("io.write", "output is closed");
+  MCDR_TRY(flush_buffer());
+  // Steps of 8 MiB: few system calls, yet the reader of `progress` can follow closely.
+  constexpr uint64_t kStep = 8 << 20;
+  uint64_t done = 0;
+  while (done < size) {
+    loff_t in_off = static_cast<loff_t>(offset + done);
+    size_t want = static_cast<size_t>(std::min(kStep, size - done));
+    ssize_t got = ::copy_file_range(in_fd, &in_off, fd_, nullptr, want, 0);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0 && done == 0 &&
+        (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP || errno == EBADF))
+      return false;  // nothing written: the caller falls back to read/write
+    if (got < 0) return make_error("io.write", std::string("copy_file_range failed: ") + std::strerror(errno));
+    if (got == 0) return make_error("io.read", "input ended early (changed while being copied?)", offset + done);
+    done += static_cast<uint64_t>(got);
+    written_ += static_cast<uint64_t>(got);
+    progress(done);
+  }
+  return true;
+}
+
+AtomicOutput::Window& AtomicOutput::Window::operator=(Window&& o) noexcept {
+  if (this != &o) {
+    if (base_) ::munmap(base_, map_len_);
+    base_ = std::exchange(o.base_, nullptr);
+    map_len_ = std::exchange(o.map_len_, 0);
+    lead_ = std::exchange(o.lead_, 0);
+  }
+  return *this;
+}
+
+AtomicOutput::Window::~Window() {
+  if (base_) ::munmap(base_, map_len_);
+}
+
+void AtomicOutput::Window::drop(uint64_t offset, uint64_t length) const {
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  uint64_t start = (lead_ + offset + page - 1) / page * page;  // whole pages inside the range only
+  uint64_t end = (lead_ + offset + length) / page * page;
+  if (end > start) ::madvise(base_ + start, end - start, MADV_DONTNEED);
+}
+
+Result<AtomicOutput::Window> AtomicOutput::window(uint64_t at, uint64_t length) const {
+  if (fd_ < 0) return make_error("io.read", "output is closed");
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  Window w;
+  const uint64_t start = at / page * page;
+  w.lead_ = static_cast<size_t>(at - start);
+  w.map_len_ = static_cast<size_t>(w.lead_ + std::max<uint64_t>(length, 1));
+  void* p = ::mmap(nullptr, w.map_len_, PROT_READ, MAP_SHARED, fd_, static_cast<off_t>(start));
+  if (p == MAP_FAILED) return make_error("io.read", std::string("cannot map the output: ") + std::strerror(errno));
+  w.base_ = static_cast<uint8_t*>(p);
+  return w;
 }
 
 Status AtomicOutput::commit() {

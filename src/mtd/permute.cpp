@@ -82,62 +82,112 @@ struct OutElems {
 };
 
 template <class E>
-void run(const uint8_t* in_bytes, uint8_t* out_bytes, size_t n, KeyStream& ks, bool inverse) {
-  const Elems<E> in{in_bytes};
-  const OutElems<E> out{out_bytes};
+void gather_blocks(const Permuter::Plan& p, const uint8_t* in_bytes, uint8_t* out_bytes, size_t first_block,
+                   size_t blocks) {
   constexpr uint32_t B = kPermBlock;
-  const size_t nb = n / B;
-  const uint32_t tail = static_cast<uint32_t>(n % B);
-  if (nb > 0xFFFFFFFFull) __builtin_trap();  // > 2^44 elements: not a tensor anyone has
-  const uint32_t K = static_cast<uint32_t>(std::min<size_t>(kPermTables, nb));
-
-  std::vector<uint16_t> tables(size_t(K) * B);
-  for (uint32_t k = 0; k < K; ++k) fisher_yates(tables.data() + size_t(k) * B, B, ks);
-  std::vector<uint32_t> pi(nb);
-  fisher_yates(pi.data(), static_cast<uint32_t>(nb), ks);
-  std::vector<uint16_t> pick(nb), mask(nb);
-  for (size_t j = 0; j < nb; ++j) {
-    pick[j] = static_cast<uint16_t>(ks.below(K));
-    mask[j] = static_cast<uint16_t>(ks.below(B));
-  }
-  std::vector<uint32_t> tail_perm(tail);
-  fisher_yates(tail_perm.data(), tail, ks);
-
-  if (inverse) {  // gather through inverted tables: orig[pi(j)*B + q] = prot[j*B + (Tinv[q] ^ m)]
-    std::vector<uint16_t> inv(tables.size());
-    for (uint32_t k = 0; k < K; ++k)
-      for (uint32_t i = 0; i < B; ++i) inv[size_t(k) * B + tables[size_t(k) * B + i]] = static_cast<uint16_t>(i);
-    for (size_t j = 0; j < nb; ++j) {
-      const uint16_t* t = inv.data() + size_t(pick[j]) * B;
-      const Elems<E> src = in + j * B;
-      const OutElems<E> dst = out + size_t(pi[j]) * B;
-      const uint32_t m = mask[j];
-      for (uint32_t q = 0; q < B; ++q) dst[q] = src[t[q] ^ m];
+  // The source block is first copied in order (the prefetcher streams it) and then gathered
+  // from L1: gathering straight from the mapped input missed the cache on most first touches
+  // (0.63 s per GiB of float32 against about 0.25 s this way, measured with perf on protect).
+  E local[B];
+  for (size_t b = first_block; b < first_block + blocks; ++b) {
+    uint8_t* dst = out_bytes + (b - first_block) * B * sizeof(E);
+    if (!p.inverse) {  // protected block b = original block pi(b) through table T_pick(b), mask m_b
+      std::memcpy(local, in_bytes + size_t(p.pi[b]) * B * sizeof(E), sizeof local);
+      const uint16_t* t = p.tables.data() + size_t(p.pick[b]) * B;
+      const uint32_t m = p.mask[b];
+      for (uint32_t i = 0; i < B; ++i) std::memcpy(dst + i * sizeof(E), &local[t[i ^ m]], sizeof(E));
+    } else {  // original block b sat in protected block j = pi^-1(b): gather through T^-1
+      const uint32_t j = p.pi_inv[b];
+      std::memcpy(local, in_bytes + size_t(j) * B * sizeof(E), sizeof local);
+      const uint16_t* t = p.tables.data() + size_t(p.pick[j]) * B;  // inverted tables
+      const uint32_t m = p.mask[j];
+      for (uint32_t q = 0; q < B; ++q) std::memcpy(dst + q * sizeof(E), &local[t[q] ^ m], sizeof(E));
     }
-    for (uint32_t i = 0; i < tail; ++i) out[nb * B + tail_perm[i]] = in[nb * B + i];
-  } else {
-    for (size_t j = 0; j < nb; ++j) {
-      const uint16_t* t = tables.data() + size_t(pick[j]) * B;
-      const Elems<E> src = in + size_t(pi[j]) * B;
-      const OutElems<E> dst = out + j * B;
-      const uint32_t m = mask[j];
-      for (uint32_t i = 0; i < B; ++i) dst[i] = src[t[i ^ m]];
-    }
-    for (uint32_t i = 0; i < tail; ++i) out[nb * B + i] = in[nb * B + tail_perm[i]];
   }
+}
+
+template <class E>
+void gather_tail(const Permuter::Plan& p, const uint8_t* in_bytes, uint8_t* out_bytes) {
+  const size_t base = p.blocks * kPermBlock;
+  const Elems<E> src = Elems<E>{in_bytes} + base;
+  const OutElems<E> dst{out_bytes};
+  for (uint32_t i = 0; i < p.tail.size(); ++i) dst[i] = src[p.tail[i]];
 }
 
 }  // namespace
 
-void permute(const uint8_t* in, uint8_t* out, size_t n, size_t elem_size, const uint8_t key[32], bool inverse) {
+Permuter::Permuter(const uint8_t key[32], size_t n, size_t elem_size, bool inverse) {
   KeyStream ks(key);
-  switch (elem_size) {
-    case 1: run<uint8_t>(in, out, n, ks, inverse); break;
-    case 2: run<uint16_t>(in, out, n, ks, inverse); break;
-    case 4: run<uint32_t>(in, out, n, ks, inverse); break;
-    case 8: run<uint64_t>(in, out, n, ks, inverse); break;
-    default: std::memcpy(out, in, n * elem_size); break;  // not reached: callers pass float sizes
+  constexpr uint32_t B = kPermBlock;
+  p_.inverse = inverse;
+  p_.n = n;
+  p_.elem_size = elem_size;
+  p_.blocks = n / B;
+  const uint32_t tail = static_cast<uint32_t>(n % B);
+  if (p_.blocks > 0xFFFFFFFFull) __builtin_trap();  // > 2^44 elements: not a tensor anyone has
+  const size_t nb = p_.blocks;
+  const uint32_t K = static_cast<uint32_t>(std::min<size_t>(kPermTables, nb));
+  // The keystream is consumed in this order: tables, pi, (pick, mask) per block, tail.
+  p_.tables.resize(size_t(K) * B);
+  for (uint32_t k = 0; k < K; ++k) fisher_yates(p_.tables.data() + size_t(k) * B, B, ks);
+  p_.pi.resize(nb);
+  fisher_yates(p_.pi.data(), static_cast<uint32_t>(nb), ks);
+  p_.pick.resize(nb);
+  p_.mask.resize(nb);
+  for (size_t j = 0; j < nb; ++j) {
+    p_.pick[j] = static_cast<uint16_t>(ks.below(K));
+    p_.mask[j] = static_cast<uint16_t>(ks.below(B));
   }
+  std::vector<uint32_t> tail_perm(tail);
+  fisher_yates(tail_perm.data(), tail, ks);
+  if (!inverse) {
+    p_.tail = std::move(tail_perm);
+    return;
+  }
+  // Inverse as a gather too, so that the original can be produced in order, block by block.
+  std::vector<uint16_t> inv(p_.tables.size());
+  for (uint32_t k = 0; k < K; ++k)
+    for (uint32_t i = 0; i < B; ++i) inv[size_t(k) * B + p_.tables[size_t(k) * B + i]] = static_cast<uint16_t>(i);
+  p_.tables = std::move(inv);
+  p_.pi_inv.resize(nb);
+  for (size_t j = 0; j < nb; ++j) p_.pi_inv[p_.pi[j]] = static_cast<uint32_t>(j);
+  p_.tail.resize(tail);
+  for (uint32_t i = 0; i < tail; ++i) p_.tail[tail_perm[i]] = i;
+}
+
+void Permuter::produce(const uint8_t* in, uint8_t* out, size_t first, size_t count) const {
+  constexpr uint32_t B = kPermBlock;
+  const size_t body = p_.blocks * B;
+  const size_t end = first + count;
+  if (first % B != 0 || end > p_.n || (end < body && end % B != 0) || (first > body)) __builtin_trap();  // caller bug
+  const size_t body_end = std::min(end, body);
+  if (body_end > first) {
+    switch (p_.elem_size) {
+      case 1: gather_blocks<uint8_t>(p_, in, out, first / B, (body_end - first) / B); break;
+      case 2: gather_blocks<uint16_t>(p_, in, out, first / B, (body_end - first) / B); break;
+      case 4: gather_blocks<uint32_t>(p_, in, out, first / B, (body_end - first) / B); break;
+      case 8: gather_blocks<uint64_t>(p_, in, out, first / B, (body_end - first) / B); break;
+      default: __builtin_trap();
+    }
+  }
+  if (end == p_.n && p_.n > body) {
+    uint8_t* tail_out = out + (body - first) * p_.elem_size;
+    switch (p_.elem_size) {
+      case 1: gather_tail<uint8_t>(p_, in, tail_out); break;
+      case 2: gather_tail<uint16_t>(p_, in, tail_out); break;
+      case 4: gather_tail<uint32_t>(p_, in, tail_out); break;
+      case 8: gather_tail<uint64_t>(p_, in, tail_out); break;
+      default: __builtin_trap();
+    }
+  }
+}
+
+void permute(const uint8_t* in, uint8_t* out, size_t n, size_t elem_size, const uint8_t key[32], bool inverse) {
+  if (elem_size != 1 && elem_size != 2 && elem_size != 4 && elem_size != 8) {
+    std::memcpy(out, in, n * elem_size);  // not reached: callers pass float sizes
+    return;
+  }
+  Permuter(key, n, elem_size, inverse).produce(in, out, 0, n);
 }
 
 }  // namespace modelcdr::mtd

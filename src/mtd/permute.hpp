@@ -22,12 +22,35 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace modelcdr::mtd {
 
 inline constexpr uint32_t kPermBlock = 4096;  // elements; must be a power of two <= 65536
 inline constexpr uint32_t kPermTables = 64;
 inline constexpr const char* kPermScheme = "mtd-blockperm-v1";
+
+// Produces the output of P_key (or P_key^-1) piece by piece, in order, so that a storage can be
+// streamed through a small buffer: produce(in, out, first, count) writes output elements
+// [first, first + count) to `out` (count elements), reading anywhere in the whole input `in`.
+// `first` must be a multiple of kPermBlock and so must `count` unless the range ends at n.
+class Permuter {
+ public:
+  Permuter(const uint8_t key[32], size_t n, size_t elem_size, bool inverse);
+  void produce(const uint8_t* in, uint8_t* out, size_t first, size_t count) const;
+
+  struct Plan {
+    bool inverse = false;
+    size_t n = 0, elem_size = 0, blocks = 0;
+    std::vector<uint16_t> tables;  // K tables of kPermBlock entries (inverted when `inverse`)
+    std::vector<uint32_t> pi, pi_inv;
+    std::vector<uint16_t> pick, mask;
+    std::vector<uint32_t> tail;  // output tail element i <- input tail element tail[i]
+  };
+
+ private:
+  Plan p_;
+};
 
 // out = P_key(in) (forward) or P_key^-1(in) (inverse); in and out do not overlap; both hold
 // n * elem_size bytes; elem_size is 1, 2, 4 or 8.

@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 #include <libdeflate.h>
+#include <fcntl.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <sys/wait.h>
 
 #include <algorithm>
@@ -194,6 +196,50 @@ TEST(ZipWriter, SizeContractIsEnforced) {
   EXPECT_FALSE(w.write_payload(span_of(five)).ok());  // no open entry
   EXPECT_TRUE(w.finish().ok());
   EXPECT_FALSE(w.add("c", span_of(five)).ok());     // after finish
+  fs::remove_all(dir);
+}
+
+// A payload copied in the kernel from another file, at the same offset within a 64 KiB folio
+// as in the source, with the CRC taken of what landed in the output.
+TEST(ZipWriter, KernelCopiedPayloadKeepsPhaseAndCrc) {
+  fs::path dir = make_temp_dir();
+  Bytes src(3 * (64 << 10) + 12345);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>((i * 2654435761u) >> 11);
+  std::ofstream(dir / "src.bin", std::ios::binary).write(reinterpret_cast<const char*>(src.data()), src.size());
+  const uint64_t src_offset = 5 * 64 + 4096;  // 64-aligned, some phase
+  const uint64_t size = src.size() - src_offset;
+  int fd = ::open((dir / "src.bin").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  auto out = io::AtomicOutput::create((dir / "out.zip").string());
+  ASSERT_TRUE(out.ok());
+  ZipWriter w(*out);
+  ASSERT_TRUE(w.add("archive/data.pkl", span_of("x")).ok());
+  ASSERT_TRUE(w.begin_entry("archive/data/0", size, src_offset % ZipWriter::kPhaseUnit).ok());
+  auto copied = w.copy_payload_from(fd, src_offset, size);
+  ASSERT_TRUE(copied.ok()) << copied.error().describe();
+  if (!*copied) {  // a file system without copy_file_range: the caller would stream instead
+    ::close(fd);
+    fs::remove_all(dir);
+    GTEST_SKIP() << "copy_file_range unsupported here";
+  }
+  const uint32_t expect_crc = ZipWriter::crc32(std::span<const uint8_t>(src).subspan(src_offset));
+  EXPECT_EQ(w.entry_crc(), expect_crc);
+  ASSERT_TRUE(w.end_entry().ok());
+  ASSERT_TRUE(w.finish().ok());
+  ASSERT_TRUE(out->commit().ok());
+  ::close(fd);
+  Bytes z = read_file(dir / "out.zip");
+  Findings f;
+  auto a = read_zip(z, f);
+  ASSERT_TRUE(a.ok()) << a.error().describe();
+  EXPECT_TRUE(f.empty()) << dump(f);
+  const ZipEntry& e = a->entries.at(1);
+  EXPECT_EQ(e.data_offset % ZipWriter::kPhaseUnit, src_offset % ZipWriter::kPhaseUnit);
+  EXPECT_EQ(e.crc32, expect_crc);
+  std::vector<uint8_t> scratch;
+  auto b = entry_bytes(z, e, scratch);
+  ASSERT_TRUE(b.ok());
+  EXPECT_TRUE(std::equal(b->begin(), b->end(), src.begin() + src_offset, src.end()));
   fs::remove_all(dir);
 }
 

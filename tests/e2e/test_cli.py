@@ -321,15 +321,18 @@ def _flip_byte_in_record(path, suffix):
     Path(path).write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("kind", ["checkpoint", "torchscript"])
+@pytest.mark.parametrize("kind", ["checkpoint", "large-checkpoint", "torchscript"])
 def test_disarm_rejects_bad_crc(tmp_path, kind):
     """A storage record whose bytes no longer match the zip CRC is rejected, whichever reader
-    handles the archive (the plain-checkpoint path checks it while copying)."""
+    handles the archive (the plain-checkpoint path checks it while copying; records of 4 MiB
+    and more are copied in the kernel and checksummed from the output)."""
     require_bin()
     import torch
     src = tmp_path / "in.pt"
     if kind == "checkpoint":
         torch.save({"w": torch.arange(64, dtype=torch.float32)}, src)
+    elif kind == "large-checkpoint":
+        torch.save({"w": torch.arange(3 << 20, dtype=torch.float32)}, src)  # 12 MiB record
     else:
         torch.jit.save(torch.jit.script(torch.nn.Linear(8, 4)), str(src))
     _flip_byte_in_record(src, "data/0")
@@ -338,3 +341,34 @@ def test_disarm_rejects_bad_crc(tmp_path, kind):
     assert rc == 2, explain(rc, "", err)
     assert "zip.bad-crc" in err
     assert not out.exists()
+
+
+def test_large_records_keep_input_folio_phase(tmp_path):
+    """Large records are copied to the same offset modulo 64 KiB as in the input (so the kernel
+    moves whole page-cache folios), stay 64-byte aligned, and load equal in torch."""
+    require_bin()
+    import struct
+    import zipfile
+    src = tmp_path / "in.pt"
+    sd = {"small": torch.arange(10, dtype=torch.float32),
+          "a": torch.rand(5 << 20), "b": torch.rand(3 << 20, dtype=torch.float64)}
+    torch.save(sd, src)
+    out = tmp_path / "out.pt"
+    rc, _, err = run_cli("disarm", str(src), "-o", str(out))
+    assert rc == 0, explain(rc, "", err)
+
+    def data_offsets(path):
+        offsets = {}
+        raw = Path(path).read_bytes()
+        for info in zipfile.ZipFile(path).infolist():
+            name_len, extra_len = struct.unpack_from("<HH", raw, info.header_offset + 26)
+            offsets[info.filename.split("/", 1)[1]] = info.header_offset + 30 + name_len + extra_len
+        return offsets
+    a, b = data_offsets(src), data_offsets(out)
+    big = [k for k in a if k.startswith("data/") and zipfile.ZipFile(src).getinfo("in/" + k).file_size >= 4 << 20]
+    assert len(big) == 2
+    for k in big:
+        assert b[k] % 65536 == a[k] % 65536, k
+    assert all(off % 64 == 0 for k, off in b.items() if k.startswith("data/"))
+    back = torch.load(out, weights_only=True)
+    assert all(torch.equal(back[k], sd[k]) for k in sd)
