@@ -68,6 +68,16 @@ void release_mapped_pages(std::span<const uint8_t> span) {
   if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
+void populate_mapped_pages(std::span<const uint8_t> span) {
+#ifndef MADV_POPULATE_READ
+  constexpr int MADV_POPULATE_READ = 22;  // <linux/mman.h>; older C libraries lack the name
+#endif
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  uintptr_t begin = reinterpret_cast<uintptr_t>(span.data()) & ~(page - 1);
+  uintptr_t end = (reinterpret_cast<uintptr_t>(span.data()) + span.size() + page - 1) & ~(page - 1);
+  if (!span.empty() && end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_READ);
+}
+
 void MappedFile::advise_sequential() const {
   if (data_) ::madvise(const_cast<uint8_t*>(data_), size_, MADV_SEQUENTIAL);
 }

@@ -13,6 +13,11 @@ namespace modelcdr::io {
 // bounded resident set; the data stays in the page cache. Only for spans of a MappedFile:
 // on anonymous memory this would zero the data.
 void release_mapped_pages(std::span<const uint8_t> span);
+// Maps every page of `span` in one call (MADV_POPULATE_READ, Linux 5.14+; a no-op before),
+// for data about to be read in random order by several threads: page faults taken one by one
+// from two threads of the same process contend in the kernel. Measured on MTD protect of
+// 1 GiB: 0.34 s of system time instead of 0.69-1.37 s, and 1.2 s wall instead of 1.6-2.2 s.
+void populate_mapped_pages(std::span<const uint8_t> span);
 
 class MappedFile {
  public:

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -17,6 +18,7 @@
 
 #include "formats/torch_zip_writer.hpp"
 #include "io/atomic_output.hpp"
+#include "io/mapped_file.hpp"
 #include "mtd/digest.hpp"
 #include "mtd/permute.hpp"
 
@@ -43,30 +45,32 @@ constexpr size_t kRing = 4;
 Digest hash_bytes(std::span<const uint8_t> b) { return sha256(b); }
 std::string hex(const Digest& d) { return to_hex(d.data(), d.size()); }
 
-// Drop the mapped input pages of a storage we are done with, so that peak RSS stays at one
-// storage rather than growing with the file (MAP_PRIVATE, never written: no data lost).
-void release_pages(std::span<const uint8_t> b) {
-  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  uintptr_t start = (reinterpret_cast<uintptr_t>(b.data()) + page - 1) & ~(page - 1);
-  uintptr_t end = (reinterpret_cast<uintptr_t>(b.data()) + b.size()) & ~(page - 1);
-  if (end > start) ::madvise(reinterpret_cast<void*>(start), end - start, MADV_DONTNEED);
-}
-
 // SHA-256 and, where the reader deferred it, the zip CRC-32 of one record, in one pass.
 struct RecordSum {
   Digest digest;
   bool crc_ok = true;
 };
 
-RecordSum sum_record(const model::Storage& s) {
+// Reads a mapped record with pread into `buf` rather than through the mapping: in this
+// whole-file pass, faulting pages in and unmapping them again (to bound RSS) cost the two
+// threads page faults and TLB-shootdown interrupts (restore of 2.5 GiB: 9.7 s of CPU against
+// 6.9 s for protect of the same file).
+RecordSum sum_record(const model::Storage& s, std::vector<uint8_t>& buf) {
   RecordSum r;
   Sha256 h;
   uint32_t crc = 0;
+  buf.resize(kStreamChunk);
   for (size_t off = 0; off < s.bytes.size(); off += kStreamChunk) {
     auto chunk = s.bytes.subspan(off, std::min(kStreamChunk, s.bytes.size() - off));
+    if (s.mapped && s.source_fd >= 0) {
+      ssize_t got;
+      do got = ::pread(s.source_fd, buf.data(), chunk.size(), static_cast<off_t>(s.source_offset + off));
+      while (got < 0 && errno == EINTR);
+      if (got == static_cast<ssize_t>(chunk.size())) chunk = std::span<const uint8_t>(buf.data(), chunk.size());
+      // else: read through the mapping, which holds the same bytes
+    }
     h.update(chunk);
     if (s.expected_crc) crc = libdeflate_crc32(crc, chunk.data(), chunk.size());
-    release_pages(chunk);  // two threads hashing two large records must not hold both
   }
   r.digest = h.finish();
   r.crc_ok = !s.expected_crc || crc == *s.expected_crc;
@@ -78,9 +82,8 @@ std::vector<RecordSum> sum_all(const std::vector<const model::Storage*>& records
   std::vector<RecordSum> out(records.size());
   std::atomic<size_t> next{0};
   auto worker = [&] {
-    for (size_t i; (i = next++) < records.size();) {
-      out[i] = sum_record(*records[i]);
-    }
+    std::vector<uint8_t> buf;
+    for (size_t i; (i = next++) < records.size();) out[i] = sum_record(*records[i], buf);
   };
   unsigned n = std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
   std::vector<std::thread> pool;
@@ -496,8 +499,9 @@ MtdResult protect(const std::string& input, const std::string& output, const std
       if (perm) after_sum.update(chunk);
       return sink(chunk);
     };
+    io::populate_mapped_pages(in);  // both threads read it (the gather anywhere in it)
     Status streamed = stream_record(helper, ring, in, perm.has_value(), prepare, consume);
-    release_pages(in);
+    io::release_mapped_pages(in);
     MCDR_TRY(streamed);
     if (check_crc && crc != *src.expected_crc)
       return make_error("zip.bad-crc", "CRC-32 of the storage record does not match the zip directory", 0, src.source);
@@ -699,6 +703,7 @@ MtdResult restore(const std::string& input, const std::string& map_path, const s
       sodium_memzero(pk.data(), pk.size());
     }
     Sha256 restored_sum;
+    io::populate_mapped_pages(in);  // both threads read it (the gather anywhere in it)
     Status streamed = ok_status();
     for (size_t off = 0, i = 0; off < in.size() && streamed.ok(); off += kStreamChunk, ++i) {
       const size_t len = std::min(kStreamChunk, in.size() - off);
@@ -713,7 +718,7 @@ MtdResult restore(const std::string& input, const std::string& map_path, const s
       streamed = sink(chunk);
     }
     helper.wait_unfinished_at_most(0);
-    release_pages(in);
+    io::release_mapped_pages(in);
     MCDR_TRY(streamed);
     const Digest sum = restored_sum.finish();
     std::string h = hex(sum);
