@@ -156,7 +156,9 @@ Result<bool> ZipWriter::copy_payload_from(int fd, uint64_t offset, uint64_t size
   if (!open_) return make_error("zip.writer-state", "copy_payload_from without begin_entry", out_.tell());
   if (size != pending_ || running_crc_ != 0)
     return make_error("zip.writer-size", "a copied payload must be the whole entry", out_.tell(), written_.back().name);
-  MCDR_ASSIGN(io::AtomicOutput::Window view, out_.window(out_.tell(), size));
+  auto window = out_.window(out_.tell(), size);
+  if (!window) return false;  // an output that cannot be mapped back (some FUSE mounts): stream instead
+  const io::AtomicOutput::Window& view = *window;
   TrailingCrc trail{view, size};
   std::thread checker;
   auto progress = [&](uint64_t copied) {

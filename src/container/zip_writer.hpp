@@ -36,7 +36,8 @@ class ZipWriter {
   Status write_payload(std::span<const uint8_t> chunk);
   // The whole payload of the open entry, copied from `size` bytes at `offset` of `fd` inside
   // the kernel while a second thread checksums the copied bytes, read back from the output,
-  // just behind it. False (nothing written) where the kernel cannot copy these files.
+  // just behind it. False (nothing written) where the kernel cannot copy these files or the
+  // output cannot be mapped back.
   Result<bool> copy_payload_from(int fd, uint64_t offset, uint64_t size);
   Status end_entry();
   // Central directory, zip64 end records, end of central directory.

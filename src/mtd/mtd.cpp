@@ -501,7 +501,7 @@ MtdResult protect(const std::string& input, const std::string& output, const std
     };
     io::populate_mapped_pages(in);  // both threads read it (the gather anywhere in it)
     Status streamed = stream_record(helper, ring, in, perm.has_value(), prepare, consume);
-    io::release_mapped_pages(in);
+    if (src.mapped) io::release_mapped_pages(in);  // never heap memory: DONTNEED would zero it
     MCDR_TRY(streamed);
     if (check_crc && crc != *src.expected_crc)
       return make_error("zip.bad-crc", "CRC-32 of the storage record does not match the zip directory", 0, src.source);
@@ -718,7 +718,7 @@ MtdResult restore(const std::string& input, const std::string& map_path, const s
       streamed = sink(chunk);
     }
     helper.wait_unfinished_at_most(0);
-    io::release_mapped_pages(in);
+    if (src.mapped) io::release_mapped_pages(in);  // never heap memory: DONTNEED would zero it
     MCDR_TRY(streamed);
     const Digest sum = restored_sum.finish();
     std::string h = hex(sum);
