@@ -1,5 +1,7 @@
-// Byte layout mirrors PyTorch's miniz writer (FORMATS.md §2.3, §9) so our output is
-// indistinguishable from a torch.save file at the container level.
+// Byte layout mirrors PyTorch's miniz writer (FORMATS.md §2.3, §9): the same records, flags,
+// descriptors and 'FB' alignment padding, so readers treat our output as a torch.save file.
+// One deliberate difference: large records copied from an input may carry more padding, to
+// keep their offset within a 64 KiB page-cache folio (see begin_entry).
 #include "container/zip_writer.hpp"
 
 #include <libdeflate.h>
