@@ -96,6 +96,7 @@ enum class ValueKind : uint8_t {
 struct Value {
   ValueKind kind = ValueKind::none;
   bool b = false;
+  bool fortran_order = false;       // ndarray: bytes are in Fortran (column-major) order
   int64_t i = 0;
   double f = 0.0, imag = 0.0;
   std::string text;                 // string / bytes / big_integer (LE two's complement bytes)
@@ -103,12 +104,12 @@ struct Value {
   std::vector<std::pair<ValueId, ValueId>> entries;  // dict / ordered_dict (insertion order)
   ValueId metadata = kNoValue;      // ordered_dict: the state dict's `_metadata` attribute
   TensorId tensor = 0;              // tensor
-  std::string dropped_what, dropped_why;  // dropped: emitted as None, explained in the report
+  // (kind dropped: emitted as None; what and why are in the finding that dropped it, not here:
+  // a Value is one per pickle node, and two strings per node cost 64 bytes each.)
   // numpy and registry objects (appended; zero/empty for every other kind):
   uint32_t class_id = 0;            // object: index into cdr::ClassRegistry (never a name from the input)
   ValueId state = kNoValue;         // object: BUILD state; ndarray: its numpy_dtype; numpy_dtype: state tuple
   std::vector<int64_t> array_shape; // ndarray: numpy shape
-  bool fortran_order = false;       // ndarray: bytes are in Fortran (column-major) order
 };
 
 // A module tree lifted from a whole-model pickle: paths and class names as data only.

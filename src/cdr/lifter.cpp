@@ -55,6 +55,9 @@ class Lifter {
 
   Result<Model> run() {
     if (p_.root == kNoNode) return err(0, "cdr.no-root", "pickle has no root value");
+    // About one value per node: reserving avoids the vector's doubling, whose copy briefly holds
+    // the old and the new array (up to 3x the values) on pickles of millions of objects.
+    m_.values.reserve(p_.nodes.size() + 64);
     MCDR_ASSIGN(m_.root, lift(p_.root, 0));
     return std::move(m_);
   }
@@ -75,8 +78,6 @@ class Lifter {
     note(s, "cdr.dropped", what + " removed: " + why, n.offset);
     Value v;
     v.kind = ValueKind::dropped;
-    v.dropped_what = std::move(what);
-    v.dropped_why = std::move(why);
     return m_.add(std::move(v));
   }
 

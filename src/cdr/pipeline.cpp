@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <new>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -140,7 +141,7 @@ bool is_model_file(const std::string& path) {
   return false;
 }
 
-FileReport scan_file(const std::string& path, const ScanOptions& options) {
+static FileReport scan_file_impl(const std::string& path, const ScanOptions& options) {
   FileReport r;
   r.input = path;
   auto loaded = load(path);
@@ -261,8 +262,6 @@ void drop_for_torch113(model::Model& m, FileReport& r) {
                 what + " removed: torch 1.13's weights_only loader cannot read it (--compat torch1.13)");
     v = model::Value{};
     v.kind = model::ValueKind::dropped;
-    v.dropped_what = what;
-    v.dropped_why = "not loadable by torch 1.13";
   }
 }
 
@@ -275,7 +274,7 @@ void remove_stale_output(const std::string& input, const std::string& output) {
   ::unlink((output + ".architecture.json").c_str());
 }
 
-FileReport disarm_file(const std::string& input, const std::string& output, const DisarmOptions& options) {
+static FileReport disarm_file_impl(const std::string& input, const std::string& output, const DisarmOptions& options) {
   FileReport r;
   auto reject = [&](Error e) {
     r.status = FileStatus::rejected;
@@ -299,6 +298,40 @@ FileReport disarm_file(const std::string& input, const std::string& output, cons
     if (counts(f)) r.removed.push_back(f);
   r.status = r.removed.empty() ? FileStatus::clean : FileStatus::removed;
   return r;
+}
+
+// The limits keep allocations proportional to the input, but a machine can still be smaller
+// than the worst case they allow: an allocation that fails ends this file (rejected, its
+// temporary output removed as the stack unwinds) instead of the process.
+static Error out_of_memory() {
+  return make_error("resource.out-of-memory", "not enough memory to process this file within its limits");
+}
+
+FileReport scan_file(const std::string& path, const ScanOptions& options) {
+  try {
+    return scan_file_impl(path, options);
+  } catch (const std::bad_alloc&) {
+    FileReport r;
+    r.input = path;
+    r.format = "unknown";
+    r.status = FileStatus::error;
+    r.error = out_of_memory();
+    return r;
+  }
+}
+
+FileReport disarm_file(const std::string& input, const std::string& output, const DisarmOptions& options) {
+  try {
+    return disarm_file_impl(input, output, options);
+  } catch (const std::bad_alloc&) {
+    FileReport r;
+    r.input = input;
+    r.format = "unknown";
+    r.status = FileStatus::rejected;
+    r.error = out_of_memory();
+    remove_stale_output(input, output);
+    return r;
+  }
 }
 
 }  // namespace modelcdr

@@ -5,9 +5,11 @@
 
 #include <CLI/CLI.hpp>
 #include <atomic>
+#include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <mutex>
+#include <new>
 #include <thread>
 
 #include "cli/commands.hpp"
@@ -229,7 +231,7 @@ int disarm_main(const std::string& in, const std::string& out, const std::string
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run_cli(int argc, char** argv) {
   CLI::App app{"modelcdr: disarm and reconstruct AI model files without executing them"};
   app.set_version_flag("--version", kVersion);
   app.require_subcommand(1);
@@ -300,4 +302,16 @@ int main(int argc, char** argv) {
     return disarm_main(in, out, report_path, options, jobs, copy_other_files, quiet);
   }
   return run_extra_commands(app);
+}
+
+// Per-file work catches allocation failures itself (scan, disarm); this is the last line for
+// the rest (protect, restore, argument handling): a clear message and exit 2, never an abort.
+// Temporary outputs are removed by their destructors as the stack unwinds.
+int main(int argc, char** argv) {
+  try {
+    return run_cli(argc, argv);
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "modelcdr: out of memory [resource.out-of-memory]\n");
+    return 2;
+  }
 }

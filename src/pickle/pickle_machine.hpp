@@ -19,8 +19,8 @@ namespace modelcdr::pickle {
 
 struct MachineLimits {
   uint64_t max_ops = 50'000'000;        // opcodes executed
-  // Graph nodes created. Each costs about 650 bytes by the time it is lifted (a pickle of 2.5M
-  // ints: 1.6 GB peak RSS), so this cap is what bounds memory on a hostile stream: about 3.3 GB
+  // Graph nodes created. Each costs about 400 bytes by the time it is lifted (a pickle of 2.5M
+  // ints: 1.0 GB peak RSS), so this cap is what bounds memory on a hostile stream: about 2 GB
   // at most, whatever the file's size (pickle_stream also scales it down for small inputs).
   // Real checkpoints hold ~10-20 nodes per tensor; 5M leaves room for large non-tensor data.
   uint64_t max_nodes = 5'000'000;

@@ -38,8 +38,16 @@ enum class NodeKind : uint8_t {
 };
 
 struct Node {
+  // The flags first, packed into one word: a pickle of millions of small objects holds one
+  // Node each, so padding costs (about 220 bytes a node).
   NodeKind kind = NodeKind::None;
   bool b = false;
+  bool remapped = false;          // Global: name changed by the Python-2 compatibility table
+  // Raw bytes that followed this node's BUILD in the stream (joblib NumpyArrayWrapper arrays,
+  // consumed by DecodeOptions::on_array_build): [payload_offset, +payload_size) of the decoded
+  // span; payload_is_pickle when they form a nested protocol-2 pickle (object arrays).
+  bool has_payload = false;
+  bool payload_is_pickle = false;
   int64_t i = 0;
   double f = 0.0;
   std::string text;          // Str / Py2Str / Bytes / ByteArray / BigInt payload; Global module
@@ -50,12 +58,6 @@ struct Node {
   std::vector<NodeId> appended;                    // APPEND(S)/ADDITEMS applied to a non-List/Set node
   std::vector<NodeId> build_states;                // BUILD states applied to this node
   uint64_t offset = 0;       // byte offset (inside the pickle's entry) of the creating opcode
-  bool remapped = false;     // Global: name changed by the Python-2 compatibility table
-  // Raw bytes that followed this node's BUILD in the stream (joblib NumpyArrayWrapper arrays,
-  // consumed by DecodeOptions::on_array_build): [payload_offset, +payload_size) of the decoded
-  // span; payload_is_pickle when they form a nested protocol-2 pickle (object arrays).
-  bool has_payload = false;
-  bool payload_is_pickle = false;
   uint64_t payload_offset = 0, payload_size = 0;
 };
 
