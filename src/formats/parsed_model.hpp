@@ -13,10 +13,7 @@
 
 namespace modelcdr::container {
 struct ZipArchive;
-}
-
-namespace modelcdr::container {
-struct ZipArchive;
+struct ZipEntry;
 }
 
 namespace modelcdr::formats {
@@ -64,6 +61,11 @@ Result<ParsedModel> read_compressed(std::span<const uint8_t> file, const ReadOpt
 // become a state dict, code/ and constants are removed (torchscript_reader.cpp).
 Status read_torchscript_archive(std::span<const uint8_t> file, const container::ZipArchive& zip, const std::string& prefix,
                                 const ReadOptions& options, ParsedModel& parsed);
+// The record `name` that a storage's persistent id refers to, checked to hold exactly the
+// bytes the pickle declares (torch zip checkpoints and TorchScript archives alike).
+Result<const container::ZipEntry*> find_storage_record(const container::ZipArchive& zip, const std::string& name,
+                                                       uint64_t declared_nbytes, uint64_t pid_offset,
+                                                       const std::string& pickle_entry);
 // PyTorch's pre-0.1.10 tar format (FORMATS.md §3.3; torch_tar_reader.cpp).
 Result<ParsedModel> read_torch_tar(std::span<const uint8_t> file, const ReadOptions& options);
 

@@ -97,6 +97,19 @@ Result<bool> big_endian(const ArchiveView& a) {
 
 }  // namespace
 
+Result<const container::ZipEntry*> find_storage_record(const container::ZipArchive& zip, const std::string& name,
+                                                       uint64_t declared_nbytes, uint64_t pid_offset,
+                                                       const std::string& pickle_entry) {
+  const container::ZipEntry* e = zip.find(name);
+  if (!e) return make_error("torch.missing-storage", "storage record '" + name + "' does not exist", pid_offset, pickle_entry);
+  if (e->uncompressed_size != declared_nbytes)
+    return make_error("torch.storage-size-mismatch",
+                      "record '" + name + "' holds " + std::to_string(e->uncompressed_size) +
+                          " bytes, the pickle declares " + std::to_string(declared_nbytes),
+                      pid_offset, pickle_entry);
+  return e;
+}
+
 Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOptions& options) {
   ParsedModel parsed;
   parsed.format = container::Format::torch_zip;
@@ -146,13 +159,7 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
   std::unordered_set<std::string> used;
   cdr::StorageResolver resolver = [&](const cdr::StorageRequest& r) -> Result<model::Storage> {
     std::string name = a.prefix + "/data/" + r.key;
-    const ZipEntry* e = zip.find(name);
-    if (!e) return make_error("torch.missing-storage", "storage record '" + name + "' does not exist", r.pid_offset, pkl->name);
-    if (e->uncompressed_size != r.nbytes)
-      return make_error("torch.storage-size-mismatch",
-                        "record '" + name + "' holds " + std::to_string(e->uncompressed_size) + " bytes, the pickle declares " +
-                            std::to_string(r.nbytes),
-                        r.pid_offset, pkl->name);
+    MCDR_ASSIGN(const ZipEntry* e, find_storage_record(zip, name, r.nbytes, r.pid_offset, pkl->name));
     used.insert(name);
     model::Storage s;
     s.source = name;

@@ -371,10 +371,6 @@ class DataPklEmitter {
   std::unordered_map<uint32_t, uint32_t> keys_;
 };
 
-// `mapped`: the payload is a span of the mapped input, whose pages are dropped once written
-// so that the resident set stays bounded whatever the model's size.
-// `expected_crc`: the input directory's CRC for these same bytes, checked here instead of in
-// a separate read pass (the writer computes the CRC anyway); a mismatch aborts the output.
 // 1 MiB chunks: measured here, 8 MiB read/write pairs cost 4x the kernel time of 1 MiB ones
 // (dd bs=8M: 1.04 s sys for 512 MiB; bs=1M: 0.24 s), as the buffer no longer stays in cache.
 constexpr size_t kChunk = 1 << 20;
@@ -410,28 +406,32 @@ std::optional<uint64_t> folio_phase(const model::Storage& s) {
   return s.source_offset % container::ZipWriter::kPhaseUnit;
 }
 
-Status copy_payload(container::ZipWriter& zip, const std::string& name, std::optional<uint64_t> phase,
-                    std::span<const uint8_t> bytes, bool mapped,
-                    std::optional<uint32_t> expected_crc, const std::string& source, int source_fd = -1,
-                    uint64_t source_offset = 0, std::vector<uint8_t>* buffer = nullptr) {
-  MCDR_TRY(zip.begin_entry(name, bytes.size(), phase));
+// One storage record, its payload taken from the input in the cheapest way the storage allows:
+// a kernel copy (large, mapped), pread chunks (mapped), or straight from memory (owned).
+Status copy_payload(container::ZipWriter& zip, const std::string& name, const model::Storage& s,
+                    std::vector<uint8_t>& buffer) {
+  const std::span<const uint8_t> bytes = s.bytes;
+  const int fd = s.mapped ? s.source_fd : -1;
+  MCDR_TRY(zip.begin_entry(name, bytes.size(), folio_phase(s)));
   bool copied = false;
-  if (source_fd >= 0 && bytes.size() >= kKernelCopyMin) {
-    auto r = zip.copy_payload_from(source_fd, source_offset, bytes.size());
-    if (!r) return make_error(r.error().rule, r.error().message, r.error().offset, source);
+  if (fd >= 0 && bytes.size() >= kKernelCopyMin) {
+    auto r = zip.copy_payload_from(fd, s.source_offset, bytes.size());
+    if (!r) return make_error(r.error().rule, r.error().message, r.error().offset, s.source);
     copied = *r;  // false: the kernel cannot copy between these files, so stream them below
   }
-  if (!copied && source_fd >= 0 && buffer) {
-    MCDR_TRY(stream_from_fd(zip, source_fd, source_offset, bytes.size(), *buffer, source));
+  if (!copied && fd >= 0) {
+    MCDR_TRY(stream_from_fd(zip, fd, s.source_offset, bytes.size(), buffer, s.source));
   } else if (!copied) {
     for (size_t off = 0; off < bytes.size(); off += kChunk) {
       auto chunk = bytes.subspan(off, std::min(kChunk, bytes.size() - off));
       MCDR_TRY(zip.write_payload(chunk));
-      if (mapped) io::release_mapped_pages(chunk);
+      if (s.mapped) io::release_mapped_pages(chunk);  // keeps RSS bounded whatever the model's size
     }
   }
-  if (expected_crc && zip.entry_crc() != *expected_crc)
-    return make_error("zip.bad-crc", "CRC-32 of the storage record does not match the zip directory", 0, source);
+  // The input directory's CRC for these same bytes, checked here instead of in a separate
+  // read pass (the writer computes the CRC anyway); a mismatch aborts the output.
+  if (s.expected_crc && zip.entry_crc() != *s.expected_crc)
+    return make_error("zip.bad-crc", "CRC-32 of the storage record does not match the zip directory", 0, s.source);
   return zip.end_entry();
 }
 
@@ -505,8 +505,7 @@ Status write_torch_zip(const Model& model, const TorchWriteOptions& options, io:
       MCDR_TRY(zip.end_entry());  // refuses a payload shorter than declared
       continue;
     }
-    MCDR_TRY(copy_payload(zip, name, folio_phase(s), s.bytes, s.mapped, s.expected_crc, s.source, s.mapped ? s.source_fd : -1,
-                          s.source_offset, &copy_buffer));
+    MCDR_TRY(copy_payload(zip, name, s, copy_buffer));
   }
   MCDR_TRY(zip.add("archive/version", text("3\n")));
   return zip.finish();

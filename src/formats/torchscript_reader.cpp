@@ -261,13 +261,7 @@ Status read_torchscript_archive(std::span<const uint8_t> file, const container::
   std::unordered_set<std::string> used_records;
   cdr::StorageResolver resolver = [&](const cdr::StorageRequest& r) -> Result<model::Storage> {
     std::string name = prefix + "/data/" + r.key;
-    const container::ZipEntry* e = zip.find(name);
-    if (!e) return make_error("torch.missing-storage", "storage record '" + name + "' does not exist", r.pid_offset, pkl->name);
-    if (e->uncompressed_size != r.nbytes)
-      return make_error("torch.storage-size-mismatch",
-                        "record '" + name + "' holds " + std::to_string(e->uncompressed_size) + " bytes, the pickle declares " +
-                            std::to_string(r.nbytes),
-                        r.pid_offset, pkl->name);
+    MCDR_ASSIGN(const container::ZipEntry* e, find_storage_record(zip, name, r.nbytes, r.pid_offset, pkl->name));
     model::Storage s;
     s.source = name;
     s.nbytes = r.nbytes;

@@ -11,6 +11,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "io/mapped_file.hpp"
+
 namespace modelcdr::io {
 
 namespace {
@@ -135,10 +137,7 @@ AtomicOutput::Window::~Window() {
 }
 
 void AtomicOutput::Window::drop(uint64_t offset, uint64_t length) const {
-  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  uint64_t start = (lead_ + offset + page - 1) / page * page;  // whole pages inside the range only
-  uint64_t end = (lead_ + offset + length) / page * page;
-  if (end > start) ::madvise(base_ + start, end - start, MADV_DONTNEED);
+  release_mapped_pages(std::span<const uint8_t>(data() + offset, length));
 }
 
 Result<AtomicOutput::Window> AtomicOutput::window(uint64_t at, uint64_t length) const {
