@@ -84,10 +84,12 @@ Status write_architecture(const model::Model& m, const std::string& path) {
                        {"buffers", info.buffers}});
   }
   nlohmann::ordered_json doc = {{"schema", "modelcdr.architecture/1"},
-                                {"note", "module classes recorded as data; nothing here is imported"},
+                                {"note", "module classes recorded as data; nothing here is imported. Names that are not "
+                                         "plain dotted Python identifiers are recorded as <rejected> (cdr.architecture-name)"},
                                 {"modules", modules}};
   MCDR_ASSIGN(io::AtomicOutput out, io::AtomicOutput::create(path));
-  MCDR_TRY(out.write(doc.dump(2) + "\n"));
+  // Names were vetted by the lifter; replace (never throw on) invalid UTF-8 all the same.
+  MCDR_TRY(out.write(doc.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n"));
   return out.commit();
 }
 
@@ -222,14 +224,18 @@ Status write_model(const model::Model& model, const std::string& output, const D
       formats::PickleWriteOptions po;
       po.joblib = options.output_format == OutputFormat::joblib;
       MCDR_TRY(formats::write_pickle(model, po, out));
+      if (!model.file_metadata.empty())
+        add_finding(r.findings, Severity::low, "convert.metadata-dropped",
+                    std::to_string(model.file_metadata.size()) + " file metadata entries not written: a pickle has no place for them");
       break;
     }
     case OutputFormat::pt: {
       formats::TorchWriteOptions wo;
       wo.compat = options.compat == CompatTarget::torch1_13 ? formats::Compat::torch1_13 : formats::Compat::torch2;
       MCDR_TRY(formats::write_torch_zip(model, wo, out));
+      // Content the output lacks is content removed: it counts (exit 1, listed as removed).
       if (!model.file_metadata.empty())
-        add_finding(r.findings, Severity::info, "convert.metadata-dropped",
+        add_finding(r.findings, Severity::low, "convert.metadata-dropped",
                     std::to_string(model.file_metadata.size()) +
                         " file metadata entries not written: a PyTorch checkpoint has no place for them (use --to safetensors)");
       break;

@@ -4,9 +4,12 @@
 #include <algorithm>
 #include <cctype>
 #include <cstring>
+#include <optional>
+#include <span>
 
 #include "cdr/globals_policy.hpp"
 #include "cdr/lifter.hpp"
+#include "pickle/pickle_machine.hpp"
 
 namespace modelcdr::cdr {
 
@@ -17,22 +20,7 @@ using pickle::NodeKind;
 
 std::string quoted_global(const Node& g) { return "'" + g.text + " " + g.name + "'"; }
 
-bool all_of_chars(std::string_view s, const char* alphabet) {
-  return std::all_of(s.begin(), s.end(), [&](char c) { return std::strchr(alphabet, c) != nullptr; });
-}
-
-bool identifier_line(std::string_view s) {
-  return !s.empty() && s.size() < 128 &&
-         std::all_of(s.begin(), s.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.'; });
-}
-
 bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
-
-std::string lower(std::string_view s) {
-  std::string o(s);
-  for (auto& c : o) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return o;
-}
 
 void check_call_target(const pickle::Program& p, const Node& n, const char* what, const std::string& entry, Findings& out) {
   const Node& callee = p.at(n.items[0]);
@@ -54,32 +42,101 @@ bool plain_build_target(const pickle::Program& p, const Node& n) {
 
 }  // namespace
 
-bool looks_like_embedded_pickle(std::string_view d) {
-  if (d.size() < 4) return false;
-  // raw protocol 2-5 stream, or a protocol-0 "c<module>\n<name>\n" opening
-  if (static_cast<unsigned char>(d[0]) == 0x80 && d[1] >= 2 && d[1] <= 5 && d.find('.') != std::string_view::npos) return true;
-  if (d[0] == 'c' && d.back() == '.') {
-    auto nl1 = d.find('\n');
-    auto nl2 = nl1 == std::string_view::npos ? nl1 : d.find('\n', nl1 + 1);
-    if (nl2 != std::string_view::npos && identifier_line(d.substr(1, nl1 - 1)) && identifier_line(d.substr(nl1 + 1, nl2 - nl1 - 1)))
-      return true;
+namespace {
+
+// A candidate parses as a pickle when our machine reads it up to a STOP, whatever precedes
+// the payload (any protocol, `N0` and other no-op prefixes) and whatever follows the STOP
+// (pickle.loads ignores it). The limits keep the check small; a candidate that reaches one
+// has parsed as thousands of valid opcodes and is taken for a pickle (fail closed).
+bool parses_as_pickle(std::string_view d) {
+  if (d.size() < 2) return false;
+  pickle::DecodeOptions o;
+  o.limits.max_ops = 1 << 16;
+  o.limits.max_nodes = 4096;
+  o.limits.max_memo_entries = 4096;
+  o.limits.max_stack_depth = 1 << 16;
+  o.limits.max_container_items = 1 << 16;
+  Findings ignored;
+  auto span = std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(d.data()), d.size());
+  auto r = pickle::decode(span, o, ignored);
+  return r.ok() || starts_with(r.error().rule, "pickle.limit-");
+}
+
+int base64_digit(char c) {
+  if (c >= 'A' && c <= 'Z') return c - 'A';
+  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+  if (c >= '0' && c <= '9') return c - '0' + 52;
+  if (c == '+' || c == '-') return 62;  // standard and URL-safe alphabets
+  if (c == '/' || c == '_') return 63;
+  return -1;
+}
+
+// base64 as Python's b64decode/urlsafe_b64decode accept it: whitespace ignored, padding
+// optional at the end. nullopt when `s` is not base64.
+std::optional<std::string> base64_decode(std::string_view s) {
+  std::string out;
+  uint32_t acc = 0;
+  int bits = 0;
+  size_t digits = 0;
+  bool padded = false;
+  for (char c : s) {
+    if (std::isspace(static_cast<unsigned char>(c))) continue;
+    if (c == '=') {
+      padded = true;
+      continue;
+    }
+    int v = base64_digit(c);
+    if (v < 0 || padded) return std::nullopt;
+    acc = (acc << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    ++digits;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<char>((acc >> bits) & 0xFF));
+    }
   }
-  // base64 of the above
-  std::string compact;
-  for (char c : d.substr(0, 64))
-    if (!std::isspace(static_cast<unsigned char>(c))) compact.push_back(c);
-  if (d.size() >= 16 && all_of_chars(compact, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_")) {
-    for (auto p : {"gAJ", "gAN", "gAS", "gAU", "Y29zCn", "Y3Bvc2l4", "Y19fYnVpbHRpbl9f", "Y2J1aWx0aW5z", "Y3N1YnByb2Nlc3"})
-      if (starts_with(compact, p)) return true;
+  if (digits < 4 || digits % 4 == 1) return std::nullopt;
+  return out;
+}
+
+int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Hex as bytes.fromhex accepts it (whitespace between digits ignored). nullopt otherwise.
+std::optional<std::string> hex_decode(std::string_view s) {
+  std::string out;
+  int high = -1;
+  for (char c : s) {
+    if (std::isspace(static_cast<unsigned char>(c))) continue;
+    int v = hex_digit(c);
+    if (v < 0) return std::nullopt;
+    if (high < 0) {
+      high = v;
+    } else {
+      out.push_back(static_cast<char>(high << 4 | v));
+      high = -1;
+    }
   }
-  // hex of the above
-  if (d.size() >= 8 && d.size() % 2 == 0 && all_of_chars(d.substr(0, 64), "0123456789abcdefABCDEF")) {
-    std::string h = lower(d.substr(0, 16));
-    for (auto p : {"8002", "8003", "8004", "8005", "636f730a", "63706f736978", "635f5f6275696c74696e5f5f"})
-      if (starts_with(h, p)) return true;
-  }
+  if (high >= 0 || out.size() < 2) return std::nullopt;
+  return out;
+}
+
+// The value itself, or its base64 or hex decoding, up to `layers` encodings deep.
+bool holds_pickle(std::string_view d, int layers) {
+  if (parses_as_pickle(d)) return true;
+  if (layers == 0) return false;
+  if (auto b = base64_decode(d); b && holds_pickle(*b, layers - 1)) return true;
+  if (auto h = hex_decode(d); h && holds_pickle(*h, layers - 1)) return true;
   return false;
 }
+
+}  // namespace
+
+bool looks_like_embedded_pickle(std::string_view d) { return holds_pickle(d, 3); }
 
 void scan_program(const pickle::Program& p, const std::string& entry, Findings& out) {
   for (const Node& n : p.nodes) {

@@ -71,7 +71,7 @@ int scan_main(const std::vector<std::string>& paths, bool as_json, bool as_sarif
     std::cout << report::sarif(reports);
   } else {
     for (const auto& r : reports) {
-      std::cout << r.input << ": " << r.format << ", " << r.tensors.count << " tensors (" << r.tensors.total_bytes
+      std::cout << report::printable(r.input) << ": " << r.format << ", " << r.tensors.count << " tensors (" << r.tensors.total_bytes
                 << " bytes), " << status_name(r.status) << "\n";
       if (r.error) std::cout << "  " << report::error_line(r.input, *r.error) << "\n";
       for (const auto& f : r.findings) std::cout << "  " << report::text_line(r.input, f) << "\n";
@@ -99,7 +99,7 @@ void print_removed(const FileReport& r) {
   if (r.error) std::cerr << "modelcdr: rejected " << report::error_line(r.input, *r.error) << "\n";
   for (const auto& f : r.removed) std::cerr << "modelcdr: removed " << report::text_line(r.input, f) << "\n";
   for (const auto& f : r.findings)
-    if (f.rule == "stego.lsb-randomized") std::cerr << "modelcdr: " << r.input << ": " << f.message << "\n";
+    if (f.rule == "stego.lsb-randomized") std::cerr << "modelcdr: " << report::printable(r.input) << ": " << report::printable(f.message) << "\n";
 }
 
 Status write_report(const std::string& path, const std::vector<FileReport>& reports) {
@@ -151,7 +151,7 @@ int disarm_directory(const std::string& in, const std::string& out, const Disarm
   std::error_code ec;
   fs::create_directories(out, ec);
   if (ec) {
-    std::cerr << "modelcdr: " << out << ": cannot create output folder: " << ec.message() << "\n";
+    std::cerr << "modelcdr: " << report::printable(out) << ": cannot create output folder: " << ec.message() << "\n";
     return 2;
   }
   std::string out_abs = fs::absolute(out).lexically_normal().string();
@@ -193,7 +193,7 @@ int disarm_directory(const std::string& in, const std::string& out, const Disarm
     else if (r.status == FileStatus::rejected) counts[2]++;
     else counts[3]++;
     if (!quiet) print_removed(r);
-    if (!quiet && r.status == FileStatus::skipped) std::cerr << "modelcdr: skipped " << r.input << ": " << r.note << "\n";
+    if (!quiet && r.status == FileStatus::skipped) std::cerr << "modelcdr: skipped " << report::printable(r.input) << ": " << report::printable(r.note) << "\n";
   }
   std::cerr << "modelcdr: " << reports.size() << " files: " << counts[0] << " clean, " << counts[1]
             << " disarmed with removals, " << counts[2] << " rejected, " << counts[3] << " other\n";
@@ -208,7 +208,7 @@ int disarm_main(const std::string& in, const std::string& out, const std::string
     rc = disarm_directory(in, out, options, jobs, copy_other_files, quiet, reports);
   } else {
     if (fs::exists(out) && (same_file(in, out) || fs::is_directory(out))) {
-      std::cerr << "modelcdr: " << out << ": output must be a new file, not the input or a folder\n";
+      std::cerr << "modelcdr: " << report::printable(out) << ": output must be a new file, not the input or a folder\n";
       return 2;
     }
     reports.push_back(disarm_file(in, out, options));
@@ -216,13 +216,13 @@ int disarm_main(const std::string& in, const std::string& out, const std::string
     if (!quiet) print_removed(r);
     rc = exit_code(r.status);
     if (!quiet && r.status != FileStatus::rejected)
-      std::cerr << "modelcdr: " << in << " -> " << out << ": " << r.format << ", " << r.tensors.count << " tensors, "
+      std::cerr << "modelcdr: " << report::printable(in) << " -> " << report::printable(out) << ": " << r.format << ", " << r.tensors.count << " tensors, "
                 << (r.removed.empty() ? "nothing removed" : std::to_string(r.removed.size()) + " items removed")
-                << (r.architecture.empty() ? "" : ", architecture in " + r.architecture) << "\n";
+                << (r.architecture.empty() ? "" : ", architecture in " + report::printable(r.architecture)) << "\n";
   }
   if (!report_path.empty()) {
     if (auto s = write_report(report_path, reports); !s.ok()) {
-      std::cerr << "modelcdr: " << report_path << ": " << s.error().describe() << "\n";
+      std::cerr << "modelcdr: " << report::printable(report_path) << ": " << report::printable(s.error().describe()) << "\n";
       return 2;
     }
   }
@@ -280,7 +280,7 @@ static int run_cli(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   if (!policy_path.empty())
     if (auto s = load_class_policy(policy_path); !s.ok()) {
-      std::cerr << "modelcdr: --policy: " << s.error().message << "\n";
+      std::cerr << "modelcdr: --policy: " << report::printable(s.error().message) << "\n";
       return 2;
     }
   if (*scan) return scan_main(scan_paths, as_json, as_sarif, stego, stego_threshold);
@@ -294,7 +294,7 @@ static int run_cli(int argc, char** argv) {
     if (lsb_opt->count() > 0) {
       auto policy = stego::parse_lsb_policy(lsb_spec);
       if (!policy.ok()) {
-        std::cerr << "modelcdr: " << policy.error().message << "\n";
+        std::cerr << "modelcdr: " << report::printable(policy.error().message) << "\n";
         return 2;
       }
       options.transform = stego::make_lsb_transform(*policy);

@@ -25,12 +25,12 @@ struct MtdArgs {
 };
 
 int usage(const std::string& msg) {
-  std::cerr << "modelcdr: " << msg << "\n";
+  std::cerr << "modelcdr: " << report::printable(msg) << "\n";
   return 2;
 }
 
 int error_exit(const std::string& what, const Error& e) {
-  std::cerr << "modelcdr: " << what << ": " << e.describe() << "\n";
+  std::cerr << "modelcdr: " << report::printable(what + ": " + e.describe()) << "\n";
   return 2;
 }
 
@@ -81,27 +81,27 @@ void write_report(const std::string& path, const nlohmann::ordered_json& doc) {
   if (path.empty()) return;
   auto out = io::AtomicOutput::create(path);
   if (!out.ok() || !out->write(doc.dump(2) + "\n").ok() || !out->commit().ok())
-    std::cerr << "modelcdr: cannot write report " << path << "\n";
+    std::cerr << "modelcdr: cannot write report " << report::printable(path) << "\n";
 }
 
 int finish(const std::string& command, const MtdArgs& a, const mtd::MtdResult& r) {
   write_report(a.report, report_json(command, a, r));
   if (r.outcome == mtd::Outcome::error) {
-    std::cerr << "modelcdr: " << command << ": " << a.input << ": " << r.error->describe() << "\n";
+    std::cerr << "modelcdr: " << command << ": " << report::printable(a.input + ": " + r.error->describe()) << "\n";
     return 2;
   }
   if (r.outcome == mtd::Outcome::mismatch) {
     for (const auto& m : r.mismatches) {
       std::cerr << "modelcdr: integrity: ";
       if (m.what == "tensor")
-        std::cerr << "tensor '" << m.name << "' (archive/data/" << m.key << ") does not match the map's "
-                  << (m.against == "protected" ? "protected" : "original") << " hash: " << m.detail << "\n";
+        std::cerr << "tensor '" << report::printable(m.name) << "' (archive/data/" << m.key << ") does not match the map's "
+                  << (m.against == "protected" ? "protected" : "original") << " hash: " << report::printable(m.detail) << "\n";
       else if (m.what == "non-tensor")
-        std::cerr << "non-tensor data (data.pkl) does not match the map: " << m.detail << "\n";
+        std::cerr << "non-tensor data (data.pkl) does not match the map: " << report::printable(m.detail) << "\n";
       else
-        std::cerr << m.what << (m.name.empty() ? "" : " " + m.name) << ": " << m.detail << "\n";
+        std::cerr << report::printable(m.what + (m.name.empty() ? "" : " " + m.name) + ": " + m.detail) << "\n";
     }
-    std::cerr << "modelcdr: " << command << ": " << a.input << ": integrity check FAILED (" << r.mismatches.size()
+    std::cerr << "modelcdr: " << command << ": " << report::printable(a.input) << ": integrity check FAILED (" << r.mismatches.size()
               << " mismatch" << (r.mismatches.size() == 1 ? "" : "es") << ")"
               << (command == "restore" ? "; nothing written" : "") << "\n";
     return 3;
@@ -112,13 +112,13 @@ int finish(const std::string& command, const MtdArgs& a, const mtd::MtdResult& r
                          : r.signer_trusted ? "signed by " + r.signer + " (verified)"
                                             : "signed by " + r.signer + " (not checked against a trusted key: use --verify-signer)";
     if (command == "protect")
-      std::cerr << "modelcdr: protected " << a.input << " -> " << a.output << " (" << r.permuted << "/" << r.storages
-                << " records permuted, " << r.swapped << " swapped), map " << a.map << ", " << signer << "\n";
+      std::cerr << "modelcdr: protected " << report::printable(a.input) << " -> " << report::printable(a.output) << " (" << r.permuted << "/" << r.storages
+                << " records permuted, " << r.swapped << " swapped), map " << report::printable(a.map) << ", " << report::printable(signer) << "\n";
     else if (command == "restore")
-      std::cerr << "modelcdr: restored " << a.input << " -> " << a.output << ", all " << r.storages
-                << " records verified before and after, " << signer << "\n";
+      std::cerr << "modelcdr: restored " << report::printable(a.input) << " -> " << report::printable(a.output) << ", all " << r.storages
+                << " records verified before and after, " << report::printable(signer) << "\n";
     else
-      std::cout << a.input << ": intact (" << r.state << "), " << r.storages << " records match the map, " << signer << "\n";
+      std::cout << report::printable(a.input) << ": intact (" << report::printable(r.state) << "), " << r.storages << " records match the map, " << report::printable(signer) << "\n";
   }
   return 0;
 }
@@ -135,8 +135,8 @@ int keygen_main(const MtdArgs& a) {
   auto s = a.symmetric ? mtd::keygen_symmetric(a.keygen_out, a.force) : mtd::keygen_pair(a.keygen_out, a.force);
   if (!s.ok()) return error_exit("keygen", s.error());
   if (!a.quiet) {
-    if (a.symmetric) std::cerr << "modelcdr: wrote symmetric key " << a.keygen_out << " (mode 0600)\n";
-    else std::cerr << "modelcdr: wrote " << a.keygen_out << ".key (secret, mode 0600) and " << a.keygen_out << ".pub\n";
+    if (a.symmetric) std::cerr << "modelcdr: wrote symmetric key " << report::printable(a.keygen_out) << " (mode 0600)\n";
+    else std::cerr << "modelcdr: wrote " << report::printable(a.keygen_out) << ".key (secret, mode 0600) and " << report::printable(a.keygen_out) << ".pub\n";
   }
   return 0;
 }

@@ -378,8 +378,30 @@ uint32_t stored_crc32(std::span<const uint8_t> data, bool release) {
 }
 }  // namespace
 
+Status check_entry_crc(std::span<const uint8_t> file, const ZipEntry& e, Findings& findings, const ZipLimits& limits) {
+  if ((e.flags & kFlagEncrypted) || (e.method != 0 && e.method != 8)) return ok_status();  // reported elsewhere
+  MCDR_ASSIGN(ByteCursor dc, cursor_at(file, e.data_offset, "entry data"));
+  MCDR_ASSIGN(Bytes data, dc.take(e.compressed_size));
+  std::optional<uint32_t> actual;
+  if (e.method == 0) {
+    actual = stored_crc32(data, limits.release_pages);
+  } else {
+    std::vector<uint8_t> scratch;
+    auto s = inflate_exact(data, e.uncompressed_size, scratch, limits, e.name, e.local_header_offset);
+    if (s)
+      actual = libdeflate_crc32(0, scratch.data(), scratch.size());
+    else
+      add_finding(findings, Severity::high, s.error().rule, s.error().message, e.name, e.local_header_offset);
+  }
+  if (actual && *actual != e.crc32)
+    add_finding(findings, Severity::high, "zip.bad-crc",
+                "CRC-32 " + hex(*actual) + " does not match the directory's " + hex(e.crc32), e.name,
+                e.local_header_offset);
+  return ok_status();
+}
+
 Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, const ZipLimits& limits,
-                            bool verify_crc) {
+                            bool verify_crc, const CrcDeferred& deferred) {
   MCDR_ASSIGN(EndRecords er, read_end_records(file, findings));
   const uint64_t end_records_start = er.zip64 ? er.zip64_pos : er.eocd_pos;
 
@@ -576,25 +598,7 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
       if (lf.csize != e.compressed_size) mismatch("compressed size");
     }
 
-    if (verify_crc && !(flags & kFlagEncrypted) && (method == 0 || method == 8)) {
-      MCDR_ASSIGN(ByteCursor dc, cursor_at(file, e.data_offset, "entry data"));
-      MCDR_ASSIGN(Bytes data, dc.take(e.compressed_size));
-      std::optional<uint32_t> actual;
-      if (method == 0) {
-        actual = stored_crc32(data, limits.release_pages);
-      } else {
-        auto s = inflate_exact(data, e.uncompressed_size, scratch, limits, e.name, e.local_header_offset);
-        if (s)
-          actual = libdeflate_crc32(0, scratch.data(), scratch.size());
-        else
-          add_finding(findings, Severity::high, s.error().rule, s.error().message, e.name, e.local_header_offset);
-        scratch.clear();
-      }
-      if (actual && *actual != crc)
-        add_finding(findings, Severity::high, "zip.bad-crc",
-                    "CRC-32 " + hex(*actual) + " does not match the directory's " + hex(crc), e.name,
-                    e.local_header_offset);
-    }
+    if (verify_crc && !(deferred && deferred(e))) MCDR_TRY(check_entry_crc(file, e, findings, limits));
 
     archive.entries.push_back(std::move(e));
     descriptor_choices.push_back(std::move(choices));
