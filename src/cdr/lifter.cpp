@@ -1044,7 +1044,7 @@ class Lifter {
         (!dotted_name(info.class_module, false) || !dotted_name(info.class_name, false) || callable_danger)) {
       std::string c = info.class_module + "." + info.class_name;
       reject(c, callable_danger ? "class (a function that runs code)" : "class");
-      info.class_module = c;
+      info.class_module = c;  // the marker alone: no class name
       info.class_name.clear();
     }
     for (auto* names : {&info.parameters, &info.buffers})

@@ -79,7 +79,7 @@ Status write_architecture(const model::Model& m, const std::string& path) {
   nlohmann::ordered_json modules = nlohmann::ordered_json::array();
   for (const auto& info : m.architecture) {
     modules.push_back({{"path", info.path},
-                       {"class", info.class_module + "." + info.class_name},
+                       {"class", info.class_name.empty() ? info.class_module : info.class_module + "." + info.class_name},
                        {"parameters", info.parameters},
                        {"buffers", info.buffers}});
   }

@@ -134,9 +134,34 @@ bool holds_pickle(std::string_view d, int layers) {
   return false;
 }
 
+// A str whose code points are all <= 0xFF, as latin-1 bytes (how protocol 2 spells bytes, and
+// how a str is usually turned back into bytes); nullopt when that differs from its UTF-8 text
+// (pure ASCII) or is not possible.
+std::optional<std::string> latin1_bytes(std::string_view utf8) {
+  if (std::all_of(utf8.begin(), utf8.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; }))
+    return std::nullopt;
+  std::string bytes;
+  for (size_t i = 0; i < utf8.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(utf8[i]);
+    if (c < 0x80) {
+      bytes.push_back(static_cast<char>(c));
+    } else if ((c == 0xC2 || c == 0xC3) && i + 1 < utf8.size()) {
+      bytes.push_back(static_cast<char>(((c & 0x03) << 6) | (static_cast<unsigned char>(utf8[++i]) & 0x3F)));
+    } else {
+      return std::nullopt;
+    }
+  }
+  return bytes;
+}
+
 }  // namespace
 
-bool looks_like_embedded_pickle(std::string_view d) { return holds_pickle(d, 3); }
+bool looks_like_embedded_pickle(std::string_view d) {
+  if (holds_pickle(d, 3)) return true;
+  auto latin1 = latin1_bytes(d);
+  return latin1 && holds_pickle(*latin1, 3);
+}
+
 
 void scan_program(const pickle::Program& p, const std::string& entry, Findings& out) {
   for (const Node& n : p.nodes) {
