@@ -346,7 +346,10 @@ class Lifter {
     const Value& v = m_.values[k];
     if (v.kind == ValueKind::string || v.kind == ValueKind::bytes) return "'" + v.text.substr(0, 100) + "'";
     if (v.kind == ValueKind::integer) return std::to_string(v.i);
-    return "of kind " + std::to_string(static_cast<int>(v.kind));
+    if (v.kind == ValueKind::boolean) return v.b ? "True" : "False";
+    if (v.kind == ValueKind::floating) return std::to_string(v.f);
+    if (v.kind == ValueKind::tuple) return "(a tuple of " + std::to_string(v.items.size()) + ")";
+    return "(None or a number)";
   }
 
   Status add_entries(const Node& n, Value& v, uint32_t depth) {

@@ -48,6 +48,8 @@ namespace {
 // the payload (any protocol, `N0` and other no-op prefixes) and whatever follows the STOP
 // (pickle.loads ignores it). The limits keep the check small; a candidate that reaches one
 // has parsed as thousands of valid opcodes and is taken for a pickle (fail closed).
+// A fragment counts too (a payload split over values, or cut to hide it): a stream with a
+// protocol 2-5 header that runs out of data, or 8+ bytes of complete opcodes lacking only STOP.
 bool parses_as_pickle(std::string_view d) {
   if (d.size() < 2) return false;
   pickle::DecodeOptions o;
@@ -59,7 +61,11 @@ bool parses_as_pickle(std::string_view d) {
   Findings ignored;
   auto span = std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(d.data()), d.size());
   auto r = pickle::decode(span, o, ignored);
-  return r.ok() || starts_with(r.error().rule, "pickle.limit-");
+  if (r.ok() || starts_with(r.error().rule, "pickle.limit-")) return true;
+  const Error& e = r.error();
+  bool ran_out = e.rule == "pickle.truncated" || e.rule == "pickle.frame-too-long";
+  bool proto_header = static_cast<unsigned char>(d[0]) == 0x80 && d[1] >= 2 && d[1] <= 5;
+  return ran_out && (proto_header || (d.size() >= 8 && e.offset == d.size()));
 }
 
 int base64_digit(char c) {
