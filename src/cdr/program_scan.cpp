@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstring>
+#include <iterator>
 #include <optional>
 #include <span>
 
@@ -50,8 +51,23 @@ namespace {
 // has parsed as thousands of valid opcodes and is taken for a pickle (fail closed).
 // A fragment counts too (a payload split over values, or cut to hide it): a stream with a
 // protocol 2-5 header that runs out of data, or 8+ bytes of complete opcodes lacking only STOP.
+// Opcodes a stream can begin with: every other one needs a value, a mark or a memo entry
+// that an empty stack lacks, so the machine would fail on it at once (not worth running).
+bool can_begin_stream(unsigned char op) {
+  static const unsigned char ops[] = {0x80, 0x95, '(', ')', ']', '}', 0x8f, 'N', 0x88, 0x89, 'I', 'J',
+                                      'K',  'M',  'L', 0x8a, 0x8b, 'F', 'G', 'S', 'T', 'U', 'V', 'X',
+                                      'B',  'C',  0x8c, 0x8d, 0x8e, 0x96, 'c', 'P', 0x82, 0x83, 0x84, 0x97};
+  return std::find(std::begin(ops), std::end(ops), op) != std::end(ops);
+}
+
+// Text-line opcodes cannot complete without a newline.
+bool first_op_can_complete(std::string_view d) {
+  if (std::strchr("IFLSVPc", d[0]) == nullptr) return true;
+  return d.find('\n') != std::string_view::npos;
+}
+
 bool parses_as_pickle(std::string_view d) {
-  if (d.size() < 2) return false;
+  if (d.size() < 2 || !can_begin_stream(static_cast<unsigned char>(d[0])) || !first_op_can_complete(d)) return false;
   pickle::DecodeOptions o;
   o.limits.max_ops = 1 << 16;
   o.limits.max_nodes = 4096;
@@ -131,10 +147,35 @@ std::optional<std::string> hex_decode(std::string_view s) {
   return out;
 }
 
-// The value itself, or its base64 or hex decoding, up to `layers` encodings deep.
+// The first byte a decoding of `d` would give, from its first two digits; nullopt if unknown.
+template <class Digit>
+std::optional<unsigned char> first_decoded_byte(std::string_view d, Digit digit, int bits_per_digit) {
+  int got = 0;
+  uint32_t acc = 0;
+  for (char c : d) {
+    if (std::isspace(static_cast<unsigned char>(c))) continue;
+    int v = digit(c);
+    if (v < 0) return std::nullopt;
+    acc = acc << bits_per_digit | static_cast<uint32_t>(v);
+    if (++got == 2) return static_cast<unsigned char>(acc >> (2 * bits_per_digit - 8));
+  }
+  return std::nullopt;
+}
+
+// Whether a decoded layer starting with `b` can hold a pickle: it begins a stream, or it is
+// a digit of another encoding layer (hex digits are base64 digits too).
+bool worth_decoding(std::optional<unsigned char> b, int layers_left) {
+  return b && (can_begin_stream(*b) || (layers_left > 0 && base64_digit(static_cast<char>(*b)) >= 0));
+}
+
+// The value itself, or its base64 or hex decoding, up to `layers` encodings deep. Most text
+// is ruled out by its first bytes before anything is decoded or run.
 bool holds_pickle(std::string_view d, int layers) {
   if (parses_as_pickle(d)) return true;
   if (layers == 0) return false;
+  if (!worth_decoding(first_decoded_byte(d, base64_digit, 6), layers - 1) &&
+      !worth_decoding(first_decoded_byte(d, hex_digit, 4), layers - 1))
+    return false;
   if (auto b = base64_decode(d); b && holds_pickle(*b, layers - 1)) return true;
   if (auto h = hex_decode(d); h && holds_pickle(*h, layers - 1)) return true;
   return false;
