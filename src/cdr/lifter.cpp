@@ -1024,64 +1024,9 @@ class Lifter {
     size_t first_module = m_.architecture.size();
     MCDR_TRY(flatten_module(id, "", root_prefix, sd, depth, 0));
     MCDR_TRY(merge_equal_keys(sd, at(id).offset));  // state_dict() assigns each name: the last wins
-    for (size_t i = first_module; i < m_.architecture.size(); ++i) vet_architecture(m_.architecture[i], at(id).offset);
+    for (size_t i = first_module; i < m_.architecture.size(); ++i)
+      vet_architecture(m_.architecture[i], m_.findings, opt_.entry, at(id).offset);
     return m_.add(std::move(sd));
-  }
-
-  // The architecture JSON records names chosen by the file's author. Only what reads as a
-  // Python name is kept (ASCII dotted identifiers, bounded); a code string, an escape sequence
-  // or a function that runs code (os.system) is replaced by kRejectedName and reported, so
-  // no tool reading the JSON mistakes it for a module path or class.
-  void vet_architecture(model::ModuleInfo& info, uint64_t offset) {
-    auto reject = [&](std::string& name, const char* what) {
-      note(Severity::low, "cdr.architecture-name",
-           std::string(what) + " '" + name.substr(0, 80) + "' is not a plain Python name: recorded as " + kRejectedName,
-           offset);
-      name = kRejectedName;
-    };
-    std::string_view path = info.path;
-    std::string root;
-    if (!path.empty() && path[0] == '#') {  // our own "#N/" prefix for a second module root
-      auto slash = path.find('/');
-      root = std::string(path.substr(0, slash + 1));
-      path.remove_prefix(slash + 1);
-    }
-    if (!path.empty() && !dotted_name(path, true)) {
-      std::string p(path);
-      reject(p, "module path");
-      info.path = root + p;
-    }
-    bool callable_danger = unknown_global_severity(info.class_module, info.class_name) == Severity::critical;
-    if (!info.class_module.empty() &&
-        (!dotted_name(info.class_module, false) || !dotted_name(info.class_name, false) || callable_danger)) {
-      std::string c = info.class_module + "." + info.class_name;
-      reject(c, callable_danger ? "class (a function that runs code)" : "class");
-      info.class_module = c;  // the marker alone: no class name
-      info.class_name.clear();
-    }
-    for (auto* names : {&info.parameters, &info.buffers})
-      for (auto& n : *names)
-        if (!dotted_name(n, true) || n.find('.') != std::string::npos) reject(n, "tensor name");
-  }
-
-  // A '.'-separated run of ASCII identifiers (or, for module paths, the decimal indexes of
-  // Sequential children), at most 1024 bytes.
-  static bool dotted_name(std::string_view s, bool allow_index) {
-    if (s.empty() || s.size() > 1024) return false;
-    size_t start = 0;
-    while (start <= s.size()) {
-      size_t end = s.find('.', start);
-      if (end == std::string_view::npos) end = s.size();
-      std::string_view part = s.substr(start, end - start);
-      if (part.empty()) return false;
-      bool digits = std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
-      bool ident = !(part[0] >= '0' && part[0] <= '9') && std::all_of(part.begin(), part.end(), [](char c) {
-        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
-      });
-      if (!ident && !(allow_index && digits)) return false;
-      start = end + 1;
-    }
-    return true;
   }
 
   // Entries of a str-keyed dict node as CPython's unpickler leaves them: a repeated key keeps
@@ -1490,7 +1435,65 @@ class Lifter {
   std::string unsupported_;  // why the last tensor call was not recognised, if known
 };
 
+// A '.'-separated run of ASCII identifiers (or, for module paths, the decimal indexes of
+// Sequential children), at most 1024 bytes.
+bool dotted_name(std::string_view s, bool allow_index) {
+  if (s.empty() || s.size() > 1024) return false;
+  size_t start = 0;
+  while (start <= s.size()) {
+    size_t end = s.find('.', start);
+    if (end == std::string_view::npos) end = s.size();
+    std::string_view part = s.substr(start, end - start);
+    if (part.empty()) return false;
+    bool digits = std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
+    bool ident = !(part[0] >= '0' && part[0] <= '9') && std::all_of(part.begin(), part.end(), [](char c) {
+      return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+    });
+    if (!ident && !(allow_index && digits)) return false;
+    start = end + 1;
+  }
+  return true;
+}
+
 }  // namespace
+
+// The architecture JSON records names chosen by the file's author. Only what reads as a
+// Python name is kept (ASCII dotted identifiers, bounded); a code string, an escape sequence
+// or a function that runs code (os.system) is replaced by kRejectedName and reported, so
+// no tool reading the JSON mistakes it for a module path or class.
+void vet_architecture(model::ModuleInfo& info, Findings& findings, const std::string& entry, uint64_t offset) {
+  auto reject = [&](std::string& name, const char* what) {
+    add_finding(findings, Severity::low, "cdr.architecture-name",
+                std::string(what) + " '" + name.substr(0, 80) + "' is not a plain Python name: recorded as " + kRejectedName,
+                entry, offset);
+    name = kRejectedName;
+  };
+  std::string_view path = info.path;
+  std::string root;
+  if (!path.empty() && path[0] == '#') {  // the lifter's own "#N/" prefix for a second module root
+    auto slash = path.find('/');
+    if (slash != std::string_view::npos) {
+      root = std::string(path.substr(0, slash + 1));
+      path.remove_prefix(slash + 1);
+    }
+  }
+  if (!path.empty() && !dotted_name(path, true)) {
+    std::string p(path);
+    reject(p, "module path");
+    info.path = root + p;
+  }
+  bool runs_code = unknown_global_severity(info.class_module, info.class_name) == Severity::critical;
+  if (!info.class_module.empty() &&
+      (!dotted_name(info.class_module, false) || !dotted_name(info.class_name, false) || runs_code)) {
+    std::string c = info.class_module + "." + info.class_name;
+    reject(c, runs_code ? "class (a function that runs code)" : "class");
+    info.class_module = c;  // the marker alone: no class name
+    info.class_name.clear();
+  }
+  for (auto* names : {&info.parameters, &info.buffers})
+    for (auto& n : *names)
+      if (!dotted_name(n, true) || n.find('.') != std::string::npos) reject(n, "tensor name");
+}
 
 Result<Model> lift(const Program& program, const StorageResolver& resolver, const LiftOptions& options) {
   Lifter l(program, resolver, options);
