@@ -436,7 +436,6 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
   data_ends.reserve(static_cast<size_t>(er.entries));
   std::unordered_set<std::string> names;
   std::vector<ExtraField> extras;
-  std::vector<uint8_t> scratch;
 
   MCDR_ASSIGN(ByteCursor cdc_full, cursor_at(file, er.cd_offset, "central directory"));
   MCDR_ASSIGN(Bytes cd_bytes, cdc_full.take(er.cd_size));

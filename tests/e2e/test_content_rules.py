@@ -414,3 +414,24 @@ def test_architecture_names_vetted(tmp_path):
     # the weights are still there, under the (data) key names torch.load would give
     sd = load_output(out)
     assert set(sd) == {"__import__('os').lin.weight", "__import__('os').lin.bias"}, list(sd)
+
+
+def test_torchscript_architecture_names_vetted(tmp_path):
+    src = tmp_path / "src.pt"
+    torch.jit.save(torch.jit.script(Outer()), str(src))
+    inp = tmp_path / "in.pt"
+
+    def edit(name, data):
+        if name.endswith("/data.pkl"):
+            assert b"zzzzzzzzzzzzzzzz" in data
+            data = data.replace(b"zzzzzzzzzzzzzzzz", b"__import__('os')")
+        return data
+
+    rewrite_zip(src, inp, edit)
+    out = tmp_path / "out.pt"
+    rc, so, se, rep = disarm(inp, out, report=tmp_path / "r.json")
+    assert rc == 1, explain(rc, so, se)
+    arch_text = Path(str(out) + ".architecture.json").read_text()
+    assert "__import__" not in arch_text, arch_text
+    assert any(m["path"] == "<rejected>" for m in json.loads(arch_text)["modules"]), arch_text
+    assert any(f["rule"] == "cdr.architecture-name" for f in rep["files"][0]["removed"]), rep
