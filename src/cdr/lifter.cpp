@@ -286,7 +286,11 @@ class Lifter {
       case ValueKind::complex:
         if (std::isnan(v.imag)) return std::nullopt;
         if (v.imag == 0) return float_form(v.f);
-        if (auto re = float_form(v.f)) return "C" + *re + float_form(v.imag).value_or("");
+        if (auto re = float_form(v.f)) {
+          std::string out = "C" + *re;  // a non-zero imaginary part equals only itself
+          out.append(reinterpret_cast<const char*>(&v.imag), sizeof v.imag);
+          return out;
+        }
         return std::nullopt;
       case ValueKind::string: return sized('S', v.text);
       case ValueKind::bytes: return sized('Y', v.text);
@@ -1082,7 +1086,7 @@ class Lifter {
         key_value.text = prefix + *name;
         (void)k;
         sd.entries.emplace_back(m_.add(std::move(key_value)), v);
-        if (std::find(names.begin(), names.end(), *name) == names.end()) names.push_back(*name);
+        names.push_back(*name);  // unique: last_value_wins merged repeated names
       }
       return ok_status();
     };
