@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import corpus_dir, disarm, explain, manifest_records, require_bin, run_cli
+from conftest import (corpus_dir, disarm, explain, load_default_output, manifest_records, require_bin,
+                      run_cli)
 import vocab
 
 np = pytest.importorskip("numpy")
@@ -135,7 +136,7 @@ def test_joblib_arrays_to_pt(tmp_path, compress):
     out, report = run(tmp_path, inp)
     assert report["files"][0]["format"] == "joblib", report["files"][0]
     assert vocab.check_output(out, "torch2") == []
-    got = vocab.static_torch_load(out)  # torch 1.13's weights_only loader has no BINFLOAT
+    got = load_default_output(out)
     for k in ("f8", "f4", "i8", "u1", "b1", "fortran", "empty"):
         assert np.array_equal(got[k].numpy(), obj[k]), k
     assert got["scalar"] == 2.5
@@ -325,4 +326,4 @@ def test_corpus_benign_joblib(tmp_path, rec):
         return  # documented: model.json-era TorchScript archives are rejected
     assert rc in (0, 1), explain(rc, so, se)
     assert vocab.check_output(out, "torch2") == []
-    vocab.static_torch_load(out)
+    load_default_output(out)
