@@ -464,10 +464,12 @@ def torch_globals_map():
     return gm
 
 
-def static_torch_load(path) -> Any:
+def static_torch_load(path, extra_globals: Optional[Dict[str, Any]] = None,
+                      build_ok: Optional[Callable[[Any, Any], bool]] = None) -> Any:
     """Read a torch zip (e.g. our default-mode output with BINFLOAT) without torch's unpickler.
 
-    Uses ``static_load`` with ``torch_globals_map``; storages come from ``<prefix>/data/<key>``.
+    Uses ``static_load`` with ``torch_globals_map`` (plus ``extra_globals``, e.g. inert stand-ins for
+    classes, and ``build_ok`` for their BUILD); storages come from ``<prefix>/data/<key>``.
     """
     import torch
 
@@ -499,7 +501,9 @@ def static_torch_load(path) -> Any:
         cache[key] = st
         return st
 
-    return static_load(data, torch_globals_map(), pload)
+    gm = torch_globals_map()
+    gm.update(extra_globals or {})
+    return static_load(data, gm, pload, build_ok)
 
 
 # --------------------------------------------------------------------------------------------------
