@@ -29,7 +29,11 @@ if ! "$PY" -c 'import ensurepip' 2>/dev/null; then
 fi
 
 rm -f "$STAMP"
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+# A venv made by another interpreter (or half-made) is rebuilt from scratch.
+version() { "$1" -c 'import sys; print(sys.version)' 2>/dev/null; }
+if [ ! -x "$VENV/bin/python" ] || [ "$(version "$VENV/bin/python")" != "$(version "$PY")" ]; then
+  "$PY" -m venv --clear "$VENV"
+fi
 # pip's "Location ... is ignored" lines are noise from this machine's optional local indexes.
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$REQ" 2>&1 \
   | { grep -v "is ignored: it is neither a file nor a directory" || true; }
