@@ -195,6 +195,28 @@ def test_legacy_format_state_dict(tmp_path, arch):
     assert got._metadata == sd._metadata
 
 
+@pytest.mark.torch2
+def test_transformers_gpt2_state_dict_runs_the_same(tmp_path):
+    """A Hugging Face pytorch_model.bin (torch.save of the state dict, lm_head tied to wte), built here
+    from a config (no download): the disarmed file loads into a fresh model that computes the same."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16,
+                                  bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    sd = model.state_dict()
+    out, _, _ = run_roundtrip(tmp_path, sd, name="pytorch_model.bin")
+    got = load_default_output(out)
+    assert_same(sd, got)
+    wte, head = got["transformer.wte.weight"], got["lm_head.weight"]
+    assert head.untyped_storage().data_ptr() == wte.untyped_storage().data_ptr(), "lm_head no longer tied"
+    fresh = transformers.GPT2LMHeadModel(cfg).eval()
+    fresh.load_state_dict(got, strict=True)
+    ids = torch.arange(12).reshape(1, 12)
+    with torch.no_grad():
+        assert torch.equal(fresh(ids).logits, model(ids).logits)
+
+
 # --------------------------------------------------------------------------------------------------
 # dtypes and layouts
 # --------------------------------------------------------------------------------------------------

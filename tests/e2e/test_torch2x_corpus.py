@@ -13,17 +13,18 @@ read from the original WITHOUT a full unpickler:
                             tensors keyed by attribute path
   safetensors               safetensors.torch.load_file
   npy / npz                 numpy.load(allow_pickle=False)
-  pickle (scikit-learn)     data-only evaluation (vocab.static_load): sklearn classes become their
-                            attribute dicts, numpy arrays/dtypes/scalars are rebuilt from their bytes;
-                            compared by value (numpy's memory order is not kept: tensors are contiguous)
-  joblib                    no safe reference reader for joblib's inline array records yet: the output
-                            is checked (profile, weights_only load, tensor count) but not compared
+  pickle, joblib (sklearn)  data-only evaluation (vocab.static_load): sklearn classes become inert
+                            stubs holding their attribute dicts, numpy arrays/dtypes/scalars are
+                            rebuilt from their bytes (joblib's arrays from the raw records that follow
+                            each NumpyArrayWrapper in the stream); compared by value (numpy's memory
+                            order is not kept: tensors are contiguous; structured arrays are bytes)
 
 Files modelcdr cannot rebuild faithfully yet are strict xfails with the reason (FIDELITY).
 """
 from __future__ import annotations
 
 import collections
+import io
 import json
 import pickletools
 import zipfile
@@ -72,13 +73,6 @@ CONTENT_FIDELITY = {
 UNWRITTEN_ARRAYS = {
     PREFIX + "sk_forest_np2.joblib": 3,  # each sklearn Tree's n_classes, a REDUCE argument
 }
-
-NO_REFERENCE = {
-    PREFIX + "sk_forest_np2.joblib":
-        "no safe reference: joblib stores arrays as raw records inside the pickle stream, which the "
-        "data-only evaluator cannot read (output checked by the other tests, not compared)",
-}
-
 
 def params(xfail=None):
     if not RECORDS:
@@ -176,42 +170,85 @@ def torchscript_reference(src):
     return stub_tensors(root)
 
 
+class LazyStubs(dict):
+    """Global table that gives every name under `prefixes` an inert stub class on first use."""
+
+    def __init__(self, base, prefixes):
+        super().__init__(base)
+        self.prefixes = prefixes
+
+    def __contains__(self, key):
+        return dict.__contains__(self, key) or str(key).startswith(self.prefixes)
+
+    def __missing__(self, key):
+        self[key] = stub = type(key.replace(" ", "."), (Stub,), {})
+        return stub
+
+
+class DType(Stub):
+    """numpy.dtype(code, align, copy) + BUILD (3, byteorder, subarray, names, fields, itemsize, ...)."""
+
+    @property
+    def code(self):
+        return self.args[0]
+
+    def numpy(self):
+        if not isinstance(self.code, str) or self.code[:1] not in "bifucmMUV?":
+            raise vocab.StaticLoadError(f"dtype {self.code!r}")
+        st = self.state or (3, "|")
+        if st[1] not in ("<", "|", "="):  # only little-endian / neutral data is made here
+            raise vocab.StaticLoadError(f"dtype byte order {st[1]!r}")
+        if len(st) > 5 and st[4] is not None:  # structured: written as its bytes
+            return np.dtype(("V", st[5]))
+        return np.dtype(self.code)
+
+
+def array_from(raw, dtype: DType, shape, fortran):
+    dt = dtype.numpy()
+    a = np.frombuffer(bytes(raw), dtype=dt if dt.kind != "V" else np.uint8)
+    if dt.kind == "V":  # structured records: disarm writes them as flat uint8 bytes
+        return a
+    return a.reshape(shape, order="F" if fortran else "C")
+
+
 class NdArray(Stub):
     """numpy's ndarray as pickled: _reconstruct(ndarray, (0,), b'b') then BUILD with its bytes."""
 
     def build(self, state):
         _ver, shape, dtype, fortran, raw = state
-        if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(raw, (bytes, bytearray)):
+        if not isinstance(dtype, DType) or not isinstance(raw, (bytes, bytearray)):
             raise vocab.StaticLoadError(f"ndarray state not plain data: {dtype!r}")
-        self.array = np.frombuffer(bytes(raw), dtype=dtype).reshape(shape, order="F" if fortran else "C")
+        self.array = array_from(raw, dtype, shape, fortran)
 
 
-def numpy_dtype(name, _align=False, _copy=True):
-    if not isinstance(name, str) or name[:1] not in "bifucmMU?":
-        raise vocab.StaticLoadError(f"dtype {name!r}")
-    return np.dtype(name)
+class JoblibArray(Stub):
+    """joblib's NumpyArrayWrapper: its BUILD state describes the raw array record that follows it."""
+
+    def read(self, state, stream):
+        dtype, shape = state["dtype"], tuple(state["shape"])
+        if "numpy_array_alignment_bytes" in state:  # one length byte, then that much padding
+            stream.read(stream.read(1)[0])
+        itemsize = dtype.numpy().itemsize
+        n = itemsize * int(np.prod(shape, dtype=np.int64))
+        raw = stream.read(n)
+        if len(raw) != n:
+            raise vocab.StaticLoadError("joblib array record truncated")
+        self.array = array_from(raw, dtype, shape[::-1] if state["order"] == "F" else shape, False)
+        if state["order"] == "F" and self.array.ndim > 1:
+            self.array = self.array.T
 
 
 def numpy_scalar(dtype, raw):
-    return np.frombuffer(bytes(raw), dtype=dtype)[0]
-
-
-def build_sklearn(obj, state):
-    if isinstance(obj, NdArray):
-        obj.build(state)
-        return True
-    if isinstance(obj, np.dtype):  # (3, byteorder, ...): only native little-endian/neutral is plain data here
-        if not (isinstance(state, tuple) and state[1] in ("<", "|", "=")):
-            raise vocab.StaticLoadError(f"dtype state {state!r}")
-        return True
-    return build_stub(obj, state)
+    return np.frombuffer(bytes(raw), dtype=dtype.numpy())[0]
 
 
 def plain(x):
     """A stub-evaluated sklearn object as disarm writes it: objects -> attribute dicts, arrays ->
-    tensors, numpy scalars -> Python numbers."""
-    if isinstance(x, NdArray):
+    tensors, dtypes -> their code, numpy scalars -> Python numbers."""
+    if isinstance(x, (NdArray, JoblibArray)):
         return torch.from_numpy(x.array.copy())
+    if isinstance(x, DType):
+        return x.code
     if isinstance(x, Stub):
         return {k: plain(v) for k, v in (x.state or {}).items()}
     if isinstance(x, np.generic):
@@ -223,17 +260,29 @@ def plain(x):
     return x
 
 
-def sklearn_pickle_reference(src):
-    data = Path(src).read_bytes()
-    names = pickle_global_names(data)
-    gm = dict(vocab.PLAIN_GLOBALS)
-    gm.update(stub_globals(names, ("sklearn.",)))
+def sklearn_reference(src):
+    """Data-only evaluation of a scikit-learn pickle or (uncompressed) joblib file."""
+    stream = io.BytesIO(Path(src).read_bytes())
+    gm = LazyStubs(vocab.PLAIN_GLOBALS, ("sklearn.",))
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
         gm[f"{mod} _reconstruct"] = NdArray
         gm[f"{mod} scalar"] = numpy_scalar
     gm["numpy ndarray"] = np.ndarray  # only ever the first argument of _reconstruct
-    gm["numpy dtype"] = numpy_dtype
-    return plain(vocab.static_load(data, gm, build_ok=build_sklearn))
+    gm["numpy dtype"] = DType
+    gm["joblib.numpy_pickle NumpyArrayWrapper"] = JoblibArray
+
+    def build(obj, state):
+        if isinstance(obj, NdArray):
+            obj.build(state)
+        elif isinstance(obj, JoblibArray):
+            obj.read(state, stream)  # the array record follows the BUILD opcode in the stream
+        elif isinstance(obj, Stub):
+            obj.state = state
+        else:
+            return False
+        return True
+
+    return plain(vocab.static_load(stream, gm, build_ok=build))
 
 
 def reference(rec):
@@ -252,8 +301,8 @@ def reference(rec):
     if fmt == "npz":
         with np.load(src, allow_pickle=False) as z:
             return {k: torch.from_numpy(z[k]) for k in z.files}
-    if fmt == "pickle":
-        return sklearn_pickle_reference(src)
+    if fmt in ("pickle", "joblib"):
+        return sklearn_reference(src)
     raise AssertionError(f"no reference reader for {rec['path']} ({fmt})")
 
 
@@ -308,12 +357,10 @@ def _tensors(obj):
 
 @pytest.mark.parametrize("rec", params({**FIDELITY, **CONTENT_FIDELITY}))
 def test_torch2x_content_equal(rec, results):
-    if rec["path"] in NO_REFERENCE:
-        pytest.skip(NO_REFERENCE[rec["path"]])
     r = results[rec["path"]]
     exp = reference(rec)
     got = torch.load(r["out"], weights_only=True)
-    d = vocab.compare(exp, got, strict_layout=rec["format"] != "pickle")
+    d = vocab.compare(exp, got, strict_layout=rec["format"] not in ("pickle", "joblib"))
     assert d == [], "\n".join(d[:40])
     assert storage_groups(got) == storage_groups(exp), "shared storages differ after disarm"
 

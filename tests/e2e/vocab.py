@@ -285,7 +285,10 @@ def static_load(data: bytes, globals_map: Optional[Dict[str, Any]] = None,
     or when ``build_ok(obj, state)`` says so (then ``obj.__setstate__``/__dict__ update is done by it).
     """
     gm = PLAIN_GLOBALS if globals_map is None else globals_map
-    callables = {id(o) for o in gm.values()}
+
+    def callable_ok(f):  # looked up per call: a table may add inert stand-ins as names appear
+        return any(f is o for o in gm.values())
+
     stack: List[Any] = []
     memo: Dict[int, Any] = {}
 
@@ -410,7 +413,7 @@ def static_load(data: bytes, globals_map: Optional[Dict[str, Any]] = None,
         elif n in ("REDUCE", "NEWOBJ"):
             args = stack.pop()
             func = stack.pop()
-            if id(func) not in callables:
+            if not callable_ok(func):
                 raise StaticLoadError(f"{n} of a non-allowlisted object")
             if not isinstance(args, tuple):
                 raise StaticLoadError(f"{n} args not a tuple")
