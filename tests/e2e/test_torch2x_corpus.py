@@ -74,6 +74,7 @@ UNWRITTEN_ARRAYS = {
     PREFIX + "sk_forest_np2.joblib": 3,  # each sklearn Tree's n_classes, a REDUCE argument
 }
 
+
 def params(xfail=None):
     if not RECORDS:
         return [pytest.param(None, marks=pytest.mark.skip(reason=f"no {PREFIX} records in {corpus_dir()}"))]
@@ -105,16 +106,8 @@ def results(tmp_path_factory):
 # references
 # --------------------------------------------------------------------------------------------------
 def pickle_global_names(data: bytes):
-    """'module name' of every GLOBAL / STACK_GLOBAL, read with the disassembler."""
-    names, strings = set(), []
-    for op, arg, _pos in pickletools.genops(data):
-        if op.name == "GLOBAL":
-            names.add(str(arg))
-        elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
-            strings.append(str(arg))
-        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-            names.add(f"{strings[-2]} {strings[-1]}")
-    return names
+    """'module name' of every GLOBAL opcode (torch's protocol-2 pickles), read with the disassembler."""
+    return {str(arg) for op, arg, _pos in pickletools.genops(data) if op.name == "GLOBAL"}
 
 
 def zip_data_pkl(path) -> bytes:
@@ -142,8 +135,19 @@ class Stub:
         self.args, self.state = args, None
 
 
-def stub_globals(names, prefixes):
-    return {n: type(n.replace(" ", "."), (Stub,), {}) for n in names if n.startswith(prefixes)}
+class LazyStubs(dict):
+    """Global table that gives every name under `prefixes` an inert stub class on first use."""
+
+    def __init__(self, base, prefixes):
+        super().__init__(base)
+        self.prefixes = prefixes
+
+    def __contains__(self, key):
+        return dict.__contains__(self, key) or str(key).startswith(self.prefixes)
+
+    def __missing__(self, key):
+        self[key] = stub = type(key.replace(" ", "."), (Stub,), {})
+        return stub
 
 
 def build_stub(obj, state):
@@ -165,24 +169,8 @@ def stub_tensors(obj, prefix=""):
 
 
 def torchscript_reference(src):
-    names = pickle_global_names(zip_data_pkl(src))
-    root = vocab.static_torch_load(src, stub_globals(names, ("__torch__.",)), build_stub)
+    root = vocab.static_torch_load(src, LazyStubs(vocab.torch_globals_map(), ("__torch__.",)), build_stub)
     return stub_tensors(root)
-
-
-class LazyStubs(dict):
-    """Global table that gives every name under `prefixes` an inert stub class on first use."""
-
-    def __init__(self, base, prefixes):
-        super().__init__(base)
-        self.prefixes = prefixes
-
-    def __contains__(self, key):
-        return dict.__contains__(self, key) or str(key).startswith(self.prefixes)
-
-    def __missing__(self, key):
-        self[key] = stub = type(key.replace(" ", "."), (Stub,), {})
-        return stub
 
 
 class DType(Stub):

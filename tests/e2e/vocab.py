@@ -467,12 +467,12 @@ def torch_globals_map():
     return gm
 
 
-def static_torch_load(path, extra_globals: Optional[Dict[str, Any]] = None,
+def static_torch_load(path, globals_map: Optional[Dict[str, Any]] = None,
                       build_ok: Optional[Callable[[Any, Any], bool]] = None) -> Any:
     """Read a torch zip (e.g. our default-mode output with BINFLOAT) without torch's unpickler.
 
-    Uses ``static_load`` with ``torch_globals_map`` (plus ``extra_globals``, e.g. inert stand-ins for
-    classes, and ``build_ok`` for their BUILD); storages come from ``<prefix>/data/<key>``.
+    Uses ``static_load`` with ``torch_globals_map`` (or ``globals_map``, e.g. that table plus inert
+    stand-ins for classes, with ``build_ok`` for their BUILD); storages come from ``<prefix>/data/<key>``.
     """
     import torch
 
@@ -504,9 +504,7 @@ def static_torch_load(path, extra_globals: Optional[Dict[str, Any]] = None,
         cache[key] = st
         return st
 
-    gm = torch_globals_map()
-    gm.update(extra_globals or {})
-    return static_load(data, gm, pload, build_ok)
+    return static_load(data, torch_globals_map() if globals_map is None else globals_map, pload, build_ok)
 
 
 # --------------------------------------------------------------------------------------------------
