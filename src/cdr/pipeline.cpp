@@ -54,10 +54,18 @@ Result<formats::ParsedModel> parse(std::span<const uint8_t> bytes, Format format
   }
 }
 
+// A numeric numpy array lifted from a pickle/joblib is written as a tensor as well (object arrays
+// become lists), so the report counts it with the tensors whose bytes it already sums.
+bool is_numeric_array(const model::Model& m, const model::Value& v) {
+  return v.kind == model::ValueKind::ndarray && v.items.empty() && v.tensor < m.tensors.size() &&
+         v.state < m.values.size() &&
+         m.values[v.state].text.rfind("O", 0) != 0;
+}
+
 TensorStats tensor_stats(const model::Model& m) {
   TensorStats s;
   for (const auto& v : m.values) {
-    if (v.kind != model::ValueKind::tensor) continue;
+    if (v.kind != model::ValueKind::tensor && !is_numeric_array(m, v)) continue;
     ++s.count;
     s.dtypes[model::dtype_info(m.tensors[v.tensor].dtype).name]++;
   }

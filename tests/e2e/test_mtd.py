@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import explain, run_cli
+from conftest import explain, import_torchvision, run_cli
 
+pytestmark = pytest.mark.torchvision
 torch = pytest.importorskip("torch")
-torchvision = pytest.importorskip("torchvision")
+torchvision = import_torchvision(module_level=True)
 
 
 # ---- helpers -----------------------------------------------------------------------------------

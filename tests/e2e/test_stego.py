@@ -1,6 +1,6 @@
 """Weight-level CDR end to end: disarm --randomize-lsb, scan --stego, modelcdr-lab embed/extract.
 
-Inputs are benign and built here with torch 1.13; outputs are loaded with torch.load(weights_only=True).
+Inputs are benign and built here with torch; outputs are loaded with torch.load(weights_only=True).
 
     MODELCDR_BIN=build-stego/modelcdr /usr/bin/python3 -m pytest tests/e2e/test_stego.py
 (modelcdr-lab is looked up next to MODELCDR_BIN, or set MODELCDR_LAB.)
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import bin_path, disarm, explain, require_bin, run_cli
+from conftest import bin_path, disarm, explain, import_torchvision, require_bin, run_cli
 import stego_digits
 
 torch = pytest.importorskip("torch")
@@ -231,9 +231,10 @@ def stego_scan(path):
     return rc, flagged
 
 
+@pytest.mark.torchvision
 def test_scan_stego_clean_models_not_flagged(tmp_path, digits_model):
     require_bin()
-    tv = pytest.importorskip("torchvision")
+    tv = import_torchvision()
     rc, flagged = stego_scan(digits_model[0])
     assert rc == 0 and flagged == [], flagged
     torch.manual_seed(0)
