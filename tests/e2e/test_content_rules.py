@@ -202,10 +202,13 @@ def torch2_style_checkpoint(tmp_path):
     torch.save({"w": torch.arange(4.0)}, src)
     out = tmp_path / "in.pt"
     with zipfile.ZipFile(src) as z:
-        prefix = z.namelist()[0].split("/")[0]
-    rewrite_zip(src, out, extra=[(f"{prefix}/.format_version", b"1"), (f"{prefix}/.storage_alignment", b"64"),
-                                 (f"{prefix}/.data/serialization_id", b"1234567890123456789012345678901234567890"),
-                                 (f"{prefix}/data/99", b"\0" * 16), (f"{prefix}/extra.txt", b"hello")])
+        names = z.namelist()
+    prefix = names[0].split("/")[0]
+    wanted = [(f"{prefix}/.format_version", b"1"), (f"{prefix}/.storage_alignment", b"64"),
+              (f"{prefix}/.data/serialization_id", b"1234567890123456789012345678901234567890"),
+              (f"{prefix}/data/99", b"\0" * 16), (f"{prefix}/extra.txt", b"hello")]
+    # torch 2.x already writes the bookkeeping records; add only what this torch left out
+    rewrite_zip(src, out, extra=[(n, d) for n, d in wanted if n not in names])
     src.unlink()
     return out, prefix
 
