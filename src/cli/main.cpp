@@ -181,13 +181,26 @@ std::optional<OutputFormat> pick_format(const std::string& to, bool to_given, co
   return given;
 }
 
-// CLI11 reads "--randomize-lsb IN" as the option's value; the value is only taken in the
-// "--randomize-lsb=SPEC" spelling, so a bare flag means the defaults.
+// A --randomize-lsb value: 'default', N, or TYPE=N[,TYPE=N...] (never a path such as model.pt).
+bool looks_like_lsb_spec(const std::string& a) {
+  if (a == "default") return true;
+  if (a.empty() || a.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789=,") != std::string::npos) return false;
+  return a.find_first_not_of("0123456789") == std::string::npos || a.find('=') != std::string::npos;
+}
+
+// CLI11 would read "--randomize-lsb IN" as the option's value. A following argument is its
+// value only when it looks like one; otherwise the bare flag means the defaults.
 std::vector<std::string> normalize_args(int argc, char** argv) {
   std::vector<std::string> args;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    args.push_back(a == "--randomize-lsb" ? "--randomize-lsb=default" : a);
+    if (a != "--randomize-lsb") {
+      args.push_back(a);
+    } else if (i + 1 < argc && looks_like_lsb_spec(argv[i + 1])) {
+      args.push_back(a + "=" + argv[++i]);
+    } else {
+      args.push_back("--randomize-lsb=default");
+    }
   }
   std::reverse(args.begin(), args.end());  // CLI11's vector form takes the arguments reversed
   return args;
