@@ -304,9 +304,12 @@ void reject_collisions(const std::vector<Entry>& entries, std::vector<Plan>& pla
     if (users.size() < 2) continue;
     std::string list;
     for (size_t i : users) list += (list.empty() ? "" : ", ") + entries[i].rel;
-    for (size_t i : users)
+    for (size_t i : users) {
+      auto what = plans[i].what;
       plans[i] = reject("io.name-collision", "output name collision: " + list + " would all be written to " + out +
                                                  "/" + name + "; none of them is written");
+      plans[i].what = what;
+    }
   }
 }
 
@@ -396,7 +399,7 @@ FileReport execute(int in_root, int out_root, const Entry& e, const Plan& p, con
 }
 
 FileReport report_for(const std::string& shown_input, const Entry& e, const Plan& p) {
-  FileReport r = base_report(shown_input, p.what.kind == Kind::model ? "unknown" : engine::kind_name(p.what.kind),
+  FileReport r = base_report(shown_input, p.what.kind == Kind::model ? p.what.detail.c_str() : engine::kind_name(p.what.kind),
                              p.action == Action::reject ? FileStatus::rejected : FileStatus::skipped);
   if (p.action == Action::reject) r.error = p.error;
   else r.note = p.note;
@@ -507,7 +510,9 @@ int disarm_directory(const std::string& in, const std::string& out, const BatchO
       plans[i] = reject(dir.error().rule, dir.error().message);
       return;
     }
-    plans[i] = decide(e.rel, engine::classify(fd_path(dir->get(), name_of(e.rel))), o);
+    auto what = engine::classify(fd_path(dir->get(), name_of(e.rel)));
+    plans[i] = decide(e.rel, what, o);
+    plans[i].what = what;
   });
   reject_collisions(entries, plans, out);
   reports.assign(entries.size(), FileReport{});

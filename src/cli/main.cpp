@@ -140,6 +140,10 @@ int disarm_main(const std::string& in, const std::string& out, const std::string
   // The report's temporary file is made first: a report that cannot be written fails the
   // command before any output exists.
   std::optional<io::AtomicOutput> report;
+  if (!report_path.empty() && (same_file(report_path, in) || same_file(report_path, out))) {
+    std::cerr << "modelcdr: --report " << report_path << ": must not be the input or the output\n";
+    return 2;
+  }
   if (!report_path.empty()) {
     auto r = io::AtomicOutput::create(report_path, false, batch.disarm.force);
     if (!r.ok()) {

@@ -220,6 +220,7 @@ int open_options(const MtdArgs& a, mtd::RestoreOptions& o, std::vector<std::uniq
 
 int restore_main(const MtdArgs& a) {
   if (a.input.empty() || a.output.empty() || a.map.empty()) return usage("restore: IN, --map MAP and -o OUT are required");
+  if (io::path_exists(a.output)) return usage("restore: " + a.output + " already exists: remove it or choose another name");
   mtd::RestoreOptions o;
   std::vector<std::unique_ptr<mtd::KeyFile>> keep;
   if (int rc = open_options(a, o, keep); rc >= 0) return rc;

@@ -296,7 +296,7 @@ Classification classify_bytes(const std::string& file_name, std::span<const uint
     default: return {Kind::model, container::format_name(f)};  // every codec, tar, 7z, npy, ...
   }
   // Not a pickle, zip, tar or codec stream. Text may still be one an unpickler acts on.
-  if (is_utf8_text(b) && b.size() <= kMaxText && may_unpickle(b)) return {Kind::model, "pickle"};
+  if (b.size() <= kMaxText && is_utf8_text(b) && may_unpickle(b)) return {Kind::model, "pickle"};
   if (inert_binary(b)) return {Kind::inert_binary, "image"};
   auto text = text_kind(name, b);
   if (text.kind == Kind::unknown_binary)
