@@ -350,3 +350,12 @@ def test_randomize_lsb_flag_before_input(tmp_path):
     rc, so, se = run_cli("disarm", "--randomize-lsb", src, "-o", out)
     assert rc == 0, explain(rc, so, se)
     assert torch.load(out, weights_only=True)["w"].shape == (4,)
+
+
+def test_lab_usage_errors_exit_2():
+    from conftest import bin_path
+    lab = bin_path().parent / "modelcdr-lab"
+    if not lab.is_file():
+        pytest.skip("modelcdr-lab not built")
+    p = subprocess.run([str(lab), "--no-such-flag"], capture_output=True, timeout=60)
+    assert p.returncode == 2, p.stderr.decode()
