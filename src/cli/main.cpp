@@ -8,12 +8,14 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <memory>
+#include <mutex>
 #include <new>
 #include <optional>
 
-#include "cli/batch.hpp"
+#include "engine/batch.hpp"
 #include "cli/commands.hpp"
-#include "cli/hf_layout.hpp"
+#include "engine/output_names.hpp"
 #include "io/atomic_output.hpp"
 #include "modelcdr/api.hpp"
 #include "report/render.hpp"
@@ -122,6 +124,52 @@ bool output_usable(const std::string& in, const std::string& out, bool force) {
   return true;
 }
 
+// The folder summary: every rejection with its reason (even with --quiet), then one line.
+int summarize(const std::vector<FileReport>& reports, bool quiet) {
+  int rc = 0;
+  size_t clean = 0, removed = 0, rejected = 0, copied = 0, left_out = 0;
+  for (const auto& r : reports) {
+    rc = std::max(rc, exit_code(r.status));
+    if (r.status == FileStatus::clean) ++clean;
+    else if (r.status == FileStatus::removed) ++removed;
+    else if (r.status == FileStatus::rejected) ++rejected;
+    else if (!r.output.empty()) ++copied;
+    else ++left_out;
+    print_outcome(r, quiet);
+    if (!quiet && r.status == FileStatus::skipped && r.output.empty())
+      std::cerr << "modelcdr: skipped " << r.input << ": " << r.note << "\n";
+  }
+  std::cerr << "modelcdr: " << reports.size() << " files: " << clean << " clean, " << removed
+            << " disarmed with removals, " << rejected << " rejected, " << copied << " copied, " << left_out
+            << " left out\n";
+  return rc;
+}
+
+// A progress bar on a terminal, drawn from the worker threads.
+std::function<void(size_t, size_t)> progress_bar(bool enabled) {
+  if (!enabled) return {};
+  auto mu = std::make_shared<std::mutex>();
+  return [mu](size_t done, size_t total) {
+    std::lock_guard<std::mutex> lock(*mu);
+    const size_t width = 30, filled = total ? width * done / total : width;
+    std::cerr << "\r[" << std::string(filled, '#') << std::string(width - filled, ' ') << "] " << done << "/" << total
+              << " files" << std::flush;
+    if (done == total) std::cerr << "\n";
+  };
+}
+
+int disarm_folder(const std::string& in, const std::string& out, engine::BatchOptions batch, bool quiet,
+                  std::vector<FileReport>& reports) {
+  batch.progress = progress_bar(!quiet && ::isatty(2));
+  auto r = engine::disarm_directory(in, out, batch);
+  if (!r.ok()) {
+    std::cerr << "modelcdr: " << r.error().message << " [" << r.error().rule << "]\n";
+    return 2;
+  }
+  reports = std::move(*r);
+  return summarize(reports, quiet);
+}
+
 int disarm_single(const std::string& in, const std::string& out, const DisarmOptions& options, bool quiet,
                   std::vector<FileReport>& reports) {
   if (!output_usable(in, out, options.force)) return 2;
@@ -136,7 +184,7 @@ int disarm_single(const std::string& in, const std::string& out, const DisarmOpt
 }
 
 int disarm_main(const std::string& in, const std::string& out, const std::string& report_path,
-                const cli::BatchOptions& batch) {
+                const engine::BatchOptions& batch, bool quiet) {
   // The report's temporary file is made first: a report that cannot be written fails the
   // command before any output exists.
   std::optional<io::AtomicOutput> report;
@@ -153,8 +201,8 @@ int disarm_main(const std::string& in, const std::string& out, const std::string
     report.emplace(std::move(*r));
   }
   std::vector<FileReport> reports;
-  int rc = fs::is_directory(in) ? cli::disarm_directory(in, out, batch, reports)
-                                : disarm_single(in, out, batch.disarm, batch.quiet, reports);
+  int rc = fs::is_directory(in) ? disarm_folder(in, out, batch, quiet, reports)
+                                : disarm_single(in, out, batch.disarm, quiet, reports);
   if (report) {
     auto s = report->write(report::disarm_json(reports));
     if (s.ok()) s = report->commit();
@@ -175,10 +223,10 @@ std::optional<OutputFormat> pick_format(const std::string& to, bool to_given, co
                        : to == "pickle"    ? OutputFormat::pickle
                                            : OutputFormat::pt;
   if (folder) return given;
-  auto by_name = cli::format_for_name(fs::path(out).filename().string());
+  auto by_name = engine::format_for_name(fs::path(out).filename().string());
   if (!to_given) return by_name.value_or(OutputFormat::pt);
   if (by_name && *by_name != given) {
-    std::cerr << "modelcdr: -o " << out << " names a " << cli::format_flag(*by_name) << " file but --to is " << to
+    std::cerr << "modelcdr: -o " << out << " names a " << engine::format_flag(*by_name) << " file but --to is " << to
               << " (rename the output or drop --to)\n";
     return std::nullopt;
   }
@@ -291,14 +339,13 @@ static int run_cli(int argc, char** argv) {
       }
       options.transform = stego::make_lsb_transform(*policy);
     }
-    cli::BatchOptions batch;
+    engine::BatchOptions batch;
     batch.disarm = options;
     batch.format_given = to_opt->count() > 0;
     batch.jobs = jobs;
     batch.copy_other = copy_other_files;
     batch.copy_code = copy_code;
-    batch.quiet = quiet;
-    return disarm_main(in, out, report_path, batch);
+    return disarm_main(in, out, report_path, batch, quiet);
   }
   return run_extra_commands(app);
 }

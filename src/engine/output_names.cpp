@@ -1,9 +1,9 @@
-#include "cli/hf_layout.hpp"
+#include "engine/output_names.hpp"
 
 #include <array>
 #include <nlohmann/json.hpp>
 
-namespace modelcdr::cli {
+namespace modelcdr::engine {
 
 namespace {
 
@@ -110,4 +110,4 @@ Result<std::string> rewrite_index(std::span<const uint8_t> bytes, std::optional<
   return out.dump(2) + "\n";
 }
 
-}  // namespace modelcdr::cli
+}  // namespace modelcdr::engine

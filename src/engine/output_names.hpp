@@ -11,7 +11,7 @@
 
 #include "modelcdr/api.hpp"
 
-namespace modelcdr::cli {
+namespace modelcdr::engine {
 
 // The format a file name asks for (compression suffixes such as .gz ignored), if any.
 std::optional<OutputFormat> format_for_name(const std::string& name);
@@ -30,4 +30,4 @@ std::string index_output_name(const std::string& name, std::optional<OutputForma
 // metadata keeps only numbers and strings.
 Result<std::string> rewrite_index(std::span<const uint8_t> bytes, std::optional<OutputFormat> format);
 
-}  // namespace modelcdr::cli
+}  // namespace modelcdr::engine

@@ -1,4 +1,4 @@
-#include "cli/batch.hpp"
+#include "engine/batch.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -10,21 +10,18 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <iostream>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <thread>
 
-#include "cli/hf_layout.hpp"
+#include "engine/output_names.hpp"
 #include "engine/classify.hpp"
 #include "io/atomic_output.hpp"
 #include "io/mapped_file.hpp"
-#include "report/render.hpp"
 
 namespace fs = std::filesystem;
 
-namespace modelcdr::cli {
+namespace modelcdr::engine {
 
 namespace {
 
@@ -412,27 +409,6 @@ Plan plan_for_special(const Entry& e) {
   return reject("io.read", e.error);
 }
 
-class Progress {
- public:
-  Progress(size_t total, bool enabled) : total_(total), enabled_(enabled) {}
-  void tick() {
-    size_t d = ++done_;
-    if (!enabled_) return;
-    std::lock_guard<std::mutex> lock(mu_);
-    const int width = 30;
-    int filled = total_ ? static_cast<int>(width * d / total_) : width;
-    std::cerr << "\r[" << std::string(filled, '#') << std::string(width - filled, ' ') << "] " << d << "/" << total_
-              << " files" << std::flush;
-    if (d == total_) std::cerr << "\n";
-  }
-
- private:
-  size_t total_;
-  bool enabled_;
-  std::atomic<size_t> done_{0};
-  std::mutex mu_;
-};
-
 template <class F>
 void parallel_for(size_t n, unsigned jobs, F&& f) {
   std::atomic<size_t> next{0};
@@ -444,58 +420,17 @@ void parallel_for(size_t n, unsigned jobs, F&& f) {
   for (auto& t : pool) t.join();
 }
 
-int exit_code(FileStatus s) {
-  switch (s) {
-    case FileStatus::clean:
-    case FileStatus::skipped: return 0;
-    case FileStatus::removed: return 1;
-    default: return 2;
-  }
-}
-
-int summarize(const std::vector<FileReport>& reports, bool quiet) {
-  int rc = 0;
-  size_t clean = 0, removed = 0, rejected_n = 0, copied = 0, left_out = 0;
-  for (const auto& r : reports) {
-    rc = std::max(rc, exit_code(r.status));
-    if (r.status == FileStatus::clean) ++clean;
-    else if (r.status == FileStatus::removed) ++removed;
-    else if (r.status == FileStatus::rejected) ++rejected_n;
-    else if (!r.output.empty()) ++copied;
-    else ++left_out;
-    // Errors are printed even with --quiet: a rejected file must never pass unnoticed.
-    if (r.error) std::cerr << "modelcdr: rejected " << report::error_line(r.input, *r.error) << "\n";
-    if (quiet) continue;
-    for (const auto& f : r.removed) std::cerr << "modelcdr: removed " << report::text_line(r.input, f) << "\n";
-    if (r.status == FileStatus::skipped && r.output.empty())
-      std::cerr << "modelcdr: skipped " << r.input << ": " << r.note << "\n";
-  }
-  std::cerr << "modelcdr: " << reports.size() << " files: " << clean << " clean, " << removed
-            << " disarmed with removals, " << rejected_n << " rejected, " << copied << " copied, " << left_out
-            << " left out\n";
-  return rc;
-}
-
 }  // namespace
 
-int disarm_directory(const std::string& in, const std::string& out, const BatchOptions& o,
-                     std::vector<FileReport>& reports) {
+Result<std::vector<FileReport>> disarm_directory(const std::string& in, const std::string& out, const BatchOptions& o) {
   Fd in_root(::open(in.c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
-  if (!in_root.ok()) {
-    std::cerr << "modelcdr: " << in << ": cannot open input folder: " << errno_text() << "\n";
-    return 2;
-  }
+  if (!in_root.ok()) return make_error("io.open", in + ": cannot open input folder: " + errno_text());
   auto in_id = id_of(in_root.get());
   auto out_root = open_output_root(out, *in_id);
-  if (!out_root.ok()) {
-    std::cerr << "modelcdr: " << out << ": " << out_root.error().message << " [" << out_root.error().rule << "]\n";
-    return 2;
-  }
+  if (!out_root.ok()) return make_error(out_root.error().rule, out + ": " + out_root.error().message);
   auto out_id = id_of(out_root->get());
-  if (is_within(in_root.get(), *out_id)) {
-    std::cerr << "modelcdr: " << out << ": the output folder contains the input folder [io.output-contains-input]\n";
-    return 2;
-  }
+  if (is_within(in_root.get(), *out_id))
+    return make_error("io.output-contains-input", out + ": the output folder contains the input folder");
   std::vector<Entry> entries;
   walk(in_root.get(), "", 0, *out_id, entries);
   std::vector<Plan> plans(entries.size());
@@ -510,22 +445,22 @@ int disarm_directory(const std::string& in, const std::string& out, const BatchO
       plans[i] = reject(dir.error().rule, dir.error().message);
       return;
     }
-    auto what = engine::classify(fd_path(dir->get(), name_of(e.rel)));
+    auto what = classify(fd_path(dir->get(), name_of(e.rel)));
     plans[i] = decide(e.rel, what, o);
     plans[i].what = what;
   });
   reject_collisions(entries, plans, out);
-  reports.assign(entries.size(), FileReport{});
-  Progress progress(entries.size(), !o.quiet && ::isatty(2));
+  std::vector<FileReport> reports(entries.size());
+  std::atomic<size_t> done{0};
   parallel_for(entries.size(), o.jobs, [&](size_t i) {
     const Plan& p = plans[i];
     if (p.action == Action::skip || p.action == Action::reject)
       reports[i] = report_for(in + "/" + entries[i].rel, entries[i], p);
     else
       reports[i] = execute(in_root.get(), out_root->get(), entries[i], p, o, in, out);
-    progress.tick();
+    if (o.progress) o.progress(++done, entries.size());
   });
-  return summarize(reports, o.quiet);
+  return reports;
 }
 
-}  // namespace modelcdr::cli
+}  // namespace modelcdr::engine
