@@ -117,8 +117,10 @@ class UnpicklerModel {
       case Op::EXT1: return skip(1) ? std::optional<bool>(true) : false;
       case Op::EXT2: return skip(2) ? std::optional<bool>(true) : false;
       case Op::EXT4: return skip(4) ? std::optional<bool>(true) : false;
-      case Op::PERSID: line(); return true;  // torch's loaders define persistent_load
-      case Op::BINPERSID: return need(1) ? std::optional<bool>(true) : false;
+      // Plain unpicklers raise here; torch's persistent_load only turns the id into a storage
+      // (data), so the model goes on as if a value were pushed.
+      case Op::PERSID: line(); return push();
+      case Op::BINPERSID: return need(1) ? std::nullopt : std::optional<bool>(false);
       case Op::STOP: return need(1);  // a complete pickle: a model file, whatever it holds
 
       case Op::MARK: frames_.push_back(0); return std::nullopt;
@@ -290,13 +292,16 @@ Classification classify_bytes(const std::string& file_name, std::span<const uint
       if (ends_with(name, ".keras")) return {Kind::unsupported_model, "Keras (.keras zip)"};
       return {Kind::model, container::format_name(f)};
     case Format::pickle:
-      // Protocol 0/1 pickles are ASCII: a text file is a pickle when the unpickler could act on it.
-      if (b[0] == 0x80 || !is_utf8_text(b) || may_unpickle(b)) return {Kind::model, "pickle"};
+      // Protocol 0/1 pickles start with an ordinary byte (a letter, '(' ...): such a file is a
+      // pickle when the unpickler could act on it; otherwise it fails on its first bytes.
+      if (b[0] == 0x80 || may_unpickle(b)) return {Kind::model, "pickle"};
       break;
     default: return {Kind::model, container::format_name(f)};  // every codec, tar, 7z, npy, ...
   }
-  // Not a pickle, zip, tar or codec stream. Text may still be one an unpickler acts on.
-  if (b.size() <= kMaxText && is_utf8_text(b) && may_unpickle(b)) return {Kind::model, "pickle"};
+  // Not a pickle by its first byte, nor a zip, tar or codec stream; an unpickler may still act
+  // on it (text starting with an opcode letter, or a GIF: 'G' is BINFLOAT, and the opcode after
+  // its 8-byte argument is the image height's high byte). Then it is a model file.
+  if (may_unpickle(b)) return {Kind::model, "pickle"};
   if (inert_binary(b)) return {Kind::inert_binary, "image"};
   auto text = text_kind(name, b);
   if (text.kind == Kind::unknown_binary)

@@ -106,6 +106,8 @@ def make_tree(src: Path, marker: Path):
     (src / "setup.sh").write_text("#!/bin/sh\necho hi\n")
     (src / "tool").write_text("#!/usr/bin/env python3\nprint(1)\n")
     (src / "logo.png").write_bytes(PNG)
+    # a GIF polyglot: 'G' is BINFLOAT, so an unpickler reads 8 bytes and then runs the pickle after them
+    (src / "poly.gif").write_bytes(b"GIF89a\x10\x00\x10" + p0_payload(marker))
     (src / "blob.dat").write_bytes(bytes([0x07, 0xFE, 0x00, 0x11]) * 64)
     (src / "model.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(200))
     (src / "model.onnx").write_bytes(b"\x08\x07\x12\x07pytorch" + bytes(100))
@@ -137,9 +139,8 @@ def test_directory_fails_closed(tmp_path, copy_other):
     assert rc == 2, explain(rc, so, se)
     report = json.loads(rep.read_text())
     files = by_name(report)
-    check_summary(se, report)
     # every payload file was treated as a model file (rebuilt without the call, or rejected)
-    for name in ("evil.joblib.gz", "evil.joblib.xz", "model.sav", "noext", "notes.txt"):
+    for name in ("evil.joblib.gz", "evil.joblib.xz", "model.sav", "noext", "notes.txt", "poly.gif"):
         assert files[name]["status"] in ("rejected", "removed"), files[name]
     # unsupported model formats are never copied and say so
     for name in ("model.h5", "model.onnx", "model.gguf"):
@@ -153,7 +154,8 @@ def test_directory_fails_closed(tmp_path, copy_other):
     assert torch.equal(torch.load(out / "model.pt", weights_only=True)["w"], torch.arange(6, dtype=torch.float32))
     outs = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     for never in ("run.py", "setup.sh", "tool", "blob.dat", "model.h5", "model.onnx", "model.gguf", "broken.json",
-                  "notes.txt", "model.sav", "sub/noext", "evil.joblib.gz", "evil.joblib.xz", "weights.7z"):
+                  "notes.txt", "model.sav", "sub/noext", "evil.joblib.gz", "evil.joblib.xz", "weights.7z",
+                  "poly.gif"):
         assert never not in outs, (never, outs)
     if copy_other:
         for name in ("config.json", "README.md", "logo.png"):
@@ -166,6 +168,7 @@ def test_directory_fails_closed(tmp_path, copy_other):
     assert not any(".modelcdr-" in p.name for p in out.rglob("*")), "temporary file left behind"
     unsafe_load_all(out, tmp_path)
     assert not marker.exists(), "a payload ran while loading OUT"
+    check_summary(se, report)
 
 
 # ---- item 3: output format follows the output name ------------------------------------------------

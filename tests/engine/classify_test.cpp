@@ -49,4 +49,7 @@ TEST(Classify, ByContentNotName) {
   EXPECT_EQ(kind("m.bin", "GGUF\x03"), Kind::unsupported_model);
   EXPECT_EQ(kind("model.onnx", std::string("\x08\x07\x12\x00", 4)), Kind::unsupported_model);
   EXPECT_EQ(kind("empty", ""), Kind::text);
+  // A GIF whose bytes an unpickler can act on ('G' BINFLOAT, then a pickle) is no image to copy.
+  EXPECT_EQ(kind("a.gif", std::string("GIF89a\x10\x00\x10", 9) + "cos\nsystem\n(S'x'\ntR."), Kind::model);
+  EXPECT_EQ(kind("b.gif", std::string("GIF89a\x10\x00\x10\x00\xf7\x00\x00", 13)), Kind::inert_binary);
 }
