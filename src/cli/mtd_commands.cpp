@@ -145,6 +145,10 @@ int protect_main(const MtdArgs& a) {
   if (a.input.empty() || a.output.empty() || a.map.empty()) return usage("protect: IN, -o OUT and --map MAP are required");
   if (a.key_files.empty() && a.passphrase_files.empty() && a.recipients.empty())
     return usage("protect: give at least one of --key-file, --passphrase-file, --recipient");
+  // Nothing is ever written over: not an earlier map (it may be the only way back to a model
+  // protected before), not an existing output, and never the input.
+  for (const auto* p : {&a.output, &a.map})
+    if (io::path_exists(*p)) return usage("protect: " + *p + " already exists: remove it or choose another name");
   mtd::ProtectOptions o;
   if (!parse_compat(a.compat, o.compat)) return usage("--compat must be torch2 or torch1.13");
   o.allow_trailing_data = a.allow_trailing;
@@ -216,6 +220,7 @@ int open_options(const MtdArgs& a, mtd::RestoreOptions& o, std::vector<std::uniq
 
 int restore_main(const MtdArgs& a) {
   if (a.input.empty() || a.output.empty() || a.map.empty()) return usage("restore: IN, --map MAP and -o OUT are required");
+  if (io::path_exists(a.output)) return usage("restore: " + a.output + " already exists: remove it or choose another name");
   mtd::RestoreOptions o;
   std::vector<std::unique_ptr<mtd::KeyFile>> keep;
   if (int rc = open_options(a, o, keep); rc >= 0) return rc;

@@ -23,7 +23,7 @@ json findings_json(const Findings& fs) {
 
 json error_json(const std::optional<Error>& e) {
   if (!e) return nullptr;
-  return {{"rule", e->rule}, {"message", e->message}, {"entry", e->entry}, {"offset", e->offset}};
+  return {{"rule", e->rule}, {"message", e->message}, {"entry", e->entry}, {"offset", e->has_offset ? json(e->offset) : json(nullptr)}};
 }
 
 json tensors_json(const TensorStats& t) {

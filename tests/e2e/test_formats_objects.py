@@ -237,8 +237,9 @@ def test_policy_extends_registry(tmp_path):
     model = KNeighborsClassifier(n_neighbors=3, algorithm="brute").fit(X, y)
     inp = tmp_path / "knn.joblib"
     joblib.dump(model, inp)
-    out, report = to(tmp_path, inp, "joblib")
-    assert joblib.load(out) is None  # not vetted: dropped
+    # not vetted: the main object would be dropped, so the file is rejected (never a None model, exit 1)
+    rc, so, se = run_cli("disarm", inp, "-o", tmp_path / "out.joblib")
+    assert rc == 2 and "cdr.main-object-dropped" in se and not (tmp_path / "out.joblib").exists(), explain(rc, so, se)
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps({"allow_classes": ["sklearn.neighbors._classification.KNeighborsClassifier"]}))
     out2, _ = run(tmp_path, inp, "--to", "joblib", "--policy", policy, out_name="out2.joblib")
@@ -347,6 +348,9 @@ def test_corpus_benign_joblib(tmp_path, rec):
     rc, so, se, report = disarm(inp, out, report=tmp_path / "r.json")
     if rc == 2 and "old-format TorchScript" in se:
         return  # documented: model.json-era TorchScript archives are rejected
+    if rc == 2 and "cdr.main-object-dropped" in se:
+        assert not out.exists()
+        return  # the model's class is outside the registry: rejected, never written as None
     assert rc in (0, 1), explain(rc, so, se)
     assert vocab.check_output(out, "torch2") == []
     load_default_output(out)

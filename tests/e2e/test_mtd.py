@@ -396,7 +396,8 @@ def test_detects_map_signed_by_someone_else(tmp_path, models, keys):
     protect(models["resnet18"], prot, mp, "--key-file", keys["sym"], "--sign", keys["mallory"][0])
     report, se = expect_detected(tmp_path, keys, prot, mp, extra=("--verify-signer", keys["publisher"][1]))
     assert any("signature" in m["detail"] for m in report["mismatches"])
-    # an unsigned map is refused too when a signer is required
+    # an unsigned map is refused too when a signer is required (protect never writes over p.pt/p.map)
+    prot, mp = tmp_path / "p2.pt", tmp_path / "p2.map"
     protect(models["resnet18"], prot, mp, "--key-file", keys["sym"])
     expect_detected(tmp_path, keys, prot, mp, extra=("--verify-signer", keys["publisher"][1]))
 

@@ -143,7 +143,7 @@ def test_randomize_lsb_values(tmp_path):
     t = torch.randn(10000)
     inp = tmp_path / "in.pt"
     torch.save({"w": t}, inp)
-    for spec, n in (("0", 0), ("23", 23), ("float32=5", 5), ("f32=1,f16=2", 1)):
+    for spec, n in (("0", 0), ("float32=23", 23), ("float32=5", 5), ("f32=1,f16=2", 1)):
         out = tmp_path / f"o{n}.pt"
         rc, so, se, _ = disarm(inp, out, f"--randomize-lsb={spec}")
         assert rc == 0, explain(rc, so, se)
@@ -202,7 +202,7 @@ def test_payload_destroyed(tmp_path, k):
     assert rc == 0 and (tmp_path / "x0.bin").read_bytes() == payload, "embedding round trip"
 
     default_n = DEFAULT_N["float32"]
-    for spec, n_rand in (("default", default_n),) + ((((str(k), k),) if k > default_n else ())):
+    for spec, n_rand in (("default", default_n),) + ((((f"float32={k}", k),) if k > default_n else ())):
         out = tmp_path / f"out_{spec}.pt"
         rc, so, se, _ = disarm(emb, out, f"--randomize-lsb={spec}")
         assert rc == 0, explain(rc, so, se)
