@@ -61,6 +61,7 @@ class AtomicOutput {
     size_t lead_ = 0;
   };
   Result<Window> window(uint64_t at, uint64_t length) const;
+  Status set_mode(unsigned mode);  // permission bits of the file (0644 unless set)
   Status commit();  // flush, fsync, rename over final_path
   void abandon();   // remove the temporary file now
 

@@ -22,6 +22,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace modelcdr::mtd {
@@ -34,10 +35,15 @@ inline constexpr const char* kPermScheme = "mtd-blockperm-v1";
 // streamed through a small buffer: produce(in, out, first, count) writes output elements
 // [first, first + count) to `out` (count elements), reading anywhere in the whole input `in`.
 // `first` must be a multiple of kPermBlock and so must `count` unless the range ends at n.
+// Every output block reads exactly one input block (and the tail only the input tail), so
+// `load`, when given, may transform input on its way in: load(src, dst, nbytes, offset) copies
+// nbytes of input at byte `offset` of the record to dst (restore of an encrypted record
+// decrypts there; the keystream position is the input's).
 class Permuter {
  public:
+  using SourceLoad = std::function<void(const uint8_t* src, uint8_t* dst, size_t nbytes, size_t offset)>;
   Permuter(const uint8_t key[32], size_t n, size_t elem_size, bool inverse);
-  void produce(const uint8_t* in, uint8_t* out, size_t first, size_t count) const;
+  void produce(const uint8_t* in, uint8_t* out, size_t first, size_t count, const SourceLoad* load = nullptr) const;
 
   struct Plan {
     bool inverse = false;
