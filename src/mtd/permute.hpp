@@ -15,10 +15,11 @@
 // Fisher-Yates. All randomness is a ChaCha20 keystream (libsodium crypto_stream_chacha20) under
 // the per-tensor key; bounded integers are drawn without bias (Lemire's method with rejection).
 //
-// Strength, honestly: the values of a tensor are unchanged as a multiset (their histogram is
-// public), and the elements of one output block all come from one input block. Recovering the
-// order needs the key (256 bits) or a structural attack on natural weights that this scheme
-// does not claim to resist; the cryptographic guarantees of MTD are those of the sealed map.
+// Strength, honestly: this is not confidentiality (docs/MTD.md §3). The values of a tensor are
+// unchanged as a multiset, so any reference copy undoes it by sorting; and with one input block
+// per output block and only 64 tables, blocks sharing a table and their XOR offsets can be
+// recovered from the protected file alone. `protect --encrypt` (mtd/cipher.hpp) adds real
+// encryption on top.
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -2,8 +2,9 @@
 // public key and a commitment to the content key in clear, the payload sealed with
 // XChaCha20-Poly1305 (libsodium crypto_aead_xchacha20poly1305_ietf, the header as associated
 // data), then key slots that each wrap the content key with associated data naming this very
-// map (a hash of everything before the slots), and optionally an Ed25519 detached signature
-// (crypto_sign_detached) over everything before it.
+// map (a hash of everything before the slots), a MAC over all of that under a key derived from
+// the content key, and optionally an Ed25519 detached signature (crypto_sign_detached) over
+// everything before it.
 #pragma once
 #include <optional>
 #include <string>
