@@ -127,6 +127,8 @@ std::string headline(const mtd::MtdResult& r) {
   for (const auto& m : r.mismatches)
     if (m.what == "tensor") changed += (n++ ? ", " : "") + printable(m.name);
   if (n > 0) return "tampered: " + std::to_string(n) + " tensor" + (n == 1 ? "" : "s") + " changed: " + changed;
+  for (const auto& m : r.mismatches)
+    if (m.what == "layout") return "tampered: the zip layout changed (re-zipped, or members added or renamed)";
   return "tampered: the file does not match the map";
 }
 

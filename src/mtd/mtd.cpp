@@ -2,7 +2,9 @@
 
 #include <libdeflate.h>
 #include <sodium.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -125,6 +127,77 @@ Status stream_record(SerialWorker& helper, Ring& ring, std::span<const uint8_t> 
   }
   helper.wait_unfinished_at_most(0);  // no job may outlive the caller's state
   return st;
+}
+
+// ---- the file's layout ------------------------------------------------------------------------
+
+// Where each record's payload sits in a file: offset and size, by record key.
+using Ranges = std::vector<std::pair<uint64_t, uint64_t>>;
+
+// SHA-256 of a file's layout: its size, the record ranges, and every byte outside the records
+// (zip headers, data.pkl, the small members, the central directory), read by `read(off, len,
+// buf)`. A re-zipped file or one with an extra or renamed member has another layout even where
+// every record and the canonical data.pkl still match. Empty when the ranges are not disjoint.
+std::optional<Digest> layout_digest(uint64_t file_size, const Ranges& ranges,
+                                    const std::function<bool(uint64_t, size_t, uint8_t*)>& read) {
+  Sha256 h;
+  auto put64 = [&](uint64_t v) {
+    uint8_t b[8];
+    for (int i = 0; i < 8; ++i) b[i] = uint8_t(v >> (8 * i));
+    h.update(std::span<const uint8_t>(b, 8));
+  };
+  put64(file_size);
+  put64(ranges.size());
+  for (const auto& [off, len] : ranges) put64(off), put64(len);
+  Ranges sorted = ranges;
+  std::sort(sorted.begin(), sorted.end());
+  std::vector<uint8_t> buf(kStreamChunk);
+  uint64_t pos = 0;
+  sorted.emplace_back(file_size, 0);
+  for (const auto& [off, len] : sorted) {
+    if (off < pos || off > file_size || len > file_size - off) return std::nullopt;
+    for (uint64_t at = pos; at < off;) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), off - at));
+      if (!read(at, n, buf.data())) return std::nullopt;
+      h.update(std::span<const uint8_t>(buf.data(), n));
+      at += n;
+    }
+    pos = off + len;
+  }
+  return h.finish();
+}
+
+// The layout digest of the output just written (read back through a mapping of it).
+Result<Digest> output_layout(io::AtomicOutput& out, const Ranges& ranges) {
+  MCDR_TRY(out.flush());
+  const uint64_t size = out.tell();
+  MCDR_ASSIGN(auto window, out.window(0, size));
+  auto d = layout_digest(size, ranges, [&](uint64_t off, size_t n, uint8_t* buf) {
+    std::memcpy(buf, window.data() + off, n);
+    return true;
+  });
+  window.drop(0, size);
+  if (!d) return make_error("mtd.internal", "the written records overlap");
+  return *d;
+}
+
+// The layout digest of an input file as parsed: every record must be a stored span of it.
+std::optional<Digest> input_layout(const std::string& path, const std::vector<const model::Storage*>& records) {
+  Ranges ranges;
+  for (const auto* s : records) {
+    if (!s->mapped || s->source_fd < 0) return std::nullopt;
+    ranges.emplace_back(s->source_offset, s->bytes.size());
+  }
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  struct stat st{};
+  std::optional<Digest> d;
+  if (::fstat(fd, &st) == 0)
+    d = layout_digest(static_cast<uint64_t>(st.st_size), ranges, [&](uint64_t off, size_t n, uint8_t* buf) {
+      return ::pread(fd, buf, n, static_cast<off_t>(off)) == static_cast<ssize_t>(n);
+    });
+  ::close(fd);
+  return d;
 }
 
 // ---- names and structure --------------------------------------------------------------------
@@ -298,6 +371,7 @@ struct MapDoc {
   Key32 secret{};
   bool encrypted = false;
   std::string nt_before, nt_after;
+  std::string layout_after;  // layout digest of the protected file
   json architecture;
   ~MapDoc() { sodium_memzero(secret.data(), secret.size()); }
 };
@@ -387,6 +461,9 @@ Result<std::unique_ptr<MapDoc>> parse_map_doc(const std::string& text) {
   const json* nt = field(doc, "non_tensor", json::value_t::object);
   if (!nt || !is_hex_digest(nt->value("before", json())) || !is_hex_digest(nt->value("after", json())))
     return bad_field("'non_tensor' hashes missing");
+  const json* layout = field(doc, "layout", json::value_t::object);
+  if (!layout || !is_hex_digest(layout->value("after", json()))) return bad_field("'layout' missing");
+  d->layout_after = (*layout)["after"].get<std::string>();
   d->nt_before = (*nt)["before"].get<std::string>();
   d->nt_after = (*nt)["after"].get<std::string>();
   d->architecture = doc.value("architecture", json());
@@ -440,7 +517,8 @@ struct Comparison {
   bool wrong_file = false;      // nothing matches: the map was made for another file
 };
 
-Comparison compare(const Model& m, const Layout& l, const MapDoc& doc, const std::vector<std::string>& names_now) {
+Comparison compare(const std::string& input, const Model& m, const Layout& l, const MapDoc& doc,
+                   const std::vector<std::string>& names_now) {
   Comparison c;
   const auto& entries = doc.entries;
   std::string pkl_hash = hex(hash_bytes(l.pkl));
@@ -471,6 +549,18 @@ Comparison compare(const Model& m, const Layout& l, const MapDoc& doc, const std
   std::vector<const model::Storage*> records(n);
   for (size_t k = 0; k < n; ++k) records[k] = &l.at(m, k);
   auto sums = sum_all(records);
+  if (l.order.size() == entries.size()) {
+    auto now = input_layout(input, records);
+    if (!now || hex(*now) != doc.layout_after) {
+      Mismatch x;
+      x.what = "layout";
+      x.against = "protected";
+      x.expected = doc.layout_after;
+      x.actual = now ? hex(*now) : "";
+      x.detail = "the zip layout differs from the protected file's (re-zipped, or members added, renamed or moved)";
+      c.against_after.push_back(x);
+    }
+  }
   for (size_t k = 0; k < n; ++k) {
     const auto& e = entries[k];
     const auto size = records[k]->bytes.size();
@@ -599,10 +689,14 @@ MtdResult protect_impl(const std::string& input, const std::string& output, cons
   // thread hashes that chunk (after-hash) and hands it to the writer.
   SerialWorker helper;
   Ring ring(kRing, std::vector<uint8_t>(kStreamChunk));
+  auto out = io::AtomicOutput::create(output);
+  if (!out.ok()) return fail(r, out.error());
+  Ranges written(n);  // where each record's payload lands in the output (for the layout digest)
   auto wo = write_options(options.compat);
   wo.storage_stream = [&](uint32_t key, const model::Storage& s,
                           const formats::TorchWriteOptions::PayloadSink& sink) -> Status {
     if (key >= n) return make_error("mtd.internal", "writer and layout disagree on the records");
+    written[key] = {out->tell(), s.bytes.size()};
     const model::Storage& src = source[key] == key ? s : l.at(m, source[key]);
     if (src.bytes.size() != s.bytes.size()) return make_error("mtd.internal", "swap between different sizes");
     const std::span<const uint8_t> in = src.bytes;
@@ -643,9 +737,9 @@ MtdResult protect_impl(const std::string& input, const std::string& output, cons
     after[key] = transformed ? after_sum.finish() : before[source[key]];
     return ok_status();
   };
-  auto out = io::AtomicOutput::create(output);
-  if (!out.ok()) return fail(r, out.error());
   if (auto s = formats::write_torch_zip(m, wo, *out); !s.ok()) return fail(r, s.error());
+  auto layout_after = output_layout(*out, written);
+  if (!layout_after.ok()) return fail(r, layout_after.error());
 
   std::string pkl_hash = hex(hash_bytes(l.pkl));
   json storages = json::array();
@@ -685,6 +779,8 @@ MtdResult protect_impl(const std::string& input, const std::string& output, cons
                                      : json(nullptr)},
       {"hash", kHashName},
       {"compat", compat_name(options.compat)},
+      {"layout", {{"what", "SHA-256 of the file size, the record ranges and every byte outside the records"},
+                  {"after", hex(*layout_after)}}},
       {"non_tensor", {{"what", "archive/data.pkl as emitted by modelcdr from the IR (no tensor payloads)"},
                       {"before", pkl_hash}, {"after", pkl_hash}}},
       {"signer", options.seal.signer ? json(to_base64(options.seal.signer->ed25519_public.data(), 32)) : json(nullptr)},
@@ -793,7 +889,7 @@ std::optional<MtdResult> prepare(const std::string& input, const std::string& ma
   auto layout = layout_of(m, p.doc->compat);
   if (!layout.ok()) return mismatch_file(r, layout.error());
   p.layout = std::move(*layout);
-  p.cmp = compare(m, p.layout, *p.doc, names_by_key(m, p.layout));
+  p.cmp = compare(input, m, p.layout, *p.doc, names_by_key(m, p.layout));
   r.storages = p.doc->entries.size();
   if (p.cmp.wrong_file) {
     Mismatch x;

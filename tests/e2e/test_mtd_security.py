@@ -308,3 +308,27 @@ def test_non_utf8_path_with_report(tmp_path, two_protected, keys):
                      "--report", rep)
     assert rc == 0 and out.exists(), explain(rc, so, se)
     assert not [p for p in tmp_path.iterdir() if ".modelcdr-" in p.name]
+
+
+def test_rezipped_or_extra_member_is_detected(tmp_path, two_protected, keys):
+    """Review: "a re-zipped or extra-member file passes verify". Every record and data.pkl stay
+    the same; only the zip layout changes."""
+    p0, m0 = two_protected[0]
+    rezipped = tmp_path / "rezipped.pt"
+    with zipfile.ZipFile(p0) as zi, zipfile.ZipFile(rezipped, "w", zipfile.ZIP_STORED) as zo:
+        for info in zi.infolist():
+            zo.writestr(info.filename, zi.read(info.filename))
+    extra = tmp_path / "extra.pt"
+    extra.write_bytes(p0.read_bytes())
+    with zipfile.ZipFile(extra, "a", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/extra/payload.bin", b"smuggled " * 100)
+    for bad in (rezipped, extra):
+        rep = tmp_path / "rep.json"
+        rc, so, se = cli("verify", bad, "--map", m0, "--key-file", keys["sym"], "--allow-unsigned", "--report", rep)
+        assert rc == 3, explain(rc, so, se)
+        doc = report_of(rep)
+        assert [m["what"] for m in doc["mismatches"]] == ["layout"] and doc["code"] == "tampered", doc
+        assert "zip layout differs" in se
+        rc, so, se = cli("restore", bad, "--map", m0, "--key-file", keys["sym"], "--allow-unsigned", "-o", tmp_path / "r.pt")
+        assert rc == 3 and not (tmp_path / "r.pt").exists(), explain(rc, so, se)
+    cli("verify", p0, "--map", m0, "--key-file", keys["sym"], "--allow-unsigned", want=0)

@@ -502,6 +502,7 @@ TEST(MtdSecurity, HostilePayloadsAreErrorsNotCrashes) {
       {"permuted int64", [](json& d) { d["storages"][1]["permuted"] = true; }},
       {"dtype lie", [](json& d) { d["storages"][2]["dtype"] = "float64"; }},
       {"encryption mistyped", [](json& d) { d["encryption"] = "yes"; }},
+      {"layout missing", [](json& d) { d.erase("layout"); }},
       {"not json", nullptr},
   };
   for (const auto& [what, edit] : edits) {
