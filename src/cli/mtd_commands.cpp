@@ -197,6 +197,16 @@ int keygen_main(const MtdArgs& a) {
   return 0;
 }
 
+// `modelcdr key fingerprint FILE`: the line a --trust file lists for this signer.
+int fingerprint_main(const MtdArgs& a) {
+  if (a.input.empty()) return usage("key fingerprint: FILE is required");
+  auto k = mtd::read_key_file(a.input);
+  if (!k.ok()) return error_exit("key fingerprint", k.error());
+  if (!k->has_ed25519) return usage("key fingerprint: " + printable(a.input) + " has no ed25519 key (a symmetric key file?)");
+  std::cout << mtd::fingerprint(k->ed25519_public.data(), 32) << "  " << printable(a.input) << "\n";
+  return 0;
+}
+
 int protect_main(const MtdArgs& a) {
   if (a.input.empty() || a.output.empty() || a.map.empty()) return usage("protect: IN, -o OUT and --map MAP are required");
   if (a.key_files.empty() && a.passphrase_files.empty() && a.recipients.empty())
@@ -352,6 +362,12 @@ void add_mtd_commands(CLI::App& app) {
   kg->add_flag("--force", a.force, "overwrite existing key files");
   kg->add_flag("--quiet", a.quiet, "no messages");
   extra_commands().push_back({kg, [] { return keygen_main(a); }});
+
+  auto* key = app.add_subcommand("key", "key file tools");
+  key->require_subcommand(1);
+  auto* fp = key->add_subcommand("fingerprint", "print the signer fingerprint of a key file (for --trust files)");
+  fp->add_option("file", a.input, "NAME.pub or NAME.key");
+  extra_commands().push_back({fp, [] { return fingerprint_main(a); }});
 
   auto* pr = app.add_subcommand("protect", "disarm, then apply keyed MTD transforms; write the sealed map");
   pr->add_option("input", a.input, "model file");

@@ -332,3 +332,12 @@ def test_rezipped_or_extra_member_is_detected(tmp_path, two_protected, keys):
         rc, so, se = cli("restore", bad, "--map", m0, "--key-file", keys["sym"], "--allow-unsigned", "-o", tmp_path / "r.pt")
         assert rc == 3 and not (tmp_path / "r.pt").exists(), explain(rc, so, se)
     cli("verify", p0, "--map", m0, "--key-file", keys["sym"], "--allow-unsigned", want=0)
+
+
+def test_key_fingerprint_command(keys):
+    rc, so, se = cli("key", "fingerprint", keys["publisher"][1], want=0)
+    assert so.split()[0] == keys["publisher"][2].split()[0]
+    rc, so, se = cli("key", "fingerprint", keys["publisher"][0], want=0)  # the secret file names the same key
+    assert so.split()[0] == keys["publisher"][2].split()[0]
+    rc, so, se = cli("key", "fingerprint", keys["sym"])
+    assert rc == 2, explain(rc, so, se)
