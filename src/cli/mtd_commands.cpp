@@ -243,6 +243,7 @@ int protect_main(const MtdArgs& a) {
     o.seal.signer = keep.back().get();
   }
   auto r = mtd::protect(a.input, a.output, a.map, o);
+  for (auto& p : o.seal.passphrases) sodium_memzero(p.data(), p.size());
   if (r.outcome == mtd::Outcome::ok && !a.quiet)
     for (const auto& f : r.file.removed) std::cerr << "modelcdr: removed " << report::text_line(a.input, f) << "\n";
   return finish("protect", a, r);
@@ -328,7 +329,9 @@ int restore_main(const MtdArgs& a) {
   mtd::RestoreOptions o;
   std::vector<std::unique_ptr<mtd::KeyFile>> keep;
   if (int rc = open_options(a, o, keep); rc >= 0) return rc;
-  return finish("restore", a, mtd::restore(a.input, a.map, a.output, o));
+  auto r = mtd::restore(a.input, a.map, a.output, o);
+  if (o.open.passphrase) sodium_memzero(o.open.passphrase->data(), o.open.passphrase->size());
+  return finish("restore", a, r);
 }
 
 int verify_main(const MtdArgs& a) {
@@ -336,7 +339,9 @@ int verify_main(const MtdArgs& a) {
   mtd::RestoreOptions o;
   std::vector<std::unique_ptr<mtd::KeyFile>> keep;
   if (int rc = open_options(a, o, keep); rc >= 0) return rc;
-  return finish("verify", a, mtd::verify(a.input, a.map, o));
+  auto r = mtd::verify(a.input, a.map, o);
+  if (o.open.passphrase) sodium_memzero(o.open.passphrase->data(), o.open.passphrase->size());
+  return finish("verify", a, r);
 }
 
 void add_key_args(CLI::App* c, MtdArgs& a, bool opening) {
