@@ -80,6 +80,12 @@ Result<AtomicOutput> AtomicOutput::create(const std::string& final_path, bool du
   return out;
 }
 
+Status AtomicOutput::set_mode(unsigned mode) {
+  if (fd_ < 0 || ::fchmod(fd_, static_cast<mode_t>(mode)) != 0)
+    return make_error("io.chmod", "cannot set the mode of the output for " + final_path_);
+  return ok_status();
+}
+
 AtomicOutput::AtomicOutput(AtomicOutput&& o) noexcept { *this = std::move(o); }
 
 AtomicOutput& AtomicOutput::operator=(AtomicOutput&& o) noexcept {

@@ -64,6 +64,8 @@ class AtomicOutput {
     size_t lead_ = 0;
   };
   Result<Window> window(uint64_t at, uint64_t length) const;
+  Status set_mode(unsigned mode);  // permission bits of the file (0644 unless set)
+  Status flush() { return flush_buffer(); }  // make everything written visible to window()
   Status commit();  // flush, fsync, rename over final_path
   void abandon();   // remove the temporary file now
 
