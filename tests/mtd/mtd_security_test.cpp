@@ -452,7 +452,7 @@ struct Fixture {
     so.symmetric_keys = {key};
     auto sealed = seal_map(text, so);
     const std::string bad = dir + "/bad.map";
-    auto w = io::AtomicOutput::create(bad);
+    auto w = io::AtomicOutput::create(bad, false, /*replace=*/true);  // rewritten for every forged map
     (void)w->write(*sealed);
     (void)w->commit();
     RestoreOptions ro;
