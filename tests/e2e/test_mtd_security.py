@@ -91,6 +91,7 @@ def test_outsider_map_is_refused_by_default(tmp_path, models, keys):
     rc, so, se = cli("restore", prot, "--map", mp, "--identity", keys["alice"][0], "-o", out,
                      "--verify-signer", keys["publisher"][1], "--report", tmp_path / "r.json")
     assert rc == 3 and report_of(tmp_path / "r.json")["code"] == "bad-signature", explain(rc, so, se)
+    prot, mp = tmp_path / "p2.pt", tmp_path / "p2.map"
     cli("protect", models[1], "-o", prot, "--map", mp, "--recipient", keys["alice"][1],
         "--sign", keys["mallory"][0], want=0)
     rc, so, se = cli("restore", prot, "--map", mp, "--identity", keys["alice"][0], "-o", out,
@@ -194,7 +195,9 @@ def test_encrypt_round_trip_and_hides_the_values(tmp_path, models, keys):
 # ---- diagnoses (item 3) ---------------------------------------------------------------------
 
 def run_restore(tmp_path, prot, mp, key, *extra):
-    rep, out = tmp_path / "rep.json", tmp_path / "out.pt"
+    # fresh names per call: outputs and reports never replace an existing file
+    n = len(list(tmp_path.glob("rep*.json"))) + len(list(tmp_path.glob("out*.pt")))
+    rep, out = tmp_path / f"rep{n}.json", tmp_path / f"out{n}.pt"
     rc, so, se = cli("restore", prot, "--map", mp, "--key-file", key, "-o", out, "--report", rep,
                      "--allow-unsigned", *extra)
     assert not out.exists() or rc == 0
