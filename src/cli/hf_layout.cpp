@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/atomic_output.hpp"
+#include "io/bounded_json.hpp"
 #include "io/byte_cursor.hpp"
 #include "io/mapped_file.hpp"
 
@@ -14,6 +15,8 @@ namespace modelcdr::cli {
 namespace {
 
 constexpr uint64_t kMaxText = 64ull << 20;
+constexpr uint32_t kMaxJsonDepth = 64;             // configs and indexes nest under 10 levels
+constexpr uint64_t kMaxJsonElements = 4u << 20;
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -92,16 +95,22 @@ std::optional<FileReport> convert_other(const std::string& input, const std::str
   std::string_view text(reinterpret_cast<const char*>(mapped->bytes().data()), mapped->size());
   std::string name = fs::path(input).filename().string();
   bool json = ends_with(name, ".json");
-  nlohmann::ordered_json doc;
+  nlohmann::json doc;
+  bool index = json && (ends_with(name, ".bin.index.json") || ends_with(name, ".pt.index.json"));
   if (json) {
-    doc = nlohmann::ordered_json::parse(text.begin(), text.end(), nullptr, false);
-    if (doc.is_discarded()) return std::nullopt;  // not valid JSON: not copied as text
+    // Bounded SAX check first (no DOM for plain JSON files; depth and size limited, no
+    // duplicate keys), then a std::map DOM only for shard indexes.
+    io::JsonShape shape = io::inspect_json(text, io::JsonLimits{kMaxJsonDepth, kMaxJsonElements});
+    if (auto e = io::limit_error(shape, io::JsonLimits{kMaxJsonDepth, kMaxJsonElements}))
+      return rejected(base_report(input, "json"), *e);
+    if (!shape.valid) return std::nullopt;  // not valid JSON: not copied as text
+    if (index) doc = nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
   }
-  if (json && (ends_with(name, ".bin.index.json") || ends_with(name, ".pt.index.json"))) {
+  if (index) {
     FileReport r = base_report(input, "hf-index");
     if (!doc.is_object() || !doc.contains("weight_map") || !doc["weight_map"].is_object())
       return rejected(r, make_error("hf.bad-index", "shard index has no weight_map object"));
-    nlohmann::ordered_json map = nlohmann::ordered_json::object();
+    nlohmann::json map = nlohmann::json::object();
     for (auto it = doc["weight_map"].begin(); it != doc["weight_map"].end(); ++it) {
       if (!it.value().is_string()) return rejected(r, make_error("hf.bad-index", "weight_map value for '" + it.key() + "' is not a string"));
       const std::string& shard = it.value().get_ref<const std::string&>();
@@ -110,11 +119,11 @@ std::optional<FileReport> convert_other(const std::string& input, const std::str
         return rejected(r, make_error("hf.bad-index", "weight_map names shard '" + shard.substr(0, 100) + "' outside the folder"));
       map[it.key()] = rename_file(shard, format);
     }
-    nlohmann::ordered_json meta = nlohmann::ordered_json::object();
+    nlohmann::json meta = nlohmann::json::object();
     if (doc.contains("metadata") && doc["metadata"].is_object())
       for (auto it = doc["metadata"].begin(); it != doc["metadata"].end(); ++it)
         if (it.value().is_number() || it.value().is_string()) meta[it.key()] = it.value();
-    nlohmann::ordered_json out = {{"metadata", meta}, {"weight_map", map}};
+    nlohmann::json out = {{"metadata", meta}, {"weight_map", map}};
     std::string stem = name.substr(0, name.size() - std::string(".index.json").size());
     std::string dest = (fs::path(target).parent_path() / (rename_file(stem, format) + ".index.json")).string();
     if (auto s = write_text(dest, out.dump(2) + "\n"); !s.ok()) return rejected(r, s.error());

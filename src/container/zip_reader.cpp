@@ -55,6 +55,12 @@ std::string hex(uint64_t v) {
   return "0x" + s;
 }
 
+std::string total_message(uint64_t file_size, const ZipLimits& limits) {
+  return "deflated entries inflate to more than " + std::to_string(total_inflate_budget(file_size, limits)) +
+         " bytes in all (" + std::to_string(limits.total_inflate_ratio) + " x the file size, within [" +
+         std::to_string(limits.total_inflate_floor) + ", " + std::to_string(limits.total_inflate_ceiling) + "])";
+}
+
 Result<ByteCursor> cursor_at(Bytes file, uint64_t offset, const std::string& what) {
   if (offset > file.size())
     return make_error("zip.out-of-bounds", what + " offset " + std::to_string(offset) + " is beyond the end of the file (" +
@@ -415,6 +421,8 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
   std::unordered_set<std::string> names;
   std::vector<ExtraField> extras;
   std::vector<uint8_t> scratch;
+  archive.inflate_left = total_inflate_budget(file.size(), limits);
+  bool budget_reported = false;
 
   MCDR_ASSIGN(ByteCursor cdc_full, cursor_at(file, er.cd_offset, "central directory"));
   MCDR_ASSIGN(Bytes cd_bytes, cdc_full.take(er.cd_size));
@@ -582,7 +590,15 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
       std::optional<uint32_t> actual;
       if (method == 0) {
         actual = stored_crc32(data, limits.release_pages);
+      } else if (e.uncompressed_size > archive.inflate_left) {
+        // Stop inflating once the file's budget is spent; the finding rejects it on disarm.
+        archive.inflate_left = 0;
+        if (!budget_reported)
+          add_finding(findings, Severity::high, "zip.inflate-total", total_message(file.size(), limits), e.name,
+                      e.local_header_offset);
+        budget_reported = true;
       } else {
+        archive.inflate_left -= e.uncompressed_size;
         auto s = inflate_exact(data, e.uncompressed_size, scratch, limits, e.name, e.local_header_offset);
         if (s)
           actual = libdeflate_crc32(0, scratch.data(), scratch.size());
@@ -664,6 +680,24 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
     }
   }
   return archive;
+}
+
+uint64_t total_inflate_budget(uint64_t file_size, const ZipLimits& limits) {
+  uint64_t b = 0;
+  if (__builtin_mul_overflow(file_size, limits.total_inflate_ratio, &b)) b = UINT64_MAX;
+  return std::min(std::max(b, limits.total_inflate_floor), limits.total_inflate_ceiling);
+}
+
+Result<std::span<const uint8_t>> entry_bytes(const ZipArchive& zip, std::span<const uint8_t> file, const ZipEntry& entry,
+                                             std::vector<uint8_t>& scratch, const ZipLimits& limits) {
+  if (entry.method == 8) {
+    if (entry.uncompressed_size > zip.inflate_left) {
+      zip.inflate_left = 0;
+      return make_error("zip.inflate-total", total_message(file.size(), limits), entry.local_header_offset, entry.name);
+    }
+    zip.inflate_left -= entry.uncompressed_size;
+  }
+  return entry_bytes(file, entry, scratch, limits);
 }
 
 Result<std::span<const uint8_t>> entry_bytes(std::span<const uint8_t> file, const ZipEntry& entry,
