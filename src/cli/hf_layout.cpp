@@ -98,13 +98,14 @@ std::optional<FileReport> convert_other(const std::string& input, const std::str
   nlohmann::json doc;
   bool index = json && (ends_with(name, ".bin.index.json") || ends_with(name, ".pt.index.json"));
   if (json) {
-    // Bounded SAX check first (no DOM for plain JSON files; depth and size limited, no
-    // duplicate keys), then a std::map DOM only for shard indexes.
-    io::JsonShape shape = io::inspect_json(text, io::JsonLimits{kMaxJsonDepth, kMaxJsonElements});
-    if (auto e = io::limit_error(shape, io::JsonLimits{kMaxJsonDepth, kMaxJsonElements}))
-      return rejected(base_report(input, "json"), *e);
+    // Bounded SAX check (depth and size limited, no duplicate keys); a std::map DOM is built
+    // in the same pass for shard indexes only.
+    const io::JsonLimits limits{kMaxJsonDepth, kMaxJsonElements};
+    io::JsonShape shape;
+    if (index) doc = io::parse_json(text, limits, shape);
+    else shape = io::inspect_json(text, limits);
+    if (auto e = io::limit_error(shape, limits)) return rejected(base_report(input, "json"), *e);
     if (!shape.valid) return std::nullopt;  // not valid JSON: not copied as text
-    if (index) doc = nlohmann::json::parse(text.begin(), text.end(), nullptr, false);
   }
   if (index) {
     FileReport r = base_report(input, "hf-index");

@@ -89,12 +89,13 @@ Result<ParsedModel> read_safetensors(std::span<const uint8_t> file, const ReadOp
   while (end > 0 && header[end - 1] == ' ') --end;
   if (end < header.size() && header.find_first_of("\t\r\n", end) != std::string_view::npos)
     add_finding(parsed.findings, Severity::low, "safetensors.header-padding", "header padding is not plain spaces", "", 8 + end);
-  // One bounded SAX pass first (depth, element count, duplicate keys at any level), then a
-  // DOM with std::map objects; tensors are taken in the header's order, recorded by the pass.
+  // One bounded SAX pass (depth, element count, duplicate keys at any level) that builds a DOM
+  // with std::map objects; tensors are taken in the header's order, recorded by the pass.
   io::JsonLimits jl;
   jl.max_depth = kMaxDepth;
   jl.max_elements = kMaxElements;
-  io::JsonShape shape = io::inspect_json(header, jl);
+  io::JsonShape shape;
+  json doc = io::parse_json(header, jl, shape);
   if (shape.too_deep) return make_error("safetensors.bad-header", "header JSON nests deeper than the format allows", 8);
   if (shape.too_many)
     return make_error("limits.json-elements", "header JSON has more than " + std::to_string(kMaxElements) + " elements", 8);
@@ -102,8 +103,6 @@ Result<ParsedModel> read_safetensors(std::span<const uint8_t> file, const ReadOp
     return make_error("safetensors.duplicate-key",
                       "key '" + shape.duplicate_key->substr(0, 200) + "' appears twice in the header (readers disagree on which wins)", 8);
   if (!shape.valid) return make_error("safetensors.bad-json", "header is not valid UTF-8 JSON", 8);
-  json doc = json::parse(header.begin(), header.end(), nullptr, /*allow_exceptions=*/false);
-  if (doc.is_discarded()) return make_error("safetensors.bad-json", "header is not valid UTF-8 JSON", 8);
   if (!doc.is_object()) return make_error("safetensors.bad-header", "header is not a JSON object", 8);
 
   struct Entry {
@@ -210,8 +209,12 @@ Result<ParsedModel> read_safetensors(std::span<const uint8_t> file, const ReadOp
                       data_start + pos);
 
   model::Model& m = parsed.model;
+  m.storages.reserve(entries.size());
+  m.tensors.reserve(entries.size());
+  m.values.reserve(2 * entries.size() + 1);
   model::Value root;
   root.kind = model::ValueKind::ordered_dict;
+  root.entries.reserve(entries.size());
   for (const Entry& e : entries) {
     model::Storage s;
     s.dtype = e.dtype;

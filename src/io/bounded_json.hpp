@@ -1,11 +1,12 @@
 // JSON from an input checked before any DOM is built: one SAX pass (nlohmann's parser is
 // iterative) that bounds nesting and the number of elements, finds duplicate keys at any
 // level, and records the root object's keys in document order. Callers that need a DOM then
-// parse into plain nlohmann::json (std::map objects: O(log n) per key) and use the recorded
-// order where order matters; nlohmann::ordered_json finds each inserted key by linear search,
+// get plain nlohmann::json (std::map objects: O(log n) per key), built in the same pass, and
+// use the recorded order where order matters; nlohmann::ordered_json finds each inserted key by linear search,
 // which is quadratic on a header of 360 000 keys.
 #pragma once
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -30,6 +31,9 @@ struct JsonShape {
 };
 
 JsonShape inspect_json(std::string_view text, const JsonLimits& limits = {});
+// The same checks in the same pass that builds a DOM (std::map objects); the DOM is null
+// unless shape.ok().
+nlohmann::json parse_json(std::string_view text, const JsonLimits& limits, JsonShape& shape);
 
 // The error for a shape past its limits or with a duplicate key (limits.depth,
 // limits.json-elements, json.duplicate-key); nullopt when none (validity is the caller's).
