@@ -147,6 +147,20 @@ def test_depth_through_cached_values_is_bounded_in_every_writer(cdr_bin, tmp_pat
     assert rc == 2 and f["error"]["rule"] == "limits.depth", f
 
 
+def test_deep_file_in_a_folder_does_not_stop_the_batch(cdr_bin, tmp_path, torch_mod):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a_chain.pkl").write_bytes(cached_chain(100_000))
+    torch_mod.save({"w": torch_mod.ones(3)}, src / "b_ok.pt")
+    outdir = tmp_path / "out"
+    rep = tmp_path / "rep.json"
+    rc, so, se = run_cli("disarm", src, "-o", outdir, "--report", rep, timeout=120)
+    assert rc == 2, explain(rc, so, se)
+    files = {Path(f["input"]).name: f for f in json.loads(rep.read_text())["files"]}
+    assert files["a_chain.pkl"]["error"]["rule"] == "limits.depth"
+    assert leftovers(outdir) == ["b_ok.pt"]
+
+
 KINDS = ["list", "tuple", "dict", "set", "frozenset", "dict-key", "ordereddict", "module"]
 
 
