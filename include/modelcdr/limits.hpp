@@ -18,7 +18,12 @@ inline constexpr uint32_t kMaxDepth = 512;
 // is visited once per path when it must be written out as a tree: flattened names, JSON,
 // module state dicts). Linear in the graph it walks, so a DAG of n nodes (2^n paths) is
 // rejected (`limits.expansion`) instead of exhausting time and memory.
-inline constexpr uint64_t expansion_budget(uint64_t graph_size) { return 4 * graph_size + (1ull << 20); }
+// `floor` lets small inputs keep some slack; walks whose every step is costly (a module visit
+// records a ModuleInfo and a path) use a small one.
+inline constexpr uint64_t expansion_budget(uint64_t graph_size, uint64_t floor = 1ull << 20) {
+  return 4 * graph_size + floor;
+}
+inline constexpr uint64_t kModuleBudgetFloor = 4096;
 
 // A counted budget: spend() fails once more than the budget was asked for.
 class Budget {

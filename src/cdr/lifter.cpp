@@ -1366,7 +1366,7 @@ class Lifter {
   std::unordered_map<std::string, model::StorageId> storages_by_key_;
   std::unordered_map<NodeId, TensorId> tensor_nodes_;
   int module_roots_ = 0;
-  limits::Budget module_budget_{limits::expansion_budget(p_.nodes.size())};
+  limits::Budget module_budget_{limits::expansion_budget(p_.nodes.size(), limits::kModuleBudgetFloor)};
   static constexpr size_t kMaxModulePath = 64 * 1024;  // bytes of a dotted module path
   std::string unsupported_;  // why the last tensor call was not recognised, if known
 };

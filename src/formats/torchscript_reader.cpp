@@ -190,7 +190,7 @@ class Walker {
 
   static constexpr size_t kMaxModulePath = 64 * 1024;  // bytes of a dotted module path
   Program& p_;
-  limits::Budget budget_{limits::expansion_budget(p_.nodes.size())};
+  limits::Budget budget_{limits::expansion_budget(p_.nodes.size(), limits::kModuleBudgetFloor)};
   const container::ZipArchive& zip_;
   std::span<const uint8_t> file_;
   std::string prefix_;
