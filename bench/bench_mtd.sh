@@ -13,7 +13,9 @@
 #   BENCH_STRICT=1  exit 1 when a target is missed
 #   MODELCDR_BIN    binary (default <repo>/build/modelcdr); TORCH_PYTHON (default /usr/bin/python3)
 #
-# Targets: protect and restore wall time each <= 1.5 x cp; peak RSS <= 64 MiB + largest tensor.
+# Targets: protect and restore wall time each <= 1.5 x cp; peak RSS <= 64 MiB + largest tensor;
+# with record encryption (`protect --encrypt`, AES-256-CTR after the permutation) protect and
+# restore each <= 1.2 x `openssl enc -aes-256-ctr` (encryption) / `-d` (decryption) of the same file.
 # The "sha-256 x1" row (openssl dgst -sha256 of the input) shows the floor set by hashing:
 # the map holds a SHA-256 of every tensor before and after, so each byte is hashed twice.
 set -euo pipefail
@@ -84,15 +86,15 @@ def parse(name):
         cpu.append(u + sy)
         user.append(u)
     return statistics.median(walls), statistics.median(rss), statistics.median(cpu), statistics.median(user)
-r = {n: parse(n) for n in ("cp", "sha", "enc", "dec", "protect", "restore")}
+r = {n: parse(n) for n in ("cp", "sha", "enc", "dec", "protect", "restore", "eprotect", "erestore")}
 cp = r["cp"][0]
 largest = size_mb / nt
 print(f"\n== {size_mb} MiB float32 model, {nt} tensors (largest {largest:.0f} MiB); median of {repeat}")
-print(f"{'command':<10}{'wall s':>9}{'x cp':>8}{'x enc':>8}{'cpu s':>9}{'peak RSS MiB':>14}")
-for n, label in (("cp", "cp"), ("sha", "sha-256 x1"), ("enc", "aes-ctr enc"), ("dec", "aes-ctr dec"), ("protect", "protect"), ("restore", "restore")):
+print(f"{'command':<20}{'wall s':>9}{'x cp':>8}{'x enc':>8}{'cpu s':>9}{'peak RSS MiB':>14}")
+for n, label in (("cp", "cp"), ("sha", "sha-256 x1"), ("enc", "aes-ctr enc"), ("dec", "aes-ctr dec"), ("protect", "protect"), ("restore", "restore"), ("eprotect", "protect --encrypt"), ("erestore", "restore (encrypted)")):
     w, m, c, _ = r[n]
-    ref = r["enc"][0] if n in ("cp", "sha", "enc", "protect") else r["dec"][0]
-    print(f"{label:<10}{w:>9.2f}{w / cp:>8.2f}{w / ref:>8.2f}{c:>9.2f}{m:>14.1f}")
+    ref = r["enc"][0] if n in ("cp", "sha", "enc", "protect", "eprotect") else r["dec"][0]
+    print(f"{label:<20}{w:>9.2f}{w / cp:>8.2f}{w / ref:>8.2f}{c:>9.2f}{m:>14.1f}")
 import os
 cores = os.cpu_count() or 1
 floor = 2 * r["sha"][3] / cores  # user time of openssl dgst: the hashing alone, without its reads
@@ -106,6 +108,12 @@ for n in ("protect", "restore"):
     ok &= t_ok and m_ok
     print(f"target {n}: time {w / cp:.2f} x cp (<= 1.5) {'OK' if t_ok else 'MISSED'}; "
           f"RSS {m:.0f} MiB (<= {64 + largest:.0f}) {'OK' if m_ok else 'MISSED'}")
+for n, ref in (("eprotect", "enc"), ("erestore", "dec")):
+    w, ew = r[n][0], r[ref][0]
+    t_ok = w <= 1.2 * ew
+    ok &= t_ok
+    print(f"target {n}: time {w / ew:.2f} x openssl {ref} (<= 1.2) {'OK' if t_ok else 'MISSED'}; "
+          f"cost of encryption over the permutation alone: {w / r[n[1:]][0]:.2f} x")
 sys.exit(0 if ok else 1)
 PYEOF
 }
@@ -119,7 +127,7 @@ for SIZE in $SIZES; do
     cat "$CUR_IN" > /dev/null
     # The commands take turns in each round, so that a slow phase of the machine (writeback, a
     # neighbour's load) hits all of them alike rather than one.
-    echo "== cp / sha-256 / aes-ctr enc+dec / protect / restore, interleaved x$REPEAT"
+    echo "== cp / sha-256 / aes-ctr enc+dec / protect / restore / protect --encrypt / restore, interleaved x$REPEAT"
     for ((i = 1; i <= REPEAT; i++)); do
         rm -f "$WORK/cp.pt" "$WORK/enc.bin" "$WORK/dec.pt" "$WORK/prot.pt" "$WORK/prot.map" "$WORK/rest.pt"
         run_once cp "$i" cp "$CUR_IN" "$WORK/cp.pt"
@@ -131,12 +139,18 @@ for SIZE in $SIZES; do
         run_once protect "$i" "$BIN" protect "$CUR_IN" -o "$WORK/prot.pt" --map "$WORK/prot.map" \
             --key-file "$WORK/sym.key" --quiet
         run_once restore "$i" "$BIN" restore "$WORK/prot.pt" --map "$WORK/prot.map" --key-file "$WORK/sym.key" \
-            -o "$WORK/rest.pt" --quiet
+            -o "$WORK/rest.pt" --allow-unsigned --quiet
+        rm -f "$WORK/eprot.pt" "$WORK/eprot.map" "$WORK/erest.pt"
+        run_once eprotect "$i" "$BIN" protect "$CUR_IN" -o "$WORK/eprot.pt" --map "$WORK/eprot.map" \
+            --key-file "$WORK/sym.key" --encrypt --quiet
+        run_once erestore "$i" "$BIN" restore "$WORK/eprot.pt" --map "$WORK/eprot.map" --key-file "$WORK/sym.key" \
+            -o "$WORK/erest.pt" --allow-unsigned --quiet
     done
     # correctness, once: the restored file is bit-identical to a plain disarm
     "$BIN" disarm "$CUR_IN" -o "$WORK/disarm.pt" --quiet
     cmp -s "$WORK/rest.pt" "$WORK/disarm.pt" && echo "restored == disarmed: yes" || { echo "restored != disarmed" >&2; exit 1; }
-    rm -f "$WORK/rest.pt" "$WORK/disarm.pt" "$WORK/prot.pt" "$WORK/prot.map"
+    cmp -s "$WORK/erest.pt" "$WORK/disarm.pt" && echo "restored (encrypted) == disarmed: yes" || { echo "restored (encrypted) != disarmed" >&2; exit 1; }
+    rm -f "$WORK/rest.pt" "$WORK/disarm.pt" "$WORK/prot.pt" "$WORK/prot.map" "$WORK/eprot.pt" "$WORK/eprot.map" "$WORK/erest.pt"
     summary "$SIZE" || rc=1
     rm -f "$CUR_IN"
 done

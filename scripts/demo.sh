@@ -11,8 +11,8 @@ echo "== scan =="
 build/modelcdr scan examples/tiny_cnn_with_payload.pt || true
 echo "== disarm =="
 rc=0
-build/modelcdr disarm examples/tiny_cnn_with_payload.pt -o "$out/tiny_cnn.disarmed.pt" --report "$out/report.json" || rc=$?
-echo "exit code $rc (1 = written, something removed); report: $out/report.json"
+build/modelcdr disarm examples/tiny_cnn_with_payload.pt -o "$out/tiny_cnn.disarmed.pt" --report "$out/report.json" --force || rc=$?
+echo "exit code $rc (1 = written, something removed); report: $out/report.json (--force: a second run replaces them)"
 echo "== load the result with torch.load(weights_only=True) =="
 /usr/bin/python3 - "$out/tiny_cnn.disarmed.pt" <<'PY'
 import sys, torch

@@ -52,6 +52,7 @@ struct DisarmOptions {
   OutputFormat output_format = OutputFormat::pt;
   bool allow_trailing_data = false;  // drop bytes after STOP instead of rejecting
   bool fsync = false;                // fsync outputs before the rename (durable, slower)
+  bool force = false;                // replace existing outputs (--force); otherwise they are never touched
   // Optional transform of the IR between lift and emit (LSB randomisation, MTD). It may
   // replace storage payloads (Storage::set_owned) and must report what it did in `report`.
   std::function<Status(model::Model&, FileReport&)> transform;
@@ -88,8 +89,8 @@ FileReport disarm_file(const std::string& input, const std::string& output, cons
 // {"allow_reduce": [...]} (REDUCE with plain-data arguments + BUILD). No wildcards.
 Status load_class_policy(const std::string& path);
 
-// True when the bytes at `path` are a model format modelcdr handles (used by directory mode:
-// everything else is "other" and is skipped unless the user asks to copy it).
+// True when the bytes at `path` are a model file, decided by content alone (engine/classify.hpp):
+// anything an unpickler, joblib, torch.load or numpy could act on, to be rebuilt or rejected.
 bool is_model_file(const std::string& path);
 
 }  // namespace modelcdr

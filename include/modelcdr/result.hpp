@@ -15,18 +15,22 @@ struct Error {
   std::string message;  // human text: "GLOBAL 'posix system' is not allowed"
   std::string entry;    // container entry (zip member) or empty for a bare file
   uint64_t offset = 0;  // byte offset inside the entry (or the file)
+  bool has_offset = false;  // false: the error is about the file as a whole (no "offset" printed)
 
   std::string describe() const {
     std::string s;
     if (!entry.empty()) s += entry + " ";
-    s += "offset " + std::to_string(offset) + ": " + message + " [" + rule + "]";
-    return s;
+    if (has_offset) s += "offset " + std::to_string(offset) + ": ";
+    return s + message + " [" + rule + "]";
   }
 };
 
-inline Error make_error(std::string rule, std::string message, uint64_t offset = 0,
-                        std::string entry = {}) {
-  return Error{std::move(rule), std::move(message), std::move(entry), offset};
+// Without an offset: an error about the whole file (no position to name).
+inline Error make_error(std::string rule, std::string message) {
+  return Error{std::move(rule), std::move(message), {}, 0, false};
+}
+inline Error make_error(std::string rule, std::string message, uint64_t offset, std::string entry = {}) {
+  return Error{std::move(rule), std::move(message), std::move(entry), offset, true};
 }
 
 template <class T>

@@ -1,6 +1,7 @@
 #include "cdr/lifter.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <unordered_map>
 #include <unordered_set>
@@ -13,6 +14,9 @@
 namespace modelcdr::cdr {
 
 namespace {
+
+// Stands in for a name in the architecture JSON that is not a plain Python name.
+constexpr const char* kRejectedName = "<rejected>";
 
 using model::DType;
 using model::Model;
@@ -116,13 +120,15 @@ class Lifter {
     return std::nullopt;
   }
 
-  // Value of key `key` in a Dict node (entries), or kNoNode.
+  // Value of key `key` in a Dict node (entries), or kNoNode. The last SETITEM of a key wins,
+  // as in CPython's unpickler.
   NodeId dict_get(const Node& d, std::string_view key) const {
+    NodeId found = kNoNode;
     for (auto [k, v] : d.entries) {
       const Node& kn = at(k);
-      if ((kn.kind == NodeKind::Str || kn.kind == NodeKind::Py2Str) && kn.text == key) return v;
+      if ((kn.kind == NodeKind::Str || kn.kind == NodeKind::Py2Str) && kn.text == key) found = v;
     }
-    return kNoNode;
+    return found;
   }
 
   bool is_empty_ordered_dict_call(NodeId id) const {
@@ -303,8 +309,104 @@ class Lifter {
     Value v;
     v.kind = k;
     MCDR_TRY(add_entries(n, v, depth));
+    MCDR_TRY(merge_equal_keys(v, n.offset));
     if (!n.build_states.empty()) note(Severity::high, "cdr.dropped", "BUILD state on a dict removed", n.offset);
     return m_.add(std::move(v));
+  }
+
+  // Python's equality of plain dict keys as a byte string: two keys are equal exactly when
+  // their forms are. 1 == 1.0 == True == (1+0j) share one form; str and bytes never equal.
+  // nullopt when equality cannot be decided without Python: NaN (unequal to itself, yet equal
+  // by identity when the memo shares it) and integral floats beyond int64 (equal to big ints).
+  std::optional<std::string> key_form(ValueId id) const {
+    const Value& v = m_.values[id];
+    auto sized = [](char tag, const std::string& t) { return tag + std::to_string(t.size()) + ":" + t; };
+    switch (v.kind) {
+      case ValueKind::none: return std::string("N");
+      case ValueKind::boolean: return std::string(v.b ? "I1;" : "I0;");
+      case ValueKind::integer: return "I" + std::to_string(v.i) + ";";
+      case ValueKind::big_integer: return sized('B', v.text);  // normalized, never fits int64
+      case ValueKind::floating: return float_form(v.f);
+      case ValueKind::complex:
+        if (std::isnan(v.imag)) return std::nullopt;
+        if (v.imag == 0) return float_form(v.f);
+        if (auto re = float_form(v.f)) {
+          std::string out = "C" + *re;  // a non-zero imaginary part equals only itself
+          out.append(reinterpret_cast<const char*>(&v.imag), sizeof v.imag);
+          return out;
+        }
+        return std::nullopt;
+      case ValueKind::string: return sized('S', v.text);
+      case ValueKind::bytes: return sized('Y', v.text);
+      case ValueKind::tuple: {
+        std::string out = "T" + std::to_string(v.items.size()) + "(";
+        for (ValueId c : v.items) {
+          auto f = key_form(c);
+          if (!f) return std::nullopt;
+          out += *f;
+        }
+        return out + ")";
+      }
+      default: return std::nullopt;
+    }
+  }
+
+  static std::optional<std::string> float_form(double f) {
+    if (std::isnan(f)) return std::nullopt;
+    if (std::isfinite(f) && std::trunc(f) == f) {
+      if (std::fabs(f) >= 9223372036854775808.0) return std::nullopt;
+      return "I" + std::to_string(static_cast<int64_t>(f)) + ";";  // -0.0 == 0 too
+    }
+    std::string out = "F";
+    out.append(reinterpret_cast<const char*>(&f), sizeof f);
+    return out;
+  }
+
+  // SETITEM(S) on a key equal to one already in the dict replaces its value in place, as
+  // CPython's unpickler (and so torch.load) does: the first key and its position stay, the
+  // last value wins. Done on every finished dict, so every writer sees what torch.load sees.
+  Status merge_equal_keys(Value& v, uint64_t offset) {
+    if (v.entries.size() < 2) return ok_status();
+    // First a sorted vector of hashes (8 bytes a key): a state dict of a million names has
+    // no equal keys, and then no copy of the forms is kept.
+    std::vector<uint64_t> hashes;
+    hashes.reserve(v.entries.size());
+    for (auto [k, val] : v.entries) {
+      auto form = key_form(k);
+      if (!form)
+        return err(offset, "cdr.ambiguous-key",
+                   "a dict key is NaN or an integral float beyond 64 bits: which keys are equal depends on object identity");
+      hashes.push_back(std::hash<std::string>{}(*form));
+    }
+    std::sort(hashes.begin(), hashes.end());
+    if (std::adjacent_find(hashes.begin(), hashes.end()) == hashes.end()) return ok_status();
+    std::unordered_map<std::string, size_t> seen;
+    seen.reserve(v.entries.size());
+    std::vector<std::pair<ValueId, ValueId>> merged;
+    merged.reserve(v.entries.size());
+    for (auto [k, val] : v.entries) {
+      auto [it, fresh] = seen.emplace(*key_form(k), merged.size());
+      if (fresh) {
+        merged.emplace_back(k, val);
+        continue;
+      }
+      merged[it->second].second = val;
+      note(Severity::medium, "cdr.duplicate-key",
+           "dict key " + key_text(k) + " is set more than once: the last value is kept, as pickle does (earlier ones removed)",
+           offset);
+    }
+    v.entries = std::move(merged);
+    return ok_status();
+  }
+
+  std::string key_text(ValueId k) const {
+    const Value& v = m_.values[k];
+    if (v.kind == ValueKind::string || v.kind == ValueKind::bytes) return "'" + v.text.substr(0, 100) + "'";
+    if (v.kind == ValueKind::integer) return std::to_string(v.i);
+    if (v.kind == ValueKind::boolean) return v.b ? "True" : "False";
+    if (v.kind == ValueKind::floating) return std::to_string(v.f);
+    if (v.kind == ValueKind::tuple) return "(a tuple of " + std::to_string(v.items.size()) + ")";
+    return "(None or a number)";
   }
 
   Status add_entries(const Node& n, Value& v, uint32_t depth) {
@@ -409,6 +511,7 @@ class Lifter {
       note(Severity::low, "cdr.dropped", "defaultdict default factory removed", n.offset);
     MCDR_TRY(add_entries(n, v, depth));
     for (NodeId s : n.build_states) MCDR_TRY(apply_dict_state(n, s, v, depth));
+    MCDR_TRY(merge_equal_keys(v, n.offset));
     return m_.add(std::move(v));
   }
 
@@ -943,6 +1046,7 @@ class Lifter {
       Value v;
       v.kind = ValueKind::dict;
       MCDR_TRY(add_entries(state, v, depth));
+      MCDR_TRY(merge_equal_keys(v, n.offset));
       return m_.add(std::move(v));
     }
     if (is_global(*cls, "collections", "OrderedDict")) return mapping_call(n, "OrderedDict", {}, depth);
@@ -970,8 +1074,32 @@ class Lifter {
     Value sd;
     sd.kind = ValueKind::ordered_dict;
     std::string root_prefix = module_roots_++ == 0 ? "" : "#" + std::to_string(module_roots_ - 1) + "/";
+    size_t first_module = m_.architecture.size();
     MCDR_TRY(flatten_module(id, "", root_prefix, sd, depth, 0));
+    MCDR_TRY(merge_equal_keys(sd, at(id).offset));  // state_dict() assigns each name: the last wins
+    for (size_t i = first_module; i < m_.architecture.size(); ++i)
+      vet_architecture(m_.architecture[i], m_.findings, opt_.entry, at(id).offset);
     return m_.add(std::move(sd));
+  }
+
+  // Entries of a str-keyed dict node as CPython's unpickler leaves them: a repeated key keeps
+  // its first position and its last value.
+  std::vector<std::pair<NodeId, NodeId>> last_value_wins(NodeId holder) const {
+    std::vector<std::pair<NodeId, NodeId>> out;
+    std::unordered_map<std::string, size_t> seen;
+    for (auto [kn, vn] : at(holder).entries) {
+      const Node& k = at(kn);
+      bool text = k.kind == NodeKind::Str || k.kind == NodeKind::Py2Str || k.kind == NodeKind::Bytes;
+      if (!text) {
+        out.emplace_back(kn, vn);
+        continue;
+      }
+      std::string key = (k.kind == NodeKind::Bytes ? "Y" : "S") + k.text;
+      auto [it, fresh] = seen.emplace(std::move(key), out.size());
+      if (fresh) out.emplace_back(kn, vn);
+      else out[it->second].second = vn;
+    }
+    return out;
   }
 
   Status flatten_module(NodeId id, const std::string& prefix, const std::string& root_prefix, Value& sd,
@@ -1001,7 +1129,7 @@ class Lifter {
     auto add_tensors = [&](const char* key, std::vector<std::string>& names, bool buffers) -> Status {
       NodeId holder = dict_get(state, key);
       if (holder == kNoNode) return ok_status();
-      for (auto [kn, vn] : at(holder).entries) {
+      for (auto [kn, vn] : last_value_wins(holder)) {
         auto name = as_text(kn);
         if (!name || at(vn).kind == NodeKind::None) continue;
         if (buffers && non_persistent.count(*name)) continue;
@@ -1015,7 +1143,7 @@ class Lifter {
         key_value.text = prefix + *name;
         (void)k;
         sd.entries.emplace_back(m_.add(std::move(key_value)), v);
-        names.push_back(*name);
+        names.push_back(*name);  // unique: last_value_wins merged repeated names
       }
       return ok_status();
     };
@@ -1023,7 +1151,8 @@ class Lifter {
     MCDR_TRY(add_tensors("_buffers", info.buffers, true));
     m_.architecture.push_back(info);
     NodeId children = dict_get(state, "_modules");
-    for (auto [kn, vn] : at(children).entries) {
+    if (children == kNoNode) return ok_status();  // a child module is recognised by _parameters alone
+    for (auto [kn, vn] : last_value_wins(children)) {
       auto name = as_text(kn);
       const Node& child = at(vn);
       if (!name || child.kind == NodeKind::None) continue;
@@ -1371,7 +1500,65 @@ class Lifter {
   std::string unsupported_;  // why the last tensor call was not recognised, if known
 };
 
+// A '.'-separated run of ASCII identifiers (or, for module paths, the decimal indexes of
+// Sequential children), at most 1024 bytes.
+bool dotted_name(std::string_view s, bool allow_index) {
+  if (s.empty() || s.size() > 1024) return false;
+  size_t start = 0;
+  while (start <= s.size()) {
+    size_t end = s.find('.', start);
+    if (end == std::string_view::npos) end = s.size();
+    std::string_view part = s.substr(start, end - start);
+    if (part.empty()) return false;
+    bool digits = std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
+    bool ident = !(part[0] >= '0' && part[0] <= '9') && std::all_of(part.begin(), part.end(), [](char c) {
+      return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+    });
+    if (!ident && !(allow_index && digits)) return false;
+    start = end + 1;
+  }
+  return true;
+}
+
 }  // namespace
+
+// The architecture JSON records names chosen by the file's author. Only what reads as a
+// Python name is kept (ASCII dotted identifiers, bounded); a code string, an escape sequence
+// or a function that runs code (os.system) is replaced by kRejectedName and reported, so
+// no tool reading the JSON mistakes it for a module path or class.
+void vet_architecture(model::ModuleInfo& info, Findings& findings, const std::string& entry, uint64_t offset) {
+  auto reject = [&](std::string& name, const char* what) {
+    add_finding(findings, Severity::low, "cdr.architecture-name",
+                std::string(what) + " '" + name.substr(0, 80) + "' is not a plain Python name: recorded as " + kRejectedName,
+                entry, offset);
+    name = kRejectedName;
+  };
+  std::string_view path = info.path;
+  std::string root;
+  if (!path.empty() && path[0] == '#') {  // the lifter's own "#N/" prefix for a second module root
+    auto slash = path.find('/');
+    if (slash != std::string_view::npos) {
+      root = std::string(path.substr(0, slash + 1));
+      path.remove_prefix(slash + 1);
+    }
+  }
+  if (!path.empty() && !dotted_name(path, true)) {
+    std::string p(path);
+    reject(p, "module path");
+    info.path = root + p;
+  }
+  bool runs_code = unknown_global_severity(info.class_module, info.class_name) == Severity::critical;
+  if (!info.class_module.empty() &&
+      (!dotted_name(info.class_module, false) || !dotted_name(info.class_name, false) || runs_code)) {
+    std::string c = info.class_module + "." + info.class_name;
+    reject(c, runs_code ? "class (a function that runs code)" : "class");
+    info.class_module = c;  // the marker alone: no class name
+    info.class_name.clear();
+  }
+  for (auto* names : {&info.parameters, &info.buffers})
+    for (auto& n : *names)
+      if (!dotted_name(n, true) || n.find('.') != std::string::npos) reject(n, "tensor name");
+}
 
 Result<Model> lift(const Program& program, const StorageResolver& resolver, const LiftOptions& options) {
   Lifter l(program, resolver, options);

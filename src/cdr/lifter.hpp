@@ -59,6 +59,11 @@ Result<model::Model> lift(const pickle::Program& program, const StorageResolver&
 // (a payload can run during unpickling and be popped before STOP).
 void scan_program(const pickle::Program& program, const std::string& entry, Findings& findings);
 
+// Replaces module paths, class names and tensor names of an architecture record that are not
+// plain dotted Python identifiers (or that name a function that runs code) by "<rejected>",
+// each with a cdr.architecture-name finding (docs/RULES.md).
+void vet_architecture(model::ModuleInfo& info, Findings& findings, const std::string& entry, uint64_t offset);
+
 // True when bytes look like a serialized pickle (raw, base64 or hex encoded): a dormant
 // payload that an application might unpickle later.
 bool looks_like_embedded_pickle(std::string_view data);

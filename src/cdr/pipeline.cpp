@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "container/sniff.hpp"
+#include "engine/classify.hpp"
 #include "formats/parsed_model.hpp"
 #include "formats/pickle_writer.hpp"
 #include "formats/safetensors_writer.hpp"
@@ -62,10 +63,18 @@ Result<formats::ParsedModel> checked(Result<formats::ParsedModel> parsed) {
   return parsed;
 }
 
+// A numeric numpy array lifted from a pickle/joblib is written as a tensor as well (object arrays
+// become lists), so the report counts it with the tensors whose bytes it already sums.
+bool is_numeric_array(const model::Model& m, const model::Value& v) {
+  return v.kind == model::ValueKind::ndarray && v.items.empty() && v.tensor < m.tensors.size() &&
+         v.state < m.values.size() &&
+         m.values[v.state].text.rfind("O", 0) != 0;
+}
+
 TensorStats tensor_stats(const model::Model& m) {
   TensorStats s;
   for (const auto& v : m.values) {
-    if (v.kind != model::ValueKind::tensor) continue;
+    if (v.kind != model::ValueKind::tensor && !is_numeric_array(m, v)) continue;
     ++s.count;
     s.dtypes[model::dtype_info(m.tensors[v.tensor].dtype).name]++;
   }
@@ -83,19 +92,21 @@ bool is_ambiguity(const Finding& f, const DisarmOptions& o) {
 
 bool counts(const Finding& f) { return f.severity >= Severity::low; }
 
-Status write_architecture(const model::Model& m, const std::string& path) {
+Status write_architecture(const model::Model& m, const std::string& path, bool force) {
   nlohmann::ordered_json modules = nlohmann::ordered_json::array();
   for (const auto& info : m.architecture) {
     modules.push_back({{"path", info.path},
-                       {"class", info.class_module + "." + info.class_name},
+                       {"class", info.class_name.empty() ? info.class_module : info.class_module + "." + info.class_name},
                        {"parameters", info.parameters},
                        {"buffers", info.buffers}});
   }
   nlohmann::ordered_json doc = {{"schema", "modelcdr.architecture/1"},
-                                {"note", "module classes recorded as data; nothing here is imported"},
+                                {"note", "module classes recorded as data; nothing here is imported. Names that are not "
+                                         "plain dotted Python identifiers are recorded as <rejected> (cdr.architecture-name)"},
                                 {"modules", modules}};
-  MCDR_ASSIGN(io::AtomicOutput out, io::AtomicOutput::create(path));
-  MCDR_TRY(out.write(doc.dump(2) + "\n"));
+  MCDR_ASSIGN(io::AtomicOutput out, io::AtomicOutput::create(path, false, force));
+  // Names were vetted by the lifter; replace (never throw on) invalid UTF-8 all the same.
+  MCDR_TRY(out.write(doc.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n"));
   return out.commit();
 }
 
@@ -125,29 +136,7 @@ const char* status_name(FileStatus s) {
   return "error";
 }
 
-bool is_model_file(const std::string& path) {
-  auto l = load(path);
-  if (!l.ok()) return false;
-  switch (l->format) {
-    case Format::torch_zip:
-    case Format::torch_legacy:
-    case Format::torch_tar:
-    case Format::npy:
-    case Format::safetensors: return true;
-    case Format::pickle: {
-      auto b = l->file.bytes();
-      if (b.size() >= 2 && b[0] == 0x80) return true;
-      break;
-    }
-    default: break;
-  }
-  static const char* exts[] = {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz", ".safetensors", ".tar", ".model", ".dat", ".data"};
-  for (const char* e : exts) {
-    std::string ext(e);
-    if (path.size() >= ext.size() && path.compare(path.size() - ext.size(), ext.size(), ext) == 0) return true;
-  }
-  return false;
-}
+bool is_model_file(const std::string& path) { return engine::classify(path).kind == engine::Kind::model; }
 
 static FileReport scan_file_impl(const std::string& path, const ScanOptions& options) {
   FileReport r;
@@ -233,7 +222,7 @@ Status check_input_unchanged(const LoadedModel& loaded) {
 
 Status write_model(const model::Model& model, const std::string& output, const DisarmOptions& options, FileReport& r,
                    const LoadedModel* source) {
-  MCDR_ASSIGN(io::AtomicOutput out, io::AtomicOutput::create(output, options.fsync));
+  MCDR_ASSIGN(io::AtomicOutput out, io::AtomicOutput::create(output, options.fsync, options.force));
   switch (options.output_format) {
     case OutputFormat::safetensors: MCDR_TRY(formats::write_safetensors(model, out, r.findings)); break;
     case OutputFormat::npz: MCDR_TRY(formats::write_npz(model, out, r.findings)); break;
@@ -242,14 +231,18 @@ Status write_model(const model::Model& model, const std::string& output, const D
       formats::PickleWriteOptions po;
       po.joblib = options.output_format == OutputFormat::joblib;
       MCDR_TRY(formats::write_pickle(model, po, out));
+      if (!model.file_metadata.empty())
+        add_finding(r.findings, Severity::low, "convert.metadata-dropped",
+                    std::to_string(model.file_metadata.size()) + " file metadata entries not written: a pickle has no place for them");
       break;
     }
     case OutputFormat::pt: {
       formats::TorchWriteOptions wo;
       wo.compat = options.compat == CompatTarget::torch1_13 ? formats::Compat::torch1_13 : formats::Compat::torch2;
       MCDR_TRY(formats::write_torch_zip(model, wo, out));
+      // Content the output lacks is content removed: it counts (exit 1, listed as removed).
       if (!model.file_metadata.empty())
-        add_finding(r.findings, Severity::info, "convert.metadata-dropped",
+        add_finding(r.findings, Severity::low, "convert.metadata-dropped",
                     std::to_string(model.file_metadata.size()) +
                         " file metadata entries not written: a PyTorch checkpoint has no place for them (use --to safetensors)");
       break;
@@ -257,7 +250,7 @@ Status write_model(const model::Model& model, const std::string& output, const D
   }
   if (!model.architecture.empty()) {
     r.architecture = output + ".architecture.json";
-    MCDR_TRY(write_architecture(model, r.architecture));
+    MCDR_TRY(write_architecture(model, r.architecture, options.force));
   }
   // Last check before the output appears: a read of a truncated input saw zeros, not data.
   if (source) {
@@ -293,8 +286,11 @@ void drop_for_torch113(model::Model& m, FileReport& r) {
   }
 }
 
-// A rejected file leaves no output behind: not ours, and not a stale one from an earlier run.
-void remove_stale_output(const std::string& input, const std::string& output) {
+// A rejected file leaves no output behind: not ours, and, where the user allowed replacing
+// outputs (--force), not a stale one from an earlier run either. Without --force an existing
+// file was never ours to touch.
+void remove_stale_output(const std::string& input, const std::string& output, bool force) {
+  if (!force) return;
   struct stat si{}, so{};
   if (::lstat(output.c_str(), &so) != 0 || !S_ISREG(so.st_mode)) return;
   if (::stat(input.c_str(), &si) == 0 && si.st_dev == so.st_dev && si.st_ino == so.st_ino) return;
@@ -308,7 +304,7 @@ static FileReport disarm_file_impl(const std::string& input, const std::string& 
     r.status = FileStatus::rejected;
     r.error = std::move(e);
     r.output.clear();
-    remove_stale_output(input, output);
+    remove_stale_output(input, output, options.force);
     return r;
   };
   // Plain disarm to a torch checkpoint reads each tensor byte once: the writer checks the
@@ -321,6 +317,11 @@ static FileReport disarm_file_impl(const std::string& input, const std::string& 
   if (options.compat == CompatTarget::torch1_13 && options.output_format == OutputFormat::pt) drop_for_torch113(m, r);
   if (options.transform)
     if (auto s = options.transform(m, r); !s.ok()) return reject(s.error());
+  // Exit 1 means "written, something minor removed": a file whose main object itself was
+  // dropped (a class outside the registry at the top) would be an empty shell, so it is rejected.
+  if (m.root != model::kNoValue && m.values[m.root].kind == model::ValueKind::dropped)
+    return reject(make_error("cdr.main-object-dropped",
+                             "the file's main object cannot be rebuilt (see the findings): nothing useful would be written"));
   if (auto s = write_model(m, output, options, r, loaded->get()); !s.ok()) {
     // A write from a truncated mapping fails in the kernel (EFAULT) or reads short: name the cause.
     if (auto changed = check_input_unchanged(**loaded); !changed.ok()) return reject(changed.error());
@@ -361,7 +362,7 @@ FileReport disarm_file(const std::string& input, const std::string& output, cons
     r.format = "unknown";
     r.status = FileStatus::rejected;
     r.error = out_of_memory();
-    remove_stale_output(input, output);
+    remove_stale_output(input, output, options.force);
     return r;
   }
 }

@@ -4,9 +4,13 @@
 #include <algorithm>
 #include <cctype>
 #include <cstring>
+#include <iterator>
+#include <optional>
+#include <span>
 
 #include "cdr/globals_policy.hpp"
 #include "cdr/lifter.hpp"
+#include "pickle/pickle_machine.hpp"
 
 namespace modelcdr::cdr {
 
@@ -17,22 +21,7 @@ using pickle::NodeKind;
 
 std::string quoted_global(const Node& g) { return "'" + g.text + " " + g.name + "'"; }
 
-bool all_of_chars(std::string_view s, const char* alphabet) {
-  return std::all_of(s.begin(), s.end(), [&](char c) { return std::strchr(alphabet, c) != nullptr; });
-}
-
-bool identifier_line(std::string_view s) {
-  return !s.empty() && s.size() < 128 &&
-         std::all_of(s.begin(), s.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.'; });
-}
-
 bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
-
-std::string lower(std::string_view s) {
-  std::string o(s);
-  for (auto& c : o) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return o;
-}
 
 void check_call_target(const pickle::Program& p, const Node& n, const char* what, const std::string& entry, Findings& out) {
   const Node& callee = p.at(n.items[0]);
@@ -54,32 +43,172 @@ bool plain_build_target(const pickle::Program& p, const Node& n) {
 
 }  // namespace
 
-bool looks_like_embedded_pickle(std::string_view d) {
-  if (d.size() < 4) return false;
-  // raw protocol 2-5 stream, or a protocol-0 "c<module>\n<name>\n" opening
-  if (static_cast<unsigned char>(d[0]) == 0x80 && d[1] >= 2 && d[1] <= 5 && d.find('.') != std::string_view::npos) return true;
-  if (d[0] == 'c' && d.back() == '.') {
-    auto nl1 = d.find('\n');
-    auto nl2 = nl1 == std::string_view::npos ? nl1 : d.find('\n', nl1 + 1);
-    if (nl2 != std::string_view::npos && identifier_line(d.substr(1, nl1 - 1)) && identifier_line(d.substr(nl1 + 1, nl2 - nl1 - 1)))
-      return true;
+namespace {
+
+// A candidate parses as a pickle when our machine reads it up to a STOP, whatever precedes
+// the payload (any protocol, `N0` and other no-op prefixes) and whatever follows the STOP
+// (pickle.loads ignores it). The limits keep the check small; a candidate that reaches one
+// has parsed as thousands of valid opcodes and is taken for a pickle (fail closed).
+// A fragment counts too (a payload split over values, or cut to hide it): a stream with a
+// protocol 2-5 header that runs out of data, or 8+ bytes of complete opcodes lacking only STOP.
+// Opcodes a stream can begin with: every other one needs a value, a mark or a memo entry
+// that an empty stack lacks, so the machine would fail on it at once (not worth running).
+bool can_begin_stream(unsigned char op) {
+  static const unsigned char ops[] = {0x80, 0x95, '(', ')', ']', '}', 0x8f, 'N', 0x88, 0x89, 'I', 'J',
+                                      'K',  'M',  'L', 0x8a, 0x8b, 'F', 'G', 'S', 'T', 'U', 'V', 'X',
+                                      'B',  'C',  0x8c, 0x8d, 0x8e, 0x96, 'c', 'P', 0x82, 0x83, 0x84, 0x97};
+  return std::find(std::begin(ops), std::end(ops), op) != std::end(ops);
+}
+
+// Text-line opcodes cannot complete without a newline.
+bool first_op_can_complete(std::string_view d) {
+  if (std::strchr("IFLSVPc", d[0]) == nullptr) return true;
+  return d.find('\n') != std::string_view::npos;
+}
+
+bool parses_as_pickle(std::string_view d) {
+  if (d.size() < 2 || !can_begin_stream(static_cast<unsigned char>(d[0])) || !first_op_can_complete(d)) return false;
+  pickle::DecodeOptions o;
+  o.limits.max_ops = 1 << 16;
+  o.limits.max_nodes = 4096;
+  o.limits.max_memo_entries = 4096;
+  o.limits.max_stack_depth = 1 << 16;
+  o.limits.max_container_items = 1 << 16;
+  Findings ignored;
+  auto span = std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(d.data()), d.size());
+  auto r = pickle::decode(span, o, ignored);
+  if (r.ok() || starts_with(r.error().rule, "pickle.limit-")) return true;
+  const Error& e = r.error();
+  bool ran_out = e.rule == "pickle.truncated" || e.rule == "pickle.frame-too-long";
+  bool proto_header = static_cast<unsigned char>(d[0]) == 0x80 && d[1] >= 2 && d[1] <= 5;
+  return ran_out && (proto_header || (d.size() >= 8 && e.offset == d.size()));
+}
+
+int base64_digit(char c) {
+  if (c >= 'A' && c <= 'Z') return c - 'A';
+  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+  if (c >= '0' && c <= '9') return c - '0' + 52;
+  if (c == '+' || c == '-') return 62;  // standard and URL-safe alphabets
+  if (c == '/' || c == '_') return 63;
+  return -1;
+}
+
+// base64 as Python's b64decode/urlsafe_b64decode accept it: whitespace ignored, padding
+// optional at the end. nullopt when `s` is not base64.
+std::optional<std::string> base64_decode(std::string_view s) {
+  std::string out;
+  uint32_t acc = 0;
+  int bits = 0;
+  size_t digits = 0;
+  bool padded = false;
+  for (char c : s) {
+    if (std::isspace(static_cast<unsigned char>(c))) continue;
+    if (c == '=') {
+      padded = true;
+      continue;
+    }
+    int v = base64_digit(c);
+    if (v < 0 || padded) return std::nullopt;
+    acc = (acc << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    ++digits;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<char>((acc >> bits) & 0xFF));
+    }
   }
-  // base64 of the above
-  std::string compact;
-  for (char c : d.substr(0, 64))
-    if (!std::isspace(static_cast<unsigned char>(c))) compact.push_back(c);
-  if (d.size() >= 16 && all_of_chars(compact, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_")) {
-    for (auto p : {"gAJ", "gAN", "gAS", "gAU", "Y29zCn", "Y3Bvc2l4", "Y19fYnVpbHRpbl9f", "Y2J1aWx0aW5z", "Y3N1YnByb2Nlc3"})
-      if (starts_with(compact, p)) return true;
+  if (digits < 4 || digits % 4 == 1) return std::nullopt;
+  return out;
+}
+
+int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Hex as bytes.fromhex accepts it (whitespace between digits ignored). nullopt otherwise.
+std::optional<std::string> hex_decode(std::string_view s) {
+  std::string out;
+  int high = -1;
+  for (char c : s) {
+    if (std::isspace(static_cast<unsigned char>(c))) continue;
+    int v = hex_digit(c);
+    if (v < 0) return std::nullopt;
+    if (high < 0) {
+      high = v;
+    } else {
+      out.push_back(static_cast<char>(high << 4 | v));
+      high = -1;
+    }
   }
-  // hex of the above
-  if (d.size() >= 8 && d.size() % 2 == 0 && all_of_chars(d.substr(0, 64), "0123456789abcdefABCDEF")) {
-    std::string h = lower(d.substr(0, 16));
-    for (auto p : {"8002", "8003", "8004", "8005", "636f730a", "63706f736978", "635f5f6275696c74696e5f5f"})
-      if (starts_with(h, p)) return true;
+  if (high >= 0 || out.size() < 2) return std::nullopt;
+  return out;
+}
+
+// The first byte a decoding of `d` would give, from its first two digits; nullopt if unknown.
+template <class Digit>
+std::optional<unsigned char> first_decoded_byte(std::string_view d, Digit digit, int bits_per_digit) {
+  int got = 0;
+  uint32_t acc = 0;
+  for (char c : d) {
+    if (std::isspace(static_cast<unsigned char>(c))) continue;
+    int v = digit(c);
+    if (v < 0) return std::nullopt;
+    acc = acc << bits_per_digit | static_cast<uint32_t>(v);
+    if (++got == 2) return static_cast<unsigned char>(acc >> (2 * bits_per_digit - 8));
   }
+  return std::nullopt;
+}
+
+// Whether a decoded layer starting with `b` can hold a pickle: it begins a stream, or it is
+// a digit of another encoding layer (hex digits are base64 digits too).
+bool worth_decoding(std::optional<unsigned char> b, int layers_left) {
+  return b && (can_begin_stream(*b) || (layers_left > 0 && base64_digit(static_cast<char>(*b)) >= 0));
+}
+
+// The value itself, or its base64 or hex decoding, up to `layers` encodings deep. Most text
+// is ruled out by its first bytes before anything is decoded or run.
+bool holds_pickle(std::string_view d, int layers) {
+  if (parses_as_pickle(d)) return true;
+  if (layers == 0) return false;
+  if (!worth_decoding(first_decoded_byte(d, base64_digit, 6), layers - 1) &&
+      !worth_decoding(first_decoded_byte(d, hex_digit, 4), layers - 1))
+    return false;
+  if (auto b = base64_decode(d); b && holds_pickle(*b, layers - 1)) return true;
+  if (auto h = hex_decode(d); h && holds_pickle(*h, layers - 1)) return true;
   return false;
 }
+
+// A str whose code points are all <= 0xFF, as latin-1 bytes (how protocol 2 spells bytes, and
+// how a str is usually turned back into bytes); nullopt when that differs from its UTF-8 text
+// (pure ASCII) or is not possible.
+std::optional<std::string> latin1_bytes(std::string_view utf8) {
+  if (std::all_of(utf8.begin(), utf8.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; }))
+    return std::nullopt;
+  std::string bytes;
+  for (size_t i = 0; i < utf8.size(); ++i) {
+    unsigned char c = static_cast<unsigned char>(utf8[i]);
+    if (c < 0x80) {
+      bytes.push_back(static_cast<char>(c));
+    } else if ((c == 0xC2 || c == 0xC3) && i + 1 < utf8.size()) {
+      bytes.push_back(static_cast<char>(((c & 0x03) << 6) | (static_cast<unsigned char>(utf8[++i]) & 0x3F)));
+    } else {
+      return std::nullopt;
+    }
+  }
+  return bytes;
+}
+
+}  // namespace
+
+bool looks_like_embedded_pickle(std::string_view d) {
+  if (holds_pickle(d, 3)) return true;
+  auto latin1 = latin1_bytes(d);
+  return latin1 && holds_pickle(*latin1, 3);
+}
+
 
 void scan_program(const pickle::Program& p, const std::string& entry, Findings& out) {
   for (const Node& n : p.nodes) {

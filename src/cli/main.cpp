@@ -4,16 +4,18 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
-#include <atomic>
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <memory>
 #include <mutex>
 #include <new>
-#include <thread>
+#include <optional>
 
+#include "engine/batch.hpp"
 #include "cli/commands.hpp"
-#include "cli/hf_layout.hpp"
+#include "engine/output_names.hpp"
 #include "io/atomic_output.hpp"
 #include "modelcdr/api.hpp"
 #include "report/render.hpp"
@@ -26,7 +28,7 @@ using namespace modelcdr;
 namespace {
 
 // Regular files under `path` (or `path` itself), sorted, never following symlinks.
-std::vector<std::string> collect_files(const std::string& path, const std::string& exclude = {}) {
+std::vector<std::string> collect_files(const std::string& path) {
   std::vector<std::string> out;
   std::error_code ec;
   auto st = fs::symlink_status(path, ec);
@@ -35,10 +37,6 @@ std::vector<std::string> collect_files(const std::string& path, const std::strin
          it != fs::recursive_directory_iterator(); it.increment(ec)) {
       if (ec) break;
       std::string p = it->path().string();
-      if (!exclude.empty() && p.rfind(exclude, 0) == 0) {
-        if (it->is_directory()) it.disable_recursion_pending();
-        continue;
-      }
       if (it->is_symlink()) continue;
       if (it->is_regular_file()) out.push_back(p);
     }
@@ -71,7 +69,7 @@ int scan_main(const std::vector<std::string>& paths, bool as_json, bool as_sarif
     std::cout << report::sarif(reports);
   } else {
     for (const auto& r : reports) {
-      std::cout << r.input << ": " << r.format << ", " << r.tensors.count << " tensors (" << r.tensors.total_bytes
+      std::cout << report::printable(r.input) << ": " << r.format << ", " << r.tensors.count << " tensors (" << r.tensors.total_bytes
                 << " bytes), " << status_name(r.status) << "\n";
       if (r.error) std::cout << "  " << report::error_line(r.input, *r.error) << "\n";
       for (const auto& f : r.findings) std::cout << "  " << report::text_line(r.input, f) << "\n";
@@ -95,138 +93,169 @@ int exit_code(FileStatus s) {
   }
 }
 
-void print_removed(const FileReport& r) {
+// Errors are printed even with --quiet; removals and notes only without it.
+void print_outcome(const FileReport& r, bool quiet) {
   if (r.error) std::cerr << "modelcdr: rejected " << report::error_line(r.input, *r.error) << "\n";
+  if (quiet) return;
   for (const auto& f : r.removed) std::cerr << "modelcdr: removed " << report::text_line(r.input, f) << "\n";
   for (const auto& f : r.findings)
-    if (f.rule == "stego.lsb-randomized") std::cerr << "modelcdr: " << r.input << ": " << f.message << "\n";
+    if (f.rule == "stego.lsb-randomized") std::cerr << "modelcdr: " << report::printable(r.input) << ": " << report::printable(f.message) << "\n";
 }
 
-Status write_report(const std::string& path, const std::vector<FileReport>& reports) {
-  MCDR_ASSIGN(io::AtomicOutput out, io::AtomicOutput::create(path));
-  MCDR_TRY(out.write(report::disarm_json(reports)));
-  return out.commit();
-}
-
-FileReport copy_other(const std::string& in, const std::string& out) {
-  FileReport r;
-  r.input = in;
-  r.format = "other";
-  r.status = FileStatus::skipped;
-  std::error_code ec;
-  fs::copy_file(in, out, fs::copy_options::overwrite_existing, ec);
-  if (ec) {
-    r.status = FileStatus::rejected;
-    r.error = make_error("io.copy", "cannot copy: " + ec.message());
-  } else {
-    r.output = out;
-    r.note = "not a model file: copied unchanged (--copy-other)";
+// Checks that a single-file output can be written before any work is done: a usable
+// folder, not the input, not a folder, and not an existing file unless --force.
+bool output_usable(const std::string& in, const std::string& out, bool force) {
+  std::string dir = fs::path(out).parent_path().string();
+  if (dir.empty()) dir = ".";
+  if (!fs::is_directory(dir)) {
+    std::cerr << "modelcdr: " << report::printable(out) << ": cannot write the output: folder " << report::printable(dir) << " does not exist\n";
+    return false;
   }
-  return r;
-}
-
-class Progress {
- public:
-  Progress(size_t total, bool enabled) : total_(total), enabled_(enabled) {}
-  void tick() {
-    size_t d = ++done_;
-    if (!enabled_) return;
-    std::lock_guard<std::mutex> lock(mu_);
-    const int width = 30;
-    int filled = total_ ? static_cast<int>(width * d / total_) : width;
-    std::cerr << "\r[" << std::string(filled, '#') << std::string(width - filled, ' ') << "] " << d << "/" << total_ << " files"
-              << std::flush;
-    if (d == total_) std::cerr << "\n";
-  }
-
- private:
-  size_t total_;
-  bool enabled_;
-  std::atomic<size_t> done_{0};
-  std::mutex mu_;
-};
-
-int disarm_directory(const std::string& in, const std::string& out, const DisarmOptions& options, unsigned jobs,
-                     bool copy_other_files, bool quiet, std::vector<FileReport>& reports) {
-  std::error_code ec;
-  fs::create_directories(out, ec);
-  if (ec) {
-    std::cerr << "modelcdr: " << out << ": cannot create output folder: " << ec.message() << "\n";
-    return 2;
-  }
-  std::string out_abs = fs::absolute(out).lexically_normal().string();
-  std::string in_abs = fs::absolute(in).lexically_normal().string();
-  auto files = collect_files(in_abs, out_abs);
-  reports.assign(files.size(), FileReport{});
-  Progress progress(files.size(), !quiet && ::isatty(2));
-  std::atomic<size_t> next{0};
-  auto worker = [&] {
-    for (size_t i = next++; i < files.size(); i = next++) {
-      std::string rel = fs::relative(files[i], in_abs).string();
-      fs::path target = fs::path(out_abs) / rel;
-      std::error_code e2;
-      fs::create_directories(target.parent_path(), e2);
-      if (is_model_file(files[i])) {
-        reports[i] = disarm_file(files[i], cli::output_name(target.string(), options.output_format), options);
-      } else if (auto converted = cli::convert_other(files[i], target.string(), options.output_format)) {
-        reports[i] = std::move(*converted);
-      } else if (copy_other_files) {
-        reports[i] = copy_other(files[i], target.string());
-      } else {
-        reports[i].input = files[i];
-        reports[i].format = "other";
-        reports[i].status = FileStatus::skipped;
-        reports[i].note = "not a model file: left out (use --copy-other to copy it)";
-      }
-      progress.tick();
+  if (io::path_exists(out)) {
+    if (same_file(in, out) || fs::is_directory(out)) {
+      std::cerr << "modelcdr: " << report::printable(out) << ": output must be a new file, not the input or a folder\n";
+      return false;
     }
-  };
-  std::vector<std::thread> pool;
-  for (unsigned j = 0; j < std::max(1u, jobs); ++j) pool.emplace_back(worker);
-  for (auto& t : pool) t.join();
+    if (!force) {
+      std::cerr << "modelcdr: " << report::printable(out) << ": already exists (use --force to replace it)\n";
+      return false;
+    }
+  }
+  return true;
+}
+
+// The folder summary: every rejection with its reason (even with --quiet), then one line.
+int summarize(const std::vector<FileReport>& reports, bool quiet) {
   int rc = 0;
-  size_t counts[4] = {0, 0, 0, 0};
+  size_t clean = 0, removed = 0, rejected = 0, copied = 0, left_out = 0;
   for (const auto& r : reports) {
     rc = std::max(rc, exit_code(r.status));
-    if (r.status == FileStatus::clean) counts[0]++;
-    else if (r.status == FileStatus::removed) counts[1]++;
-    else if (r.status == FileStatus::rejected) counts[2]++;
-    else counts[3]++;
-    if (!quiet) print_removed(r);
-    if (!quiet && r.status == FileStatus::skipped) std::cerr << "modelcdr: skipped " << r.input << ": " << r.note << "\n";
+    if (r.status == FileStatus::clean) ++clean;
+    else if (r.status == FileStatus::removed) ++removed;
+    else if (r.status == FileStatus::rejected) ++rejected;
+    else if (!r.output.empty()) ++copied;
+    else ++left_out;
+    print_outcome(r, quiet);
+    if (!quiet && r.status == FileStatus::skipped && r.output.empty())
+      std::cerr << "modelcdr: skipped " << report::printable(r.input) << ": " << report::printable(r.note) << "\n";
   }
-  std::cerr << "modelcdr: " << reports.size() << " files: " << counts[0] << " clean, " << counts[1]
-            << " disarmed with removals, " << counts[2] << " rejected, " << counts[3] << " other\n";
+  std::cerr << "modelcdr: " << reports.size() << " files: " << clean << " clean, " << removed
+            << " disarmed with removals, " << rejected << " rejected, " << copied << " copied, " << left_out
+            << " left out\n";
   return rc;
 }
 
-int disarm_main(const std::string& in, const std::string& out, const std::string& report_path, const DisarmOptions& options,
-                unsigned jobs, bool copy_other_files, bool quiet) {
-  std::vector<FileReport> reports;
-  int rc;
-  if (fs::is_directory(in)) {
-    rc = disarm_directory(in, out, options, jobs, copy_other_files, quiet, reports);
-  } else {
-    if (fs::exists(out) && (same_file(in, out) || fs::is_directory(out))) {
-      std::cerr << "modelcdr: " << out << ": output must be a new file, not the input or a folder\n";
-      return 2;
-    }
-    reports.push_back(disarm_file(in, out, options));
-    const auto& r = reports.back();
-    if (!quiet) print_removed(r);
-    rc = exit_code(r.status);
-    if (!quiet && r.status != FileStatus::rejected)
-      std::cerr << "modelcdr: " << in << " -> " << out << ": " << r.format << ", " << r.tensors.count << " tensors, "
-                << (r.removed.empty() ? "nothing removed" : std::to_string(r.removed.size()) + " items removed")
-                << (r.architecture.empty() ? "" : ", architecture in " + r.architecture) << "\n";
+// A progress bar on a terminal, drawn from the worker threads.
+std::function<void(size_t, size_t)> progress_bar(bool enabled) {
+  if (!enabled) return {};
+  auto mu = std::make_shared<std::mutex>();
+  return [mu](size_t done, size_t total) {
+    std::lock_guard<std::mutex> lock(*mu);
+    const size_t width = 30, filled = total ? width * done / total : width;
+    std::cerr << "\r[" << std::string(filled, '#') << std::string(width - filled, ' ') << "] " << done << "/" << total
+              << " files" << std::flush;
+    if (done == total) std::cerr << "\n";
+  };
+}
+
+int disarm_folder(const std::string& in, const std::string& out, engine::BatchOptions batch, bool quiet,
+                  std::vector<FileReport>& reports) {
+  batch.progress = progress_bar(!quiet && ::isatty(2));
+  auto r = engine::disarm_directory(in, out, batch);
+  if (!r.ok()) {
+    std::cerr << "modelcdr: " << report::printable(r.error().message) << " [" << r.error().rule << "]\n";
+    return 2;
+  }
+  reports = std::move(*r);
+  return summarize(reports, quiet);
+}
+
+int disarm_single(const std::string& in, const std::string& out, const DisarmOptions& options, bool quiet,
+                  std::vector<FileReport>& reports) {
+  if (!output_usable(in, out, options.force)) return 2;
+  reports.push_back(disarm_file(in, out, options));
+  const auto& r = reports.back();
+  print_outcome(r, quiet);
+  if (!quiet && r.status != FileStatus::rejected)
+    std::cerr << "modelcdr: " << report::printable(in) << " -> " << report::printable(out) << ": " << r.format << ", " << r.tensors.count << " tensors, "
+              << (r.removed.empty() ? "nothing removed" : std::to_string(r.removed.size()) + " items removed")
+              << (r.architecture.empty() ? "" : ", architecture in " + report::printable(r.architecture)) << "\n";
+  return exit_code(r.status);
+}
+
+int disarm_main(const std::string& in, const std::string& out, const std::string& report_path,
+                const engine::BatchOptions& batch, bool quiet) {
+  // The report's temporary file is made first: a report that cannot be written fails the
+  // command before any output exists.
+  std::optional<io::AtomicOutput> report;
+  if (!report_path.empty() && (same_file(report_path, in) || same_file(report_path, out))) {
+    std::cerr << "modelcdr: --report " << report::printable(report_path) << ": must not be the input or the output\n";
+    return 2;
   }
   if (!report_path.empty()) {
-    if (auto s = write_report(report_path, reports); !s.ok()) {
-      std::cerr << "modelcdr: " << report_path << ": " << s.error().describe() << "\n";
+    auto r = io::AtomicOutput::create(report_path, false, batch.disarm.force);
+    if (!r.ok()) {
+      std::cerr << "modelcdr: --report " << report::printable(report_path) << ": " << report::printable(r.error().message) << "\n";
+      return 2;
+    }
+    report.emplace(std::move(*r));
+  }
+  std::vector<FileReport> reports;
+  int rc = fs::is_directory(in) ? disarm_folder(in, out, batch, quiet, reports)
+                                : disarm_single(in, out, batch.disarm, quiet, reports);
+  if (report) {
+    auto s = report->write(report::disarm_json(reports));
+    if (s.ok()) s = report->commit();
+    if (!s.ok()) {
+      std::cerr << "modelcdr: --report " << report::printable(report_path) << ": " << report::printable(s.error().message) << "\n";
       return 2;
     }
   }
   return rc;
+}
+
+// The output format: --to, or else what the output's name asks for. A name that asks for
+// another format than --to is a usage error. Folder input: per file (hf_layout.hpp).
+std::optional<OutputFormat> pick_format(const std::string& to, bool to_given, const std::string& out, bool folder) {
+  OutputFormat given = to == "safetensors" ? OutputFormat::safetensors
+                       : to == "npz"       ? OutputFormat::npz
+                       : to == "joblib"    ? OutputFormat::joblib
+                       : to == "pickle"    ? OutputFormat::pickle
+                                           : OutputFormat::pt;
+  if (folder) return given;
+  auto by_name = engine::format_for_name(fs::path(out).filename().string());
+  if (!to_given) return by_name.value_or(OutputFormat::pt);
+  if (by_name && *by_name != given) {
+    std::cerr << "modelcdr: -o " << report::printable(out) << " names a " << engine::format_flag(*by_name) << " file but --to is " << to
+              << " (rename the output or drop --to)\n";
+    return std::nullopt;
+  }
+  return given;
+}
+
+// A --randomize-lsb value: 'default', N, or TYPE=N[,TYPE=N...] (never a path such as model.pt).
+bool looks_like_lsb_spec(const std::string& a) {
+  if (a == "default") return true;
+  if (a.empty() || a.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789=,") != std::string::npos) return false;
+  return a.find_first_not_of("0123456789") == std::string::npos || a.find('=') != std::string::npos;
+}
+
+// CLI11 would read "--randomize-lsb IN" as the option's value. A following argument is its
+// value only when it looks like one; otherwise the bare flag means the defaults.
+std::vector<std::string> normalize_args(int argc, char** argv) {
+  std::vector<std::string> args;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a != "--randomize-lsb") {
+      args.push_back(a);
+    } else if (i + 1 < argc && looks_like_lsb_spec(argv[i + 1])) {
+      args.push_back(a + "=" + argv[++i]);
+    } else {
+      args.push_back("--randomize-lsb=default");
+    }
+  }
+  std::reverse(args.begin(), args.end());  // CLI11's vector form takes the arguments reversed
+  return args;
 }
 
 }  // namespace
@@ -262,7 +291,11 @@ static int run_cli(int argc, char** argv) {
                      "joblib inputs: numpy arrays and vetted scikit-learn objects, docs/REGISTRY.md)")
       ->check(CLI::IsMember({"pt", "safetensors", "npz", "joblib", "pickle"}));
   disarm->add_option("--jobs,-j", jobs, "files disarmed in parallel (folder input)")->check(CLI::Range(1u, 256u));
-  disarm->add_flag("--copy-other", copy_other_files, "copy files that are not model files (folder input)");
+  disarm->add_flag("--copy-other", copy_other_files,
+                   "copy non-model files proven inert: text, JSON, PNG/JPEG/GIF/WebP (folder input; docs/CLI.md)");
+  bool copy_code = false, force = false;
+  disarm->add_flag("--copy-code", copy_code, "with --copy-other: copy source code and scripts too (.py, .sh, ...)");
+  disarm->add_flag("-f,--force", force, "replace existing output files (never the input)");
   disarm->add_flag("--allow-trailing-data", options.allow_trailing_data, "drop bytes after the pickle's STOP instead of rejecting");
   disarm->add_flag("--fsync", options.fsync, "flush each output to the device before renaming it into place");
   std::string policy_path;
@@ -272,34 +305,47 @@ static int run_cli(int argc, char** argv) {
   disarm->add_flag("-q,--quiet", quiet, "print only errors");
   std::string lsb_spec;
   auto* lsb_opt = disarm->add_option("--randomize-lsb", lsb_spec,
-                                     "randomize the low mantissa bits of float tensors: 'default' (also when no value "
-                                     "is given), N for every float type, or float32=N,float16=N,...")
+                                     "--randomize-lsb or --randomize-lsb=SPEC: randomize the low mantissa bits of float "
+                                     "tensors; SPEC is 'default', N for every float type (N <= 7), or float32=N,float16=N,...")
                       ->expected(0, 1);
 
   add_extra_commands(app);
-  CLI11_PARSE(app, argc, argv);
+  auto* to_opt = disarm->get_option("--to");
+  // Every usage error exits 2 (docs/CLI.md); --help and --version exit 0.
+  try {
+    app.parse(normalize_args(argc, argv));
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
   if (!policy_path.empty())
     if (auto s = load_class_policy(policy_path); !s.ok()) {
-      std::cerr << "modelcdr: --policy: " << s.error().message << "\n";
+      std::cerr << "modelcdr: --policy: " << report::printable(s.error().message) << "\n";
       return 2;
     }
   if (*scan) return scan_main(scan_paths, as_json, as_sarif, stego, stego_threshold);
   if (*disarm) {
     options.compat = compat == "torch1.13" ? CompatTarget::torch1_13 : CompatTarget::torch2;
-    options.output_format = to == "safetensors" ? OutputFormat::safetensors
-                            : to == "npz"       ? OutputFormat::npz
-                            : to == "joblib"    ? OutputFormat::joblib
-                            : to == "pickle"    ? OutputFormat::pickle
-                                                : OutputFormat::pt;
+    const bool folder = fs::is_directory(in);
+    auto format = pick_format(to, to_opt->count() > 0, out, folder);
+    if (!format) return 2;
+    options.output_format = *format;
+    options.force = force;
     if (lsb_opt->count() > 0) {
       auto policy = stego::parse_lsb_policy(lsb_spec);
       if (!policy.ok()) {
-        std::cerr << "modelcdr: " << policy.error().message << "\n";
+        std::cerr << "modelcdr: " << report::printable(policy.error().message) << "\n";
         return 2;
       }
       options.transform = stego::make_lsb_transform(*policy);
     }
-    return disarm_main(in, out, report_path, options, jobs, copy_other_files, quiet);
+    engine::BatchOptions batch;
+    batch.disarm = options;
+    batch.format_given = to_opt->count() > 0;
+    batch.jobs = jobs;
+    batch.copy_other = copy_other_files;
+    batch.copy_code = copy_code;
+    return disarm_main(in, out, report_path, batch, quiet);
   }
   return run_extra_commands(app);
 }

@@ -2,6 +2,8 @@
 // Exit codes: 0 ok; 2 usage, I/O or rejected input; 3 integrity mismatch (nothing written).
 #include <sodium.h>
 
+#include <cctype>
+#include <cstdio>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -18,19 +20,31 @@ namespace {
 
 struct MtdArgs {
   std::string input, output, map, report, compat = "torch2", expect = "auto";
-  std::vector<std::string> key_files, passphrase_files, recipients;
-  std::string identity, sign, verify_signer;
+  std::vector<std::string> key_files, passphrase_files, recipients, verify_signers, trust_files;
+  std::string identity, sign;
   std::string keygen_out;
   bool symmetric = false, force = false, quiet = false, allow_trailing = false;
+  bool allow_unsigned = false, encrypt = false;
 };
 
+// Names and messages from a map or a model are data: printed through report::printable
+// (terminal escapes and invalid UTF-8 shown as \xNN).
+using report::printable;
+
+// A secret key file that others can read is no secret: say so (the key is still used).
+void warn_if_exposed(const std::string& path, const mtd::KeyFile& k) {
+  if (k.loose_permissions)
+    std::cerr << "modelcdr: warning: " << printable(path) << " holds a secret key but is readable by group or others "
+              << "(chmod 600 " << printable(path) << ")\n";
+}
+
 int usage(const std::string& msg) {
-  std::cerr << "modelcdr: " << msg << "\n";
+  std::cerr << "modelcdr: " << report::printable(msg) << "\n";
   return 2;
 }
 
 int error_exit(const std::string& what, const Error& e) {
-  std::cerr << "modelcdr: " << what << ": " << e.describe() << "\n";
+  std::cerr << "modelcdr: " << report::printable(what + ": " + e.describe()) << "\n";
   return 2;
 }
 
@@ -66,6 +80,7 @@ nlohmann::ordered_json report_json(const std::string& command, const MtdArgs& a,
               {"map", a.map},
               {"output", r.output.empty() ? json(nullptr) : json(r.output)},
               {"status", status},
+              {"code", r.code.empty() ? json(nullptr) : json(r.code)},
               {"state", r.state.empty() ? json(nullptr) : json(r.state)},
               {"signer", r.signer.empty() ? json(nullptr) : json({{"fingerprint", r.signer}, {"trusted", r.signer_trusted}})},
               {"error", r.error ? json({{"rule", r.error->rule}, {"message", r.error->message}}) : json(nullptr)},
@@ -80,29 +95,52 @@ nlohmann::ordered_json report_json(const std::string& command, const MtdArgs& a,
 void write_report(const std::string& path, const nlohmann::ordered_json& doc) {
   if (path.empty()) return;
   auto out = io::AtomicOutput::create(path);
-  if (!out.ok() || !out->write(doc.dump(2) + "\n").ok() || !out->commit().ok())
-    std::cerr << "modelcdr: cannot write report " << path << "\n";
+  // Paths and names need not be UTF-8: replace what is not, instead of throwing.
+  const std::string text = doc.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
+  if (!out.ok() || !out->write(text).ok() || !out->commit().ok())
+    std::cerr << "modelcdr: cannot write report " << printable(path) << "\n";
+}
+
+// One headline per diagnosis (docs/MTD.md §6), then the details.
+std::string headline(const mtd::MtdResult& r) {
+  if (r.code == "wrong-file") return "this map does not belong to this file";
+  if (r.code == "wrong-key") return "wrong key: none of the map's key slots opens with it";
+  if (r.code == "map-modified") return "the map was modified or damaged";
+  if (r.code == "bad-signature") return "the map's signature is missing or not from a trusted signer";
+  if (r.code == "unsupported-map") return "unsupported map version: re-protect the model with this modelcdr";
+  if (r.code == "bad-map") return "the map is malformed";
+  if (r.code == "unreadable-file") return "the file cannot be read as a model (damaged or truncated)";
+  std::string changed;
+  size_t n = 0;
+  for (const auto& m : r.mismatches)
+    if (m.what == "tensor") changed += (n++ ? ", " : "") + printable(m.name);
+  if (n > 0) return "tampered: " + std::to_string(n) + " tensor" + (n == 1 ? "" : "s") + " changed: " + changed;
+  for (const auto& m : r.mismatches)
+    if (m.what == "layout") return "tampered: the zip layout changed (re-zipped, or members added or renamed)";
+  return "tampered: the file does not match the map";
 }
 
 int finish(const std::string& command, const MtdArgs& a, const mtd::MtdResult& r) {
   write_report(a.report, report_json(command, a, r));
+  const std::string in = printable(a.input);
   if (r.outcome == mtd::Outcome::error) {
-    std::cerr << "modelcdr: " << command << ": " << a.input << ": " << r.error->describe() << "\n";
+    std::cerr << "modelcdr: " << command << ": " << in << ": " << printable(r.error->describe()) << "\n";
     return 2;
   }
   if (r.outcome == mtd::Outcome::mismatch) {
+    std::cerr << "modelcdr: " << command << ": " << in << ": " << headline(r) << "\n";
     for (const auto& m : r.mismatches) {
       std::cerr << "modelcdr: integrity: ";
       if (m.what == "tensor")
-        std::cerr << "tensor '" << m.name << "' (archive/data/" << m.key << ") does not match the map's "
-                  << (m.against == "protected" ? "protected" : "original") << " hash: " << m.detail << "\n";
+        std::cerr << "tensor '" << printable(m.name) << "' (archive/data/" << m.key << ") does not match the map's "
+                  << (m.against == "protected" ? "protected" : "original") << " hash: " << printable(m.detail) << "\n";
       else if (m.what == "non-tensor")
-        std::cerr << "non-tensor data (data.pkl) does not match the map: " << m.detail << "\n";
+        std::cerr << "non-tensor data (data.pkl) does not match the map: " << report::printable(m.detail) << "\n";
       else
-        std::cerr << m.what << (m.name.empty() ? "" : " " + m.name) << ": " << m.detail << "\n";
+        std::cerr << m.what << (m.name.empty() ? "" : " " + printable(m.name)) << ": " << printable(m.detail) << "\n";
     }
-    std::cerr << "modelcdr: " << command << ": " << a.input << ": integrity check FAILED (" << r.mismatches.size()
-              << " mismatch" << (r.mismatches.size() == 1 ? "" : "es") << ")"
+    std::cerr << "modelcdr: " << command << ": " << in << ": integrity check FAILED [" << r.code << "] ("
+              << r.mismatches.size() << " mismatch" << (r.mismatches.size() == 1 ? "" : "es") << ")"
               << (command == "restore" ? "; nothing written" : "") << "\n";
     return 3;
   }
@@ -110,15 +148,16 @@ int finish(const std::string& command, const MtdArgs& a, const mtd::MtdResult& r
     std::string signer = r.signer.empty() ? "unsigned map"
                          : command == "protect" ? "signed by " + r.signer
                          : r.signer_trusted ? "signed by " + r.signer + " (verified)"
-                                            : "signed by " + r.signer + " (not checked against a trusted key: use --verify-signer)";
+                                            : "signed by " + r.signer + " (NOT checked against a trusted signer: --allow-unsigned)";
     if (command == "protect")
-      std::cerr << "modelcdr: protected " << a.input << " -> " << a.output << " (" << r.permuted << "/" << r.storages
-                << " records permuted, " << r.swapped << " swapped), map " << a.map << ", " << signer << "\n";
+      std::cerr << "modelcdr: protected " << in << " -> " << printable(a.output) << " (" << r.permuted << "/" << r.storages
+                << " records permuted, " << r.swapped << " swapped" << (a.encrypt ? ", all encrypted" : "") << "), map "
+                << printable(a.map) << ", " << signer << "\n";
     else if (command == "restore")
-      std::cerr << "modelcdr: restored " << a.input << " -> " << a.output << ", all " << r.storages
+      std::cerr << "modelcdr: restored " << in << " -> " << printable(a.output) << ", all " << r.storages
                 << " records verified before and after, " << signer << "\n";
     else
-      std::cout << a.input << ": intact (" << r.state << "), " << r.storages << " records match the map, " << signer << "\n";
+      std::cout << in << ": intact (" << r.state << "), " << r.storages << " records match the map, " << signer << "\n";
   }
   return 0;
 }
@@ -135,9 +174,24 @@ int keygen_main(const MtdArgs& a) {
   auto s = a.symmetric ? mtd::keygen_symmetric(a.keygen_out, a.force) : mtd::keygen_pair(a.keygen_out, a.force);
   if (!s.ok()) return error_exit("keygen", s.error());
   if (!a.quiet) {
-    if (a.symmetric) std::cerr << "modelcdr: wrote symmetric key " << a.keygen_out << " (mode 0600)\n";
-    else std::cerr << "modelcdr: wrote " << a.keygen_out << ".key (secret, mode 0600) and " << a.keygen_out << ".pub\n";
+    if (a.symmetric) std::cerr << "modelcdr: wrote symmetric key " << report::printable(a.keygen_out) << " (mode 0600)\n";
+    else std::cerr << "modelcdr: wrote " << report::printable(a.keygen_out) << ".key (secret, mode 0600) and " << report::printable(a.keygen_out) << ".pub\n";
   }
+  if (!a.symmetric) {  // the fingerprint goes to stdout: it is what a --trust file lists
+    auto k = mtd::read_key_file(a.keygen_out + ".pub");
+    if (!k.ok()) return error_exit("keygen", k.error());
+    std::cout << mtd::fingerprint(k->ed25519_public.data(), 32) << "  " << a.keygen_out << ".pub\n";
+  }
+  return 0;
+}
+
+// `modelcdr key fingerprint FILE`: the line a --trust file lists for this signer.
+int fingerprint_main(const MtdArgs& a) {
+  if (a.input.empty()) return usage("key fingerprint: FILE is required");
+  auto k = mtd::read_key_file(a.input);
+  if (!k.ok()) return error_exit("key fingerprint", k.error());
+  if (!k->has_ed25519) return usage("key fingerprint: " + printable(a.input) + " has no ed25519 key (a symmetric key file?)");
+  std::cout << mtd::fingerprint(k->ed25519_public.data(), 32) << "  " << printable(a.input) << "\n";
   return 0;
 }
 
@@ -145,14 +199,20 @@ int protect_main(const MtdArgs& a) {
   if (a.input.empty() || a.output.empty() || a.map.empty()) return usage("protect: IN, -o OUT and --map MAP are required");
   if (a.key_files.empty() && a.passphrase_files.empty() && a.recipients.empty())
     return usage("protect: give at least one of --key-file, --passphrase-file, --recipient");
+  // Nothing is ever written over: not an earlier map (it may be the only way back to a model
+  // protected before), not an existing output, and never the input.
+  for (const auto* p : {&a.output, &a.map})
+    if (io::path_exists(*p)) return usage("protect: " + *p + " already exists: remove it or choose another name");
   mtd::ProtectOptions o;
   if (!parse_compat(a.compat, o.compat)) return usage("--compat must be torch2 or torch1.13");
   o.allow_trailing_data = a.allow_trailing;
+  o.encrypt = a.encrypt;
   std::vector<std::unique_ptr<mtd::KeyFile>> keep;
   for (const auto& f : a.key_files) {
     auto k = mtd::read_key_file(f);
     if (!k.ok()) return error_exit("--key-file", k.error());
     if (!k->has_symmetric) return usage("--key-file " + f + ": not a symmetric key file (make one with keygen --symmetric)");
+    warn_if_exposed(f, *k);
     o.seal.symmetric_keys.push_back(k->symmetric);
   }
   for (const auto& f : a.passphrase_files) {
@@ -170,13 +230,41 @@ int protect_main(const MtdArgs& a) {
     auto k = mtd::read_key_file(a.sign);
     if (!k.ok()) return error_exit("--sign", k.error());
     if (!k->has_ed25519_secret) return usage("--sign " + a.sign + ": no ed25519-secret key (give the .key file)");
+    warn_if_exposed(a.sign, *k);
     keep.push_back(std::make_unique<mtd::KeyFile>(std::move(*k)));
     o.seal.signer = keep.back().get();
   }
   auto r = mtd::protect(a.input, a.output, a.map, o);
+  for (auto& p : o.seal.passphrases) sodium_memzero(p.data(), p.size());
   if (r.outcome == mtd::Outcome::ok && !a.quiet)
     for (const auto& f : r.file.removed) std::cerr << "modelcdr: removed " << report::text_line(a.input, f) << "\n";
   return finish("protect", a, r);
+}
+
+// A trust file: one signer fingerprint (32 hex digits) per line, optionally followed by a name
+// (the lines `keygen` prints); '#' starts a comment.
+Result<std::vector<std::string>> read_trust_file(const std::string& path) {
+  MCDR_ASSIGN(std::string text, mtd::read_small_file(path, 1 << 20));
+  std::vector<std::string> out;
+  size_t line_no = 0, pos = 0;
+  while (pos <= text.size()) {
+    size_t nl = text.find('\n', pos);
+    std::string line = text.substr(pos, nl == std::string::npos ? std::string::npos : nl - pos);
+    pos = nl == std::string::npos ? text.size() + 1 : nl + 1;
+    ++line_no;
+    if (auto hash = line.find('#'); hash != std::string::npos) line.resize(hash);
+    while (!line.empty() && std::isspace(static_cast<unsigned char>(line.back()))) line.pop_back();
+    while (!line.empty() && std::isspace(static_cast<unsigned char>(line.front()))) line.erase(line.begin());
+    if (line.empty()) continue;
+    line.resize(std::min(line.size(), line.find_first_of(" \t")));  // "FP  NAME.pub", as keygen prints
+    for (auto& c : line) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (line.size() != 32 || line.find_first_not_of("0123456789abcdef") != std::string::npos)
+      return make_error("trust.format", path + ":" + std::to_string(line_no) +
+                                            ": not a signer fingerprint (32 hex digits, as `modelcdr keygen` prints)");
+    out.push_back(line);
+  }
+  if (out.empty()) return make_error("trust.format", path + ": no fingerprints");
+  return out;
 }
 
 // Builds OpenOptions from the key arguments; returns an exit code on error.
@@ -188,6 +276,7 @@ int open_options(const MtdArgs& a, mtd::RestoreOptions& o, std::vector<std::uniq
     auto k = mtd::read_key_file(a.key_files[0]);
     if (!k.ok()) return error_exit("--key-file", k.error());
     if (!k->has_symmetric) return usage("--key-file: not a symmetric key file");
+    warn_if_exposed(a.key_files[0], *k);
     o.open.symmetric_key = k->symmetric;
   }
   if (!a.passphrase_files.empty()) {
@@ -199,15 +288,28 @@ int open_options(const MtdArgs& a, mtd::RestoreOptions& o, std::vector<std::uniq
     auto k = mtd::read_key_file(a.identity);
     if (!k.ok()) return error_exit("--identity", k.error());
     if (!k->has_x25519_secret) return usage("--identity " + a.identity + ": no x25519-secret key (give the .key file)");
+    warn_if_exposed(a.identity, *k);
     keep.push_back(std::make_unique<mtd::KeyFile>(std::move(*k)));
     o.open.identity = keep.back().get();
   }
-  if (!a.verify_signer.empty()) {
-    auto k = mtd::read_key_file(a.verify_signer);
+  for (const auto& f : a.verify_signers) {
+    auto k = mtd::read_key_file(f);
     if (!k.ok()) return error_exit("--verify-signer", k.error());
-    if (!k->has_ed25519) return usage("--verify-signer: no ed25519-public key");
-    o.open.trusted_signer = k->ed25519_public;
+    if (!k->has_ed25519) return usage("--verify-signer " + f + ": no ed25519-public key");
+    o.open.trusted_signers.push_back(k->ed25519_public);
   }
+  for (const auto& f : a.trust_files) {
+    auto fps = read_trust_file(f);
+    if (!fps.ok()) return error_exit("--trust", fps.error());
+    o.open.trusted_fingerprints.insert(o.open.trusted_fingerprints.end(), fps->begin(), fps->end());
+  }
+  // Secure by default: who made the map is checked unless the user explicitly opts out.
+  const bool pinned = !a.verify_signers.empty() || !a.trust_files.empty();
+  if (!pinned && !a.allow_unsigned)
+    return usage("a trusted signer is required: give --verify-signer PUBLISHER.pub or --trust FILE "
+                 "(or --allow-unsigned to accept a map that anyone could have made)");
+  if (pinned && a.allow_unsigned) return usage("--allow-unsigned cannot be combined with --verify-signer or --trust");
+  o.open.allow_unsigned = a.allow_unsigned;
   o.expect = a.expect;
   if (o.expect != "auto" && o.expect != "protected" && o.expect != "restored")
     return usage("--expect must be auto, protected or restored");
@@ -216,10 +318,13 @@ int open_options(const MtdArgs& a, mtd::RestoreOptions& o, std::vector<std::uniq
 
 int restore_main(const MtdArgs& a) {
   if (a.input.empty() || a.output.empty() || a.map.empty()) return usage("restore: IN, --map MAP and -o OUT are required");
+  if (io::path_exists(a.output)) return usage("restore: " + a.output + " already exists: remove it or choose another name");
   mtd::RestoreOptions o;
   std::vector<std::unique_ptr<mtd::KeyFile>> keep;
   if (int rc = open_options(a, o, keep); rc >= 0) return rc;
-  return finish("restore", a, mtd::restore(a.input, a.map, a.output, o));
+  auto r = mtd::restore(a.input, a.map, a.output, o);
+  if (o.open.passphrase) sodium_memzero(o.open.passphrase->data(), o.open.passphrase->size());
+  return finish("restore", a, r);
 }
 
 int verify_main(const MtdArgs& a) {
@@ -227,7 +332,9 @@ int verify_main(const MtdArgs& a) {
   mtd::RestoreOptions o;
   std::vector<std::unique_ptr<mtd::KeyFile>> keep;
   if (int rc = open_options(a, o, keep); rc >= 0) return rc;
-  return finish("verify", a, mtd::verify(a.input, a.map, o));
+  auto r = mtd::verify(a.input, a.map, o);
+  if (o.open.passphrase) sodium_memzero(o.open.passphrase->data(), o.open.passphrase->size());
+  return finish("verify", a, r);
 }
 
 void add_key_args(CLI::App* c, MtdArgs& a, bool opening) {
@@ -235,7 +342,9 @@ void add_key_args(CLI::App* c, MtdArgs& a, bool opening) {
   c->add_option("--passphrase-file", a.passphrase_files, "file whose first line is the passphrase (Argon2id)");
   if (opening) {
     c->add_option("--identity", a.identity, "your secret key file (NAME.key) to open a map sealed to you");
-    c->add_option("--verify-signer", a.verify_signer, "require a valid signature by this public key (NAME.pub)");
+    c->add_option("--verify-signer", a.verify_signers, "require a valid signature by this public key (NAME.pub); repeatable");
+    c->add_option("--trust", a.trust_files, "file of trusted signer fingerprints, one per line; repeatable");
+    c->add_flag("--allow-unsigned", a.allow_unsigned, "accept maps without a trusted signer (anyone could have made them)");
   }
   c->add_option("--report", a.report, "write a JSON report (modelcdr.mtd/1)");
   c->add_flag("--quiet", a.quiet, "no progress messages");
@@ -252,6 +361,12 @@ void add_mtd_commands(CLI::App& app) {
   kg->add_flag("--quiet", a.quiet, "no messages");
   extra_commands().push_back({kg, [] { return keygen_main(a); }});
 
+  auto* key = app.add_subcommand("key", "key file tools");
+  key->require_subcommand(1);
+  auto* fp = key->add_subcommand("fingerprint", "print the signer fingerprint of a key file (for --trust files)");
+  fp->add_option("file", a.input, "NAME.pub or NAME.key");
+  extra_commands().push_back({fp, [] { return fingerprint_main(a); }});
+
   auto* pr = app.add_subcommand("protect", "disarm, then apply keyed MTD transforms; write the sealed map");
   pr->add_option("input", a.input, "model file");
   pr->add_option("-o,--output", a.output, "protected model");
@@ -259,6 +374,7 @@ void add_mtd_commands(CLI::App& app) {
   pr->add_option("--recipient", a.recipients, "public key file (NAME.pub) that may open the map; repeatable");
   pr->add_option("--sign", a.sign, "sign the map with this secret key file (NAME.key)");
   pr->add_option("--compat", a.compat, "torch2 (default) or torch1.13");
+  pr->add_flag("--encrypt", a.encrypt, "also encrypt every record (AES-256-CTR), for confidentiality of the weights");
   pr->add_flag("--allow-trailing-data", a.allow_trailing, "drop bytes after the pickle's STOP instead of rejecting");
   add_key_args(pr, a, false);
   extra_commands().push_back({pr, [] { return protect_main(a); }});

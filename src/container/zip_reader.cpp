@@ -384,8 +384,47 @@ uint32_t stored_crc32(std::span<const uint8_t> data, bool release) {
 }
 }  // namespace
 
+Status check_entry_crc(std::span<const uint8_t> file, const ZipEntry& e, Findings& findings, const ZipLimits& limits) {
+  if ((e.flags & kFlagEncrypted) || (e.method != 0 && e.method != 8)) return ok_status();  // reported elsewhere
+  MCDR_ASSIGN(ByteCursor dc, cursor_at(file, e.data_offset, "entry data"));
+  MCDR_ASSIGN(Bytes data, dc.take(e.compressed_size));
+  std::optional<uint32_t> actual;
+  if (e.method == 0) {
+    actual = stored_crc32(data, limits.release_pages);
+  } else {
+    std::vector<uint8_t> scratch;
+    auto s = inflate_exact(data, e.uncompressed_size, scratch, limits, e.name, e.local_header_offset);
+    if (s)
+      actual = libdeflate_crc32(0, scratch.data(), scratch.size());
+    else
+      add_finding(findings, Severity::high, s.error().rule, s.error().message, e.name, e.local_header_offset);
+  }
+  if (actual && *actual != e.crc32)
+    add_finding(findings, Severity::high, "zip.bad-crc",
+                "CRC-32 " + hex(*actual) + " does not match the directory's " + hex(e.crc32), e.name,
+                e.local_header_offset);
+  return ok_status();
+}
+
+Status check_entry_crc(const ZipArchive& zip, std::span<const uint8_t> file, const ZipEntry& e, Findings& findings,
+                       const ZipLimits& limits) {
+  if (e.method == 8 && !(e.flags & kFlagEncrypted)) {
+    if (e.uncompressed_size > zip.inflate_left) {
+      // Stop inflating once the file's budget is spent; the finding rejects it on disarm.
+      zip.inflate_left = 0;
+      if (!zip.inflate_reported)
+        add_finding(findings, Severity::high, "zip.inflate-total", total_message(file.size(), limits), e.name,
+                    e.local_header_offset);
+      zip.inflate_reported = true;
+      return ok_status();
+    }
+    zip.inflate_left -= e.uncompressed_size;
+  }
+  return check_entry_crc(file, e, findings, limits);
+}
+
 Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, const ZipLimits& limits,
-                            bool verify_crc) {
+                            bool verify_crc, const CrcDeferred& deferred) {
   MCDR_ASSIGN(EndRecords er, read_end_records(file, findings));
   const uint64_t end_records_start = er.zip64 ? er.zip64_pos : er.eocd_pos;
 
@@ -413,6 +452,7 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
                       er.cd_offset);
 
   ZipArchive archive;
+  archive.inflate_left = total_inflate_budget(file.size(), limits);
   archive.entries.reserve(static_cast<size_t>(er.entries));
   std::vector<std::vector<uint64_t>> descriptor_choices;
   descriptor_choices.reserve(static_cast<size_t>(er.entries));
@@ -420,9 +460,6 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
   data_ends.reserve(static_cast<size_t>(er.entries));
   std::unordered_set<std::string> names;
   std::vector<ExtraField> extras;
-  std::vector<uint8_t> scratch;
-  archive.inflate_left = total_inflate_budget(file.size(), limits);
-  bool budget_reported = false;
 
   MCDR_ASSIGN(ByteCursor cdc_full, cursor_at(file, er.cd_offset, "central directory"));
   MCDR_ASSIGN(Bytes cd_bytes, cdc_full.take(er.cd_size));
@@ -584,33 +621,7 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
       if (lf.csize != e.compressed_size) mismatch("compressed size");
     }
 
-    if (verify_crc && !(flags & kFlagEncrypted) && (method == 0 || method == 8)) {
-      MCDR_ASSIGN(ByteCursor dc, cursor_at(file, e.data_offset, "entry data"));
-      MCDR_ASSIGN(Bytes data, dc.take(e.compressed_size));
-      std::optional<uint32_t> actual;
-      if (method == 0) {
-        actual = stored_crc32(data, limits.release_pages);
-      } else if (e.uncompressed_size > archive.inflate_left) {
-        // Stop inflating once the file's budget is spent; the finding rejects it on disarm.
-        archive.inflate_left = 0;
-        if (!budget_reported)
-          add_finding(findings, Severity::high, "zip.inflate-total", total_message(file.size(), limits), e.name,
-                      e.local_header_offset);
-        budget_reported = true;
-      } else {
-        archive.inflate_left -= e.uncompressed_size;
-        auto s = inflate_exact(data, e.uncompressed_size, scratch, limits, e.name, e.local_header_offset);
-        if (s)
-          actual = libdeflate_crc32(0, scratch.data(), scratch.size());
-        else
-          add_finding(findings, Severity::high, s.error().rule, s.error().message, e.name, e.local_header_offset);
-        scratch.clear();
-      }
-      if (actual && *actual != crc)
-        add_finding(findings, Severity::high, "zip.bad-crc",
-                    "CRC-32 " + hex(*actual) + " does not match the directory's " + hex(crc), e.name,
-                    e.local_header_offset);
-    }
+    if (verify_crc && !(deferred && deferred(e))) MCDR_TRY(check_entry_crc(archive, file, e, findings, limits));
 
     archive.entries.push_back(std::move(e));
     descriptor_choices.push_back(std::move(choices));

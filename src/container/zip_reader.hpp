@@ -5,6 +5,7 @@
 // torch.load. This reader locates every entry through the central directory *and* its local
 // header and requires both to agree. CRC-32 and inflate come from libdeflate.
 #pragma once
+#include <functional>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -33,6 +34,7 @@ struct ZipArchive {
   // Bytes the deflated entries may still inflate to, all reads of this archive together (the
   // CRC pass and entry_bytes): a total per file, not only per entry (zip.inflate-total).
   mutable uint64_t inflate_left = UINT64_MAX;
+  mutable bool inflate_reported = false;  // zip.inflate-total reported once
   // The first entry with `name` (duplicates are findings). Indexed, because readers look up
   // one record per storage and checkpoints can hold tens of thousands.
   const ZipEntry* find(const std::string& name) const {
@@ -71,8 +73,20 @@ struct ZipLimits {
 // are severity high and make `disarm` reject the file. A structurally unreadable archive
 // returns an Error.
 // `verify_crc` computes the CRC-32 of every entry (one sequential pass over the data).
+// `deferred` (optional) names entries whose CRC the caller checks itself later (the torch
+// writer computes the CRC of each stored storage record while copying it): the pass skips them.
+using CrcDeferred = std::function<bool(const ZipEntry&)>;
 Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, const ZipLimits& limits = {},
-                            bool verify_crc = true);
+                            bool verify_crc = true, const CrcDeferred& deferred = {});
+
+// The CRC pass for one entry: a mismatch, or a deflated entry that does not inflate to its
+// size, is a high finding (zip.bad-crc / zip.bad-deflate ...), as in read_zip.
+Status check_entry_crc(std::span<const uint8_t> file, const ZipEntry& entry, Findings& findings,
+                       const ZipLimits& limits = {});
+// The same, charging a deflated entry to the archive's total inflate budget first: past it,
+// the entry is not inflated and one zip.inflate-total finding (high) is added.
+Status check_entry_crc(const ZipArchive& zip, std::span<const uint8_t> file, const ZipEntry& entry, Findings& findings,
+                       const ZipLimits& limits = {});
 
 // The bytes of an entry: a span into `file` for stored entries; for deflated entries the
 // inflated bytes are placed in `scratch` (bounded by limits) and a span into it is returned.

@@ -28,18 +28,40 @@ void byteswap(std::vector<uint8_t>& data, model::DType d) {
   for (size_t i = 0; i + size <= data.size(); i += size) std::reverse(data.begin() + i, data.begin() + i + size);
 }
 
+// Storage records (<folder>/data/<key>, stored) whose CRC the torch writer checks while copying
+// them, when the caller defers it. Every other member is checked by read_zip as for scan, so
+// that scan and disarm agree on every byte they accept: bookkeeping records (.format_version,
+// .storage_alignment, .data/serialization_id) are not written back, but a bad CRC there is
+// still a zip that is not what it claims to be.
+bool deferrable_storage(const ZipEntry& e) {
+  auto slash = e.name.find('/');
+  return e.method == 0 && slash != std::string::npos && slash > 0 && e.name.compare(slash + 1, 5, "data/") == 0;
+}
+
 struct ArchiveView {
   std::span<const uint8_t> file;
   const ZipArchive* zip;
   std::string prefix;
-  bool crc_checked = true;  // read_zip verified every entry's CRC
+  bool crc_checked = true;  // read_zip verified every entry's CRC, storage records included
   Result<std::span<const uint8_t>> read(const ZipEntry& e, std::vector<uint8_t>& scratch) const {
     MCDR_ASSIGN(auto bytes, container::entry_bytes(*zip, file, e, scratch));
-    if (!crc_checked && container::ZipWriter::crc32(bytes) != e.crc32)
+    if (!crc_checked && deferrable_storage(e) && container::ZipWriter::crc32(bytes) != e.crc32)
       return make_error("zip.bad-crc", "CRC-32 of the record does not match the zip directory", e.data_offset, e.name);
     return bytes;
   }
 };
+
+// Deferred mode: the storage records no tensor uses are dropped, not copied, so the writer
+// never sees their CRC; check them here (scan reports a bad one too).
+Status check_unused_storage_crcs(const ArchiveView& a, const std::unordered_set<std::string>& used, bool release,
+                                 Findings& findings) {
+  if (a.crc_checked) return ok_status();
+  container::ZipLimits limits;
+  limits.release_pages = release;
+  for (const auto& e : a.zip->entries)
+    if (deferrable_storage(e) && !used.count(e.name)) MCDR_TRY(container::check_entry_crc(*a.zip, a.file, e, findings, limits));
+  return ok_status();
+}
 
 void report_records(const ZipArchive& zip, const std::string& prefix, const std::unordered_set<std::string>& used,
                     Findings& findings) {
@@ -115,7 +137,9 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
   parsed.format = container::Format::torch_zip;
   container::ZipLimits zip_limits;
   zip_limits.release_pages = options.input_is_mapped;
-  MCDR_ASSIGN(ZipArchive zip, container::read_zip(file, parsed.findings, zip_limits, !options.defer_storage_crc));
+  container::CrcDeferred deferred;
+  if (options.defer_storage_crc) deferred = deferrable_storage;
+  MCDR_ASSIGN(ZipArchive zip, container::read_zip(file, parsed.findings, zip_limits, true, deferred));
   if (zip.entries.empty()) return make_error("torch.empty-archive", "zip archive has no entries");
   const std::string first = zip.entries.front().name;
   auto slash = first.find('/');
@@ -187,6 +211,7 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
   MCDR_ASSIGN(parsed.model, cdr::lift(program, resolver, lo));
   if (swap) add_finding(parsed.findings, Severity::info, "torch.big-endian", "big-endian storages converted to little-endian");
   report_records(zip, a.prefix, used, parsed.findings);
+  MCDR_TRY(check_unused_storage_crcs(a, used, options.input_is_mapped, parsed.findings));
   return parsed;
 }
 

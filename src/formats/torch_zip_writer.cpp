@@ -434,7 +434,11 @@ Status copy_payload(container::ZipWriter& zip, const std::string& name, const mo
   bool copied = false;
   if (fd >= 0 && bytes.size() >= kKernelCopyMin) {
     auto r = zip.copy_payload_from(fd, s.source_offset, bytes.size());
-    if (!r) return make_error(r.error().rule, r.error().message, r.error().offset, s.source);
+    if (!r) {
+      Error e = r.error();
+      e.entry = s.source;
+      return e;
+    }
     copied = *r;  // false: the kernel cannot copy between these files, so stream them below
   }
   if (!copied && fd >= 0) {

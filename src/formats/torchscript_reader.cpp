@@ -9,6 +9,7 @@
 // Archives of the old format (model.json / attributes.pkl / tensors/) are rejected.
 #include <algorithm>
 #include <map>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "cdr/lifter.hpp"
@@ -120,9 +121,8 @@ class Walker {
     const Node& st = p_.at(n.build_states.back());
     Declared decl = declared(cls);
     std::vector<std::pair<std::string, NodeId>> params, buffers, children;
-    for (auto [k, v] : st.entries) {
+    for (auto [k, v] : last_value_wins(st)) {
       const Node& kn = p_.at(k);
-      if (kn.kind != NodeKind::Str) continue;
       const Node& vn = p_.at(v);
       if (is_torch_class(p_, vn)) {
         children.emplace_back(kn.text, v);
@@ -157,6 +157,21 @@ class Walker {
   }
 
  private:
+  // The str-keyed entries of a state dict as the unpickler leaves them: a repeated attribute
+  // keeps its first position and its last value.
+  std::vector<std::pair<NodeId, NodeId>> last_value_wins(const Node& st) const {
+    std::vector<std::pair<NodeId, NodeId>> out;
+    std::unordered_map<std::string, size_t> seen;
+    for (auto [k, v] : st.entries) {
+      const Node& kn = p_.at(k);
+      if (kn.kind != NodeKind::Str) continue;
+      auto [it, fresh] = seen.emplace(kn.text, out.size());
+      if (fresh) out.emplace_back(k, v);
+      else out[it->second].second = v;
+    }
+    return out;
+  }
+
   bool requires_grad(const Node& call) const {
     const Node& args = p_.at(call.items[1]);
     if (args.kind != NodeKind::Tuple || args.items.size() < 5) return false;
@@ -294,6 +309,7 @@ Status read_torchscript_archive(std::span<const uint8_t> file, const container::
   cdr::LiftOptions lo;
   lo.entry = pkl->name;
   MCDR_ASSIGN(parsed.model, cdr::lift(program, resolver, lo));
+  for (auto& info : arch) cdr::vet_architecture(info, parsed.findings, pkl->name, 0);
   parsed.model.architecture = std::move(arch);
   add_finding(parsed.findings, Severity::medium, "torchscript.converted",
               "TorchScript module converted to a state dict of " + std::to_string(entries.size()) +

@@ -40,9 +40,29 @@ std::string dir_of(const std::string& path) {
 }
 }  // namespace
 
-Result<AtomicOutput> AtomicOutput::create(const std::string& final_path, bool durable) {
+bool path_exists(const std::string& path) {
+  struct stat st{};
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+namespace {
+// Moves `from` to `to` only where nothing exists at `to`: renameat2(RENAME_NOREPLACE), or,
+// where the file system lacks it, link() (which never replaces) and unlink of the temporary.
+int rename_noreplace(const char* from, const char* to) {
+  if (::renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0) return 0;
+  if (errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP) return -1;
+  if (::link(from, to) != 0) return -1;
+  ::unlink(from);
+  return 0;
+}
+}  // namespace
+
+Result<AtomicOutput> AtomicOutput::create(const std::string& final_path, bool durable, bool replace) {
+  if (!replace && path_exists(final_path))
+    return make_error("io.exists", final_path + " already exists (use --force to replace it)");
   AtomicOutput out;
   out.durable_ = durable;
+  out.replace_ = replace;
   out.final_path_ = final_path;
   std::string base = final_path;
   auto slash = base.rfind('/');
@@ -60,6 +80,12 @@ Result<AtomicOutput> AtomicOutput::create(const std::string& final_path, bool du
   return out;
 }
 
+Status AtomicOutput::set_mode(unsigned mode) {
+  if (fd_ < 0 || ::fchmod(fd_, static_cast<mode_t>(mode)) != 0)
+    return make_error("io.chmod", "cannot set the mode of the output for " + final_path_);
+  return ok_status();
+}
+
 AtomicOutput::AtomicOutput(AtomicOutput&& o) noexcept { *this = std::move(o); }
 
 AtomicOutput& AtomicOutput::operator=(AtomicOutput&& o) noexcept {
@@ -71,6 +97,7 @@ AtomicOutput& AtomicOutput::operator=(AtomicOutput&& o) noexcept {
     buf_ = std::move(o.buf_);
     written_ = o.written_;
     durable_ = o.durable_;
+    replace_ = o.replace_;
     o.fd_ = -1;
     o.temp_path_.clear();
   }
@@ -159,10 +186,13 @@ Status AtomicOutput::commit() {
   if (durable_ && ::fsync(fd_) != 0) return make_error("io.fsync", std::string("fsync failed: ") + std::strerror(errno));
   ::close(fd_);
   fd_ = -1;
-  if (::rename(temp_path_.c_str(), final_path_.c_str()) != 0) {
+  int rc = replace_ ? ::rename(temp_path_.c_str(), final_path_.c_str())
+                    : rename_noreplace(temp_path_.c_str(), final_path_.c_str());
+  if (rc != 0) {
     int e = errno;
     ::unlink(temp_path_.c_str());
     temp_path_.clear();
+    if (e == EEXIST) return make_error("io.exists", final_path_ + " already exists (use --force to replace it)");
     return make_error("io.rename", "cannot move output into place: " + std::string(std::strerror(e)));
   }
   temp_path_.clear();

@@ -19,7 +19,10 @@ class AtomicOutput {
   // `durable`: fsync the file before the rename. Off by default, like cp and torch.save: the
   // rename still guarantees that readers see either nothing or the whole file, but flushing
   // gigabytes to the device would make disarm several times slower than a copy.
-  static Result<AtomicOutput> create(const std::string& final_path, bool durable = false);
+  // `replace`: commit() may replace an existing file at final_path (the user said --force).
+  // Without it an existing file is never replaced: create() refuses it up front and commit()
+  // links the temporary into place without replacing (so a file that appears meanwhile wins).
+  static Result<AtomicOutput> create(const std::string& final_path, bool durable = false, bool replace = false);
   AtomicOutput() = default;
   AtomicOutput(AtomicOutput&& o) noexcept;
   AtomicOutput& operator=(AtomicOutput&& o) noexcept;
@@ -61,6 +64,8 @@ class AtomicOutput {
     size_t lead_ = 0;
   };
   Result<Window> window(uint64_t at, uint64_t length) const;
+  Status set_mode(unsigned mode);  // permission bits of the file (0644 unless set)
+  Status flush() { return flush_buffer(); }  // make everything written visible to window()
   Status commit();  // flush, fsync, rename over final_path
   void abandon();   // remove the temporary file now
 
@@ -73,6 +78,10 @@ class AtomicOutput {
   std::vector<uint8_t> buf_;
   uint64_t written_ = 0;
   bool durable_ = false;
+  bool replace_ = false;
 };
+
+// True when something (a file, a folder, a symbolic link, even a dangling one) exists at `path`.
+bool path_exists(const std::string& path);
 
 }  // namespace modelcdr::io

@@ -74,7 +74,11 @@ int main(int argc, char** argv) {
   score->add_option("IN", in)->required();
   score->add_flag("--json", as_json);
 
-  CLI11_PARSE(app, argc, argv);
+  try {  // usage errors exit 2, like modelcdr's (docs/CLI.md); --help exits 0
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
 
   DisarmOptions dopts;
   FileReport rep;

@@ -45,7 +45,7 @@ std::string to_hex(const uint8_t* p, size_t n) {
 std::string fingerprint(const uint8_t* p, size_t n) {
   uint8_t h[32];
   crypto_generichash(h, sizeof h, p, n, nullptr, 0);
-  return to_hex(h, 8);
+  return to_hex(h, 16);  // 128 bits
 }
 
 Result<std::string> read_small_file(const std::string& path, size_t limit) {
@@ -57,6 +57,15 @@ Result<std::string> read_small_file(const std::string& path, size_t limit) {
     s.append(buf, static_cast<size_t>(f.gcount()));
     if (s.size() > limit) return make_error("io.too-large", path + " is larger than expected");
   }
+  return s;
+}
+
+Result<std::string> read_small_file_prefix(const std::string& path, size_t n) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return make_error("io.open", "cannot open " + path + ": " + std::strerror(errno));
+  std::string s(n, '\0');
+  f.read(s.data(), static_cast<std::streamsize>(n));
+  s.resize(static_cast<size_t>(f.gcount()));
   return s;
 }
 
@@ -158,6 +167,9 @@ Result<KeyFile> read_key_file(const std::string& path) {
       return make_error("key.format", path + ": unknown field '" + field + "'");
     }
   }
+  struct stat st{};
+  k.loose_permissions = (k.has_x25519_secret || k.has_ed25519_secret || k.has_symmetric) &&
+                        ::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0;
   if (k.kind != "secret" && k.kind != "public" && k.kind != "symmetric")
     return make_error("key.format", path + ": 'kind' must be secret, public or symmetric");
   if (k.kind == "symmetric" && !k.has_symmetric) return make_error("key.format", path + ": symmetric key file without 'key'");

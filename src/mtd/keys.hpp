@@ -24,6 +24,7 @@ struct KeyFile {
   std::array<uint8_t, 64> ed25519_secret{};
   bool has_symmetric = false;
   Key32 symmetric{};
+  bool loose_permissions = false;  // holds a secret and is readable by group or others
   ~KeyFile();
 };
 
@@ -35,11 +36,13 @@ Status keygen_symmetric(const std::string& path, bool force);
 // Writes `text` to `path` with `mode`, atomically (temp in the same folder, fsync, rename).
 Status write_file_atomic(const std::string& path, const std::string& text, unsigned mode, bool force);
 Result<std::string> read_small_file(const std::string& path, size_t limit);
+// The first `n` bytes of `path` (fewer when it is shorter).
+Result<std::string> read_small_file_prefix(const std::string& path, size_t n);
 
 std::string to_base64(const uint8_t* p, size_t n);
 Result<std::vector<uint8_t>> from_base64(const std::string& s);
 std::string to_hex(const uint8_t* p, size_t n);
-// Short printable id of a public key: first 16 hex digits of BLAKE2b-256(key).
+// Printable id of a public key: the first 128 bits of BLAKE2b-256(key), 32 hex digits.
 std::string fingerprint(const uint8_t* p, size_t n);
 
 }  // namespace modelcdr::mtd

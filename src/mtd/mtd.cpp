@@ -2,7 +2,9 @@
 
 #include <libdeflate.h>
 #include <sodium.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,6 +21,7 @@
 #include "formats/torch_zip_writer.hpp"
 #include "io/atomic_output.hpp"
 #include "io/mapped_file.hpp"
+#include "mtd/cipher.hpp"
 #include "mtd/digest.hpp"
 #include "mtd/permute.hpp"
 
@@ -32,7 +35,7 @@ using model::StorageId;
 using model::ValueId;
 using model::ValueKind;
 
-constexpr const char* kMapSchema = "modelcdr.mtd-map/1";
+constexpr const char* kMapSchema = "modelcdr.mtd-map/2";
 constexpr const char* kHashName = "sha-256";
 
 // Storages are streamed in chunks of this size: a multiple of a permutation block for every
@@ -43,6 +46,11 @@ constexpr size_t kStreamChunk = 1 << 20;
 constexpr size_t kRing = 4;
 
 Digest hash_bytes(std::span<const uint8_t> b) { return sha256(b); }
+
+// `s` with invalid UTF-8 replaced by U+FFFD, as the JSON map stores it.
+std::string utf8_safe(const std::string& s) {
+  return json::parse(json(s).dump(-1, ' ', false, json::error_handler_t::replace)).get<std::string>();
+}
 std::string hex(const Digest& d) { return to_hex(d.data(), d.size()); }
 
 // SHA-256 and, where the reader deferred it, the zip CRC-32 of one record, in one pass.
@@ -119,6 +127,77 @@ Status stream_record(SerialWorker& helper, Ring& ring, std::span<const uint8_t> 
   }
   helper.wait_unfinished_at_most(0);  // no job may outlive the caller's state
   return st;
+}
+
+// ---- the file's layout ------------------------------------------------------------------------
+
+// Where each record's payload sits in a file: offset and size, by record key.
+using Ranges = std::vector<std::pair<uint64_t, uint64_t>>;
+
+// SHA-256 of a file's layout: its size, the record ranges, and every byte outside the records
+// (zip headers, data.pkl, the small members, the central directory), read by `read(off, len,
+// buf)`. A re-zipped file or one with an extra or renamed member has another layout even where
+// every record and the canonical data.pkl still match. Empty when the ranges are not disjoint.
+std::optional<Digest> layout_digest(uint64_t file_size, const Ranges& ranges,
+                                    const std::function<bool(uint64_t, size_t, uint8_t*)>& read) {
+  Sha256 h;
+  auto put64 = [&](uint64_t v) {
+    uint8_t b[8];
+    for (int i = 0; i < 8; ++i) b[i] = uint8_t(v >> (8 * i));
+    h.update(std::span<const uint8_t>(b, 8));
+  };
+  put64(file_size);
+  put64(ranges.size());
+  for (const auto& [off, len] : ranges) put64(off), put64(len);
+  Ranges sorted = ranges;
+  std::sort(sorted.begin(), sorted.end());
+  std::vector<uint8_t> buf(kStreamChunk);
+  uint64_t pos = 0;
+  sorted.emplace_back(file_size, 0);
+  for (const auto& [off, len] : sorted) {
+    if (off < pos || off > file_size || len > file_size - off) return std::nullopt;
+    for (uint64_t at = pos; at < off;) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), off - at));
+      if (!read(at, n, buf.data())) return std::nullopt;
+      h.update(std::span<const uint8_t>(buf.data(), n));
+      at += n;
+    }
+    pos = off + len;
+  }
+  return h.finish();
+}
+
+// The layout digest of the output just written (read back through a mapping of it).
+Result<Digest> output_layout(io::AtomicOutput& out, const Ranges& ranges) {
+  MCDR_TRY(out.flush());
+  const uint64_t size = out.tell();
+  MCDR_ASSIGN(auto window, out.window(0, size));
+  auto d = layout_digest(size, ranges, [&](uint64_t off, size_t n, uint8_t* buf) {
+    std::memcpy(buf, window.data() + off, n);
+    return true;
+  });
+  window.drop(0, size);
+  if (!d) return make_error("mtd.internal", "the written records overlap");
+  return *d;
+}
+
+// The layout digest of an input file as parsed: every record must be a stored span of it.
+std::optional<Digest> input_layout(const std::string& path, const std::vector<const model::Storage*>& records) {
+  Ranges ranges;
+  for (const auto* s : records) {
+    if (!s->mapped || s->source_fd < 0) return std::nullopt;
+    ranges.emplace_back(s->source_offset, s->bytes.size());
+  }
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  struct stat st{};
+  std::optional<Digest> d;
+  if (::fstat(fd, &st) == 0)
+    d = layout_digest(static_cast<uint64_t>(st.st_size), ranges, [&](uint64_t off, size_t n, uint8_t* buf) {
+      return ::pread(fd, buf, n, static_cast<off_t>(off)) == static_cast<ssize_t>(n);
+    });
+  ::close(fd);
+  return d;
 }
 
 // ---- names and structure --------------------------------------------------------------------
@@ -256,6 +335,7 @@ Result<Key32> parse_key32(const json& j) {
   if (b.size() != 32) return make_error("map.payload", "bad key length");
   Key32 k;
   std::memcpy(k.data(), b.data(), 32);
+  sodium_memzero(b.data(), b.size());
   return k;
 }
 
@@ -263,25 +343,15 @@ bool map_integrity_error(const Error& e) {
   return e.rule.rfind("map.", 0) == 0;
 }
 
-// Opens and decodes a map; fills signer info.
-Result<json> open_and_parse(const std::string& map_path, const OpenOptions& o, MtdResult& r) {
-  MCDR_ASSIGN(std::string sealed, read_small_file(map_path, size_t(1) << 30));
-  MCDR_ASSIGN(OpenedMap opened, open_map(sealed, o));
-  json payload = json::parse(opened.payload, nullptr, false);
-  if (payload.is_discarded() || !payload.is_object() || payload.value("schema", "") != kMapSchema)
-    return make_error("map.payload", "the map's payload is not a " + std::string(kMapSchema) + " document");
-  if (opened.signed_) {
-    // Without --verify-signer the signature is still checked against the signer the sealed
-    // payload names; who that is has to be judged by the user (the fingerprint is reported).
-    auto signer = payload.contains("signer") ? parse_key32(payload["signer"]) : Result<Key32>(make_error("map.signature", ""));
-    if (!signer.ok() || !signature_valid(sealed, *signer))
-      return make_error("map.signature", "the map's signature does not verify with the signer key it names");
-    if (opened.signature_checked_against_trusted && *signer != opened.signer)
-      return make_error("map.signature", "the map names a different signer than --verify-signer");
-    r.signer = fingerprint(signer->data(), 32);
-    r.signer_trusted = opened.signature_checked_against_trusted;
-  }
-  return payload;
+// Report codes (docs/MTD.md §6): one per diagnosis, so scripts need not parse messages.
+std::string code_of_map_error(const Error& e) {
+  if (e.rule == "map.no-key") return "wrong-key";
+  if (e.rule == "map.corrupt") return "map-modified";
+  if (e.rule == "map.signature") return "bad-signature";
+  if (e.rule == "map.untrusted") return "untrusted-map";
+  if (e.rule == "map.version") return "unsupported-map";
+  if (e.rule == "map.not-a-map") return "map-is-model";
+  return "bad-map";
 }
 
 struct MapEntry {
@@ -293,43 +363,165 @@ struct MapEntry {
   std::string before, after;
 };
 
-Result<std::vector<MapEntry>> entries_of(const json& payload) {
-  std::vector<MapEntry> out;
-  const auto& st = payload.at("storages");
-  if (!st.is_array()) return make_error("map.payload", "storages is not a list");
-  for (const auto& e : st) {
-    MapEntry m;
-    m.key = e.at("key").get<uint32_t>();
-    m.name = e.at("name").get<std::string>();
-    m.dtype = e.at("dtype").get<std::string>();
-    m.nbytes = e.at("nbytes").get<uint64_t>();
-    m.permuted = e.at("permuted").get<bool>();
-    m.source = e.at("source").get<uint32_t>();
-    m.before = e.at("before").get<std::string>();
-    m.after = e.at("after").get<std::string>();
-    if (m.key != out.size()) return make_error("map.payload", "storages out of order");
-    out.push_back(std::move(m));
+// The map's payload, validated field by field: a hostile (but validly sealed) map gets an
+// error naming the field, never an exception, a trap or a huge allocation.
+struct MapDoc {
+  std::vector<MapEntry> entries;
+  CompatTarget compat = CompatTarget::torch2;
+  Key32 secret{};
+  bool encrypted = false;
+  std::string nt_before, nt_after;
+  std::string layout_after;  // layout digest of the protected file
+  json architecture;
+  ~MapDoc() { sodium_memzero(secret.data(), secret.size()); }
+};
+
+constexpr size_t kMaxMapRecords = 1u << 20;
+constexpr size_t kMaxNameBytes = 4096;
+
+Error bad_field(const std::string& what) { return make_error("map.payload", "malformed map payload: " + what); }
+
+bool is_hex_digest(const json& j) {
+  if (!j.is_string()) return false;
+  const auto& s = j.get_ref<const std::string&>();
+  return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+const json* field(const json& o, const char* name, json::value_t type) {
+  auto it = o.find(name);
+  if (it == o.end()) return nullptr;
+  if (type == json::value_t::number_unsigned) return it->is_number_unsigned() ? &*it : nullptr;
+  return it->type() == type ? &*it : nullptr;
+}
+
+Result<std::string> string_field(const json& o, const char* name, size_t max = kMaxNameBytes) {
+  const json* j = field(o, name, json::value_t::string);
+  if (!j || j->get_ref<const std::string&>().size() > max) return bad_field(std::string("'") + name + "' missing or not a string");
+  return j->get<std::string>();
+}
+
+Result<uint64_t> uint_field(const json& o, const char* name, uint64_t max) {
+  const json* j = field(o, name, json::value_t::number_unsigned);
+  if (!j || j->get<uint64_t>() > max) return bad_field(std::string("'") + name + "' missing, not an unsigned integer or too large");
+  return j->get<uint64_t>();
+}
+
+Result<MapEntry> entry_of(const json& e, size_t index) {
+  if (!e.is_object()) return bad_field("storages[" + std::to_string(index) + "] is not an object");
+  MapEntry m;
+  MCDR_ASSIGN(uint64_t key, uint_field(e, "key", kMaxMapRecords));
+  MCDR_ASSIGN(uint64_t source, uint_field(e, "source", kMaxMapRecords));
+  MCDR_ASSIGN(m.nbytes, uint_field(e, "nbytes", uint64_t(1) << 50));
+  MCDR_ASSIGN(m.name, string_field(e, "name"));
+  MCDR_ASSIGN(m.dtype, string_field(e, "dtype", 64));
+  const json* permuted = field(e, "permuted", json::value_t::boolean);
+  if (!permuted) return bad_field("storages[" + std::to_string(index) + "].permuted missing or not a boolean");
+  if (!is_hex_digest(e.value("before", json())) || !is_hex_digest(e.value("after", json())))
+    return bad_field("storages[" + std::to_string(index) + "] hashes are not SHA-256 hex digests");
+  if (key != index) return bad_field("storages out of order");
+  m.key = static_cast<uint32_t>(key);
+  m.source = static_cast<uint32_t>(source);
+  m.permuted = permuted->get<bool>();
+  m.before = e["before"].get<std::string>();
+  m.after = e["after"].get<std::string>();
+  return m;
+}
+
+Status check_scheme(const json& doc) {
+  MCDR_ASSIGN(std::string hash, string_field(doc, "hash", 64));
+  const json* perm = field(doc, "permutation", json::value_t::object);
+  if (!perm) return bad_field("'permutation' missing");
+  MCDR_ASSIGN(std::string scheme, string_field(*perm, "scheme", 64));
+  if (hash != kHashName || scheme != kPermScheme)
+    return make_error("map.unsupported", "the map uses a hash or permutation scheme this modelcdr does not know");
+  return ok_status();
+}
+
+Result<std::unique_ptr<MapDoc>> parse_map_doc(const std::string& text) {
+  json doc = json::parse(text, nullptr, false);
+  if (doc.is_discarded() || !doc.is_object()) return bad_field("not a JSON object");
+  const json* schema = field(doc, "schema", json::value_t::string);
+  if (!schema || schema->get<std::string>() != kMapSchema)
+    return make_error("map.payload", "the map's payload is not a " + std::string(kMapSchema) + " document");
+  auto d = std::make_unique<MapDoc>();
+  MCDR_TRY(check_scheme(doc));
+  MCDR_ASSIGN(std::string compat, string_field(doc, "compat", 16));
+  if (compat != "torch2" && compat != "torch1.13") return bad_field("'compat' must be torch2 or torch1.13");
+  d->compat = compat == "torch1.13" ? CompatTarget::torch1_13 : CompatTarget::torch2;
+  if (!doc.contains("secret")) return bad_field("'secret' missing");
+  MCDR_ASSIGN(d->secret, parse_key32(doc["secret"]));
+  const json* enc = field(doc, "encryption", json::value_t::object);
+  if (enc) {
+    MCDR_ASSIGN(std::string cipher, string_field(*enc, "cipher", 64));
+    if (cipher != kRecordCipher) return make_error("map.unsupported", "the map uses a record cipher this modelcdr does not know");
+    d->encrypted = true;
+  } else if (!doc.contains("encryption") || !doc["encryption"].is_null()) {
+    return bad_field("'encryption' must be null or an object");
   }
-  // `source` must be a permutation of the keys.
-  std::vector<bool> used(out.size(), false);
-  for (const auto& e : out) {
-    if (e.source >= out.size() || used[e.source]) return make_error("map.payload", "swap table is not a permutation");
+  const json* nt = field(doc, "non_tensor", json::value_t::object);
+  if (!nt || !is_hex_digest(nt->value("before", json())) || !is_hex_digest(nt->value("after", json())))
+    return bad_field("'non_tensor' hashes missing");
+  const json* layout = field(doc, "layout", json::value_t::object);
+  if (!layout || !is_hex_digest(layout->value("after", json()))) return bad_field("'layout' missing");
+  d->layout_after = (*layout)["after"].get<std::string>();
+  d->nt_before = (*nt)["before"].get<std::string>();
+  d->nt_after = (*nt)["after"].get<std::string>();
+  d->architecture = doc.value("architecture", json());
+  if (!d->architecture.is_null() && !d->architecture.is_object()) return bad_field("'architecture' must be null or an object");
+  const json* st = field(doc, "storages", json::value_t::array);
+  if (!st || st->size() > kMaxMapRecords) return bad_field("'storages' missing, not a list or too long");
+  d->entries.reserve(st->size());
+  for (size_t i = 0; i < st->size(); ++i) {
+    MCDR_ASSIGN(MapEntry e, entry_of((*st)[i], i));
+    d->entries.push_back(std::move(e));
+  }
+  // `source` must be a permutation of the keys, and only between records of equal size.
+  std::vector<bool> used(d->entries.size(), false);
+  for (const auto& e : d->entries) {
+    if (e.source >= d->entries.size() || used[e.source]) return bad_field("swap table is not a permutation");
+    if (d->entries[e.source].nbytes != e.nbytes || d->entries[e.source].dtype != e.dtype)
+      return bad_field("swap between records of different size or dtype");
     used[e.source] = true;
   }
-  return out;
+  sodium_memzero(doc["secret"].get_ref<std::string&>().data(), doc["secret"].get_ref<std::string&>().size());
+  return d;
+}
+
+// Opens and decodes a map; fills signer info.
+Result<std::unique_ptr<MapDoc>> open_and_parse(const std::string& map_path, const OpenOptions& o, MtdResult& r) {
+  auto sealed = read_small_file(map_path, kMaxMapBytes);
+  if (!sealed.ok()) {
+    if (sealed.error().rule == "io.too-large")
+      return make_error("map.format", map_path + " is larger than a map can be (" + std::to_string(kMaxMapBytes >> 20) + " MiB)");
+    return sealed.error();
+  }
+  if (!looks_like_map(*sealed)) {
+    const bool model = sealed->rfind("PK\x03\x04", 0) == 0 || (!sealed->empty() && uint8_t((*sealed)[0]) == 0x80);
+    return make_error(model ? "map.not-a-map" : "map.format",
+                      model ? map_path + " is a model, not a map (arguments swapped?)" : map_path + " is not a modelcdr map");
+  }
+  MCDR_ASSIGN(OpenedMap opened, open_map(*sealed, o));
+  MCDR_ASSIGN(auto doc, parse_map_doc(opened.payload));
+  if (opened.signed_) {
+    r.signer = fingerprint(opened.signer.data(), 32);
+    r.signer_trusted = opened.signature_checked_against_trusted;
+  }
+  return doc;
 }
 
 // Compares the records of `m` with the map's hashes. `which`: "after" or "before".
 struct Comparison {
   std::vector<Mismatch> against_after, against_before;
   bool structure_ok = true;
+  size_t matching_records = 0;  // records whose hash matches either hash set
+  bool wrong_file = false;      // nothing matches: the map was made for another file
 };
 
-Comparison compare(const Model& m, const Layout& l, const json& payload, const std::vector<MapEntry>& entries,
+Comparison compare(const std::string& input, const Model& m, const Layout& l, const MapDoc& doc,
                    const std::vector<std::string>& names_now) {
   Comparison c;
+  const auto& entries = doc.entries;
   std::string pkl_hash = hex(hash_bytes(l.pkl));
-  const auto& nt = payload.at("non_tensor");
   auto nontensor = [&](const std::string& against, const std::string& expected) {
     Mismatch x;
     x.what = "non-tensor";
@@ -340,8 +532,9 @@ Comparison compare(const Model& m, const Layout& l, const json& payload, const s
     x.detail = "the non-tensor data (state-dict keys, shapes, dtypes, metadata) differs from the map";
     return x;
   };
-  if (pkl_hash != nt.at("after").get<std::string>()) c.against_after.push_back(nontensor("protected", nt.at("after")));
-  if (pkl_hash != nt.at("before").get<std::string>()) c.against_before.push_back(nontensor("restored", nt.at("before")));
+  const bool nt_differs = pkl_hash != doc.nt_after && pkl_hash != doc.nt_before;
+  if (pkl_hash != doc.nt_after) c.against_after.push_back(nontensor("protected", doc.nt_after));
+  if (pkl_hash != doc.nt_before) c.against_before.push_back(nontensor("restored", doc.nt_before));
   if (l.order.size() != entries.size()) {
     c.structure_ok = false;
     Mismatch x;
@@ -356,6 +549,18 @@ Comparison compare(const Model& m, const Layout& l, const json& payload, const s
   std::vector<const model::Storage*> records(n);
   for (size_t k = 0; k < n; ++k) records[k] = &l.at(m, k);
   auto sums = sum_all(records);
+  if (l.order.size() == entries.size()) {
+    auto now = input_layout(input, records);
+    if (!now || hex(*now) != doc.layout_after) {
+      Mismatch x;
+      x.what = "layout";
+      x.against = "protected";
+      x.expected = doc.layout_after;
+      x.actual = now ? hex(*now) : "";
+      x.detail = "the zip layout differs from the protected file's (re-zipped, or members added, renamed or moved)";
+      c.against_after.push_back(x);
+    }
+  }
   for (size_t k = 0; k < n; ++k) {
     const auto& e = entries[k];
     const auto size = records[k]->bytes.size();
@@ -381,7 +586,12 @@ Comparison compare(const Model& m, const Layout& l, const json& payload, const s
     // A CRC mismatch with a matching digest means the zip directory was edited: flag it too.
     if (h != e.after || !sums[k].crc_ok) c.against_after.push_back(tensor_mismatch("protected", e.after));
     if (h != e.before || !sums[k].crc_ok) c.against_before.push_back(tensor_mismatch("restored", e.before));
+    if (h == e.after || h == e.before) ++c.matching_records;
   }
+  // Not one record matches (and, for a one-record map, neither does the non-tensor data):
+  // this is not the file the map was made for, which one message says better than a line
+  // per tensor.
+  c.wrong_file = !entries.empty() && c.matching_records == 0 && (nt_differs || entries.size() >= 2);
   return c;
 }
 
@@ -404,6 +614,7 @@ MtdResult mismatch_file(MtdResult r, const Error& e) {
   Mismatch x;
   x.what = "file";
   x.detail = "the file cannot be read as a model: " + e.describe();
+  r.code = "unreadable-file";
   r.mismatches.push_back(x);
   r.outcome = Outcome::mismatch;
   return r;
@@ -423,8 +634,10 @@ Key32 derive_storage_key(const Key32& secret, const std::string& name, uint32_t 
   return out;
 }
 
-MtdResult protect(const std::string& input, const std::string& output, const std::string& map_path,
-                  const ProtectOptions& options) {
+namespace {
+
+MtdResult protect_impl(const std::string& input, const std::string& output, const std::string& map_path,
+                       const ProtectOptions& options) {
   MtdResult r;
   if (sodium_init() < 0) return fail(r, make_error("crypto.init", "libsodium failed to initialise"));
   DisarmOptions dopt;
@@ -448,6 +661,9 @@ MtdResult protect(const std::string& input, const std::string& output, const std
       names[k] = by_sid[sid];
     }
     if (names[k].empty()) names[k] = "data/" + std::to_string(k);
+    // The map is JSON: a name that is not UTF-8 is stored (and its key derived) in the
+    // replaced form, so that restore derives the same key from what it reads.
+    names[k] = utf8_safe(names[k]);
   }
 
   // Fresh secret for this copy; swaps drawn with randombytes_uniform (unbiased).
@@ -473,10 +689,14 @@ MtdResult protect(const std::string& input, const std::string& output, const std
   // thread hashes that chunk (after-hash) and hands it to the writer.
   SerialWorker helper;
   Ring ring(kRing, std::vector<uint8_t>(kStreamChunk));
+  auto out = io::AtomicOutput::create(output);
+  if (!out.ok()) return fail(r, out.error());
+  Ranges written(n);  // where each record's payload lands in the output (for the layout digest)
   auto wo = write_options(options.compat);
   wo.storage_stream = [&](uint32_t key, const model::Storage& s,
                           const formats::TorchWriteOptions::PayloadSink& sink) -> Status {
     if (key >= n) return make_error("mtd.internal", "writer and layout disagree on the records");
+    written[key] = {out->tell(), s.bytes.size()};
     const model::Storage& src = source[key] == key ? s : l.at(m, source[key]);
     if (src.bytes.size() != s.bytes.size()) return make_error("mtd.internal", "swap between different sizes");
     const std::span<const uint8_t> in = src.bytes;
@@ -487,6 +707,13 @@ MtdResult protect(const std::string& input, const std::string& output, const std
       perm.emplace(pk.data(), in.size() / esize, esize, false);
       sodium_memzero(pk.data(), pk.size());
     }
+    std::optional<RecordCipher> cipher;
+    if (options.encrypt) {  // encrypt after permuting: the keystream runs over the output in order
+      Key32 ck = derive_record_cipher_key(secret, key);
+      cipher.emplace(ck);
+      sodium_memzero(ck.data(), ck.size());
+    }
+    const bool transformed = perm || cipher;
     Sha256 before_sum, after_sum;
     uint32_t crc = 0;
     const bool check_crc = src.expected_crc.has_value();
@@ -494,24 +721,25 @@ MtdResult protect(const std::string& input, const std::string& output, const std
       before_sum.update(in.subspan(off, len));
       if (check_crc) crc = libdeflate_crc32(crc, in.data() + off, len);
       if (perm) perm->produce(in.data(), slot, off / esize, len / esize);
+      if (cipher) cipher->apply(perm ? slot : in.data() + off, slot, len, off);
     };
     auto consume = [&](std::span<const uint8_t> chunk) {
-      if (perm) after_sum.update(chunk);
+      if (transformed) after_sum.update(chunk);
       return sink(chunk);
     };
     io::populate_mapped_pages(in);  // both threads read it (the gather anywhere in it)
-    Status streamed = stream_record(helper, ring, in, perm.has_value(), prepare, consume);
+    Status streamed = stream_record(helper, ring, in, transformed, prepare, consume);
     if (src.mapped) io::release_mapped_pages(in);  // never heap memory: DONTNEED would zero it
     MCDR_TRY(streamed);
     if (check_crc && crc != *src.expected_crc)
       return make_error("zip.bad-crc", "CRC-32 of the storage record does not match the zip directory", 0, src.source);
     before[source[key]] = before_sum.finish();
-    after[key] = perm ? after_sum.finish() : before[source[key]];
+    after[key] = transformed ? after_sum.finish() : before[source[key]];
     return ok_status();
   };
-  auto out = io::AtomicOutput::create(output);
-  if (!out.ok()) return fail(r, out.error());
   if (auto s = formats::write_torch_zip(m, wo, *out); !s.ok()) return fail(r, s.error());
+  auto layout_after = output_layout(*out, written);
+  if (!layout_after.ok()) return fail(r, layout_after.error());
 
   std::string pkl_hash = hex(hash_bytes(l.pkl));
   json storages = json::array();
@@ -545,8 +773,14 @@ MtdResult protect(const std::string& input, const std::string& output, const std
         {"tables", kPermTables},
         {"key_derivation", "BLAKE2b-256 keyed by secret over 'modelcdr/mtd/v1/perm' 0 name 0 key"},
         {"stream", "ChaCha20 (crypto_stream_chacha20), nonce 0"}}},
+      {"encryption", options.encrypt ? json{{"cipher", kRecordCipher},
+                                           {"key_derivation", "BLAKE2b-256 keyed by secret over 'modelcdr/mtd/v2/enc' 0 key"},
+                                           {"counter", "starts at 0 in every record; applied after the permutation"}}
+                                     : json(nullptr)},
       {"hash", kHashName},
       {"compat", compat_name(options.compat)},
+      {"layout", {{"what", "SHA-256 of the file size, the record ranges and every byte outside the records"},
+                  {"after", hex(*layout_after)}}},
       {"non_tensor", {{"what", "archive/data.pkl as emitted by modelcdr from the IR (no tensor payloads)"},
                       {"before", pkl_hash}, {"after", pkl_hash}}},
       {"signer", options.seal.signer ? json(to_base64(options.seal.signer->ed25519_public.data(), 32)) : json(nullptr)},
@@ -554,7 +788,7 @@ MtdResult protect(const std::string& input, const std::string& output, const std
       {"storages", storages},
       {"swaps", swaps},
   };
-  std::string text = payload.dump();
+  std::string text = payload.dump(-1, ' ', false, json::error_handler_t::replace);
   sodium_memzero(secret.data(), secret.size());
   auto sealed = seal_map(text, options.seal);
   sodium_memzero(text.data(), text.size());
@@ -564,7 +798,9 @@ MtdResult protect(const std::string& input, const std::string& output, const std
   if (auto s = write_text(map_path, *sealed, map_out); !s.ok()) return fail(r, s.error());
   if (!m.architecture.empty()) {
     r.file.architecture = output + ".architecture.json";
-    if (auto s = write_text(r.file.architecture, architecture_json(m).dump(2) + "\n", arch_out); !s.ok())
+    if (auto s = write_text(r.file.architecture,
+                            architecture_json(m).dump(2, ' ', false, json::error_handler_t::replace) + "\n", arch_out);
+        !s.ok())
       return fail(r, s.error());
   }
   // Commit the map first: a protected model without its map would be lost.
@@ -582,65 +818,99 @@ MtdResult protect(const std::string& input, const std::string& output, const std
   return r;
 }
 
-namespace {
+// (still in the unnamed namespace opened above protect_impl)
 
 struct Prepared {
   LoadedModelPtr loaded;
-  json payload;
-  std::vector<MapEntry> entries;
-  CompatTarget compat = CompatTarget::torch2;
+  std::unique_ptr<MapDoc> doc;
   Layout layout;
   Comparison cmp;
 };
+
+MtdResult map_failure(MtdResult& r, const std::string& map_path, const Error& e) {
+  r.code = code_of_map_error(e);
+  // A swapped argument or a missing trust decision is a usage problem, not an integrity one.
+  if (e.rule == "map.not-a-map" || e.rule == "map.untrusted") return fail(r, e);
+  Mismatch x;
+  x.what = "map";
+  x.name = map_path;
+  x.detail = e.message + " [" + e.rule + "]";
+  r.mismatches.push_back(x);
+  r.outcome = Outcome::mismatch;
+  return r;
+}
+
+// A model file given where the map belongs, or a map given as the model, is named as such.
+bool file_is_map(const std::string& path) {
+  auto head = read_small_file_prefix(path, 8);
+  return head.ok() && looks_like_map(*head);
+}
+
+// The map's claims about each record must fit the record they describe: only float records of
+// the dtype the map names are permuted (a hostile map marking a complex128 record `permuted`
+// is refused here instead of reaching the permutation).
+Status check_entries_fit(const Model& m, const Layout& l, const MapDoc& doc) {
+  for (size_t k = 0; k < doc.entries.size() && k < l.order.size(); ++k) {
+    const auto& e = doc.entries[k];
+    const auto& s = l.at(m, k);
+    if (e.nbytes != s.bytes.size() || e.dtype != model::dtype_info(s.dtype).name)
+      return make_error("map.payload", "the map describes archive/data/" + std::to_string(k) + " as " + e.dtype + " of " +
+                                           std::to_string(e.nbytes) + " bytes, the file holds " +
+                                           model::dtype_info(s.dtype).name + " of " + std::to_string(s.bytes.size()));
+    if (e.permuted && !is_float_storage(s))
+      return make_error("map.payload", "the map marks archive/data/" + std::to_string(k) + " (" + e.dtype +
+                                           ") as permuted, but only float records are");
+  }
+  return ok_status();
+}
 
 // Shared first half of restore and verify: open the map, parse the input, compare hashes.
 std::optional<MtdResult> prepare(const std::string& input, const std::string& map_path, const RestoreOptions& o,
                                  MtdResult& r, Prepared& p) {
   if (sodium_init() < 0) return fail(r, make_error("crypto.init", "libsodium failed to initialise"));
-  auto payload = open_and_parse(map_path, o.open, r);
-  if (!payload.ok()) {
-    if (map_integrity_error(payload.error())) {
-      Mismatch x;
-      x.what = "map";
-      x.name = map_path;
-      x.detail = payload.error().message + " [" + payload.error().rule + "]";
-      r.mismatches.push_back(x);
-      r.outcome = Outcome::mismatch;
-      return r;
-    }
-    return fail(r, payload.error());
+  if (file_is_map(input)) {
+    r.code = "input-is-map";
+    return fail(r, make_error("mtd.input-is-map", input + " is a map, not a model (arguments swapped?)"));
   }
-  p.payload = std::move(*payload);
-  try {
-    auto entries = entries_of(p.payload);
-    if (!entries.ok()) return fail(r, entries.error());
-    p.entries = std::move(*entries);
-    p.compat = p.payload.at("compat").get<std::string>() == "torch1.13" ? CompatTarget::torch1_13 : CompatTarget::torch2;
-    if (p.payload.at("hash").get<std::string>() != kHashName ||
-        p.payload.at("permutation").at("scheme").get<std::string>() != kPermScheme)
-      return fail(r, make_error("map.unsupported", "the map uses a hash or permutation scheme this modelcdr does not know"));
-  } catch (const std::exception& e) {
-    return fail(r, make_error("map.payload", std::string("malformed map payload: ") + e.what()));
+  auto doc = open_and_parse(map_path, o.open, r);
+  if (!doc.ok()) {
+    if (map_integrity_error(doc.error())) return map_failure(r, map_path, doc.error());
+    return fail(r, doc.error());
   }
+  p.doc = std::move(*doc);
   if (::access(input.c_str(), R_OK) != 0) return fail(r, make_error("io.open", "cannot open " + input));
   DisarmOptions dopt;
-  dopt.compat = p.compat;
+  dopt.compat = p.doc->compat;
   // CRCs are checked in the hashing pass (compare), so each byte is read once there.
   auto loaded = load_model(input, dopt, r.file, /*defer_storage_crc=*/true);
   if (!loaded.ok()) return mismatch_file(r, loaded.error());
   p.loaded = std::move(*loaded);
   Model& m = model_of(*p.loaded);
-  auto layout = layout_of(m, p.compat);
+  auto layout = layout_of(m, p.doc->compat);
   if (!layout.ok()) return mismatch_file(r, layout.error());
   p.layout = std::move(*layout);
-  p.cmp = compare(m, p.layout, p.payload, p.entries, names_by_key(m, p.layout));
-  r.storages = p.entries.size();
+  p.cmp = compare(input, m, p.layout, *p.doc, names_by_key(m, p.layout));
+  r.storages = p.doc->entries.size();
+  if (p.cmp.wrong_file) {
+    Mismatch x;
+    x.what = "wrong-file";
+    x.name = input;
+    x.detail = "this map does not belong to this file: none of its " + std::to_string(p.doc->entries.size()) +
+               " records matches the file's " + std::to_string(p.layout.order.size());
+    r.mismatches = {x};
+    r.code = "wrong-file";
+    r.outcome = Outcome::mismatch;
+    return r;
+  }
   return std::nullopt;
 }
 
-}  // namespace
+void set_mismatch_code(MtdResult& r) {
+  if (r.outcome == Outcome::mismatch && r.code.empty()) r.code = "tampered";
+  if (r.outcome == Outcome::ok) r.code = "ok";
+}
 
-MtdResult verify(const std::string& input, const std::string& map_path, const RestoreOptions& o) {
+MtdResult verify_impl(const std::string& input, const std::string& map_path, const RestoreOptions& o) {
   MtdResult r;
   Prepared p;
   if (auto early = prepare(input, map_path, o, r, p)) return *early;
@@ -656,8 +926,8 @@ MtdResult verify(const std::string& input, const std::string& map_path, const Re
   return r;
 }
 
-MtdResult restore(const std::string& input, const std::string& map_path, const std::string& output,
-                  const RestoreOptions& o) {
+MtdResult restore_impl(const std::string& input, const std::string& map_path, const std::string& output,
+                       const RestoreOptions& o) {
   MtdResult r;
   Prepared p;
   if (auto early = prepare(input, map_path, o, r, p)) return *early;
@@ -670,22 +940,18 @@ MtdResult restore(const std::string& input, const std::string& map_path, const s
   }
   Model& m = model_of(*p.loaded);
   const Layout& l = p.layout;
-  const size_t n = p.entries.size();
-  Key32 secret;
-  try {
-    auto s = parse_key32(p.payload.at("secret"));
-    if (!s.ok()) return fail(r, s.error());
-    secret = *s;
-  } catch (const std::exception& e) {
-    return fail(r, make_error("map.payload", e.what()));
-  }
+  const MapDoc& doc = *p.doc;
+  if (auto fit = check_entries_fit(m, l, doc); !fit.ok()) return map_failure(r, map_path, fit.error());
+  const size_t n = doc.entries.size();
   std::vector<uint32_t> holder(n);  // holder[j] = key whose record holds original j
-  for (size_t k = 0; k < n; ++k) holder[p.entries[k].source] = static_cast<uint32_t>(k);
+  for (size_t k = 0; k < n; ++k) holder[doc.entries[k].source] = static_cast<uint32_t>(k);
   // 2. Undo while writing; 3. check every restored record against the before-hashes.
-  auto wo = write_options(p.compat);
-  // This thread gathers the original chunk by chunk into a ring slot and hands it to the
-  // writer; the helper takes the before-hash of the same slot meanwhile. (The other way round
-  // left this thread with the hash, the CRC and the write: measured 10-15% slower.)
+  auto wo = write_options(doc.compat);
+  // This thread reads each chunk exactly once, into a private ring slot (gathering and
+  // decrypting as it goes), and hands that slot to the writer; the helper takes the
+  // before-hash of the same slot meanwhile. So the bytes checked are the bytes written, even
+  // if the input changes under us. (The other way round left this thread with the hash, the
+  // CRC and the write: measured 10-15% slower.)
   SerialWorker helper;
   Ring ring(kRing, std::vector<uint8_t>(kStreamChunk));
   wo.storage_stream = [&](uint32_t key, const model::Storage& s,
@@ -697,23 +963,31 @@ MtdResult restore(const std::string& input, const std::string& map_path, const s
     const std::span<const uint8_t> in = src.bytes;
     const size_t esize = model::dtype_info(src.dtype).element_size;
     std::optional<Permuter> perm;
-    if (p.entries[from].permuted) {
-      Key32 pk = derive_storage_key(secret, p.entries[from].name, from);
+    if (doc.entries[from].permuted) {
+      Key32 pk = derive_storage_key(doc.secret, doc.entries[from].name, from);
       perm.emplace(pk.data(), in.size() / esize, esize, true);
       sodium_memzero(pk.data(), pk.size());
     }
+    std::optional<RecordCipher> cipher;
+    if (doc.encrypted) {
+      Key32 ck = derive_record_cipher_key(doc.secret, from);
+      cipher.emplace(ck);
+      sodium_memzero(ck.data(), ck.size());
+    }
+    const Permuter::SourceLoad decrypt = [&](const uint8_t* a, uint8_t* b, size_t len, size_t off) {
+      cipher->apply(a, b, len, off);
+    };
     Sha256 restored_sum;
     io::populate_mapped_pages(in);  // both threads read it (the gather anywhere in it)
     Status streamed = ok_status();
     for (size_t off = 0, i = 0; off < in.size() && streamed.ok(); off += kStreamChunk, ++i) {
       const size_t len = std::min(kStreamChunk, in.size() - off);
-      std::span<const uint8_t> chunk = in.subspan(off, len);
-      if (perm) {
-        helper.wait_unfinished_at_most(kRing - 1);  // the hash of this slot's last chunk is done
-        uint8_t* slot = ring[i % kRing].data();
-        perm->produce(in.data(), slot, off / esize, len / esize);
-        chunk = std::span<const uint8_t>(slot, len);
-      }
+      helper.wait_unfinished_at_most(kRing - 1);  // the hash of this slot's last chunk is done
+      uint8_t* slot = ring[i % kRing].data();
+      if (perm) perm->produce(in.data(), slot, off / esize, len / esize, cipher ? &decrypt : nullptr);
+      else if (cipher) cipher->apply(in.data() + off, slot, len, off);
+      else std::memcpy(slot, in.data() + off, len);
+      const std::span<const uint8_t> chunk(slot, len);
       helper.submit([&restored_sum, chunk] { restored_sum.update(chunk); });
       streamed = sink(chunk);
     }
@@ -722,23 +996,24 @@ MtdResult restore(const std::string& input, const std::string& map_path, const s
     MCDR_TRY(streamed);
     const Digest sum = restored_sum.finish();
     std::string h = hex(sum);
-    if (h != p.entries[key].before) {
+    if (h != doc.entries[key].before) {
       Mismatch x;
       x.what = "tensor";
-      x.name = p.entries[key].name;
+      x.name = doc.entries[key].name;
       x.key = key;
       x.against = "restored";
-      x.expected = p.entries[key].before;
+      x.expected = doc.entries[key].before;
       x.actual = h;
-      x.detail = "restored bytes differ from the original (wrong map for this file?)";
+      x.detail = "restored bytes differ from the original (the file changed while it was read, or a wrong map)";
       r.mismatches.push_back(x);
     }
     return ok_status();
   };
   auto out = io::AtomicOutput::create(output);
   if (!out.ok()) return fail(r, out.error());
+  // The restored model is the confidential plaintext: owner-only, whatever the umask.
+  if (auto s = out->set_mode(0600); !s.ok()) return fail(r, s.error());
   auto written = formats::write_torch_zip(m, wo, *out);
-  sodium_memzero(secret.data(), secret.size());
   if (!written.ok()) return fail(r, written.error());
   if (!r.mismatches.empty()) {
     out->abandon();
@@ -746,9 +1021,10 @@ MtdResult restore(const std::string& input, const std::string& map_path, const s
     return r;
   }
   io::AtomicOutput arch_out;
-  if (p.payload.contains("architecture") && !p.payload["architecture"].is_null()) {
+  if (!doc.architecture.is_null()) {
     r.file.architecture = output + ".architecture.json";
-    if (auto s = write_text(r.file.architecture, p.payload["architecture"].dump(2) + "\n", arch_out); !s.ok())
+    if (auto s = write_text(r.file.architecture, doc.architecture.dump(2, ' ', false, json::error_handler_t::replace) + "\n",
+                            arch_out); !s.ok())
       return fail(r, s.error());
   }
   if (auto s = out->commit(); !s.ok()) return fail(r, s.error());
@@ -757,10 +1033,45 @@ MtdResult restore(const std::string& input, const std::string& map_path, const s
   r.state = "restored";
   r.outcome = Outcome::ok;
   for (size_t k = 0; k < n; ++k) {
-    if (p.entries[k].permuted) ++r.permuted;
-    if (p.entries[k].source != k) ++r.swapped;
+    if (doc.entries[k].permuted) ++r.permuted;
+    if (doc.entries[k].source != k) ++r.swapped;
   }
   return r;
+}
+
+// Nothing an input or a map holds may end the process: what escapes is reported as an error
+// (temporary outputs are removed by their destructors on the way out).
+template <class F>
+MtdResult guarded(F&& f) {
+  try {
+    MtdResult r = f();
+    set_mismatch_code(r);
+    return r;
+  } catch (const std::bad_alloc&) {
+    MtdResult r;
+    r.code = "error";
+    return fail(r, make_error("resource.memory", "out of memory"));
+  } catch (const std::exception& e) {
+    MtdResult r;
+    r.code = "error";
+    return fail(r, make_error("mtd.internal", std::string("unexpected error: ") + e.what()));
+  }
+}
+
+}  // namespace
+
+MtdResult verify(const std::string& input, const std::string& map_path, const RestoreOptions& o) {
+  return guarded([&] { return verify_impl(input, map_path, o); });
+}
+
+MtdResult restore(const std::string& input, const std::string& map_path, const std::string& output,
+                  const RestoreOptions& o) {
+  return guarded([&] { return restore_impl(input, map_path, output, o); });
+}
+
+MtdResult protect(const std::string& input, const std::string& output, const std::string& map_path,
+                  const ProtectOptions& options) {
+  return guarded([&] { return protect_impl(input, output, map_path, options); });
 }
 
 }  // namespace modelcdr::mtd

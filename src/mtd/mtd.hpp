@@ -13,7 +13,7 @@ namespace modelcdr::mtd {
 
 // One difference between a file and its map.
 struct Mismatch {
-  std::string what;      // "tensor" | "non-tensor" | "structure" | "file"
+  std::string what;      // "tensor" | "non-tensor" | "structure" | "file" | "map" | "wrong-file"
   std::string name;      // tensor name (state-dict key path) for "tensor"
   int64_t key = -1;      // archive/data/<key>
   std::string against;   // "protected" (the map's after-hashes) | "restored" (before-hashes)
@@ -27,6 +27,7 @@ struct MtdResult {
   Outcome outcome = Outcome::error;
   std::optional<Error> error;       // outcome error (usage / IO / rejected input)
   std::vector<Mismatch> mismatches; // outcome mismatch
+  std::string code;                 // one word per diagnosis (docs/MTD.md §6): ok, tampered, wrong-file, ...
   std::string state;                // verify: "protected" | "restored"
   std::string output;               // written file, if any
   std::string signer;               // fingerprint of the map's signer, if signed
@@ -39,6 +40,7 @@ struct ProtectOptions {
   SealOptions seal;
   CompatTarget compat = CompatTarget::torch2;
   bool allow_trailing_data = false;
+  bool encrypt = false;  // also encrypt every record (AES-256-CTR), not only permute
 };
 
 MtdResult protect(const std::string& input, const std::string& output, const std::string& map_path,

@@ -15,13 +15,15 @@
 // Fisher-Yates. All randomness is a ChaCha20 keystream (libsodium crypto_stream_chacha20) under
 // the per-tensor key; bounded integers are drawn without bias (Lemire's method with rejection).
 //
-// Strength, honestly: the values of a tensor are unchanged as a multiset (their histogram is
-// public), and the elements of one output block all come from one input block. Recovering the
-// order needs the key (256 bits) or a structural attack on natural weights that this scheme
-// does not claim to resist; the cryptographic guarantees of MTD are those of the sealed map.
+// Strength, honestly: this is not confidentiality (docs/MTD.md §3). The values of a tensor are
+// unchanged as a multiset, so any reference copy undoes it by sorting; and with one input block
+// per output block and only 64 tables, blocks sharing a table and their XOR offsets can be
+// recovered from the protected file alone. `protect --encrypt` (mtd/cipher.hpp) adds real
+// encryption on top.
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 namespace modelcdr::mtd {
@@ -34,10 +36,15 @@ inline constexpr const char* kPermScheme = "mtd-blockperm-v1";
 // streamed through a small buffer: produce(in, out, first, count) writes output elements
 // [first, first + count) to `out` (count elements), reading anywhere in the whole input `in`.
 // `first` must be a multiple of kPermBlock and so must `count` unless the range ends at n.
+// Every output block reads exactly one input block (and the tail only the input tail), so
+// `load`, when given, may transform input on its way in: load(src, dst, nbytes, offset) copies
+// nbytes of input at byte `offset` of the record to dst (restore of an encrypted record
+// decrypts there; the keystream position is the input's).
 class Permuter {
  public:
+  using SourceLoad = std::function<void(const uint8_t* src, uint8_t* dst, size_t nbytes, size_t offset)>;
   Permuter(const uint8_t key[32], size_t n, size_t elem_size, bool inverse);
-  void produce(const uint8_t* in, uint8_t* out, size_t first, size_t count) const;
+  void produce(const uint8_t* in, uint8_t* out, size_t first, size_t count, const SourceLoad* load = nullptr) const;
 
   struct Plan {
     bool inverse = false;

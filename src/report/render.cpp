@@ -1,5 +1,8 @@
 #include "report/render.hpp"
 
+#include <algorithm>
+#include <cstdio>
+
 #include <nlohmann/json.hpp>
 
 namespace modelcdr::report {
@@ -20,7 +23,7 @@ json findings_json(const Findings& fs) {
 
 json error_json(const std::optional<Error>& e) {
   if (!e) return nullptr;
-  return {{"rule", e->rule}, {"message", e->message}, {"entry", e->entry}, {"offset", e->offset}};
+  return {{"rule", e->rule}, {"message", e->message}, {"entry", e->entry}, {"offset", e->has_offset ? json(e->offset) : json(nullptr)}};
 }
 
 json tensors_json(const TensorStats& t) {
@@ -127,13 +130,73 @@ std::string sarif(const std::vector<FileReport>& files) {
   return dump(doc);
 }
 
+namespace {
+
+// Length of the UTF-8 sequence at s[i] (1-4), or 0 when it is not well formed (overlong
+// forms, surrogates and code points above U+10FFFF included).
+size_t utf8_length(std::string_view s, size_t i, uint32_t& cp) {
+  auto byte = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  unsigned char c = byte(i);
+  size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+  if (len == 0 || i + len > s.size()) return 0;
+  cp = len == 1 ? c : c & (0x7F >> len);
+  for (size_t k = 1; k < len; ++k) {
+    if ((byte(i + k) & 0xC0) != 0x80) return 0;
+    cp = cp << 6 | (byte(i + k) & 0x3F);
+  }
+  static const uint32_t min_cp[] = {0, 0, 0x80, 0x800, 0x10000};
+  if (cp < min_cp[len] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  return len;
+}
+
+// Code points that move or hide text on a terminal without being C0/C1 controls: bidi
+// overrides and isolates (the "trojan source" trick), line/paragraph separators, BOM.
+bool invisible_format(uint32_t cp) {
+  return (cp >= 0x200B && cp <= 0x200F) || (cp >= 0x2028 && cp <= 0x202E) || (cp >= 0x2066 && cp <= 0x2069) ||
+         cp == 0xFEFF;
+}
+
+}  // namespace
+
+std::string printable(std::string_view s) {
+  static const char* hexd = "0123456789abcdef";
+  auto hex_byte = [&](std::string& out, unsigned char c) {
+    out += "\\x";
+    out += hexd[c >> 4];
+    out += hexd[c & 15];
+  };
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size();) {
+    unsigned char c = static_cast<unsigned char>(s[i]);
+    uint32_t cp = 0;
+    size_t len = utf8_length(s, i, cp);
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (len == 0 || cp < 0x20 || cp == 0x7F || (cp >= 0x80 && cp <= 0x9F)) {
+      // a control (ESC starts every terminal sequence) or a byte that is not UTF-8
+      for (size_t k = 0; k < std::max<size_t>(len, 1); ++k) hex_byte(out, static_cast<unsigned char>(s[i + k]));
+    } else if (invisible_format(cp)) {
+      char buf[16];
+      std::snprintf(buf, sizeof buf, "\\u%04x", cp);
+      out += buf;
+    } else {
+      out.append(s.data() + i, len);
+    }
+    i += std::max<size_t>(len, 1);
+  }
+  return out;
+}
+
+// Every piece of these lines can come from the input (paths, entry names, class names in
+// messages): the whole line goes through printable().
 std::string text_line(const std::string& path, const Finding& f) {
   std::string s = path + ": ";
   if (!f.entry.empty()) s += f.entry + " ";
   s += "offset " + std::to_string(f.offset) + ": " + severity_name(f.severity) + ": " + f.message + " [" + f.rule + "]";
-  return s;
+  return printable(s);
 }
 
-std::string error_line(const std::string& path, const Error& e) { return path + ": " + e.describe(); }
+std::string error_line(const std::string& path, const Error& e) { return printable(path + ": " + e.describe()); }
 
 }  // namespace modelcdr::report

@@ -79,8 +79,13 @@ Result<LsbPolicy> parse_lsb_policy(const std::string& spec) {
   LsbPolicy p;
   if (spec.empty() || spec == "default") return p;
   if (auto n = parse_int(spec)) {
-    if (*n > 52) return make_error("cli.randomize-lsb", "--randomize-lsb: N must be 0..52, got " + spec);
-    p.f64 = p.f32 = p.f16 = p.bf16 = *n;  // clamped per type by bits_for
+    // One N applies to every float type, so it must fit the smallest mantissa (bfloat16's 7
+    // bits): a larger N would silently randomize whole mantissas of the narrower types.
+    if (*n > 7)
+      return make_error("cli.randomize-lsb", "--randomize-lsb: N applies to every float type and must be 0..7 "
+                                             "(bfloat16 has 7 mantissa bits), got " + spec +
+                                             "; give per-type limits instead, e.g. float32=16,float16=8");
+    p.f64 = p.f32 = p.f16 = p.bf16 = *n;
     return p;
   }
   std::stringstream ss(spec);

@@ -213,14 +213,14 @@ def test_disarm_rejects_cleanly(tmp_path, name):
 
 
 def test_disarm_reject_removes_preexisting_output(tmp_path):
-    """CLI.md: exit 2 => OUT does not exist afterwards (even if it existed before)."""
+    """CLI.md: exit 2 with --force => OUT does not exist afterwards (even if it existed before)."""
     f = tmp_path / "random.bin"
     f.write_bytes(bytes(random.Random(5).getrandbits(8) for _ in range(1000)))
     od = tmp_path / "o"
     od.mkdir()
     out = od / "out.pt"
     out.write_bytes(b"stale")
-    rc, so, se = run_cli("disarm", f, "-o", out)
+    rc, so, se = run_cli("disarm", f, "-o", out, "--force")
     assert rc == 2, explain(rc, so, se)
     assert not out.exists()
     assert list(od.iterdir()) == []
@@ -230,7 +230,7 @@ def test_disarm_overwrites_existing_output(tmp_path):
     f = make_clean(tmp_path / "in.pt")
     out = tmp_path / "out.pt"
     out.write_bytes(b"old junk")
-    rc, so, se = run_cli("disarm", f, "-o", out)
+    rc, so, se = run_cli("disarm", f, "-o", out, "--force")
     assert rc == 0, explain(rc, so, se)
     assert vocab.check_output(out) == []
 

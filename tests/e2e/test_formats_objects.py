@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import corpus_dir, disarm, explain, manifest_records, require_bin, run_cli
+from conftest import (corpus_dir, disarm, explain, load_default_output, manifest_records, require_bin,
+                      run_cli)
 import vocab
 
 np = pytest.importorskip("numpy")
@@ -135,11 +136,34 @@ def test_joblib_arrays_to_pt(tmp_path, compress):
     out, report = run(tmp_path, inp)
     assert report["files"][0]["format"] == "joblib", report["files"][0]
     assert vocab.check_output(out, "torch2") == []
-    got = vocab.static_torch_load(out)  # torch 1.13's weights_only loader has no BINFLOAT
+    got = load_default_output(out)
     for k in ("f8", "f4", "i8", "u1", "b1", "fortran", "empty"):
         assert np.array_equal(got[k].numpy(), obj[k]), k
     assert got["scalar"] == 2.5
     assert np.array_equal(got["nested"]["t"][0].numpy(), obj["nested"]["t"][0])
+
+
+@pytest.mark.parametrize("writer", ["pickle", "joblib"])
+def test_report_counts_numpy_arrays_as_tensors(tmp_path, writer):
+    """Numeric numpy arrays are written as tensors: the report counts them (it said 0 while summing
+    their bytes); an object array in a pickle becomes a list and is not counted (joblib drops it)."""
+    obj = sample_arrays()
+    inp = tmp_path / f"in.{writer}"
+    if writer == "joblib":
+        joblib.dump(obj, inp)
+    else:
+        obj["objects"] = np.array(["a", 1], dtype=object)
+        inp.write_bytes(pickle.dumps(obj, protocol=4))
+    out, report = run(tmp_path, inp)
+    got = load_default_output(out)
+    tensors = [k for k, v in got.items() if isinstance(v, torch.Tensor)] + ["nested.t[0]"]
+    if writer == "pickle":
+        assert isinstance(got["objects"], list), type(got["objects"])
+    stats = report["files"][0]["tensors"]
+    assert stats["count"] == len(tensors) == 8, (stats, tensors)
+    assert stats["dtypes"] == {"float64": 3, "float32": 1, "int64": 1, "uint8": 1, "bool": 1, "int32": 1}, stats
+    want_bytes = sum(a.nbytes for k, a in obj.items() if isinstance(a, np.ndarray) and a.dtype != object) + 12
+    assert stats["total_bytes"] == want_bytes, (stats, want_bytes)
 
 
 @pytest.mark.parametrize("compress", [None, ("zlib", 3), ("xz", 3)], ids=lambda c: c[0] if c else "raw")
@@ -213,8 +237,9 @@ def test_policy_extends_registry(tmp_path):
     model = KNeighborsClassifier(n_neighbors=3, algorithm="brute").fit(X, y)
     inp = tmp_path / "knn.joblib"
     joblib.dump(model, inp)
-    out, report = to(tmp_path, inp, "joblib")
-    assert joblib.load(out) is None  # not vetted: dropped
+    # not vetted: the main object would be dropped, so the file is rejected (never a None model, exit 1)
+    rc, so, se = run_cli("disarm", inp, "-o", tmp_path / "out.joblib")
+    assert rc == 2 and "cdr.main-object-dropped" in se and not (tmp_path / "out.joblib").exists(), explain(rc, so, se)
     policy = tmp_path / "policy.json"
     policy.write_text(json.dumps({"allow_classes": ["sklearn.neighbors._classification.KNeighborsClassifier"]}))
     out2, _ = run(tmp_path, inp, "--to", "joblib", "--policy", policy, out_name="out2.joblib")
@@ -323,6 +348,9 @@ def test_corpus_benign_joblib(tmp_path, rec):
     rc, so, se, report = disarm(inp, out, report=tmp_path / "r.json")
     if rc == 2 and "old-format TorchScript" in se:
         return  # documented: model.json-era TorchScript archives are rejected
+    if rc == 2 and "cdr.main-object-dropped" in se:
+        assert not out.exists()
+        return  # the model's class is outside the registry: rejected, never written as None
     assert rc in (0, 1), explain(rc, so, se)
     assert vocab.check_output(out, "torch2") == []
-    vocab.static_torch_load(out)
+    load_default_output(out)

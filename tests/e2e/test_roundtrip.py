@@ -1,10 +1,8 @@
-"""Round trips: torch.save (torch 1.13) -> modelcdr disarm -> load our output -> compare.
+"""Round trips: torch.save -> modelcdr disarm -> load our output -> compare.
 
-Inputs are benign and built by the tests themselves.  Our outputs are loaded with
-torch.load(weights_only=True), or - where 1.13's weights_only loader cannot express the content
-(BINFLOAT, quantized tensors) - with vocab.static_torch_load (a data-only evaluator) or, only for
-quantized tensors made here from benign data, torch.load(weights_only=False) after the static
-vocabulary check has passed.
+Inputs are benign and built by the tests themselves.  Default-mode outputs are loaded with torch 2.x's
+torch.load(weights_only=True) (conftest.load_default_output).  The --compat torch1.13 tests are marked
+torch113 and run under Debian's torch 1.13, whose weights_only loader is what that mode targets.
 """
 from __future__ import annotations
 
@@ -15,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import disarm, explain, require_bin
+from conftest import disarm, explain, import_torchvision, load_default_output, require_bin
 import vocab
 
 torch = pytest.importorskip("torch")
@@ -110,9 +108,10 @@ class TinyNet(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # torchvision state dicts
 # --------------------------------------------------------------------------------------------------
+@pytest.mark.torchvision
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "squeezenet1_0"])
 def test_torchvision_state_dict(tmp_path, arch):
-    tv = pytest.importorskip("torchvision")
+    tv = import_torchvision()
     model = seeded(getattr(tv.models, arch), weights=None)
     sd = model.state_dict()
     out, report, _ = run_roundtrip(tmp_path, sd)
@@ -185,14 +184,37 @@ def test_legacy_format_views(tmp_path):
     _check_views(sd, got)
 
 
+@pytest.mark.torchvision
 @pytest.mark.parametrize("arch", ["resnet18"])
 def test_legacy_format_state_dict(tmp_path, arch):
-    tv = pytest.importorskip("torchvision")
+    tv = import_torchvision()
     sd = seeded(getattr(tv.models, arch), weights=None).state_dict()
     out, _, _ = run_roundtrip(tmp_path, sd, save_kwargs={"_use_new_zipfile_serialization": False})
     got = load_wo(out)
     assert_same(sd, got)
     assert got._metadata == sd._metadata
+
+
+@pytest.mark.torch2
+def test_transformers_gpt2_state_dict_runs_the_same(tmp_path):
+    """A Hugging Face pytorch_model.bin (torch.save of the state dict, lm_head tied to wte), built here
+    from a config (no download): the disarmed file loads into a fresh model that computes the same."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=100, n_positions=16,
+                                  bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    sd = model.state_dict()
+    out, _, _ = run_roundtrip(tmp_path, sd, name="pytorch_model.bin")
+    got = load_default_output(out)
+    assert_same(sd, got)
+    wte, head = got["transformer.wte.weight"], got["lm_head.weight"]
+    assert head.untyped_storage().data_ptr() == wte.untyped_storage().data_ptr(), "lm_head no longer tied"
+    fresh = transformers.GPT2LMHeadModel(cfg).eval()
+    fresh.load_state_dict(got, strict=True)
+    ids = torch.arange(12).reshape(1, 12)
+    with torch.no_grad():
+        assert torch.equal(fresh(ids).logits, model(ids).logits)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -235,6 +257,7 @@ def test_dtypes_and_strides(tmp_path):
     assert report["files"][0]["tensors"]["count"] == len(d)
 
 
+@pytest.mark.torch113
 def test_dtypes_compat_mode(tmp_path):
     d = _dtype_dict()
     out, _, _ = run_roundtrip(tmp_path, d, "--compat", "torch1.13")
@@ -256,7 +279,7 @@ def test_sparse_coo(tmp_path):
     d = {"coalesced": dense.to_sparse(), "uncoalesced": torch.sparse_coo_tensor(
         torch.tensor([[0, 2, 0], [1, 1, 1]]), torch.tensor([1.0, 2.0, 3.0]), (3, 3))}
     out, _, _ = run_roundtrip(tmp_path, d)
-    got = load_wo(out)  # sparse COO is allowlisted in 1.13
+    got = load_wo(out)
     assert_same(d, got)
     assert torch.equal(got["coalesced"].to_dense(), dense)
 
@@ -271,9 +294,7 @@ def test_quantized(tmp_path):
             torch.tensor([0, 1, 2]), 0, torch.qint8),
     }
     out, _, _ = run_roundtrip(tmp_path, d)
-    # qtensors are 2.x-only in weights_only loaders.  Our output passed the static vocabulary check above
-    # and comes from benign data made here, so the full loader is acceptable for this file.
-    got = torch.load(out, weights_only=False)
+    got = load_default_output(out)  # qtensors: torch 2.x's weights_only loader
     assert_same(d, got)
     got2 = vocab.static_torch_load(out)
     assert_same(d, got2)
@@ -304,6 +325,7 @@ def _checkpoint(opt_kind):
     }
 
 
+@pytest.mark.torch113
 @pytest.mark.parametrize("opt_kind", ["sgd", "adam"])
 def test_checkpoint_compat(tmp_path, opt_kind):
     ck = _checkpoint(opt_kind)
@@ -326,10 +348,9 @@ def test_checkpoint_default_mode(tmp_path, opt_kind):
     assert "BINFLOAT" in vocab.pickle_opcode_names(data)
     # BINFLOAT is outside the 1.13 profile: the strict checker must say so ...
     assert any("BINFLOAT" in x for x in vocab.check_pickle(data, "torch1.13"))
-    # ... and is fine in the torch2 profile (checked in run_roundtrip).  1.13's weights_only cannot read
-    # it, so read it with the data-only evaluator instead.
-    got = vocab.static_torch_load(out)
-    assert_same(ck, got)
+    # ... and is fine in the torch2 profile (checked in run_roundtrip), which torch 2.x's loader reads.
+    assert_same(ck, load_default_output(out))
+    assert_same(ck, vocab.static_torch_load(out))
 
 
 def test_checkpoint_misc_values_default_mode(tmp_path):
@@ -345,10 +366,11 @@ def test_checkpoint_misc_values_default_mode(tmp_path):
         "w": torch.ones(2),
     }
     out, _, _ = run_roundtrip(tmp_path, obj)
-    got = vocab.static_torch_load(out)
+    got = load_default_output(out)
     assert_same(obj, got)
 
 
+@pytest.mark.torch113
 def test_checkpoint_misc_values_compat(tmp_path):
     obj = {
         "bytes": b"\x00\x01\xffabc",
@@ -360,6 +382,7 @@ def test_checkpoint_misc_values_compat(tmp_path):
     assert_same(obj, load_wo(out), compat=True)
 
 
+@pytest.mark.torch113
 def test_numpy_scalars(tmp_path):
     np = pytest.importorskip("numpy")
     ck = {"best_acc": np.float64(0.5), "epoch": np.int64(3), "w": torch.arange(4.0)}
@@ -380,7 +403,7 @@ def test_numpy_scalars_default_mode(tmp_path):
     np = pytest.importorskip("numpy")
     ck = {"best_acc": np.float64(0.5), "w": torch.arange(4.0)}
     out, _, _ = run_roundtrip(tmp_path, ck, expect_rc=1)
-    got = vocab.static_torch_load(out)
+    got = load_default_output(out)
     assert got["best_acc"] == 0.5 and type(got["best_acc"]) is float
 
 
@@ -439,14 +462,30 @@ def test_whole_model_legacy_format(tmp_path):
 # the vocabulary checker itself (no binary needed)
 # --------------------------------------------------------------------------------------------------
 def test_vocab_accepts_torch_save_pickle(tmp_path):
-    """A 1.13 torch.save state dict pickle is inside the profile; its zip lacks the 2.x records."""
+    """A torch.save state dict pickle (1.13 or 2.x) is inside the 1.13 profile."""
     p = tmp_path / "x.pt"
     torch.save(_views_dict(), p)
     assert vocab.check_pickle(vocab.read_data_pkl(p), "torch1.13") == []
+
+
+def _torch_save_entries(tmp_path):
+    p = tmp_path / "archive.pt"  # torch names the archive folder after the file: archive/...
+    torch.save(_views_dict(), p)
     with zipfile.ZipFile(p) as zf:
-        names = zf.namelist()
-    v = vocab.check_entries(names)
-    assert any("byteorder" in x for x in v)
+        return zf.namelist()
+
+
+@pytest.mark.torch113
+def test_vocab_entries_of_torch113_zip(tmp_path):
+    """torch 1.13's zip lacks the records 2.x writes; the entry checker says which."""
+    v = vocab.check_entries(_torch_save_entries(tmp_path))
+    assert "missing entry 'archive/byteorder'" in v, v
+
+
+@pytest.mark.torch2
+def test_vocab_entries_of_torch2_zip(tmp_path):
+    """torch 2.x's own zip has every record the checker requires of our outputs."""
+    assert vocab.check_entries(_torch_save_entries(tmp_path)) == []
 
 
 def test_vocab_rejects_foreign_globals():

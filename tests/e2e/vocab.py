@@ -285,7 +285,10 @@ def static_load(data: bytes, globals_map: Optional[Dict[str, Any]] = None,
     or when ``build_ok(obj, state)`` says so (then ``obj.__setstate__``/__dict__ update is done by it).
     """
     gm = PLAIN_GLOBALS if globals_map is None else globals_map
-    callables = {id(o) for o in gm.values()}
+
+    def callable_ok(f):  # looked up per call: a table may add inert stand-ins as names appear
+        return any(f is o for o in gm.values())
+
     stack: List[Any] = []
     memo: Dict[int, Any] = {}
 
@@ -410,7 +413,7 @@ def static_load(data: bytes, globals_map: Optional[Dict[str, Any]] = None,
         elif n in ("REDUCE", "NEWOBJ"):
             args = stack.pop()
             func = stack.pop()
-            if id(func) not in callables:
+            if not callable_ok(func):
                 raise StaticLoadError(f"{n} of a non-allowlisted object")
             if not isinstance(args, tuple):
                 raise StaticLoadError(f"{n} args not a tuple")
@@ -464,10 +467,12 @@ def torch_globals_map():
     return gm
 
 
-def static_torch_load(path) -> Any:
+def static_torch_load(path, globals_map: Optional[Dict[str, Any]] = None,
+                      build_ok: Optional[Callable[[Any, Any], bool]] = None) -> Any:
     """Read a torch zip (e.g. our default-mode output with BINFLOAT) without torch's unpickler.
 
-    Uses ``static_load`` with ``torch_globals_map``; storages come from ``<prefix>/data/<key>``.
+    Uses ``static_load`` with ``torch_globals_map`` (or ``globals_map``, e.g. that table plus inert
+    stand-ins for classes, with ``build_ok`` for their BUILD); storages come from ``<prefix>/data/<key>``.
     """
     import torch
 
@@ -499,7 +504,7 @@ def static_torch_load(path) -> Any:
         cache[key] = st
         return st
 
-    return static_load(data, torch_globals_map(), pload)
+    return static_load(data, torch_globals_map() if globals_map is None else globals_map, pload, build_ok)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -86,23 +86,29 @@ TEST(MtdSeal, SymmetricPassphraseAndRecipientSlots) {
   EXPECT_EQ(*map_format_version(*sealed), kMapFormatVersion);
 
   OpenOptions o1;
+  o1.allow_unsigned = true;
   o1.symmetric_key = key_of(3);
   ASSERT_TRUE(open_map(*sealed, o1).ok());
   EXPECT_EQ(open_map(*sealed, o1)->payload, "{\"hello\":1}");
   OpenOptions o2;
+  o2.allow_unsigned = true;
   o2.passphrase = "correct horse";
   EXPECT_TRUE(open_map(*sealed, o2).ok());
   OpenOptions o3;
+  o3.allow_unsigned = true;
   o3.identity = &alice;
   EXPECT_TRUE(open_map(*sealed, o3).ok());
 
   OpenOptions bad1;
+  bad1.allow_unsigned = true;
   bad1.symmetric_key = key_of(4);
   EXPECT_EQ(open_map(*sealed, bad1).error().rule, "map.no-key");
   OpenOptions bad2;
+  bad2.allow_unsigned = true;
   bad2.passphrase = "wrong";
   EXPECT_EQ(open_map(*sealed, bad2).error().rule, "map.no-key");
   OpenOptions bad3;
+  bad3.allow_unsigned = true;
   bad3.identity = &mallory;
   EXPECT_EQ(open_map(*sealed, bad3).error().rule, "map.no-key");
 
@@ -131,14 +137,14 @@ TEST(MtdSeal, Signatures) {
   EXPECT_FALSE(signature_valid(*sealed, other.ed25519_public));
   OpenOptions o;
   o.symmetric_key = key_of(5);
-  o.trusted_signer = pub.ed25519_public;
+  o.trusted_signers = {pub.ed25519_public};
   EXPECT_TRUE(open_map(*sealed, o).ok());
-  o.trusted_signer = other.ed25519_public;
+  o.trusted_signers = {other.ed25519_public};
   EXPECT_EQ(open_map(*sealed, o).error().rule, "map.signature");
   // Unsigned map with --verify-signer: rejected.
   so.signer = nullptr;
   auto unsigned_map = seal_map("{}", so);
-  o.trusted_signer = pub.ed25519_public;
+  o.trusted_signers = {pub.ed25519_public};
   EXPECT_EQ(open_map(*unsigned_map, o).error().rule, "map.signature");
 }
 

@@ -218,12 +218,15 @@ TEST(LsbPolicy, Parse) {
   auto d = stego::parse_lsb_policy("default");
   ASSERT_TRUE(d.ok());
   EXPECT_EQ(d->bits_for(DType::f32), stego::LsbPolicy::kDefaultF32);
-  auto n = stego::parse_lsb_policy("16");
+  auto n = stego::parse_lsb_policy("7");
   ASSERT_TRUE(n.ok());
-  EXPECT_EQ(n->bits_for(DType::f32), 16);
-  EXPECT_EQ(n->bits_for(DType::f16), 10) << "clamped at the mantissa width";
+  EXPECT_EQ(n->bits_for(DType::f32), 7);
+  EXPECT_EQ(n->bits_for(DType::f16), 7);
   EXPECT_EQ(n->bits_for(DType::bf16), 7);
   EXPECT_EQ(n->bits_for(DType::i32), 0);
+  // One N for every type beyond bfloat16's 7 mantissa bits is refused, never clamped (issue 9).
+  EXPECT_FALSE(stego::parse_lsb_policy("8").ok());
+  EXPECT_FALSE(stego::parse_lsb_policy("16").ok());
   auto l = stego::parse_lsb_policy("f32=10,bf16=0");
   ASSERT_TRUE(l.ok());
   EXPECT_EQ(l->bits_for(DType::f32), 10);

@@ -1,0 +1,164 @@
+// Content rules of issue 16: equal dict keys merge as in CPython's unpickler, and the nested-
+// pickle check runs the pickle machine on every candidate (no-op prefixes, bytes after STOP,
+// base64/hex layers). Programs are raw opcodes; nothing is executed.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "cdr/lifter.hpp"
+#include "pickle/pickle_machine.hpp"
+
+using namespace modelcdr;
+
+namespace {
+
+std::string evil() { return "cos\nsystem\n(S'echo pwned'\ntR."; }
+
+std::string b64(const std::string& in, bool urlsafe = false, bool pad = true) {
+  const char* tab = urlsafe ? "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+                            : "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  uint32_t acc = 0;
+  int bits = 0;
+  for (unsigned char c : in) {
+    acc = acc << 8 | c;
+    bits += 8;
+    while (bits >= 6) out.push_back(tab[(acc >> (bits -= 6)) & 63]);
+  }
+  if (bits) out.push_back(tab[(acc << (6 - bits)) & 63]);
+  while (pad && out.size() % 4) out.push_back('=');
+  return out;
+}
+
+std::string hex(const std::string& in) {
+  static const char* d = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : in) {
+    out.push_back(d[c >> 4]);
+    out.push_back(d[c & 15]);
+  }
+  return out;
+}
+
+TEST(EmbeddedPickle, BypassesOfThePrefixCheckAreCaught) {
+  EXPECT_TRUE(cdr::looks_like_embedded_pickle(evil()));
+  EXPECT_TRUE(cdr::looks_like_embedded_pickle("N0" + evil()));
+  EXPECT_TRUE(cdr::looks_like_embedded_pickle(evil() + "\n"));
+  EXPECT_TRUE(cdr::looks_like_embedded_pickle(b64("N0" + evil())));
+  EXPECT_TRUE(cdr::looks_like_embedded_pickle(b64(evil() + "\n")));
+  EXPECT_TRUE(cdr::looks_like_embedded_pickle(b64("N0" + evil(), true, false)));
+  EXPECT_TRUE(cdr::looks_like_embedded_pickle(hex("N0" + evil())));
+  EXPECT_TRUE(cdr::looks_like_embedded_pickle(b64(hex(evil() + "\n"))));
+  EXPECT_TRUE(cdr::looks_like_embedded_pickle(std::string("\x80\x04\x95\x02\x00\x00\x00\x00\x00\x00\x00N.\r\n", 15)));
+  // the same protocol-4 bytes held in a str (latin-1 code points, UTF-8 text)
+  EXPECT_TRUE(cdr::looks_like_embedded_pickle(std::string("\xc2\x80\x04\xc2\x95\x02\x00\x00\x00\x00\x00\x00\x00N.", 15)));
+}
+
+TEST(EmbeddedPickle, FragmentsCount) {
+  EXPECT_TRUE(cdr::looks_like_embedded_pickle("cos\nsystem\n"));            // only STOP missing
+  EXPECT_TRUE(cdr::looks_like_embedded_pickle(b64("\x80\x02" "cos\nsystem\n(S'ls")));  // header, cut, base64
+  EXPECT_TRUE(cdr::looks_like_embedded_pickle(evil().substr(0, evil().size() - 1)));
+  EXPECT_FALSE(cdr::looks_like_embedded_pickle("cos\nsys"));                  // a cut argument without header
+}
+
+TEST(EmbeddedPickle, LongValidRunsFailClosed) {
+  std::string run;
+  for (int i = 0; i < 200000; ++i) run += "N0";
+  EXPECT_TRUE(cdr::looks_like_embedded_pickle(run + evil()));
+}
+
+TEST(EmbeddedPickle, PlainTextIsNotAPickle) {
+  for (const char* s : {"", "N", ".", "conv1.weight", "layer.0.bias", "hello world", "abcd", "deadbeef", "QUFBQQ==",
+                        "0.5", "cos", "((", "torch.float32", "aGVsbG8gd29ybGQ="})
+    EXPECT_FALSE(cdr::looks_like_embedded_pickle(s)) << s;
+}
+
+struct Lifted {
+  Result<model::Model> model;
+};
+
+Lifted lift_raw(const std::string& bytes) {
+  Findings f;
+  pickle::DecodeOptions d;
+  std::vector<uint8_t> data(bytes.begin(), bytes.end());
+  auto program = pickle::decode(data, d, f);
+  EXPECT_TRUE(program.ok()) << (program.ok() ? "" : program.error().describe());
+  if (!program.ok()) return {program.error()};
+  cdr::StorageResolver none = [](const cdr::StorageRequest&) -> Result<model::Storage> { return make_error("x", "none"); };
+  return {cdr::lift(*program, none, cdr::LiftOptions{})};
+}
+
+std::string uni(const std::string& s) {
+  uint32_t n = static_cast<uint32_t>(s.size());
+  return "X" + std::string(reinterpret_cast<const char*>(&n), 4) + s;
+}
+
+std::string binfloat(double d) {
+  uint64_t bits;
+  std::memcpy(&bits, &d, 8);
+  std::string out = "G";
+  for (int i = 7; i >= 0; --i) out.push_back(static_cast<char>(bits >> (8 * i)));
+  return out;
+}
+
+// {k1: v1, k2: v2, ...} via one SETITEMS
+std::string dict_of(const std::vector<std::pair<std::string, std::string>>& kv) {
+  std::string s = "\x80\x02}(";
+  for (auto& [k, v] : kv) s += k + v;
+  return s + "u.";
+}
+
+int duplicate_findings(const model::Model& m) {
+  int n = 0;
+  for (const auto& f : m.findings) n += f.rule == "cdr.duplicate-key";
+  return n;
+}
+
+TEST(DictKeys, EqualNumbersMergeFirstKeyLastValue) {
+  auto l = lift_raw(dict_of({{"K\x01", uni("a")}, {"\x88", uni("b")}, {binfloat(1.0), uni("c")}, {uni("k"), uni("d")}}));
+  ASSERT_TRUE(l.model.ok());
+  const auto& m = *l.model;
+  const auto& root = m.values[m.root];
+  ASSERT_EQ(root.entries.size(), 2u);
+  EXPECT_EQ(m.values[root.entries[0].first].kind, model::ValueKind::integer);  // the first key object stays
+  EXPECT_EQ(m.values[root.entries[0].second].text, "c");                      // the last value wins
+  EXPECT_EQ(m.values[root.entries[1].second].text, "d");
+  EXPECT_EQ(duplicate_findings(m), 2);
+}
+
+TEST(DictKeys, ZeroSignTuplesAndTypes) {
+  // -0.0 == 0; (1, 2) == (1.0, 2); 'a' != b'a'
+  std::string tuple12 = "K\x01K\x02\x86", tuple12f = binfloat(1.0) + "K\x02\x86";
+  auto l = lift_raw(dict_of({{binfloat(-0.0), uni("x")}, {std::string("K\x00", 2), uni("y")}, {tuple12, uni("t1")}, {tuple12f, uni("t2")},
+                             {uni("a"), uni("s")}, {"C\x01" "a", uni("b")}}));
+  ASSERT_TRUE(l.model.ok());
+  const auto& m = *l.model;
+  const auto& root = m.values[m.root];
+  ASSERT_EQ(root.entries.size(), 4u);
+  EXPECT_EQ(m.values[root.entries[0].second].text, "y");
+  EXPECT_EQ(m.values[root.entries[1].second].text, "t2");
+  EXPECT_EQ(duplicate_findings(m), 2);
+}
+
+TEST(DictKeys, NaNKeyRejectsTheFile) {
+  auto l = lift_raw(dict_of({{binfloat(std::nan("")), uni("a")}, {uni("k"), uni("d")}}));
+  ASSERT_FALSE(l.model.ok());
+  EXPECT_EQ(l.model.error().rule, "cdr.ambiguous-key");
+}
+
+TEST(DictKeys, OrderedDictPairsMerge) {
+  // collections.OrderedDict([('w', 1), ('b', 2), ('w', 3)])
+  std::string s = "\x80\x02" "ccollections\nOrderedDict\n" "](" + uni("w") + "K\x01\x86" + uni("b") + "K\x02\x86" + uni("w") +
+                  "K\x03\x86" "e\x85R.";
+  auto l = lift_raw(s);
+  ASSERT_TRUE(l.model.ok());
+  const auto& m = *l.model;
+  const auto& root = m.values[m.root];
+  ASSERT_EQ(root.entries.size(), 2u);
+  EXPECT_EQ(m.values[root.entries[0].first].text, "w");
+  EXPECT_EQ(m.values[root.entries[0].second].i, 3);
+  EXPECT_EQ(duplicate_findings(m), 1);
+}
+
+}  // namespace
