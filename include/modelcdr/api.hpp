@@ -73,8 +73,13 @@ using LoadedModelPtr = std::unique_ptr<LoadedModel, LoadedModelDeleter>;
 Result<LoadedModelPtr> load_model(const std::string& input, const DisarmOptions& options, FileReport& report,
                                   bool defer_storage_crc = false);
 model::Model& model_of(LoadedModel& loaded);
+// `source`: the input the model came from; when it changed while being read (truncated
+// under the mapping, size changed) the output is not committed (io.input-changed).
 Status write_model(const model::Model& model, const std::string& output, const DisarmOptions& options,
-                   FileReport& report);
+                   FileReport& report, const LoadedModel* source = nullptr);
+// io.input-changed when the input behind `loaded` changed since it was mapped; writers of
+// their own outputs (protect/restore) check it before committing.
+Status check_input_unchanged(const LoadedModel& loaded);
 
 FileReport scan_file(const std::string& path, const ScanOptions& options);
 FileReport disarm_file(const std::string& input, const std::string& output, const DisarmOptions& options);

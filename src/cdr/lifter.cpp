@@ -9,6 +9,7 @@
 #include "cdr/class_registry.hpp"
 #include "cdr/globals_policy.hpp"
 #include "io/byte_cursor.hpp"
+#include "modelcdr/limits.hpp"
 
 namespace modelcdr::cdr {
 
@@ -139,15 +140,48 @@ class Lifter {
 
   // ---- the walk ------------------------------------------------------------------------
   Result<ValueId> lift(NodeId id, uint32_t depth) {
-    if (auto it = done_.find(id); it != done_.end()) return it->second;
-    if (depth > opt_.max_depth)
-      return err(at(id).offset, "cdr.too-deep", "values nested deeper than " + std::to_string(opt_.max_depth));
+    if (depth > opt_.max_depth) return too_deep(id);
+    if (auto it = done_.find(id); it != done_.end()) {
+      // A value lifted once keeps its height wherever it is referenced again: the bound is on
+      // depth + height, or chains of cached values (lifted shallow, e.g. as dropped dict keys,
+      // then nested through the cache) would reach any depth.
+      if (depth + height(it->second, 0) > opt_.max_depth + 1) return too_deep(id);
+      return it->second;
+    }
     if (!in_progress_.insert(id).second) return dropped(at(id), "reference cycle", "cycles are not plain data");
     auto r = lift_uncached(id, depth);
     in_progress_.erase(id);
     if (!r.ok()) return r;
     done_[id] = *r;
     return r;
+  }
+
+  bool is_dense(TensorId t) const { return m_.tensors[t].kind == TensorKind::dense; }
+
+  Error too_deep(NodeId id) const {
+    return err(at(id).offset, "limits.depth", "values nested deeper than " + std::to_string(opt_.max_depth) + " levels");
+  }
+
+  // Nesting height of a lifted value (1 for a leaf), memoised: linear over a DAG. Values the
+  // lifter returns are at most max_depth high (every cache hit is checked), so the recursion
+  // is bounded; `guard` stops it regardless.
+  uint32_t height(ValueId id, uint32_t guard) {
+    if (id == model::kNoValue) return 0;
+    if (id < heights_.size() && heights_[id] != 0) return heights_[id];
+    if (guard > opt_.max_depth + 1) return guard;
+    const Value& v = m_.values[id];
+    uint32_t h = 0;
+    auto child = [&](ValueId c) { h = std::max(h, height(c, guard + 1)); };
+    for (ValueId c : v.items) child(c);
+    for (auto [k, x] : v.entries) {
+      child(k);
+      child(x);
+    }
+    if (v.metadata != model::kNoValue) child(v.metadata);
+    if (v.state != model::kNoValue) child(v.state);
+    if (heights_.size() <= id) heights_.resize(m_.values.size(), 0);
+    heights_[id] = h + 1;
+    return h + 1;
   }
 
   Result<ValueId> lift_uncached(NodeId id, uint32_t depth) {
@@ -242,7 +276,17 @@ class Lifter {
     return m_.add(std::move(v));
   }
 
-  bool is_hashable_key(ValueId id) const {
+  // Memoised per value: a key tuple may share sub-tuples (a DAG), which a plain walk would
+  // visit once per path.
+  bool is_hashable_key(ValueId id) {
+    if (id < hashable_.size() && hashable_[id] != 0) return hashable_[id] == 1;
+    bool r = is_hashable_key_uncached(id);
+    if (hashable_.size() <= id) hashable_.resize(m_.values.size(), 0);
+    hashable_[id] = r ? 1 : 2;
+    return r;
+  }
+
+  bool is_hashable_key_uncached(ValueId id) {
     const Value& v = m_.values[id];
     switch (v.kind) {
       case ValueKind::none:
@@ -689,7 +733,7 @@ class Lifter {
 
   Result<std::optional<TensorId>> tensor_from_call(NodeId id, const std::string& fn, const std::vector<NodeId>& a,
                                                    uint32_t depth) {
-    if (depth > opt_.max_depth) return err(at(id).offset, "cdr.too-deep", "tensor wrappers nested too deep");
+    if (depth > opt_.max_depth) return too_deep(id);
     std::optional<TensorId> result;
     if (fn == "_rebuild_tensor_v2" || fn == "_rebuild_tensor" || fn == "_rebuild_tensor_v3") {
       MCDR_ASSIGN(result, dense_tensor(id, fn, a));
@@ -905,6 +949,9 @@ class Lifter {
       MCDR_ASSIGN(std::optional<TensorId> scales, tensor_of((*q)[1], depth + 1));
       MCDR_ASSIGN(std::optional<TensorId> zps, tensor_of((*q)[2], depth + 1));
       if (!scales || !zps) return err(n.offset, "cdr.bad-tensor", "per-channel scales/zero points are not tensors");
+      // torch's are dense; a quantized or sparse one would chain tensors through the cache.
+      if (!is_dense(*scales) || !is_dense(*zps))
+        return err(n.offset, "cdr.bad-tensor", "per-channel scales/zero points are not dense tensors");
       t.kind = TensorKind::quantized_per_channel;
       t.q_scales = *scales;
       t.q_zero_points = *zps;
@@ -939,6 +986,8 @@ class Lifter {
     MCDR_ASSIGN(std::optional<TensorId> idx, tensor_of((*d)[0], depth + 1));
     MCDR_ASSIGN(std::optional<TensorId> vals, tensor_of((*d)[1], depth + 1));
     if (!idx || !vals) return err(n.offset, "cdr.bad-tensor", "sparse indices/values are not tensors");
+    if (!is_dense(*idx) || !is_dense(*vals))
+      return err(n.offset, "cdr.bad-tensor", "sparse indices/values are not dense tensors");
     Tensor t;
     t.kind = TensorKind::sparse_coo;
     t.dtype = m_.tensors[*vals].dtype;
@@ -1055,7 +1104,12 @@ class Lifter {
 
   Status flatten_module(NodeId id, const std::string& prefix, const std::string& root_prefix, Value& sd,
                         uint32_t depth, uint32_t module_depth) {
-    if (module_depth > 128) return err(at(id).offset, "cdr.too-deep", "modules nested deeper than 128");
+    if (module_depth > opt_.max_depth) return too_deep(id);
+    // A submodule shared by two parents is flattened under both paths, as state_dict() does;
+    // the budget keeps a DAG of shared modules (2^n paths) from expanding exponentially.
+    if (!module_budget_.spend(1) || prefix.size() > kMaxModulePath)
+      return err(at(id).offset, "limits.expansion",
+                 "module tree: shared submodules would be expanded once per path, beyond a budget linear in the file");
     const Node& n = at(id);
     const Node* cls = &at(n.items[0]);
     if (cls->kind == NodeKind::PersId) {
@@ -1079,6 +1133,9 @@ class Lifter {
         auto name = as_text(kn);
         if (!name || at(vn).kind == NodeKind::None) continue;
         if (buffers && non_persistent.count(*name)) continue;
+        if (!module_budget_.spend(1))
+          return err(at(vn).offset, "limits.expansion",
+                     "module tree: shared submodules would be expanded once per path, beyond a budget linear in the file");
         MCDR_ASSIGN(ValueId v, lift(vn, depth + 1));
         MCDR_ASSIGN(ValueId k, lift(kn, depth + 1));
         Value key_value;
@@ -1432,10 +1489,14 @@ class Lifter {
   const LiftOptions& opt_;
   Model m_;
   std::unordered_map<NodeId, ValueId> done_;
+  std::vector<uint32_t> heights_;   // by ValueId: nesting height once known, 0 = not yet
+  std::vector<uint8_t> hashable_;   // by ValueId: 1 plain key, 2 not, 0 not yet known
   std::unordered_set<NodeId> in_progress_;
   std::unordered_map<std::string, model::StorageId> storages_by_key_;
   std::unordered_map<NodeId, TensorId> tensor_nodes_;
   int module_roots_ = 0;
+  limits::Budget module_budget_{limits::expansion_budget(p_.nodes.size(), limits::kModuleBudgetFloor)};
+  static constexpr size_t kMaxModulePath = 64 * 1024;  // bytes of a dotted module path
   std::string unsupported_;  // why the last tensor call was not recognised, if known
 };
 

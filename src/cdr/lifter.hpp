@@ -9,6 +9,7 @@
 #include <vector>
 #include <string>
 
+#include "modelcdr/limits.hpp"
 #include "modelcdr/model.hpp"
 #include "modelcdr/result.hpp"
 #include "pickle/value_graph.hpp"
@@ -40,7 +41,7 @@ struct TarTensor {
 
 struct LiftOptions {
   std::string entry;          // for findings: "archive/data.pkl"
-  uint32_t max_depth = 512;   // nesting of values
+  uint32_t max_depth = limits::kMaxDepth;   // nesting of values (limits.depth)
   uint32_t max_dims = 64;
   // joblib: the decoded span that Node::payload_offset refers to (arrays stored after a
   // NumpyArrayWrapper's BUILD); must outlive the Model (storages are spans into it).

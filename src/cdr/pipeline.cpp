@@ -17,6 +17,7 @@
 #include "io/atomic_output.hpp"
 #include "io/mapped_file.hpp"
 #include "modelcdr/api.hpp"
+#include "modelcdr/limits.hpp"
 
 namespace modelcdr {
 
@@ -53,6 +54,13 @@ Result<formats::ParsedModel> parse(std::span<const uint8_t> bytes, Format format
                                                  " container: torch.load cannot read it and modelcdr does not unpack it");
     default: return make_error("format.unknown", "not a pickle, PyTorch, NumPy or safetensors file");
   }
+}
+
+// Every reader's model is checked once, whatever reader built it, before any writer (or a
+// transform) walks it: bounded depth, no cycles (limits.depth, limits.cycle).
+Result<formats::ParsedModel> checked(Result<formats::ParsedModel> parsed) {
+  if (parsed.ok()) MCDR_TRY(limits::check_value_graph(parsed->model));
+  return parsed;
 }
 
 // A numeric numpy array lifted from a pickle/joblib is written as a tensor as well (object arrays
@@ -141,13 +149,18 @@ static FileReport scan_file_impl(const std::string& path, const ScanOptions& opt
     return r;
   }
   r.format = container::format_name(loaded->format);
-  auto parsed = parse(loaded->file.bytes(), loaded->format);
+  auto parsed = checked(parse(loaded->file.bytes(), loaded->format));
   if (!parsed.ok()) {
     r.status = FileStatus::error;
     r.error = parsed.error();
     return r;
   }
   r.format = container::format_name(parsed->format);
+  if (loaded->file.changed()) {  // what was read may be zeros, not the file: no verdict
+    r.status = FileStatus::error;
+    r.error = make_error("io.input-changed", "the input file changed (truncated or resized) while it was being read");
+    return r;
+  }
   r.findings = parsed->findings;
   r.findings.insert(r.findings.end(), parsed->model.findings.begin(), parsed->model.findings.end());
   r.tensors = tensor_stats(parsed->model);
@@ -187,7 +200,7 @@ Result<LoadedModelPtr> load_model_impl(const std::string& input, const DisarmOpt
   MCDR_ASSIGN(m->input, load(input));
   m->input.file.advise_sequential();
   r.format = container::format_name(m->input.format);
-  MCDR_ASSIGN(m->parsed, parse(m->input.file.bytes(), m->input.format, defer_storage_crc, m->input.file.fd()));
+  MCDR_ASSIGN(m->parsed, checked(parse(m->input.file.bytes(), m->input.format, defer_storage_crc, m->input.file.fd())));
   r.format = container::format_name(m->parsed.format);
   r.findings = m->parsed.findings;
   r.findings.insert(r.findings.end(), m->parsed.model.findings.begin(), m->parsed.model.findings.end());
@@ -201,7 +214,14 @@ Result<LoadedModelPtr> load_model_impl(const std::string& input, const DisarmOpt
 }
 }  // namespace
 
-Status write_model(const model::Model& model, const std::string& output, const DisarmOptions& options, FileReport& r) {
+Status check_input_unchanged(const LoadedModel& loaded) {
+  if (!loaded.input.file.changed()) return ok_status();
+  return make_error("io.input-changed",
+                    "the input file changed (truncated or resized) while it was being read; nothing was written");
+}
+
+Status write_model(const model::Model& model, const std::string& output, const DisarmOptions& options, FileReport& r,
+                   const LoadedModel* source) {
   MCDR_ASSIGN(io::AtomicOutput out, io::AtomicOutput::create(output, options.fsync, options.force));
   switch (options.output_format) {
     case OutputFormat::safetensors: MCDR_TRY(formats::write_safetensors(model, out, r.findings)); break;
@@ -231,6 +251,14 @@ Status write_model(const model::Model& model, const std::string& output, const D
   if (!model.architecture.empty()) {
     r.architecture = output + ".architecture.json";
     MCDR_TRY(write_architecture(model, r.architecture, options.force));
+  }
+  // Last check before the output appears: a read of a truncated input saw zeros, not data.
+  if (source) {
+    if (auto s = check_input_unchanged(*source); !s.ok()) {
+      if (!r.architecture.empty()) std::remove(r.architecture.c_str());
+      r.architecture.clear();
+      return s;
+    }
   }
   if (auto s = out.commit(); !s.ok()) {
     if (!r.architecture.empty()) std::remove(r.architecture.c_str());
@@ -294,7 +322,11 @@ static FileReport disarm_file_impl(const std::string& input, const std::string& 
   if (m.root != model::kNoValue && m.values[m.root].kind == model::ValueKind::dropped)
     return reject(make_error("cdr.main-object-dropped",
                              "the file's main object cannot be rebuilt (see the findings): nothing useful would be written"));
-  if (auto s = write_model(m, output, options, r); !s.ok()) return reject(s.error());
+  if (auto s = write_model(m, output, options, r, loaded->get()); !s.ok()) {
+    // A write from a truncated mapping fails in the kernel (EFAULT) or reads short: name the cause.
+    if (auto changed = check_input_unchanged(**loaded); !changed.ok()) return reject(changed.error());
+    return reject(s.error());
+  }
   for (const auto& f : r.findings)
     if (counts(f)) r.removed.push_back(f);
   r.status = r.removed.empty() ? FileStatus::clean : FileStatus::removed;

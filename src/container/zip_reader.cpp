@@ -55,6 +55,12 @@ std::string hex(uint64_t v) {
   return "0x" + s;
 }
 
+std::string total_message(uint64_t file_size, const ZipLimits& limits) {
+  return "deflated entries inflate to more than " + std::to_string(total_inflate_budget(file_size, limits)) +
+         " bytes in all (" + std::to_string(limits.total_inflate_ratio) + " x the file size, within [" +
+         std::to_string(limits.total_inflate_floor) + ", " + std::to_string(limits.total_inflate_ceiling) + "])";
+}
+
 Result<ByteCursor> cursor_at(Bytes file, uint64_t offset, const std::string& what) {
   if (offset > file.size())
     return make_error("zip.out-of-bounds", what + " offset " + std::to_string(offset) + " is beyond the end of the file (" +
@@ -400,6 +406,23 @@ Status check_entry_crc(std::span<const uint8_t> file, const ZipEntry& e, Finding
   return ok_status();
 }
 
+Status check_entry_crc(const ZipArchive& zip, std::span<const uint8_t> file, const ZipEntry& e, Findings& findings,
+                       const ZipLimits& limits) {
+  if (e.method == 8 && !(e.flags & kFlagEncrypted)) {
+    if (e.uncompressed_size > zip.inflate_left) {
+      // Stop inflating once the file's budget is spent; the finding rejects it on disarm.
+      zip.inflate_left = 0;
+      if (!zip.inflate_reported)
+        add_finding(findings, Severity::high, "zip.inflate-total", total_message(file.size(), limits), e.name,
+                    e.local_header_offset);
+      zip.inflate_reported = true;
+      return ok_status();
+    }
+    zip.inflate_left -= e.uncompressed_size;
+  }
+  return check_entry_crc(file, e, findings, limits);
+}
+
 Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, const ZipLimits& limits,
                             bool verify_crc, const CrcDeferred& deferred) {
   MCDR_ASSIGN(EndRecords er, read_end_records(file, findings));
@@ -429,6 +452,7 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
                       er.cd_offset);
 
   ZipArchive archive;
+  archive.inflate_left = total_inflate_budget(file.size(), limits);
   archive.entries.reserve(static_cast<size_t>(er.entries));
   std::vector<std::vector<uint64_t>> descriptor_choices;
   descriptor_choices.reserve(static_cast<size_t>(er.entries));
@@ -597,7 +621,7 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
       if (lf.csize != e.compressed_size) mismatch("compressed size");
     }
 
-    if (verify_crc && !(deferred && deferred(e))) MCDR_TRY(check_entry_crc(file, e, findings, limits));
+    if (verify_crc && !(deferred && deferred(e))) MCDR_TRY(check_entry_crc(archive, file, e, findings, limits));
 
     archive.entries.push_back(std::move(e));
     descriptor_choices.push_back(std::move(choices));
@@ -667,6 +691,24 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
     }
   }
   return archive;
+}
+
+uint64_t total_inflate_budget(uint64_t file_size, const ZipLimits& limits) {
+  uint64_t b = 0;
+  if (__builtin_mul_overflow(file_size, limits.total_inflate_ratio, &b)) b = UINT64_MAX;
+  return std::min(std::max(b, limits.total_inflate_floor), limits.total_inflate_ceiling);
+}
+
+Result<std::span<const uint8_t>> entry_bytes(const ZipArchive& zip, std::span<const uint8_t> file, const ZipEntry& entry,
+                                             std::vector<uint8_t>& scratch, const ZipLimits& limits) {
+  if (entry.method == 8) {
+    if (entry.uncompressed_size > zip.inflate_left) {
+      zip.inflate_left = 0;
+      return make_error("zip.inflate-total", total_message(file.size(), limits), entry.local_header_offset, entry.name);
+    }
+    zip.inflate_left -= entry.uncompressed_size;
+  }
+  return entry_bytes(file, entry, scratch, limits);
 }
 
 Result<std::span<const uint8_t>> entry_bytes(std::span<const uint8_t> file, const ZipEntry& entry,

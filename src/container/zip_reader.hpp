@@ -31,6 +31,10 @@ struct ZipEntry {
 struct ZipArchive {
   std::vector<ZipEntry> entries;  // central-directory order
   uint64_t prefix_bytes = 0;      // bytes before the first local header (polyglot / self-extractor)
+  // Bytes the deflated entries may still inflate to, all reads of this archive together (the
+  // CRC pass and entry_bytes): a total per file, not only per entry (zip.inflate-total).
+  mutable uint64_t inflate_left = UINT64_MAX;
+  mutable bool inflate_reported = false;  // zip.inflate-total reported once
   // The first entry with `name` (duplicates are findings). Indexed, because readers look up
   // one record per storage and checkpoints can hold tens of thousands.
   const ZipEntry* find(const std::string& name) const {
@@ -53,6 +57,11 @@ struct ZipLimits {
   uint64_t max_entries = 1'000'000;
   uint64_t max_inflated_bytes = 1ull << 32;  // per deflated entry
   uint64_t max_inflate_ratio = 1000;         // inflated / compressed
+  // All deflated entries of one file together, every read counted: this multiple of the file
+  // size, at least the floor, at most the ceiling (as the codec cap in docs/RULES.md).
+  uint64_t total_inflate_ratio = 64;
+  uint64_t total_inflate_floor = 64ull << 20;
+  uint64_t total_inflate_ceiling = 16ull << 30;
   // The file is a read-only file mapping (io::MappedFile): the CRC pass may drop its pages
   // behind itself. Never set for buffers in ordinary memory (release would zero them).
   bool release_pages = false;
@@ -74,10 +83,20 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
 // size, is a high finding (zip.bad-crc / zip.bad-deflate ...), as in read_zip.
 Status check_entry_crc(std::span<const uint8_t> file, const ZipEntry& entry, Findings& findings,
                        const ZipLimits& limits = {});
+// The same, charging a deflated entry to the archive's total inflate budget first: past it,
+// the entry is not inflated and one zip.inflate-total finding (high) is added.
+Status check_entry_crc(const ZipArchive& zip, std::span<const uint8_t> file, const ZipEntry& entry, Findings& findings,
+                       const ZipLimits& limits = {});
 
 // The bytes of an entry: a span into `file` for stored entries; for deflated entries the
 // inflated bytes are placed in `scratch` (bounded by limits) and a span into it is returned.
 Result<std::span<const uint8_t>> entry_bytes(std::span<const uint8_t> file, const ZipEntry& entry,
                                              std::vector<uint8_t>& scratch, const ZipLimits& limits = {});
+// The same, charging a deflated entry's size to the archive's total inflate budget first
+// (rejected with zip.inflate-total once it is spent, before anything is inflated).
+Result<std::span<const uint8_t>> entry_bytes(const ZipArchive& zip, std::span<const uint8_t> file, const ZipEntry& entry,
+                                             std::vector<uint8_t>& scratch, const ZipLimits& limits = {});
+// The total inflate budget of a file of `file_size` bytes under `limits`.
+uint64_t total_inflate_budget(uint64_t file_size, const ZipLimits& limits);
 
 }  // namespace modelcdr::container

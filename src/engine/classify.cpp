@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "container/sniff.hpp"
+#include "io/bounded_json.hpp"
 #include "io/byte_cursor.hpp"
 #include "io/mapped_file.hpp"
 #include "pickle/opcodes.hpp"
@@ -22,6 +23,8 @@ using container::Format;
 using pickle::Op;
 
 constexpr uint64_t kMaxText = 64ull << 20;  // larger "text" is not copied: nobody ships 64 MiB configs
+constexpr uint32_t kMaxJsonDepth = 64;            // configs and indexes nest under 10 levels
+constexpr uint64_t kMaxJsonElements = 4u << 20;
 
 bool has_magic(std::span<const uint8_t> b, size_t at, std::string_view magic) {
   return b.size() >= at + magic.size() && std::memcmp(b.data() + at, magic.data(), magic.size()) == 0;
@@ -229,8 +232,14 @@ Classification text_kind(const std::string& name, std::span<const uint8_t> b) {
   if (!is_utf8_text(b)) return {Kind::unknown_binary, "unknown binary content"};
   if (is_code(name, b)) return {Kind::code, "source code or a script"};
   if (ends_with(name, ".json")) {
-    auto doc = nlohmann::json::parse(b.begin(), b.end(), nullptr, false);
-    if (doc.is_discarded()) return {Kind::unknown_binary, "a .json file that is not valid JSON"};
+    // One bounded SAX pass, no DOM: nesting, size and duplicate keys checked (a 64 MiB nested
+    // config took 2.5 GB as a DOM and was copied on for other parsers to choke on).
+    std::string_view text(reinterpret_cast<const char*>(b.data()), b.size());
+    const io::JsonLimits limits{kMaxJsonDepth, kMaxJsonElements};
+    io::JsonShape shape = io::inspect_json(text, limits);
+    if (auto e = io::limit_error(shape, limits))
+      return {Kind::unknown_binary, "a .json file past the limits: " + e->message + " [" + e->rule + "]"};
+    if (!shape.valid) return {Kind::unknown_binary, "a .json file that is not valid JSON"};
     return {Kind::json, "JSON"};
   }
   return {Kind::text, "text"};

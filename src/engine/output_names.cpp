@@ -3,6 +3,8 @@
 #include <array>
 #include <nlohmann/json.hpp>
 
+#include "io/bounded_json.hpp"
+
 namespace modelcdr::engine {
 
 namespace {
@@ -88,11 +90,17 @@ std::string index_output_name(const std::string& name, std::optional<OutputForma
 }
 
 Result<std::string> rewrite_index(std::span<const uint8_t> bytes, std::optional<OutputFormat> format) {
-  auto doc = nlohmann::ordered_json::parse(bytes.begin(), bytes.end(), nullptr, false);
-  if (doc.is_discarded()) return make_error("hf.bad-index", "shard index is not valid JSON");
+  // Bounded (depth, size, no duplicate keys) and std::map objects: ordered_json inserts by
+  // linear search, quadratic in a large weight_map; the output is written in key order.
+  const io::JsonLimits limits{64, 4u << 20};
+  io::JsonShape shape;
+  std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  nlohmann::json doc = io::parse_json(text, limits, shape);
+  if (auto e = io::limit_error(shape, limits)) return *e;
+  if (!shape.valid) return make_error("hf.bad-index", "shard index is not valid JSON");
   if (!doc.is_object() || !doc.contains("weight_map") || !doc["weight_map"].is_object())
     return make_error("hf.bad-index", "shard index has no weight_map object");
-  nlohmann::ordered_json map = nlohmann::ordered_json::object();
+  nlohmann::json map = nlohmann::json::object();
   for (auto it = doc["weight_map"].begin(); it != doc["weight_map"].end(); ++it) {
     if (!it.value().is_string())
       return make_error("hf.bad-index", "weight_map value for '" + it.key().substr(0, 100) + "' is not a string");
@@ -102,11 +110,11 @@ Result<std::string> rewrite_index(std::span<const uint8_t> bytes, std::optional<
     auto f = format ? format : format_for_name(shard);
     map[it.key()] = output_file_name(shard, f.value_or(OutputFormat::pt));
   }
-  nlohmann::ordered_json meta = nlohmann::ordered_json::object();
+  nlohmann::json meta = nlohmann::json::object();
   if (doc.contains("metadata") && doc["metadata"].is_object())
     for (auto it = doc["metadata"].begin(); it != doc["metadata"].end(); ++it)
       if (it.value().is_number() || it.value().is_string()) meta[it.key()] = it.value();
-  nlohmann::ordered_json out = {{"metadata", meta}, {"weight_map", map}};
+  nlohmann::json out = {{"metadata", meta}, {"weight_map", map}};
   return out.dump(2) + "\n";
 }
 

@@ -184,7 +184,7 @@ Result<ParsedModel> read_npz(std::span<const uint8_t> file, const container::Zip
     if (e.name.size() < 5 || e.name.compare(e.name.size() - 4, 4, ".npy") != 0)
       return make_error("npz.bad-member", "member '" + e.name + "' is not a .npy file", e.local_header_offset, e.name);
     std::vector<uint8_t> scratch;
-    MCDR_ASSIGN(auto bytes, container::entry_bytes(file, e, scratch));
+    MCDR_ASSIGN(auto bytes, container::entry_bytes(zip, file, e, scratch));
     MCDR_ASSIGN(model::ValueId v, read_one(bytes, e.name, !scratch.empty() || e.method != 0, options, parsed.model,
                                            parsed.findings));
     model::Value key;

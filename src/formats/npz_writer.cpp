@@ -65,7 +65,7 @@ std::string npy_header_text(const char* descr, const std::vector<int64_t>& shape
 }
 
 Status write_npz(const model::Model& m, io::AtomicOutput& out, Findings& findings) {
-  FlatModel flat = flatten_model(m, "npz", findings);
+  MCDR_ASSIGN(FlatModel flat, flatten_model(m, "npz", findings));
   for (const auto& [k, v] : flat.extra)
     add_finding(findings, Severity::low, "convert.dropped", "'" + k + "' dropped: npz holds arrays only (non-tensor data)");
   if (!m.file_metadata.empty())

@@ -1,5 +1,7 @@
 #include "formats/pickle_writer.hpp"
 
+#include "modelcdr/limits.hpp"
+
 #include <cstring>
 #include <string>
 #include <unordered_map>
@@ -30,6 +32,12 @@ class Emitter {
   Emitter(const Model& m, const PickleWriteOptions& o, const cdr::ClassRegistry& reg) : m_(m), opt_(o), reg_(reg) {}
 
   Result<std::vector<uint8_t>> run() {
+    // joblib writes a shared array once per reference (below): the output is budgeted so a
+    // list of a million references to one large array is rejected, not written out.
+    uint64_t payload = 0;
+    for (const auto& s : m_.storages) payload += s.nbytes;
+    for (const auto& v : m_.values) payload += v.text.size() + 16;
+    out_budget_ = 4 * payload + (64ull << 20);
     op(0x80);
     op(4);
     MCDR_TRY(value(m_.root, 0));
@@ -121,7 +129,7 @@ class Emitter {
   }
 
   Status value(ValueId id, uint32_t depth) {
-    if (depth > 1000) return make_error("output.too-deep", "values nested too deeply to write");
+    if (depth > limits::kMaxDepth) return limits::too_deep("values written to the pickle");
     if (id == model::kNoValue) {
       none();
       return ok_status();
@@ -257,6 +265,8 @@ class Emitter {
       const auto& t = m_.tensors[v.tensor];
       const auto& s = m_.storages[t.storage];
       data = s.bytes;
+      if (out_.size() + data.size() > out_budget_)
+        return limits::too_much_expansion("arrays shared by many references, written once per reference");
     }
     if (opt_.joblib && !object) {
       global(G::array_wrapper);
@@ -315,6 +325,7 @@ class Emitter {
   std::vector<uint8_t> out_;
   std::unordered_map<ValueId, uint32_t> memo_;
   uint32_t next_memo_ = 0;
+  uint64_t out_budget_ = 0;
 };
 
 }  // namespace

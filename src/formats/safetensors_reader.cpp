@@ -13,17 +13,21 @@
 
 #include "cdr/lifter.hpp"
 #include "formats/parsed_model.hpp"
+#include "io/bounded_json.hpp"
 #include "io/byte_cursor.hpp"
 
 namespace modelcdr::formats {
 
 namespace {
 
-using nlohmann::ordered_json;
+using json = nlohmann::json;
 
 constexpr uint64_t kMaxHeader = 100'000'000;   // the reference reader's MAX_HEADER_SIZE
 constexpr size_t kMaxMetadataValue = 64 * 1024;  // larger values are reported (and dropped on disarm)
-constexpr int kMaxDepth = 8;                   // the schema needs depth 3
+constexpr uint32_t kMaxDepth = 8;              // the schema needs depth 3
+// Values plus keys: a tensor entry is about 10; 8M elements bound the DOM (~80 bytes each)
+// and the model built from it to well under a gigabyte.
+constexpr uint64_t kMaxElements = 8u << 20;
 
 std::optional<model::DType> st_dtype(const std::string& s) {
   using model::DType;
@@ -57,7 +61,7 @@ bool looks_like_shell(std::string_view v) {
   return false;
 }
 
-Result<uint64_t> unsigned_of(const ordered_json& j, const std::string& what, const std::string& name) {
+Result<uint64_t> unsigned_of(const json& j, const std::string& what, const std::string& name) {
   if (!j.is_number_unsigned())
     return make_error("safetensors.bad-header", "tensor '" + name + "': " + what + " must be a non-negative integer");
   return j.get<uint64_t>();
@@ -80,37 +84,25 @@ Result<ParsedModel> read_safetensors(std::span<const uint8_t> file, const ReadOp
   if (header.empty() || header.front() != '{')
     return make_error("safetensors.bad-header", "header does not start with '{'", 8);
 
-  // Parse with a callback that sees every key: duplicates at any level are refused.
-  std::vector<std::set<std::string>> keys;
-  std::string duplicate;
-  bool too_deep = false;
-  auto cb = [&](int depth, ordered_json::parse_event_t ev, ordered_json& parsed_value) {
-    if (depth > kMaxDepth) too_deep = true;
-    switch (ev) {
-      case ordered_json::parse_event_t::object_start: keys.emplace_back(); break;
-      case ordered_json::parse_event_t::object_end:
-        if (!keys.empty()) keys.pop_back();
-        break;
-      case ordered_json::parse_event_t::key:
-        if (!keys.empty() && parsed_value.is_string() && !keys.back().insert(parsed_value.get<std::string>()).second &&
-            duplicate.empty())
-          duplicate = parsed_value.get<std::string>();
-        break;
-      default: break;
-    }
-    return true;
-  };
   // Padding: JSON whitespace is tolerated by JSON parsers, but writers pad with spaces only.
   size_t end = header.size();
   while (end > 0 && header[end - 1] == ' ') --end;
   if (end < header.size() && header.find_first_of("\t\r\n", end) != std::string_view::npos)
     add_finding(parsed.findings, Severity::low, "safetensors.header-padding", "header padding is not plain spaces", "", 8 + end);
-  ordered_json doc = ordered_json::parse(header.begin(), header.end(), cb, /*allow_exceptions=*/false);
-  if (doc.is_discarded()) return make_error("safetensors.bad-json", "header is not valid UTF-8 JSON", 8);
-  if (too_deep) return make_error("safetensors.bad-header", "header JSON nests deeper than the format allows", 8);
-  if (!duplicate.empty())
+  // One bounded SAX pass (depth, element count, duplicate keys at any level) that builds a DOM
+  // with std::map objects; tensors are taken in the header's order, recorded by the pass.
+  io::JsonLimits jl;
+  jl.max_depth = kMaxDepth;
+  jl.max_elements = kMaxElements;
+  io::JsonShape shape;
+  json doc = io::parse_json(header, jl, shape);
+  if (shape.too_deep) return make_error("safetensors.bad-header", "header JSON nests deeper than the format allows", 8);
+  if (shape.too_many)
+    return make_error("limits.json-elements", "header JSON has more than " + std::to_string(kMaxElements) + " elements", 8);
+  if (shape.duplicate_key)
     return make_error("safetensors.duplicate-key",
-                      "key '" + duplicate.substr(0, 200) + "' appears twice in the header (readers disagree on which wins)", 8);
+                      "key '" + shape.duplicate_key->substr(0, 200) + "' appears twice in the header (readers disagree on which wins)", 8);
+  if (!shape.valid) return make_error("safetensors.bad-json", "header is not valid UTF-8 JSON", 8);
   if (!doc.is_object()) return make_error("safetensors.bad-header", "header is not a JSON object", 8);
 
   struct Entry {
@@ -120,9 +112,9 @@ Result<ParsedModel> read_safetensors(std::span<const uint8_t> file, const ReadOp
     uint64_t begin, end;
   };
   std::vector<Entry> entries;
-  for (auto it = doc.begin(); it != doc.end(); ++it) {
-    const std::string& name = it.key();
-    const ordered_json& v = it.value();
+  entries.reserve(shape.root_keys.size());
+  for (const std::string& name : shape.root_keys) {
+    const json& v = doc.find(name).value();
     if (name == "__metadata__") {
       if (!v.is_object()) return make_error("safetensors.bad-metadata", "__metadata__ is not an object", 8);
       for (auto m = v.begin(); m != v.end(); ++m) {
@@ -217,8 +209,12 @@ Result<ParsedModel> read_safetensors(std::span<const uint8_t> file, const ReadOp
                       data_start + pos);
 
   model::Model& m = parsed.model;
+  m.storages.reserve(entries.size());
+  m.tensors.reserve(entries.size());
+  m.values.reserve(2 * entries.size() + 1);
   model::Value root;
   root.kind = model::ValueKind::ordered_dict;
+  root.entries.reserve(entries.size());
   for (const Entry& e : entries) {
     model::Storage s;
     s.dtype = e.dtype;

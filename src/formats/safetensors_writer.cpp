@@ -9,6 +9,10 @@
 #include <optional>
 #include <set>
 #include <tuple>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "modelcdr/limits.hpp"
 
 namespace modelcdr::formats {
 
@@ -22,21 +26,65 @@ using model::ValueKind;
 using nlohmann::ordered_json;
 
 constexpr size_t kChunk = 8 << 20;
-constexpr int kMaxDepth = 256;
 
+// A string as JSON text (escaped; invalid UTF-8 replaced, as everywhere in our JSON output).
+std::string json_text(const std::string& s) { return ordered_json(s).dump(-1, ' ', false, ordered_json::error_handler_t::replace); }
+
+// Writes a JSON object from (key, JSON text of the value) pairs in order: linear, where an
+// ordered_json object finds every inserted key by linear search (quadratic in the keys).
+// Keys must be distinct; callers guarantee it.
+std::string json_object(const std::vector<std::pair<std::string, std::string>>& members) {
+  std::string out = "{";
+  for (size_t i = 0; i < members.size(); ++i) {
+    if (i) out += ',';
+    out += json_text(members[i].first);
+    out += ':';
+    out += members[i].second;
+  }
+  out += '}';
+  return out;
+}
+
+// The flattener walks the value graph as a tree of paths: a value shared by two parents is
+// visited (and its names or JSON written) once per path. Both the number of visits and the
+// bytes of names and JSON produced are budgeted linearly in the model, so shared structure
+// (a "billion laughs" DAG) is rejected (limits.expansion) instead of exhausting memory.
 class Flattener {
  public:
-  Flattener(const Model& m, const std::string& what, Findings& f) : m_(m), what_(what), f_(f) {}
+  Flattener(const Model& m, const std::string& what, Findings& f)
+      : m_(m), what_(what), f_(f), visits_(limits::expansion_budget(m.values.size())), bytes_(byte_budget(m)) {
+    names_.insert("__metadata__");  // never a tensor name: it would replace the header's metadata
+  }
 
-  FlatModel run() {
+  Result<FlatModel> run() {
     if (m_.root == model::kNoValue) return std::move(flat_);
     const Value& r = m_.values[m_.root];
     if (r.kind == ValueKind::tensor) add_tensor("arr_0", r.tensor);
     else visit(m_.root, "", 0);
+    if (error_) return *error_;
     return std::move(flat_);
   }
 
  private:
+  static uint64_t byte_budget(const Model& m) {
+    uint64_t text = 0;
+    for (const auto& v : m.values) text += v.text.size() + 16;
+    return 4 * text + (64ull << 20);
+  }
+
+  // False (and the file rejected) once the walk has done more than its linear budget.
+  bool spend(uint64_t bytes) {
+    if (error_) return false;
+    if (visits_.spend(1) && bytes_.spend(bytes)) return true;
+    error_ = limits::too_much_expansion("flattening for " + what_);
+    return false;
+  }
+  bool too_deep(uint32_t depth) {
+    if (depth <= limits::kMaxDepth) return false;
+    if (!error_) error_ = limits::too_deep("values written to " + what_);
+    return true;
+  }
+
   void drop(const std::string& path, const std::string& why) {
     add_finding(f_, Severity::low, "convert.dropped",
                 "'" + (path.empty() ? std::string("<root>") : path) + "' dropped: " + why + " (" + what_ + " cannot hold it)");
@@ -45,14 +93,15 @@ class Flattener {
     return prefix.empty() ? key : prefix + "." + key;
   }
 
-  bool has_tensor(ValueId id, int depth) {
-    if (id == model::kNoValue || depth > kMaxDepth) return false;
+  // Memoised per value (linear over a DAG); depth-bounded like every walk.
+  bool has_tensor(ValueId id, uint32_t depth) {
+    if (id == model::kNoValue || too_deep(depth)) return false;
     if (auto it = has_.find(id); it != has_.end()) return it->second;
     has_[id] = false;  // cycle guard
     const Value& v = m_.values[id];
     bool r = v.kind == ValueKind::tensor || numeric_ndarray(v);
-    for (auto i : v.items) r = r || has_tensor(i, depth + 1);
-    for (auto [k, x] : v.entries) r = r || has_tensor(x, depth + 1);
+    for (auto i : v.items) r = has_tensor(i, depth + 1) || r;
+    for (auto [k, x] : v.entries) r = has_tensor(x, depth + 1) || r;
     has_[id] = r;
     return r;
   }
@@ -93,8 +142,8 @@ class Flattener {
     return v.kind == ValueKind::ndarray && v.tensor < m_.tensors.size() && std::strchr("fiubc", c) != nullptr && c != 0;
   }
 
-  void visit(ValueId id, const std::string& path, int depth) {
-    if (depth > kMaxDepth) return drop(path, "nested too deeply");
+  void visit(ValueId id, const std::string& path, uint32_t depth) {
+    if (too_deep(depth) || !spend(path.size())) return;
     const Value& v = m_.values[id];
     if (v.kind == ValueKind::tensor) return add_tensor(path, v.tensor);
     if (v.kind == ValueKind::ndarray) {
@@ -103,16 +152,21 @@ class Flattener {
     }
     if (!has_tensor(id, 0)) {
       if (v.kind == ValueKind::dropped) return;  // already reported by the lifter
-      std::string why;
-      auto j = json(id, 0, why);
-      if (!j) return drop(path, why);
-      flat_.extra.emplace_back(path.empty() ? "<root>" : path, j->dump(-1, ' ', false, ordered_json::error_handler_t::replace));
+      std::string why, text;
+      if (!json(id, 0, text, why)) {
+        if (!error_) drop(path, why);
+        return;
+      }
+      std::string key = path.empty() ? "<root>" : path;
+      if (!extra_keys_.insert(key).second) return drop(path, "another entry has the same flattened name");
+      flat_.extra.emplace_back(std::move(key), std::move(text));
       return;
     }
     switch (v.kind) {
       case ValueKind::dict:
       case ValueKind::ordered_dict:
         for (auto [k, x] : v.entries) {
+          if (error_) return;
           auto key = key_text(k);
           if (!key) {
             drop(path, "a dict key that is neither a string nor an integer");
@@ -125,67 +179,65 @@ class Flattener {
       case ValueKind::tuple:
       case ValueKind::set:
       case ValueKind::ndarray:
-        for (size_t i = 0; i < v.items.size(); ++i) visit(v.items[i], join(path, std::to_string(i)), depth + 1);
+        for (size_t i = 0; i < v.items.size() && !error_; ++i) visit(v.items[i], join(path, std::to_string(i)), depth + 1);
         return;
       default: return drop(path, "unexpected value");
     }
   }
 
-  std::optional<ordered_json> json(ValueId id, int depth, std::string& why) {
-    if (id == model::kNoValue) return ordered_json(nullptr);
-    if (depth > kMaxDepth) return why = "nested too deeply", std::nullopt;
+  // Appends the JSON text of a value to `out`; false with `why` when it has none (or the walk
+  // ran out of budget: error_ is set then).
+  bool json(ValueId id, uint32_t depth, std::string& out, std::string& why) {
+    if (too_deep(depth)) return why = "nested too deeply", false;
+    if (id == model::kNoValue) return out += "null", true;
     const Value& v = m_.values[id];
+    if (!spend(v.text.size() + 8)) return why = "budget", false;
     switch (v.kind) {
-      case ValueKind::none: return ordered_json(nullptr);
-      case ValueKind::boolean: return ordered_json(v.b);
-      case ValueKind::integer: return ordered_json(v.i);
+      case ValueKind::none:
+      case ValueKind::dropped: return out += "null", true;
+      case ValueKind::boolean: return out += v.b ? "true" : "false", true;
+      case ValueKind::integer: return out += std::to_string(v.i), true;
       case ValueKind::floating:
-        if (!std::isfinite(v.f)) return why = "a non-finite float has no JSON form", std::nullopt;
-        return ordered_json(v.f);
-      case ValueKind::string: return ordered_json(v.text);
+        if (!std::isfinite(v.f)) return why = "a non-finite float has no JSON form", false;
+        return out += ordered_json(v.f).dump(), true;
+      case ValueKind::string:
+      case ValueKind::numpy_dtype: return out += json_text(v.text), true;
       case ValueKind::list:
       case ValueKind::tuple:
-      case ValueKind::set: {
-        ordered_json a = ordered_json::array();
-        for (auto i : v.items) {
-          auto j = json(i, depth + 1, why);
-          if (!j) return std::nullopt;
-          a.push_back(std::move(*j));
-        }
-        return a;
-      }
+      case ValueKind::set: return json_array(v.items, depth, out, why);
       case ValueKind::dict:
       case ValueKind::ordered_dict: {
-        ordered_json o = ordered_json::object();
-        for (auto [k, x] : v.entries) {
-          auto key = key_text(k);
-          if (!key) return why = "a dict key that is neither a string nor an integer", std::nullopt;
-          auto j = json(x, depth + 1, why);
-          if (!j) return std::nullopt;
-          o[*key] = std::move(*j);
+        out += '{';
+        std::unordered_set<std::string> seen;
+        for (size_t i = 0; i < v.entries.size(); ++i) {
+          auto key = key_text(v.entries[i].first);
+          if (!key) return why = "a dict key that is neither a string nor an integer", false;
+          if (!seen.insert(*key).second) return why = "two dict keys with the same JSON name", false;
+          if (i) out += ',';
+          out += json_text(*key);
+          out += ':';
+          if (!json(v.entries[i].second, depth + 1, out, why)) return false;
         }
-        return o;
+        return out += '}', true;
       }
-      case ValueKind::dropped: return ordered_json(nullptr);
-      case ValueKind::bytes: return why = "bytes have no JSON form", std::nullopt;
-      case ValueKind::big_integer: return why = "an integer beyond 64 bits", std::nullopt;
-      case ValueKind::complex: return why = "a complex number has no JSON form", std::nullopt;
-      case ValueKind::tensor: return why = "tensor", std::nullopt;
+      case ValueKind::bytes: return why = "bytes have no JSON form", false;
+      case ValueKind::big_integer: return why = "an integer beyond 64 bits", false;
+      case ValueKind::complex: return why = "a complex number has no JSON form", false;
+      case ValueKind::tensor: return why = "tensor", false;
       case ValueKind::ndarray:
-        if (ndarray_code(v) == 'O') {
-          ordered_json a = ordered_json::array();
-          for (auto i : v.items) {
-            auto j = json(i, depth + 1, why);
-            if (!j) return std::nullopt;
-            a.push_back(std::move(*j));
-          }
-          return a;
-        }
-        return why = "a numpy array of a non-numeric dtype", std::nullopt;
-      case ValueKind::numpy_dtype: return ordered_json(v.text);
-      default: return why = "an object of a registry class", std::nullopt;
+        if (ndarray_code(v) == 'O') return json_array(v.items, depth, out, why);
+        return why = "a numpy array of a non-numeric dtype", false;
+      default: return why = "an object of a registry class", false;
     }
-    return why = "unknown value", std::nullopt;
+  }
+
+  bool json_array(const std::vector<ValueId>& items, uint32_t depth, std::string& out, std::string& why) {
+    out += '[';
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (i) out += ',';
+      if (!json(items[i], depth + 1, out, why)) return false;
+    }
+    return out += ']', true;
   }
 
   const Model& m_;
@@ -193,12 +245,15 @@ class Flattener {
   Findings& f_;
   FlatModel flat_;
   std::set<std::string> names_;
-  std::map<ValueId, bool> has_;
+  std::unordered_set<std::string> extra_keys_;
+  std::unordered_map<ValueId, bool> has_;
+  limits::Budget visits_, bytes_;
+  std::optional<Error> error_;
 };
 
 }  // namespace
 
-FlatModel flatten_model(const model::Model& m, const std::string& what, Findings& findings) {
+Result<FlatModel> flatten_model(const model::Model& m, const std::string& what, Findings& findings) {
   return Flattener(m, what, findings).run();
 }
 
@@ -310,7 +365,7 @@ const char* safetensors_dtype(model::DType d) {
 }
 
 Status write_safetensors(const Model& m, io::AtomicOutput& out, Findings& findings) {
-  FlatModel flat = flatten_model(m, "safetensors", findings);
+  MCDR_ASSIGN(FlatModel flat, flatten_model(m, "safetensors", findings));
   // Identical views of one storage are one tensor with aliases; different views are copies.
   using ViewKey = std::tuple<model::StorageId, int64_t, std::vector<int64_t>, std::vector<int64_t>, model::DType>;
   std::map<ViewKey, size_t> seen;
@@ -321,7 +376,7 @@ Status write_safetensors(const Model& m, io::AtomicOutput& out, Findings& findin
     uint64_t begin = 0, end = 0;
   };
   std::vector<Out> outs;
-  ordered_json aliases = ordered_json::object();
+  std::vector<std::pair<std::string, std::string>> aliases;  // name -> JSON text of the name written
   for (const auto& nt : flat.tensors) {
     const Tensor& t = m.tensors[nt.tensor];
     if (!safetensors_dtype(t.dtype)) {
@@ -331,7 +386,7 @@ Status write_safetensors(const Model& m, io::AtomicOutput& out, Findings& findin
     }
     ViewKey key{t.storage, t.storage_offset, t.shape, is_c_contiguous(t) ? std::vector<int64_t>{} : t.stride, t.dtype};
     if (auto it = seen.find(key); it != seen.end()) {
-      aliases[nt.name] = outs[it->second].name;
+      aliases.emplace_back(nt.name, json_text(outs[it->second].name));
       continue;
     }
     seen[key] = outs.size();
@@ -350,28 +405,32 @@ Status write_safetensors(const Model& m, io::AtomicOutput& out, Findings& findin
     auto ea = model::dtype_info(a.t->dtype).element_size, eb = model::dtype_info(b.t->dtype).element_size;
     return ea != eb ? ea > eb : a.name < b.name;
   });
-  ordered_json header = ordered_json::object();
-  ordered_json meta = ordered_json::object();
-  meta["format"] = "pt";
-  for (const auto& [k, v] : m.file_metadata)
-    if (k.rfind("modelcdr.", 0) != 0) meta[k] = v;
-  if (!aliases.empty()) meta["modelcdr.aliases"] = aliases.dump(-1, ' ', false, ordered_json::error_handler_t::replace);
+  // Header and metadata are written as JSON text directly (keys are distinct: tensor names are
+  // unique and never "__metadata__"; metadata keys come from a map or are ours).
+  std::vector<std::pair<std::string, std::string>> meta;
+  meta.emplace_back("format", json_text("pt"));
+  for (const auto& [k, v] : m.file_metadata) {
+    if (k == "format") meta.front().second = json_text(v);  // the input's own value wins, in first place
+    else if (k.rfind("modelcdr.", 0) != 0) meta.emplace_back(k, json_text(v));
+  }
+  if (!aliases.empty()) meta.emplace_back("modelcdr.aliases", json_text(json_object(aliases)));
   if (!flat.extra.empty()) {
-    ordered_json extra = ordered_json::object();
-    for (const auto& [k, v] : flat.extra) extra[k] = ordered_json::parse(v, nullptr, false);
-    meta["modelcdr.extra"] = extra.dump(-1, ' ', false, ordered_json::error_handler_t::replace);
+    meta.emplace_back("modelcdr.extra", json_text(json_object(flat.extra)));
     add_finding(findings, Severity::info, "convert.extra-metadata",
                 std::to_string(flat.extra.size()) + " non-tensor entries written as JSON to __metadata__['modelcdr.extra']");
   }
-  header["__metadata__"] = meta;
+  std::vector<std::pair<std::string, std::string>> header;
+  header.reserve(outs.size() + 1);
+  header.emplace_back("__metadata__", json_object(meta));
   uint64_t pos = 0;
   for (auto& o : outs) {
     o.begin = pos;
     pos += tensor_nbytes(*o.t);
     o.end = pos;
-    header[o.name] = {{"dtype", safetensors_dtype(o.t->dtype)}, {"shape", o.t->shape}, {"data_offsets", {o.begin, o.end}}};
+    ordered_json entry = {{"dtype", safetensors_dtype(o.t->dtype)}, {"shape", o.t->shape}, {"data_offsets", {o.begin, o.end}}};
+    header.emplace_back(o.name, entry.dump());
   }
-  std::string text = header.dump(-1, ' ', false, ordered_json::error_handler_t::replace);
+  std::string text = json_object(header);
   text.append((8 - text.size() % 8) % 8, ' ');
   uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(static_cast<uint64_t>(text.size()) >> (8 * i));

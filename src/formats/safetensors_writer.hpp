@@ -29,7 +29,9 @@ struct FlatModel {
   std::vector<std::pair<std::string, std::string>> extra;  // path -> JSON text of non-tensor data
 };
 // `what` names the target format in findings ("safetensors", "npz").
-FlatModel flatten_model(const model::Model& m, const std::string& what, Findings& findings);
+// Fails (limits.expansion, limits.depth) when shared structure would expand beyond a budget
+// linear in the model, or values nest too deeply.
+Result<FlatModel> flatten_model(const model::Model& m, const std::string& what, Findings& findings);
 
 // Streams the tensor's elements in C (row-major) order to `sink`, in bounded chunks.
 // Checks the view against its storage first.

@@ -44,7 +44,7 @@ struct ArchiveView {
   std::string prefix;
   bool crc_checked = true;  // read_zip verified every entry's CRC, storage records included
   Result<std::span<const uint8_t>> read(const ZipEntry& e, std::vector<uint8_t>& scratch) const {
-    MCDR_ASSIGN(auto bytes, container::entry_bytes(file, e, scratch));
+    MCDR_ASSIGN(auto bytes, container::entry_bytes(*zip, file, e, scratch));
     if (!crc_checked && deferrable_storage(e) && container::ZipWriter::crc32(bytes) != e.crc32)
       return make_error("zip.bad-crc", "CRC-32 of the record does not match the zip directory", e.data_offset, e.name);
     return bytes;
@@ -59,7 +59,7 @@ Status check_unused_storage_crcs(const ArchiveView& a, const std::unordered_set<
   container::ZipLimits limits;
   limits.release_pages = release;
   for (const auto& e : a.zip->entries)
-    if (deferrable_storage(e) && !used.count(e.name)) MCDR_TRY(container::check_entry_crc(a.file, e, findings, limits));
+    if (deferrable_storage(e) && !used.count(e.name)) MCDR_TRY(container::check_entry_crc(*a.zip, a.file, e, findings, limits));
   return ok_status();
 }
 
@@ -190,7 +190,7 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
     s.nbytes = r.nbytes;
     std::vector<uint8_t> scratch;
     bool defer = !a.crc_checked && e->method == 0 && !swap;
-    MCDR_ASSIGN(auto bytes, defer ? container::entry_bytes(file, *e, scratch) : a.read(*e, scratch));
+    MCDR_ASSIGN(auto bytes, defer ? container::entry_bytes(zip, file, *e, scratch) : a.read(*e, scratch));
     if (defer) s.expected_crc = e->crc32;
     if (swap || e->method != 0) {
       std::vector<uint8_t> owned(bytes.begin(), bytes.end());

@@ -1,5 +1,7 @@
 #include "formats/torch_zip_writer.hpp"
 
+#include "modelcdr/limits.hpp"
+
 #include <unistd.h>
 
 #include <cerrno>
@@ -36,17 +38,31 @@ class DataPklEmitter {
                  std::vector<model::Storage>& extra)
       : m_(m), opt_(o), order_(order), extra_(extra) {}
 
-  std::vector<uint8_t> run() {
+  Result<std::vector<uint8_t>> run() {
     e_.proto2();
     value(m_.root);
     e_.stop();
+    if (too_deep_) return limits::too_deep("values written to data.pkl");
     return std::move(e_.bytes());
   }
 
  private:
   bool compat13() const { return opt_.compat == Compat::torch1_13; }
 
+  // Depth-bounded like every walk (the pipeline checks the graph first; this holds anyway):
+  // past the bound the walk stops descending and run() fails.
   void value(ValueId id) {
+    if (depth_ >= limits::kMaxDepth) {
+      too_deep_ = true;
+      e_.none();
+      return;
+    }
+    ++depth_;
+    value_at_depth(id);
+    --depth_;
+  }
+
+  void value_at_depth(ValueId id) {
     if (id == model::kNoValue) {
       e_.none();
       return;
@@ -368,6 +384,8 @@ class DataPklEmitter {
   PickleEmitter e_;
   std::unordered_map<ValueId, uint32_t> memo_;
   std::unordered_map<model::TensorId, uint32_t> tensor_memo_;
+  uint32_t depth_ = 0;
+  bool too_deep_ = false;
   std::unordered_map<uint32_t, uint32_t> keys_;
 };
 

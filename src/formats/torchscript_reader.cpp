@@ -8,6 +8,7 @@
 // (decoded and scanned), constants/, extra/ and debug records are dropped and reported.
 // Archives of the old format (model.json / attributes.pkl / tensors/) are rejected.
 #include <algorithm>
+#include <map>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -99,7 +100,10 @@ class Walker {
   // Appends the state-dict entries of module node `id` under `path` to `entries`.
   Status module(NodeId id, const std::string& path, std::vector<std::pair<std::string, NodeId>>& entries,
                 std::vector<model::ModuleInfo>& arch, int depth) {
-    if (depth > 128) return make_error("cdr.too-deep", "modules nested deeper than 128");
+    if (depth > static_cast<int>(limits::kMaxDepth)) return limits::too_deep("TorchScript modules");
+    // A submodule shared by two parents is walked under both paths (as state_dict() does);
+    // the budget keeps a DAG of shared modules from costing one walk per path.
+    if (!budget_.spend(1) || path.size() > kMaxModulePath) return limits::too_much_expansion("TorchScript module tree");
     const Node& n = p_.at(id);
     const Node& cls = p_.at(n.items[0]);
     model::ModuleInfo info;
@@ -138,6 +142,7 @@ class Walker {
                       "tensor attribute '" + path + kn.text + "' is neither a parameter nor a buffer (dropped)", "", kn.offset);
       }
     }
+    if (!budget_.spend(params.size() + buffers.size())) return limits::too_much_expansion("TorchScript module tree");
     for (auto& [name, v] : params) {
       entries.emplace_back(path + name, v);
       info.parameters.push_back(name);
@@ -174,24 +179,39 @@ class Walker {
     return rg.kind == NodeKind::Bool && rg.b;
   }
 
+  // Memoised per class: a module class shared by many modules is looked up once. The source
+  // bytes searched are budgeted too (many class names pointing into one large code file);
+  // past the budget a class counts as undeclared (tensors classified by requires_grad).
   Declared declared(const Node& cls) {
+    auto key = std::make_pair(cls.text, cls.name);
+    if (auto it = declared_.find(key); it != declared_.end()) return it->second;
+    Declared d = declared_uncached(cls);
+    declared_.emplace(std::move(key), d);
+    return d;
+  }
+
+  Declared declared_uncached(const Node& cls) {
     // __torch__.a.b.C -> code/__torch__/a/b.py ; __torch__ C -> code/__torch__.py
     std::string rel = cls.text;
     std::replace(rel.begin(), rel.end(), '.', '/');
     const container::ZipEntry* e = zip_.find(prefix_ + "/code/" + rel + ".py");
-    if (!e || e->uncompressed_size > (64u << 20)) return {};
+    if (!e || e->uncompressed_size > (64u << 20) || !code_budget_.spend(e->uncompressed_size)) return {};
     std::vector<uint8_t> scratch;
-    auto bytes = container::entry_bytes(file_, *e, scratch);
+    auto bytes = container::entry_bytes(zip_, file_, *e, scratch);
     if (!bytes.ok()) return {};
     std::string_view text(reinterpret_cast<const char*>(bytes->data()), bytes->size());
     return declarations(text, cls.name);
   }
 
+  static constexpr size_t kMaxModulePath = 64 * 1024;  // bytes of a dotted module path
   Program& p_;
+  limits::Budget budget_{limits::expansion_budget(p_.nodes.size(), limits::kModuleBudgetFloor)};
   const container::ZipArchive& zip_;
   std::span<const uint8_t> file_;
   std::string prefix_;
   Findings& findings_;
+  std::map<std::pair<std::string, std::string>, Declared> declared_;
+  limits::Budget code_budget_{limits::expansion_budget(file_.size())};
 };
 
 }  // namespace
@@ -222,7 +242,7 @@ Status read_torchscript_archive(std::span<const uint8_t> file, const container::
     // source-range debug info, which the loaders skip.
     if (ends_with(rel, ".pkl") && rel.find("debug_pkl") == std::string::npos && rel != "data.pkl") {
       std::vector<uint8_t> scratch;
-      MCDR_ASSIGN(auto bytes, container::entry_bytes(file, e, scratch));
+      MCDR_ASSIGN(auto bytes, container::entry_bytes(zip, file, e, scratch));
       auto program = decode_stream(bytes, e.name, 0, options, parsed.findings, false);
       if (!program.ok()) return program.error();
       if (rel == "constants.pkl" && program->root != kNoNode && !program->at(program->root).items.empty())
@@ -235,7 +255,7 @@ Status read_torchscript_archive(std::span<const uint8_t> file, const container::
   if (parsed.not_disarmable) return ok_status();
 
   std::vector<uint8_t> pkl_scratch;
-  MCDR_ASSIGN(auto pkl_bytes, container::entry_bytes(file, *pkl, pkl_scratch));
+  MCDR_ASSIGN(auto pkl_bytes, container::entry_bytes(zip, file, *pkl, pkl_scratch));
   MCDR_ASSIGN(Program program, decode_stream(pkl_bytes, pkl->name, 0, options, parsed.findings, false));
   const Node& root = program.at(program.root);
   if (!is_torch_class(program, root)) {
@@ -281,7 +301,7 @@ Status read_torchscript_archive(std::span<const uint8_t> file, const container::
     s.source = name;
     s.nbytes = r.nbytes;
     std::vector<uint8_t> scratch;
-    MCDR_ASSIGN(auto bytes, container::entry_bytes(file, *e, scratch));
+    MCDR_ASSIGN(auto bytes, container::entry_bytes(zip, file, *e, scratch));
     if (e->method != 0) s.set_owned(std::vector<uint8_t>(bytes.begin(), bytes.end()));
     else s.bytes = bytes;
     return s;

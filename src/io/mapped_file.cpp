@@ -5,10 +5,77 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
+#include <mutex>
 
 namespace modelcdr::io {
+
+namespace {
+
+// Guarded mappings, read by the signal handler: lock-free atomics only (async-signal-safe).
+struct GuardSlot {
+  std::atomic<uintptr_t> begin{0}, end{0};  // end == 0: free
+  std::atomic<bool> changed{false};
+};
+constexpr int kSlots = 256;
+GuardSlot g_slots[kSlots];
+std::atomic<uintptr_t> g_page{4096};
+
+void on_sigbus(int sig, siginfo_t* info, void*) {
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(info->si_addr);
+  const uintptr_t page = g_page.load(std::memory_order_relaxed);
+  for (auto& slot : g_slots) {
+    uintptr_t b = slot.begin.load(std::memory_order_acquire), e = slot.end.load(std::memory_order_acquire);
+    if (e == 0 || addr < b || addr >= e) continue;
+    // Zero pages from the faulting page to the end of the mapping: one fault for a whole
+    // truncated tail, and the interrupted read completes (with zeros) instead of crashing.
+    uintptr_t from = addr & ~(page - 1);
+    void* p = ::mmap(reinterpret_cast<void*>(from), e - from, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    if (p == MAP_FAILED) break;
+    slot.changed.store(true, std::memory_order_release);
+    return;
+  }
+  // Not one of ours: the default action (terminate with a core), as without this handler.
+  ::signal(sig, SIG_DFL);
+  ::raise(sig);
+}
+
+void install_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    g_page.store(static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE)));
+    struct sigaction sa{};
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGBUS, &sa, nullptr);
+  });
+}
+
+int register_mapping(const uint8_t* data, size_t size) {
+  install_handler();
+  for (int i = 0; i < kSlots; ++i) {
+    // Claim a free slot with end = 1 (an empty range while it is filled in), then publish.
+    uintptr_t expected = 0;
+    if (!g_slots[i].end.compare_exchange_strong(expected, 1)) continue;
+    g_slots[i].changed.store(false);
+    g_slots[i].begin.store(reinterpret_cast<uintptr_t>(data));
+    g_slots[i].end.store(reinterpret_cast<uintptr_t>(data) + size);
+    return i;
+  }
+  return -1;  // table full: this mapping is unguarded (a truncation would crash as before)
+}
+
+void unregister_mapping(int slot) {
+  if (slot < 0) return;
+  g_slots[slot].begin.store(UINTPTR_MAX);  // empty range until the slot is claimed again
+  g_slots[slot].end.store(0);
+}
+
+}  // namespace
 
 Result<MappedFile> MappedFile::open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -34,6 +101,7 @@ Result<MappedFile> MappedFile::open(const std::string& path) {
       return make_error("io.mmap", std::string("cannot map: ") + std::strerror(e));
     }
     m.data_ = static_cast<const uint8_t*>(p);
+    m.slot_ = register_mapping(m.data_, m.size_);
   }
   m.fd_ = fd;
   return m;
@@ -43,20 +111,24 @@ MappedFile::MappedFile(MappedFile&& o) noexcept { *this = std::move(o); }
 
 MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
   if (this != &o) {
+    unregister_mapping(slot_);
     if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
     if (fd_ >= 0) ::close(fd_);
     data_ = o.data_;
     size_ = o.size_;
     fd_ = o.fd_;
+    slot_ = o.slot_;
     path_ = std::move(o.path_);
     o.data_ = nullptr;
     o.size_ = 0;
     o.fd_ = -1;
+    o.slot_ = -1;
   }
   return *this;
 }
 
 MappedFile::~MappedFile() {
+  unregister_mapping(slot_);  // before munmap: the range may be reused by the next mapping
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
   if (fd_ >= 0) ::close(fd_);
 }
@@ -80,6 +152,13 @@ void populate_mapped_pages(std::span<const uint8_t> span) {
 
 void MappedFile::advise_sequential() const {
   if (data_) ::madvise(const_cast<uint8_t*>(data_), size_, MADV_SEQUENTIAL);
+}
+
+bool MappedFile::changed() const {
+  if (slot_ >= 0 && g_slots[slot_].changed.load(std::memory_order_acquire)) return true;
+  struct stat st{};
+  if (fd_ >= 0 && (::fstat(fd_, &st) != 0 || static_cast<uint64_t>(st.st_size) != size_)) return true;
+  return false;
 }
 
 }  // namespace modelcdr::io

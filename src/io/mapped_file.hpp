@@ -19,6 +19,13 @@ void release_mapped_pages(std::span<const uint8_t> span);
 // 1 GiB: 0.34 s of system time instead of 0.69-1.37 s, and 1.2 s wall instead of 1.6-2.2 s.
 void populate_mapped_pages(std::span<const uint8_t> span);
 
+// Reading a mapped file that another process truncates raises SIGBUS. A process-wide handler
+// (installed with the first mapping) catches faults inside registered input mappings, maps
+// anonymous zero pages over the rest of that mapping and marks it changed; the read goes on
+// with zeros and the file is rejected before any output is committed. Faults anywhere else
+// get the default action.
+class MappedFile;
+
 class MappedFile {
  public:
   static Result<MappedFile> open(const std::string& path);
@@ -40,8 +47,13 @@ class MappedFile {
   const std::string& path() const { return path_; }
   // Tell the kernel we will stream through [off, off+len) once (readahead, then drop).
   void advise_sequential() const;
+  // True when the file changed under the mapping: a read past its new end was caught (the
+  // SIGBUS handler below mapped zero pages there) or its size is no longer the mapped size.
+  // Checked before an output is committed (io.input-changed).
+  bool changed() const;
 
  private:
+  int slot_ = -1;  // index in the process-wide table of guarded mappings, -1 = none
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
   int fd_ = -1;

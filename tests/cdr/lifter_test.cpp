@@ -261,7 +261,92 @@ TEST(Lifter, DeepNestingIsRejected) {
   p += ".";
   auto l = run(std::vector<uint8_t>(p.begin(), p.end()));
   ASSERT_FALSE(l.model.ok());
-  EXPECT_EQ(l.model.error().rule, "cdr.too-deep");
+  EXPECT_EQ(l.model.error().rule, "limits.depth");
+}
+
+// LONG_BINPUT / LONG_BINGET with a 4-byte index.
+void put_get(std::string& p, char op, uint32_t i) {
+  p += op;
+  for (int k = 0; k < 4; ++k) p += static_cast<char>(i >> (8 * k));
+}
+
+TEST(Lifter, DepthThroughCachedValuesIsBounded) {
+  // L0 = []; for i: R.append({L(i-1): None}); L(i) = [L(i-1)]; finally R.append(L(n)).
+  // Each L(i) is first lifted shallow (as a dropped dict key) and later nested through the
+  // cache: the cached value's own height must count, or the chain reaches n levels.
+  const uint32_t n = 20000;
+  std::string p = "\x80\x02]";
+  p += "]";
+  put_get(p, 'r', 0);
+  p += "0";
+  for (uint32_t i = 1; i <= n; ++i) {
+    p += "}";
+    put_get(p, 'j', i - 1);
+    p += "Nsa]";
+    put_get(p, 'j', i - 1);
+    p += "a";
+    put_get(p, 'r', i);
+    p += "0";
+  }
+  put_get(p, 'j', n);
+  p += "a.";
+  auto l = run(std::vector<uint8_t>(p.begin(), p.end()));
+  ASSERT_FALSE(l.model.ok());
+  EXPECT_EQ(l.model.error().rule, "limits.depth");
+}
+
+TEST(Lifter, SharedSubmodulesDoNotExpandPerPath) {
+  // m0 = Net(); m(i)._modules = {a: m(i-1), b: m(i-1)}: 2^60 paths through 60 modules.
+  auto str = [](const std::string& t) {  // BINUNICODE
+    std::string o = "X";
+    for (int k = 0; k < 4; ++k) o += static_cast<char>(t.size() >> (8 * k));
+    return o + t;
+  };
+  const std::string od = "ccollections\nOrderedDict\n)R";
+  auto module = [&](std::string& p, int child) {
+    p += "c__main__\nNet\n)\x81}";
+    p += str("_parameters") + od + "s";
+    p += str("_buffers") + od + "s";
+    p += str("_modules") + od;
+    if (child >= 0) {
+      p += str("a");
+      put_get(p, 'j', static_cast<uint32_t>(child));
+      p += "s" + str("b");
+      put_get(p, 'j', static_cast<uint32_t>(child));
+      p += "s";
+    }
+    p += "sb";
+  };
+  std::string p = "\x80\x02";
+  for (int i = 0; i < 60; ++i) {
+    module(p, i - 1);
+    put_get(p, 'r', static_cast<uint32_t>(i));
+    if (i + 1 < 60) p += "0";
+  }
+  p += ".";
+  auto l = run(std::vector<uint8_t>(p.begin(), p.end()));
+  ASSERT_FALSE(l.model.ok());
+  EXPECT_EQ(l.model.error().rule, "limits.expansion");
+}
+
+TEST(Lifter, SharedKeyTuplesAreCheckedOnce) {
+  // t0 = (); t(i) = (t(i-1), t(i-1)); {t(80): None}: the hashability walk is memoised.
+  std::string p = "\x80\x02})";
+  put_get(p, 'r', 0);
+  for (uint32_t i = 1; i <= 80; ++i) {
+    put_get(p, 'j', i - 1);
+    put_get(p, 'j', i - 1);
+    p += "\x86";
+    put_get(p, 'r', i);
+    p += "0";
+  }
+  p += "0";
+  put_get(p, 'j', 80);
+  p += "Ns.";
+  auto l = run(std::vector<uint8_t>(p.begin(), p.end()));
+  ASSERT_TRUE(l.model.ok());
+  const auto& root = l.model->values[l.model->root];
+  EXPECT_EQ(root.entries.size(), 1u);
 }
 
 TEST(Lifter, WholeModuleBecomesStateDict) {

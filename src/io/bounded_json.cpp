@@ -1,0 +1,149 @@
+#include "io/bounded_json.hpp"
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+#include <unordered_set>
+
+namespace modelcdr::io {
+
+namespace {
+
+using json = nlohmann::json;
+
+// SAX handler: returning false stops the parse at once (no work past a limit).
+// The keys of one object: a few (most objects) in a vector searched linearly, more in a hash
+// set; cleared, not freed, so a header of 360 000 small objects allocates almost nothing.
+class KeySet {
+ public:
+  bool insert(const std::string& k) {
+    if (big_.empty() && small_.size() < kSmall) {
+      for (const auto& x : small_)
+        if (x == k) return false;
+      small_.push_back(k);
+      return true;
+    }
+    if (big_.empty()) big_.insert(small_.begin(), small_.end());
+    return big_.insert(k).second;
+  }
+  void clear() {
+    small_.clear();
+    if (!big_.empty()) big_ = {};
+  }
+
+ private:
+  static constexpr size_t kSmall = 16;
+  std::vector<std::string> small_;
+  std::unordered_set<std::string> big_;
+};
+
+// Each event is checked first and then, when a DOM is wanted, handed to nlohmann's own DOM
+// builder: one lexer pass for checks and DOM together.
+using DomBuilder = nlohmann::detail::json_sax_dom_parser<json>;
+
+class Inspector {
+ public:
+  Inspector(const JsonLimits& l, JsonShape& s, DomBuilder* dom) : lim_(l), s_(s), dom_(dom) {}
+
+  bool null() { return element() && (!dom_ || dom_->null()); }
+  bool boolean(bool b) { return element() && (!dom_ || dom_->boolean(b)); }
+  bool number_integer(json::number_integer_t v) { return element() && (!dom_ || dom_->number_integer(v)); }
+  bool number_unsigned(json::number_unsigned_t v) { return element() && (!dom_ || dom_->number_unsigned(v)); }
+  bool number_float(json::number_float_t v, const json::string_t& t) {
+    return element() && (!dom_ || dom_->number_float(v, t));
+  }
+  bool string(json::string_t& v) { return element() && (!dom_ || dom_->string(v)); }
+  bool binary(json::binary_t& v) { return element() && (!dom_ || dom_->binary(v)); }
+  bool start_object(std::size_t n) { return open(true) && (!dom_ || dom_->start_object(n)); }
+  bool end_object() { return close() && (!dom_ || dom_->end_object()); }
+  bool start_array(std::size_t n) { return open(false) && (!dom_ || dom_->start_array(n)); }
+  bool end_array() { return close() && (!dom_ || dom_->end_array()); }
+  bool key(json::string_t& k) {
+    if (!element()) return false;
+    if (open_objects_ == 1 && depth_ == 1) {
+      s_.root_keys.push_back(k);  // duplicates among these are found once, by sorting (finish)
+    } else if (!objects_[open_objects_ - 1].insert(k)) {
+      s_.duplicate_key = k;
+      return false;
+    }
+    return !dom_ || dom_->key(k);
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) { return false; }
+
+ private:
+  bool element() {
+    if (++elements_ > lim_.max_elements) {
+      s_.too_many = true;
+      return false;
+    }
+    return true;
+  }
+  bool open(bool object) {
+    if (!element()) return false;
+    if (++depth_ > lim_.max_depth) {
+      s_.too_deep = true;
+      return false;
+    }
+    if (object && ++open_objects_ > objects_.size()) objects_.emplace_back();
+    is_object_.push_back(object);
+    return true;
+  }
+  bool close() {
+    --depth_;
+    if (is_object_.back()) objects_[--open_objects_].clear();
+    is_object_.pop_back();
+    return true;
+  }
+
+  const JsonLimits& lim_;
+  JsonShape& s_;
+  DomBuilder* dom_;
+  uint64_t elements_ = 0;
+  uint32_t depth_ = 0;
+  std::vector<KeySet> objects_;  // keys of each open object; frames reused, not reallocated
+  size_t open_objects_ = 0;
+  std::vector<bool> is_object_;                            // per open container
+};
+
+// The root object's keys are not hashed while parsing (one hash node per key of a 360 000-key
+// header costs more than the parse); a sort of views finds a duplicate among them afterwards.
+void finish(JsonShape& shape) {
+  if (!shape.valid || shape.duplicate_key || shape.root_keys.size() < 2) return;
+  std::vector<std::string_view> keys(shape.root_keys.begin(), shape.root_keys.end());
+  std::sort(keys.begin(), keys.end());
+  auto dup = std::adjacent_find(keys.begin(), keys.end());
+  if (dup != keys.end()) shape.duplicate_key = std::string(*dup);
+}
+
+}  // namespace
+
+JsonShape inspect_json(std::string_view text, const JsonLimits& limits) {
+  JsonShape shape;
+  Inspector in(limits, shape, nullptr);
+  shape.valid = json::sax_parse(text.begin(), text.end(), &in, json::input_format_t::json, /*strict=*/true);
+  finish(shape);
+  return shape;
+}
+
+nlohmann::json parse_json(std::string_view text, const JsonLimits& limits, JsonShape& shape) {
+  shape = JsonShape{};
+  json doc;
+  DomBuilder dom(doc, /*allow_exceptions=*/false);
+  Inspector in(limits, shape, &dom);
+  shape.valid = json::sax_parse(text.begin(), text.end(), &in, json::input_format_t::json, /*strict=*/true) &&
+                !doc.is_discarded();
+  finish(shape);
+  if (!shape.ok()) return json();
+  return doc;
+}
+
+std::optional<Error> limit_error(const JsonShape& shape, const JsonLimits& limits) {
+  if (shape.too_deep) return make_error("limits.depth", "JSON nests deeper than " + std::to_string(limits.max_depth) + " levels");
+  if (shape.too_many)
+    return make_error("limits.json-elements", "JSON has more than " + std::to_string(limits.max_elements) + " elements");
+  if (shape.duplicate_key)
+    return make_error("json.duplicate-key", "key '" + shape.duplicate_key->substr(0, 100) +
+                                                "' appears twice in one object (parsers disagree on which wins)");
+  return std::nullopt;
+}
+
+}  // namespace modelcdr::io
