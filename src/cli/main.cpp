@@ -218,7 +218,8 @@ int disarm_main(const std::string& in, const std::string& out, const std::string
     if (!quiet && r.status != FileStatus::rejected)
       std::cerr << "modelcdr: " << report::printable(in) << " -> " << report::printable(out) << ": " << r.format << ", " << r.tensors.count << " tensors, "
                 << (r.removed.empty() ? "nothing removed" : std::to_string(r.removed.size()) + " items removed")
-                << (r.architecture.empty() ? "" : ", architecture in " + report::printable(r.architecture)) << "\n";
+                << (r.architecture.empty() ? "" : ", architecture in " + report::printable(r.architecture))
+                << (r.shared_bytes ? ", " + std::to_string(r.shared_bytes) + " bytes shared with the input" : "") << "\n";
   }
   if (!report_path.empty()) {
     if (auto s = write_report(report_path, reports); !s.ok()) {
@@ -265,6 +266,9 @@ static int run_cli(int argc, char** argv) {
   disarm->add_flag("--copy-other", copy_other_files, "copy files that are not model files (folder input)");
   disarm->add_flag("--allow-trailing-data", options.allow_trailing_data, "drop bytes after the pickle's STOP instead of rejecting");
   disarm->add_flag("--fsync", options.fsync, "flush each output to the device before renaming it into place");
+  bool no_reflink = false;
+  disarm->add_flag("--no-reflink", no_reflink,
+                   "copy every payload byte instead of sharing blocks with the input (XFS, btrfs)");
   std::string policy_path;
   disarm->add_option("--policy", policy_path,
                      "JSON file {\"allow_classes\": [\"module.Class\", ...]} adding classes to the vetted registry "
@@ -299,6 +303,7 @@ static int run_cli(int argc, char** argv) {
       }
       options.transform = stego::make_lsb_transform(*policy);
     }
+    options.reflink = !no_reflink;
     return disarm_main(in, out, report_path, options, jobs, copy_other_files, quiet);
   }
   return run_extra_commands(app);
