@@ -243,6 +243,31 @@ TEST(ZipWriter, KernelCopiedPayloadKeepsPhaseAndCrc) {
   fs::remove_all(dir);
 }
 
+// Where the 64 KiB phase would need more padding than the 16-bit extra field holds, the
+// record still lands at the source's offset modulo 4 KiB, so its whole blocks can be shared.
+TEST(ZipWriter, PhaseFallsBackToBlockPhaseWhenPaddingDoesNotFit) {
+  fs::path dir = make_temp_dir();
+  auto out = io::AtomicOutput::create((dir / "out.zip").string());
+  ASSERT_TRUE(out.ok());
+  ZipWriter w(*out, 1);  // alignment 1: any phase is allowed
+  ASSERT_TRUE(w.add("archive/data.pkl", span_of("x")).ok());
+  const std::string name = "archive/data/0";
+  const uint64_t start = out->tell() + 30 + name.size() + 4;
+  const uint64_t phase = (start + 0xFFFF) % ZipWriter::kPhaseUnit;  // needs 65535 bytes of padding
+  Bytes payload(5000, 7);
+  ASSERT_TRUE(w.begin_entry(name, payload.size(), phase).ok());
+  ASSERT_TRUE(w.write_payload(payload).ok());
+  ASSERT_TRUE(w.end_entry().ok());
+  ASSERT_TRUE(w.finish().ok());
+  ASSERT_TRUE(out->commit().ok());
+  Bytes z = read_file(dir / "out.zip");
+  Findings f;
+  auto a = read_zip(z, f);
+  ASSERT_TRUE(a.ok()) << a.error().describe();
+  EXPECT_EQ(a->entries.at(1).data_offset % ZipWriter::kBlockPhaseUnit, phase % ZipWriter::kBlockPhaseUnit);
+  fs::remove_all(dir);
+}
+
 TEST(ZipWriter, Crc32MatchesZlibAndChains) {
   std::string s = "123456789";
   EXPECT_EQ(ZipWriter::crc32(span_of(s)), 0xCBF43926u);
