@@ -4,10 +4,15 @@
 // keep their offset within a 64 KiB page-cache folio (see begin_entry).
 #include "container/zip_writer.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
 #include <libdeflate.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstdlib>
+#include <memory>
 #include <thread>
 
 #include "io/reflink.hpp"
@@ -225,7 +230,35 @@ uint32_t crc_of_window(const io::AtomicOutput::Window& view, uint64_t size) {
   return crc;
 }
 
+// The same, read straight from the device with O_DIRECT through `direct_fd` (the output opened
+// a second time): the shared blocks are in no page cache of the output, and a buffered read
+// would first fill one. Measured on an XFS loop image, 1 GiB: 0.38 s direct, 0.76 s buffered.
+// Empty where the reads fail (the caller then reads through the mapping).
+std::optional<uint32_t> crc_direct(int direct_fd, uint64_t start, uint64_t size) {
+  constexpr uint64_t kAlign = 4096, kChunk = 4 << 20;  // kAlign: covers any logical block size
+  void* mem = nullptr;
+  if (direct_fd < 0 || ::posix_memalign(&mem, kAlign, kChunk) != 0) return std::nullopt;
+  std::unique_ptr<void, decltype(&std::free)> buffer(mem, &std::free);
+  const auto* bytes = static_cast<const uint8_t*>(mem);
+  const uint64_t end = start + size;
+  uint32_t crc = 0;
+  for (uint64_t pos = start / kAlign * kAlign; pos < end;) {
+    const ssize_t got = ::pread(direct_fd, mem, kChunk, static_cast<off_t>(pos));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return std::nullopt;
+    const uint64_t a = std::max(pos, start), b = std::min(pos + static_cast<uint64_t>(got), end);
+    if (a < b) crc = ZipWriter::crc32(std::span<const uint8_t>(bytes + (a - pos), b - a), crc);
+    pos += static_cast<uint64_t>(got);
+  }
+  return crc;
+}
+
 }  // namespace
+
+ZipWriter::~ZipWriter() {
+  checks_.clear();  // waits for the reads in flight before their descriptor goes
+  if (direct_fd_ >= 0) ::close(direct_fd_);
+}
 
 Result<bool> ZipWriter::clone_payload(int fd, uint64_t offset, uint64_t size, uint32_t expected_crc,
                                       const std::string& source) {
@@ -248,12 +281,17 @@ Result<bool> ZipWriter::clone_payload(int fd, uint64_t offset, uint64_t size, ui
     MCDR_ASSIGN(bool copied, copy_unshared(fd, offset + plan.head + shared, rest, nothing));
     if (!copied) return make_error("io.write", "the kernel stopped copying between these files", out_.tell(), source);
   }
+  if (direct_fd_ == -2) {  // first shared record: a second, O_DIRECT descriptor for the checks
+    const std::string self = "/proc/self/fd/" + std::to_string(out_.fd());
+    direct_fd_ = ::open(self.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+  }
   // Bound the reads in flight (each one a thread): settle the oldest before queueing another.
   constexpr size_t kMaxPendingChecks = 4;
   while (checks_.size() >= kMaxPendingChecks) MCDR_TRY(settle_oldest_check());
   checks_.push_back(PendingCheck{source, expected_crc,
-                                 std::async(std::launch::async, [view = std::move(*window), size] {
-                                   return crc_of_window(view, size);
+                                 std::async(std::launch::async, [view = std::move(*window), fd = direct_fd_, start, size] {
+                                   auto crc = crc_direct(fd, start, size);
+                                   return crc ? *crc : crc_of_window(view, size);
                                  })});
   // The descriptor gets the directory's CRC now; finish() refuses the archive unless the
   // bytes read back match it.

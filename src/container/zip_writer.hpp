@@ -24,6 +24,9 @@ namespace modelcdr::container {
 class ZipWriter {
  public:
   explicit ZipWriter(io::AtomicOutput& out, uint32_t alignment = 64) : out_(out), alignment_(alignment) {}
+  ~ZipWriter();
+  ZipWriter(const ZipWriter&) = delete;
+  ZipWriter& operator=(const ZipWriter&) = delete;
 
   // Whole entry from one buffer.
   Status add(const std::string& name, std::span<const uint8_t> data);
@@ -91,6 +94,7 @@ class ZipWriter {
   bool reflink_ = true;
   uint64_t block_size_ = ~uint64_t{0};  // of the output's file system; found on first use
   uint64_t shared_bytes_ = 0;
+  int direct_fd_ = -2;  // the output opened again with O_DIRECT for the checks; -2: not yet, -1: failed
   std::deque<PendingCheck> checks_;
   std::unordered_set<std::string> names_;  // duplicate names would make the output ambiguous
 };
