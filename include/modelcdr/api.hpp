@@ -34,6 +34,7 @@ struct FileReport {
   Findings removed;            // what disarm dropped or converted (severity >= low)
   std::string architecture;    // path of OUT.architecture.json, if written
   std::string note;            // one-line reason for skipped / rejected
+  uint64_t shared_bytes = 0;   // payload bytes the output shares with the input (reflink)
 };
 
 struct ScanOptions {
@@ -53,6 +54,7 @@ struct DisarmOptions {
   bool allow_trailing_data = false;  // drop bytes after STOP instead of rejecting
   bool fsync = false;                // fsync outputs before the rename (durable, slower)
   bool force = false;                // replace existing outputs (--force); otherwise they are never touched
+  bool reflink = true;               // share payload blocks with the input where the file system can (--no-reflink)
   // Optional transform of the IR between lift and emit (LSB randomisation, MTD). It may
   // replace storage payloads (Storage::set_owned) and must report what it did in `report`.
   std::function<Status(model::Model&, FileReport&)> transform;

@@ -239,6 +239,8 @@ Status write_model(const model::Model& model, const std::string& output, const D
     case OutputFormat::pt: {
       formats::TorchWriteOptions wo;
       wo.compat = options.compat == CompatTarget::torch1_13 ? formats::Compat::torch1_13 : formats::Compat::torch2;
+      wo.reflink = options.reflink;
+      wo.shared_bytes = &r.shared_bytes;
       MCDR_TRY(formats::write_torch_zip(model, wo, out));
       // Content the output lacks is content removed: it counts (exit 1, listed as removed).
       if (!model.file_metadata.empty())

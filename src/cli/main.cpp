@@ -179,7 +179,8 @@ int disarm_single(const std::string& in, const std::string& out, const DisarmOpt
   if (!quiet && r.status != FileStatus::rejected)
     std::cerr << "modelcdr: " << report::printable(in) << " -> " << report::printable(out) << ": " << r.format << ", " << r.tensors.count << " tensors, "
               << (r.removed.empty() ? "nothing removed" : std::to_string(r.removed.size()) + " items removed")
-              << (r.architecture.empty() ? "" : ", architecture in " + report::printable(r.architecture)) << "\n";
+              << (r.architecture.empty() ? "" : ", architecture in " + report::printable(r.architecture))
+              << (r.shared_bytes ? ", " + std::to_string(r.shared_bytes) + " bytes shared with the input" : "") << "\n";
   return exit_code(r.status);
 }
 
@@ -298,6 +299,9 @@ static int run_cli(int argc, char** argv) {
   disarm->add_flag("-f,--force", force, "replace existing output files (never the input)");
   disarm->add_flag("--allow-trailing-data", options.allow_trailing_data, "drop bytes after the pickle's STOP instead of rejecting");
   disarm->add_flag("--fsync", options.fsync, "flush each output to the device before renaming it into place");
+  bool no_reflink = false;
+  disarm->add_flag("--no-reflink", no_reflink,
+                   "copy every payload byte instead of sharing blocks with the input (XFS, btrfs)");
   std::string policy_path;
   disarm->add_option("--policy", policy_path,
                      "JSON file {\"allow_classes\": [\"module.Class\", ...]} adding classes to the vetted registry "
@@ -340,6 +344,7 @@ static int run_cli(int argc, char** argv) {
       options.transform = stego::make_lsb_transform(*policy);
     }
     engine::BatchOptions batch;
+    options.reflink = !no_reflink;
     batch.disarm = options;
     batch.format_given = to_opt->count() > 0;
     batch.jobs = jobs;

@@ -591,12 +591,14 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
                   e.local_header_offset);
     for (const auto& x : extras) {
       if (x.id != kZip64ExtraId) continue;
-      // The local zip64 extra always carries both sizes (APPNOTE 4.5.3), whatever the fields say.
+      // The local zip64 extra carries both sizes (APPNOTE 4.5.3) where a size field says
+      // 0xFFFFFFFF. PyTorch's miniz and our writer put only the 8-byte header offset there for
+      // a small entry past 4 GiB: nothing is read from it then, so it is no disagreement.
       ByteCursor zc(x.data);
       auto us = zc.u64le();
       auto cs = zc.u64le();
       if (!us || !cs) {
-        local_zip64_ok = false;
+        local_zip64_ok = lusize32 != 0xFFFFFFFF && lcsize32 != 0xFFFFFFFF;
         break;
       }
       if (lusize32 == 0xFFFFFFFF) lf.usize = *us;

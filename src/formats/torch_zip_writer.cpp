@@ -433,7 +433,7 @@ Status copy_payload(container::ZipWriter& zip, const std::string& name, const mo
   MCDR_TRY(zip.begin_entry(name, bytes.size(), folio_phase(s)));
   bool copied = false;
   if (fd >= 0 && bytes.size() >= kKernelCopyMin) {
-    auto r = zip.copy_payload_from(fd, s.source_offset, bytes.size());
+    auto r = zip.copy_payload_from(fd, s.source_offset, bytes.size(), s.expected_crc, s.source);
     if (!r) {
       Error e = r.error();
       e.entry = s.source;
@@ -511,6 +511,7 @@ Status write_torch_zip(const Model& model, const TorchWriteOptions& options, io:
   MCDR_ASSIGN(std::vector<uint8_t> pkl, emit_data_pkl(model, options, order, extra));
   MCDR_TRY(verify_emitted(pkl));
   container::ZipWriter zip(out, 64);
+  zip.set_reflink(options.reflink);
   MCDR_TRY(zip.add("archive/data.pkl", pkl));
   MCDR_TRY(zip.add("archive/.format_version", text("1")));
   MCDR_TRY(zip.add("archive/.storage_alignment", text("64")));
@@ -530,7 +531,9 @@ Status write_torch_zip(const Model& model, const TorchWriteOptions& options, io:
     MCDR_TRY(copy_payload(zip, name, s, copy_buffer));
   }
   MCDR_TRY(zip.add("archive/version", text("3\n")));
-  return zip.finish();
+  MCDR_TRY(zip.finish());  // waits for the checks of shared records
+  if (options.shared_bytes) *options.shared_bytes = zip.shared_bytes();
+  return ok_status();
 }
 
 }  // namespace modelcdr::formats

@@ -24,6 +24,10 @@ struct TorchWriteOptions {
   // can stream through a small buffer instead of holding a whole storage.
   using PayloadSink = std::function<Status(std::span<const uint8_t>)>;
   std::function<Status(uint32_t key, const model::Storage& s, const PayloadSink& sink)> storage_stream;
+  // Share the whole blocks of copied payloads with the input where the file system allows it
+  // (ZipWriter::set_reflink); `shared_bytes`, if set, receives how many bytes were shared.
+  bool reflink = true;
+  uint64_t* shared_bytes = nullptr;
 };
 
 // Generates data.pkl for `model`; `storage_order` receives the storages in key order.

@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "io/mapped_file.hpp"
+#include "io/reflink.hpp"
 
 namespace modelcdr::io {
 
@@ -208,6 +209,18 @@ void AtomicOutput::abandon() {
     ::unlink(temp_path_.c_str());
     temp_path_.clear();
   }
+}
+
+Result<uint64_t> AtomicOutput::append_clone_of(int in_fd, uint64_t offset, uint64_t size) {
+  if (fd_ < 0) return make_error("io.write", "output is closed");
+  MCDR_TRY(flush_buffer());
+  const uint64_t shared = clone_range(in_fd, offset, fd_, written_, size);
+  if (shared == 0) return uint64_t{0};
+  written_ += shared;
+  // The ioctl leaves the file position where it was; later writes must land after the clone.
+  if (::lseek(fd_, static_cast<off_t>(written_), SEEK_SET) < 0)
+    return make_error("io.write", std::string("cannot seek the output: ") + std::strerror(errno));
+  return shared;
 }
 
 }  // namespace modelcdr::io

@@ -42,6 +42,12 @@ class AtomicOutput {
   // where the kernel or file system cannot copy between these files; the caller then streams.
   Result<bool> append_copy_of(int in_fd, uint64_t offset, uint64_t size,
                               const std::function<void(uint64_t)>& progress);
+  // Shares `size` bytes at `offset` of `in_fd` with the end of the output (FICLONERANGE, see
+  // io/reflink.hpp) instead of copying them. `offset`, the output's size and `size` must be
+  // multiples of the file system's block size. Returns the bytes shared (possibly 0: another
+  // file system, no reflink support); the caller copies whatever is left.
+  Result<uint64_t> append_clone_of(int in_fd, uint64_t offset, uint64_t size);
+  int fd() const { return fd_; }
   // A read-only window on `length` bytes of the output from offset `at` (a shared mapping of
   // the temporary file, which shows what later writes put there): for checksumming exactly
   // what will be committed without copying it out again. Only bytes already written may be

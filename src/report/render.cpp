@@ -88,7 +88,8 @@ std::string disarm_json(const std::vector<FileReport>& files) {
                    {"tensors", tensors_json(f.tensors)},
                    {"removed", findings_json(f.removed)},
                    {"findings", findings_json(f.findings)},
-                   {"architecture", f.architecture.empty() ? json(nullptr) : json(f.architecture)}});
+                   {"architecture", f.architecture.empty() ? json(nullptr) : json(f.architecture)},
+                   {"shared_bytes", f.shared_bytes}});
   }
   json doc = {{"schema", "modelcdr.disarm/1"},
               {"tool", tool()},

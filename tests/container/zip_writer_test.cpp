@@ -243,6 +243,75 @@ TEST(ZipWriter, KernelCopiedPayloadKeepsPhaseAndCrc) {
   fs::remove_all(dir);
 }
 
+// Where the 64 KiB phase would need more padding than the 16-bit extra field holds, the
+// record still lands at the source's offset modulo 4 KiB, so its whole blocks can be shared.
+TEST(ZipWriter, PhaseFallsBackToBlockPhaseWhenPaddingDoesNotFit) {
+  fs::path dir = make_temp_dir();
+  auto out = io::AtomicOutput::create((dir / "out.zip").string());
+  ASSERT_TRUE(out.ok());
+  ZipWriter w(*out, 1);  // alignment 1: any phase is allowed
+  ASSERT_TRUE(w.add("archive/data.pkl", span_of("x")).ok());
+  const std::string name = "archive/data/0";
+  const uint64_t start = out->tell() + 30 + name.size() + 4;
+  const uint64_t phase = (start + 0xFFFF) % ZipWriter::kPhaseUnit;  // needs 65535 bytes of padding
+  Bytes payload(5000, 7);
+  ASSERT_TRUE(w.begin_entry(name, payload.size(), phase).ok());
+  ASSERT_TRUE(w.write_payload(payload).ok());
+  ASSERT_TRUE(w.end_entry().ok());
+  ASSERT_TRUE(w.finish().ok());
+  ASSERT_TRUE(out->commit().ok());
+  Bytes z = read_file(dir / "out.zip");
+  Findings f;
+  auto a = read_zip(z, f);
+  ASSERT_TRUE(a.ok()) << a.error().describe();
+  EXPECT_EQ(a->entries.at(1).data_offset % ZipWriter::kBlockPhaseUnit, phase % ZipWriter::kBlockPhaseUnit);
+  fs::remove_all(dir);
+}
+
+// The sharing path hands the directory's CRC to the descriptor and checks the bytes read back
+// from the output later: a wrong expected CRC must fail finish(), before anything is committed.
+// (Where the file system cannot share, the same deferred check covers the copied record.)
+TEST(ZipWriter, SharedPathChecksCrcBeforeFinish) {
+  fs::path dir = make_temp_dir();
+  Bytes src(3 * (1 << 20) + 777);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint8_t>((i * 2654435761u) >> 13);
+  std::ofstream(dir / "src.bin", std::ios::binary).write(reinterpret_cast<const char*>(src.data()), src.size());
+  const uint64_t src_offset = 64 * 7;
+  const uint64_t size = src.size() - src_offset - 100;
+  const uint32_t good = ZipWriter::crc32(std::span<const uint8_t>(src).subspan(src_offset, size));
+  int fd = ::open((dir / "src.bin").c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  for (uint32_t expected : {good, good ^ 1u}) {
+    auto out = io::AtomicOutput::create((dir / "out.zip").string());
+    ASSERT_TRUE(out.ok());
+    ZipWriter w(*out);
+    ASSERT_TRUE(w.add("archive/data.pkl", span_of("x")).ok());
+    ASSERT_TRUE(w.begin_entry("archive/data/0", size, src_offset % ZipWriter::kPhaseUnit).ok());
+    auto copied = w.copy_payload_from(fd, src_offset, size, expected, "src.bin");
+    ASSERT_TRUE(copied.ok()) << copied.error().describe();
+    if (!*copied) GTEST_SKIP() << "copy_file_range unsupported here";
+    ASSERT_TRUE(w.end_entry().ok());
+    auto done = w.finish();
+    if (expected == good) {
+      ASSERT_TRUE(done.ok()) << done.error().describe();
+      ASSERT_TRUE(out->commit().ok());
+      Bytes z = read_file(dir / "out.zip");
+      Findings f;
+      auto a = read_zip(z, f);
+      ASSERT_TRUE(a.ok()) << a.error().describe();
+      EXPECT_EQ(a->entries.at(1).crc32, good);
+      fs::remove(dir / "out.zip");
+    } else {
+      ASSERT_FALSE(done.ok());
+      EXPECT_EQ(done.error().rule, "zip.bad-crc");
+      EXPECT_EQ(done.error().entry, "src.bin");
+    }
+  }
+  ::close(fd);
+  EXPECT_FALSE(fs::exists(dir / "out.zip"));
+  fs::remove_all(dir);
+}
+
 TEST(ZipWriter, Crc32MatchesZlibAndChains) {
   std::string s = "123456789";
   EXPECT_EQ(ZipWriter::crc32(span_of(s)), 0xCBF43926u);
