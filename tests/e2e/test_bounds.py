@@ -278,9 +278,11 @@ def test_duplicate_and_deep_safetensors_headers_are_rejected(cdr_bin, tmp_path):
          "safetensors.duplicate-key"),
         ("deep", b'{"__metadata__":' + b"[" * 200_000 + b"]" * 200_000 + b"}", "safetensors.bad-header"),
     ]:
-        inp = tmp_path / f"{name}.safetensors"
+        case = tmp_path / name  # a folder per case: reports and outputs are never replaced
+        case.mkdir()
+        inp = case / f"{name}.safetensors"
         inp.write_bytes(struct.pack("<Q", len(header)) + header + bytes(4))
-        assert_rejected(tmp_path, inp, "pt", rule)
+        assert_rejected(case, inp, "pt", rule)
 
 
 def test_deep_config_json_is_not_copied(cdr_bin, tmp_path):
