@@ -38,13 +38,7 @@ void RecordCipher::apply(const uint8_t* in, uint8_t* out, size_t n, uint64_t off
 }
 
 Key32 derive_record_cipher_key(const Key32& secret, uint32_t key) {
-  std::string msg = "modelcdr/mtd/v2/enc";
-  msg.push_back('\0');
-  msg += std::to_string(key);
-  Key32 out;
-  crypto_generichash(out.data(), out.size(), reinterpret_cast<const uint8_t*>(msg.data()), msg.size(), secret.data(),
-                     secret.size());
-  return out;
+  return derive_subkey(secret, {"modelcdr/mtd/v2/enc", std::to_string(key)});
 }
 
 }  // namespace modelcdr::mtd

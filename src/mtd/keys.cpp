@@ -12,6 +12,18 @@
 
 namespace modelcdr::mtd {
 
+Key32 derive_subkey(const Key32& secret, const std::vector<std::string>& parts) {
+  std::string msg;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    if (i) msg.push_back('\0');
+    msg += parts[i];
+  }
+  Key32 out;
+  crypto_generichash(out.data(), out.size(), reinterpret_cast<const uint8_t*>(msg.data()), msg.size(), secret.data(),
+                     secret.size());
+  return out;
+}
+
 KeyFile::~KeyFile() {
   sodium_memzero(x25519_secret.data(), x25519_secret.size());
   sodium_memzero(ed25519_secret.data(), ed25519_secret.size());

@@ -623,15 +623,7 @@ MtdResult mismatch_file(MtdResult r, const Error& e) {
 }  // namespace
 
 Key32 derive_storage_key(const Key32& secret, const std::string& name, uint32_t key) {
-  std::string msg = "modelcdr/mtd/v1/perm";
-  msg.push_back('\0');
-  msg += name;
-  msg.push_back('\0');
-  msg += std::to_string(key);
-  Key32 out;
-  crypto_generichash(out.data(), out.size(), reinterpret_cast<const uint8_t*>(msg.data()), msg.size(), secret.data(),
-                     secret.size());
-  return out;
+  return derive_subkey(secret, {"modelcdr/mtd/v1/perm", name, std::to_string(key)});
 }
 
 namespace {
