@@ -215,6 +215,7 @@ int protect_main(const MtdArgs& a) {
   if (!a.recipients_dir.empty()) {
     if (a.input.empty() || a.output.empty()) return usage("protect --recipients-dir: IN and -o OUTDIR are required");
     if (!a.map.empty()) return usage("protect --recipients-dir: the maps go to OUTDIR/NAME.map; --map is not used");
+    if (!a.report.empty()) return usage("protect --recipients-dir: --report is not supported (one report per copy: run protect per customer)");
   } else {
     if (a.input.empty() || a.output.empty() || a.map.empty()) return usage("protect: IN, -o OUT and --map MAP are required");
     if (a.key_files.empty() && a.passphrase_files.empty() && a.recipients.empty())
@@ -550,6 +551,8 @@ int trace_main(const MtdArgs& a) {
     if (e.path().extension() == ".map") maps.push_back(e.path().string());
   if (ec) return usage("trace: cannot read --maps " + a.maps_dir + ": " + ec.message());
   if (maps.empty()) return usage("trace: no *.map files in " + a.maps_dir);
+  constexpr size_t kMaxTraceMaps = 100000;  // each is opened in turn; bound the run
+  if (maps.size() > kMaxTraceMaps) return usage("trace: more than " + std::to_string(kMaxTraceMaps) + " maps in " + a.maps_dir);
   std::sort(maps.begin(), maps.end());
   auto t = mtd::trace(a.input, maps, o.open);
   if (o.open.passphrase) sodium_memzero(o.open.passphrase->data(), o.open.passphrase->size());

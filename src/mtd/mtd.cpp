@@ -1183,7 +1183,7 @@ TraceResult trace(const std::string& leaked, const std::vector<std::string>& map
   }
 }
 
-std::string new_model_id() {
+static std::string new_model_id() {
   uint8_t id[16];
   randombytes_buf(id, sizeof id);
   return to_hex(id, sizeof id);

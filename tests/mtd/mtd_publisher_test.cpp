@@ -128,6 +128,16 @@ TEST(MtdPublisher, ResealChangesRecipientsAndKeepsTheContent) {
   only_alice.signer = &publisher.k;
   auto lone = seal_map("{}", only_alice);
   EXPECT_EQ(reseal_map(*lone, as(alice, publisher), all).error().rule, "map.no-key");
+  // Re-signing with a new key rotates the signer: the old pin no longer accepts the map.
+  Party next;
+  ResealOptions rotate;
+  rotate.signer = &next.k;
+  rotate.add_recipients = {bob.k.x25519_public};
+  auto rotated = reseal_map(*m, op, rotate);
+  ASSERT_TRUE(rotated.ok());
+  EXPECT_EQ(read_map_header(*rotated)->signer, fingerprint(next.k.ed25519_public.data(), 32));
+  EXPECT_EQ(open_map(*rotated, as(bob, publisher)).error().rule, "map.signature");
+  EXPECT_TRUE(open_map(*rotated, as(bob, next)).ok());
   // Without a key that opens it, nothing can be re-wrapped.
   EXPECT_EQ(reseal_map(*m, as(bob, publisher), r).error().rule, "map.no-key");
 }
