@@ -644,6 +644,10 @@ struct Source {
   std::vector<std::string> by_sid, names;
   std::vector<int64_t> key_of_sid;
   FileReport file;
+  // Before-hashes by original record key, once the first copy has computed them (and checked
+  // the CRCs): later copies of the same input hash each byte once, not twice.
+  std::vector<Digest> before;
+  bool have_before = false;
 };
 
 std::optional<Error> load_source(const std::string& input, const ProtectOptions& options, Source& src) {
@@ -695,6 +699,7 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
                        const ProtectOptions& options, const CopyInfo& copy) {
   MtdResult r;
   r.file = src.file;
+  Source& cached = src;  // the lambdas below name the record they stream `src`
   Model& m = model_of(*src.loaded);
   const Layout& l = src.layout;
   const auto& by_sid = src.by_sid;
@@ -752,9 +757,10 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
     const bool transformed = perm || cipher;
     Sha256 before_sum, after_sum;
     uint32_t crc = 0;
-    const bool check_crc = src.expected_crc.has_value();
+    const bool hash_before = !cached.have_before;
+    const bool check_crc = hash_before && src.expected_crc.has_value();
     auto prepare = [&](size_t off, size_t len, uint8_t* slot) {
-      before_sum.update(in.subspan(off, len));
+      if (hash_before) before_sum.update(in.subspan(off, len));
       if (check_crc) crc = libdeflate_crc32(crc, in.data() + off, len);
       if (perm) perm->produce(in.data(), slot, off / esize, len / esize);
       if (cipher) cipher->apply(perm ? slot : in.data() + off, slot, len, off);
@@ -769,11 +775,15 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
     MCDR_TRY(streamed);
     if (check_crc && crc != *src.expected_crc)
       return make_error("zip.bad-crc", "CRC-32 of the storage record does not match the zip directory", 0, src.source);
-    before[source[key]] = before_sum.finish();
+    before[source[key]] = hash_before ? before_sum.finish() : cached.before[source[key]];
     after[key] = transformed ? after_sum.finish() : before[source[key]];
     return ok_status();
   };
   if (auto s = formats::write_torch_zip(m, wo, *out); !s.ok()) return fail(r, s.error());
+  if (!cached.have_before) {
+    cached.before = before;
+    cached.have_before = true;
+  }
   auto layout_after = output_layout(*out, written);
   if (!layout_after.ok()) return fail(r, layout_after.error());
 
