@@ -10,6 +10,8 @@
 #   BENCH_TENSORS   tensors per model (default 16; the largest tensor is SIZE/TENSORS)
 #   BENCH_REPEAT    runs per command, the median is reported (default 3)
 #   BENCH_DIR       parent of the temp dir (default $TMPDIR or /tmp)
+#   BENCH_COPIES    customers for the --recipients-dir run (default 10; 0 skips it)
+#   BENCH_COPIES_MB model size for that run in MiB (default 128)
 #   BENCH_STRICT=1  exit 1 when a target is missed
 #   MODELCDR_BIN    binary (default <repo>/build/modelcdr); TORCH_PYTHON (default /usr/bin/python3)
 #
@@ -18,6 +20,8 @@
 # restore each <= 1.2 x `openssl enc -aes-256-ctr` (encryption) / `-d` (decryption) of the same file.
 # The "sha-256 x1" row (openssl dgst -sha256 of the input) shows the floor set by hashing:
 # the map holds a SHA-256 of every tensor before and after, so each byte is hashed twice.
+# Publisher run: `protect --recipients-dir` with BENCH_COPIES customers <= BENCH_COPIES x one
+# protect of the same file (the input is read and disarmed once; each copy is written and hashed).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -154,5 +158,41 @@ for SIZE in $SIZES; do
     summary "$SIZE" || rc=1
     rm -f "$CUR_IN"
 done
+COPIES="${BENCH_COPIES:-10}"
+if (( COPIES > 0 )); then
+    CSIZE="${BENCH_COPIES_MB:-128}"
+    CUR_IN="$WORK/in-copies.pt"
+    echo "== generating ${CSIZE} MiB float32 state dict for the --recipients-dir run (${COPIES} customers)"
+    gen "$CUR_IN" "$CSIZE"
+    mkdir -p "$WORK/customers"
+    for ((c = 0; c < COPIES; c++)); do "$BIN" keygen -o "$WORK/customers/c$c" --quiet > /dev/null; done
+    rm -f "$WORK"/customers/*.key
+    for ((i = 1; i <= REPEAT; i++)); do
+        rm -rf "$WORK/one.pt" "$WORK/one.map" "$WORK/copies"
+        run_once one "$i" "$BIN" protect "$CUR_IN" -o "$WORK/one.pt" --map "$WORK/one.map" --key-file "$WORK/sym.key" --quiet
+        run_once copies "$i" "$BIN" protect "$CUR_IN" --recipients-dir "$WORK/customers" -o "$WORK/copies" \
+            --key-file "$WORK/sym.key" --quiet
+    done
+    n_out=$(ls "$WORK/copies" | grep -c '\.pt$')
+    [[ "$n_out" == "$COPIES" ]] || { echo "--recipients-dir wrote $n_out copies, not $COPIES" >&2; exit 1; }
+    python3 - "$WORK" "$REPEAT" "$COPIES" "$CSIZE" <<'PYEOF' || rc=1
+import re, statistics, sys
+work, repeat, copies, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+def wall(name):
+    out = []
+    for i in range(1, repeat + 1):
+        h, mi, s = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", open(f"{work}/{name}.{i}.time").read()).groups()
+        out.append(int(h or 0) * 3600 + int(mi) * 60 + float(s))
+    return statistics.median(out)
+one, many = wall("one"), wall("copies")
+ok = many <= copies * one
+print(f"\n== --recipients-dir, {size} MiB model, {copies} customers; median of {repeat}")
+print(f"one protect {one:.2f} s; {copies} copies {many:.2f} s = {many / one:.2f} x one protect "
+      f"({many / copies:.2f} s per copy)")
+print(f"target --recipients-dir: {many / one:.2f} x one protect (<= {copies}) {'OK' if ok else 'MISSED'}")
+sys.exit(0 if ok else 1)
+PYEOF
+    rm -rf "$WORK/copies" "$WORK/one.pt" "$WORK/one.map" "$CUR_IN"
+fi
 if [[ "${BENCH_STRICT:-0}" == 1 ]]; then exit $rc; fi
 exit 0

@@ -2,8 +2,11 @@
 // Exit codes: 0 ok; 2 usage, I/O or rejected input; 3 integrity mismatch (nothing written).
 #include <sodium.h>
 
+#include <algorithm>
 #include <cctype>
+#include <filesystem>
 #include <cstdio>
+#include <ctime>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -25,6 +28,9 @@ struct MtdArgs {
   std::string keygen_out;
   bool symmetric = false, force = false, quiet = false, allow_trailing = false;
   bool allow_unsigned = false, encrypt = false;
+  std::string recipients_dir, maps_dir;
+  std::vector<std::string> changes;  // map add-recipient / remove-recipient: PUB files or fingerprints
+  bool json_out = false, recipient_fp = false;
 };
 
 // Names and messages from a map or a model are data: printed through report::printable
@@ -181,6 +187,9 @@ int keygen_main(const MtdArgs& a) {
     auto k = mtd::read_key_file(a.keygen_out + ".pub");
     if (!k.ok()) return error_exit("keygen", k.error());
     std::cout << mtd::fingerprint(k->ed25519_public.data(), 32) << "  " << a.keygen_out << ".pub\n";
+    if (!a.quiet)  // what `map info` lists for a map sealed to this key (stderr: not a --trust line)
+      std::cerr << "modelcdr: recipient fingerprint " << mtd::fingerprint(k->x25519_public.data(), 32)
+                << " (as `map info` lists it; `key fingerprint --recipient` prints it)\n";
   }
   return 0;
 }
@@ -190,19 +199,33 @@ int fingerprint_main(const MtdArgs& a) {
   if (a.input.empty()) return usage("key fingerprint: FILE is required");
   auto k = mtd::read_key_file(a.input);
   if (!k.ok()) return error_exit("key fingerprint", k.error());
+  if (a.recipient_fp) {
+    if (!k->has_x25519) return usage("key fingerprint: " + printable(a.input) + " has no x25519 key (a symmetric key file?)");
+    std::cout << mtd::fingerprint(k->x25519_public.data(), 32) << "  " << printable(a.input) << "\n";
+    return 0;
+  }
   if (!k->has_ed25519) return usage("key fingerprint: " + printable(a.input) + " has no ed25519 key (a symmetric key file?)");
   std::cout << mtd::fingerprint(k->ed25519_public.data(), 32) << "  " << printable(a.input) << "\n";
   return 0;
 }
 
+int protect_copies_main(const MtdArgs& a, const mtd::ProtectOptions& o);
+
 int protect_main(const MtdArgs& a) {
-  if (a.input.empty() || a.output.empty() || a.map.empty()) return usage("protect: IN, -o OUT and --map MAP are required");
-  if (a.key_files.empty() && a.passphrase_files.empty() && a.recipients.empty())
-    return usage("protect: give at least one of --key-file, --passphrase-file, --recipient");
+  if (!a.recipients_dir.empty()) {
+    if (a.input.empty() || a.output.empty()) return usage("protect --recipients-dir: IN and -o OUTDIR are required");
+    if (!a.map.empty()) return usage("protect --recipients-dir: the maps go to OUTDIR/NAME.map; --map is not used");
+    if (!a.report.empty()) return usage("protect --recipients-dir: --report is not supported (one report per copy: run protect per customer)");
+  } else {
+    if (a.input.empty() || a.output.empty() || a.map.empty()) return usage("protect: IN, -o OUT and --map MAP are required");
+    if (a.key_files.empty() && a.passphrase_files.empty() && a.recipients.empty())
+      return usage("protect: give at least one of --key-file, --passphrase-file, --recipient");
+  }
   // Nothing is ever written over: not an earlier map (it may be the only way back to a model
   // protected before), not an existing output, and never the input.
-  for (const auto* p : {&a.output, &a.map})
-    if (io::path_exists(*p)) return usage("protect: " + *p + " already exists: remove it or choose another name");
+  if (a.recipients_dir.empty())
+    for (const auto* p : {&a.output, &a.map})
+      if (io::path_exists(*p)) return usage("protect: " + *p + " already exists: remove it or choose another name");
   mtd::ProtectOptions o;
   if (!parse_compat(a.compat, o.compat)) return usage("--compat must be torch2 or torch1.13");
   o.allow_trailing_data = a.allow_trailing;
@@ -234,11 +257,72 @@ int protect_main(const MtdArgs& a) {
     keep.push_back(std::make_unique<mtd::KeyFile>(std::move(*k)));
     o.seal.signer = keep.back().get();
   }
+  if (!a.recipients_dir.empty()) {
+    int rc = protect_copies_main(a, o);
+    for (auto& p : o.seal.passphrases) sodium_memzero(p.data(), p.size());
+    return rc;
+  }
   auto r = mtd::protect(a.input, a.output, a.map, o);
   for (auto& p : o.seal.passphrases) sodium_memzero(p.data(), p.size());
   if (r.outcome == mtd::Outcome::ok && !a.quiet)
     for (const auto& f : r.file.removed) std::cerr << "modelcdr: removed " << report::text_line(a.input, f) << "\n";
   return finish("protect", a, r);
+}
+
+// A customer name becomes two file names in OUTDIR: keep it to a safe alphabet.
+bool safe_name(const std::string& n) {
+  return !n.empty() && n.size() <= 128 && n[0] != '.' &&
+         n.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") == std::string::npos;
+}
+
+// `protect IN --recipients-dir DIR -o OUTDIR`: every DIR/NAME.pub is a customer; each gets
+// OUTDIR/NAME.pt and OUTDIR/NAME.map (sealed to them, plus every --key-file, --passphrase-file
+// and --recipient given: the publisher's own keys). The input is read and disarmed once.
+int protect_copies_main(const MtdArgs& a, const mtd::ProtectOptions& o) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  std::vector<fs::path> pubs;
+  for (const auto& e : fs::directory_iterator(a.recipients_dir, ec))
+    if (e.path().extension() == ".pub") pubs.push_back(e.path());
+  if (ec) return usage("protect: cannot read --recipients-dir " + a.recipients_dir + ": " + ec.message());
+  if (pubs.empty()) return usage("protect: no NAME.pub files in --recipients-dir " + a.recipients_dir);
+  constexpr size_t kMaxCopies = 10000;
+  if (pubs.size() > kMaxCopies) return usage("protect: more than " + std::to_string(kMaxCopies) + " customers in one run");
+  std::sort(pubs.begin(), pubs.end());
+  if (!fs::is_directory(a.output) && !fs::create_directory(a.output, ec))
+    return usage("protect: cannot create output folder " + a.output + (ec ? ": " + ec.message() : ""));
+  std::vector<mtd::ProtectCopy> copies;
+  for (const auto& pub : pubs) {
+    const std::string name = pub.stem().string();
+    if (!safe_name(name))
+      return usage("protect: customer key " + pub.string() + ": name must be letters, digits, '.', '_', '-'");
+    auto k = mtd::read_key_file(pub.string());
+    if (!k.ok()) return error_exit("--recipients-dir", k.error());
+    if (!k->has_x25519) return usage("protect: " + pub.string() + ": no x25519-public key");
+    mtd::ProtectCopy c{name, (fs::path(a.output) / (name + ".pt")).string(), (fs::path(a.output) / (name + ".map")).string(),
+                       o.seal};
+    c.seal.recipients.push_back(k->x25519_public);
+    for (const auto* p : {&c.output, &c.map})  // checked for all before any work
+      if (io::path_exists(*p)) return usage("protect: " + *p + " already exists: remove it or choose another folder");
+    copies.push_back(std::move(c));
+  }
+  auto results = mtd::protect_copies(a.input, copies, o);
+  for (size_t i = 0; i < results.size(); ++i) {
+    const auto& r = results[i];
+    if (r.outcome != mtd::Outcome::ok) {
+      const std::string who = i < copies.size() && results.size() > 1 ? " (customer " + copies[i].name + ")" : "";
+      std::cerr << "modelcdr: protect: " << printable(a.input) << who << ": " << printable(r.error ? r.error->describe() : "failed")
+                << "\n";
+      if (i > 0) std::cerr << "modelcdr: protect: " << i << " of " << copies.size() << " copies were written before the failure\n";
+      return 2;
+    }
+    if (!a.quiet)
+      std::cerr << "modelcdr: protected " << printable(a.input) << " for " << printable(copies[i].name) << " -> "
+                << printable(copies[i].output) << ", map " << printable(copies[i].map) << "\n";
+  }
+  if (!a.quiet)
+    std::cerr << "modelcdr: " << results.size() << " protected copies in " << printable(a.output) << " (input read once)\n";
+  return 0;
 }
 
 // A trust file: one signer fingerprint (32 hex digits) per line, optionally followed by a name
@@ -337,6 +421,163 @@ int verify_main(const MtdArgs& a) {
   return finish("verify", a, r);
 }
 
+Result<std::string> read_map_file(const std::string& path) {
+  auto sealed = mtd::read_small_file(path, mtd::kMaxMapBytes);
+  if (!sealed.ok()) return sealed.error();
+  if (!mtd::looks_like_map(*sealed)) return make_error("map.format", path + " is not a modelcdr map");
+  return sealed;
+}
+
+std::string utc_time(int64_t t) {
+  std::time_t tt = static_cast<std::time_t>(t);
+  std::tm tm{};
+  if (!gmtime_r(&tt, &tm)) return "?";
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// `modelcdr map info M`: the clear header only (no key; nothing secret).
+int map_info_main(const MtdArgs& a) {
+  using json = nlohmann::ordered_json;
+  if (a.map.empty()) return usage("map info: MAP is required");
+  auto sealed = read_map_file(a.map);
+  if (!sealed.ok()) return error_exit("map info", sealed.error());
+  auto h = mtd::read_map_header(*sealed);
+  if (!h.ok()) return error_exit("map info: " + a.map, h.error());
+  json info = json::parse(h->info, nullptr, false);
+  if (!info.is_object()) info = json::object();
+  auto str = [&](const char* k) { return info.contains(k) && info[k].is_string() ? info[k].get<std::string>() : std::string(); };
+  json slots = json::array();
+  for (const auto& sl : h->slots)
+    slots.push_back(sl.recipient.empty() ? json{{"type", sl.type}} : json{{"type", sl.type}, {"recipient", sl.recipient}});
+  const int64_t created = info.contains("created_unix") && info["created_unix"].is_number_integer() ? info["created_unix"].get<int64_t>() : -1;
+  if (a.json_out) {
+    json doc = {{"schema", "modelcdr.map-info/1"}, {"map", a.map}, {"format", h->version},
+                {"signer", h->signed_ ? json{{"fingerprint", h->signer}, {"signature_valid", h->signature_valid}} : json(nullptr)},
+                {"info", info}, {"slots", slots}};
+    std::cout << doc.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+    return 0;
+  }
+  std::cout << "map: " << printable(a.map) << "\nformat: " << h->version << "\n";
+  if (h->signed_)
+    std::cout << "signer: " << h->signer << (h->signature_valid ? " (signature valid for this key; pin it with --verify-signer or --trust)"
+                                                                 : " (signature does NOT verify)") << "\n";
+  else
+    std::cout << "signer: none (unsigned map: this header is not authenticated)\n";
+  std::cout << "model id: " << printable(str("model_id")) << "\n";
+  std::cout << "copy: " << (str("copy").empty() ? "-" : printable(str("copy"))) << "\n";
+  std::cout << "protected file sha256: " << printable(str("protected_sha256")) << "\n";
+  std::cout << "created: " << (created >= 0 ? utc_time(created) : "?") << "\n";
+  if (info.contains("records") && info["records"].is_number_unsigned())
+    std::cout << "records: " << info["records"].get<uint64_t>()
+              << (info.value("encrypted", false) ? " (permuted and encrypted)" : " (permuted)") << "\n";
+  std::cout << "key slots: " << h->slots.size() << "\n";
+  for (const auto& sl : h->slots) std::cout << "  " << sl.type << (sl.recipient.empty() ? "" : " " + sl.recipient) << "\n";
+  return 0;
+}
+
+// A recipient to remove: a fingerprint (32 hex digits) or a NAME.pub / NAME.key file.
+Result<std::string> recipient_fingerprint_of(const std::string& arg) {
+  std::string lower = arg;
+  for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (lower.size() == 32 && lower.find_first_not_of("0123456789abcdef") == std::string::npos && !io::path_exists(arg))
+    return lower;
+  MCDR_ASSIGN(auto k, mtd::read_key_file(arg));
+  if (!k.has_x25519) return make_error("key.no-x25519", arg + ": no x25519-public key");
+  return mtd::fingerprint(k.x25519_public.data(), 32);
+}
+
+// `modelcdr map add-recipient|remove-recipient M PUB...`: re-wraps the content key for the new
+// set of recipients and re-signs; the protected model file is not read or touched.
+int map_change_main(const MtdArgs& a, bool add) {
+  const std::string cmd = add ? "map add-recipient" : "map remove-recipient";
+  if (a.map.empty() || a.changes.empty()) return usage(cmd + ": MAP and at least one " + (add ? "PUB" : "PUB or FINGERPRINT") + " are required");
+  mtd::RestoreOptions o;
+  std::vector<std::unique_ptr<mtd::KeyFile>> keep;
+  if (int rc = open_options(a, o, keep); rc >= 0) return rc;
+  mtd::ResealOptions ro;
+  for (const auto& c : a.changes) {
+    if (add) {
+      auto k = mtd::read_key_file(c);
+      if (!k.ok()) return error_exit(cmd, k.error());
+      if (!k->has_x25519) return usage(cmd + ": " + c + ": no x25519-public key");
+      ro.add_recipients.push_back(k->x25519_public);
+    } else {
+      auto fp = recipient_fingerprint_of(c);
+      if (!fp.ok()) return error_exit(cmd, fp.error());
+      ro.remove_fingerprints.push_back(*fp);
+    }
+  }
+  if (!a.sign.empty()) {
+    auto k = mtd::read_key_file(a.sign);
+    if (!k.ok()) return error_exit("--sign", k.error());
+    if (!k->has_ed25519_secret) return usage("--sign " + a.sign + ": no ed25519-secret key (give the .key file)");
+    warn_if_exposed(a.sign, *k);
+    keep.push_back(std::make_unique<mtd::KeyFile>(std::move(*k)));
+    ro.signer = keep.back().get();
+  }
+  if (!a.output.empty() && io::path_exists(a.output)) return usage(cmd + ": " + a.output + " already exists");
+  auto sealed = read_map_file(a.map);
+  if (!sealed.ok()) return error_exit(cmd, sealed.error());
+  auto out = mtd::reseal_map(*sealed, o.open, ro);
+  if (o.open.passphrase) sodium_memzero(o.open.passphrase->data(), o.open.passphrase->size());
+  if (!out.ok()) {
+    std::cerr << "modelcdr: " << cmd << ": " << printable(a.map) << ": " << printable(out.error().describe()) << "\n";
+    const auto& rule = out.error().rule;
+    return rule == "map.corrupt" || rule == "map.signature" || rule == "map.untrusted" ? 3 : 2;
+  }
+  // The map is replaced only as asked (-o writes elsewhere), atomically: never half a map.
+  const std::string dest = a.output.empty() ? a.map : a.output;
+  if (auto s = mtd::write_file_atomic(dest, *out, 0644, /*force=*/a.output.empty()); !s.ok()) return error_exit(cmd, s.error());
+  if (!a.quiet)
+    std::cerr << "modelcdr: " << cmd << ": " << printable(dest) << ": " << (add ? ro.add_recipients.size() : ro.remove_fingerprints.size())
+              << " recipient(s) " << (add ? "added" : "removed") << (ro.signer ? ", re-signed by " + mtd::fingerprint(ro.signer->ed25519_public.data(), 32) : "")
+              << "; the protected model is unchanged\n";
+  return 0;
+}
+
+// `modelcdr trace FILE --maps DIR`: which customer's copy FILE (or some of its tensors) is.
+// Exit 0: a match; 1: no match; 2: usage or unreadable file.
+int trace_main(const MtdArgs& a) {
+  namespace fs = std::filesystem;
+  if (a.input.empty() || a.maps_dir.empty()) return usage("trace: FILE and --maps DIR are required");
+  mtd::RestoreOptions o;
+  std::vector<std::unique_ptr<mtd::KeyFile>> keep;
+  if (int rc = open_options(a, o, keep); rc >= 0) return rc;
+  std::error_code ec;
+  std::vector<std::string> maps;
+  for (const auto& e : fs::directory_iterator(a.maps_dir, ec))
+    if (e.path().extension() == ".map") maps.push_back(e.path().string());
+  if (ec) return usage("trace: cannot read --maps " + a.maps_dir + ": " + ec.message());
+  if (maps.empty()) return usage("trace: no *.map files in " + a.maps_dir);
+  constexpr size_t kMaxTraceMaps = 100000;  // each is opened in turn; bound the run
+  if (maps.size() > kMaxTraceMaps) return usage("trace: more than " + std::to_string(kMaxTraceMaps) + " maps in " + a.maps_dir);
+  std::sort(maps.begin(), maps.end());
+  auto t = mtd::trace(a.input, maps, o.open);
+  if (o.open.passphrase) sodium_memzero(o.open.passphrase->data(), o.open.passphrase->size());
+  if (t.error) {
+    std::cerr << "modelcdr: trace: " << printable(a.input) << ": " << printable(t.error->describe()) << "\n";
+    return 2;
+  }
+  for (const auto& [m, why] : t.skipped) std::cerr << "modelcdr: trace: skipped " << printable(m) << ": " << printable(why) << "\n";
+  if (t.maps_opened == 0) {
+    std::cerr << "modelcdr: trace: none of the " << maps.size() << " maps opens with the given key\n";
+    return 2;
+  }
+  if (t.matches.empty()) {
+    std::cout << printable(a.input) << ": no match among " << t.maps_opened << " maps (" << t.leaked_records
+              << " records compared)\n";
+    return 1;
+  }
+  for (const auto& m : t.matches)
+    std::cout << printable(a.input) << ": matches " << (m.copy.empty() ? "-" : printable(m.copy)) << " (map " << printable(m.map)
+              << "): " << m.matching << " of its " << m.distinctive << " distinctive records\n";
+  if (t.matches.size() > 1)
+    std::cerr << "modelcdr: trace: warning: more than one copy matches (the leak mixes copies, or maps were duplicated)\n";
+  return 0;
+}
+
 void add_key_args(CLI::App* c, MtdArgs& a, bool opening) {
   c->add_option("--key-file", a.key_files, "symmetric key file (keygen --symmetric)");
   c->add_option("--passphrase-file", a.passphrase_files, "file whose first line is the passphrase (Argon2id)");
@@ -367,12 +608,39 @@ void add_mtd_commands(CLI::App& app) {
   fp->add_option("file", a.input, "NAME.pub or NAME.key");
   extra_commands().push_back({fp, [] { return fingerprint_main(a); }});
 
+  fp->add_flag("--recipient", a.recipient_fp, "print the recipient (x25519) fingerprint that `map info` lists");
+
+  auto* mp = app.add_subcommand("map", "publisher tools for sealed maps");
+  mp->require_subcommand(1);
+  auto* mi = mp->add_subcommand("info", "print a map's clear header: format, model, copy, signer, recipients (no key needed)");
+  mi->add_option("map", a.map, "sealed map");
+  mi->add_flag("--json", a.json_out, "print JSON (modelcdr.map-info/1)");
+  extra_commands().push_back({mi, [] { return map_info_main(a); }});
+  for (bool add : {true, false}) {
+    auto* c = mp->add_subcommand(add ? "add-recipient" : "remove-recipient",
+                                 add ? "seal a map to more recipients (re-wraps the content key, re-signs)"
+                                     : "remove recipients from a map (re-wraps, re-signs; does not revoke a key already extracted)");
+    c->add_option("map", a.map, "sealed map (rewritten in place unless -o)");
+    c->add_option("recipients", a.changes, add ? "NAME.pub files" : "NAME.pub files or recipient fingerprints");
+    c->add_option("-o,--output", a.output, "write the new map here instead of replacing MAP");
+    c->add_option("--sign", a.sign, "re-sign with this secret key file (required when the map is signed)");
+    add_key_args(c, a, true);
+    extra_commands().push_back({c, [add] { return map_change_main(a, add); }});
+  }
+
+  auto* tr = app.add_subcommand("trace", "name the customer whose protected copy a leaked file (or some of its tensors) is");
+  tr->add_option("file", a.input, "leaked file");
+  tr->add_option("--maps", a.maps_dir, "folder of the customers' maps (*.map)");
+  add_key_args(tr, a, true);
+  extra_commands().push_back({tr, [] { return trace_main(a); }});
+
   auto* pr = app.add_subcommand("protect", "disarm, then apply keyed MTD transforms; write the sealed map");
   pr->add_option("input", a.input, "model file");
   pr->add_option("-o,--output", a.output, "protected model");
   pr->add_option("--map", a.map, "sealed deconstruction map to write");
   pr->add_option("--recipient", a.recipients, "public key file (NAME.pub) that may open the map; repeatable");
   pr->add_option("--sign", a.sign, "sign the map with this secret key file (NAME.key)");
+  pr->add_option("--recipients-dir", a.recipients_dir, "one protected copy and map per DIR/NAME.pub (-o is then a folder)");
   pr->add_option("--compat", a.compat, "torch2 (default) or torch1.13");
   pr->add_flag("--encrypt", a.encrypt, "also encrypt every record (AES-256-CTR), for confidentiality of the weights");
   pr->add_flag("--allow-trailing-data", a.allow_trailing, "drop bytes after the pickle's STOP instead of rejecting");

@@ -15,6 +15,7 @@
 #include <map>
 #include <optional>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 #include <unordered_set>
 
@@ -628,35 +629,75 @@ Key32 derive_storage_key(const Key32& secret, const std::string& name, uint32_t 
 
 namespace {
 
-MtdResult protect_impl(const std::string& input, const std::string& output, const std::string& map_path,
-                       const ProtectOptions& options) {
-  MtdResult r;
-  if (sodium_init() < 0) return fail(r, make_error("crypto.init", "libsodium failed to initialise"));
+// The input, loaded and disarmed once for every copy protect makes of it.
+struct Source {
+  LoadedModelPtr loaded;
+  Layout layout;
+  std::vector<std::string> by_sid, names;
+  std::vector<int64_t> key_of_sid;
+  FileReport file;
+  // Before-hashes by original record key, once the first copy has computed them (and checked
+  // the CRCs): later copies of the same input hash each byte once, not twice.
+  std::vector<Digest> before;
+  bool have_before = false;
+};
+
+std::optional<Error> load_source(const std::string& input, const ProtectOptions& options, Source& src) {
   DisarmOptions dopt;
   dopt.compat = options.compat;
   dopt.allow_trailing_data = options.allow_trailing_data;
   // CRCs are checked as the payloads stream through (one read of each byte, not two).
-  auto loaded = load_model(input, dopt, r.file, /*defer_storage_crc=*/true);
-  if (!loaded.ok()) return fail(r, loaded.error());
-  Model& m = model_of(**loaded);
+  auto loaded = load_model(input, dopt, src.file, /*defer_storage_crc=*/true);
+  if (!loaded.ok()) return loaded.error();
+  src.loaded = std::move(*loaded);
+  Model& m = model_of(*src.loaded);
   auto layout = layout_of(m, options.compat);
-  if (!layout.ok()) return fail(r, layout.error());
-  const Layout& l = *layout;
-  auto by_sid = storage_names(m);
+  if (!layout.ok()) return layout.error();
+  src.layout = std::move(*layout);
+  const Layout& l = src.layout;
+  src.by_sid = storage_names(m);
   const size_t n = l.order.size();
-  std::vector<std::string> names(n);
-  std::vector<int64_t> key_of_sid(m.storages.size(), -1);
+  src.names.assign(n, "");
+  src.key_of_sid.assign(m.storages.size(), -1);
   for (size_t k = 0; k < n; ++k) {
     StorageId sid = l.order[k];
     if (sid < m.storages.size()) {
-      key_of_sid[sid] = static_cast<int64_t>(k);
-      names[k] = by_sid[sid];
+      src.key_of_sid[sid] = static_cast<int64_t>(k);
+      src.names[k] = src.by_sid[sid];
     }
-    if (names[k].empty()) names[k] = "data/" + std::to_string(k);
+    if (src.names[k].empty()) src.names[k] = "data/" + std::to_string(k);
     // The map is JSON: a name that is not UTF-8 is stored (and its key derived) in the
     // replaced form, so that restore derives the same key from what it reads.
-    names[k] = utf8_safe(names[k]);
+    src.names[k] = utf8_safe(src.names[k]);
   }
+  return std::nullopt;
+}
+
+// SHA-256 of everything written to `out` so far (read back through windows: page cache).
+Result<Digest> output_sha256(io::AtomicOutput& out) {
+  MCDR_TRY(out.flush());
+  Sha256 h;
+  constexpr uint64_t kWindow = uint64_t(64) << 20;
+  for (uint64_t at = 0; at < out.tell(); at += kWindow) {
+    const uint64_t len = std::min(kWindow, out.tell() - at);
+    MCDR_ASSIGN(auto w, out.window(at, len));
+    h.update(std::span<const uint8_t>(w.data(), len));
+  }
+  return h.finish();
+}
+
+// One protected copy of `src`, with its own fresh secret and swaps, and its own map.
+MtdResult protect_copy(Source& src, const std::string& output, const std::string& map_path, const SealOptions& seal,
+                       const ProtectOptions& options, const CopyInfo& copy) {
+  MtdResult r;
+  r.file = src.file;
+  Source& cached = src;  // the lambdas below name the record they stream `src`
+  Model& m = model_of(*src.loaded);
+  const Layout& l = src.layout;
+  const auto& by_sid = src.by_sid;
+  const auto& names = src.names;
+  const auto& key_of_sid = src.key_of_sid;
+  const size_t n = l.order.size();
 
   // Fresh secret for this copy; swaps drawn with randombytes_uniform (unbiased).
   Key32 secret;
@@ -708,9 +749,10 @@ MtdResult protect_impl(const std::string& input, const std::string& output, cons
     const bool transformed = perm || cipher;
     Sha256 before_sum, after_sum;
     uint32_t crc = 0;
-    const bool check_crc = src.expected_crc.has_value();
+    const bool hash_before = !cached.have_before;
+    const bool check_crc = hash_before && src.expected_crc.has_value();
     auto prepare = [&](size_t off, size_t len, uint8_t* slot) {
-      before_sum.update(in.subspan(off, len));
+      if (hash_before) before_sum.update(in.subspan(off, len));
       if (check_crc) crc = libdeflate_crc32(crc, in.data() + off, len);
       if (perm) perm->produce(in.data(), slot, off / esize, len / esize);
       if (cipher) cipher->apply(perm ? slot : in.data() + off, slot, len, off);
@@ -725,11 +767,15 @@ MtdResult protect_impl(const std::string& input, const std::string& output, cons
     MCDR_TRY(streamed);
     if (check_crc && crc != *src.expected_crc)
       return make_error("zip.bad-crc", "CRC-32 of the storage record does not match the zip directory", 0, src.source);
-    before[source[key]] = before_sum.finish();
+    before[source[key]] = hash_before ? before_sum.finish() : cached.before[source[key]];
     after[key] = transformed ? after_sum.finish() : before[source[key]];
     return ok_status();
   };
   if (auto s = formats::write_torch_zip(m, wo, *out); !s.ok()) return fail(r, s.error());
+  if (!cached.have_before) {
+    cached.before = before;
+    cached.have_before = true;
+  }
   auto layout_after = output_layout(*out, written);
   if (!layout_after.ok()) return fail(r, layout_after.error());
 
@@ -775,17 +821,32 @@ MtdResult protect_impl(const std::string& input, const std::string& output, cons
                   {"after", hex(*layout_after)}}},
       {"non_tensor", {{"what", "archive/data.pkl as emitted by modelcdr from the IR (no tensor payloads)"},
                       {"before", pkl_hash}, {"after", pkl_hash}}},
-      {"signer", options.seal.signer ? json(to_base64(options.seal.signer->ed25519_public.data(), 32)) : json(nullptr)},
+      {"signer", seal.signer ? json(to_base64(seal.signer->ed25519_public.data(), 32)) : json(nullptr)},
       {"architecture", architecture_json(m)},
       {"storages", storages},
       {"swaps", swaps},
   };
   std::string text = payload.dump(-1, ' ', false, json::error_handler_t::replace);
   sodium_memzero(secret.data(), secret.size());
-  auto sealed = seal_map(text, options.seal);
+  auto file_hash = output_sha256(*out);
+  if (!file_hash.ok()) return fail(r, file_hash.error());
+  // Readable without a key (`modelcdr map info`), bound to the MAC and the signature: nothing
+  // secret (the protected file's hash is anyone's to compute; the copy name is the publisher's).
+  SealOptions so = seal;
+  so.info = json{{"schema", "modelcdr.mtd-map-info/1"},
+                 {"tool", std::string("modelcdr ") + kVersion},
+                 {"created_unix", payload["created_unix"]},
+                 {"model_id", copy.model_id},
+                 {"copy", copy.name.empty() ? json(nullptr) : json(utf8_safe(copy.name))},
+                 {"protected_sha256", hex(*file_hash)},
+                 {"records", n},
+                 {"encrypted", options.encrypt}}
+                .dump(-1, ' ', false, json::error_handler_t::replace);
+  if (so.info.size() > kMaxMapInfo) return fail(r, make_error("map.info", "copy name too long for the map's clear info"));
+  auto sealed = seal_map(text, so);
   sodium_memzero(text.data(), text.size());
   if (!sealed.ok()) return fail(r, sealed.error());
-  if (options.seal.signer) r.signer = fingerprint(options.seal.signer->ed25519_public.data(), 32);
+  if (seal.signer) r.signer = fingerprint(seal.signer->ed25519_public.data(), 32);
   io::AtomicOutput map_out, arch_out;
   if (auto s = write_text(map_path, *sealed, map_out); !s.ok()) return fail(r, s.error());
   if (!m.architecture.empty()) {
@@ -1061,9 +1122,110 @@ MtdResult restore(const std::string& input, const std::string& map_path, const s
   return guarded([&] { return restore_impl(input, map_path, output, o); });
 }
 
+namespace {
+
+// The distinctive after-hashes of one map: records the transform changed (an unchanged record,
+// e.g. an integer buffer, is the same in every copy and names nobody).
+Result<std::vector<std::string>> distinctive_hashes(const std::string& map_path, const OpenOptions& o) {
+  MtdResult ignored;
+  MCDR_ASSIGN(auto doc, open_and_parse(map_path, o, ignored));
+  std::vector<std::string> out;
+  for (const auto& e : doc->entries)
+    if (e.after != e.before) out.push_back(e.after);
+  return out;
+}
+
+std::string copy_name(const std::string& map_path) {
+  auto sealed = read_small_file(map_path, kMaxMapBytes);
+  if (!sealed.ok()) return "";
+  auto h = read_map_header(*sealed);
+  if (!h.ok()) return "";
+  json info = json::parse(h->info, nullptr, false);
+  if (!info.is_object() || !info.contains("copy") || !info["copy"].is_string()) return "";
+  return info["copy"].get<std::string>();
+}
+
+TraceResult trace_impl(const std::string& leaked, const std::vector<std::string>& maps, const OpenOptions& o) {
+  TraceResult t;
+  if (sodium_init() < 0) return t.error = make_error("crypto.init", "libsodium failed to initialise"), t;
+  FileReport file;
+  auto loaded = load_model(leaked, DisarmOptions{}, file, /*defer_storage_crc=*/true);
+  if (!loaded.ok()) return t.error = loaded.error(), t;
+  const Model& m = model_of(**loaded);
+  std::vector<const model::Storage*> records;
+  for (const auto& s : m.storages) records.push_back(&s);
+  std::set<std::string> have;
+  for (const auto& sum : sum_all(records)) have.insert(hex(sum.digest));
+  t.leaked_records = records.size();
+  for (const auto& path : maps) {
+    auto hashes = distinctive_hashes(path, o);
+    if (!hashes.ok()) {
+      t.skipped.emplace_back(path, hashes.error().describe());
+      continue;
+    }
+    ++t.maps_opened;
+    TraceMatch x{path, copy_name(path), 0, hashes->size()};
+    for (const auto& h : *hashes) x.matching += have.count(h);
+    if (x.matching > 0) t.matches.push_back(x);
+  }
+  std::stable_sort(t.matches.begin(), t.matches.end(),
+                   [](const TraceMatch& a, const TraceMatch& b) { return a.matching > b.matching; });
+  return t;
+}
+
+}  // namespace
+
+TraceResult trace(const std::string& leaked, const std::vector<std::string>& maps, const OpenOptions& o) {
+  try {
+    return trace_impl(leaked, maps, o);
+  } catch (const std::exception& e) {
+    TraceResult t;
+    t.error = make_error("mtd.internal", std::string("unexpected error: ") + e.what());
+    return t;
+  }
+}
+
+static std::string new_model_id() {
+  uint8_t id[16];
+  randombytes_buf(id, sizeof id);
+  return to_hex(id, sizeof id);
+}
+
 MtdResult protect(const std::string& input, const std::string& output, const std::string& map_path,
                   const ProtectOptions& options) {
-  return guarded([&] { return protect_impl(input, output, map_path, options); });
+  return guarded([&] {
+    MtdResult r;
+    if (sodium_init() < 0) return fail(r, make_error("crypto.init", "libsodium failed to initialise"));
+    Source src;
+    if (auto e = load_source(input, options, src)) {
+      r.file = src.file;
+      return fail(r, *e);
+    }
+    return protect_copy(src, output, map_path, options.seal, options, CopyInfo{"", new_model_id()});
+  });
+}
+
+std::vector<MtdResult> protect_copies(const std::string& input, const std::vector<ProtectCopy>& copies,
+                                      const ProtectOptions& options) {
+  std::vector<MtdResult> out;
+  Source src;
+  MtdResult first = guarded([&] {
+    MtdResult r;
+    if (sodium_init() < 0) return fail(r, make_error("crypto.init", "libsodium failed to initialise"));
+    if (auto e = load_source(input, options, src)) {
+      r.file = src.file;
+      return fail(r, *e);
+    }
+    r.outcome = Outcome::ok;
+    return r;
+  });
+  if (first.outcome != Outcome::ok) return {first};
+  const std::string model_id = new_model_id();  // one release, many copies
+  for (const auto& c : copies) {
+    out.push_back(guarded([&] { return protect_copy(src, c.output, c.map, c.seal, options, CopyInfo{c.name, model_id}); }));
+    if (out.back().outcome != Outcome::ok) break;  // stop at the first failure: the rest would fail alike
+  }
+  return out;
 }
 
 }  // namespace modelcdr::mtd

@@ -46,6 +46,24 @@ struct ProtectOptions {
 MtdResult protect(const std::string& input, const std::string& output, const std::string& map_path,
                   const ProtectOptions& options);
 
+// Names one protected copy in its map's clear info (`modelcdr map info`).
+struct CopyInfo {
+  std::string name;      // the customer, for --recipients-dir; empty otherwise
+  std::string model_id;  // random per protect run: every copy of one release shares it
+};
+
+// One customer's copy for protect_copies: its outputs and the keys its map is sealed to.
+struct ProtectCopy {
+  std::string name, output, map;
+  SealOptions seal;
+};
+
+// Loads and disarms `input` once, then writes one protected copy (fresh secret) and map per
+// entry; stops at the first failure. The results are in the order of `copies` (a load failure
+// gives one result).
+std::vector<MtdResult> protect_copies(const std::string& input, const std::vector<ProtectCopy>& copies,
+                                      const ProtectOptions& options);
+
 struct RestoreOptions {
   OpenOptions open;
   std::string expect = "auto";  // verify only: auto | protected | restored
@@ -54,6 +72,21 @@ struct RestoreOptions {
 MtdResult restore(const std::string& input, const std::string& map_path, const std::string& output,
                   const RestoreOptions& options);
 MtdResult verify(const std::string& input, const std::string& map_path, const RestoreOptions& options);
+
+// Leak tracing: which customer's protected copy a leaked file (or a few of its tensors) is.
+struct TraceMatch {
+  std::string map, copy;  // map path; copy name from its clear info (may be empty)
+  size_t matching = 0;    // leaked records equal to this copy's distinctive after-hashes
+  size_t distinctive = 0; // this copy's records that differ from the original (traceable)
+};
+struct TraceResult {
+  std::optional<Error> error;   // the leaked file could not be read
+  size_t leaked_records = 0;
+  size_t maps_opened = 0;
+  std::vector<TraceMatch> matches;  // best first
+  std::vector<std::pair<std::string, std::string>> skipped;  // map, why it was not used
+};
+TraceResult trace(const std::string& leaked, const std::vector<std::string>& maps, const OpenOptions& open);
 
 // Per-storage permutation key: BLAKE2b-256 keyed by the run's secret over
 // "modelcdr/mtd/v1/perm" 0x00 name 0x00 key.

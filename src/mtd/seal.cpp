@@ -17,17 +17,23 @@ constexpr size_t kTag = crypto_aead_xchacha20poly1305_ietf_ABYTES;       // 16
 constexpr size_t kWrapped = 32 + kTag;
 constexpr size_t kSalt = crypto_pwhash_SALTBYTES;                        // 16
 constexpr size_t kSealedKek = crypto_box_SEALBYTES + 32;                 // 80
-// Clear header: magic, version, flags, slot count, signer key, key commitment, nonce, length.
-constexpr size_t kSignerAt = 14, kCommitAt = 46, kNonceAt = 78, kLengthAt = 102, kHeader = 110;
-const char kCommitLabel[] = "modelcdr-map-v2 key commitment";
-const char kMapIdLabel[] = "modelcdr-map-v2 map id";
-const char kSlotLabel[] = "modelcdr-map-v2 slot";
-const char kMacLabel[] = "modelcdr-map-v2 map mac";
+constexpr size_t kFp = 16;                                               // recipient fingerprint
+// v3 layout. Content part (fixed once sealed; the payload's associated data is all of it up to
+// the ciphertext, and the map id hashes all of it): magic, version, key commitment, nonce, clear
+// info length, ciphertext length, clear info, ciphertext. Then the seal part, which re-wrapping
+// rewrites (add/remove a recipient, re-sign) without touching the content: flags, slot count,
+// signer key, the slots, the MAC, the signature.
+constexpr size_t kCommitAt = 10, kNonceAt = 42, kInfoLenAt = 66, kLengthAt = 70, kHeader = 78;
+constexpr size_t kSealHead = 36;  // flags 2, slot count 2, signer 32
+const char kCommitLabel[] = "modelcdr-map-v3 key commitment";
+const char kMapIdLabel[] = "modelcdr-map-v3 map id";
+const char kSlotLabel[] = "modelcdr-map-v3 slot";
+const char kMacLabel[] = "modelcdr-map-v3 map mac";
 constexpr size_t kMac = 32;
 
 // What precedes the nonce and the wrapped key in a slot body (bound into the slot's AD).
 size_t slot_prefix(uint8_t type) {
-  return type == slot_passphrase ? kSalt + 16 : type == slot_recipient ? kSealedKek : 0;
+  return type == slot_passphrase ? kSalt + 16 : type == slot_recipient ? kFp + kSealedKek : 0;
 }
 
 void put16(std::string& s, uint16_t v) {
@@ -108,7 +114,13 @@ struct Slot {
   uint8_t type;
   const uint8_t* body;
   size_t len;
+  size_t at;  // offset of the slot (type byte) in the map
 };
+
+uint32_t get32(const uint8_t* p) { return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24; }
+void put32(std::string& s, uint32_t v) {
+  for (int i = 0; i < 4; ++i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+}
 
 // The parsed clear structure of a map; nothing here is authenticated yet.
 struct Parsed {
@@ -116,7 +128,9 @@ struct Parsed {
   const uint8_t* signer = nullptr;
   const uint8_t* commitment = nullptr;
   const uint8_t* nonce = nullptr;
-  size_t payload_end = 0;  // end of the ciphertext = start of the slots
+  size_t info_len = 0;     // clear info at kHeader
+  size_t ct_at = 0;        // start of the ciphertext (= end of the payload's associated data)
+  size_t payload_end = 0;  // end of the ciphertext = start of the seal part
   size_t slots_end = 0;    // start of the map MAC
   size_t body_end = 0;     // end of what the signature covers
   std::vector<Slot> slots;
@@ -127,23 +141,28 @@ Result<Parsed> parse_header(const std::string& s) {
   if (s.size() > kMaxMapBytes) return make_error("map.format", "map larger than " + std::to_string(kMaxMapBytes >> 20) + " MiB");
   if (s.size() < kHeader) return bad_header("too short");
   const uint8_t* b = bytes(s);
-  const uint16_t flags = get16(b + 10), nslots = get16(b + 12);
+  p.commitment = b + kCommitAt;
+  p.nonce = b + kNonceAt;
+  p.info_len = get32(b + kInfoLenAt);
+  if (p.info_len > kMaxMapInfo || p.info_len > s.size() - kHeader) return bad_header("clear info length out of range");
+  p.ct_at = kHeader + p.info_len;
+  const uint64_t clen = get64(b + kLengthAt);
+  if (clen < kTag || clen > s.size() - p.ct_at) return bad_header("payload length out of range");
+  p.payload_end = p.ct_at + clen;
+  if (s.size() - p.payload_end < kSealHead) return bad_header("truncated");
+  const uint8_t* sh = b + p.payload_end;
+  const uint16_t flags = get16(sh), nslots = get16(sh + 2);
   if ((flags & ~kFlagSigned) != 0) return bad_header("unknown flags");
   if (nslots == 0 || nslots > kMaxSlots) return bad_header(std::to_string(nslots) + " key slots (1 to " + std::to_string(kMaxSlots) + ")");
   p.signed_ = (flags & kFlagSigned) != 0;
-  p.signer = b + kSignerAt;
-  p.commitment = b + kCommitAt;
-  p.nonce = b + kNonceAt;
-  const uint64_t clen = get64(b + kLengthAt);
-  if (clen < kTag || clen > s.size() - kHeader) return bad_header("payload length out of range");
-  p.payload_end = kHeader + clen;
+  p.signer = sh + 4;
   p.body_end = s.size() - (p.signed_ ? crypto_sign_BYTES : 0);
-  if (p.body_end < p.payload_end + kMac) return bad_header("truncated");
+  if (p.body_end < p.payload_end + kSealHead + kMac) return bad_header("truncated");
   p.slots_end = p.body_end - kMac;
-  size_t pos = p.payload_end, passphrases = 0;
+  size_t pos = p.payload_end + kSealHead, passphrases = 0;
   for (uint16_t i = 0; i < nslots; ++i) {
     if (p.slots_end - pos < 3) return bad_header("truncated key slot");
-    Slot slot{b[pos], b + pos + 3, get16(b + pos + 1)};
+    Slot slot{b[pos], b + pos + 3, get16(b + pos + 1), pos};
     pos += 3;
     if (slot.type < slot_symmetric || slot.type > slot_recipient) return bad_header("unknown key slot type");
     if (slot.len != slot_prefix(slot.type) + kNonce + kWrapped || p.slots_end - pos < slot.len)
@@ -160,6 +179,14 @@ Result<Parsed> parse_header(const std::string& s) {
   static const uint8_t zero[32] = {0};
   if (!p.signed_ && std::memcmp(p.signer, zero, 32) != 0) return bad_header("unsigned map naming a signer");
   return p;
+}
+
+std::array<uint8_t, kFp> recipient_fp(const Key32& pk) {
+  uint8_t h[32];
+  crypto_generichash(h, sizeof h, pk.data(), pk.size(), nullptr, 0);
+  std::array<uint8_t, kFp> fp;
+  std::memcpy(fp.data(), h, kFp);  // the same 128 bits as fingerprint()
+  return fp;
 }
 
 bool key_in(const std::vector<Key32>& keys, const uint8_t* k) {
@@ -206,7 +233,9 @@ Result<bool> unwrap_slots(const std::string& s, const Parsed& p, const OpenOptio
       MCDR_TRY(derive_passphrase_key(kek.k, *o.passphrase, slot.body, get64(slot.body + kSalt), get64(slot.body + kSalt + 8)));
       have_kek = true;
     } else if (slot.type == slot_recipient && o.identity && o.identity->has_x25519_secret) {
-      have_kek = crypto_box_seal_open(kek.k, slot.body, kSealedKek, o.identity->x25519_public.data(),
+      // The slot names its recipient: skip the others (no trial decryption of every slot).
+      have_kek = std::memcmp(slot.body, recipient_fp(o.identity->x25519_public).data(), kFp) == 0 &&
+                 crypto_box_seal_open(kek.k, slot.body + kFp, kSealedKek, o.identity->x25519_public.data(),
                                       o.identity->x25519_secret.data()) == 0;
     }
     if (!have_kek) continue;
@@ -225,6 +254,85 @@ OpenedMap::~OpenedMap() { sodium_memzero(payload.data(), payload.size()); }
 
 bool looks_like_map(const std::string& b) { return b.size() >= 8 && std::memcmp(b.data(), kMagic, 8) == 0; }
 
+namespace {
+
+// One key slot wrapping `cek` under `kek`, bound to the map named `id`.
+std::string make_slot(uint8_t type, const std::string& prefix, const uint8_t* kek, const uint8_t* cek,
+                      const std::array<uint8_t, 32>& id) {
+  uint8_t slot_nonce[kNonce], ct[kWrapped];
+  unsigned long long clen = 0;
+  randombytes_buf(slot_nonce, sizeof slot_nonce);
+  const std::string ad = slot_ad(id, type, bytes(prefix), prefix.size());
+  crypto_aead_xchacha20poly1305_ietf_encrypt(ct, &clen, cek, 32, bytes(ad), ad.size(), nullptr, slot_nonce, kek);
+  std::string out(1, static_cast<char>(type));
+  put16(out, static_cast<uint16_t>(prefix.size() + kNonce + kWrapped));
+  out += prefix;
+  put(out, slot_nonce, sizeof slot_nonce);
+  put(out, ct, sizeof ct);
+  return out;
+}
+
+Result<std::string> recipient_slot(const Key32& pk, const uint8_t* cek, const std::array<uint8_t, 32>& id) {
+  // crypto_box_seal has no associated data: it carries a fresh key-encryption key, and the
+  // content key is wrapped under that with the slot's associated data like the others.
+  ContentKey kek;
+  randombytes_buf(kek.k, sizeof kek.k);
+  uint8_t sealed[kSealedKek];
+  if (crypto_box_seal(sealed, kek.k, 32, pk.data()) != 0) return make_error("crypto.seal", "crypto_box_seal failed");
+  const auto fp = recipient_fp(pk);
+  std::string prefix(reinterpret_cast<const char*>(fp.data()), fp.size());
+  put(prefix, sealed, sizeof sealed);
+  return make_slot(slot_recipient, prefix, kek.k, cek, id);
+}
+
+// Appends the seal part to `content` (header, clear info and ciphertext): flags, slot count,
+// signer, the slots, the MAC and the signature.
+Result<std::string> finish_seal(std::string out, const uint8_t* cek, const std::vector<std::string>& slots,
+                                const KeyFile* signer) {
+  if (slots.empty()) return make_error("map.no-key", "no key given to seal the map with");
+  if (slots.size() > kMaxSlots) return make_error("map.too-many-keys", "at most " + std::to_string(kMaxSlots) + " keys per map");
+  if (signer && !signer->has_ed25519_secret) return make_error("key.no-signing-key", "the --sign key file has no ed25519 secret");
+  put16(out, signer ? kFlagSigned : 0);
+  put16(out, static_cast<uint16_t>(slots.size()));
+  uint8_t signer_pk[32] = {0};
+  if (signer) std::memcpy(signer_pk, signer->ed25519_public.data(), 32);
+  put(out, signer_pk, 32);
+  for (const auto& slot : slots) out += slot;
+  uint8_t mac[kMac];
+  map_mac(mac, cek, bytes(out), out.size());
+  put(out, mac, sizeof mac);
+  if (signer) {
+    uint8_t sig[crypto_sign_BYTES];
+    crypto_sign_detached(sig, nullptr, bytes(out), out.size(), signer->ed25519_secret.data());
+    put(out, sig, sizeof sig);
+  }
+  return out;
+}
+
+// Checks the signer policy, recovers the content key and checks it against the commitment and
+// the MAC: after this, every byte of the map is authenticated for this key holder.
+Status open_impl(const std::string& sealed, const OpenOptions& o, OpenedMap& result, Parsed& p, uint8_t cek[32]) {
+  if (sodium_init() < 0) return make_error("crypto.init", "libsodium failed to initialise");
+  MCDR_ASSIGN(uint16_t version, map_format_version(sealed));
+  if (version != kMapFormatVersion)
+    return make_error("map.version", "unsupported map format version " + std::to_string(version) + " (this modelcdr reads version " +
+                                         std::to_string(kMapFormatVersion) + "): re-protect the model");
+  // Everything is bounded and checked for shape before any signature, KDF or decryption runs.
+  MCDR_ASSIGN(p, parse_header(sealed));
+  MCDR_TRY(check_signer(sealed, p, o, result));
+  MCDR_ASSIGN(bool opened, unwrap_slots(sealed, p, o, cek));
+  if (!opened) return make_error("map.no-key", "none of the map's key slots opens with the given key (wrong key)");
+  uint8_t commit[32];
+  key_commitment(commit, cek);
+  if (sodium_memcmp(commit, p.commitment, 32) != 0) return corrupt();
+  uint8_t mac[kMac];
+  map_mac(mac, cek, bytes(sealed), p.slots_end);
+  if (sodium_memcmp(mac, bytes(sealed) + p.slots_end, kMac) != 0) return corrupt();
+  return ok_status();
+}
+
+}  // namespace
+
 Result<std::string> seal_map(const std::string& payload, const SealOptions& o) {
   if (sodium_init() < 0) return make_error("crypto.init", "libsodium failed to initialise");
   size_t nslots = o.symmetric_keys.size() + o.passphrases.size() + o.recipients.size();
@@ -234,40 +342,29 @@ Result<std::string> seal_map(const std::string& payload, const SealOptions& o) {
     return make_error("map.too-many-keys", "at most " + std::to_string(kMaxPassphraseSlots) + " passphrases per map");
   if (!o.passphrases.empty() && !pwhash_params_ok(o.pwhash_ops, o.pwhash_mem))
     return make_error("map.kdf", "Argon2id parameters out of the range readers accept");
+  if (o.info.size() > kMaxMapInfo) return make_error("map.info", "clear map info larger than " + std::to_string(kMaxMapInfo) + " bytes");
   if (o.signer && !o.signer->has_ed25519_secret) return make_error("key.no-signing-key", "the --sign key file has no ed25519 secret");
   ContentKey cek;
   randombytes_buf(cek.k, sizeof cek.k);
   std::string h(kMagic, 8);
   put16(h, kMapFormatVersion);
-  put16(h, o.signer ? kFlagSigned : 0);
-  put16(h, static_cast<uint16_t>(nslots));
-  uint8_t commit[32], signer[32] = {0};
-  if (o.signer) std::memcpy(signer, o.signer->ed25519_public.data(), 32);
+  uint8_t commit[32];
   key_commitment(commit, cek.k);
-  put(h, signer, 32);
   put(h, commit, 32);
   uint8_t nonce[kNonce];
   randombytes_buf(nonce, sizeof nonce);
   put(h, nonce, sizeof nonce);
+  put32(h, static_cast<uint32_t>(o.info.size()));
   put64(h, payload.size() + kTag);
+  h += o.info;
   std::string out = h;
   out.resize(h.size() + payload.size() + kTag);
   unsigned long long clen = 0;
   crypto_aead_xchacha20poly1305_ietf_encrypt(reinterpret_cast<uint8_t*>(out.data()) + h.size(), &clen, bytes(payload),
                                              payload.size(), bytes(h), h.size(), nullptr, nonce, cek.k);
   const auto id = map_id(bytes(out), out.size());
-  auto add_slot = [&](uint8_t type, const std::string& prefix, const uint8_t* kek) {
-    uint8_t slot_nonce[kNonce], ct[kWrapped];
-    randombytes_buf(slot_nonce, sizeof slot_nonce);
-    const std::string ad = slot_ad(id, type, bytes(prefix), prefix.size());
-    crypto_aead_xchacha20poly1305_ietf_encrypt(ct, &clen, cek.k, 32, bytes(ad), ad.size(), nullptr, slot_nonce, kek);
-    out.push_back(static_cast<char>(type));
-    put16(out, static_cast<uint16_t>(prefix.size() + kNonce + kWrapped));
-    out += prefix;
-    put(out, slot_nonce, sizeof slot_nonce);
-    put(out, ct, sizeof ct);
-  };
-  for (const auto& k : o.symmetric_keys) add_slot(slot_symmetric, "", k.data());
+  std::vector<std::string> slots;
+  for (const auto& k : o.symmetric_keys) slots.push_back(make_slot(slot_symmetric, "", k.data(), cek.k, id));
   for (const auto& pass : o.passphrases) {
     std::string prefix;
     uint8_t salt[kSalt];
@@ -277,26 +374,74 @@ Result<std::string> seal_map(const std::string& payload, const SealOptions& o) {
     put(prefix, salt, sizeof salt);
     put64(prefix, o.pwhash_ops);
     put64(prefix, o.pwhash_mem);
-    add_slot(slot_passphrase, prefix, kek.k);
+    slots.push_back(make_slot(slot_passphrase, prefix, kek.k, cek.k, id));
   }
   for (const auto& pk : o.recipients) {
-    // crypto_box_seal has no associated data: it carries a fresh key-encryption key, and the
-    // content key is wrapped under that with the slot's associated data like the others.
-    ContentKey kek;
-    randombytes_buf(kek.k, sizeof kek.k);
-    uint8_t sealed[kSealedKek];
-    if (crypto_box_seal(sealed, kek.k, 32, pk.data()) != 0) return make_error("crypto.seal", "crypto_box_seal failed");
-    add_slot(slot_recipient, std::string(reinterpret_cast<const char*>(sealed), sizeof sealed), kek.k);
+    MCDR_ASSIGN(std::string slot, recipient_slot(pk, cek.k, id));
+    slots.push_back(std::move(slot));
   }
-  uint8_t mac[kMac];
-  map_mac(mac, cek.k, bytes(out), out.size());
-  put(out, mac, sizeof mac);
-  if (o.signer) {
-    uint8_t sig[crypto_sign_BYTES];
-    crypto_sign_detached(sig, nullptr, bytes(out), out.size(), o.signer->ed25519_secret.data());
-    put(out, sig, sizeof sig);
+  return finish_seal(std::move(out), cek.k, slots, o.signer);
+}
+
+Result<std::string> reseal_map(const std::string& sealed, const OpenOptions& o, const ResealOptions& r) {
+  OpenedMap opened;
+  Parsed p;
+  ContentKey cek;
+  MCDR_TRY(open_impl(sealed, o, opened, p, cek.k));
+  if (p.signed_ && !r.signer)
+    return make_error("map.needs-signer", "the map is signed: give --sign SECRET to re-sign it (by " +
+                                              fingerprint(p.signer, 32) + " or a new signer)");
+  std::vector<std::string> slots;
+  std::vector<std::string> present;  // recipient fingerprints kept
+  size_t removed = 0;
+  for (const Slot& slot : p.slots) {
+    if (slot.type == slot_recipient) {
+      const std::string fp = to_hex(slot.body, kFp);
+      if (std::find(r.remove_fingerprints.begin(), r.remove_fingerprints.end(), fp) != r.remove_fingerprints.end()) {
+        ++removed;
+        continue;
+      }
+      present.push_back(fp);
+    }
+    slots.emplace_back(reinterpret_cast<const char*>(bytes(sealed) + slot.at), 3 + slot.len);  // verbatim: still valid
   }
-  return out;
+  if (removed < r.remove_fingerprints.size())
+    return make_error("map.no-such-recipient", "the map is not sealed to every recipient given (see `modelcdr map info`)");
+  const auto id = map_id(bytes(sealed), p.payload_end);
+  for (const auto& pk : r.add_recipients) {
+    const std::string fp = fingerprint(pk.data(), pk.size());
+    if (std::find(present.begin(), present.end(), fp) != present.end())
+      return make_error("map.duplicate-recipient", "the map is already sealed to recipient " + fp);
+    present.push_back(fp);
+    MCDR_ASSIGN(std::string slot, recipient_slot(pk, cek.k, id));
+    slots.push_back(std::move(slot));
+  }
+  if (slots.empty()) return make_error("map.no-key", "removing that would leave no key that opens the map");
+  return finish_seal(sealed.substr(0, p.payload_end), cek.k, slots, r.signer);
+}
+
+Result<MapHeader> read_map_header(const std::string& sealed) {
+  if (sodium_init() < 0) return make_error("crypto.init", "libsodium failed to initialise");
+  MCDR_ASSIGN(uint16_t version, map_format_version(sealed));
+  if (version != kMapFormatVersion)
+    return make_error("map.version", "unsupported map format version " + std::to_string(version) + " (this modelcdr reads version " +
+                                         std::to_string(kMapFormatVersion) + "): re-protect the model");
+  MCDR_ASSIGN(Parsed p, parse_header(sealed));
+  MapHeader h;
+  h.version = version;
+  h.signed_ = p.signed_;
+  if (p.signed_) {
+    h.signer = fingerprint(p.signer, 32);
+    h.signature_valid = crypto_sign_verify_detached(bytes(sealed) + p.body_end, bytes(sealed), p.body_end, p.signer) == 0;
+  }
+  for (const Slot& slot : p.slots) {
+    MapHeader::SlotInfo si;
+    si.type = slot.type == slot_symmetric ? "key-file" : slot.type == slot_passphrase ? "passphrase" : "recipient";
+    if (slot.type == slot_recipient) si.recipient = to_hex(slot.body, kFp);
+    h.slots.push_back(si);
+  }
+  h.info = sealed.substr(kHeader, p.info_len);
+  return h;
 }
 
 Result<uint16_t> map_format_version(const std::string& sealed) {
@@ -311,29 +456,15 @@ bool signature_valid(const std::string& sealed, const Key32& pk) {
 }
 
 Result<OpenedMap> open_map(const std::string& sealed, const OpenOptions& o) {
-  if (sodium_init() < 0) return make_error("crypto.init", "libsodium failed to initialise");
-  MCDR_ASSIGN(uint16_t version, map_format_version(sealed));
-  if (version != kMapFormatVersion)
-    return make_error("map.version", "unsupported map format version " + std::to_string(version) + " (this modelcdr reads version " +
-                                         std::to_string(kMapFormatVersion) + "): re-protect the model");
-  // Everything is bounded and checked for shape before any signature, KDF or decryption runs.
-  MCDR_ASSIGN(Parsed p, parse_header(sealed));
   OpenedMap result;
-  MCDR_TRY(check_signer(sealed, p, o, result));
+  Parsed p;
   ContentKey cek;
-  MCDR_ASSIGN(bool opened, unwrap_slots(sealed, p, o, cek.k));
-  if (!opened) return make_error("map.no-key", "none of the map's key slots opens with the given key (wrong key)");
-  uint8_t commit[32];
-  key_commitment(commit, cek.k);
-  if (sodium_memcmp(commit, p.commitment, 32) != 0) return corrupt();
-  uint8_t mac[kMac];
-  map_mac(mac, cek.k, bytes(sealed), p.slots_end);
-  if (sodium_memcmp(mac, bytes(sealed) + p.slots_end, kMac) != 0) return corrupt();
-  const size_t clen = p.payload_end - kHeader;
+  MCDR_TRY(open_impl(sealed, o, result, p, cek.k));
+  const size_t clen = p.payload_end - p.ct_at;
   result.payload.assign(clen - kTag, '\0');
   unsigned long long plen = 0;
   if (crypto_aead_xchacha20poly1305_ietf_decrypt(reinterpret_cast<uint8_t*>(result.payload.data()), &plen, nullptr,
-                                                 bytes(sealed) + kHeader, clen, bytes(sealed), kHeader, p.nonce,
+                                                 bytes(sealed) + p.ct_at, clen, bytes(sealed), p.ct_at, p.nonce,
                                                  cek.k) != 0)
     return corrupt();
   return result;

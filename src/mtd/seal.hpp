@@ -1,8 +1,8 @@
-// The sealed map container (docs/MTD.md §4), format version 2: magic + version, the signer's
-// public key and a commitment to the content key in clear, the payload sealed with
+// The sealed map container (docs/MTD.md §4), format version 3: magic + version, a commitment
+// to the content key and a clear info JSON, the payload sealed with
 // XChaCha20-Poly1305 (libsodium crypto_aead_xchacha20poly1305_ietf, the header as associated
 // data), then key slots that each wrap the content key with associated data naming this very
-// map (a hash of everything before the slots), a MAC over all of that under a key derived from
+// map (a hash of the content part: header, info, ciphertext), a MAC over all of that under a key derived from
 // the content key, and optionally an Ed25519 detached signature (crypto_sign_detached) over
 // everything before it.
 #pragma once
@@ -15,7 +15,8 @@
 
 namespace modelcdr::mtd {
 
-inline constexpr uint16_t kMapFormatVersion = 2;
+inline constexpr uint16_t kMapFormatVersion = 3;
+inline constexpr size_t kMaxMapInfo = 4096;  // clear info (JSON) readable without a key
 
 // Bounds enforced when reading a map (and when sealing one), before any key derivation: a
 // hostile map must not make us burn unbounded time or memory before it is authenticated.
@@ -30,6 +31,7 @@ struct SealOptions {
   std::vector<std::string> passphrases;    // --passphrase-file (Argon2id)
   std::vector<Key32> recipients;           // --recipient (X25519 public keys, crypto_box_seal)
   const KeyFile* signer = nullptr;         // --sign (ed25519 secret)
+  std::string info;                        // clear info (JSON): readable by anyone, bound to MAC and signature
   unsigned long long pwhash_ops = 3;
   size_t pwhash_mem = 64u << 20;           // 64 MiB: memory-hard, and within the RSS budget
 };
@@ -61,6 +63,32 @@ struct OpenedMap {
 // "map.no-key" (no slot opens with the given key), "map.corrupt" (authentication failed:
 // modified map), "map.signature" (missing or wrong signature), "map.untrusted" (no pinned
 // signer and no opt-in). All but io.* are integrity failures for the CLI (exit 3).
+// What anyone can read from a map without a key (`modelcdr map info`). Not authenticated:
+// `signature_valid` says whether the embedded signer key signed it (not whether to trust it).
+struct MapHeader {
+  uint16_t version = 0;
+  bool signed_ = false, signature_valid = false;
+  std::string signer;  // fingerprint
+  struct SlotInfo {
+    std::string type;       // key-file | passphrase | recipient
+    std::string recipient;  // fingerprint of the recipient's x25519 public key
+  };
+  std::vector<SlotInfo> slots;
+  std::string info;  // the clear info JSON as stored
+};
+
+// Re-wrapping a map's content key for a new set of recipients (the content is unchanged).
+struct ResealOptions {
+  std::vector<Key32> add_recipients;             // x25519 public keys
+  std::vector<std::string> remove_fingerprints;  // recipient fingerprints (fingerprint() of x25519 public)
+  const KeyFile* signer = nullptr;               // required when the map was signed
+};
+
+Result<MapHeader> read_map_header(const std::string& sealed);
+// Opens the map with `open` (the operator's key), keeps every other slot verbatim, adds and
+// removes recipient slots, and re-signs. Errors: those of open_map, "map.needs-signer",
+// "map.no-such-recipient", "map.duplicate-recipient", "map.no-key" (nothing would open it).
+Result<std::string> reseal_map(const std::string& sealed, const OpenOptions& open, const ResealOptions& r);
 Result<std::string> seal_map(const std::string& payload, const SealOptions& options);
 Result<OpenedMap> open_map(const std::string& sealed, const OpenOptions& options);
 // True when the map is signed and its signature verifies with `ed25519_public`.

@@ -24,9 +24,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// ---- map format v2, written out by hand (the attacker's view) -------------------------------
-constexpr size_t kHeader = 110;
-const std::string kSlotLabel = "modelcdr-map-v2 slot";
+// ---- map format v3, written out by hand (the attacker's view) -------------------------------
+constexpr size_t kHeader = 78;    // magic, version, commitment, nonce, info length, payload length
+constexpr size_t kSealHead = 36;  // flags, slot count, signer: after the ciphertext
+const std::string kSlotLabel = "modelcdr-map-v3 slot";
 
 const uint8_t* u8p(const std::string& s) { return reinterpret_cast<const uint8_t*>(s.data()); }
 void put16(std::string& s, uint16_t v) { s.push_back(char(v & 0xFF)), s.push_back(char(v >> 8)); }
@@ -39,6 +40,13 @@ uint64_t get64(const std::string& s, size_t at) {
   return v;
 }
 std::string raw(const uint8_t* p, size_t n) { return std::string(reinterpret_cast<const char*>(p), n); }
+uint32_t get32(const std::string& s, size_t at) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= uint32_t(uint8_t(s[at + i])) << (8 * i);
+  return v;
+}
+// End of the content part (header, clear info, ciphertext) = start of the seal part.
+size_t payload_end_of(const std::string& m) { return kHeader + get32(m, 66) + get64(m, 70); }
 
 struct SlotAt {
   uint8_t type;
@@ -47,8 +55,9 @@ struct SlotAt {
 // Slots of an unsigned or signed v2 map.
 std::vector<SlotAt> slots_of(const std::string& m) {
   std::vector<SlotAt> out;
-  size_t pos = kHeader + get64(m, 102);
-  const uint16_t n = uint8_t(m[12]) | (uint8_t(m[13]) << 8);
+  const size_t end = payload_end_of(m);
+  size_t pos = end + kSealHead;
+  const uint16_t n = uint8_t(m[end + 2]) | (uint8_t(m[end + 3]) << 8);
   for (uint16_t i = 0; i < n; ++i) {
     SlotAt s{uint8_t(m[pos]), pos + 3, size_t(uint8_t(m[pos + 1]) | (uint8_t(m[pos + 2]) << 8))};
     out.push_back(s);
@@ -61,7 +70,7 @@ std::array<uint8_t, 32> map_id(const std::string& m, size_t payload_end) {
   std::array<uint8_t, 32> id;
   crypto_generichash_state st;
   crypto_generichash_init(&st, nullptr, 0, 32);
-  const char label[] = "modelcdr-map-v2 map id";
+  const char label[] = "modelcdr-map-v3 map id";
   crypto_generichash_update(&st, reinterpret_cast<const uint8_t*>(label), sizeof label);
   crypto_generichash_update(&st, u8p(m), payload_end);
   crypto_generichash_final(&st, id.data(), 32);
@@ -74,36 +83,45 @@ std::string slot_ad(const std::array<uint8_t, 32>& id, uint8_t type, const std::
 
 Key32 commitment(const Key32& cek) {
   Key32 c;
-  const char label[] = "modelcdr-map-v2 key commitment";
+  const char label[] = "modelcdr-map-v3 key commitment";
   crypto_generichash(c.data(), 32, reinterpret_cast<const uint8_t*>(label), sizeof label - 1, cek.data(), 32);
   return c;
 }
 
 std::string mac_of(const Key32& cek, const std::string& m) {
   uint8_t mk[32], mac[32];
-  const char label[] = "modelcdr-map-v2 map mac";
+  const char label[] = "modelcdr-map-v3 map mac";
   crypto_generichash(mk, 32, reinterpret_cast<const uint8_t*>(label), sizeof label - 1, cek.data(), 32);
   crypto_generichash(mac, 32, u8p(m), m.size(), mk, 32);
   return raw(mac, 32);
 }
 
-// Header + payload sealed under `cek`, claiming commitment `commit`, with `nslots` slots.
+// Header + payload sealed under `cek`, claiming commitment `commit`, then an unsigned seal
+// head announcing `nslots` slots.
 std::string forge_head(const Key32& cek, const Key32& commit, uint16_t nslots, const std::string& payload) {
   std::string h("MCDRMAP\0", 8);
-  put16(h, 2);
-  put16(h, 0);
-  put16(h, nslots);
-  h += std::string(32, '\0');
+  put16(h, 3);
   h += raw(commit.data(), 32);
   uint8_t nonce[24];
   randombytes_buf(nonce, sizeof nonce);
   h += raw(nonce, 24);
+  h += std::string(4, '\0');  // no clear info
   put64(h, payload.size() + 16);
   std::string ct(payload.size() + 16, '\0');
   unsigned long long clen;
   crypto_aead_xchacha20poly1305_ietf_encrypt(reinterpret_cast<uint8_t*>(ct.data()), &clen, u8p(payload), payload.size(),
                                              u8p(h), h.size(), nullptr, nonce, cek.data());
-  return h + ct;
+  std::string seal;
+  put16(seal, 0);
+  put16(seal, nslots);
+  seal += std::string(32, '\0');
+  return h + ct + seal;
+}
+
+std::string recipient_fp(const Key32& pk) {
+  uint8_t h[32];
+  crypto_generichash(h, 32, pk.data(), 32, nullptr, 0);
+  return raw(h, 16);
 }
 
 // A recipient slot for `pk` wrapping `cek`, bound to the map that `head` starts.
@@ -112,12 +130,12 @@ std::string forge_recipient_slot(const std::string& head, const Key32& pk, const
   randombytes_buf(kek, 32);
   crypto_box_seal(sealed, kek, 32, pk.data());
   randombytes_buf(nonce, 24);
-  const std::string prefix = raw(sealed, 80);
-  const std::string ad = slot_ad(map_id(head, head.size()), 3, prefix);
+  const std::string prefix = recipient_fp(pk) + raw(sealed, 80);
+  const std::string ad = slot_ad(map_id(head, payload_end_of(head)), 3, prefix);
   unsigned long long clen;
   crypto_aead_xchacha20poly1305_ietf_encrypt(wrapped, &clen, cek.data(), 32, u8p(ad), ad.size(), nullptr, nonce, kek);
   std::string s(1, char(3));
-  put16(s, 80 + 24 + 48);
+  put16(s, 96 + 24 + 48);
   return s + prefix + raw(nonce, 24) + raw(wrapped, 48);
 }
 
@@ -138,17 +156,17 @@ Key32 filled(uint8_t b) {
 
 // Mallory, a recipient of `sealed`, recovers its content key from her own slot.
 Key32 steal_content_key(const std::string& sealed, const KeyFile& mallory) {
-  const size_t payload_end = kHeader + get64(sealed, 102);
+  const size_t payload_end = payload_end_of(sealed);
   for (const auto& s : slots_of(sealed)) {
     if (s.type != 3) continue;
     uint8_t kek[32];
-    if (crypto_box_seal_open(kek, u8p(sealed) + s.at, 80, mallory.x25519_public.data(), mallory.x25519_secret.data()) != 0)
+    if (crypto_box_seal_open(kek, u8p(sealed) + s.at + 16, 80, mallory.x25519_public.data(), mallory.x25519_secret.data()) != 0)
       continue;
-    const std::string ad = slot_ad(map_id(sealed, payload_end), 3, sealed.substr(s.at, 80));
+    const std::string ad = slot_ad(map_id(sealed, payload_end), 3, sealed.substr(s.at, 96));
     Key32 cek;
     unsigned long long plen;
-    if (crypto_aead_xchacha20poly1305_ietf_decrypt(cek.data(), &plen, nullptr, u8p(sealed) + s.at + 104, 48,
-                                                   u8p(ad), ad.size(), u8p(sealed) + s.at + 80, kek) == 0)
+    if (crypto_aead_xchacha20poly1305_ietf_decrypt(cek.data(), &plen, nullptr, u8p(sealed) + s.at + 120, 48,
+                                                   u8p(ad), ad.size(), u8p(sealed) + s.at + 96, kek) == 0)
       return cek;
   }
   ADD_FAILURE() << "mallory's slot did not open";
