@@ -151,3 +151,50 @@ def test_ordered_dict_with_list_items_keeps_its_tensors(tmp_path, zipped):
     got = torch.load(out, weights_only=True)
     assert_faithful(exp, got)
     assert "mapping item that is not a pair" not in findings_text(report)
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. safetensors headers: accepted exactly when the reference implementation accepts them
+# --------------------------------------------------------------------------------------------------
+ST_TENSOR = '"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}'
+ST_HEADERS = {
+    "metadata_null": '{"__metadata__": null, ' + ST_TENSOR + "}",
+    "metadata_null_no_tensors": '{"__metadata__": null}',
+    "metadata_strings": '{"__metadata__": {"format": "pt"}, ' + ST_TENSOR + "}",
+    "leading_whitespace": ' \n{' + ST_TENSOR + "}",
+    "metadata_int_value": '{"__metadata__": {"a": 1}, ' + ST_TENSOR + "}",
+    "metadata_list": '{"__metadata__": [], ' + ST_TENSOR + "}",
+    "nul_after_json": "{" + ST_TENSOR + "}\0",
+}
+
+
+def reference_accepts(path) -> bool:
+    safetensors = pytest.importorskip("safetensors")
+    try:
+        with safetensors.safe_open(str(path), "pt") as f:
+            for k in f.keys():
+                f.get_tensor(k)
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.parametrize("case", sorted(ST_HEADERS))
+def test_safetensors_header_acceptance_matches_the_reference(tmp_path, case):
+    import struct
+
+    require_bin()
+    header = ST_HEADERS[case].encode()
+    data = b"" if "no_tensors" in case else struct.pack("<2f", 1.5, -2.0)
+    inp = tmp_path / "in.safetensors"
+    inp.write_bytes(struct.pack("<Q", len(header)) + header + data)
+    out = tmp_path / "out.safetensors"
+    rc, so, se, _ = disarm(inp, out, report=tmp_path / "r.json")
+    ref = reference_accepts(inp)
+    assert (rc in (0, 1)) == ref, f"reference {'accepts' if ref else 'rejects'}\n" + explain(rc, so, se)
+    if ref:
+        assert reference_accepts(out)
+        from safetensors.torch import load_file
+
+        exp, got = load_file(str(inp)), load_file(str(out))
+        assert_faithful(exp, got)
