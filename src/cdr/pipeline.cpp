@@ -225,6 +225,7 @@ Status write_model(const model::Model& model, const std::string& output, const D
   switch (options.output_format) {
     case OutputFormat::safetensors: MCDR_TRY(formats::write_safetensors(model, out, r.findings)); break;
     case OutputFormat::npz: MCDR_TRY(formats::write_npz(model, out, r.findings)); break;
+    case OutputFormat::npy: MCDR_TRY(formats::write_npy(model, out, r.findings)); break;
     case OutputFormat::joblib:
     case OutputFormat::pickle: {
       formats::PickleWriteOptions po;

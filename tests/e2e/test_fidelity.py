@@ -198,3 +198,26 @@ def test_safetensors_header_acceptance_matches_the_reference(tmp_path, case):
 
         exp, got = load_file(str(inp)), load_file(str(out))
         assert_faithful(exp, got)
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. an .npy output is an .npy (not a torch checkpoint named .npy)
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("make", [
+    lambda np: np.arange(24, dtype="<f4").reshape(2, 3, 4),
+    lambda np: np.asfortranarray(np.arange(6, dtype="<i8").reshape(2, 3)),
+    lambda np: np.array(7, dtype="<u2"),
+    lambda np: np.array([1 + 2j, -3j], dtype="<c16"),
+    lambda np: np.array([True, False]),
+    lambda np: np.arange(4, dtype=">i4"),
+], ids=["f4_3d", "i8_fortran", "u2_0dim", "c16", "bool", "i4_big_endian"])
+def test_npy_output_stays_npy(tmp_path, make):
+    np = pytest.importorskip("numpy")
+    arr = make(np)
+    inp = tmp_path / "x.npy"
+    np.save(inp, arr, allow_pickle=False)
+    out, rc, report = disarm_ok(tmp_path, inp, out_name="y.npy")
+    got = np.load(out, allow_pickle=False)
+    assert isinstance(got, np.ndarray)
+    assert got.dtype == arr.dtype.newbyteorder("<") and got.shape == arr.shape
+    assert got.tobytes() == np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"))).tobytes()
