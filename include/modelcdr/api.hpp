@@ -46,7 +46,7 @@ struct ScanOptions {
 enum class CompatTarget { torch2, torch1_13 };
 // What disarm writes: a PyTorch zip checkpoint (default), a safetensors file, or a NumPy .npz.
 enum class OutputFormat { pt, safetensors, npz,
-  joblib, pickle };  // joblib/pickle: for models lifted from pickle/joblib inputs (registry objects, numpy arrays)
+  joblib, pickle, npy };  // npy: a single array (.npy in, .npy out)  // joblib/pickle: for models lifted from pickle/joblib inputs (registry objects, numpy arrays)
 
 struct DisarmOptions {
   CompatTarget compat = CompatTarget::torch2;

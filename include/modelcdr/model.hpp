@@ -93,8 +93,14 @@ enum class ValueKind : uint8_t {
   object,       // instance of a vetted registry class: `class_id`, constructor `items`, `state`
 };
 
+// A torch value type that is plain data plus a type the output may name (torch 2.x's
+// weights_only loader constructs both): a tuple of ints that is a torch.Size, a string that is
+// a torch.device ("cuda:0"). Writers that cannot name the type write the plain value (reported).
+enum class TorchType : uint8_t { none, size, device };
+
 struct Value {
   ValueKind kind = ValueKind::none;
+  TorchType torch_type = TorchType::none;  // tuple: torch.Size; string: torch.device
   bool b = false;
   bool fortran_order = false;       // ndarray: bytes are in Fortran (column-major) order
   int64_t i = 0;

@@ -1,6 +1,7 @@
 #include "cdr/lifter.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstring>
 #include <unordered_map>
@@ -23,6 +24,7 @@ using model::Model;
 using model::Tensor;
 using model::TensorId;
 using model::TensorKind;
+using model::TorchType;
 using model::Value;
 using model::ValueId;
 using model::ValueKind;
@@ -98,6 +100,14 @@ class Lifter {
     if (id == kNoNode) return nullptr;
     const Node& n = at(id);
     return n.kind == NodeKind::Tuple ? &n.items : nullptr;
+  }
+
+  // An (key, value) item of a mapping constructor: a 2-tuple, or a 2-element list, as Python 2's
+  // OrderedDict.__reduce__ wrote them (CPython accepts any pair).
+  const std::vector<NodeId>* pair_items(NodeId id) const {
+    const Node& n = at(id);
+    if (n.kind != NodeKind::Tuple && n.kind != NodeKind::List) return nullptr;
+    return n.items.size() == 2 ? &n.items : nullptr;
   }
 
   std::optional<int64_t> as_int(NodeId id) const {
@@ -496,8 +506,8 @@ class Lifter {
         MCDR_TRY(add_entries(a, v, depth));
       } else if (a.kind == NodeKind::List || a.kind == NodeKind::Tuple) {
         for (NodeId pair : a.items) {
-          auto* kv = tuple_items(pair);
-          if (!kv || kv->size() != 2) {
+          auto* kv = pair_items(pair);
+          if (!kv) {
             note(Severity::high, "cdr.dropped", "mapping item that is not a pair removed", at(pair).offset);
             continue;
           }
@@ -538,10 +548,21 @@ class Lifter {
     return ok_status();
   }
 
+  // torch.Size((ints...)): kept as a Size (its own value, so that the plain tuple it was built
+  // from stays a tuple). A Size of anything but ints would not load: it is written as a tuple.
   Result<ValueId> size_call(const Node& n, const std::vector<NodeId>& args, uint32_t depth) {
     if (args.size() != 1 || at(args[0]).kind != NodeKind::Tuple)
       return dropped(n, "torch.Size", "argument is not a tuple");
-    return lift(args[0], depth + 1);
+    MCDR_ASSIGN(ValueId inner, lift(args[0], depth + 1));
+    Value v = m_.values[inner];
+    bool ints = v.kind == ValueKind::tuple;
+    for (ValueId c : v.items) ints = ints && m_.values[c].kind == ValueKind::integer;
+    if (!ints) {
+      note(Severity::low, "cdr.converted", "torch.Size of non-integers written as a tuple", n.offset);
+      return inner;
+    }
+    v.torch_type = TorchType::size;
+    return m_.add(std::move(v));
   }
 
   Result<ValueId> codecs_encode(const Node& n, const std::vector<NodeId>& args) {
@@ -604,15 +625,40 @@ class Lifter {
     return dropped(n, "call of builtins." + name, "not a recognised data constructor", s);
   }
 
+  // torch.device(type) / torch.device(type, index): kept as a device when the type is a plain
+  // identifier and the index a small int (torch rejects anything else at load), else a string.
   Result<ValueId> device_call(const Node& n, const std::vector<NodeId>& args) {
-    if (args.empty() || !as_text(args[0])) return dropped(n, "torch.device", "unexpected arguments");
+    if (args.empty() || args.size() > 2 || !as_text(args[0])) return dropped(n, "torch.device", "unexpected arguments");
     std::string s = *as_text(args[0]);
-    if (args.size() == 2 && as_int(args[1])) s += ":" + std::to_string(*as_int(args[1]));
-    note(Severity::low, "cdr.converted", "torch.device written as the string '" + s + "'", n.offset);
+    auto index = args.size() == 2 ? as_int(args[1]) : std::nullopt;
+    if (args.size() == 2 && !index && at(args[1]).kind != NodeKind::None)
+      return dropped(n, "torch.device", "the index is not an integer");
+    if (index) s += ":" + std::to_string(*index);
     Value v;
     v.kind = ValueKind::string;
     v.text = s;
+    if (plain_device_text(s)) {
+      v.torch_type = TorchType::device;
+    } else {
+      note(Severity::low, "cdr.converted", "torch.device written as the string '" + s + "'", n.offset);
+    }
     return m_.add(std::move(v));
+  }
+
+  // "cpu", "cuda:0", "privateuseone:3": lower-case letters/digits/underscores, an optional
+  // ":<index>" of at most 6 digits.
+  static bool plain_device_text(const std::string& s) {
+    size_t colon = s.find(':');
+    std::string type = s.substr(0, colon);
+    if (type.empty() || type.size() > 32 || !std::islower(static_cast<unsigned char>(type[0]))) return false;
+    for (unsigned char c : type)
+      if (!std::islower(c) && !std::isdigit(c) && c != '_') return false;
+    if (colon == std::string::npos) return true;
+    std::string idx = s.substr(colon + 1);
+    if (idx.empty() || idx.size() > 6) return false;
+    for (unsigned char c : idx)
+      if (!std::isdigit(c)) return false;
+    return true;
   }
 
   Result<ValueId> path_call(const Node& n, const std::vector<NodeId>& args, char sep) {

@@ -214,6 +214,24 @@ Result<LoadedModelPtr> load_model_impl(const std::string& input, const DisarmOpt
 }
 }  // namespace
 
+// torch.Size and torch.device values are written as such only into a torch 2.x checkpoint
+// (1.13's weights_only loader knows torch.Size but not torch.device); every other output
+// holds the plain tuple or string, which is a conversion the report names.
+void report_torch_types(const model::Model& m, const DisarmOptions& options, FileReport& r) {
+  bool pt = options.output_format == OutputFormat::pt;
+  bool keeps_device = pt && options.compat != CompatTarget::torch1_13;
+  size_t sizes = 0, devices = 0;
+  for (const auto& v : m.values) {
+    sizes += v.torch_type == model::TorchType::size && !pt;
+    devices += v.torch_type == model::TorchType::device && !keeps_device;
+  }
+  const char* why = pt ? " (torch 1.13's weights_only loader has no torch.device)" : " (this output format has no such type)";
+  if (sizes)
+    add_finding(r.findings, Severity::low, "cdr.converted", std::to_string(sizes) + " torch.Size value(s) written as tuples" + why);
+  if (devices)
+    add_finding(r.findings, Severity::low, "cdr.converted", std::to_string(devices) + " torch.device value(s) written as strings" + why);
+}
+
 Status check_input_unchanged(const LoadedModel& loaded) {
   if (!loaded.input.file.changed()) return ok_status();
   return make_error("io.input-changed",
@@ -222,10 +240,12 @@ Status check_input_unchanged(const LoadedModel& loaded) {
 
 Status write_model(const model::Model& model, const std::string& output, const DisarmOptions& options, FileReport& r,
                    const LoadedModel* source) {
+  report_torch_types(model, options, r);
   MCDR_ASSIGN(io::AtomicOutput out, io::AtomicOutput::create(output, options.fsync, options.force));
   switch (options.output_format) {
     case OutputFormat::safetensors: MCDR_TRY(formats::write_safetensors(model, out, r.findings)); break;
     case OutputFormat::npz: MCDR_TRY(formats::write_npz(model, out, r.findings)); break;
+    case OutputFormat::npy: MCDR_TRY(formats::write_npy(model, out, r.findings)); break;
     case OutputFormat::joblib:
     case OutputFormat::pickle: {
       formats::PickleWriteOptions po;

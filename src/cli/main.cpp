@@ -220,6 +220,7 @@ int disarm_main(const std::string& in, const std::string& out, const std::string
 std::optional<OutputFormat> pick_format(const std::string& to, bool to_given, const std::string& out, bool folder) {
   OutputFormat given = to == "safetensors" ? OutputFormat::safetensors
                        : to == "npz"       ? OutputFormat::npz
+                       : to == "npy"       ? OutputFormat::npy
                        : to == "joblib"    ? OutputFormat::joblib
                        : to == "pickle"    ? OutputFormat::pickle
                                            : OutputFormat::pt;
@@ -288,9 +289,9 @@ static int run_cli(int argc, char** argv) {
   disarm->add_option("--compat", compat, "loader to target: torch2 (default) or torch1.13")
       ->check(CLI::IsMember({"torch2", "torch1.13"}));
   disarm->add_option("--to", to,
-                     "output format: pt (default), safetensors, npz (arrays only), or joblib / pickle (pickle and "
+                     "output format: pt (default), safetensors, npz (arrays only), npy (one array), or joblib / pickle (pickle and "
                      "joblib inputs: numpy arrays and vetted scikit-learn objects, docs/REGISTRY.md)")
-      ->check(CLI::IsMember({"pt", "safetensors", "npz", "joblib", "pickle"}));
+      ->check(CLI::IsMember({"pt", "safetensors", "npz", "npy", "joblib", "pickle"}));
   disarm->add_option("--jobs,-j", jobs, "files disarmed in parallel (folder input)")->check(CLI::Range(1u, 256u));
   disarm->add_flag("--copy-other", copy_other_files,
                    "copy non-model files proven inert: text, JSON, PNG/JPEG/GIF/WebP (folder input; docs/CLI.md)");

@@ -46,7 +46,11 @@ bool looks_like_safetensors(std::span<const uint8_t> b, uint64_t file_size) {
   if (b.size() < 9) return false;
   uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(b[i]) << (8 * i);
-  return n > 1 && n <= 100'000'000 && n + 8 <= file_size && b[8] == '{';
+  if (n <= 1 || n > 100'000'000 || n + 8 > file_size) return false;
+  // JSON may start with whitespace (the reference reader accepts it): skip it within the header.
+  size_t i = 8;
+  while (i < b.size() && i < 8 + n && std::strchr(" \t\r\n", b[i]) && b[i] != 0) ++i;
+  return i < b.size() && b[i] == '{';
 }
 
 // The first byte of a pickle stream: PROTO, or one of the opcodes that start a protocol 0/1

@@ -35,6 +35,7 @@ const char* default_ext(OutputFormat f) {
   switch (f) {
     case OutputFormat::safetensors: return ".safetensors";
     case OutputFormat::npz: return ".npz";
+    case OutputFormat::npy: return ".npy";
     case OutputFormat::joblib: return ".joblib";
     case OutputFormat::pickle: return ".pkl";
     case OutputFormat::pt: return ".pt";
@@ -52,6 +53,7 @@ std::optional<OutputFormat> format_for_name(const std::string& name) {
   std::string n = strip_compression(name);
   if (ends_with(n, ".safetensors")) return OutputFormat::safetensors;
   if (ends_with(n, ".npz")) return OutputFormat::npz;
+  if (ends_with(n, ".npy")) return OutputFormat::npy;
   if (ends_with(n, ".joblib")) return OutputFormat::joblib;
   if (ends_with(n, ".pkl") || ends_with(n, ".pickle")) return OutputFormat::pickle;
   for (std::string_view e : {".pt", ".pth", ".bin", ".ckpt"})
@@ -63,6 +65,7 @@ const char* format_flag(OutputFormat f) {
   switch (f) {
     case OutputFormat::safetensors: return "safetensors";
     case OutputFormat::npz: return "npz";
+    case OutputFormat::npy: return "npy";
     case OutputFormat::joblib: return "joblib";
     case OutputFormat::pickle: return "pickle";
     case OutputFormat::pt: return "pt";

@@ -3,6 +3,7 @@
 // and a newline to a 64-byte boundary), data in C order. Only numeric dtypes numpy has; no
 // object arrays (they would need pickle), so non-tensor data is reported as dropped.
 #include <algorithm>
+#include <functional>
 #include <set>
 
 #include "container/zip_writer.hpp"
@@ -64,6 +65,51 @@ std::string npy_header_text(const char* descr, const std::vector<int64_t>& shape
   return s;
 }
 
+namespace {
+// Magic, version 1.0, header length and header of one .npy.
+Result<std::string> npy_prefix(const char* descr, const std::vector<int64_t>& shape) {
+  std::string header = npy_header_text(descr, shape);
+  if (header.size() > 0xffff) return make_error("convert.npy-header", "npy header too long for version 1.0");
+  std::string prefix = std::string("\x93NUMPY\x01\x00", 8);
+  prefix.push_back(static_cast<char>(header.size() & 0xff));
+  prefix.push_back(static_cast<char>(header.size() >> 8));
+  return prefix + header;
+}
+
+// The prefix, then the tensor's elements in C order.
+Status write_npy_body(const model::Model& m, const model::Tensor& t, const std::string& name, const std::string& prefix,
+                      const std::function<Status(std::span<const uint8_t>)>& sink) {
+  MCDR_TRY(sink(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(prefix.data()), prefix.size())));
+  uint64_t written = 0;
+  MCDR_TRY(stream_tensor(m, t, [&](std::span<const uint8_t> chunk) {
+    written += chunk.size();
+    return sink(chunk);
+  }));
+  if (written != tensor_nbytes(t)) return make_error("convert.bad-view", "tensor '" + name + "' streamed a wrong byte count");
+  return ok_status();
+}
+}  // namespace
+
+Status write_npy(const model::Model& m, io::AtomicOutput& out, Findings& findings) {
+  MCDR_ASSIGN(FlatModel flat, flatten_model(m, "npy", findings));
+  for (const auto& [k, v] : flat.extra)
+    add_finding(findings, Severity::low, "convert.dropped", "'" + k + "' dropped: npy holds one array only (non-tensor data)");
+  if (!m.file_metadata.empty())
+    add_finding(findings, Severity::low, "convert.dropped", "file metadata dropped: npy has no metadata");
+  if (flat.tensors.size() != 1)
+    return make_error("convert.npy-arrays", "an .npy file holds exactly one array; this model has " +
+                                                std::to_string(flat.tensors.size()) + " (write .npz instead)");
+  const auto& nt = flat.tensors.front();
+  const model::Tensor& t = m.tensors[nt.tensor];
+  const char* descr = npy_descr(t.dtype);
+  if (!descr)
+    return make_error("convert.npy-dtype", std::string("dtype ") + model::dtype_info(t.dtype).name + " has no NumPy form");
+  if (!is_c_contiguous(t))
+    add_finding(findings, Severity::info, "convert.made-contiguous", "the array was not contiguous; written in C order");
+  MCDR_ASSIGN(std::string prefix, npy_prefix(descr, t.shape));
+  return write_npy_body(m, t, nt.name, prefix, [&](std::span<const uint8_t> b) { return out.write(b); });
+}
+
 Status write_npz(const model::Model& m, io::AtomicOutput& out, Findings& findings) {
   MCDR_ASSIGN(FlatModel flat, flatten_model(m, "npz", findings));
   for (const auto& [k, v] : flat.extra)
@@ -87,21 +133,10 @@ Status write_npz(const model::Model& m, io::AtomicOutput& out, Findings& finding
     }
     if (!is_c_contiguous(t))
       add_finding(findings, Severity::info, "convert.made-contiguous", "tensor '" + nt.name + "' was not contiguous; written in C order");
-    std::string header = npy_header_text(descr, t.shape);
+    MCDR_ASSIGN(std::string prefix, npy_prefix(descr, t.shape));
     uint64_t nbytes = tensor_nbytes(t);
-    std::string prefix = std::string("\x93NUMPY\x01\x00", 8);
-    prefix.push_back(static_cast<char>(header.size() & 0xff));
-    prefix.push_back(static_cast<char>(header.size() >> 8));
-    prefix += header;
-    if (header.size() > 0xffff) return make_error("convert.npy-header", "npy header too long for version 1.0");
     MCDR_TRY(zip.begin_entry(member, prefix.size() + nbytes));
-    MCDR_TRY(zip.write_payload(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(prefix.data()), prefix.size())));
-    uint64_t written = 0;
-    MCDR_TRY(stream_tensor(m, t, [&](std::span<const uint8_t> chunk) {
-      written += chunk.size();
-      return zip.write_payload(chunk);
-    }));
-    if (written != nbytes) return make_error("convert.bad-view", "tensor '" + nt.name + "' streamed a wrong byte count");
+    MCDR_TRY(write_npy_body(m, t, nt.name, prefix, [&](std::span<const uint8_t> b) { return zip.write_payload(b); }));
     MCDR_TRY(zip.end_entry());
   }
   // numpy sniffs an npz by its first local header: an archive without members is not one.

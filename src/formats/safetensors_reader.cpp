@@ -1,7 +1,7 @@
 // safetensors input (FORMATS.md §6), validated more strictly than the reference reader:
 // header length capped and in bounds, header a UTF-8 JSON object (padding: spaces only),
 // no duplicate keys at any level (nlohmann keeps the last duplicate silently, so a parse
-// callback watches every key), `__metadata__` a map of strings, known dtype strings, shapes
+// callback watches every key), `__metadata__` a map of strings (or null, as the reference allows), known dtype strings, shapes
 // and offsets unsigned integers, data_offsets contiguous from 0 in offset order (no gaps, no
 // overlap), END - BEGIN == numel x element size (overflow-checked), and the last END exactly
 // at the end of the file. Tensors are spans of the mapped input; metadata values are data,
@@ -81,7 +81,9 @@ Result<ParsedModel> read_safetensors(std::span<const uint8_t> file, const ReadOp
   MCDR_ASSIGN(std::string_view header, c.take_view(n));
   const uint64_t data_start = c.pos();
   auto buffer = file.subspan(data_start);
-  if (header.empty() || header.front() != '{')
+  // JSON whitespace may precede the object (the reference reader's serde_json accepts it).
+  size_t first = header.find_first_not_of(" \t\r\n");
+  if (first == std::string_view::npos || header[first] != '{')
     return make_error("safetensors.bad-header", "header does not start with '{'", 8);
 
   // Padding: JSON whitespace is tolerated by JSON parsers, but writers pad with spaces only.
@@ -89,6 +91,9 @@ Result<ParsedModel> read_safetensors(std::span<const uint8_t> file, const ReadOp
   while (end > 0 && header[end - 1] == ' ') --end;
   if (end < header.size() && header.find_first_of("\t\r\n", end) != std::string_view::npos)
     add_finding(parsed.findings, Severity::low, "safetensors.header-padding", "header padding is not plain spaces", "", 8 + end);
+  // A raw NUL is never valid JSON (the reference reader rejects it); a parser may stop there.
+  if (header.find('\0') != std::string_view::npos)
+    return make_error("safetensors.bad-json", "header holds a NUL byte (not valid JSON)", 8 + header.find('\0'));
   // One bounded SAX pass (depth, element count, duplicate keys at any level) that builds a DOM
   // with std::map objects; tensors are taken in the header's order, recorded by the pass.
   io::JsonLimits jl;
@@ -116,6 +121,7 @@ Result<ParsedModel> read_safetensors(std::span<const uint8_t> file, const ReadOp
   for (const std::string& name : shape.root_keys) {
     const json& v = doc.find(name).value();
     if (name == "__metadata__") {
+      if (v.is_null()) continue;  // the reference reader's Option<HashMap>: null is no metadata
       if (!v.is_object()) return make_error("safetensors.bad-metadata", "__metadata__ is not an object", 8);
       for (auto m = v.begin(); m != v.end(); ++m) {
         if (!m.value().is_string())

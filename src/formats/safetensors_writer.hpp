@@ -47,5 +47,7 @@ Status write_safetensors(const model::Model& m, io::AtomicOutput& out, Findings&
 // The .npy header numpy writes for a C-ordered array (64-byte aligned, version 1.0).
 std::string npy_header_text(const char* descr, const std::vector<int64_t>& shape);
 Status write_npz(const model::Model& m, io::AtomicOutput& out, Findings& findings);
+// A single array as a bare .npy (what an .npy input holds); more than one array is an error.
+Status write_npy(const model::Model& m, io::AtomicOutput& out, Findings& findings);
 
 }  // namespace modelcdr::formats

@@ -80,10 +80,21 @@ class DataPklEmitter {
       case ValueKind::big_integer: e_.long1(v.text); return;
       case ValueKind::floating: floating(v.f); return;
       case ValueKind::complex: complex(v.f, v.imag); return;
-      case ValueKind::string: e_.unicode(v.text); return;
+      case ValueKind::string:
+        if (v.torch_type != model::TorchType::device || compat13()) {
+          e_.unicode(v.text);  // (compat: 1.13's loader has no torch.device; the pipeline reports it)
+          return;
+        }
+        typed_call(EmitGlobal::torch_device, [&] { e_.unicode(v.text); });
+        break;
       case ValueKind::bytes: bytes(v.text); break;
       case ValueKind::list: list(id, v.items); return;
-      case ValueKind::tuple: tuple(v.items); break;
+      case ValueKind::tuple:
+        if (v.torch_type == model::TorchType::size)
+          typed_call(EmitGlobal::torch_size, [&] { tuple(v.items); });
+        else
+          tuple(v.items);
+        break;
       case ValueKind::dict: dict(id, v, false); return;
       case ValueKind::ordered_dict: dict(id, v, true); return;
       case ValueKind::set: set(id, v.items); return;
@@ -100,6 +111,15 @@ class DataPklEmitter {
       case ValueKind::object: value(v.state); return;           // its state dict
     }
     memo_[id] = e_.put();
+  }
+
+  // GLOBAL <type>, (<one argument>,), REDUCE: torch.Size(tuple) and torch.device(str).
+  template <class EmitArg>
+  void typed_call(EmitGlobal type, EmitArg emit_arg) {
+    e_.global(type);
+    emit_arg();
+    e_.tuple_n(1);
+    e_.reduce();
   }
 
   void floating(double f) {
@@ -469,7 +489,8 @@ bool emit_vocabulary(const pickle::Node& g) {
       {"torch.serialization", "_get_layout"}, {"torch", "Size"},
       {"torch", "per_tensor_affine"},         {"torch", "per_channel_affine"},
       {"torch.storage", "UntypedStorage"},    {"_codecs", "encode"},
-      {"builtins", "set"},                    {"builtins", "complex"}};
+      {"builtins", "set"},                    {"builtins", "complex"},
+      {"torch", "device"}};
   for (auto [m, n] : allowed)
     if (g.text == m && g.name == n) return true;
   if (g.text != "torch") return false;

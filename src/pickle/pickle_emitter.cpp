@@ -15,6 +15,7 @@ const char* global_text(EmitGlobal g) {
     case EmitGlobal::rebuild_sparse_tensor: return "torch._utils\n_rebuild_sparse_tensor\n";
     case EmitGlobal::get_layout: return "torch.serialization\n_get_layout\n";
     case EmitGlobal::torch_size: return "torch\nSize\n";
+    case EmitGlobal::torch_device: return "torch\ndevice\n";
     case EmitGlobal::per_tensor_affine: return "torch\nper_tensor_affine\n";
     case EmitGlobal::per_channel_affine: return "torch\nper_channel_affine\n";
     case EmitGlobal::untyped_storage: return "torch.storage\nUntypedStorage\n";

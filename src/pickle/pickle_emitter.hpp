@@ -20,6 +20,7 @@ enum class EmitGlobal : uint8_t {
   rebuild_sparse_tensor, // torch._utils _rebuild_sparse_tensor
   get_layout,            // torch.serialization _get_layout
   torch_size,            // torch Size
+  torch_device,          // torch device (torch 2.x; an inert value: a device type and index)
   per_tensor_affine,     // torch per_tensor_affine
   per_channel_affine,    // torch per_channel_affine
   untyped_storage,       // torch.storage UntypedStorage

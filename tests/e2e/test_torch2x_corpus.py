@@ -55,9 +55,6 @@ EXPECT_RC = {
 
 # Content modelcdr does not rebuild faithfully yet (a later issue covers fidelity).
 FIDELITY = {
-    PREFIX + "torch2_misc_values.pt":
-        "fidelity: torch.device is not in the emitter's vocabulary, so it is written as the string "
-        "'cpu' (cdr.converted, exit 1), although torch 2.x's weights_only loader accepts torch.device",
     PREFIX + "torch2_sparse.pt":
         "fidelity: sparse CSR tensors are dropped (cdr.dropped, exit 1); only sparse COO is rebuilt",
 }

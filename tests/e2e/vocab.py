@@ -68,7 +68,8 @@ TORCH2_ONLY_GLOBALS = frozenset(
      ("builtins", "set"), ("builtins", "complex"), ("builtins", "bytearray"),
      ("__builtin__", "set"), ("__builtin__", "complex"), ("__builtin__", "bytearray"),
      ("torch.storage", "UntypedStorage"),
-     ("torch._utils", "_rebuild_tensor_v3")}
+     ("torch._utils", "_rebuild_tensor_v3"),
+     ("torch", "device")}
     | {("torch", d) for d in DTYPES_2X}
 )
 
@@ -455,6 +456,7 @@ def torch_globals_map():
     if hasattr(tu, "_rebuild_tensor_v3"):
         gm["torch._utils _rebuild_tensor_v3"] = tu._rebuild_tensor_v3
     gm["torch Size"] = torch.Size
+    gm["torch device"] = torch.device
     gm["torch.serialization _get_layout"] = ts._get_layout
     for q in ("per_tensor_affine", "per_channel_affine"):
         gm[f"torch {q}"] = getattr(torch, q)
