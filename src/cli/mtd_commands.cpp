@@ -54,6 +54,18 @@ int error_exit(const std::string& what, const Error& e) {
   return 2;
 }
 
+// --sign SECRET: the signing key, kept alive in `keep`. Returns an exit code on error, -1 when done.
+int load_signer(const MtdArgs& a, const mtd::KeyFile*& signer, std::vector<std::unique_ptr<mtd::KeyFile>>& keep) {
+  if (a.sign.empty()) return -1;
+  auto k = mtd::read_key_file(a.sign);
+  if (!k.ok()) return error_exit("--sign", k.error());
+  if (!k->has_ed25519_secret) return usage("--sign " + a.sign + ": no ed25519-secret key (give the .key file)");
+  warn_if_exposed(a.sign, *k);
+  keep.push_back(std::make_unique<mtd::KeyFile>(std::move(*k)));
+  signer = keep.back().get();
+  return -1;
+}
+
 Result<std::string> read_passphrase(const std::string& path) {
   MCDR_ASSIGN(std::string s, mtd::read_small_file(path, 64 << 10));
   auto nl = s.find_first_of("\r\n");
@@ -249,14 +261,7 @@ int protect_main(const MtdArgs& a) {
     if (!k->has_x25519) return usage("--recipient " + f + ": no x25519-public key");
     o.seal.recipients.push_back(k->x25519_public);
   }
-  if (!a.sign.empty()) {
-    auto k = mtd::read_key_file(a.sign);
-    if (!k.ok()) return error_exit("--sign", k.error());
-    if (!k->has_ed25519_secret) return usage("--sign " + a.sign + ": no ed25519-secret key (give the .key file)");
-    warn_if_exposed(a.sign, *k);
-    keep.push_back(std::make_unique<mtd::KeyFile>(std::move(*k)));
-    o.seal.signer = keep.back().get();
-  }
+  if (int rc = load_signer(a, o.seal.signer, keep); rc >= 0) return rc;
   if (!a.recipients_dir.empty()) {
     int rc = protect_copies_main(a, o);
     for (auto& p : o.seal.passphrases) sodium_memzero(p.data(), p.size());
@@ -509,14 +514,7 @@ int map_change_main(const MtdArgs& a, bool add) {
       ro.remove_fingerprints.push_back(*fp);
     }
   }
-  if (!a.sign.empty()) {
-    auto k = mtd::read_key_file(a.sign);
-    if (!k.ok()) return error_exit("--sign", k.error());
-    if (!k->has_ed25519_secret) return usage("--sign " + a.sign + ": no ed25519-secret key (give the .key file)");
-    warn_if_exposed(a.sign, *k);
-    keep.push_back(std::make_unique<mtd::KeyFile>(std::move(*k)));
-    ro.signer = keep.back().get();
-  }
+  if (int rc = load_signer(a, ro.signer, keep); rc >= 0) return rc;
   if (!a.output.empty() && io::path_exists(a.output)) return usage(cmd + ": " + a.output + " already exists");
   auto sealed = read_map_file(a.map);
   if (!sealed.ok()) return error_exit(cmd, sealed.error());
