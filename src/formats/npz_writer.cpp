@@ -88,14 +88,19 @@ Status write_npy_body(const model::Model& m, const model::Tensor& t, const std::
   if (written != tensor_nbytes(t)) return make_error("convert.bad-view", "tensor '" + name + "' streamed a wrong byte count");
   return ok_status();
 }
+// NumPy files hold arrays only: every non-tensor value and the file metadata are reported as dropped.
+void report_dropped_data(const model::Model& m, const FlatModel& flat, const std::string& why, const std::string& fmt,
+                         Findings& findings) {
+  for (const auto& [k, v] : flat.extra)
+    add_finding(findings, Severity::low, "convert.dropped", "'" + k + "' dropped: " + why + " (non-tensor data)");
+  if (!m.file_metadata.empty())
+    add_finding(findings, Severity::low, "convert.dropped", "file metadata dropped: " + fmt + " has no metadata");
+}
 }  // namespace
 
 Status write_npy(const model::Model& m, io::AtomicOutput& out, Findings& findings) {
   MCDR_ASSIGN(FlatModel flat, flatten_model(m, "npy", findings));
-  for (const auto& [k, v] : flat.extra)
-    add_finding(findings, Severity::low, "convert.dropped", "'" + k + "' dropped: npy holds one array only (non-tensor data)");
-  if (!m.file_metadata.empty())
-    add_finding(findings, Severity::low, "convert.dropped", "file metadata dropped: npy has no metadata");
+  report_dropped_data(m, flat, "npy holds one array only", "npy", findings);
   if (flat.tensors.size() != 1)
     return make_error("convert.npy-arrays", "an .npy file holds exactly one array; this model has " +
                                                 std::to_string(flat.tensors.size()) + " (write .npz instead)");
@@ -112,10 +117,7 @@ Status write_npy(const model::Model& m, io::AtomicOutput& out, Findings& finding
 
 Status write_npz(const model::Model& m, io::AtomicOutput& out, Findings& findings) {
   MCDR_ASSIGN(FlatModel flat, flatten_model(m, "npz", findings));
-  for (const auto& [k, v] : flat.extra)
-    add_finding(findings, Severity::low, "convert.dropped", "'" + k + "' dropped: npz holds arrays only (non-tensor data)");
-  if (!m.file_metadata.empty())
-    add_finding(findings, Severity::low, "convert.dropped", "file metadata dropped: npz has no metadata");
+  report_dropped_data(m, flat, "npz holds arrays only", "npz", findings);
   container::ZipWriter zip(out);
   std::set<std::string> members;
   for (const auto& nt : flat.tensors) {

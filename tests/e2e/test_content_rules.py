@@ -46,6 +46,20 @@ def rewrite_zip(src, dst, edit=lambda name, data: data, extra=()):
             zo.writestr(name, data)
 
 
+def rename_pickled_key(src, dst, old, new):
+    """Re-pack a torch zip with the one BINUNICODE string `old` in data.pkl renamed to `new` (same length)."""
+    assert len(old) == len(new)
+
+    def edit(name, data):
+        if name.endswith("/data.pkl"):
+            key = b"X" + struct.pack("<I", len(old)) + old.encode()
+            assert data.count(key) == 1
+            return data.replace(key, b"X" + struct.pack("<I", len(new)) + new.encode())
+        return data
+
+    rewrite_zip(src, dst, edit)
+
+
 def corrupt_member(path, name, at=b""):
     """Flip one data byte of a stored member (the last byte of `at` in it, else its first byte) so
     its CRC no longer matches; the directory is untouched."""
@@ -101,14 +115,7 @@ def dup_key_checkpoint(tmp_path):
     torch.save(collections.OrderedDict([("w", torch.zeros(2)), ("x", torch.ones(2))]), src)
     dup = tmp_path / "dup.pt"
 
-    def edit(name, data):
-        if name.endswith("/data.pkl"):
-            key = b"X\x01\x00\x00\x00x"
-            assert data.count(key) == 1
-            return data.replace(key, b"X\x01\x00\x00\x00w")
-        return data
-
-    rewrite_zip(src, dup, edit)
+    rename_pickled_key(src, dup, "x", "w")
     src.unlink()
     return dup
 
@@ -178,14 +185,7 @@ def test_duplicate_parameter_in_whole_model(tmp_path):
     torch.save(m, src)
     dup = tmp_path / "dup.pt"
 
-    def edit(name, data):
-        if name.endswith("/data.pkl"):
-            key = b"X\x06\x00\x00\x00weighu"
-            assert data.count(key) == 1
-            return data.replace(key, b"X\x06\x00\x00\x00weight")
-        return data
-
-    rewrite_zip(src, dup, edit)
+    rename_pickled_key(src, dup, "weighu", "weight")
     out = tmp_path / "out.pt"
     rc, so, se, _ = disarm(dup, out)
     assert rc == 1, explain(rc, so, se)
