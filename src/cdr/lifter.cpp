@@ -525,7 +525,7 @@ class Lifter {
     return m_.add(std::move(v));
   }
 
-  // BUILD on an OrderedDict: torch state dicts carry `_metadata` this way (FORMATS.md §2.7).
+  // BUILD on an OrderedDict: torch state dicts carry `_metadata` this way (docs/FORMATS.md §2.7).
   Status apply_dict_state(const Node& n, NodeId state_id, Value& v, uint32_t depth) {
     const Node& st = at(state_id);
     if (st.kind != NodeKind::Dict || v.kind != ValueKind::ordered_dict) {
@@ -1226,7 +1226,7 @@ class Lifter {
       if (auto s = as_text(c)) out.insert(*s);
   }
 
-  // ---- tar format (FORMATS.md §3.3) ------------------------------------------------------
+  // ---- tar format (docs/FORMATS.md §3.3) ------------------------------------------------------
   Result<ValueId> tar_tensor(NodeId id) {
     const Node& n = at(id);
     const Node& k = at(n.items[0]);

@@ -29,7 +29,7 @@ using StorageResolver = std::function<Result<model::Storage>(const StorageReques
 
 class ClassRegistry;
 
-// A tensor record of PyTorch's pre-0.1.10 tar format (FORMATS.md §3.3), addressed in the
+// A tensor record of PyTorch's pre-0.1.10 tar format (docs/FORMATS.md §3.3), addressed in the
 // object pickle by a persistent id that is its key.
 struct TarTensor {
   std::string storage_key;

@@ -1,5 +1,5 @@
 // Format sniffing, in one place. The decision follows what torch.load does for the same bytes
-// (FORMATS.md §0): a file that *starts* with a zip local header is a zip; otherwise the legacy
+// (docs/FORMATS.md §0): a file that *starts* with a zip local header is a zip; otherwise the legacy
 // magic-number pickle; otherwise tar (ustar magic at 257); otherwise a bare pickle. Files
 // that are none of these are named (7z, gzip, ...) only so the error message can say so.
 #pragma once

@@ -1,5 +1,5 @@
 // TarReader: a strict reader for the POSIX ustar/PAX archives of PyTorch's oldest checkpoint
-// format (FORMATS.md §3.3: members sys_info, pickle, storages, tensors). Python's tarfile --
+// format (docs/FORMATS.md §3.3: members sys_info, pickle, storages, tensors). Python's tarfile --
 // what torch.load uses -- quietly stops at a damaged header, follows links in extractfile()
 // and returns the *last* member of a duplicated name; each of those is a place where a
 // scanner and the loader could see different bytes, so each is a finding or an error here.

@@ -1,4 +1,4 @@
-// Byte layout mirrors PyTorch's miniz writer (FORMATS.md §2.3, §9): the same records, flags,
+// Byte layout mirrors PyTorch's miniz writer (docs/FORMATS.md §2.3, §9): the same records, flags,
 // descriptors and 'FB' alignment padding, so readers treat our output as a torch.save file.
 // One deliberate difference: large records copied from an input may carry more padding, to
 // keep their offset within a 64 KiB page-cache folio (see begin_entry).

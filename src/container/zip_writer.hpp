@@ -1,5 +1,5 @@
 // ZipWriter: writes stored (uncompressed) ZIP archives the way PyTorch's writer does (§2.3 of
-// FORMATS.md): 64-byte aligned data via an 'FB' padding extra field, flags 0x0808 with a data
+// docs/FORMATS.md): 64-byte aligned data via an 'FB' padding extra field, flags 0x0808 with a data
 // descriptor after each non-empty entry (so the CRC is computed while the payload streams
 // through, in one pass), zip64 records when any size/offset needs them, correct CRC-32
 // (libdeflate's accelerated crc32).

@@ -1,4 +1,4 @@
-// Bounded decompression of the stream codecs joblib writes (FORMATS.md §7.4): zlib, gzip,
+// Bounded decompression of the stream codecs joblib writes (docs/FORMATS.md §7.4): zlib, gzip,
 // bz2, xz, lzma-alone, lz4 frame, and joblib < 0.10's "ZF" + hex length + zlib. All decoding is
 // done by the codec libraries (zlib, libbz2, liblzma, liblz4); this file only drives them with
 // an output cap, so a decompression bomb ends in an error, never in an unbounded allocation.

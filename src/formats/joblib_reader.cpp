@@ -1,4 +1,4 @@
-// joblib files (FORMATS.md §7.4) and plain pickles of scikit-learn models. joblib's pickler
+// joblib files (docs/FORMATS.md §7.4) and plain pickles of scikit-learn models. joblib's pickler
 // writes each numpy array as a NumpyArrayWrapper object whose raw bytes follow its BUILD in
 // the same stream; the pickle machine calls our hook there, and the hook consumes exactly
 // what joblib's unpickler would read: [pad length byte, pad bytes] + numel x itemsize bytes,

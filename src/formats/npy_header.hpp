@@ -1,4 +1,4 @@
-// Strict parser for the NumPy .npy header (FORMATS.md §7.1).
+// Strict parser for the NumPy .npy header (docs/FORMATS.md §7.1).
 //
 // Why hand-written: numpy reads this header with ast.literal_eval, i.e. a Python expression
 // evaluator. We must not evaluate anything, and a general "Python literal" parser would accept

@@ -1,4 +1,4 @@
-// NumPy .npy and .npz inputs (FORMATS.md §7.1, §7.2). Numeric arrays become tensors whose
+// NumPy .npy and .npz inputs (docs/FORMATS.md §7.1, §7.2). Numeric arrays become tensors whose
 // payload is a span of the input (byte-swapped into an owned copy for big-endian data).
 // Object arrays carry a pickle after the header: it goes through the pickle machine, the
 // program scan and the lifter like any pickle, so the policy is the same as for checkpoints.

@@ -1,4 +1,4 @@
-// NumPy .npz writer (FORMATS.md §7.1-7.2): one stored `<name>.npy` member per tensor, each a
+// NumPy .npz writer (docs/FORMATS.md §7.1-7.2): one stored `<name>.npy` member per tensor, each a
 // version 1.0 .npy with a header numpy itself would write (the three keys, padded with spaces
 // and a newline to a 64-byte boundary), data in C order. Only numeric dtypes numpy has; no
 // object arrays (they would need pickle), so non-tensor data is reported as dropped.

@@ -66,12 +66,12 @@ Status read_torchscript_archive(std::span<const uint8_t> file, const container::
 Result<const container::ZipEntry*> find_storage_record(const container::ZipArchive& zip, const std::string& name,
                                                        uint64_t declared_nbytes, uint64_t pid_offset,
                                                        const std::string& pickle_entry);
-// PyTorch's pre-0.1.10 tar format (FORMATS.md §3.3; torch_tar_reader.cpp).
+// PyTorch's pre-0.1.10 tar format (docs/FORMATS.md §3.3; torch_tar_reader.cpp).
 Result<ParsedModel> read_torch_tar(std::span<const uint8_t> file, const ReadOptions& options);
 
-// safetensors (FORMATS.md §6): strict header validation; `__metadata__` kept as strings.
+// safetensors (docs/FORMATS.md §6): strict header validation; `__metadata__` kept as strings.
 Result<ParsedModel> read_safetensors(std::span<const uint8_t> file, const ReadOptions& options);
-// NumPy .npy / .npz (FORMATS.md §7.1-7.2). read_npz takes the already-parsed archive and its
+// NumPy .npy / .npz (docs/FORMATS.md §7.1-7.2). read_npz takes the already-parsed archive and its
 // zip findings (torch zip sniffing recognised the member names).
 Result<ParsedModel> read_npy(std::span<const uint8_t> file, const ReadOptions& options);
 Result<ParsedModel> read_npz(std::span<const uint8_t> file, const container::ZipArchive& zip, Findings findings,

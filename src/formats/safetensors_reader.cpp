@@ -1,4 +1,4 @@
-// safetensors input (FORMATS.md §6), validated more strictly than the reference reader:
+// safetensors input (docs/FORMATS.md §6), validated more strictly than the reference reader:
 // header length capped and in bounds, header a UTF-8 JSON object (padding: spaces only),
 // no duplicate keys at any level (nlohmann keeps the last duplicate silently, so a parse
 // callback watches every key), `__metadata__` a map of strings (or null, as the reference allows), known dtype strings, shapes

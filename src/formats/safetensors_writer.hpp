@@ -1,4 +1,4 @@
-// Writers for the flat tensor formats: safetensors (FORMATS.md §6) and NumPy .npz (§7.2).
+// Writers for the flat tensor formats: safetensors (docs/FORMATS.md §6) and NumPy .npz (§7.2).
 // Both flatten the Model IR into named tensors first (dict keys joined with '.', list items
 // by index; a bare tensor is "arr_0"). Tensors that share storage as the identical view are
 // written once, with the other names recorded as aliases (safetensors: `__metadata__`

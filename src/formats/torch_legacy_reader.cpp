@@ -1,4 +1,4 @@
-// PyTorch's legacy (non-zip) format (FORMATS.md §3.1): five concatenated pickles (magic
+// PyTorch's legacy (non-zip) format (docs/FORMATS.md §3.1): five concatenated pickles (magic
 // number, protocol version, sys_info, the object, the storage key list), then for each key in
 // list order an int64 element count and the raw storage bytes.
 #include <unordered_map>

@@ -1,4 +1,4 @@
-// PyTorch's pre-0.1.10 tar format (FORMATS.md §3.3): a POSIX tar with members sys_info (a
+// PyTorch's pre-0.1.10 tar format (docs/FORMATS.md §3.3): a POSIX tar with members sys_info (a
 // pickle dict), storages (count pickle; per storage a (key, location, storage class) pickle,
 // int64 element count and raw bytes; then a pickle list of views), tensors (count pickle; per
 // tensor a (key, storage key, tensor class) pickle, int32 ndim, 4 pad bytes, ndim int64 sizes,

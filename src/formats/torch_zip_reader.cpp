@@ -1,4 +1,4 @@
-// PyTorch zip checkpoints (FORMATS.md §2): archive/data.pkl + archive/data/<key> records.
+// PyTorch zip checkpoints (docs/FORMATS.md §2): archive/data.pkl + archive/data/<key> records.
 // TorchScript archives (a constants.pkl record, as torch.load decides) go to
 // torchscript_reader.cpp, which extracts their tensors. NumPy .npz archives are recognised by their member names.
 #include <algorithm>

@@ -128,7 +128,7 @@ class DataPklEmitter {
       return;
     }
     // torch 1.13's weights_only loader has no BINFLOAT: a 0-dim float64 tensor carries the
-    // exact value instead (FORMATS.md §5.4 item 5, option b).
+    // exact value instead (docs/FORMATS.md §5.4 item 5, option b).
     uint8_t raw[8];
     std::memcpy(raw, &f, 8);
     scalar_tensor(DType::f64, std::span<const uint8_t>(raw, 8), {});
@@ -240,7 +240,7 @@ class DataPklEmitter {
             },
             [&] { e_.setitems(); });
     if (ordered && v.metadata != model::kNoValue) {
-      // state-dict `_metadata`, applied with BUILD exactly as torch.save writes it (§2.7).
+      // state-dict `_metadata`, applied with BUILD exactly as torch.save writes it (docs/FORMATS.md §2.7).
       e_.empty_dict();
       e_.unicode("_metadata");
       value(v.metadata);

@@ -1,4 +1,4 @@
-// TorchScript archives (FORMATS.md §4): a program, never reproduced. What is kept is data:
+// TorchScript archives (docs/FORMATS.md §4): a program, never reproduced. What is kept is data:
 // data.pkl's module tree (`__torch__.<path>.<Class>` NEWOBJ + BUILD dict of attributes) is
 // walked for tensors, which become a state dict in nn.Module.state_dict() order (per module:
 // parameters, buffers, then submodules), plus the module classes as architecture data. Which

@@ -5,7 +5,7 @@
 namespace modelcdr::model {
 
 namespace {
-// Storage class names are the legacy typed-storage names torch writes (FORMATS.md §2.5).
+// Storage class names are the legacy typed-storage names torch writes (docs/FORMATS.md §2.5).
 constexpr std::array<DTypeInfo, 25> kTable{{
     {DType::f64, "float64", "DoubleStorage", 8, true},
     {DType::f32, "float32", "FloatStorage", 4, true},

@@ -1,4 +1,4 @@
-// PickleEmitter: writes protocol-2 pickle opcodes from a fixed, small vocabulary (FORMATS.md
+// PickleEmitter: writes protocol-2 pickle opcodes from a fixed, small vocabulary (docs/FORMATS.md
 // §5.4). Globals are chosen from the EmitGlobal enum, never from strings, so no name read from
 // an input can reach an output: a global outside the table is not expressible.
 #pragma once

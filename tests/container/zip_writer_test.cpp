@@ -152,7 +152,7 @@ TEST(ZipWriter, PythonZipfileAcceptsOutput) {
 }
 
 TEST(ZipWriter, ByteIdenticalToTorchSave) {
-  // Re-writing the records of a torch.save file must reproduce it byte for byte (§2.3).
+  // Re-writing the records of a torch.save file must reproduce it byte for byte (docs/FORMATS.md §2.3).
   fs::path dir = make_temp_dir();
   fs::path t = dir / "torch.pt";
   ASSERT_EQ(run_python(dir, "import torch\ntorch.save({'w': torch.arange(10.), 'b': torch.zeros(0), 'c': torch.ones(7, dtype=torch.int16)}, '" +

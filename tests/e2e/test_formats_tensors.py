@@ -30,7 +30,7 @@ ST_DTYPES = {"BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "
 
 
 def ref_read_safetensors(path):
-    """Reference reader from the spec (FORMATS.md §6), strict: returns (metadata, {name: array})."""
+    """Reference reader from the spec (docs/FORMATS.md §6), strict: returns (metadata, {name: array})."""
     b = Path(path).read_bytes()
     assert len(b) >= 8
     n = struct.unpack("<Q", b[:8])[0]

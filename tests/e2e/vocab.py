@@ -8,7 +8,7 @@ Nothing in this module executes pickle code:
   explicit dictionary handed in by the caller (default: a handful of harmless builtins) and refuses
   everything else, so it can read plain-data pickles without importing or calling anything.
 
-The emit profile is FORMATS.md §5.4 plus the 2.x-only additions CLI.md allows in the default
+The emit profile is docs/FORMATS.md §5.4 plus the 2.x-only additions CLI.md allows in the default
 (``torch2``) mode.
 """
 from __future__ import annotations
