@@ -52,8 +52,8 @@ std::vector<uint8_t> object_pickle(const std::string& module, const std::string&
   std::string p = "\x80\x02";
   p += "c" + module + "\n" + name + "\n";
   p += ")\x81";                       // EMPTY_TUPLE NEWOBJ
-  p += "}(X\x05\x00\x00\x00" "alpha";  // EMPTY_DICT MARK BINUNICODE 'alpha'
-  p += "G\x3f\xf8\x00\x00\x00\x00\x00\x00";  // BINFLOAT 1.5
+  p += std::string("}(X\x05\x00\x00\x00" "alpha", 12);        // EMPTY_DICT MARK BINUNICODE 'alpha'
+  p += std::string("G\x3f\xf8\x00\x00\x00\x00\x00\x00", 9);  // BINFLOAT 1.5
   p += "ub.";                         // SETITEMS BUILD STOP
   return {p.begin(), p.end()};
 }
@@ -99,7 +99,7 @@ TEST(EngineApi, MemorySourceToMemorySinkThenScanTheOutput) {
   // The output is itself a model the engine reads back from memory, tensors and bytes intact.
   auto scan = engine.scan(Source::memory(sink.bytes(), "out.pt"));
   ASSERT_NE(scan.status, FileStatus::error) << describe(scan);
-  EXPECT_EQ(scan.format, "pytorch-zip");
+  EXPECT_EQ(scan.format, "torch-zip");
   EXPECT_EQ(scan.tensors.count, 3u);
   EXPECT_EQ(scan.tensors.total_bytes, 3u * 64 * 4);
   // And back to safetensors: the payload bytes are the input's.
@@ -131,7 +131,22 @@ TEST(EngineApi, MemoryAndFileSinksWriteIdenticalBytes) {
     EXPECT_EQ(b.output, out);
     EXPECT_TRUE(file.bytes().empty());  // a file sink holds nothing in memory
     EXPECT_EQ(read_file(out), mem.bytes()) << "format " << int(format);
+    // The same file source into a memory sink: the kernel-copy path of the file sink and the
+    // streamed path of the memfd lay the output out alike.
+    Sink mem2 = Sink::memory();
+    ASSERT_NE(engine.disarm(Source::file(dir / "in.safetensors"), mem2, o).status, FileStatus::rejected);
+    EXPECT_EQ(mem2.bytes(), mem.bytes());
   }
+  // A mapped torch checkpoint (folio-phase layout, copy_file_range / reflink into a file sink)
+  // rebuilt into a file and into memory.
+  const std::string pt = dir / "out" + std::to_string(int(OutputFormat::pt));
+  Sink file = Sink::file(dir / "again.pt");
+  auto a = engine.disarm(Source::file(pt), file);
+  ASSERT_EQ(a.status, FileStatus::clean) << describe(a);
+  Sink mem = Sink::memory();
+  auto b = engine.disarm(Source::file(pt), mem);
+  ASSERT_EQ(b.status, FileStatus::clean) << describe(b);
+  EXPECT_EQ(read_file(dir / "again.pt"), mem.bytes());
 }
 
 TEST(EngineApi, RejectionLeavesNoOutput) {
@@ -184,7 +199,9 @@ TEST(EngineApi, ProgressIsMonotonicAndEndsDone) {
     EXPECT_LE(seen[i].done, seen[i].total);
     if (i == 0) continue;
     EXPECT_GE(int(seen[i].stage), int(seen[i - 1].stage)) << "stages run in order";
-    if (seen[i].stage == seen[i - 1].stage) EXPECT_GE(seen[i].done, seen[i - 1].done) << "event " << i;
+    if (seen[i].stage == seen[i - 1].stage) {
+      EXPECT_GE(seen[i].done, seen[i - 1].done) << "event " << i;
+    }
     writes += seen[i].stage == Stage::write;
   }
   EXPECT_EQ(seen.front().stage, Stage::read);
