@@ -1,11 +1,16 @@
-// The library's front door: scan a file, disarm a file. The CLI and the tests use only this.
+// The path-based entry points of the library, kept for existing callers: each is a thin
+// wrapper over the process-wide default Engine (include/modelcdr/engine.hpp, docs/API.md),
+// whose class registry load_class_policy extends. New code should use modelcdr::Engine
+// (memory sources and sinks, per-Engine policy and limits, progress, cancellation).
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "modelcdr/finding.hpp"
 #include "modelcdr/model.hpp"
@@ -24,6 +29,17 @@ struct TensorStats {
 enum class FileStatus { clean, findings, error, removed, rejected, skipped };
 const char* status_name(FileStatus s);
 
+// What Engine::protect / restore / verify add to the report (docs/MTD.md §6 for the codes).
+struct MtdReport {
+  std::string code;             // ok, tampered, wrong-file, ... (one word per diagnosis)
+  std::string state;            // verify: "protected" | "restored"
+  std::string map;              // the map written (protect) or read
+  std::string signer;           // fingerprint of the map's signer, if signed
+  bool signer_trusted = false;
+  size_t storages = 0, permuted = 0, swapped = 0;
+  std::vector<std::string> mismatches;  // one line per difference (verify/restore)
+};
+
 struct FileReport {
   std::string input, output;
   std::string format;
@@ -35,12 +51,28 @@ struct FileReport {
   std::string architecture;    // path of OUT.architecture.json, if written
   std::string note;            // one-line reason for skipped / rejected
   uint64_t shared_bytes = 0;   // payload bytes the output shares with the input (reflink)
+  std::optional<MtdReport> mtd;  // set by protect / restore / verify only
 };
+
+// Progress of one scan/disarm call (docs/API.md): `done` never decreases within a stage and
+// never exceeds `total`; the last call has stage `done`.
+enum class Stage { read, transform, write, done };
+const char* stage_name(Stage s);
+struct Progress {
+  Stage stage = Stage::read;
+  uint64_t done = 0, total = 0;  // bytes: the input for read, the payload bytes for write
+};
+// Called on the calling thread between stages and between output chunks (about every MiB or
+// kernel-copy step). Return false to cancel: the call then fails with engine.cancelled and
+// leaves no output.
+using ProgressFn = std::function<bool(const Progress&)>;
 
 struct ScanOptions {
   bool stego = false;
   // Extra per-file analysis over the lifted IR (e.g. the steganography test); adds findings.
   std::function<void(const model::Model&, FileReport&)> inspect;
+  ProgressFn progress;                        // optional
+  const std::atomic<bool>* cancel = nullptr;  // optional: set to true to cancel (engine.cancelled)
 };
 
 enum class CompatTarget { torch2, torch1_13 };
@@ -58,6 +90,8 @@ struct DisarmOptions {
   // Optional transform of the IR between lift and emit (LSB randomisation, MTD). It may
   // replace storage payloads (Storage::set_owned) and must report what it did in `report`.
   std::function<Status(model::Model&, FileReport&)> transform;
+  ProgressFn progress;                        // optional, see Progress
+  const std::atomic<bool>* cancel = nullptr;  // optional: checked between stages and chunks
 };
 
 // The two halves of disarm, for commands that transform a model in between (protect,
@@ -86,7 +120,8 @@ Status check_input_unchanged(const LoadedModel& loaded);
 FileReport scan_file(const std::string& path, const ScanOptions& options);
 FileReport disarm_file(const std::string& input, const std::string& output, const DisarmOptions& options);
 
-// Extends the vetted class registry (docs/REGISTRY.md) for this process with the classes a
+// Extends the vetted class registry (docs/REGISTRY.md) of the process-wide default Engine
+// (the one the functions above use; an Engine made with EngineOptions has its own) with the classes a
 // policy file names one by one: {"allow_classes": ["module.Class", ...]} (NEWOBJ + BUILD) and
 // {"allow_reduce": [...]} (REDUCE with plain-data arguments + BUILD). No wildcards.
 Status load_class_policy(const std::string& path);

@@ -7,6 +7,19 @@
 #include "modelcdr/model.hpp"
 #include "modelcdr/result.hpp"
 
+namespace modelcdr {
+
+// Per-Engine bounds on input-driven work (docs/API.md). 0 keeps the built-in default; a
+// value larger than the built-in default is clamped to it (an Engine can only be stricter).
+struct EngineLimits {
+  uint64_t max_input_bytes = 0;      // a larger source is rejected (limits.input-size); 0: no cap
+  uint64_t max_pickle_ops = 0;       // opcodes executed per pickle stream (50M)
+  uint64_t max_pickle_nodes = 0;     // value-graph nodes per pickle stream (5M; bounds memory)
+  uint64_t max_container_items = 0;  // items appended across all containers of a stream (100M)
+};
+
+}  // namespace modelcdr
+
 namespace modelcdr::limits {
 
 // Values, modules and JSON nest at most this deep (`limits.depth`). Real checkpoints nest

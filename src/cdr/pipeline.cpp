@@ -8,8 +8,10 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "cdr/class_registry.hpp"
 #include "container/sniff.hpp"
 #include "engine/classify.hpp"
+#include "engine/run.hpp"
 #include "formats/parsed_model.hpp"
 #include "formats/pickle_writer.hpp"
 #include "formats/safetensors_writer.hpp"
@@ -17,20 +19,50 @@
 #include "io/atomic_output.hpp"
 #include "io/mapped_file.hpp"
 #include "modelcdr/api.hpp"
+#include "modelcdr/engine.hpp"
 #include "modelcdr/limits.hpp"
 
 namespace modelcdr {
 
+// Fills memory sinks (a friend of Sink).
+struct SinkAccess {
+  static void clear(Sink& s) {
+    s.bytes_.clear();
+    s.architecture_.clear();
+  }
+  static void fill(Sink& s, std::vector<uint8_t> bytes, std::vector<uint8_t> architecture) {
+    s.bytes_ = std::move(bytes);
+    s.architecture_ = std::move(architecture);
+  }
+};
+
 namespace {
 
 using container::Format;
+using engine::RunContext;
 
-Result<formats::ParsedModel> parse(std::span<const uint8_t> bytes, Format format, bool defer_storage_crc = false,
-                                   int input_fd = -1) {
-  formats::ReadOptions options;
-  formats::ReadOptions mapped = options;  // `bytes` is the MappedFile itself
-  mapped.input_is_mapped = true;
-  mapped.input_fd = input_fd;
+// An Engine limit of 0 keeps the built-in default; others can only tighten it.
+void tighten(uint64_t& bound, uint64_t engine_limit) {
+  if (engine_limit != 0 && engine_limit < bound) bound = engine_limit;
+}
+
+formats::ReadOptions read_options(const RunContext& ctx) {
+  formats::ReadOptions o;
+  o.registry = ctx.registry;
+  tighten(o.limits.max_ops, ctx.limits.max_pickle_ops);
+  tighten(o.limits.max_nodes, ctx.limits.max_pickle_nodes);
+  tighten(o.limits.max_container_items, ctx.limits.max_container_items);
+  return o;
+}
+
+// `mapped`: `bytes` is an io::MappedFile (its pages may be released, its descriptor read);
+// otherwise they are a caller's buffer, read through the span only.
+Result<formats::ParsedModel> parse(std::span<const uint8_t> bytes, Format format, const RunContext& ctx,
+                                   bool defer_storage_crc = false, bool is_mapped = false, int input_fd = -1) {
+  formats::ReadOptions options = read_options(ctx);
+  formats::ReadOptions mapped = options;
+  mapped.input_is_mapped = is_mapped;
+  mapped.input_fd = is_mapped ? input_fd : -1;
   mapped.defer_storage_crc = defer_storage_crc;
   switch (format) {
     case Format::torch_zip: return formats::read_torch_zip(bytes, mapped);
@@ -92,7 +124,7 @@ bool is_ambiguity(const Finding& f, const DisarmOptions& o) {
 
 bool counts(const Finding& f) { return f.severity >= Severity::low; }
 
-Status write_architecture(const model::Model& m, const std::string& path, bool force) {
+Status write_architecture(const model::Model& m, io::AtomicOutput& out) {
   nlohmann::ordered_json modules = nlohmann::ordered_json::array();
   for (const auto& info : m.architecture) {
     modules.push_back({{"path", info.path},
@@ -104,25 +136,59 @@ Status write_architecture(const model::Model& m, const std::string& path, bool f
                                 {"note", "module classes recorded as data; nothing here is imported. Names that are not "
                                          "plain dotted Python identifiers are recorded as <rejected> (cdr.architecture-name)"},
                                 {"modules", modules}};
-  MCDR_ASSIGN(io::AtomicOutput out, io::AtomicOutput::create(path, false, force));
   // Names were vetted by the lifter; replace (never throw on) invalid UTF-8 all the same.
   MCDR_TRY(out.write(doc.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n"));
   return out.commit();
 }
 
+// The input: a file mapped once, or a caller's buffer (borrowed, never copied).
 struct Loaded {
   io::MappedFile file;
+  std::span<const uint8_t> bytes;
+  bool mapped = false;
   Format format = Format::unknown;
+  // A caller's buffer cannot shrink under us; a file can (io.input-changed).
+  bool changed() const { return mapped && file.changed(); }
 };
 
-Result<Loaded> load(const std::string& path) {
+Result<Loaded> load(const Source& source, const RunContext& ctx) {
   Loaded l;
-  MCDR_ASSIGN(l.file, io::MappedFile::open(path));
-  l.format = container::sniff(l.file.bytes().subspan(0, std::min<size_t>(l.file.size(), 4096)), l.file.size());
+  if (source.is_memory()) {
+    l.bytes = source.bytes();
+  } else {
+    MCDR_ASSIGN(l.file, io::MappedFile::open(source.name()));
+    l.bytes = l.file.bytes();
+    l.mapped = true;
+  }
+  if (ctx.limits.max_input_bytes != 0 && l.bytes.size() > ctx.limits.max_input_bytes)
+    return make_error("limits.input-size", "the input is " + std::to_string(l.bytes.size()) +
+                                               " bytes, more than this engine's limit of " +
+                                               std::to_string(ctx.limits.max_input_bytes));
+  l.format = container::sniff(l.bytes.subspan(0, std::min<size_t>(l.bytes.size(), 4096)), l.bytes.size());
   return l;
 }
 
+bool cancelled(const std::atomic<bool>* flag) { return flag && flag->load(std::memory_order_relaxed); }
+
+Error cancelled_error() { return make_error("engine.cancelled", "cancelled by the caller; nothing was written"); }
+
+// Reports one step; false when the caller asked to stop (callback or flag).
+bool step(const ProgressFn& progress, const std::atomic<bool>* cancel, Stage stage, uint64_t done, uint64_t total) {
+  if (cancelled(cancel)) return false;
+  return !progress || progress(Progress{stage, std::min(done, total), total});
+}
+
 }  // namespace
+
+const char* stage_name(Stage s) {
+  switch (s) {
+    case Stage::read: return "read";
+    case Stage::transform: return "transform";
+    case Stage::write: return "write";
+    case Stage::done: return "done";
+  }
+  return "done";
+}
 
 const char* status_name(FileStatus s) {
   switch (s) {
@@ -138,10 +204,15 @@ const char* status_name(FileStatus s) {
 
 bool is_model_file(const std::string& path) { return engine::classify(path).kind == engine::Kind::model; }
 
-static FileReport scan_file_impl(const std::string& path, const ScanOptions& options) {
+static FileReport scan_file_impl(const Source& source, const ScanOptions& options, const RunContext& ctx) {
   FileReport r;
-  r.input = path;
-  auto loaded = load(path);
+  r.input = source.name();
+  auto fail = [&](Error e) {
+    r.status = FileStatus::error;
+    r.error = std::move(e);
+    return r;
+  };
+  auto loaded = load(source, ctx);
   if (!loaded.ok()) {
     r.status = FileStatus::error;
     r.error = loaded.error();
@@ -149,14 +220,16 @@ static FileReport scan_file_impl(const std::string& path, const ScanOptions& opt
     return r;
   }
   r.format = container::format_name(loaded->format);
-  auto parsed = checked(parse(loaded->file.bytes(), loaded->format));
+  const uint64_t size = loaded->bytes.size();
+  if (!step(options.progress, options.cancel, Stage::read, 0, size)) return fail(cancelled_error());
+  auto parsed = checked(parse(loaded->bytes, loaded->format, ctx, false, loaded->mapped, loaded->file.fd()));
   if (!parsed.ok()) {
     r.status = FileStatus::error;
     r.error = parsed.error();
     return r;
   }
   r.format = container::format_name(parsed->format);
-  if (loaded->file.changed()) {  // what was read may be zeros, not the file: no verdict
+  if (loaded->changed()) {  // what was read may be zeros, not the file: no verdict
     r.status = FileStatus::error;
     r.error = make_error("io.input-changed", "the input file changed (truncated or resized) while it was being read");
     return r;
@@ -164,7 +237,9 @@ static FileReport scan_file_impl(const std::string& path, const ScanOptions& opt
   r.findings = parsed->findings;
   r.findings.insert(r.findings.end(), parsed->model.findings.begin(), parsed->model.findings.end());
   r.tensors = tensor_stats(parsed->model);
+  if (!step(options.progress, options.cancel, Stage::read, size, size)) return fail(cancelled_error());
   if (options.inspect) options.inspect(parsed->model, r);
+  if (!step(options.progress, options.cancel, Stage::done, size, size)) return fail(cancelled_error());
   r.status = std::any_of(r.findings.begin(), r.findings.end(), counts) ? FileStatus::findings : FileStatus::clean;
   return r;
 }
@@ -182,25 +257,34 @@ void LoadedModelDeleter::operator()(LoadedModel* m) const { delete m; }
 model::Model& model_of(LoadedModel& loaded) { return loaded.parsed.model; }
 
 namespace {
-Result<LoadedModelPtr> load_model_impl(const std::string& input, const DisarmOptions& options, FileReport& r,
-                                       bool defer_storage_crc);
+Result<LoadedModelPtr> load_model_impl(const Source& source, const DisarmOptions& options, FileReport& r,
+                                       bool defer_storage_crc, const RunContext& ctx);
 }  // namespace
 
 Result<LoadedModelPtr> load_model(const std::string& input, const DisarmOptions& options, FileReport& r,
                                   bool defer_storage_crc) {
-  return load_model_impl(input, options, r, defer_storage_crc);
+  return load_model_impl(Source::file(input), options, r, defer_storage_crc, engine::process_context());
+}
+
+Result<LoadedModelPtr> engine::run_load(const Source& source, const DisarmOptions& options, FileReport& r,
+                                        bool defer_storage_crc, const RunContext& ctx) {
+  return load_model_impl(source, options, r, defer_storage_crc, ctx);
 }
 
 namespace {
-Result<LoadedModelPtr> load_model_impl(const std::string& input, const DisarmOptions& options, FileReport& r,
-                                       bool defer_storage_crc) {
-  r.input = input;
+Result<LoadedModelPtr> load_model_impl(const Source& source, const DisarmOptions& options, FileReport& r,
+                                       bool defer_storage_crc, const RunContext& ctx) {
+  r.input = source.name();
   r.format = "unknown";
   LoadedModelPtr m(new LoadedModel);
-  MCDR_ASSIGN(m->input, load(input));
-  m->input.file.advise_sequential();
+  MCDR_ASSIGN(m->input, load(source, ctx));
+  if (m->input.mapped) m->input.file.advise_sequential();
   r.format = container::format_name(m->input.format);
-  MCDR_ASSIGN(m->parsed, checked(parse(m->input.file.bytes(), m->input.format, defer_storage_crc, m->input.file.fd())));
+  const uint64_t size = m->input.bytes.size();
+  if (!step(options.progress, options.cancel, Stage::read, 0, size)) return cancelled_error();
+  MCDR_ASSIGN(m->parsed, checked(parse(m->input.bytes, m->input.format, ctx, defer_storage_crc, m->input.mapped,
+                                       m->input.file.fd())));
+  if (!step(options.progress, options.cancel, Stage::read, size, size)) return cancelled_error();
   r.format = container::format_name(m->parsed.format);
   r.findings = m->parsed.findings;
   r.findings.insert(r.findings.end(), m->parsed.model.findings.begin(), m->parsed.model.findings.end());
@@ -233,15 +317,21 @@ void report_torch_types(const model::Model& m, const DisarmOptions& options, Fil
 }
 
 Status check_input_unchanged(const LoadedModel& loaded) {
-  if (!loaded.input.file.changed()) return ok_status();
+  if (!loaded.input.changed()) return ok_status();
   return make_error("io.input-changed",
                     "the input file changed (truncated or resized) while it was being read; nothing was written");
 }
 
-Status write_model(const model::Model& model, const std::string& output, const DisarmOptions& options, FileReport& r,
-                   const LoadedModel* source) {
-  report_torch_types(model, options, r);
-  MCDR_ASSIGN(io::AtomicOutput out, io::AtomicOutput::create(output, options.fsync, options.force));
+namespace {
+
+Result<io::AtomicOutput> open_output(const Sink& sink, const std::string& suffix) {
+  if (sink.is_memory()) return io::AtomicOutput::create_memory(sink.name() + suffix);
+  // The architecture document is never fsynced (as before): it is a note, not the model.
+  return io::AtomicOutput::create(sink.name() + suffix, suffix.empty() && sink.durable(), sink.replace());
+}
+
+Status emit(const model::Model& model, const DisarmOptions& options, FileReport& r, const RunContext& ctx,
+            io::AtomicOutput& out) {
   switch (options.output_format) {
     case OutputFormat::safetensors: MCDR_TRY(formats::write_safetensors(model, out, r.findings)); break;
     case OutputFormat::npz: MCDR_TRY(formats::write_npz(model, out, r.findings)); break;
@@ -250,6 +340,7 @@ Status write_model(const model::Model& model, const std::string& output, const D
     case OutputFormat::pickle: {
       formats::PickleWriteOptions po;
       po.joblib = options.output_format == OutputFormat::joblib;
+      po.registry = ctx.registry;  // class ids index the registry the reader used
       MCDR_TRY(formats::write_pickle(model, po, out));
       if (!model.file_metadata.empty())
         add_finding(r.findings, Severity::low, "convert.metadata-dropped",
@@ -270,25 +361,56 @@ Status write_model(const model::Model& model, const std::string& output, const D
       break;
     }
   }
+  return ok_status();
+}
+
+Status write_model_impl(const model::Model& model, Sink& sink, const DisarmOptions& options, FileReport& r,
+                        const LoadedModel* source, const RunContext& ctx) {
+  report_torch_types(model, options, r);
+  MCDR_ASSIGN(io::AtomicOutput out, open_output(sink, ""));
+  const uint64_t total = r.tensors.total_bytes;
+  if (options.progress || options.cancel)
+    out.set_progress([&](uint64_t written) { return step(options.progress, options.cancel, Stage::write, written, total); });
+  MCDR_TRY(emit(model, options, r, ctx, out));
+  std::optional<io::AtomicOutput> arch;
+  auto drop_architecture = [&] {
+    if (!r.architecture.empty() && !sink.is_memory()) std::remove(r.architecture.c_str());
+    r.architecture.clear();
+  };
   if (!model.architecture.empty()) {
-    r.architecture = output + ".architecture.json";
-    MCDR_TRY(write_architecture(model, r.architecture, options.force));
+    MCDR_ASSIGN(arch, open_output(sink, ".architecture.json"));
+    MCDR_TRY(write_architecture(model, *arch));  // commits it
+    r.architecture = sink.name() + ".architecture.json";
   }
-  // Last check before the output appears: a read of a truncated input saw zeros, not data.
+  // Last checks before the output appears: a read of a truncated input saw zeros, not data;
+  // a caller who cancelled gets nothing.
   if (source) {
     if (auto s = check_input_unchanged(*source); !s.ok()) {
-      if (!r.architecture.empty()) std::remove(r.architecture.c_str());
-      r.architecture.clear();
+      drop_architecture();
       return s;
     }
   }
+  if (!step(options.progress, options.cancel, Stage::write, total, total)) {
+    drop_architecture();
+    return cancelled_error();
+  }
   if (auto s = out.commit(); !s.ok()) {
-    if (!r.architecture.empty()) std::remove(r.architecture.c_str());
-    r.architecture.clear();
+    drop_architecture();
     return s;
   }
-  r.output = output;
+  if (sink.is_memory())
+    SinkAccess::fill(sink, std::move(out.memory_bytes()),
+                     arch ? std::move(arch->memory_bytes()) : std::vector<uint8_t>{});
+  r.output = sink.name();
   return ok_status();
+}
+
+}  // namespace
+
+Status write_model(const model::Model& model, const std::string& output, const DisarmOptions& options, FileReport& r,
+                   const LoadedModel* source) {
+  Sink sink = Sink::file(output, options.force, options.fsync);
+  return write_model_impl(model, sink, options, r, source, engine::process_context());
 }
 
 // torch 1.13's weights_only loader has no quantized tensors and no 2.x-only dtypes: in
@@ -320,31 +442,42 @@ void remove_stale_output(const std::string& input, const std::string& output, bo
   ::unlink((output + ".architecture.json").c_str());
 }
 
-static FileReport disarm_file_impl(const std::string& input, const std::string& output, const DisarmOptions& options) {
+// What a rejected file leaves: nothing in a memory sink, no stale file (see above).
+void clear_sink(const Source& source, Sink& sink) {
+  if (sink.is_memory()) SinkAccess::clear(sink);
+  else remove_stale_output(source.is_memory() ? std::string() : source.name(), sink.name(), sink.replace());
+}
+
+static FileReport disarm_file_impl(const Source& source, Sink& sink, const DisarmOptions& options,
+                                   const RunContext& ctx) {
   FileReport r;
+  if (sink.is_memory()) SinkAccess::clear(sink);
   auto reject = [&](Error e) {
     r.status = FileStatus::rejected;
     r.error = std::move(e);
     r.output.clear();
-    remove_stale_output(input, output, options.force);
+    clear_sink(source, sink);
     return r;
   };
   // Plain disarm to a torch checkpoint reads each tensor byte once: the writer checks the
   // input's CRCs while copying. Transforms and other writers read payloads themselves, so
   // for them every CRC is checked up front.
   bool defer_crc = !options.transform && options.output_format == OutputFormat::pt;
-  auto loaded = load_model_impl(input, options, r, defer_crc);
+  auto loaded = load_model_impl(source, options, r, defer_crc, ctx);
   if (!loaded.ok()) return reject(loaded.error());
   model::Model& m = model_of(**loaded);
   if (options.compat == CompatTarget::torch1_13 && options.output_format == OutputFormat::pt) drop_for_torch113(m, r);
-  if (options.transform)
+  if (options.transform) {
+    if (!step(options.progress, options.cancel, Stage::transform, 0, 1)) return reject(cancelled_error());
     if (auto s = options.transform(m, r); !s.ok()) return reject(s.error());
+    if (!step(options.progress, options.cancel, Stage::transform, 1, 1)) return reject(cancelled_error());
+  }
   // Exit 1 means "written, something minor removed": a file whose main object itself was
   // dropped (a class outside the registry at the top) would be an empty shell, so it is rejected.
   if (m.root != model::kNoValue && m.values[m.root].kind == model::ValueKind::dropped)
     return reject(make_error("cdr.main-object-dropped",
                              "the file's main object cannot be rebuilt (see the findings): nothing useful would be written"));
-  if (auto s = write_model(m, output, options, r, loaded->get()); !s.ok()) {
+  if (auto s = write_model_impl(m, sink, options, r, loaded->get(), ctx); !s.ok()) {
     // A write from a truncated mapping fails in the kernel (EFAULT) or reads short: name the cause.
     if (auto changed = check_input_unchanged(**loaded); !changed.ok()) return reject(changed.error());
     return reject(s.error());
@@ -352,6 +485,9 @@ static FileReport disarm_file_impl(const std::string& input, const std::string& 
   for (const auto& f : r.findings)
     if (counts(f)) r.removed.push_back(f);
   r.status = r.removed.empty() ? FileStatus::clean : FileStatus::removed;
+  // Reported after the commit: the caller may stop listening, the output stays.
+  const uint64_t total = r.tensors.total_bytes;
+  if (options.progress) options.progress(Progress{Stage::done, total, total});
   return r;
 }
 
@@ -362,12 +498,12 @@ static Error out_of_memory() {
   return make_error("resource.out-of-memory", "not enough memory to process this file within its limits");
 }
 
-FileReport scan_file(const std::string& path, const ScanOptions& options) {
+FileReport engine::run_scan(const Source& source, const ScanOptions& options, const RunContext& ctx) {
   try {
-    return scan_file_impl(path, options);
+    return scan_file_impl(source, options, ctx);
   } catch (const std::bad_alloc&) {
     FileReport r;
-    r.input = path;
+    r.input = source.name();
     r.format = "unknown";
     r.status = FileStatus::error;
     r.error = out_of_memory();
@@ -375,18 +511,27 @@ FileReport scan_file(const std::string& path, const ScanOptions& options) {
   }
 }
 
-FileReport disarm_file(const std::string& input, const std::string& output, const DisarmOptions& options) {
+FileReport engine::run_disarm(const Source& source, Sink& sink, const DisarmOptions& options, const RunContext& ctx) {
   try {
-    return disarm_file_impl(input, output, options);
+    return disarm_file_impl(source, sink, options, ctx);
   } catch (const std::bad_alloc&) {
     FileReport r;
-    r.input = input;
+    r.input = source.name();
     r.format = "unknown";
     r.status = FileStatus::rejected;
     r.error = out_of_memory();
-    remove_stale_output(input, output, options.force);
+    clear_sink(source, sink);
     return r;
   }
+}
+
+FileReport scan_file(const std::string& path, const ScanOptions& options) {
+  return engine::run_scan(Source::file(path), options, engine::process_context());
+}
+
+FileReport disarm_file(const std::string& input, const std::string& output, const DisarmOptions& options) {
+  Sink sink = Sink::file(output, options.force, options.fsync);
+  return engine::run_disarm(Source::file(input), sink, options, engine::process_context());
 }
 
 }  // namespace modelcdr

@@ -18,6 +18,7 @@
 #include "engine/output_names.hpp"
 #include "io/atomic_output.hpp"
 #include "modelcdr/api.hpp"
+#include "modelcdr/engine.hpp"
 #include "report/render.hpp"
 #include "stego/lsb_randomizer.hpp"
 #include "stego/stego_detector.hpp"
@@ -47,7 +48,8 @@ std::vector<std::string> collect_files(const std::string& path) {
   return out;
 }
 
-int scan_main(const std::vector<std::string>& paths, bool as_json, bool as_sarif, bool stego, double stego_threshold) {
+int scan_main(const Engine& engine, const std::vector<std::string>& paths, bool as_json, bool as_sarif, bool stego,
+              double stego_threshold) {
   std::vector<FileReport> reports;
   ScanOptions options;
   options.stego = stego;
@@ -57,7 +59,7 @@ int scan_main(const std::vector<std::string>& paths, bool as_json, bool as_sarif
     options.inspect = stego::make_stego_inspector(so);
   }
   for (const auto& p : paths)
-    for (const auto& f : collect_files(p)) reports.push_back(scan_file(f, options));
+    for (const auto& f : collect_files(p)) reports.push_back(engine.scan(Source::file(f), options));
   int rc = 0;
   for (const auto& r : reports) {
     if (r.status == FileStatus::error) rc = 2;
@@ -158,10 +160,10 @@ std::function<void(size_t, size_t)> progress_bar(bool enabled) {
   };
 }
 
-int disarm_folder(const std::string& in, const std::string& out, engine::BatchOptions batch, bool quiet,
-                  std::vector<FileReport>& reports) {
+int disarm_folder(const Engine& engine, const std::string& in, const std::string& out, engine::BatchOptions batch,
+                  bool quiet, std::vector<FileReport>& reports) {
   batch.progress = progress_bar(!quiet && ::isatty(2));
-  auto r = engine::disarm_directory(in, out, batch);
+  auto r = engine.disarm_tree(in, out, batch);
   if (!r.ok()) {
     std::cerr << "modelcdr: " << report::printable(r.error().message) << " [" << r.error().rule << "]\n";
     return 2;
@@ -170,10 +172,11 @@ int disarm_folder(const std::string& in, const std::string& out, engine::BatchOp
   return summarize(reports, quiet);
 }
 
-int disarm_single(const std::string& in, const std::string& out, const DisarmOptions& options, bool quiet,
-                  std::vector<FileReport>& reports) {
+int disarm_single(const Engine& engine, const std::string& in, const std::string& out, const DisarmOptions& options,
+                  bool quiet, std::vector<FileReport>& reports) {
   if (!output_usable(in, out, options.force)) return 2;
-  reports.push_back(disarm_file(in, out, options));
+  Sink sink = Sink::file(out, options.force, options.fsync);
+  reports.push_back(engine.disarm(Source::file(in), sink, options));
   const auto& r = reports.back();
   print_outcome(r, quiet);
   if (!quiet && r.status != FileStatus::rejected)
@@ -184,7 +187,7 @@ int disarm_single(const std::string& in, const std::string& out, const DisarmOpt
   return exit_code(r.status);
 }
 
-int disarm_main(const std::string& in, const std::string& out, const std::string& report_path,
+int disarm_main(const Engine& engine, const std::string& in, const std::string& out, const std::string& report_path,
                 const engine::BatchOptions& batch, bool quiet) {
   // The report's temporary file is made first: a report that cannot be written fails the
   // command before any output exists.
@@ -202,8 +205,8 @@ int disarm_main(const std::string& in, const std::string& out, const std::string
     report.emplace(std::move(*r));
   }
   std::vector<FileReport> reports;
-  int rc = fs::is_directory(in) ? disarm_folder(in, out, batch, quiet, reports)
-                                : disarm_single(in, out, batch.disarm, quiet, reports);
+  int rc = fs::is_directory(in) ? disarm_folder(engine, in, out, batch, quiet, reports)
+                                : disarm_single(engine, in, out, batch.disarm, quiet, reports);
   if (report) {
     auto s = report->write(report::disarm_json(reports));
     if (s.ok()) s = report->commit();
@@ -323,12 +326,15 @@ static int run_cli(int argc, char** argv) {
     int rc = app.exit(e);
     return rc == 0 ? 0 : 2;
   }
-  if (!policy_path.empty())
-    if (auto s = load_class_policy(policy_path); !s.ok()) {
-      std::cerr << "modelcdr: --policy: " << report::printable(s.error().message) << "\n";
-      return 2;
-    }
-  if (*scan) return scan_main(scan_paths, as_json, as_sarif, stego, stego_threshold);
+  // scan and disarm go through one Engine; --policy extends its class registry only.
+  EngineOptions engine_options;
+  if (!policy_path.empty()) engine_options.policy_files.push_back(policy_path);
+  auto engine = Engine::create(engine_options);
+  if (!engine.ok()) {
+    std::cerr << "modelcdr: --policy: " << report::printable(engine.error().message) << "\n";
+    return 2;
+  }
+  if (*scan) return scan_main(*engine, scan_paths, as_json, as_sarif, stego, stego_threshold);
   if (*disarm) {
     options.compat = compat == "torch1.13" ? CompatTarget::torch1_13 : CompatTarget::torch2;
     const bool folder = fs::is_directory(in);
@@ -351,7 +357,7 @@ static int run_cli(int argc, char** argv) {
     batch.jobs = jobs;
     batch.copy_other = copy_other_files;
     batch.copy_code = copy_code;
-    return disarm_main(in, out, report_path, batch, quiet);
+    return disarm_main(*engine, in, out, report_path, batch, quiet);
   }
   return run_extra_commands(app);
 }

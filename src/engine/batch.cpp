@@ -378,7 +378,7 @@ FileReport execute(int in_root, int out_root, const Entry& e, const Plan& p, con
   if (p.action == Action::disarm) {
     DisarmOptions d = o.disarm;
     d.output_format = p.format;
-    r = disarm_file(in_path, out_path, d);
+    r = o.disarm_one ? o.disarm_one(in_path, out_path, d) : disarm_file(in_path, out_path, d);
   } else if (p.action == Action::index) {
     r = write_index(in_path, out_path, o);
   } else {

@@ -20,6 +20,9 @@ struct BatchOptions {
   bool copy_code = false;     // with copy_other: copy source code and scripts too
   // Called from the worker threads after each entry (done, total); may be empty.
   std::function<void(size_t, size_t)> progress;
+  // Disarms one model file (input, output, options); empty: disarm_file (the process-wide
+  // default Engine). Engine::disarm_tree sets it to its own disarm. Called from worker threads.
+  std::function<FileReport(const std::string&, const std::string&, const DisarmOptions&)> disarm_one;
 };
 
 // Disarms the tree `in` into `out`: one report per input entry, in path order. An error means

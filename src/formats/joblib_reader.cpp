@@ -146,7 +146,7 @@ Result<ParsedModel> read_joblib(std::span<const uint8_t> file, const ReadOptions
   };
   size_t first = parsed.findings.size();
   MCDR_ASSIGN(Program program, decode_stream(file, "", 0, ro, parsed.findings, false));
-  const cdr::ClassRegistry& reg = cdr::ClassRegistry::active();
+  const cdr::ClassRegistry& reg = options.registry ? *options.registry : cdr::ClassRegistry::active();
   soften_vetted(program, reg, "", parsed.findings, first);
   if (arrays) parsed.format = container::Format::joblib;
   cdr::StorageResolver no_storages = [](const cdr::StorageRequest& r) -> Result<model::Storage> {

@@ -11,6 +11,10 @@
 #include "modelcdr/model.hpp"
 #include "pickle/pickle_machine.hpp"
 
+namespace modelcdr::cdr {
+class ClassRegistry;
+}
+
 namespace modelcdr::container {
 struct ZipArchive;
 struct ZipEntry;
@@ -37,6 +41,9 @@ struct ReadOptions {
   // Leave the CRC check of stored storage records to the writer (Storage::expected_crc), so
   // disarm reads each tensor byte once. Every other record is still checked when read.
   bool defer_storage_crc = false;
+  // The vetted classes objects may be rebuilt from: the Engine's own (docs/API.md);
+  // nullptr: the process-wide default (cdr::ClassRegistry::active()).
+  const cdr::ClassRegistry* registry = nullptr;
   pickle::ArrayBuildHook on_array_build;  // joblib: passed to pickle::decode by decode_stream
 };
 

@@ -81,6 +81,22 @@ Result<AtomicOutput> AtomicOutput::create(const std::string& final_path, bool du
   return out;
 }
 
+Result<AtomicOutput> AtomicOutput::create_memory(const std::string& name) {
+  int fd = ::memfd_create("modelcdr-output", MFD_CLOEXEC);
+  if (fd < 0) return make_error("io.create", "cannot create an in-memory output: " + std::string(std::strerror(errno)));
+  AtomicOutput out;
+  out.memory_ = true;
+  out.final_path_ = name;
+  out.fd_ = fd;
+  out.buf_.reserve(kBufferSize);
+  return out;
+}
+
+Status AtomicOutput::report_progress() {
+  if (progress_ && !progress_(written_)) return make_error("engine.cancelled", "cancelled by the caller; nothing was written");
+  return ok_status();
+}
+
 Status AtomicOutput::set_mode(unsigned mode) {
   if (fd_ < 0 || ::fchmod(fd_, static_cast<mode_t>(mode)) != 0)
     return make_error("io.chmod", "cannot set the mode of the output for " + final_path_);
@@ -97,6 +113,9 @@ AtomicOutput& AtomicOutput::operator=(AtomicOutput&& o) noexcept {
     final_path_ = std::move(o.final_path_);
     buf_ = std::move(o.buf_);
     written_ = o.written_;
+    memory_ = o.memory_;
+    committed_ = std::move(o.committed_);
+    progress_ = std::move(o.progress_);
     durable_ = o.durable_;
     replace_ = o.replace_;
     o.fd_ = -1;
@@ -111,7 +130,8 @@ Status AtomicOutput::flush_buffer() {
   if (buf_.empty()) return ok_status();
   auto s = write_all(fd_, buf_.data(), buf_.size());
   buf_.clear();
-  return s;
+  if (!s.ok()) return s;
+  return report_progress();
 }
 
 Status AtomicOutput::write(std::span<const uint8_t> bytes) {
@@ -119,7 +139,8 @@ Status AtomicOutput::write(std::span<const uint8_t> bytes) {
   written_ += bytes.size();
   if (bytes.size() >= kDirectWrite) {
     MCDR_TRY(flush_buffer());
-    return write_all(fd_, bytes.data(), bytes.size());
+    MCDR_TRY(write_all(fd_, bytes.data(), bytes.size()));
+    return report_progress();
   }
   if (buf_.size() + bytes.size() > kBufferSize) MCDR_TRY(flush_buffer());
   buf_.insert(buf_.end(), bytes.begin(), bytes.end());
@@ -146,6 +167,7 @@ Result<bool> AtomicOutput::append_copy_of(int in_fd, uint64_t offset, uint64_t s
     done += static_cast<uint64_t>(got);
     written_ += static_cast<uint64_t>(got);
     progress(done);
+    MCDR_TRY(report_progress());
   }
   return true;
 }
@@ -181,9 +203,27 @@ Result<AtomicOutput::Window> AtomicOutput::window(uint64_t at, uint64_t length) 
   return w;
 }
 
+Status AtomicOutput::commit_memory() {
+  struct stat st{};
+  if (::fstat(fd_, &st) != 0) return make_error("io.read", "cannot read back the in-memory output");
+  std::vector<uint8_t> bytes(static_cast<size_t>(st.st_size));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t got = ::pread(fd_, bytes.data() + done, bytes.size() - done, static_cast<off_t>(done));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return make_error("io.read", "cannot read back the in-memory output");
+    done += static_cast<size_t>(got);
+  }
+  ::close(fd_);
+  fd_ = -1;
+  committed_ = std::move(bytes);
+  return ok_status();
+}
+
 Status AtomicOutput::commit() {
   if (fd_ < 0) return make_error("io.commit", "output is closed");
   MCDR_TRY(flush_buffer());
+  if (memory_) return commit_memory();
   if (durable_ && ::fsync(fd_) != 0) return make_error("io.fsync", std::string("fsync failed: ") + std::strerror(errno));
   ::close(fd_);
   fd_ = -1;
@@ -217,6 +257,7 @@ Result<uint64_t> AtomicOutput::append_clone_of(int in_fd, uint64_t offset, uint6
   const uint64_t shared = clone_range(in_fd, offset, fd_, written_, size);
   if (shared == 0) return uint64_t{0};
   written_ += shared;
+  MCDR_TRY(report_progress());
   // The ioctl leaves the file position where it was; later writes must land after the clone.
   if (::lseek(fd_, static_cast<off_t>(written_), SEEK_SET) < 0)
     return make_error("io.write", std::string("cannot seek the output: ") + std::strerror(errno));

@@ -23,6 +23,10 @@ class AtomicOutput {
   // Without it an existing file is never replaced: create() refuses it up front and commit()
   // links the temporary into place without replacing (so a file that appears meanwhile wins).
   static Result<AtomicOutput> create(const std::string& final_path, bool durable = false, bool replace = false);
+  // An output kept in memory (Sink::memory): the bytes go to an anonymous memfd, so every
+  // writer path (buffered writes, window() checksums, the copy fallbacks) works unchanged;
+  // commit() reads the finished file into memory_bytes(). Nothing is visible before commit().
+  static Result<AtomicOutput> create_memory(const std::string& name);
   AtomicOutput() = default;
   AtomicOutput(AtomicOutput&& o) noexcept;
   AtomicOutput& operator=(AtomicOutput&& o) noexcept;
@@ -76,10 +80,23 @@ class AtomicOutput {
   void abandon();   // remove the temporary file now
 
   const std::string& final_path() const { return final_path_; }
+  bool in_memory() const { return memory_; }
+  // The committed bytes of a memory output (empty before commit()).
+  std::vector<uint8_t>& memory_bytes() { return committed_; }
+
+  // Called with the bytes written so far each time data reaches the file (at most every
+  // buffer's worth, and every step of a kernel copy); returning false stops the write with
+  // engine.cancelled. Used for progress and cancellation between chunks.
+  void set_progress(std::function<bool(uint64_t)> hook) { progress_ = std::move(hook); }
 
  private:
   Status flush_buffer();
+  Status report_progress();
+  Status commit_memory();
   int fd_ = -1;
+  bool memory_ = false;
+  std::vector<uint8_t> committed_;
+  std::function<bool(uint64_t)> progress_;
   std::string temp_path_, final_path_;
   std::vector<uint8_t> buf_;
   uint64_t written_ = 0;

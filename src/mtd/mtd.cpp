@@ -19,6 +19,7 @@
 #include <thread>
 #include <unordered_set>
 
+#include "engine/run.hpp"
 #include "formats/torch_zip_writer.hpp"
 #include "io/atomic_output.hpp"
 #include "io/mapped_file.hpp"
@@ -647,7 +648,8 @@ std::optional<Error> load_source(const std::string& input, const ProtectOptions&
   dopt.compat = options.compat;
   dopt.allow_trailing_data = options.allow_trailing_data;
   // CRCs are checked as the payloads stream through (one read of each byte, not two).
-  auto loaded = load_model(input, dopt, src.file, /*defer_storage_crc=*/true);
+  auto loaded = engine::run_load(modelcdr::Source::file(input), dopt, src.file, /*defer_storage_crc=*/true,
+                                 options.context ? *options.context : engine::process_context());
   if (!loaded.ok()) return loaded.error();
   src.loaded = std::move(*loaded);
   Model& m = model_of(*src.loaded);
@@ -935,7 +937,8 @@ std::optional<MtdResult> prepare(const std::string& input, const std::string& ma
   DisarmOptions dopt;
   dopt.compat = p.doc->compat;
   // CRCs are checked in the hashing pass (compare), so each byte is read once there.
-  auto loaded = load_model(input, dopt, r.file, /*defer_storage_crc=*/true);
+  auto loaded = engine::run_load(modelcdr::Source::file(input), dopt, r.file, /*defer_storage_crc=*/true,
+                                 o.context ? *o.context : engine::process_context());
   if (!loaded.ok()) return mismatch_file(r, loaded.error());
   p.loaded = std::move(*loaded);
   Model& m = model_of(*p.loaded);

@@ -9,6 +9,10 @@
 #include "modelcdr/api.hpp"
 #include "mtd/seal.hpp"
 
+namespace modelcdr::engine {
+struct RunContext;
+}
+
 namespace modelcdr::mtd {
 
 // One difference between a file and its map.
@@ -41,6 +45,8 @@ struct ProtectOptions {
   CompatTarget compat = CompatTarget::torch2;
   bool allow_trailing_data = false;
   bool encrypt = false;  // also encrypt every record (AES-256-CTR), not only permute
+  // The Engine's class registry and limits (set by Engine::protect); nullptr: the process default.
+  const engine::RunContext* context = nullptr;
 };
 
 MtdResult protect(const std::string& input, const std::string& output, const std::string& map_path,
@@ -67,6 +73,7 @@ std::vector<MtdResult> protect_copies(const std::string& input, const std::vecto
 struct RestoreOptions {
   OpenOptions open;
   std::string expect = "auto";  // verify only: auto | protected | restored
+  const engine::RunContext* context = nullptr;  // as ProtectOptions::context
 };
 
 MtdResult restore(const std::string& input, const std::string& map_path, const std::string& output,

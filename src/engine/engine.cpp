@@ -1,0 +1,163 @@
+// modelcdr::Engine (include/modelcdr/engine.hpp, docs/API.md): immutable per-Engine state
+// (its own class registry and limits) over the one pipeline in cdr/pipeline.cpp. Nothing
+// here is process-global, so Engines never see each other's policy and one Engine may be
+// used from many threads: every call reads the shared state and owns everything it writes.
+#include "modelcdr/engine.hpp"
+
+#include "cdr/class_registry.hpp"
+#include "engine/batch.hpp"
+#include "engine/run.hpp"
+#include "mtd/mtd.hpp"
+
+namespace modelcdr {
+
+struct Engine::State {
+  cdr::ClassRegistry registry = cdr::ClassRegistry::defaults();
+  engine::RunContext context;  // points at `registry`: State never moves once shared
+};
+
+Source Source::file(std::string path) {
+  Source s;
+  s.name_ = std::move(path);
+  return s;
+}
+
+Source Source::memory(std::span<const uint8_t> bytes, std::string name) {
+  Source s;
+  s.memory_ = true;
+  s.bytes_ = bytes;
+  s.name_ = std::move(name);
+  return s;
+}
+
+Sink Sink::file(std::string path, bool replace, bool durable) {
+  Sink s;
+  s.name_ = std::move(path);
+  s.replace_ = replace;
+  s.durable_ = durable;
+  return s;
+}
+
+Sink Sink::memory(std::string name) {
+  Sink s;
+  s.memory_ = true;
+  s.name_ = std::move(name);
+  return s;
+}
+
+namespace engine {
+const RunContext& process_context() {
+  static const RunContext ctx{&cdr::ClassRegistry::active(), EngineLimits{}};
+  return ctx;
+}
+}  // namespace engine
+
+Result<Engine> Engine::create(const EngineOptions& options) {
+  auto state = std::make_shared<State>();
+  for (const auto& c : options.allow_classes) MCDR_TRY(state->registry.allow(c, cdr::Construct::newobj));
+  for (const auto& c : options.allow_reduce) MCDR_TRY(state->registry.allow(c, cdr::Construct::reduce));
+  for (const auto& f : options.policy_files) MCDR_TRY(state->registry.load_policy_file(f));
+  state->context.registry = &state->registry;
+  state->context.limits = options.limits;
+  return Engine(std::move(state));
+}
+
+FileReport Engine::scan(const Source& source, const ScanOptions& options) const {
+  return engine::run_scan(source, options, state_->context);
+}
+
+FileReport Engine::disarm(const Source& source, Sink& sink, const DisarmOptions& options) const {
+  return engine::run_disarm(source, sink, options, state_->context);
+}
+
+namespace {
+
+FileReport refused(const Source& source, const std::string& why) {
+  FileReport r;
+  r.input = source.name();
+  r.format = "unknown";
+  r.status = FileStatus::rejected;
+  r.error = make_error("engine.unsupported", why);
+  return r;
+}
+
+// One report type for every call: the MTD outcome goes into FileReport::mtd.
+FileReport to_report(mtd::MtdResult m, const std::string& map_path, bool verifying) {
+  FileReport r = std::move(m.file);
+  MtdReport x;
+  x.code = m.code;
+  x.state = m.state;
+  x.map = map_path;
+  x.signer = m.signer;
+  x.signer_trusted = m.signer_trusted;
+  x.storages = m.storages;
+  x.permuted = m.permuted;
+  x.swapped = m.swapped;
+  for (const auto& d : m.mismatches)
+    x.mismatches.push_back(d.what + (d.name.empty() ? "" : " " + d.name) + (d.detail.empty() ? "" : ": " + d.detail));
+  r.mtd = std::move(x);
+  r.output = m.output;
+  switch (m.outcome) {
+    case mtd::Outcome::ok: r.status = r.removed.empty() ? FileStatus::clean : FileStatus::removed; break;
+    case mtd::Outcome::mismatch: r.status = FileStatus::findings; break;
+    case mtd::Outcome::error:
+      r.status = verifying ? FileStatus::error : FileStatus::rejected;
+      r.error = m.error;
+      r.output.clear();
+      break;
+  }
+  return r;
+}
+
+// MTD reads its input and writes its outputs by path (src/mtd/mtd.cpp), never replacing.
+const char* mtd_refusal(const Source& source, const Sink* sink) {
+  if (source.is_memory()) return "protect/restore/verify read files only: use Source::file";
+  if (sink && sink->is_memory()) return "protect/restore write files only: use Sink::file";
+  if (sink && sink->replace()) return "protect/restore never replace an existing file: use a sink without replace";
+  return nullptr;
+}
+
+}  // namespace
+
+FileReport Engine::protect(const Source& source, Sink& sink, const std::string& map_path,
+                           const mtd::ProtectOptions& options) const {
+  if (const char* why = mtd_refusal(source, &sink)) return refused(source, why);
+  mtd::ProtectOptions o = options;
+  o.context = &state_->context;
+  return to_report(mtd::protect(source.name(), sink.name(), map_path, o), map_path, false);
+}
+
+FileReport Engine::restore(const Source& source, const std::string& map_path, Sink& sink,
+                           const mtd::RestoreOptions& options) const {
+  if (const char* why = mtd_refusal(source, &sink)) return refused(source, why);
+  mtd::RestoreOptions o = options;
+  o.context = &state_->context;
+  return to_report(mtd::restore(source.name(), map_path, sink.name(), o), map_path, false);
+}
+
+FileReport Engine::verify(const Source& source, const std::string& map_path, const mtd::RestoreOptions& options) const {
+  if (const char* why = mtd_refusal(source, nullptr)) return refused(source, why);
+  mtd::RestoreOptions o = options;
+  o.context = &state_->context;
+  return to_report(mtd::verify(source.name(), map_path, o), map_path, true);
+}
+
+Result<std::vector<FileReport>> Engine::disarm_tree(const std::string& in, const std::string& out,
+                                                    engine::BatchOptions options) const {
+  auto state = state_;  // the workers hold the state for the whole run
+  options.disarm_one = [state](const std::string& i, const std::string& o, const DisarmOptions& d) {
+    Sink sink = Sink::file(o, d.force, d.fsync);
+    return engine::run_disarm(Source::file(i), sink, d, state->context);
+  };
+  return engine::disarm_directory(in, out, options);
+}
+
+std::vector<std::string> Engine::allowed_classes() const {
+  std::vector<std::string> out;
+  for (const auto& c : state_->registry.classes()) out.push_back(c.module + "." + c.name);
+  return out;
+}
+
+const EngineLimits& Engine::limits() const { return state_->context.limits; }
+
+}  // namespace modelcdr

@@ -1,0 +1,27 @@
+// The pipeline's entry points behind modelcdr::Engine (include/modelcdr/engine.hpp) and the
+// path-based wrappers of api.hpp: one run of scan / load / disarm with the per-Engine state
+// (class registry, limits) passed in, never read from a process-wide global.
+#pragma once
+#include "modelcdr/api.hpp"
+#include "modelcdr/engine.hpp"
+
+namespace modelcdr::cdr {
+class ClassRegistry;
+}
+
+namespace modelcdr::engine {
+
+struct RunContext {
+  const cdr::ClassRegistry* registry = nullptr;  // nullptr: the process-wide default registry
+  EngineLimits limits;
+};
+// The context of the api.hpp wrappers: the registry load_class_policy extends, no extra limits.
+const RunContext& process_context();
+
+FileReport run_scan(const Source& source, const ScanOptions& options, const RunContext& ctx);
+FileReport run_disarm(const Source& source, Sink& sink, const DisarmOptions& options, const RunContext& ctx);
+// load_model of api.hpp for any source (a memory source is borrowed by the LoadedModel).
+Result<LoadedModelPtr> run_load(const Source& source, const DisarmOptions& options, FileReport& report,
+                                bool defer_storage_crc, const RunContext& ctx);
+
+}  // namespace modelcdr::engine
