@@ -472,7 +472,7 @@ int map_info_main(const MtdArgs& a) {
     std::cout << "signer: none (unsigned map: this header is not authenticated)\n";
   std::cout << "model id: " << printable(str("model_id")) << "\n";
   std::cout << "copy: " << (str("copy").empty() ? "-" : printable(str("copy"))) << "\n";
-  std::cout << "protected file sha256: " << printable(str("protected_sha256")) << "\n";
+  std::cout << "protected file digest: " << printable(str("protected_digest")) << "\n";
   std::cout << "created: " << (created >= 0 ? utc_time(created) : "?") << "\n";
   if (info.contains("records") && info["records"].is_number_unsigned())
     std::cout << "records: " << info["records"].get<uint64_t>()
