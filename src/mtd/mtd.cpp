@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <ctime>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -355,6 +357,8 @@ std::string code_of_map_error(const Error& e) {
   if (e.rule == "map.untrusted") return "untrusted-map";
   if (e.rule == "map.version") return "unsupported-map";
   if (e.rule == "map.not-a-map") return "map-is-model";
+  if (e.rule == "mtd.rollback") return "rollback";
+  if (e.rule == "mtd.expired") return "expired";
   return "bad-map";
 }
 
@@ -377,6 +381,9 @@ struct MapDoc {
   std::string nt;            // digest of the canonical data.pkl (protect does not change it)
   std::string layout_after;  // layout digest of the protected file
   json architecture;
+  // From the clear info (authenticated once the map opened): publisher version and expiry.
+  std::optional<uint64_t> version;
+  std::optional<int64_t> expires_unix;
   ~MapDoc() { sodium_memzero(secret.data(), secret.size()); }
 };
 
@@ -488,6 +495,50 @@ Result<std::unique_ptr<MapDoc>> parse_map_doc(const std::string& text) {
   return d;
 }
 
+// The release fields of the clear info: "version" (unsigned or null) and "expires_unix"
+// (integer or null); absent in maps protected without --version / --expires.
+Status parse_release(const std::string& info_text, MapDoc& d) {
+  json info = json::parse(info_text, nullptr, false);
+  if (!info.is_object()) return ok_status();  // a map sealed without clear info (tests, tools)
+  if (auto it = info.find("version"); it != info.end() && !it->is_null()) {
+    if (!it->is_number_unsigned()) return bad_field("clear info 'version' is not an unsigned integer");
+    d.version = it->get<uint64_t>();
+  }
+  if (auto it = info.find("expires_unix"); it != info.end() && !it->is_null()) {
+    if (!it->is_number_integer()) return bad_field("clear info 'expires_unix' is not an integer");
+    d.expires_unix = it->get<int64_t>();
+  }
+  return ok_status();
+}
+
+std::string utc_text(int64_t t) {
+  std::time_t tt = static_cast<std::time_t>(t);
+  std::tm tm{};
+  char buf[32] = "?";
+  if (gmtime_r(&tt, &tm)) std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+int64_t now_unix() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// Rollback and expiry (docs/MTD.md §4a), checked once the map is authenticated and before the
+// model is read.
+Status check_release(const MapDoc& d, const RestoreOptions& o) {
+  if (o.min_version) {
+    if (!d.version)
+      return make_error("mtd.rollback", "the map names no publisher version, and --min-version " +
+                                            std::to_string(*o.min_version) + " requires one (an older release?)");
+    if (*d.version < *o.min_version)
+      return make_error("mtd.rollback", "the map is for version " + std::to_string(*d.version) + ", older than --min-version " +
+                                            std::to_string(*o.min_version) + " (rollback to an older release?)");
+  }
+  if (o.check_expiry && d.expires_unix && now_unix() >= *d.expires_unix)
+    return make_error("mtd.expired", "the map expired at " + utc_text(*d.expires_unix) + ": ask the publisher for a current one");
+  return ok_status();
+}
+
 // Opens and decodes a map; fills signer info.
 Result<std::unique_ptr<MapDoc>> open_and_parse(const std::string& map_path, const OpenOptions& o, MtdResult& r) {
   auto sealed = read_small_file(map_path, kMaxMapBytes);
@@ -503,6 +554,10 @@ Result<std::unique_ptr<MapDoc>> open_and_parse(const std::string& map_path, cons
   }
   MCDR_ASSIGN(OpenedMap opened, open_map(*sealed, o));
   MCDR_ASSIGN(auto doc, parse_map_doc(opened.payload));
+  // open_map checked the MAC (and the signature) over the clear info too: now it is trusted
+  // as much as the payload.
+  MCDR_ASSIGN(MapHeader header, read_map_header(*sealed));
+  MCDR_TRY(parse_release(header.info, *doc));
   if (opened.signed_) {
     r.signer = fingerprint(opened.signer.data(), 32);
     r.signer_trusted = opened.signature_checked_against_trusted;
@@ -899,7 +954,9 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
                  {"copy", copy.name.empty() ? json(nullptr) : json(utf8_safe(copy.name))},
                  {"protected_digest", hex(protected_digest(*layout_after, after))},
                  {"records", n},
-                 {"encrypted", options.encrypt}}
+                 {"encrypted", options.encrypt},
+                 {"version", options.version ? json(*options.version) : json(nullptr)},
+                 {"expires_unix", options.expires_unix ? json(*options.expires_unix) : json(nullptr)}}
                 .dump(-1, ' ', false, json::error_handler_t::replace);
   if (so.info.size() > kMaxMapInfo) return fail(r, make_error("map.info", "copy name too long for the map's clear info"));
   auto sealed = seal_map(text, so);
@@ -990,6 +1047,7 @@ std::optional<MtdResult> prepare(const std::string& input, const std::string& ma
     return fail(r, doc.error());
   }
   p.doc = std::move(*doc);
+  if (auto rel = check_release(*p.doc, o); !rel.ok()) return map_failure(r, map_path, rel.error());
   if (::access(input.c_str(), R_OK) != 0) return fail(r, make_error("io.open", "cannot open " + input));
   DisarmOptions dopt;
   dopt.compat = p.doc->compat;
@@ -1271,6 +1329,38 @@ TraceResult trace(const std::string& leaked, const std::vector<std::string>& map
     t.error = make_error("mtd.internal", std::string("unexpected error: ") + e.what());
     return t;
   }
+}
+
+Result<int64_t> parse_expiry(const std::string& text) {
+  auto bad = [&] {
+    return make_error("usage.expires", "--expires " + text + ": expected YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or @UNIX-SECONDS");
+  };
+  if (!text.empty() && text[0] == '@') {
+    int64_t v = 0;
+    if (text.size() < 2 || text.size() > 13 || text.find_first_not_of("0123456789", 1) != std::string::npos) return bad();
+    for (size_t i = 1; i < text.size(); ++i) v = v * 10 + (text[i] - '0');
+    return v;
+  }
+  // Digits at fixed places: "YYYY-MM-DD" and optionally "THH:MM:SSZ".
+  const bool with_time = text.size() == 20;
+  const std::string shape = with_time ? "dddd-dd-ddTdd:dd:ddZ" : "dddd-dd-dd";
+  if (text.size() != shape.size()) return bad();
+  for (size_t i = 0; i < shape.size(); ++i)
+    if (shape[i] == 'd' ? !std::isdigit(static_cast<unsigned char>(text[i])) : text[i] != shape[i]) return bad();
+  auto num = [&](size_t at, size_t len) { return std::stoi(text.substr(at, len)); };
+  std::tm tm{};
+  tm.tm_year = num(0, 4);
+  tm.tm_mon = num(5, 2);
+  tm.tm_mday = num(8, 2);
+  if (with_time) tm.tm_hour = num(11, 2), tm.tm_min = num(14, 2), tm.tm_sec = num(17, 2);
+  if (tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 || tm.tm_mday > 31 || tm.tm_hour > 23 || tm.tm_min > 59 || tm.tm_sec > 59)
+    return bad();
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  const int day = tm.tm_mday;
+  const std::time_t t = timegm(&tm);
+  if (tm.tm_mday != day) return bad();  // 2026-02-30 and the like
+  return static_cast<int64_t>(t);
 }
 
 static std::string new_model_id() {
