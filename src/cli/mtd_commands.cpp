@@ -3,6 +3,7 @@
 #include <sodium.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cctype>
 #include <filesystem>
 #include <cstdio>
@@ -31,6 +32,8 @@ struct MtdArgs {
   std::string recipients_dir, maps_dir;
   std::vector<std::string> changes;  // map add-recipient / remove-recipient: PUB files or fingerprints
   bool json_out = false, recipient_fp = false;
+  std::optional<uint64_t> version, min_version;  // protect --version, restore/verify --min-version
+  std::string expires;                           // protect --expires DATE
 };
 
 // Names and messages from a map or a model are data: printed through report::printable
@@ -127,6 +130,8 @@ std::string headline(const mtd::MtdResult& r) {
   if (r.code == "bad-signature") return "the map's signature is missing or not from a trusted signer";
   if (r.code == "unsupported-map") return "unsupported map version: re-protect the model with this modelcdr";
   if (r.code == "bad-map") return "the map is malformed";
+  if (r.code == "expired") return "the map has expired";
+  if (r.code == "rollback") return "the map is for an older release than --min-version (rollback refused)";
   if (r.code == "unreadable-file") return "the file cannot be read as a model (damaged or truncated)";
   std::string changed;
   size_t n = 0;
@@ -242,6 +247,15 @@ int protect_main(const MtdArgs& a) {
   if (!parse_compat(a.compat, o.compat)) return usage("--compat must be torch2 or torch1.13");
   o.allow_trailing_data = a.allow_trailing;
   o.encrypt = a.encrypt;
+  o.version = a.version;
+  if (!a.expires.empty()) {
+    auto t = mtd::parse_expiry(a.expires);
+    if (!t.ok()) return usage(t.error().message);
+    using namespace std::chrono;
+    if (*t <= duration_cast<seconds>(system_clock::now().time_since_epoch()).count())
+      return usage("protect: --expires " + a.expires + " is not in the future");
+    o.expires_unix = *t;
+  }
   std::vector<std::unique_ptr<mtd::KeyFile>> keep;
   for (const auto& f : a.key_files) {
     auto k = mtd::read_key_file(f);
@@ -409,6 +423,8 @@ int restore_main(const MtdArgs& a) {
   if (a.input.empty() || a.output.empty() || a.map.empty()) return usage("restore: IN, --map MAP and -o OUT are required");
   if (io::path_exists(a.output)) return usage("restore: " + a.output + " already exists: remove it or choose another name");
   mtd::RestoreOptions o;
+  o.min_version = a.min_version;
+  o.check_expiry = true;
   std::vector<std::unique_ptr<mtd::KeyFile>> keep;
   if (int rc = open_options(a, o, keep); rc >= 0) return rc;
   auto r = mtd::restore(a.input, a.map, a.output, o);
@@ -419,6 +435,7 @@ int restore_main(const MtdArgs& a) {
 int verify_main(const MtdArgs& a) {
   if (a.input.empty() || a.map.empty()) return usage("verify: IN and --map MAP are required");
   mtd::RestoreOptions o;
+  o.min_version = a.min_version;
   std::vector<std::unique_ptr<mtd::KeyFile>> keep;
   if (int rc = open_options(a, o, keep); rc >= 0) return rc;
   auto r = mtd::verify(a.input, a.map, o);
@@ -472,8 +489,13 @@ int map_info_main(const MtdArgs& a) {
     std::cout << "signer: none (unsigned map: this header is not authenticated)\n";
   std::cout << "model id: " << printable(str("model_id")) << "\n";
   std::cout << "copy: " << (str("copy").empty() ? "-" : printable(str("copy"))) << "\n";
-  std::cout << "protected file sha256: " << printable(str("protected_sha256")) << "\n";
+  std::cout << "protected file digest: " << printable(str("protected_digest")) << "\n";
   std::cout << "created: " << (created >= 0 ? utc_time(created) : "?") << "\n";
+  // Release fields (docs/MTD.md §4a): signed with everything else.
+  const bool has_version = info.contains("version") && info["version"].is_number_unsigned();
+  std::cout << "version: " << (has_version ? std::to_string(info["version"].get<uint64_t>()) : std::string("-")) << "\n";
+  const bool expires = info.contains("expires_unix") && info["expires_unix"].is_number_integer();
+  std::cout << "expires: " << (expires ? utc_time(info["expires_unix"].get<int64_t>()) : std::string("never")) << "\n";
   if (info.contains("records") && info["records"].is_number_unsigned())
     std::cout << "records: " << info["records"].get<uint64_t>()
               << (info.value("encrypted", false) ? " (permuted and encrypted)" : " (permuted)") << "\n";
@@ -641,6 +663,8 @@ void add_mtd_commands(CLI::App& app) {
   pr->add_option("--recipients-dir", a.recipients_dir, "one protected copy and map per DIR/NAME.pub (-o is then a folder)");
   pr->add_option("--compat", a.compat, "torch2 (default) or torch1.13");
   pr->add_flag("--encrypt", a.encrypt, "also encrypt every record (AES-256-CTR), for confidentiality of the weights");
+  pr->add_option("--version", a.version, "publisher release number, signed into the map (restore --min-version refuses older)");
+  pr->add_option("--expires", a.expires, "restore refuses the map from then on: YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or @UNIX (UTC)");
   pr->add_flag("--allow-trailing-data", a.allow_trailing, "drop bytes after the pickle's STOP instead of rejecting");
   add_key_args(pr, a, false);
   extra_commands().push_back({pr, [] { return protect_main(a); }});
@@ -649,6 +673,7 @@ void add_mtd_commands(CLI::App& app) {
   rs->add_option("input", a.input, "protected model");
   rs->add_option("--map", a.map, "sealed map");
   rs->add_option("-o,--output", a.output, "restored model (bit-identical to the disarmed original)");
+  rs->add_option("--min-version", a.min_version, "refuse a map whose signed publisher version is older (rollback)");
   add_key_args(rs, a, true);
   extra_commands().push_back({rs, [] { return restore_main(a); }});
 
@@ -656,6 +681,7 @@ void add_mtd_commands(CLI::App& app) {
   vf->add_option("input", a.input, "model file");
   vf->add_option("--map", a.map, "sealed map");
   vf->add_option("--expect", a.expect, "auto (default), protected or restored");
+  vf->add_option("--min-version", a.min_version, "refuse a map whose signed publisher version is older (rollback)");
   add_key_args(vf, a, true);
   extra_commands().push_back({vf, [] { return verify_main(a); }});
 }

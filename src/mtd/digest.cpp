@@ -2,6 +2,9 @@
 
 #include <openssl/evp.h>
 
+#include "mtd/permute.hpp"
+
+#include <algorithm>
 #include <cstdlib>
 
 namespace modelcdr::mtd {
@@ -36,6 +39,41 @@ Digest sha256(std::span<const uint8_t> bytes) {
   Sha256 h;
   h.update(bytes);
   return h.finish();
+}
+
+TreeDigest::TreeDigest(uint64_t nbytes, size_t leaf)
+    : nbytes_(nbytes), leaf_(leaf), leaves_(static_cast<size_t>((nbytes + leaf - 1) / leaf)),
+      have_(leaves_.size(), false), missing_(leaves_.size()) {}
+
+void TreeDigest::add(uint64_t offset, std::span<const uint8_t> bytes) {
+  if (offset % leaf_ != 0 || offset + bytes.size() > nbytes_) std::abort();  // caller bug
+  for (size_t at = 0; at < bytes.size(); at += leaf_) {
+    const size_t i = static_cast<size_t>((offset + at) / leaf_);
+    const size_t len = std::min(leaf_, bytes.size() - at);
+    // A short piece is only allowed as the record's last leaf.
+    if (len != leaf_ && offset + at + len != nbytes_) std::abort();
+    h_.update(bytes.subspan(at, len));
+    leaves_[i] = h_.finish();
+    if (!have_[i]) have_[i] = true, --missing_;
+  }
+}
+
+Digest TreeDigest::finish() const {
+  if (missing_ != 0) std::abort();  // caller bug: a leaf was never hashed
+  Sha256 root;
+  static const char kLabel[] = "modelcdr-mtd sha-256-tree";
+  root.update(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(kLabel), sizeof kLabel));  // with its 0
+  uint8_t b[16];
+  for (int i = 0; i < 8; ++i) b[i] = uint8_t(nbytes_ >> (8 * i)), b[8 + i] = uint8_t(uint64_t(leaf_) >> (8 * i));
+  root.update(std::span<const uint8_t>(b, 16));
+  for (const auto& d : leaves_) root.update(d);
+  return root.finish();
+}
+
+size_t tree_leaf_bytes(size_t element_size) {
+  // Element sizes are powers of two up to 16 (complex128); anything else gets byte leaves.
+  if (element_size == 0 || element_size > 16 || (element_size & (element_size - 1)) != 0) element_size = 1;
+  return size_t(kPermBlock) * element_size;
 }
 
 SerialWorker::SerialWorker() : thread_([this] { run(); }) {}

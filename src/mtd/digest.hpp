@@ -12,6 +12,7 @@
 #include <mutex>
 #include <span>
 #include <thread>
+#include <vector>
 
 namespace modelcdr::mtd {
 
@@ -31,6 +32,34 @@ class Sha256 {
 };
 
 Digest sha256(std::span<const uint8_t> bytes);
+
+// The record digest of map format 4, "sha-256-tree" (docs/MTD.md §2): the record is cut into
+// leaves of `leaf` bytes (the last one may be short), each leaf is hashed with SHA-256, and
+//   digest = SHA-256("modelcdr-mtd sha-256-tree" 0x00 || u64le nbytes || u64le leaf || leaf_0 || ...).
+// Leaves may be added in any order, which lets restore hash the protected bytes in the order
+// the inverse permutation reads them: each byte is read once, into a private buffer, and that
+// buffer is both hashed and restored.
+class TreeDigest {
+ public:
+  TreeDigest(uint64_t nbytes, size_t leaf);
+  // Hashes bytes [offset, offset + bytes.size()) of the record: offset is a multiple of the leaf
+  // size and the range ends on a leaf boundary or at the end of the record.
+  void add(uint64_t offset, std::span<const uint8_t> bytes);
+  bool complete() const { return missing_ == 0; }
+  Digest finish() const;  // every leaf must have been added once
+
+ private:
+  uint64_t nbytes_;
+  size_t leaf_;
+  std::vector<Digest> leaves_;
+  std::vector<bool> have_;
+  size_t missing_;
+  Sha256 h_;
+};
+
+// The leaf size for a record of elements of `element_size` bytes: one permutation block
+// (4096 elements), so that every block the permutation moves is exactly one leaf.
+size_t tree_leaf_bytes(size_t element_size);
 
 // One helper thread that runs jobs one after another, in the order submitted: the second
 // core of a protect or restore. Jobs must not throw.

@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <ctime>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -37,8 +39,9 @@ using model::StorageId;
 using model::ValueId;
 using model::ValueKind;
 
-constexpr const char* kMapSchema = "modelcdr.mtd-map/2";
-constexpr const char* kHashName = "sha-256";
+constexpr const char* kMapSchema = "modelcdr.mtd-map/3";
+// Record digests: TreeDigest (mtd/digest.hpp) with one-permutation-block leaves.
+constexpr const char* kHashName = "sha-256-tree";
 
 // Storages are streamed in chunks of this size: a multiple of a permutation block for every
 // element size (4096 elements x 8 bytes = 32 KiB), small enough to stay in L2 between the
@@ -55,7 +58,9 @@ std::string utf8_safe(const std::string& s) {
 }
 std::string hex(const Digest& d) { return to_hex(d.data(), d.size()); }
 
-// SHA-256 and, where the reader deferred it, the zip CRC-32 of one record, in one pass.
+size_t leaf_of(const model::Storage& s) { return tree_leaf_bytes(model::dtype_info(s.dtype).element_size); }
+
+// Tree digest and, where the reader deferred it, the zip CRC-32 of one record, in one pass.
 struct RecordSum {
   Digest digest;
   bool crc_ok = true;
@@ -67,7 +72,7 @@ struct RecordSum {
 // 6.9 s for protect of the same file).
 RecordSum sum_record(const model::Storage& s, std::vector<uint8_t>& buf) {
   RecordSum r;
-  Sha256 h;
+  TreeDigest h(s.bytes.size(), leaf_of(s));
   uint32_t crc = 0;
   buf.resize(kStreamChunk);
   for (size_t off = 0; off < s.bytes.size(); off += kStreamChunk) {
@@ -79,7 +84,7 @@ RecordSum sum_record(const model::Storage& s, std::vector<uint8_t>& buf) {
       if (got == static_cast<ssize_t>(chunk.size())) chunk = std::span<const uint8_t>(buf.data(), chunk.size());
       // else: read through the mapping, which holds the same bytes
     }
-    h.update(chunk);
+    h.add(off, chunk);
     if (s.expected_crc) crc = libdeflate_crc32(crc, chunk.data(), chunk.size());
   }
   r.digest = h.finish();
@@ -353,6 +358,8 @@ std::string code_of_map_error(const Error& e) {
   if (e.rule == "map.untrusted") return "untrusted-map";
   if (e.rule == "map.version") return "unsupported-map";
   if (e.rule == "map.not-a-map") return "map-is-model";
+  if (e.rule == "mtd.rollback") return "rollback";
+  if (e.rule == "mtd.expired") return "expired";
   return "bad-map";
 }
 
@@ -362,7 +369,7 @@ struct MapEntry {
   uint64_t nbytes;
   bool permuted;
   uint32_t source;
-  std::string before, after;
+  std::string after;  // tree digest of the record as protected (format 4 keeps no before-digest)
 };
 
 // The map's payload, validated field by field: a hostile (but validly sealed) map gets an
@@ -372,9 +379,12 @@ struct MapDoc {
   CompatTarget compat = CompatTarget::torch2;
   Key32 secret{};
   bool encrypted = false;
-  std::string nt_before, nt_after;
+  std::string nt;            // digest of the canonical data.pkl (protect does not change it)
   std::string layout_after;  // layout digest of the protected file
   json architecture;
+  // From the clear info (authenticated once the map opened): publisher version and expiry.
+  std::optional<uint64_t> version;
+  std::optional<int64_t> expires_unix;
   ~MapDoc() { sodium_memzero(secret.data(), secret.size()); }
 };
 
@@ -418,13 +428,12 @@ Result<MapEntry> entry_of(const json& e, size_t index) {
   MCDR_ASSIGN(m.dtype, string_field(e, "dtype", 64));
   const json* permuted = field(e, "permuted", json::value_t::boolean);
   if (!permuted) return bad_field("storages[" + std::to_string(index) + "].permuted missing or not a boolean");
-  if (!is_hex_digest(e.value("before", json())) || !is_hex_digest(e.value("after", json())))
-    return bad_field("storages[" + std::to_string(index) + "] hashes are not SHA-256 hex digests");
+  if (!is_hex_digest(e.value("after", json())))
+    return bad_field("storages[" + std::to_string(index) + "].after is not a SHA-256 hex digest");
   if (key != index) return bad_field("storages out of order");
   m.key = static_cast<uint32_t>(key);
   m.source = static_cast<uint32_t>(source);
   m.permuted = permuted->get<bool>();
-  m.before = e["before"].get<std::string>();
   m.after = e["after"].get<std::string>();
   return m;
 }
@@ -461,13 +470,11 @@ Result<std::unique_ptr<MapDoc>> parse_map_doc(const std::string& text) {
     return bad_field("'encryption' must be null or an object");
   }
   const json* nt = field(doc, "non_tensor", json::value_t::object);
-  if (!nt || !is_hex_digest(nt->value("before", json())) || !is_hex_digest(nt->value("after", json())))
-    return bad_field("'non_tensor' hashes missing");
+  if (!nt || !is_hex_digest(nt->value("digest", json()))) return bad_field("'non_tensor' digest missing");
   const json* layout = field(doc, "layout", json::value_t::object);
   if (!layout || !is_hex_digest(layout->value("after", json()))) return bad_field("'layout' missing");
   d->layout_after = (*layout)["after"].get<std::string>();
-  d->nt_before = (*nt)["before"].get<std::string>();
-  d->nt_after = (*nt)["after"].get<std::string>();
+  d->nt = (*nt)["digest"].get<std::string>();
   d->architecture = doc.value("architecture", json());
   if (!d->architecture.is_null() && !d->architecture.is_object()) return bad_field("'architecture' must be null or an object");
   const json* st = field(doc, "storages", json::value_t::array);
@@ -489,6 +496,50 @@ Result<std::unique_ptr<MapDoc>> parse_map_doc(const std::string& text) {
   return d;
 }
 
+// The release fields of the clear info: "version" (unsigned or null) and "expires_unix"
+// (integer or null); absent in maps protected without --version / --expires.
+Status parse_release(const std::string& info_text, MapDoc& d) {
+  json info = json::parse(info_text, nullptr, false);
+  if (!info.is_object()) return ok_status();  // a map sealed without clear info (tests, tools)
+  if (auto it = info.find("version"); it != info.end() && !it->is_null()) {
+    if (!it->is_number_unsigned()) return bad_field("clear info 'version' is not an unsigned integer");
+    d.version = it->get<uint64_t>();
+  }
+  if (auto it = info.find("expires_unix"); it != info.end() && !it->is_null()) {
+    if (!it->is_number_integer()) return bad_field("clear info 'expires_unix' is not an integer");
+    d.expires_unix = it->get<int64_t>();
+  }
+  return ok_status();
+}
+
+std::string utc_text(int64_t t) {
+  std::time_t tt = static_cast<std::time_t>(t);
+  std::tm tm{};
+  char buf[32] = "?";
+  if (gmtime_r(&tt, &tm)) std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+int64_t now_unix() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// Rollback and expiry (docs/MTD.md §4a), checked once the map is authenticated and before the
+// model is read.
+Status check_release(const MapDoc& d, const RestoreOptions& o) {
+  if (o.min_version) {
+    if (!d.version)
+      return make_error("mtd.rollback", "the map names no publisher version, and --min-version " +
+                                            std::to_string(*o.min_version) + " requires one (an older release?)");
+    if (*d.version < *o.min_version)
+      return make_error("mtd.rollback", "the map is for version " + std::to_string(*d.version) + ", older than --min-version " +
+                                            std::to_string(*o.min_version) + " (rollback to an older release?)");
+  }
+  if (o.check_expiry && d.expires_unix && now_unix() >= *d.expires_unix)
+    return make_error("mtd.expired", "the map expired at " + utc_text(*d.expires_unix) + ": ask the publisher for a current one");
+  return ok_status();
+}
+
 // Opens and decodes a map; fills signer info.
 Result<std::unique_ptr<MapDoc>> open_and_parse(const std::string& map_path, const OpenOptions& o, MtdResult& r) {
   auto sealed = read_small_file(map_path, kMaxMapBytes);
@@ -504,6 +555,10 @@ Result<std::unique_ptr<MapDoc>> open_and_parse(const std::string& map_path, cons
   }
   MCDR_ASSIGN(OpenedMap opened, open_map(*sealed, o));
   MCDR_ASSIGN(auto doc, parse_map_doc(opened.payload));
+  // open_map checked the MAC (and the signature) over the clear info too: now it is trusted
+  // as much as the payload.
+  MCDR_ASSIGN(MapHeader header, read_map_header(*sealed));
+  MCDR_TRY(parse_release(header.info, *doc));
   if (opened.signed_) {
     r.signer = fingerprint(opened.signer.data(), 32);
     r.signer_trusted = opened.signature_checked_against_trusted;
@@ -511,47 +566,85 @@ Result<std::unique_ptr<MapDoc>> open_and_parse(const std::string& map_path, cons
   return doc;
 }
 
-// Compares the records of `m` with the map's hashes. `which`: "after" or "before".
-struct Comparison {
-  std::vector<Mismatch> against_after, against_before;
-  bool structure_ok = true;
-  size_t matching_records = 0;  // records whose hash matches either hash set
-  bool wrong_file = false;      // nothing matches: the map was made for another file
+// The digest of protected record k as it would be if the file were the restored original:
+// the forward transform (permutation, then encryption) of original record source[k], tree-
+// hashed. Verifying a restored file this way needs no second set of hashes in the map.
+RecordSum restored_sum(const model::Storage& original, const MapDoc& doc, uint32_t k, std::vector<uint8_t>& buf) {
+  const MapEntry& e = doc.entries[k];
+  const std::span<const uint8_t> in = original.bytes;
+  const size_t esize = model::dtype_info(original.dtype).element_size;
+  std::optional<Permuter> perm;
+  if (e.permuted) {
+    Key32 pk = derive_storage_key(doc.secret, e.name, k);
+    perm.emplace(pk.data(), in.size() / esize, esize, false);
+    sodium_memzero(pk.data(), pk.size());
+  }
+  std::optional<RecordCipher> cipher;
+  if (doc.encrypted) {
+    Key32 ck = derive_record_cipher_key(doc.secret, k);
+    cipher.emplace(ck);
+    sodium_memzero(ck.data(), ck.size());
+  }
+  TreeDigest h(in.size(), leaf_of(original));
+  buf.resize(kStreamChunk);
+  io::populate_mapped_pages(in);  // the gather reads anywhere in it
+  for (size_t off = 0; off < in.size(); off += kStreamChunk) {
+    const size_t len = std::min(kStreamChunk, in.size() - off);
+    if (perm) perm->produce(in.data(), buf.data(), off / esize, len / esize);
+    else std::memcpy(buf.data(), in.data() + off, len);
+    if (cipher) cipher->apply(buf.data(), buf.data(), len, off);
+    h.add(off, std::span<const uint8_t>(buf.data(), len));
+  }
+  RecordSum r;
+  r.digest = h.finish();
+  if (original.expected_crc) r.crc_ok = libdeflate_crc32(0, in.data(), in.size()) == *original.expected_crc;
+  if (original.mapped) io::release_mapped_pages(in);
+  return r;
+}
+
+// Whether record `from` of the file can be what protected record k was made from.
+bool fits_entry(const model::Storage& s, const MapEntry& e) {
+  return s.bytes.size() == e.nbytes && model::dtype_info(s.dtype).name == e.dtype && (!e.permuted || is_float_storage(s));
+}
+
+// The file's records checked against the map in one state: as the protected file (each
+// record's digest against `after`, plus the zip layout) or as the restored original (each
+// record transformed forward again, then against `after`).
+struct StateCheck {
+  std::vector<Mismatch> mismatches;
+  size_t matching_records = 0;  // records that match
+  bool nt_differs = false;
 };
 
-Comparison compare(const std::string& input, const Model& m, const Layout& l, const MapDoc& doc,
-                   const std::vector<std::string>& names_now) {
-  Comparison c;
+StateCheck check_state(const std::string& input, const Model& m, const Layout& l, const MapDoc& doc,
+                       const std::vector<std::string>& names_now, bool as_protected) {
+  StateCheck c;
+  const std::string against = as_protected ? "protected" : "restored";
   const auto& entries = doc.entries;
-  std::string pkl_hash = hex(hash_bytes(l.pkl));
-  auto nontensor = [&](const std::string& against, const std::string& expected) {
+  const std::string pkl_hash = hex(hash_bytes(l.pkl));
+  if (pkl_hash != doc.nt) {
+    c.nt_differs = true;
     Mismatch x;
     x.what = "non-tensor";
     x.name = "data.pkl";
     x.against = against;
-    x.expected = expected;
+    x.expected = doc.nt;
     x.actual = pkl_hash;
     x.detail = "the non-tensor data (state-dict keys, shapes, dtypes, metadata) differs from the map";
-    return x;
-  };
-  const bool nt_differs = pkl_hash != doc.nt_after && pkl_hash != doc.nt_before;
-  if (pkl_hash != doc.nt_after) c.against_after.push_back(nontensor("protected", doc.nt_after));
-  if (pkl_hash != doc.nt_before) c.against_before.push_back(nontensor("restored", doc.nt_before));
+    c.mismatches.push_back(x);
+  }
   if (l.order.size() != entries.size()) {
-    c.structure_ok = false;
     Mismatch x;
     x.what = "structure";
     x.expected = std::to_string(entries.size());
     x.actual = std::to_string(l.order.size());
     x.detail = "the file has " + x.actual + " tensor records, the map " + x.expected;
-    c.against_after.push_back(x);
-    c.against_before.push_back(x);
+    c.mismatches.push_back(x);
   }
-  size_t n = std::min(l.order.size(), entries.size());
+  const size_t n = std::min(l.order.size(), entries.size());
   std::vector<const model::Storage*> records(n);
   for (size_t k = 0; k < n; ++k) records[k] = &l.at(m, k);
-  auto sums = sum_all(records);
-  if (l.order.size() == entries.size()) {
+  if (as_protected && l.order.size() == entries.size()) {
     auto now = input_layout(input, records);
     if (!now || hex(*now) != doc.layout_after) {
       Mismatch x;
@@ -560,43 +653,74 @@ Comparison compare(const std::string& input, const Model& m, const Layout& l, co
       x.expected = doc.layout_after;
       x.actual = now ? hex(*now) : "";
       x.detail = "the zip layout differs from the protected file's (re-zipped, or members added, renamed or moved)";
-      c.against_after.push_back(x);
+      c.mismatches.push_back(x);
     }
   }
+  // In the restored state protected record k is made from original record source[k]; a
+  // mismatch there names that original.
+  std::vector<uint32_t> from(n);
+  std::vector<bool> fits(n, true);
   for (size_t k = 0; k < n; ++k) {
-    const auto& e = entries[k];
-    const auto size = records[k]->bytes.size();
-    std::string h = hex(sums[k].digest);
-    auto tensor_mismatch = [&](const std::string& against, const std::string& expected) {
-      Mismatch x;
-      x.what = "tensor";
-      x.name = e.name;
-      x.key = static_cast<int64_t>(k);
-      x.against = against;
-      x.expected = expected;
-      x.actual = h;
-      if (size != e.nbytes)
-        x.detail = "size " + std::to_string(size) + " bytes, map says " + std::to_string(e.nbytes);
-      else if (!sums[k].crc_ok)
-        x.detail = "tensor bytes changed (the record's CRC-32 no longer matches the zip directory)";
-      else if (k < names_now.size() && !names_now[k].empty() && names_now[k] != e.name)
-        x.detail = "record now belongs to '" + names_now[k] + "'";
-      else
-        x.detail = "tensor bytes changed";
-      return x;
-    };
-    // A CRC mismatch with a matching digest means the zip directory was edited: flag it too.
-    if (h != e.after || !sums[k].crc_ok) c.against_after.push_back(tensor_mismatch("protected", e.after));
-    if (h != e.before || !sums[k].crc_ok) c.against_before.push_back(tensor_mismatch("restored", e.before));
-    if (h == e.after || h == e.before) ++c.matching_records;
+    from[k] = as_protected ? static_cast<uint32_t>(k) : entries[k].source;
+    if (from[k] >= n) from[k] = static_cast<uint32_t>(k), fits[k] = false;
+    fits[k] = fits[k] && fits_entry(*records[from[k]], entries[k]);
   }
-  // Not one record matches (and, for a one-record map, neither does the non-tensor data):
-  // this is not the file the map was made for, which one message says better than a line
-  // per tensor.
-  c.wrong_file = !entries.empty() && c.matching_records == 0 && (nt_differs || entries.size() >= 2);
+  std::vector<RecordSum> sums;
+  if (as_protected) {
+    sums = sum_all(records);
+  } else {
+    sums.resize(n);
+    std::atomic<size_t> next{0};
+    auto worker = [&] {
+      std::vector<uint8_t> buf;
+      for (size_t k; (k = next++) < n;)
+        if (fits[k]) sums[k] = restored_sum(*records[from[k]], doc, static_cast<uint32_t>(k), buf);
+    };
+    unsigned threads = std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
+    std::vector<std::thread> pool;
+    for (unsigned t = 1; t < threads; ++t) pool.emplace_back(worker);
+    worker();
+    for (auto& t : pool) t.join();
+  }
+  for (size_t k = 0; k < n; ++k) {
+    const uint32_t j = from[k];
+    const auto& e = entries[j];  // the record as named in this state
+    const auto size = records[j]->bytes.size();
+    const std::string h = fits[k] ? hex(sums[k].digest) : std::string();
+    if (fits[k] && h == entries[k].after && sums[k].crc_ok) {
+      ++c.matching_records;
+      continue;
+    }
+    if (fits[k] && h == entries[k].after) ++c.matching_records;  // bytes right, zip directory edited
+    Mismatch x;
+    x.what = "tensor";
+    x.name = e.name;
+    x.key = static_cast<int64_t>(j);
+    x.against = against;
+    x.expected = entries[k].after;
+    x.actual = h;
+    if (size != e.nbytes)
+      x.detail = "size " + std::to_string(size) + " bytes, map says " + std::to_string(e.nbytes);
+    else if (!fits[k])
+      x.detail = "dtype " + std::string(model::dtype_info(records[j]->dtype).name) + ", map says " + e.dtype;
+    else if (!sums[k].crc_ok)
+      x.detail = "tensor bytes changed (the record's CRC-32 no longer matches the zip directory)";
+    else if (j < names_now.size() && !names_now[j].empty() && names_now[j] != e.name)
+      x.detail = "record now belongs to '" + names_now[j] + "'";
+    else
+      x.detail = "tensor bytes changed";
+    c.mismatches.push_back(x);
+  }
   return c;
 }
 
+// Not one record matches in either state (and, for a one-record map, neither does the
+// non-tensor data): this is not the file the map was made for, which one message says better
+// than a line per tensor.
+bool is_wrong_file(const MapDoc& doc, const StateCheck& a, const StateCheck& b) {
+  return !doc.entries.empty() && a.matching_records == 0 && b.matching_records == 0 &&
+         (a.nt_differs || doc.entries.size() >= 2);
+}
 // Names by record key for the model as it is now.
 std::vector<std::string> names_by_key(const Model& m, const Layout& l) {
   auto by_sid = storage_names(m);
@@ -637,10 +761,8 @@ struct Source {
   std::vector<std::string> by_sid, names;
   std::vector<int64_t> key_of_sid;
   FileReport file;
-  // Before-hashes by original record key, once the first copy has computed them (and checked
-  // the CRCs): later copies of the same input hash each byte once, not twice.
-  std::vector<Digest> before;
-  bool have_before = false;
+  // The first copy checks the CRCs the reader deferred; later copies of the same input need not.
+  bool crc_checked = false;
 };
 
 std::optional<Error> load_source(const std::string& input, const ProtectOptions& options, Source& src) {
@@ -675,16 +797,15 @@ std::optional<Error> load_source(const std::string& input, const ProtectOptions&
   return std::nullopt;
 }
 
-// SHA-256 of everything written to `out` so far (read back through windows: page cache).
-Result<Digest> output_sha256(io::AtomicOutput& out) {
-  MCDR_TRY(out.flush());
+// The protected file's digest for the clear info: SHA-256 over the layout digest (every byte
+// outside the records, and where the records are) and each record's tree digest, in key order.
+// It names the whole file without hashing its bytes a second time.
+Digest protected_digest(const Digest& layout, const std::vector<Digest>& after) {
   Sha256 h;
-  constexpr uint64_t kWindow = uint64_t(64) << 20;
-  for (uint64_t at = 0; at < out.tell(); at += kWindow) {
-    const uint64_t len = std::min(kWindow, out.tell() - at);
-    MCDR_ASSIGN(auto w, out.window(at, len));
-    h.update(std::span<const uint8_t>(w.data(), len));
-  }
+  static const char kLabel[] = "modelcdr-mtd protected file";
+  h.update(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(kLabel), sizeof kLabel));
+  h.update(layout);
+  for (const auto& d : after) h.update(d);
   return h.finish();
 }
 
@@ -716,12 +837,12 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
     for (size_t i = 0; i < keys.size(); ++i) source[keys[i]] = perm[i];
   }
 
-  std::vector<Digest> before(n), after(n);
+  std::vector<Digest> after(n);
   std::vector<bool> permuted(n, false);
   for (size_t k = 0; k < n; ++k) permuted[k] = is_float_storage(l.at(m, k));
-  // Per record, one pipeline over two cores: the helper reads the input in order (before-hash,
-  // and the CRC the reader deferred) and gathers the permuted chunk into a ring slot; this
-  // thread hashes that chunk (after-hash) and hands it to the writer.
+  // Per record, one pipeline over two cores: the helper reads the input in order (the CRC the
+  // reader deferred) and gathers the permuted (and encrypted) chunk into a ring slot; this
+  // thread tree-hashes that chunk and hands it to the writer. Each byte is hashed once.
   SerialWorker helper;
   Ring ring(kRing, std::vector<uint8_t>(kStreamChunk));
   auto out = io::AtomicOutput::create(output);
@@ -749,18 +870,18 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
       sodium_memzero(ck.data(), ck.size());
     }
     const bool transformed = perm || cipher;
-    Sha256 before_sum, after_sum;
+    TreeDigest after_sum(in.size(), leaf_of(src));
     uint32_t crc = 0;
-    const bool hash_before = !cached.have_before;
-    const bool check_crc = hash_before && src.expected_crc.has_value();
+    const bool check_crc = !cached.crc_checked && src.expected_crc.has_value();
     auto prepare = [&](size_t off, size_t len, uint8_t* slot) {
-      if (hash_before) before_sum.update(in.subspan(off, len));
       if (check_crc) crc = libdeflate_crc32(crc, in.data() + off, len);
       if (perm) perm->produce(in.data(), slot, off / esize, len / esize);
       if (cipher) cipher->apply(perm ? slot : in.data() + off, slot, len, off);
     };
+    size_t consumed = 0;
     auto consume = [&](std::span<const uint8_t> chunk) {
-      if (transformed) after_sum.update(chunk);
+      after_sum.add(consumed, chunk);
+      consumed += chunk.size();
       return sink(chunk);
     };
     io::populate_mapped_pages(in);  // both threads read it (the gather anywhere in it)
@@ -769,15 +890,11 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
     MCDR_TRY(streamed);
     if (check_crc && crc != *src.expected_crc)
       return make_error("zip.bad-crc", "CRC-32 of the storage record does not match the zip directory", 0, src.source);
-    before[source[key]] = hash_before ? before_sum.finish() : cached.before[source[key]];
-    after[key] = transformed ? after_sum.finish() : before[source[key]];
+    after[key] = after_sum.finish();
     return ok_status();
   };
   if (auto s = formats::write_torch_zip(m, wo, *out); !s.ok()) return fail(r, s.error());
-  if (!cached.have_before) {
-    cached.before = before;
-    cached.have_before = true;
-  }
+  cached.crc_checked = true;
   auto layout_after = output_layout(*out, written);
   if (!layout_after.ok()) return fail(r, layout_after.error());
 
@@ -792,7 +909,6 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
                         {"nbytes", s.bytes.size()},
                         {"permuted", bool(permuted[k])},
                         {"source", source[k]},
-                        {"before", hex(before[k])},
                         {"after", hex(after[k])}});
     if (source[k] != k) {
       swaps.push_back({{"at", names[k]}, {"holds", names[source[k]]}});
@@ -822,7 +938,7 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
       {"layout", {{"what", "SHA-256 of the file size, the record ranges and every byte outside the records"},
                   {"after", hex(*layout_after)}}},
       {"non_tensor", {{"what", "archive/data.pkl as emitted by modelcdr from the IR (no tensor payloads)"},
-                      {"before", pkl_hash}, {"after", pkl_hash}}},
+                      {"digest", pkl_hash}}},
       {"signer", seal.signer ? json(to_base64(seal.signer->ed25519_public.data(), 32)) : json(nullptr)},
       {"architecture", architecture_json(m)},
       {"storages", storages},
@@ -830,8 +946,6 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
   };
   std::string text = payload.dump(-1, ' ', false, json::error_handler_t::replace);
   sodium_memzero(secret.data(), secret.size());
-  auto file_hash = output_sha256(*out);
-  if (!file_hash.ok()) return fail(r, file_hash.error());
   // Readable without a key (`modelcdr map info`), bound to the MAC and the signature: nothing
   // secret (the protected file's hash is anyone's to compute; the copy name is the publisher's).
   SealOptions so = seal;
@@ -840,9 +954,11 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
                  {"created_unix", payload["created_unix"]},
                  {"model_id", copy.model_id},
                  {"copy", copy.name.empty() ? json(nullptr) : json(utf8_safe(copy.name))},
-                 {"protected_sha256", hex(*file_hash)},
+                 {"protected_digest", hex(protected_digest(*layout_after, after))},
                  {"records", n},
-                 {"encrypted", options.encrypt}}
+                 {"encrypted", options.encrypt},
+                 {"version", options.version ? json(*options.version) : json(nullptr)},
+                 {"expires_unix", options.expires_unix ? json(*options.expires_unix) : json(nullptr)}}
                 .dump(-1, ' ', false, json::error_handler_t::replace);
   if (so.info.size() > kMaxMapInfo) return fail(r, make_error("map.info", "copy name too long for the map's clear info"));
   auto sealed = seal_map(text, so);
@@ -879,7 +995,7 @@ struct Prepared {
   LoadedModelPtr loaded;
   std::unique_ptr<MapDoc> doc;
   Layout layout;
-  Comparison cmp;
+  std::vector<std::string> names_now;
 };
 
 MtdResult map_failure(MtdResult& r, const std::string& map_path, const Error& e) {
@@ -933,6 +1049,7 @@ std::optional<MtdResult> prepare(const std::string& input, const std::string& ma
     return fail(r, doc.error());
   }
   p.doc = std::move(*doc);
+  if (auto rel = check_release(*p.doc, o); !rel.ok()) return map_failure(r, map_path, rel.error());
   if (::access(input.c_str(), R_OK) != 0) return fail(r, make_error("io.open", "cannot open " + input));
   DisarmOptions dopt;
   dopt.compat = p.doc->compat;
@@ -945,20 +1062,21 @@ std::optional<MtdResult> prepare(const std::string& input, const std::string& ma
   auto layout = layout_of(m, p.doc->compat);
   if (!layout.ok()) return mismatch_file(r, layout.error());
   p.layout = std::move(*layout);
-  p.cmp = compare(input, m, p.layout, *p.doc, names_by_key(m, p.layout));
+  p.names_now = names_by_key(m, p.layout);
   r.storages = p.doc->entries.size();
-  if (p.cmp.wrong_file) {
-    Mismatch x;
-    x.what = "wrong-file";
-    x.name = input;
-    x.detail = "this map does not belong to this file: none of its " + std::to_string(p.doc->entries.size()) +
-               " records matches the file's " + std::to_string(p.layout.order.size());
-    r.mismatches = {x};
-    r.code = "wrong-file";
-    r.outcome = Outcome::mismatch;
-    return r;
-  }
   return std::nullopt;
+}
+
+MtdResult wrong_file(MtdResult& r, const std::string& input, const Prepared& p) {
+  Mismatch x;
+  x.what = "wrong-file";
+  x.name = input;
+  x.detail = "this map does not belong to this file: none of its " + std::to_string(p.doc->entries.size()) +
+             " records matches the file's " + std::to_string(p.layout.order.size());
+  r.mismatches = {x};
+  r.code = "wrong-file";
+  r.outcome = Outcome::mismatch;
+  return r;
 }
 
 void set_mismatch_code(MtdResult& r) {
@@ -970,14 +1088,24 @@ MtdResult verify_impl(const std::string& input, const std::string& map_path, con
   MtdResult r;
   Prepared p;
   if (auto early = prepare(input, map_path, o, r, p)) return *early;
-  const auto& a = p.cmp.against_after;
-  const auto& b = p.cmp.against_before;
+  const Model& m = model_of(*p.loaded);
+  auto check = [&](bool as_protected) { return check_state(input, m, p.layout, *p.doc, p.names_now, as_protected); };
+  // The protected state is the cheap one (one hash per byte); the restored state transforms
+  // every record forward again, so it is checked only when needed.
+  StateCheck a, b;
+  bool have_a = false, have_b = false;
+  if (o.expect != "restored") a = check(true), have_a = true;
+  if (o.expect == "restored" || (o.expect == "auto" && !a.mismatches.empty())) b = check(false), have_b = true;
+  // With one state named, the other still decides whether the map is for this file at all.
+  if (!have_a && b.matching_records == 0) a = check(true), have_a = true;
+  if (!have_b && a.matching_records == 0) b = check(false), have_b = true;
+  if (is_wrong_file(*p.doc, a, b)) return wrong_file(r, input, p);
   bool as_protected;
   if (o.expect == "protected") as_protected = true;
   else if (o.expect == "restored") as_protected = false;
-  else as_protected = a.empty() || (!b.empty() && a.size() <= b.size());
+  else as_protected = a.mismatches.empty() || a.mismatches.size() <= b.mismatches.size();
   r.state = as_protected ? "protected" : "restored";
-  r.mismatches = as_protected ? a : b;
+  r.mismatches = as_protected ? a.mismatches : b.mismatches;
   r.outcome = r.mismatches.empty() ? Outcome::ok : Outcome::mismatch;
   return r;
 }
@@ -988,32 +1116,46 @@ MtdResult restore_impl(const std::string& input, const std::string& map_path, co
   Prepared p;
   if (auto early = prepare(input, map_path, o, r, p)) return *early;
   r.state = "protected";
-  // 1. The input must be exactly the protected file the map describes, before anything is undone.
-  if (!p.cmp.against_after.empty() || !p.cmp.structure_ok) {
-    r.mismatches = p.cmp.against_after;
-    r.outcome = Outcome::mismatch;
-    return r;
-  }
   Model& m = model_of(*p.loaded);
   const Layout& l = p.layout;
   const MapDoc& doc = *p.doc;
+  // 1. What can be checked without reading the records: the record count, the canonical
+  // data.pkl and the zip layout (which holds every record's CRC-32). If any differs, one
+  // pass over the records names what changed (or says the map is for another file), and
+  // nothing is undone.
+  {
+    const bool structure = l.order.size() == doc.entries.size();
+    bool ok = structure && hex(hash_bytes(l.pkl)) == doc.nt;
+    if (ok) {
+      std::vector<const model::Storage*> records;
+      for (size_t k = 0; k < l.order.size(); ++k) records.push_back(&l.at(m, k));
+      auto now = input_layout(input, records);
+      ok = now && hex(*now) == doc.layout_after;
+    }
+    if (!ok) {
+      StateCheck a = check_state(input, m, l, doc, p.names_now, true);
+      if (is_wrong_file(doc, a, StateCheck{})) return wrong_file(r, input, p);
+      r.mismatches = a.mismatches;
+      r.outcome = Outcome::mismatch;
+      return r;
+    }
+  }
   if (auto fit = check_entries_fit(m, l, doc); !fit.ok()) return map_failure(r, map_path, fit.error());
   const size_t n = doc.entries.size();
   std::vector<uint32_t> holder(n);  // holder[j] = key whose record holds original j
   for (size_t k = 0; k < n; ++k) holder[doc.entries[k].source] = static_cast<uint32_t>(k);
-  // 2. Undo while writing; 3. check every restored record against the before-hashes.
+  // 2. Undo while writing, checking every protected record against its digest on the way.
+  // The helper reads each input block exactly once, into a private buffer (the permutation's
+  // block buffer, or the ring slot), tree-hashes that buffer, decrypts it and gathers the
+  // original from it; this thread writes the slot. So the bytes checked are the bytes
+  // restored, even if the input changes under us, and each byte is read and hashed once.
   auto wo = write_options(doc.compat);
-  // This thread reads each chunk exactly once, into a private ring slot (gathering and
-  // decrypting as it goes), and hands that slot to the writer; the helper takes the
-  // before-hash of the same slot meanwhile. So the bytes checked are the bytes written, even
-  // if the input changes under us. (The other way round left this thread with the hash, the
-  // CRC and the write: measured 10-15% slower.)
   SerialWorker helper;
   Ring ring(kRing, std::vector<uint8_t>(kStreamChunk));
   wo.storage_stream = [&](uint32_t key, const model::Storage& s,
                           const formats::TorchWriteOptions::PayloadSink& sink) -> Status {
     if (key >= n) return make_error("mtd.internal", "writer and map disagree on the records");
-    uint32_t from = holder[key];
+    const uint32_t from = holder[key];
     const model::Storage& src = from == key ? s : l.at(m, from);
     if (src.bytes.size() != s.bytes.size()) return make_error("mtd.internal", "swap between different sizes");
     const std::span<const uint8_t> in = src.bytes;
@@ -1030,37 +1172,32 @@ MtdResult restore_impl(const std::string& input, const std::string& map_path, co
       cipher.emplace(ck);
       sodium_memzero(ck.data(), ck.size());
     }
-    const Permuter::SourceLoad decrypt = [&](const uint8_t* a, uint8_t* b, size_t len, size_t off) {
-      cipher->apply(a, b, len, off);
+    TreeDigest sum(in.size(), leaf_of(src));
+    // Every source block the inverse permutation reads is one leaf of the protected record.
+    auto take = [&](const uint8_t* a, uint8_t* b, size_t len, size_t off) {
+      std::memcpy(b, a, len);
+      sum.add(off, std::span<const uint8_t>(b, len));
+      if (cipher) cipher->apply(b, b, len, off);
     };
-    Sha256 restored_sum;
-    io::populate_mapped_pages(in);  // both threads read it (the gather anywhere in it)
-    Status streamed = ok_status();
-    for (size_t off = 0, i = 0; off < in.size() && streamed.ok(); off += kStreamChunk, ++i) {
-      const size_t len = std::min(kStreamChunk, in.size() - off);
-      helper.wait_unfinished_at_most(kRing - 1);  // the hash of this slot's last chunk is done
-      uint8_t* slot = ring[i % kRing].data();
-      if (perm) perm->produce(in.data(), slot, off / esize, len / esize, cipher ? &decrypt : nullptr);
-      else if (cipher) cipher->apply(in.data() + off, slot, len, off);
-      else std::memcpy(slot, in.data() + off, len);
-      const std::span<const uint8_t> chunk(slot, len);
-      helper.submit([&restored_sum, chunk] { restored_sum.update(chunk); });
-      streamed = sink(chunk);
-    }
-    helper.wait_unfinished_at_most(0);
+    const Permuter::SourceLoad load = take;
+    auto prepare = [&](size_t off, size_t len, uint8_t* slot) {
+      if (perm) perm->produce(in.data(), slot, off / esize, len / esize, &load);
+      else take(in.data() + off, slot, len, off);
+    };
+    io::populate_mapped_pages(in);  // the gather reads anywhere in it
+    Status streamed = stream_record(helper, ring, in, /*into_slot=*/true, prepare, sink);
     if (src.mapped) io::release_mapped_pages(in);  // never heap memory: DONTNEED would zero it
     MCDR_TRY(streamed);
-    const Digest sum = restored_sum.finish();
-    std::string h = hex(sum);
-    if (h != doc.entries[key].before) {
+    const std::string h = hex(sum.finish());
+    if (h != doc.entries[from].after) {
       Mismatch x;
       x.what = "tensor";
-      x.name = doc.entries[key].name;
-      x.key = key;
-      x.against = "restored";
-      x.expected = doc.entries[key].before;
+      x.name = doc.entries[from].name;
+      x.key = from;
+      x.against = "protected";
+      x.expected = doc.entries[from].after;
       x.actual = h;
-      x.detail = "restored bytes differ from the original (the file changed while it was read, or a wrong map)";
+      x.detail = "tensor bytes changed";
       r.mismatches.push_back(x);
     }
     return ok_status();
@@ -1127,14 +1264,15 @@ MtdResult restore(const std::string& input, const std::string& map_path, const s
 
 namespace {
 
-// The distinctive after-hashes of one map: records the transform changed (an unchanged record,
-// e.g. an integer buffer, is the same in every copy and names nobody).
+// The candidate after-digests of one map: records the transform changed (permuted, swapped or
+// encrypted; an untouched record, e.g. an integer buffer, is the same in every copy and names
+// nobody). trace_impl also drops digests that several maps share (a permuted all-zero tensor).
 Result<std::vector<std::string>> distinctive_hashes(const std::string& map_path, const OpenOptions& o) {
   MtdResult ignored;
   MCDR_ASSIGN(auto doc, open_and_parse(map_path, o, ignored));
   std::vector<std::string> out;
   for (const auto& e : doc->entries)
-    if (e.after != e.before) out.push_back(e.after);
+    if (e.permuted || e.source != e.key || doc->encrypted) out.push_back(e.after);
   return out;
 }
 
@@ -1160,6 +1298,8 @@ TraceResult trace_impl(const std::string& leaked, const std::vector<std::string>
   std::set<std::string> have;
   for (const auto& sum : sum_all(records)) have.insert(hex(sum.digest));
   t.leaked_records = records.size();
+  std::vector<std::pair<std::string, std::vector<std::string>>> opened;
+  std::map<std::string, size_t> maps_with;  // digest -> how many maps list it
   for (const auto& path : maps) {
     auto hashes = distinctive_hashes(path, o);
     if (!hashes.ok()) {
@@ -1167,8 +1307,14 @@ TraceResult trace_impl(const std::string& leaked, const std::vector<std::string>
       continue;
     }
     ++t.maps_opened;
-    TraceMatch x{path, copy_name(path), 0, hashes->size()};
-    for (const auto& h : *hashes) x.matching += have.count(h);
+    for (const auto& h : std::set<std::string>(hashes->begin(), hashes->end())) ++maps_with[h];
+    opened.emplace_back(path, std::move(*hashes));
+  }
+  for (auto& [path, hashes] : opened) {
+    // A record equal in several copies (e.g. a permuted tensor of zeros) tells them apart not.
+    std::erase_if(hashes, [&](const std::string& h) { return maps_with[h] > 1; });
+    TraceMatch x{path, copy_name(path), 0, hashes.size()};
+    for (const auto& h : hashes) x.matching += have.count(h);
     if (x.matching > 0) t.matches.push_back(x);
   }
   std::stable_sort(t.matches.begin(), t.matches.end(),
@@ -1186,6 +1332,38 @@ TraceResult trace(const std::string& leaked, const std::vector<std::string>& map
     t.error = make_error("mtd.internal", std::string("unexpected error: ") + e.what());
     return t;
   }
+}
+
+Result<int64_t> parse_expiry(const std::string& text) {
+  auto bad = [&] {
+    return make_error("usage.expires", "--expires " + text + ": expected YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or @UNIX-SECONDS");
+  };
+  if (!text.empty() && text[0] == '@') {
+    int64_t v = 0;
+    if (text.size() < 2 || text.size() > 13 || text.find_first_not_of("0123456789", 1) != std::string::npos) return bad();
+    for (size_t i = 1; i < text.size(); ++i) v = v * 10 + (text[i] - '0');
+    return v;
+  }
+  // Digits at fixed places: "YYYY-MM-DD" and optionally "THH:MM:SSZ".
+  const bool with_time = text.size() == 20;
+  const std::string shape = with_time ? "dddd-dd-ddTdd:dd:ddZ" : "dddd-dd-dd";
+  if (text.size() != shape.size()) return bad();
+  for (size_t i = 0; i < shape.size(); ++i)
+    if (shape[i] == 'd' ? !std::isdigit(static_cast<unsigned char>(text[i])) : text[i] != shape[i]) return bad();
+  auto num = [&](size_t at, size_t len) { return std::stoi(text.substr(at, len)); };
+  std::tm tm{};
+  tm.tm_year = num(0, 4);
+  tm.tm_mon = num(5, 2);
+  tm.tm_mday = num(8, 2);
+  if (with_time) tm.tm_hour = num(11, 2), tm.tm_min = num(14, 2), tm.tm_sec = num(17, 2);
+  if (tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 || tm.tm_mday > 31 || tm.tm_hour > 23 || tm.tm_min > 59 || tm.tm_sec > 59)
+    return bad();
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  const int day = tm.tm_mday;
+  const std::time_t t = timegm(&tm);
+  if (tm.tm_mday != day) return bad();  // 2026-02-30 and the like
+  return static_cast<int64_t>(t);
 }
 
 static std::string new_model_id() {

@@ -47,7 +47,14 @@ struct ProtectOptions {
   bool encrypt = false;  // also encrypt every record (AES-256-CTR), not only permute
   // The Engine's class registry and limits (set by Engine::protect); nullptr: the process default.
   const engine::RunContext* context = nullptr;
+  // Rollback and expiry (docs/MTD.md §4a): written to the clear info, which the MAC and the
+  // signature cover. `restore --min-version` refuses older maps; restore refuses expired ones.
+  std::optional<uint64_t> version;      // --version N: the publisher's release number
+  std::optional<int64_t> expires_unix;  // --expires DATE
 };
+
+// --expires DATE: YYYY-MM-DD (00:00:00 UTC that day), YYYY-MM-DDTHH:MM:SSZ, or @UNIX-SECONDS.
+Result<int64_t> parse_expiry(const std::string& text);
 
 MtdResult protect(const std::string& input, const std::string& output, const std::string& map_path,
                   const ProtectOptions& options);
@@ -74,6 +81,8 @@ struct RestoreOptions {
   OpenOptions open;
   std::string expect = "auto";  // verify only: auto | protected | restored
   const engine::RunContext* context = nullptr;  // as ProtectOptions::context
+  std::optional<uint64_t> min_version;  // refuse maps of an older (or no) publisher version: mtd.rollback
+  bool check_expiry = false;            // restore: refuse a map past its expiry: mtd.expired
 };
 
 MtdResult restore(const std::string& input, const std::string& map_path, const std::string& output,

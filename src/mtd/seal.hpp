@@ -15,7 +15,7 @@
 
 namespace modelcdr::mtd {
 
-inline constexpr uint16_t kMapFormatVersion = 3;
+inline constexpr uint16_t kMapFormatVersion = 4;
 inline constexpr size_t kMaxMapInfo = 4096;  // clear info (JSON) readable without a key
 
 // Bounds enforced when reading a map (and when sealing one), before any key derivation: a

@@ -59,7 +59,7 @@ TEST(MtdPublisher, HeaderListsRecipientsSignerAndInfoWithoutAKey) {
   ASSERT_TRUE(m.ok());
   auto h = read_map_header(*m);
   ASSERT_TRUE(h.ok()) << h.error().message;
-  EXPECT_EQ(h->version, 3);
+  EXPECT_EQ(h->version, kMapFormatVersion);
   EXPECT_TRUE(h->signed_);
   EXPECT_TRUE(h->signature_valid);
   EXPECT_EQ(h->signer, fingerprint(publisher.k.ed25519_public.data(), 32));

@@ -100,7 +100,7 @@ std::string mac_of(const Key32& cek, const std::string& m) {
 // head announcing `nslots` slots.
 std::string forge_head(const Key32& cek, const Key32& commit, uint16_t nslots, const std::string& payload) {
   std::string h("MCDRMAP\0", 8);
-  put16(h, 3);
+  put16(h, kMapFormatVersion);
   h += raw(commit.data(), 32);
   uint8_t nonce[24];
   randombytes_buf(nonce, sizeof nonce);
@@ -342,6 +342,20 @@ TEST(MtdSecurity, SignatureIsCheckedBeforeTheKdf) {
   EXPECT_LT(seconds_since(t0), 0.3);
 }
 
+// Format 3 kept a second (before) set of hashes that format 4 replaced (docs/MTD.md §2): such
+// a map is refused by name, with the version, before any key is tried.
+TEST(MtdSecurity, Version3MapIsRefusedNamingTheVersion) {
+  std::string v3("MCDRMAP\0", 8);
+  put16(v3, 3);
+  v3 += std::string(200, '\0');
+  auto r = open_map(v3, anyone());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().rule, "map.version");
+  EXPECT_NE(r.error().message.find("version 3"), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("re-protect"), std::string::npos);
+  EXPECT_FALSE(read_map_header(v3).ok());
+}
+
 TEST(MtdSecurity, OldMapVersionIsRefusedWithAHint) {
   std::string v1("MCDRMAP\0", 8);
   put16(v1, 1);
@@ -506,7 +520,7 @@ TEST(MtdSecurity, HostilePayloadsAreErrorsNotCrashes) {
       {"missing secret", [](json& d) { d.erase("secret"); }},
       {"secret mistyped", [](json& d) { d["secret"] = 5; }},
       {"non_tensor missing", [](json& d) { d.erase("non_tensor"); }},
-      {"non_tensor mistyped", [](json& d) { d["non_tensor"]["after"] = 3; }},
+      {"non_tensor mistyped", [](json& d) { d["non_tensor"]["digest"] = 3; }},
       {"compat mistyped", [](json& d) { d["compat"] = nullptr; }},
       {"storages not a list", [](json& d) { d["storages"] = "x"; }},
       {"entry not an object", [](json& d) { d["storages"][0] = 1; }},

@@ -195,3 +195,37 @@ TEST(MtdDigest, SerialWorkerRunsJobsInOrder) {
   ASSERT_EQ(seen.size(), 1000u);
   for (int i = 0; i < 1000; ++i) EXPECT_EQ(seen[i], i);
 }
+
+// The record digest of map format 4: leaves hashed in any order give the documented
+// construction, computed here independently from plain SHA-256 of a concatenation.
+TEST(MtdDigest, TreeDigestAnyLeafOrderEqualsTheDocumentedConstruction) {
+  const size_t leaf = tree_leaf_bytes(4);
+  EXPECT_EQ(leaf, 4096u * 4);
+  for (size_t size : {size_t(0), size_t(5), leaf, 3 * leaf + 100, 8 * leaf}) {
+    std::vector<uint8_t> rec(size);
+    for (size_t i = 0; i < size; ++i) rec[i] = static_cast<uint8_t>(i * 7 + (i >> 9));
+    std::string expect_input("modelcdr-mtd sha-256-tree", 26);  // with its 0 byte
+    for (int i = 0; i < 8; ++i) expect_input += char(uint64_t(size) >> (8 * i));
+    for (int i = 0; i < 8; ++i) expect_input += char(uint64_t(leaf) >> (8 * i));
+    for (size_t at = 0; at < size; at += leaf) {
+      auto d = sha256(std::span<const uint8_t>(rec.data() + at, std::min(leaf, size - at)));
+      expect_input.append(reinterpret_cast<const char*>(d.data()), d.size());
+    }
+    const Digest expect = sha256(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(expect_input.data()), expect_input.size()));
+    TreeDigest in_order(size, leaf);
+    in_order.add(0, rec);  // one call, many leaves
+    EXPECT_EQ(in_order.finish(), expect) << size;
+    TreeDigest backwards(size, leaf);
+    const size_t leaves = (size + leaf - 1) / leaf;
+    for (size_t i = leaves; i-- > 0;)
+      backwards.add(i * leaf, std::span<const uint8_t>(rec.data() + i * leaf, std::min(leaf, size - i * leaf)));
+    EXPECT_TRUE(backwards.complete());
+    EXPECT_EQ(backwards.finish(), expect) << size;
+    if (size > 0) {  // one flipped byte changes it
+      rec[size / 2] ^= 1;
+      TreeDigest changed(size, leaf);
+      changed.add(0, rec);
+      EXPECT_NE(changed.finish(), expect);
+    }
+  }
+}
