@@ -24,6 +24,16 @@ def tiny_models():
     return {"gpt2": gpt2, "bert": bert}
 
 
+def save_bin(model, folder, torch):
+    """save_pretrained(safe_serialization=False): transformers 5 writes only safetensors, so the
+    weights go to pytorch_model.bin with torch.save, as transformers 4 wrote them (tied weights
+    stay one tensor under two names); from_pretrained still reads that file."""
+    model.save_pretrained(folder)
+    for f in Path(folder).glob("*.safetensors"):
+        f.unlink()
+    torch.save(model.state_dict(), Path(folder) / "pytorch_model.bin")
+
+
 def logits(model, torch):
     model.eval()
     ids = torch.arange(10).reshape(1, 10) % 100
@@ -41,10 +51,10 @@ def test_transformers_disarmed_folder_bit_identical(tmp_path, torch, name):
     torch.manual_seed(0)
     model = tiny_models()[name]
     src, out = tmp_path / "src", tmp_path / "out"
-    model.save_pretrained(src, safe_serialization=False)
-    assert (src / "pytorch_model.bin").exists()
-    r = cli("disarm", src, "-o", out)
+    save_bin(model, src, torch)
+    r = cli("disarm", src, "-o", out, "--copy-other")  # config.json is copied, weights rebuilt
     assert r.returncode == 0, r.stderr
+    assert (out / "pytorch_model.bin").read_bytes() != (src / "pytorch_model.bin").read_bytes()
     again = type(model).from_pretrained(out)
     assert torch.equal(logits(model, torch), logits(again, torch))
 
@@ -54,7 +64,7 @@ def test_transformers_through_guard(tmp_path, torch, name):
     torch.manual_seed(0)
     model = tiny_models()[name]
     src = tmp_path / "src"
-    model.save_pretrained(src, safe_serialization=False)
+    save_bin(model, src, torch)
     calls = []
     real = modelcdr._loader.load
 
@@ -76,11 +86,13 @@ def test_transformers_through_guard(tmp_path, torch, name):
 
 
 def test_hf_hub_cache_layout(tmp_path, torch):
-    """snapshots/<rev>/ holds symlinks into blobs/: both the folder and a file are inputs."""
+    """huggingface_hub's cache: snapshots/<rev>/ holds relative symlinks into blobs/. A snapshot
+    file is an input like any other (load, scan, disarm follow the link to its blob), and
+    from_pretrained(<snapshot>) under guard() loads through modelcdr."""
     torch.manual_seed(0)
     model = tiny_models()["gpt2"]
     saved = tmp_path / "saved"
-    model.save_pretrained(saved, safe_serialization=False)
+    save_bin(model, saved, torch)
     repo = tmp_path / "hub" / "models--org--tiny-gpt2"
     snap = repo / "snapshots" / "0123456789abcdef"
     (repo / "blobs").mkdir(parents=True)
@@ -91,16 +103,19 @@ def test_hf_hub_cache_layout(tmp_path, torch):
         blob = repo / "blobs" / f"blob-{f.name}"
         shutil.copy(f, blob)
         os.symlink(os.path.relpath(blob, snap), snap / f.name)
-    got = modelcdr.load(snap / "pytorch_model.bin")  # a symlink into blobs/
+    weights = snap / "pytorch_model.bin"
+    assert weights.is_symlink()
+    got = modelcdr.load(weights)
     ref = torch.load(saved / "pytorch_model.bin", weights_only=True)
     assert list(got) == list(ref) and all(torch.equal(got[k], ref[k]) for k in ref)
-    r = modelcdr.scan(snap / "pytorch_model.bin")
-    assert r.status == "clean"
+    assert modelcdr.scan(weights).status == "clean"
     out = tmp_path / "out"
-    res = cli("disarm", snap, "-o", out)
-    assert res.returncode == 0, res.stderr
-    again = type(model).from_pretrained(out)
-    assert torch.equal(logits(model, torch), logits(again, torch))
+    shutil.copytree(saved, out, ignore=shutil.ignore_patterns("*.bin"))
+    modelcdr.disarm(weights, out / "pytorch_model.bin")
+    with modelcdr.guard():
+        from_snapshot = type(model).from_pretrained(snap)
+    assert torch.equal(logits(model, torch), logits(from_snapshot, torch))
+    assert torch.equal(logits(model, torch), logits(type(model).from_pretrained(out), torch))
 
 
 def test_sklearn_pipeline_roundtrip(tmp_path):

@@ -29,7 +29,7 @@ def rich_checkpoint(torch):
     sd["i64"] = torch.arange(10)
     sd["bool"] = torch.tensor([True, False, True])
     sd["c64"] = torch.randn(4, dtype=torch.complex64)
-    sd["u16"] = torch.arange(7, dtype=torch.uint16)
+    sd["u16"] = torch.arange(7, dtype=torch.int32).to(torch.uint16)
     sd["f8"] = torch.randn(6).to(torch.float8_e4m3fn)
     sd["empty"] = torch.empty(0, 3)
     sd["scalar"] = torch.tensor(3.5)
