@@ -11,6 +11,7 @@ import collections
 import mmap as _mmap
 import os
 import sys
+import threading
 from typing import Any, Dict, List, Optional
 
 from . import _api, _core
@@ -201,18 +202,42 @@ def _device(map_location: Any) -> Any:
     raise TypeError("map_location must be a device or a device name (callables and dicts are not supported)")
 
 
+# The engine bounds nesting at 512 levels (limits.depth); building spends up to 3 Python frames
+# per level, more than the default recursion limit. Raised while any load runs (a counter, as
+# loads run in several threads), then put back.
+_depth_lock = threading.Lock()
+_depth_users = 0
+_saved_limit = 0
+_NEEDED_LIMIT = 512 * 3 + 200
+
+
+def _raise_recursion_limit() -> None:
+    global _depth_users, _saved_limit
+    with _depth_lock:
+        if _depth_users == 0:
+            _saved_limit = sys.getrecursionlimit()
+            sys.setrecursionlimit(max(_saved_limit, _NEEDED_LIMIT))
+        _depth_users += 1
+
+
+def _restore_recursion_limit() -> None:
+    global _depth_users
+    with _depth_lock:
+        _depth_users -= 1
+        if _depth_users == 0:
+            sys.setrecursionlimit(_saved_limit)
+
+
 def _build_torch(model: Any, mmap: bool, map_location: Any) -> Any:
     builder = _TorchBuilder(model, mmap, _device(map_location))
-    # The engine bounds the nesting (limits.depth); Python's default stack limit is lower.
-    old = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(old, 20000))
+    _raise_recursion_limit()
     try:
         out = builder.value(model.root)
         if builder.sparse:  # as torch.load: the invariants of every rebuilt sparse tensor
             builder.torch._utils._validate_loaded_sparse_tensors()
         return out
     finally:
-        sys.setrecursionlimit(old)
+        _restore_recursion_limit()
 
 
 def _engine_load(path: str, compat: str, allow_trailing_data: bool):

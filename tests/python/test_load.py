@@ -199,3 +199,26 @@ def test_rejected_error_carries_report(tmp_path):
 def test_weights_only_false_refused(rich_file):
     with pytest.raises(ValueError):
         modelcdr.load(rich_file, weights_only=False)
+
+
+def test_deep_nesting_within_engine_limit(tmp_path, torch):
+    import sys
+
+    limit = sys.getrecursionlimit()
+    """500 levels (the engine allows 512, limits.depth): deeper than torch.load's own loader
+    recurses by default, so the reference is the object that was saved."""
+    deep = []
+    for _ in range(500):
+        deep = [deep, {"t": (1,)}]
+    path = tmp_path / "deep.pt"
+    sys.setrecursionlimit(20000)  # torch.save's pickler recurses too
+    try:
+        torch.save({"deep": deep}, path)
+    finally:
+        sys.setrecursionlimit(limit)
+    got = modelcdr.load(path)["deep"]
+    for _ in range(500):
+        assert type(got) is list and got[1] == {"t": (1,)}
+        got = got[0]
+    assert got == []
+    assert sys.getrecursionlimit() == limit  # put back after the load
