@@ -15,7 +15,7 @@ import threading
 from typing import Any, Dict, List, Optional
 
 from . import _api, _core
-from ._errors import ModelcdrError
+from ._errors import ModelcdrError, RejectedError
 from ._io import Source, private_dir, source_path
 from ._report import Report, report_from
 
@@ -295,7 +295,12 @@ def load(
             return _build_torch(model, False, map_location)
         model, report = _engine_load(path, compat, allow_trailing_data)
         if report.format in TORCH_FORMATS or report.format == "safetensors":
-            return _build_torch(model, mmap, map_location)
+            try:
+                return _build_torch(model, mmap, map_location)
+            except ValueError as e:  # a record's bytes failed their zip CRC while being copied
+                if "[zip.bad-crc]" not in str(e):
+                    raise
+                raise RejectedError(f"modelcdr: rejected {path}: {e}", report) from None
         fmt = {"npy": "npy", "npz": "npz", "joblib": "joblib", "pickle": "pickle"}.get(report.format)
         if fmt is None:
             raise ModelcdrError(f"modelcdr.load: {path}: {report.format} files are not supported", report)

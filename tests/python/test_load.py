@@ -222,3 +222,18 @@ def test_deep_nesting_within_engine_limit(tmp_path, torch):
         got = got[0]
     assert got == []
     assert sys.getrecursionlimit() == limit  # put back after the load
+
+
+def test_corrupted_record_rejected(tmp_path, torch):
+    """The zip CRC of a record is checked on the copy the default loader makes."""
+    t = torch.arange(4096, dtype=torch.float32) + 0.123
+    path = tmp_path / "m.pt"
+    torch.save({"w": t}, path)
+    data = bytearray(path.read_bytes())
+    at = data.find(t[100:104].numpy().tobytes())
+    assert at > 0
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(modelcdr.RejectedError) as e:
+        modelcdr.load(path)
+    assert "zip.bad-crc" in str(e.value) and e.value.report is not None
