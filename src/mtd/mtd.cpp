@@ -1232,6 +1232,92 @@ MtdResult restore_impl(const std::string& input, const std::string& map_path, co
   return r;
 }
 
+// restore_impl's undo, into memory: every restored record becomes an owned buffer of the
+// loaded model (checked against its before-hash first), so the plain weights never reach a file.
+MtdResult restore_model_impl(const std::string& input, const std::string& map_path, const RestoreOptions& o,
+                             LoadedModelPtr& restored) {
+  MtdResult r;
+  Prepared p;
+  if (auto early = prepare(input, map_path, o, r, p)) return *early;
+  r.state = "protected";
+  if (!p.cmp.against_after.empty() || !p.cmp.structure_ok) {
+    r.mismatches = p.cmp.against_after;
+    r.outcome = Outcome::mismatch;
+    return r;
+  }
+  Model& m = model_of(*p.loaded);
+  const Layout& l = p.layout;
+  const MapDoc& doc = *p.doc;
+  if (auto fit = check_entries_fit(m, l, doc); !fit.ok()) return map_failure(r, map_path, fit.error());
+  const size_t n = doc.entries.size();
+  std::vector<uint32_t> holder(n);
+  for (size_t k = 0; k < n; ++k) holder[doc.entries[k].source] = static_cast<uint32_t>(k);
+  std::vector<std::vector<uint8_t>> plain(n);
+  for (size_t key = 0; key < n; ++key) {
+    const uint32_t from = holder[key];
+    // Writer-made records (compat scalars) are not in the model; the transform never moves them.
+    if (l.order[key] >= m.storages.size() || l.order[from] >= m.storages.size()) {
+      if (from != key || doc.entries[key].permuted || doc.encrypted)
+        return fail(r, make_error("mtd.internal", "a writer-made record is transformed"));
+      continue;
+    }
+    const model::Storage& src = l.at(m, from);
+    const std::span<const uint8_t> in = src.bytes;
+    const size_t esize = model::dtype_info(src.dtype).element_size;
+    std::optional<Permuter> perm;
+    if (doc.entries[from].permuted) {
+      Key32 pk = derive_storage_key(doc.secret, doc.entries[from].name, from);
+      perm.emplace(pk.data(), in.size() / esize, esize, true);
+      sodium_memzero(pk.data(), pk.size());
+    }
+    std::optional<RecordCipher> cipher;
+    if (doc.encrypted) {
+      Key32 ck = derive_record_cipher_key(doc.secret, from);
+      cipher.emplace(ck);
+      sodium_memzero(ck.data(), ck.size());
+    }
+    const Permuter::SourceLoad decrypt = [&](const uint8_t* a, uint8_t* b, size_t len, size_t off) {
+      cipher->apply(a, b, len, off);
+    };
+    std::vector<uint8_t> buf(in.size());
+    for (size_t off = 0; off < in.size(); off += kStreamChunk) {
+      const size_t len = std::min(kStreamChunk, in.size() - off);
+      if (perm) perm->produce(in.data(), buf.data() + off, off / esize, len / esize, cipher ? &decrypt : nullptr);
+      else if (cipher) cipher->apply(in.data() + off, buf.data() + off, len, off);
+      else std::memcpy(buf.data() + off, in.data() + off, len);
+    }
+    std::string h = hex(hash_bytes(buf));
+    if (h != doc.entries[key].before) {
+      Mismatch x;
+      x.what = "tensor";
+      x.name = doc.entries[key].name;
+      x.key = static_cast<int64_t>(key);
+      x.against = "restored";
+      x.expected = doc.entries[key].before;
+      x.actual = h;
+      x.detail = "restored bytes differ from the original (the file changed while it was read, or a wrong map)";
+      r.mismatches.push_back(x);
+    }
+    plain[key] = std::move(buf);
+  }
+  if (!r.mismatches.empty()) {
+    r.outcome = Outcome::mismatch;
+    return r;
+  }
+  // Only now: the sources of later records were read from the protected bytes above.
+  for (size_t key = 0; key < n; ++key)
+    if (l.order[key] < m.storages.size() && (!plain[key].empty() || m.storages[l.order[key]].bytes.empty()))
+      m.storages[l.order[key]].set_owned(std::move(plain[key]));
+  for (size_t k = 0; k < n; ++k) {
+    if (doc.entries[k].permuted) ++r.permuted;
+    if (doc.entries[k].source != k) ++r.swapped;
+  }
+  restored = std::move(p.loaded);
+  r.state = "restored";
+  r.outcome = Outcome::ok;
+  return r;
+}
+
 // Nothing an input or a map holds may end the process: what escapes is reported as an error
 // (temporary outputs are removed by their destructors on the way out).
 template <class F>
@@ -1260,6 +1346,11 @@ MtdResult verify(const std::string& input, const std::string& map_path, const Re
 MtdResult restore(const std::string& input, const std::string& map_path, const std::string& output,
                   const RestoreOptions& o) {
   return guarded([&] { return restore_impl(input, map_path, output, o); });
+}
+
+MtdResult restore_model(const std::string& input, const std::string& map_path, const RestoreOptions& o,
+                        LoadedModelPtr& restored) {
+  return guarded([&] { return restore_model_impl(input, map_path, o, restored); });
 }
 
 namespace {

@@ -88,6 +88,10 @@ struct RestoreOptions {
 MtdResult restore(const std::string& input, const std::string& map_path, const std::string& output,
                   const RestoreOptions& options);
 MtdResult verify(const std::string& input, const std::string& map_path, const RestoreOptions& options);
+// restore without an output file (the Python loader): the restored records become owned
+// buffers of `restored`, so the plain weights never touch the disk. Same checks as restore.
+MtdResult restore_model(const std::string& input, const std::string& map_path, const RestoreOptions& options,
+                        LoadedModelPtr& restored);
 
 // Leak tracing: which customer's protected copy a leaked file (or a few of its tensors) is.
 struct TraceMatch {

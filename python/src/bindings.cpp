@@ -1,0 +1,482 @@
+// modelcdr._core: the one file of glue between Python and the engine's public API
+// (modelcdr/api.hpp, mtd/mtd.hpp). It converts reports to plain dicts and exposes a lifted
+// model as flat tuples; the Python package (python/modelcdr) builds the user's objects from
+// them. Every engine call runs with the GIL released, so threads run in parallel.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <errno.h>
+#include <libdeflate.h>
+#include <sodium.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "modelcdr/api.hpp"
+#include "mtd/keys.hpp"
+#include "mtd/mtd.hpp"
+#include "stego/stego_detector.hpp"
+
+namespace py = pybind11;
+using namespace modelcdr;
+
+namespace {
+
+py::dict finding_dict(const Finding& f) {
+  py::dict d;
+  d["severity"] = severity_name(f.severity);
+  d["rule"] = f.rule;
+  d["message"] = py::bytes(f.message).attr("decode")("utf-8", "replace");
+  d["entry"] = py::bytes(f.entry).attr("decode")("utf-8", "replace");
+  d["offset"] = f.offset;
+  return d;
+}
+
+py::list findings_list(const Findings& fs) {
+  py::list l;
+  for (const auto& f : fs) l.append(finding_dict(f));
+  return l;
+}
+
+py::dict report_dict(const FileReport& r) {
+  py::dict d;
+  d["input"] = r.input;
+  d["output"] = r.output;
+  d["format"] = r.format;
+  d["status"] = status_name(r.status);
+  if (r.error) {
+    py::dict e;
+    e["rule"] = r.error->rule;
+    e["message"] = py::bytes(r.error->message).attr("decode")("utf-8", "replace");
+    e["entry"] = py::bytes(r.error->entry).attr("decode")("utf-8", "replace");
+    e["offset"] = r.error->has_offset ? py::object(py::int_(r.error->offset)) : py::object(py::none());
+    e["text"] = py::bytes(r.error->describe()).attr("decode")("utf-8", "replace");
+    d["error"] = e;
+  } else {
+    d["error"] = py::none();
+  }
+  py::dict t;
+  t["count"] = r.tensors.count;
+  t["total_bytes"] = r.tensors.total_bytes;
+  t["dtypes"] = r.tensors.dtypes;
+  d["tensors"] = t;
+  d["findings"] = findings_list(r.findings);
+  d["removed"] = findings_list(r.removed);
+  d["architecture"] = r.architecture;
+  d["note"] = r.note;
+  return d;
+}
+
+Result<CompatTarget> compat_of(const std::string& s) {
+  if (s == "torch2") return CompatTarget::torch2;
+  if (s == "torch1.13") return CompatTarget::torch1_13;
+  return make_error("usage", "compat must be 'torch2' or 'torch1.13', not '" + s + "'");
+}
+
+Result<OutputFormat> format_of(const std::string& s) {
+  static const std::pair<const char*, OutputFormat> names[] = {
+      {"pt", OutputFormat::pt},         {"safetensors", OutputFormat::safetensors}, {"npz", OutputFormat::npz},
+      {"joblib", OutputFormat::joblib}, {"pickle", OutputFormat::pickle},           {"npy", OutputFormat::npy}};
+  for (const auto& [n, f] : names)
+    if (s == n) return f;
+  return make_error("usage", "output_format must be one of pt, safetensors, npz, joblib, pickle, npy; not '" + s + "'");
+}
+
+[[noreturn]] void throw_usage(const Error& e) { throw py::value_error(e.message); }
+
+template <class T>
+T or_throw(Result<T> r) {
+  if (!r.ok()) throw_usage(r.error());
+  return std::move(r).value();
+}
+
+// ---- the lifted model ------------------------------------------------------------------
+
+// A loaded (or restored) model: owns the input mapping the storages point into. Python
+// keeps it alive for as long as a tensor views one of its buffers (mmap=True, restored).
+struct PyModel {
+  LoadedModelPtr loaded;
+  model::Model* m = nullptr;
+};
+
+py::tuple value_tuple(const model::Value& v) {
+  py::list items, entries, shape;
+  for (auto id : v.items) items.append(id);
+  for (const auto& [k, x] : v.entries) entries.append(py::make_tuple(k, x));
+  for (auto s : v.array_shape) shape.append(s);
+  return py::make_tuple(static_cast<int>(v.kind), static_cast<int>(v.torch_type), v.b, v.i, v.f, v.imag,
+                        py::bytes(v.text), items, entries, v.metadata, v.tensor, v.state, shape, v.fortran_order);
+}
+
+py::tuple tensor_tuple(const model::Tensor& t) {
+  return py::make_tuple(static_cast<int>(t.kind), model::dtype_info(t.dtype).name, t.storage, t.storage_offset,
+                        t.shape, t.stride, t.requires_grad, t.is_parameter, t.param_requires_grad, t.q_scale,
+                        t.q_zero_point, t.q_scales, t.q_zero_points, t.q_axis, t.sparse_indices, t.sparse_values,
+                        t.sparse_coalesced ? py::object(py::bool_(*t.sparse_coalesced)) : py::object(py::none()));
+}
+
+// A writable buffer over an owned storage (an in-memory restore): torch.frombuffer views it
+// without a copy, and the buffer keeps the model, which owns the bytes, alive.
+struct OwnedBuffer {
+  py::object owner;  // the PyModel
+  uint8_t* data = nullptr;
+  size_t size = 0;
+};
+
+py::object owned_buffer(py::object self_obj, size_t i) {
+  PyModel& self = self_obj.cast<PyModel&>();
+  if (i >= self.m->storages.size()) throw py::index_error("no such storage");
+  auto& s = self.m->storages[i];
+  if (s.owned.empty() || s.bytes.data() != s.owned.data()) return py::none();
+  return py::cast(OwnedBuffer{self_obj, s.owned.data(), s.owned.size()});
+}
+
+// Reads `n` bytes at `offset` of `fd` into `dst` (pread, retried on EINTR and short reads).
+bool pread_all(int fd, uint8_t* dst, size_t n, uint64_t offset) {
+  while (n > 0) {
+    ssize_t got = ::pread(fd, dst, std::min<size_t>(n, size_t(1) << 30), static_cast<off_t>(offset));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return false;
+    dst += got;
+    n -= static_cast<size_t>(got);
+    offset += static_cast<uint64_t>(got);
+  }
+  return true;
+}
+
+// A private copy of storage `i` (the default loader: the tensors own their memory, as with
+// torch.load). Records of the input file are read with pread, not through the mapping, so
+// the resident set is the copies alone; their zip CRC (left to us by load) is checked on the
+// copy. Runs without the GIL.
+py::bytearray storage_copy(PyModel& self, size_t i) {
+  if (i >= self.m->storages.size()) throw py::index_error("no such storage");
+  const auto& s = self.m->storages[i];
+  const auto& b = s.bytes;
+  py::bytearray out(nullptr, 0);
+  if (PyByteArray_Resize(out.ptr(), static_cast<Py_ssize_t>(b.size())) != 0) throw py::error_already_set();
+  auto* dst = reinterpret_cast<uint8_t*>(PyByteArray_AsString(out.ptr()));
+  bool crc_ok = true;
+  {
+    py::gil_scoped_release nogil;
+    // In chunks that stay in the CPU cache between the read and the CRC: one pass over memory.
+    constexpr size_t kChunk = size_t(256) << 10;
+    bool use_pread = s.mapped && s.source_fd >= 0;
+    uint32_t crc = 0;
+    for (size_t off = 0; off < b.size(); off += kChunk) {
+      const size_t len = std::min(kChunk, b.size() - off);
+      if (!(use_pread && pread_all(s.source_fd, dst + off, len, s.source_offset + off))) {
+        use_pread = false;  // the mapping holds the same bytes
+        std::memcpy(dst + off, b.data() + off, len);
+      }
+      if (s.expected_crc) crc = libdeflate_crc32(crc, dst + off, len);
+    }
+    if (s.expected_crc) crc_ok = crc == *s.expected_crc;
+  }
+  if (!crc_ok)
+    throw py::value_error(s.source + ": CRC-32 of the storage record does not match the zip directory [zip.bad-crc]");
+  return out;
+}
+
+py::tuple storage_tuple(const model::Storage& s) {
+  // (dtype, nbytes, file offset or None, descriptor of the input or -1): mmap=True maps the
+  // file itself (copy-on-write, as torch.load does) at that offset.
+  const bool in_file = s.mapped && s.source_fd >= 0;
+  return py::make_tuple(model::dtype_info(s.dtype).name, s.bytes.size(),
+                        in_file ? py::object(py::int_(s.source_offset)) : py::object(py::none()),
+                        in_file ? s.source_fd : -1);
+}
+
+// load_model plus the checks disarm adds before writing (compat drops, main object dropped).
+// Storage CRCs are left to the reader of the bytes (storage_copy checks them on the copy;
+// mmap=True does not read the bytes at load time at all, as torch.load(mmap=True)).
+py::tuple load(const std::string& path, const std::string& compat, bool allow_trailing_data) {
+  DisarmOptions o;
+  o.compat = or_throw(compat_of(compat));
+  o.allow_trailing_data = allow_trailing_data;
+  FileReport r;
+  std::unique_ptr<PyModel> pm(new PyModel);
+  {
+    py::gil_scoped_release nogil;
+    auto loaded = load_model(path, o, r, /*defer_storage_crc=*/true);
+    if (!loaded.ok()) {
+      r.status = FileStatus::rejected;
+      r.error = loaded.error();
+    } else {
+      pm->loaded = std::move(*loaded);
+      pm->m = &model_of(*pm->loaded);
+      if (pm->m->root != model::kNoValue && pm->m->values[pm->m->root].kind == model::ValueKind::dropped) {
+        r.status = FileStatus::rejected;
+        r.error = make_error("cdr.main-object-dropped",
+                             "the file's main object cannot be rebuilt (see the findings): nothing useful would be loaded");
+      } else {
+        for (const auto& f : r.findings)
+          if (f.severity >= Severity::low) r.removed.push_back(f);
+        r.status = r.removed.empty() ? FileStatus::clean : FileStatus::removed;
+      }
+    }
+  }
+  if (r.status == FileStatus::rejected) return py::make_tuple(py::object(py::none()), report_dict(r));
+  return py::make_tuple(py::cast(pm.release(), py::return_value_policy::take_ownership), report_dict(r));
+}
+
+// ---- MTD ---------------------------------------------------------------------------------
+
+struct KeyHolder {
+  std::vector<std::unique_ptr<mtd::KeyFile>> keep;
+  const mtd::KeyFile* read(const std::string& path, const char* option) {
+    auto k = mtd::read_key_file(path);
+    if (!k.ok()) throw py::value_error(std::string(option) + ": " + path + ": " + k.error().message);
+    keep.push_back(std::make_unique<mtd::KeyFile>(std::move(*k)));
+    return keep.back().get();
+  }
+};
+
+std::string read_passphrase(const std::string& path) {
+  auto s = mtd::read_small_file(path, 64 << 10);
+  if (!s.ok()) throw py::value_error("passphrase_file: " + s.error().message);
+  std::string p = *s;
+  if (auto nl = p.find_first_of("\r\n"); nl != std::string::npos) p.resize(nl);
+  if (p.empty()) throw py::value_error("passphrase_file: " + path + ": empty passphrase");
+  return p;
+}
+
+py::dict mtd_dict(const mtd::MtdResult& r) {
+  py::dict d;
+  static const char* outcomes[] = {"ok", "mismatch", "error"};
+  d["outcome"] = outcomes[static_cast<int>(r.outcome)];
+  d["code"] = r.code;
+  d["state"] = r.state;
+  d["output"] = r.output;
+  d["signer"] = r.signer;
+  d["signer_trusted"] = r.signer_trusted;
+  d["storages"] = r.storages;
+  d["permuted"] = r.permuted;
+  d["swapped"] = r.swapped;
+  if (r.error) {
+    py::dict e;
+    e["rule"] = r.error->rule;
+    e["message"] = py::bytes(r.error->message).attr("decode")("utf-8", "replace");
+    e["text"] = py::bytes(r.error->describe()).attr("decode")("utf-8", "replace");
+    d["error"] = e;
+  } else {
+    d["error"] = py::none();
+  }
+  py::list mism;
+  for (const auto& m : r.mismatches) {
+    py::dict x;
+    x["what"] = m.what;
+    x["name"] = py::bytes(m.name).attr("decode")("utf-8", "replace");
+    x["key"] = m.key;
+    x["against"] = m.against;
+    x["expected"] = m.expected;
+    x["actual"] = m.actual;
+    x["detail"] = m.detail;
+    mism.append(x);
+  }
+  d["mismatches"] = mism;
+  d["file"] = report_dict(r.file);
+  return d;
+}
+
+// The CLI's rules for opening a map: exactly one key; a pinned signer unless allow_unsigned.
+mtd::RestoreOptions open_options(KeyHolder& keys, const std::optional<std::string>& key_file,
+                                 const std::optional<std::string>& passphrase_file, const std::optional<std::string>& identity,
+                                 const std::vector<std::string>& verify_signers, bool allow_unsigned, const std::string& expect) {
+  mtd::RestoreOptions o;
+  int given = key_file.has_value() + passphrase_file.has_value() + identity.has_value();
+  if (given != 1) throw py::value_error("give exactly one of key_file, passphrase_file, identity");
+  if (key_file) {
+    const auto* k = keys.read(*key_file, "key_file");
+    if (!k->has_symmetric) throw py::value_error("key_file: not a symmetric key file");
+    o.open.symmetric_key = k->symmetric;
+  }
+  if (passphrase_file) o.open.passphrase = read_passphrase(*passphrase_file);
+  if (identity) {
+    const auto* k = keys.read(*identity, "identity");
+    if (!k->has_x25519_secret) throw py::value_error("identity: " + *identity + ": no x25519-secret key (give the .key file)");
+    o.open.identity = k;
+  }
+  for (const auto& f : verify_signers) {
+    const auto* k = keys.read(f, "verify_signer");
+    if (!k->has_ed25519) throw py::value_error("verify_signer: " + f + ": no ed25519-public key");
+    o.open.trusted_signers.push_back(k->ed25519_public);
+  }
+  if (verify_signers.empty() && !allow_unsigned)
+    throw py::value_error("a trusted signer is required: give verify_signer=PUBLISHER.pub "
+                          "(or allow_unsigned=True to accept a map that anyone could have made)");
+  if (!verify_signers.empty() && allow_unsigned)
+    throw py::value_error("allow_unsigned cannot be combined with verify_signer");
+  o.open.allow_unsigned = allow_unsigned;
+  if (expect != "auto" && expect != "protected" && expect != "restored")
+    throw py::value_error("expect must be auto, protected or restored");
+  o.expect = expect;
+  return o;
+}
+
+void wipe(mtd::RestoreOptions& o) {
+  if (o.open.passphrase) sodium_memzero(o.open.passphrase->data(), o.open.passphrase->size());
+}
+
+py::dict protect(const std::string& input, const std::string& output, const std::string& map,
+                 const std::vector<std::string>& key_files, const std::vector<std::string>& passphrase_files,
+                 const std::vector<std::string>& recipients, const std::optional<std::string>& sign,
+                 const std::string& compat, bool encrypt, bool allow_trailing_data) {
+  if (key_files.empty() && passphrase_files.empty() && recipients.empty())
+    throw py::value_error("protect: give at least one of key_file, passphrase_file, recipient");
+  mtd::ProtectOptions o;
+  o.compat = or_throw(compat_of(compat));
+  o.encrypt = encrypt;
+  o.allow_trailing_data = allow_trailing_data;
+  KeyHolder keys;
+  for (const auto& f : key_files) {
+    const auto* k = keys.read(f, "key_file");
+    if (!k->has_symmetric) throw py::value_error("key_file " + f + ": not a symmetric key file");
+    o.seal.symmetric_keys.push_back(k->symmetric);
+  }
+  for (const auto& f : passphrase_files) o.seal.passphrases.push_back(read_passphrase(f));
+  for (const auto& f : recipients) {
+    const auto* k = keys.read(f, "recipient");
+    if (!k->has_x25519) throw py::value_error("recipient " + f + ": no x25519-public key");
+    o.seal.recipients.push_back(k->x25519_public);
+  }
+  if (sign) {
+    const auto* k = keys.read(*sign, "sign");
+    if (!k->has_ed25519_secret) throw py::value_error("sign " + *sign + ": no ed25519-secret key (give the .key file)");
+    o.seal.signer = k;
+  }
+  mtd::MtdResult r;
+  {
+    py::gil_scoped_release nogil;
+    r = mtd::protect(input, output, map, o);
+    for (auto& p : o.seal.passphrases) sodium_memzero(p.data(), p.size());
+  }
+  return mtd_dict(r);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "modelcdr engine bindings (internal: use the modelcdr package)";
+  m.attr("__version__") = kVersion;
+  if (sodium_init() < 0) throw std::runtime_error("libsodium failed to initialise");
+
+  m.def("scan", [](const std::string& path, bool stego) {
+    ScanOptions o;
+    o.stego = stego;
+    if (stego) o.inspect = stego::make_stego_inspector(stego::StegoOptions{});
+    FileReport r;
+    {
+      py::gil_scoped_release nogil;
+      r = scan_file(path, o);
+    }
+    return report_dict(r);
+  }, py::arg("path"), py::arg("stego") = false);
+
+  m.def("disarm", [](const std::string& input, const std::string& output, const std::string& compat,
+                     const std::string& output_format, bool allow_trailing_data, bool fsync, bool force, bool reflink) {
+    DisarmOptions o;
+    o.compat = or_throw(compat_of(compat));
+    o.output_format = or_throw(format_of(output_format));
+    o.allow_trailing_data = allow_trailing_data;
+    o.fsync = fsync;
+    o.force = force;
+    o.reflink = reflink;
+    FileReport r;
+    {
+      py::gil_scoped_release nogil;
+      r = disarm_file(input, output, o);
+    }
+    return report_dict(r);
+  }, py::arg("input"), py::arg("output"), py::arg("compat") = "torch2", py::arg("output_format") = "pt",
+     py::arg("allow_trailing_data") = false, py::arg("fsync") = false, py::arg("force") = false,
+     py::arg("reflink") = true);
+
+  m.def("is_model_file", [](const std::string& path) {
+    py::gil_scoped_release nogil;
+    return is_model_file(path);
+  });
+
+  py::class_<OwnedBuffer>(m, "OwnedBuffer", py::buffer_protocol())
+      .def_buffer([](OwnedBuffer& b) {
+        return py::buffer_info(b.data, 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(b.size)}, {1}, /*readonly=*/false);
+      });
+
+  py::class_<PyModel>(m, "Model")
+      .def_property_readonly("root", [](PyModel& s) { return s.m->root; })
+      .def("values", [](PyModel& s) {
+        py::list l;
+        for (const auto& v : s.m->values) l.append(value_tuple(v));
+        return l;
+      })
+      .def("tensors", [](PyModel& s) {
+        py::list l;
+        for (const auto& t : s.m->tensors) l.append(tensor_tuple(t));
+        return l;
+      })
+      .def("storages", [](PyModel& s) {
+        py::list l;
+        for (const auto& st : s.m->storages) l.append(storage_tuple(st));
+        return l;
+      })
+      .def("file_metadata", [](PyModel& s) { return s.m->file_metadata; })
+      .def("owned_buffer", &owned_buffer)
+      .def("storage_copy", &storage_copy);
+
+  m.def("load", &load, py::arg("path"), py::arg("compat") = "torch2", py::arg("allow_trailing_data") = false);
+
+  m.def("protect", &protect, py::arg("input"), py::arg("output"), py::arg("map"), py::arg("key_files"),
+        py::arg("passphrase_files"), py::arg("recipients"), py::arg("sign"), py::arg("compat"), py::arg("encrypt"),
+        py::arg("allow_trailing_data"));
+
+  m.def("restore", [](const std::string& input, const std::string& map, const std::string& output,
+                      const std::optional<std::string>& key_file, const std::optional<std::string>& passphrase_file,
+                      const std::optional<std::string>& identity, const std::vector<std::string>& verify_signers,
+                      bool allow_unsigned) {
+    KeyHolder keys;
+    auto o = open_options(keys, key_file, passphrase_file, identity, verify_signers, allow_unsigned, "auto");
+    mtd::MtdResult r;
+    {
+      py::gil_scoped_release nogil;
+      r = mtd::restore(input, map, output, o);
+      wipe(o);
+    }
+    return mtd_dict(r);
+  });
+
+  m.def("verify", [](const std::string& input, const std::string& map, const std::optional<std::string>& key_file,
+                     const std::optional<std::string>& passphrase_file, const std::optional<std::string>& identity,
+                     const std::vector<std::string>& verify_signers, bool allow_unsigned, const std::string& expect) {
+    KeyHolder keys;
+    auto o = open_options(keys, key_file, passphrase_file, identity, verify_signers, allow_unsigned, expect);
+    mtd::MtdResult r;
+    {
+      py::gil_scoped_release nogil;
+      r = mtd::verify(input, map, o);
+      wipe(o);
+    }
+    return mtd_dict(r);
+  });
+
+  // The in-memory restore behind modelcdr.load(protected, map=...): (Model | None, result).
+  m.def("restore_model", [](const std::string& input, const std::string& map, const std::optional<std::string>& key_file,
+                            const std::optional<std::string>& passphrase_file, const std::optional<std::string>& identity,
+                            const std::vector<std::string>& verify_signers, bool allow_unsigned) -> py::tuple {
+    KeyHolder keys;
+    auto o = open_options(keys, key_file, passphrase_file, identity, verify_signers, allow_unsigned, "auto");
+    std::unique_ptr<PyModel> pm(new PyModel);
+    mtd::MtdResult r;
+    {
+      py::gil_scoped_release nogil;
+      r = mtd::restore_model(input, map, o, pm->loaded);
+      wipe(o);
+    }
+    if (r.outcome != mtd::Outcome::ok || !pm->loaded) return py::make_tuple(py::object(py::none()), mtd_dict(r));
+    pm->m = &model_of(*pm->loaded);
+    return py::make_tuple(py::cast(pm.release(), py::return_value_policy::take_ownership), mtd_dict(r));
+  });
+}
