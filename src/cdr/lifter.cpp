@@ -9,6 +9,7 @@
 
 #include "cdr/class_registry.hpp"
 #include "cdr/globals_policy.hpp"
+#include "cdr/nested_pickle.hpp"
 #include "io/byte_cursor.hpp"
 #include "modelcdr/limits.hpp"
 
@@ -260,13 +261,26 @@ class Lifter {
   }
 
   ValueId text_value(const Node& n, ValueKind k, const std::string& s) {
-    if (looks_like_embedded_pickle(s))
+    if (looks_like_embedded_pickle(s)) {
+      if (k == ValueKind::bytes)
+        if (auto rebuilt = nested_pickle(n, s)) return m_.add(Value{.kind = ValueKind::bytes, .text = std::move(*rebuilt)});
       return dropped(n, k == ValueKind::string ? "string" : "bytes",
-                     "it holds a serialized pickle (a dormant payload)", Severity::high);
+                     "it holds a serialized pickle that could not be rebuilt (a dormant payload)", Severity::high);
+    }
     Value v;
     v.kind = k;
     v.text = s;
     return m_.add(std::move(v));
+  }
+
+  // Bytes holding a pickle: disarmed and rebuilt by our writer (cdr/nested_pickle.hpp).
+  std::optional<std::string> nested_pickle(const Node& n, const std::string& s) {
+    NestedPickleOptions o;
+    o.entry = opt_.entry;
+    o.offset = n.offset;
+    o.max_depth = opt_.max_depth;
+    o.registry = opt_.registry;
+    return rebuild_nested_pickle(s, o, m_.findings);
   }
 
   Result<ValueId> sequence(const Node& n, ValueKind k, const std::vector<NodeId>& items, uint32_t depth) {
