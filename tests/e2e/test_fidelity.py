@@ -57,7 +57,7 @@ def assert_faithful(exp, got):
 def disarm_ok(tmp_path, inp, *extra, out_name="out.pt"):
     require_bin()
     out = tmp_path / out_name
-    rc, so, se, report = disarm(inp, out, *extra, report=tmp_path / "report.json")
+    rc, so, se, report = disarm(inp, out, *extra, report=tmp_path / f"{out_name}.report.json")
     assert rc in (0, 1), explain(rc, so, se)
     assert out.is_file(), explain(rc, so, se)
     return out, rc, report
@@ -386,13 +386,18 @@ def test_zip_layout_is_mmap_ready(tmp_path):
     obj = {f"t{i}": torch.arange(i + 1, dtype=torch.float32) for i in range(5)}
     obj["bytes1"] = torch.arange(3, dtype=torch.uint8)
     _, out, _, _ = save_and_disarm(tmp_path, obj)
+    import struct
+
+    raw = out.read_bytes()
     with zipfile.ZipFile(out) as z:
         names = z.namelist()
         prefix = names[0].split("/")[0]
         assert z.read(f"{prefix}/byteorder") == b"little"
         for info in z.infolist():
             if "/data/" in info.filename:
-                data_start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+                # the local header's own name and extra lengths (its extra field holds the padding)
+                n, m = struct.unpack_from("<HH", raw, info.header_offset + 26)
+                data_start = info.header_offset + 30 + n + m
                 assert data_start % 64 == 0, info.filename
                 assert info.compress_type == zipfile.ZIP_STORED
 
