@@ -1136,10 +1136,45 @@ class Lifter {
     std::string root_prefix = module_roots_++ == 0 ? "" : "#" + std::to_string(module_roots_ - 1) + "/";
     size_t first_module = m_.architecture.size();
     MCDR_TRY(flatten_module(id, "", root_prefix, sd, depth, 0));
+    report_module_attributes(at(id).offset);
     MCDR_TRY(merge_equal_keys(sd, at(id).offset));  // state_dict() assigns each name: the last wins
     for (size_t i = first_module; i < m_.architecture.size(); ++i)
       vet_architecture(m_.architecture[i], m_.findings, opt_.entry, at(id).offset);
     return m_.add(std::move(sd));
+  }
+
+  // Attributes of the modules (self.hidden = 32, a config dict, nn.Linear's in_features) are not
+  // part of a state dict: one finding names them (the first few), so nothing goes silently.
+  void report_module_attributes(uint64_t offset) {
+    if (module_attributes_.empty()) return;
+    std::string names;
+    for (size_t i = 0; i < module_attributes_.size() && i < 12; ++i) names += (i ? ", " : "") + module_attributes_[i];
+    if (module_attributes_.size() > 12) names += ", ...";
+    note(Severity::low, "cdr.module-attributes", std::to_string(module_attributes_.size()) +
+         " module attribute(s) not kept (a state dict holds tensors only): " + names, offset);
+    module_attributes_.clear();
+  }
+
+  // Python attributes of one module's __dict__ that nn.Module does not manage itself.
+  void collect_module_attributes(const Node& state, const std::string& prefix) {
+    for (auto [kn, vn] : last_value_wins_of(state)) {
+      auto name = as_text(kn);
+      if (!name || name->empty() || (*name)[0] == '_' || *name == "training") continue;
+      if (module_attributes_.size() < 10000) module_attributes_.push_back(prefix + *name);
+    }
+  }
+
+  std::vector<std::pair<NodeId, NodeId>> last_value_wins_of(const Node& d) const {
+    std::vector<std::pair<NodeId, NodeId>> out;
+    std::unordered_map<std::string, size_t> seen;
+    for (auto [kn, vn] : d.entries) {
+      auto t = as_text(kn);
+      if (!t) continue;
+      auto [it, fresh] = seen.emplace(*t, out.size());
+      if (fresh) out.emplace_back(kn, vn);
+      else out[it->second].second = vn;
+    }
+    return out;
   }
 
   // Entries of a str-keyed dict node as CPython's unpickler leaves them: a repeated key keeps
@@ -1209,6 +1244,7 @@ class Lifter {
     };
     MCDR_TRY(add_tensors("_parameters", info.parameters, false));
     MCDR_TRY(add_tensors("_buffers", info.buffers, true));
+    collect_module_attributes(state, root_prefix + prefix);
     m_.architecture.push_back(info);
     NodeId children = dict_get(state, "_modules");
     if (children == kNoNode) return ok_status();  // a child module is recognised by _parameters alone
@@ -1555,6 +1591,7 @@ class Lifter {
   std::unordered_map<std::string, model::StorageId> storages_by_key_;
   std::unordered_map<NodeId, TensorId> tensor_nodes_;
   int module_roots_ = 0;
+  std::vector<std::string> module_attributes_;  // of the whole model being converted
   limits::Budget module_budget_{limits::expansion_budget(p_.nodes.size(), limits::kModuleBudgetFloor)};
   static constexpr size_t kMaxModulePath = 64 * 1024;  // bytes of a dotted module path
   std::string unsupported_;  // why the last tensor call was not recognised, if known

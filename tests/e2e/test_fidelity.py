@@ -409,3 +409,31 @@ def test_torch2_only_dtypes_under_compat_torch113_are_dropped_and_reported(tmp_p
     got = vocab.static_torch_load(out)
     assert got["t"] is None and torch.equal(got["kept"], torch.ones(2))
     assert rc == 1 and name in findings_text(report), findings_text(report)
+
+
+# --------------------------------------------------------------------------------------------------
+# 7. whole-model saves: attributes are named in a finding, never dropped silently
+# --------------------------------------------------------------------------------------------------
+class _ConfiguredNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden = 32
+        self.config = {"lr": 0.1, "layers": [3, 4]}
+        self.body = torch.nn.Linear(3, 4)
+
+
+def test_whole_model_attributes_are_reported(tmp_path):
+    torch.manual_seed(0)
+    net = _ConfiguredNet()
+    inp = tmp_path / "in.pt"
+    torch.save(net, inp)
+    out, rc, report = disarm_ok(tmp_path, inp)
+    got = torch.load(out, weights_only=True)
+    exp = collections.OrderedDict(net.named_parameters())  # parameters stay parameters
+    assert list(got) == list(exp)
+    for k, p in exp.items():
+        assert type(got[k]) is torch.nn.Parameter and torch.equal(got[k].detach(), p.detach()), k
+    text = findings_text(report)
+    assert rc == 1 and "module attribute" in text, text
+    for name in ("hidden", "config", "body.in_features"):
+        assert name in text, text
