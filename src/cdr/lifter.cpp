@@ -436,7 +436,12 @@ class Lifter {
   Status add_entries(const Node& n, Value& v, uint32_t depth) {
     v.entries.reserve(n.entries.size());
     for (auto [kn, vn] : n.entries) {
-      MCDR_ASSIGN(ValueId kv, lift(kn, depth + 1));
+      ValueId kv;
+      if (at(kn).kind == NodeKind::Global) {
+        kv = class_key(at(kn));
+      } else {
+        MCDR_ASSIGN(kv, lift(kn, depth + 1));
+      }
       if (!is_hashable_key(kv)) {
         note(Severity::high, "cdr.dropped", "dict entry with a non-plain key removed", at(kn).offset);
         continue;
@@ -445,6 +450,18 @@ class Lifter {
       v.entries.emplace_back(kv, vv);
     }
     return ok_status();
+  }
+
+  // A dict keyed by a class (Lightning < 1.5 keys callback state by the callback's type): the
+  // key becomes the class's dotted name as a string, so each entry keeps its own key. Nothing
+  // is imported; the name is only text.
+  ValueId class_key(const Node& n) {
+    note(Severity::low, "cdr.converted", "dict key " + global_text(n) + " (a class) written as the string '" +
+         global_text(n) + "'", n.offset);
+    Value v;
+    v.kind = ValueKind::string;
+    v.text = global_text(n);
+    return m_.add(std::move(v));
   }
 
   ValueId bare_global(const Node& n) {

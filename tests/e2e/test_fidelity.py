@@ -437,3 +437,36 @@ def test_whole_model_attributes_are_reported(tmp_path):
     assert rc == 1 and "module attribute" in text, text
     for name in ("hidden", "config", "body.in_features"):
         assert name in text, text
+
+
+# --------------------------------------------------------------------------------------------------
+# 8. Lightning checkpoints: callback state keyed by callback classes (Lightning < 1.5)
+# --------------------------------------------------------------------------------------------------
+class ModelCheckpoint:  # stand-ins: pickled by reference as the dict keys, never instantiated
+    pass
+
+
+class EarlyStopping:
+    pass
+
+
+def test_lightning_callback_state_keyed_by_class_keeps_its_keys(tmp_path):
+    torch.manual_seed(0)
+    sd = torch.nn.Linear(2, 2).state_dict()
+    ckpt_state = {"monitor": "val_loss", "best_model_score": torch.tensor(0.25), "best_k_models": {}}
+    stop_state = {"wait_count": 2, "stopped_epoch": 0, "best_score": torch.tensor(0.3), "patience": 3}
+    ckpt = {
+        "epoch": 4, "global_step": 120, "pytorch-lightning_version": "1.4.9", "state_dict": sd,
+        "callbacks": {ModelCheckpoint: ckpt_state, EarlyStopping: stop_state},
+        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]}],
+    }
+    inp = tmp_path / "in.ckpt"
+    torch.save(ckpt, inp)
+    out, rc, report = disarm_ok(tmp_path, inp)
+    assert vocab.check_output(out, "torch2") == []
+    got = torch.load(out, weights_only=True)
+    mod = __name__
+    exp = dict(ckpt, callbacks={f"{mod}.ModelCheckpoint": ckpt_state, f"{mod}.EarlyStopping": stop_state})
+    assert_faithful(exp, got)
+    assert list(got["callbacks"]) == [f"{mod}.ModelCheckpoint", f"{mod}.EarlyStopping"]
+    assert rc == 1 and "(a class) written as the string" in findings_text(report), findings_text(report)
