@@ -18,6 +18,9 @@ enum class DType : uint8_t {
   qint8, quint8, qint32, quint4x2, quint2x4,
   // torch 2.x-only dtypes (no legacy storage class; written with _rebuild_tensor_v3)
   u16, u32, u64, f8_e4m3fn, f8_e5m2, f8_e4m3fnuz, f8_e5m2fnuz, c32,
+  // torch 2.x dtypes without arithmetic meaning to us (kept as bytes): the MX scale format, packed
+  // fp4 pairs and the raw bit containers
+  f8_e8m0fnu, f4_e2m1fn_x2, bits8, bits16, bits1x8, bits2x4, bits4x2,
 };
 
 struct DTypeInfo {

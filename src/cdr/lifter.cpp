@@ -9,6 +9,7 @@
 
 #include "cdr/class_registry.hpp"
 #include "cdr/globals_policy.hpp"
+#include "cdr/nested_pickle.hpp"
 #include "io/byte_cursor.hpp"
 #include "modelcdr/limits.hpp"
 
@@ -260,13 +261,26 @@ class Lifter {
   }
 
   ValueId text_value(const Node& n, ValueKind k, const std::string& s) {
-    if (looks_like_embedded_pickle(s))
+    if (looks_like_embedded_pickle(s)) {
+      if (k == ValueKind::bytes)
+        if (auto rebuilt = nested_pickle(n, s)) return m_.add(Value{.kind = ValueKind::bytes, .text = std::move(*rebuilt)});
       return dropped(n, k == ValueKind::string ? "string" : "bytes",
-                     "it holds a serialized pickle (a dormant payload)", Severity::high);
+                     "it holds a serialized pickle that could not be rebuilt (a dormant payload)", Severity::high);
+    }
     Value v;
     v.kind = k;
     v.text = s;
     return m_.add(std::move(v));
+  }
+
+  // Bytes holding a pickle: disarmed and rebuilt by our writer (cdr/nested_pickle.hpp).
+  std::optional<std::string> nested_pickle(const Node& n, const std::string& s) {
+    NestedPickleOptions o;
+    o.entry = opt_.entry;
+    o.offset = n.offset;
+    o.max_depth = opt_.max_depth;
+    o.registry = opt_.registry;
+    return rebuild_nested_pickle(s, o, m_.findings);
   }
 
   Result<ValueId> sequence(const Node& n, ValueKind k, const std::vector<NodeId>& items, uint32_t depth) {
@@ -422,7 +436,12 @@ class Lifter {
   Status add_entries(const Node& n, Value& v, uint32_t depth) {
     v.entries.reserve(n.entries.size());
     for (auto [kn, vn] : n.entries) {
-      MCDR_ASSIGN(ValueId kv, lift(kn, depth + 1));
+      ValueId kv;
+      if (at(kn).kind == NodeKind::Global) {
+        kv = class_key(at(kn));
+      } else {
+        MCDR_ASSIGN(kv, lift(kn, depth + 1));
+      }
       if (!is_hashable_key(kv)) {
         note(Severity::high, "cdr.dropped", "dict entry with a non-plain key removed", at(kn).offset);
         continue;
@@ -431,6 +450,18 @@ class Lifter {
       v.entries.emplace_back(kv, vv);
     }
     return ok_status();
+  }
+
+  // A dict keyed by a class (Lightning < 1.5 keys callback state by the callback's type): the
+  // key becomes the class's dotted name as a string, so each entry keeps its own key. Nothing
+  // is imported; the name is only text.
+  ValueId class_key(const Node& n) {
+    note(Severity::low, "cdr.converted", "dict key " + global_text(n) + " (a class) written as the string '" +
+         global_text(n) + "'", n.offset);
+    Value v;
+    v.kind = ValueKind::string;
+    v.text = global_text(n);
+    return m_.add(std::move(v));
   }
 
   ValueId bare_global(const Node& n) {
@@ -1122,10 +1153,45 @@ class Lifter {
     std::string root_prefix = module_roots_++ == 0 ? "" : "#" + std::to_string(module_roots_ - 1) + "/";
     size_t first_module = m_.architecture.size();
     MCDR_TRY(flatten_module(id, "", root_prefix, sd, depth, 0));
+    report_module_attributes(at(id).offset);
     MCDR_TRY(merge_equal_keys(sd, at(id).offset));  // state_dict() assigns each name: the last wins
     for (size_t i = first_module; i < m_.architecture.size(); ++i)
       vet_architecture(m_.architecture[i], m_.findings, opt_.entry, at(id).offset);
     return m_.add(std::move(sd));
+  }
+
+  // Attributes of the modules (self.hidden = 32, a config dict, nn.Linear's in_features) are not
+  // part of a state dict: one finding names them (the first few), so nothing goes silently.
+  void report_module_attributes(uint64_t offset) {
+    if (module_attributes_.empty()) return;
+    std::string names;
+    for (size_t i = 0; i < module_attributes_.size() && i < 12; ++i) names += (i ? ", " : "") + module_attributes_[i];
+    if (module_attributes_.size() > 12) names += ", ...";
+    note(Severity::low, "cdr.module-attributes", std::to_string(module_attributes_.size()) +
+         " module attribute(s) not kept (a state dict holds tensors only): " + names, offset);
+    module_attributes_.clear();
+  }
+
+  // Python attributes of one module's __dict__ that nn.Module does not manage itself.
+  void collect_module_attributes(const Node& state, const std::string& prefix) {
+    for (auto [kn, vn] : last_value_wins_of(state)) {
+      auto name = as_text(kn);
+      if (!name || name->empty() || (*name)[0] == '_' || *name == "training") continue;
+      if (module_attributes_.size() < 10000) module_attributes_.push_back(prefix + *name);
+    }
+  }
+
+  std::vector<std::pair<NodeId, NodeId>> last_value_wins_of(const Node& d) const {
+    std::vector<std::pair<NodeId, NodeId>> out;
+    std::unordered_map<std::string, size_t> seen;
+    for (auto [kn, vn] : d.entries) {
+      auto t = as_text(kn);
+      if (!t) continue;
+      auto [it, fresh] = seen.emplace(*t, out.size());
+      if (fresh) out.emplace_back(kn, vn);
+      else out[it->second].second = vn;
+    }
+    return out;
   }
 
   // Entries of a str-keyed dict node as CPython's unpickler leaves them: a repeated key keeps
@@ -1195,6 +1261,7 @@ class Lifter {
     };
     MCDR_TRY(add_tensors("_parameters", info.parameters, false));
     MCDR_TRY(add_tensors("_buffers", info.buffers, true));
+    collect_module_attributes(state, root_prefix + prefix);
     m_.architecture.push_back(info);
     NodeId children = dict_get(state, "_modules");
     if (children == kNoNode) return ok_status();  // a child module is recognised by _parameters alone
@@ -1541,6 +1608,7 @@ class Lifter {
   std::unordered_map<std::string, model::StorageId> storages_by_key_;
   std::unordered_map<NodeId, TensorId> tensor_nodes_;
   int module_roots_ = 0;
+  std::vector<std::string> module_attributes_;  // of the whole model being converted
   limits::Budget module_budget_{limits::expansion_budget(p_.nodes.size(), limits::kModuleBudgetFloor)};
   static constexpr size_t kMaxModulePath = 64 * 1024;  // bytes of a dotted module path
   std::string unsupported_;  // why the last tensor call was not recognised, if known

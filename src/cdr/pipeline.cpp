@@ -316,6 +316,20 @@ void report_torch_types(const model::Model& m, const DisarmOptions& options, Fil
     add_finding(r.findings, Severity::low, "cdr.converted", std::to_string(devices) + " torch.device value(s) written as strings" + why);
 }
 
+// numpy fixed-width string arrays have no tensor form: a torch checkpoint holds them as
+// (nested) lists of str / bytes. The npy/npz and pickle outputs keep the arrays themselves.
+void report_string_arrays(const model::Model& m, const DisarmOptions& options, FileReport& r) {
+  if (options.output_format != OutputFormat::pt) return;
+  size_t n = 0;
+  for (const auto& v : m.values)
+    if (v.kind == model::ValueKind::ndarray && v.items.empty() && v.state < m.values.size() &&
+        (m.values[v.state].text.rfind("S", 0) == 0 || m.values[v.state].text.rfind("U", 0) == 0))
+      ++n;
+  if (n)
+    add_finding(r.findings, Severity::low, "cdr.converted",
+                std::to_string(n) + " numpy string array(s) written as lists of str/bytes (a checkpoint has no string tensors)");
+}
+
 Status check_input_unchanged(const LoadedModel& loaded) {
   if (!loaded.input.changed()) return ok_status();
   return make_error("io.input-changed",
@@ -367,6 +381,7 @@ Status emit(const model::Model& model, const DisarmOptions& options, FileReport&
 Status write_model_impl(const model::Model& model, Sink& sink, const DisarmOptions& options, FileReport& r,
                         const LoadedModel* source, const RunContext& ctx) {
   report_torch_types(model, options, r);
+  report_string_arrays(model, options, r);
   MCDR_ASSIGN(io::AtomicOutput out, open_output(sink, ""));
   const uint64_t total = r.tensors.total_bytes;
   if (options.progress || options.cancel)

@@ -2,7 +2,9 @@
 // payload is a span of the input (byte-swapped into an owned copy for big-endian data).
 // Object arrays carry a pickle after the header: it goes through the pickle machine, the
 // program scan and the lifter like any pickle, so the policy is the same as for checkpoints.
-// Unsupported dtypes (strings, datetimes, structured, float128) are refused, not guessed.
+// Fixed-width string arrays ('|S5' bytes, '<U3' UTF-32) are plain data: they become numpy
+// arrays of that dtype (raw bytes, little-endian). Other unsupported dtypes (datetimes,
+// structured, float128) are refused, not guessed.
 #include <algorithm>
 #include <optional>
 
@@ -22,7 +24,16 @@ struct NpyDtype {
   bool object = false;
   DType dtype = DType::f32;
   bool big_endian = false;
+  std::string text_code;  // "S5" / "U3" for a fixed-width string array (dtype is then unused)
 };
+
+// '|S<n>' / '<U<n>' / '>U<n>' (n >= 1): the code numpy's dtype pickle and our writers use.
+std::optional<std::string> string_code(char order, const std::string& code) {
+  if (code.size() < 2 || (code[0] != 'S' && code[0] != 'U') || code[1] == '0' || code.size() > 11) return std::nullopt;
+  if (code[0] == 'S' && order != '|') return std::nullopt;
+  if (code.find_first_not_of("0123456789", 1) != std::string::npos) return std::nullopt;
+  return code;
+}
 
 Result<NpyDtype> map_descr(const std::string& descr, const std::string& entry) {
   auto bad = [&](const std::string& why) {
@@ -38,6 +49,10 @@ Result<NpyDtype> map_descr(const std::string& descr, const std::string& entry) {
     d.object = true;
     return d;
   }
+  if (auto text = string_code(order, code)) {
+    d.text_code = *text;
+    return d;
+  }
   static const std::pair<const char*, DType> table[] = {
       {"b1", DType::boolean}, {"i1", DType::i8},   {"u1", DType::u8},   {"i2", DType::i16},  {"u2", DType::u16},
       {"i4", DType::i32},     {"u4", DType::u32},  {"i8", DType::i64},  {"u8", DType::u64},  {"f2", DType::f16},
@@ -48,7 +63,7 @@ Result<NpyDtype> map_descr(const std::string& descr, const std::string& entry) {
       if (model::dtype_info(t).element_size == 1) d.big_endian = false;
       return d;
     }
-  return bad("is not a plain numeric dtype (strings, datetimes, void and float128 are not supported)");
+  return bad("is not a plain numeric dtype (datetimes, void and float128 are not supported)");
 }
 
 void byteswap(std::vector<uint8_t>& data, DType d) {
@@ -92,6 +107,40 @@ model::ValueId graft(model::Model& dst, model::Model&& src) {
   return remap(src.root);
 }
 
+// A fixed-width string array: a numpy array value (dtype code "S5"/"U3", no dtype state, so
+// little-endian) over a u8 storage of its raw bytes; '>U' data is byte-swapped per code point.
+Result<model::ValueId> string_array(model::Model& m, const NpyDtype& d, const NpyHeader& h,
+                                    std::span<const uint8_t> data, bool owned_copy, const std::string& entry) {
+  model::Storage s;
+  s.dtype = DType::u8;
+  s.nbytes = data.size();
+  s.source = entry.empty() ? "data" : entry;
+  if (d.big_endian || owned_copy) {
+    std::vector<uint8_t> owned(data.begin(), data.end());
+    if (d.big_endian) byteswap(owned, DType::u32);
+    s.set_owned(std::move(owned));
+  } else {
+    s.bytes = data;
+  }
+  m.storages.push_back(std::move(s));
+  model::Tensor t;
+  t.dtype = DType::u8;
+  t.storage = static_cast<model::StorageId>(m.storages.size() - 1);
+  t.shape = {static_cast<int64_t>(data.size())};
+  t.stride = {1};
+  m.tensors.push_back(std::move(t));
+  model::Value dt;
+  dt.kind = model::ValueKind::numpy_dtype;
+  dt.text = d.text_code;
+  model::Value v;
+  v.kind = model::ValueKind::ndarray;
+  v.tensor = static_cast<model::TensorId>(m.tensors.size() - 1);
+  v.state = m.add(std::move(dt));
+  for (uint64_t dim : h.shape) v.array_shape.push_back(static_cast<int64_t>(dim));
+  v.fortran_order = h.fortran_order;
+  return m.add(std::move(v));
+}
+
 // One .npy (a bare file or an npz member) lifted into `m`; returns its value.
 // `owned_copy` is set for npz members whose bytes live in a scratch buffer.
 Result<model::ValueId> read_one(std::span<const uint8_t> bytes, const std::string& entry, bool owned_copy,
@@ -115,6 +164,7 @@ Result<model::ValueId> read_one(std::span<const uint8_t> bytes, const std::strin
     return graft(m, std::move(sub));
   }
   uint64_t esize = model::dtype_info(d.dtype).element_size;
+  if (!d.text_code.empty()) esize = std::stoull(d.text_code.substr(1)) * (d.text_code[0] == 'U' ? 4 : 1);
   uint64_t numel = 1;
   for (uint64_t dim : h.shape) {
     if (dim != 0 && numel > UINT64_MAX / dim) return c.err("npy.bad-shape", "shape overflows 64 bits");
@@ -131,6 +181,7 @@ Result<model::ValueId> read_one(std::span<const uint8_t> bytes, const std::strin
   if (!c.at_end())
     add_finding(findings, Severity::medium, "npy.trailing-data",
                 std::to_string(c.remaining()) + " bytes after the array data (dropped)", entry, c.abs_pos());
+  if (!d.text_code.empty()) return string_array(m, d, h, data, owned_copy, entry);
   model::Storage s;
   s.dtype = d.dtype;
   s.nbytes = nbytes;

@@ -51,8 +51,9 @@ bool safe_member_name(const std::string& n) {
 
 }  // namespace
 
-std::string npy_header_text(const char* descr, const std::vector<int64_t>& shape) {
-  std::string s = std::string("{'descr': '") + descr + "', 'fortran_order': False, 'shape': (";
+std::string npy_header_text(const char* descr, const std::vector<int64_t>& shape, bool fortran_order) {
+  std::string s = std::string("{'descr': '") + descr + "', 'fortran_order': " + (fortran_order ? "True" : "False") +
+                  ", 'shape': (";
   for (size_t i = 0; i < shape.size(); ++i) {
     if (i) s += ", ";
     s += std::to_string(shape[i]);
@@ -67,8 +68,8 @@ std::string npy_header_text(const char* descr, const std::vector<int64_t>& shape
 
 namespace {
 // Magic, version 1.0, header length and header of one .npy.
-Result<std::string> npy_prefix(const char* descr, const std::vector<int64_t>& shape) {
-  std::string header = npy_header_text(descr, shape);
+Result<std::string> npy_prefix(const char* descr, const std::vector<int64_t>& shape, bool fortran_order = false) {
+  std::string header = npy_header_text(descr, shape, fortran_order);
   if (header.size() > 0xffff) return make_error("convert.npy-header", "npy header too long for version 1.0");
   std::string prefix = std::string("\x93NUMPY\x01\x00", 8);
   prefix.push_back(static_cast<char>(header.size() & 0xff));
@@ -88,6 +89,16 @@ Status write_npy_body(const model::Model& m, const model::Tensor& t, const std::
   if (written != tensor_nbytes(t)) return make_error("convert.bad-view", "tensor '" + name + "' streamed a wrong byte count");
   return ok_status();
 }
+// The .npy prefix of a flattened array: a numeric tensor (C order) or a fixed-width string
+// array, whose raw bytes are written as they are (in their own C or Fortran order).
+Result<std::string> member_prefix(const model::Tensor& t, const NamedTensor& nt) {
+  if (!nt.text_descr.empty()) return npy_prefix(nt.text_descr.c_str(), nt.array_shape, nt.fortran_order);
+  const char* descr = npy_descr(t.dtype);
+  if (!descr)
+    return make_error("convert.npy-dtype", std::string("dtype ") + model::dtype_info(t.dtype).name + " has no NumPy form");
+  return npy_prefix(descr, t.shape);
+}
+
 // NumPy files hold arrays only: every non-tensor value and the file metadata are reported as dropped.
 void report_dropped_data(const model::Model& m, const FlatModel& flat, const std::string& why, const std::string& fmt,
                          Findings& findings) {
@@ -106,12 +117,9 @@ Status write_npy(const model::Model& m, io::AtomicOutput& out, Findings& finding
                                                 std::to_string(flat.tensors.size()) + " (write .npz instead)");
   const auto& nt = flat.tensors.front();
   const model::Tensor& t = m.tensors[nt.tensor];
-  const char* descr = npy_descr(t.dtype);
-  if (!descr)
-    return make_error("convert.npy-dtype", std::string("dtype ") + model::dtype_info(t.dtype).name + " has no NumPy form");
+  MCDR_ASSIGN(std::string prefix, member_prefix(t, nt));
   if (!is_c_contiguous(t))
     add_finding(findings, Severity::info, "convert.made-contiguous", "the array was not contiguous; written in C order");
-  MCDR_ASSIGN(std::string prefix, npy_prefix(descr, t.shape));
   return write_npy_body(m, t, nt.name, prefix, [&](std::span<const uint8_t> b) { return out.write(b); });
 }
 
@@ -122,8 +130,7 @@ Status write_npz(const model::Model& m, io::AtomicOutput& out, Findings& finding
   std::set<std::string> members;
   for (const auto& nt : flat.tensors) {
     const model::Tensor& t = m.tensors[nt.tensor];
-    const char* descr = npy_descr(t.dtype);
-    if (!descr) {
+    if (nt.text_descr.empty() && !npy_descr(t.dtype)) {
       add_finding(findings, Severity::low, "convert.dropped",
                   "tensor '" + nt.name + "' dropped: dtype " + model::dtype_info(t.dtype).name + " has no NumPy form");
       continue;
@@ -135,7 +142,7 @@ Status write_npz(const model::Model& m, io::AtomicOutput& out, Findings& finding
     }
     if (!is_c_contiguous(t))
       add_finding(findings, Severity::info, "convert.made-contiguous", "tensor '" + nt.name + "' was not contiguous; written in C order");
-    MCDR_ASSIGN(std::string prefix, npy_prefix(descr, t.shape));
+    MCDR_ASSIGN(std::string prefix, member_prefix(t, nt));
     uint64_t nbytes = tensor_nbytes(t);
     MCDR_TRY(zip.begin_entry(member, prefix.size() + nbytes));
     MCDR_TRY(write_npy_body(m, t, nt.name, prefix, [&](std::span<const uint8_t> b) { return zip.write_payload(b); }));

@@ -99,7 +99,7 @@ class Flattener {
     if (auto it = has_.find(id); it != has_.end()) return it->second;
     has_[id] = false;  // cycle guard
     const Value& v = m_.values[id];
-    bool r = v.kind == ValueKind::tensor || numeric_ndarray(v);
+    bool r = v.kind == ValueKind::tensor || numeric_ndarray(v) || (string_ndarray(v) && numpy_target());
     for (auto i : v.items) r = has_tensor(i, depth + 1) || r;
     for (auto [k, x] : v.entries) r = has_tensor(x, depth + 1) || r;
     has_[id] = r;
@@ -142,12 +142,31 @@ class Flattener {
     return v.kind == ValueKind::ndarray && v.tensor < m_.tensors.size() && std::strchr("fiubc", c) != nullptr && c != 0;
   }
 
+  bool numpy_target() const { return what_ == "npz" || what_ == "npy"; }
+  bool string_ndarray(const Value& v) const {
+    char c = ndarray_code(v);
+    return v.kind == ValueKind::ndarray && v.items.empty() && v.tensor < m_.tensors.size() && (c == 'S' || c == 'U');
+  }
+
+  // numpy writes 'S' without and 'U' with a byte order; our IR holds 'U' little-endian.
+  void add_string_array(const std::string& path, const Value& v) {
+    size_t before = flat_.tensors.size();
+    add_tensor(path, v.tensor);
+    if (flat_.tensors.size() == before) return;
+    const std::string& code = m_.values[v.state].text;
+    auto& nt = flat_.tensors.back();
+    nt.text_descr = (code[0] == 'S' ? "|" : "<") + code;
+    nt.array_shape = v.array_shape;
+    nt.fortran_order = v.fortran_order;
+  }
+
   void visit(ValueId id, const std::string& path, uint32_t depth) {
     if (too_deep(depth) || !spend(path.size())) return;
     const Value& v = m_.values[id];
     if (v.kind == ValueKind::tensor) return add_tensor(path, v.tensor);
     if (v.kind == ValueKind::ndarray) {
       if (numeric_ndarray(v)) return add_tensor(path, v.tensor);
+      if (string_ndarray(v) && numpy_target()) return add_string_array(path, v);
       if (ndarray_code(v) != 'O') return drop(path, "a numpy array of a non-numeric dtype");
     }
     if (!has_tensor(id, 0)) {

@@ -22,6 +22,11 @@ namespace modelcdr::formats {
 struct NamedTensor {
   std::string name;
   model::TensorId tensor = 0;
+  // A fixed-width string array (npz/npy targets only): its .npy descr ("|S5", "<U3") and numpy
+  // shape; `tensor` is then a flat u8 tensor of the raw bytes.
+  std::string text_descr;
+  std::vector<int64_t> array_shape;
+  bool fortran_order = false;
 };
 
 struct FlatModel {
@@ -44,8 +49,8 @@ uint64_t tensor_nbytes(const model::Tensor& t);
 const char* safetensors_dtype(model::DType d);
 
 Status write_safetensors(const model::Model& m, io::AtomicOutput& out, Findings& findings);
-// The .npy header numpy writes for a C-ordered array (64-byte aligned, version 1.0).
-std::string npy_header_text(const char* descr, const std::vector<int64_t>& shape);
+// The .npy header numpy writes (64-byte aligned, version 1.0).
+std::string npy_header_text(const char* descr, const std::vector<int64_t>& shape, bool fortran_order = false);
 Status write_npz(const model::Model& m, io::AtomicOutput& out, Findings& findings);
 // A single array as a bare .npy (what an .npy input holds); more than one array is an error.
 Status write_npy(const model::Model& m, io::AtomicOutput& out, Findings& findings);

@@ -105,12 +105,81 @@ class DataPklEmitter {
           list(id, v.items);
           return;
         }
+        if (is_string_code(m_.values[v.state].text)) {  // no tensor form: lists of str/bytes (reported)
+          string_array(v);
+          memo_[id] = e_.put();
+          return;
+        }
         tensor_value(v.tensor);
         break;
       case ValueKind::numpy_dtype: e_.unicode(v.text); return;  // the dtype code, e.g. "f8"
       case ValueKind::object: value(v.state); return;           // its state dict
     }
     memo_[id] = e_.put();
+  }
+
+  static bool is_string_code(const std::string& code) { return !code.empty() && (code[0] == 'S' || code[0] == 'U'); }
+
+  // A numpy fixed-width string array ("S5" bytes / "U3" UTF-32LE, raw bytes in the array's C or
+  // Fortran order) as nested lists of bytes / str, trailing NULs stripped as numpy does.
+  void string_array(const Value& v) {
+    const std::string& code = m_.values[v.state].text;
+    bool unicode = code[0] == 'U';
+    uint64_t item = std::stoull(code.substr(1)) * (unicode ? 4 : 1);
+    const auto& bytes = m_.storages[m_.tensors[v.tensor].storage].bytes;
+    const auto& shape = v.array_shape;
+    std::vector<uint64_t> stride(shape.size(), 1);  // in elements
+    uint64_t acc = 1;
+    for (size_t k = 0; k < shape.size(); ++k) {
+      size_t i = v.fortran_order ? k : shape.size() - 1 - k;
+      stride[i] = acc;
+      acc *= static_cast<uint64_t>(std::max<int64_t>(shape[i], 1));
+    }
+    auto element = [&](uint64_t index) {
+      uint64_t at = index * item;
+      if (at + item > bytes.size()) return e_.none();  // the reader checked the size; never reached
+      const uint8_t* p = bytes.data() + at;
+      if (!unicode) {
+        uint64_t n = item;
+        while (n > 0 && p[n - 1] == 0) --n;
+        return this->bytes(std::string(reinterpret_cast<const char*>(p), n));
+      }
+      e_.unicode(utf8_from_utf32le(p, item / 4));
+    };
+    auto walk = [&](auto& self, size_t dim, uint64_t base) -> void {
+      if (dim == shape.size()) return element(base);
+      e_.empty_list();
+      batched(static_cast<size_t>(shape[dim]), [&](size_t i) { self(self, dim + 1, base + i * stride[dim]); },
+              [&] { e_.appends(); });
+    };
+    walk(walk, 0, 0);
+  }
+
+  // Code points from UTF-32LE, trailing NULs dropped; values beyond U+10FFFF become U+FFFD.
+  // Surrogates are kept (surrogatepass, as Python's pickle reads them back).
+  static std::string utf8_from_utf32le(const uint8_t* p, uint64_t n) {
+    while (n > 0 && (p[4 * n - 4] | p[4 * n - 3] | p[4 * n - 2] | p[4 * n - 1]) == 0) --n;
+    std::string out;
+    for (uint64_t i = 0; i < n; ++i) {
+      uint32_t c = p[4 * i] | (p[4 * i + 1] << 8) | (p[4 * i + 2] << 16) | (static_cast<uint32_t>(p[4 * i + 3]) << 24);
+      if (c > 0x10FFFF) c = 0xFFFD;
+      if (c < 0x80) {
+        out.push_back(static_cast<char>(c));
+      } else if (c < 0x800) {
+        out.push_back(static_cast<char>(0xC0 | (c >> 6)));
+        out.push_back(static_cast<char>(0x80 | (c & 0x3F)));
+      } else if (c < 0x10000) {
+        out.push_back(static_cast<char>(0xE0 | (c >> 12)));
+        out.push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3F)));
+        out.push_back(static_cast<char>(0x80 | (c & 0x3F)));
+      } else {
+        out.push_back(static_cast<char>(0xF0 | (c >> 18)));
+        out.push_back(static_cast<char>(0x80 | ((c >> 12) & 0x3F)));
+        out.push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3F)));
+        out.push_back(static_cast<char>(0x80 | (c & 0x3F)));
+      }
+    }
+    return out;
   }
 
   // GLOBAL <type>, (<one argument>,), REDUCE: torch.Size(tuple) and torch.device(str).

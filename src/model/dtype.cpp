@@ -6,7 +6,7 @@ namespace modelcdr::model {
 
 namespace {
 // Storage class names are the legacy typed-storage names torch writes (docs/FORMATS.md §2.5).
-constexpr std::array<DTypeInfo, 25> kTable{{
+constexpr std::array<DTypeInfo, 32> kTable{{
     {DType::f64, "float64", "DoubleStorage", 8, true},
     {DType::f32, "float32", "FloatStorage", 4, true},
     {DType::f16, "float16", "HalfStorage", 2, true},
@@ -32,6 +32,14 @@ constexpr std::array<DTypeInfo, 25> kTable{{
     {DType::f8_e4m3fnuz, "float8_e4m3fnuz", nullptr, 1, true},
     {DType::f8_e5m2fnuz, "float8_e5m2fnuz", nullptr, 1, true},
     {DType::c32, "complex32", nullptr, 4, false},
+    // not is_float: no transform may treat an exponent-only or packed format as IEEE floats
+    {DType::f8_e8m0fnu, "float8_e8m0fnu", nullptr, 1, false},
+    {DType::f4_e2m1fn_x2, "float4_e2m1fn_x2", nullptr, 1, false},
+    {DType::bits8, "bits8", nullptr, 1, false},
+    {DType::bits16, "bits16", nullptr, 2, false},
+    {DType::bits1x8, "bits1x8", nullptr, 1, false},
+    {DType::bits2x4, "bits2x4", nullptr, 1, false},
+    {DType::bits4x2, "bits4x2", nullptr, 1, false},
 }};
 }  // namespace
 

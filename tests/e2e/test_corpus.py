@@ -43,8 +43,8 @@ JOBS = max(2, min(8, (os.cpu_count() or 2) * 2))
 # Known, honestly-recorded divergences: path -> reason (strict xfail: an unexpected pass is reported).
 XFAIL_BENIGN = {
     "benign/modelaudit/simple_nested.pkl":
-        "policy: a bytes value holding a serialized pickle (dormant payload) is dropped and flagged "
-        "(pickle.nested-pickle), although this fixture's inner pickle is harmless",
+        "policy: a bytes value holding a serialized pickle is flagged (pickle.nested-pickle) and rebuilt by "
+        "our writer (cdr.nested-pickle-rebuilt, issue 12): the value is kept, but scan and disarm exit 1",
 }
 XFAIL_MALICIOUS: dict = {}
 

@@ -57,7 +57,7 @@ def assert_faithful(exp, got):
 def disarm_ok(tmp_path, inp, *extra, out_name="out.pt"):
     require_bin()
     out = tmp_path / out_name
-    rc, so, se, report = disarm(inp, out, *extra, report=tmp_path / "report.json")
+    rc, so, se, report = disarm(inp, out, *extra, report=tmp_path / f"{out_name}.report.json")
     assert rc in (0, 1), explain(rc, so, se)
     assert out.is_file(), explain(rc, so, se)
     return out, rc, report
@@ -221,3 +221,252 @@ def test_npy_output_stays_npy(tmp_path, make):
     assert isinstance(got, np.ndarray)
     assert got.dtype == arr.dtype.newbyteorder("<") and got.shape == arr.shape
     assert got.tobytes() == np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"))).tobytes()
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. NumPy fixed-width string arrays ('<U…', '|S…') are plain data
+# --------------------------------------------------------------------------------------------------
+STRING_ARRAYS = {
+    "unicode": lambda np: np.array(["ab", "cde", "", "\u00e9\U0001f600"]),
+    "bytes": lambda np: np.array([b"ab", b"c\x00d", b""]),
+    "unicode_2d": lambda np: np.array([["x", "yy"], ["zzz", "w"]]),
+    "unicode_fortran": lambda np: np.asfortranarray(np.array([["a", "bb", "c"], ["dd", "e", "ff"]])),
+    "unicode_big_endian": lambda np: np.array(["hi", "there"], dtype=">U5"),
+    "bytes_0dim": lambda np: np.array(b"only", dtype="S6"),
+}
+
+
+def expected_string_array(np, arr):
+    """The array an honest round trip gives: the same values, little-endian."""
+    return arr.astype(arr.dtype.newbyteorder("<")) if arr.dtype.kind == "U" else arr
+
+
+@pytest.mark.parametrize("case", sorted(STRING_ARRAYS))
+def test_string_npy_stays_a_string_npy(tmp_path, case):
+    np = pytest.importorskip("numpy")
+    arr = STRING_ARRAYS[case](np)
+    inp = tmp_path / "x.npy"
+    np.save(inp, arr, allow_pickle=False)
+    out, rc, report = disarm_ok(tmp_path, inp, out_name="y.npy")
+    got = np.load(out, allow_pickle=False)
+    exp = expected_string_array(np, arr)
+    assert got.dtype == exp.dtype and got.shape == exp.shape, (got.dtype, got.shape)
+    assert got.tolist() == exp.tolist()
+    assert rc == 0, findings_text(report)
+
+
+def test_string_arrays_in_npz_are_kept_next_to_numbers(tmp_path):
+    np = pytest.importorskip("numpy")
+    arrays = {k: STRING_ARRAYS[k](np) for k in ("unicode", "bytes", "unicode_fortran")}
+    arrays["w"] = np.arange(6, dtype="<f4").reshape(2, 3)
+    inp = tmp_path / "x.npz"
+    np.savez(inp, **arrays)
+    out, rc, report = disarm_ok(tmp_path, inp, out_name="y.npz")
+    with np.load(out, allow_pickle=False) as got:
+        assert sorted(got.files) == sorted(arrays)
+        for k, a in arrays.items():
+            exp = expected_string_array(np, a)
+            assert got[k].dtype == exp.dtype and got[k].shape == exp.shape, k
+            assert got[k].tolist() == exp.tolist(), k
+    assert rc == 0, findings_text(report)
+
+
+def test_string_arrays_inside_a_pickle(tmp_path):
+    """Inside a checkpoint: kept as arrays by --to pickle/joblib, lists of str/bytes in a .pt (reported)."""
+    np = pytest.importorskip("numpy")
+    joblib = pytest.importorskip("joblib")
+    obj = {"labels": STRING_ARRAYS["unicode"](np), "raw": STRING_ARRAYS["bytes"](np),
+           "grid": STRING_ARRAYS["unicode_fortran"](np), "w": np.arange(3.0)}
+    inp = tmp_path / "in.joblib"
+    joblib.dump(obj, inp)
+    out, rc, report = disarm_ok(tmp_path, inp, "--to", "joblib", out_name="out.joblib")
+    got = joblib.load(out)  # our output of a benign input generated here
+    for k, a in obj.items():
+        assert got[k].dtype == a.dtype and got[k].shape == a.shape and got[k].tolist() == a.tolist(), k
+    out_pt, rc, report = disarm_ok(tmp_path, inp, out_name="out.pt")
+    assert vocab.check_output(out_pt, "torch2") == []
+    got = torch.load(out_pt, weights_only=True)
+    assert got["labels"] == obj["labels"].tolist() and got["raw"] == obj["raw"].tolist()
+    assert got["grid"] == obj["grid"].tolist()
+    assert rc == 1 and "string array" in findings_text(report), findings_text(report)
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. every dtype torch 2.x can save, parameters and requires_grad, mmap loading
+# --------------------------------------------------------------------------------------------------
+SAVABLE_DTYPES = [
+    "float64", "float32", "float16", "bfloat16", "complex128", "complex64", "complex32",
+    "int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "uint64", "bool",
+    "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu",
+    "float4_e2m1fn_x2", "bits8", "bits16", "bits1x8", "bits2x4", "bits4x2",
+]
+
+
+def tensor_of_dtype(name):
+    """A small tensor of torch.<name> with varied bit patterns (made by viewing random bytes)."""
+    dt = getattr(torch, name, None)
+    if dt is None:
+        pytest.skip(f"this torch has no torch.{name}")
+    g = torch.Generator().manual_seed(1)
+    raw = torch.randint(0, 256, (4 * 3 * dt.itemsize,), dtype=torch.uint8, generator=g)
+    if name == "bool":
+        return raw.reshape(4, 3 * dt.itemsize) % 2 == 1
+    return raw.view(dt).reshape(4, 3)
+
+
+@pytest.mark.parametrize("name", SAVABLE_DTYPES)
+def test_every_savable_dtype_is_rebuilt_bit_identical(tmp_path, name):
+    t = tensor_of_dtype(name)
+    obj = {"t": t, "view": t[1:, 1:], "t_again": t}
+    exp, out, rc, report = save_and_disarm(tmp_path, obj)
+    for loaded in (torch.load(out, weights_only=True), torch.load(out, weights_only=True, mmap=True)):
+        assert_faithful(exp, loaded)
+        assert loaded["t"].dtype == t.dtype
+        assert loaded["t"].view(torch.uint8).tolist() == exp["t"].view(torch.uint8).tolist()
+    assert rc == 0, findings_text(report)
+
+
+def quantized_checkpoint():
+    torch.manual_seed(0)
+    x = torch.randn(4, 6)
+    return {
+        "per_tensor_qint8": torch.quantize_per_tensor(x, 0.05, 3, torch.qint8),
+        "per_tensor_quint8": torch.quantize_per_tensor(x, 0.1, 128, torch.quint8),
+        "per_tensor_qint32": torch.quantize_per_tensor(x, 0.001, 0, torch.qint32),
+        "per_channel": torch.quantize_per_channel(x, torch.rand(4, dtype=torch.float64) + 0.01,
+                                                  torch.arange(4), 0, torch.qint8),
+        "per_channel_axis1": torch.quantize_per_channel(x, torch.rand(6, dtype=torch.float64) + 0.01,
+                                                        torch.zeros(6, dtype=torch.int64), 1, torch.quint8),
+    }
+
+
+def test_quantized_tensors_keep_their_parameters(tmp_path):
+    exp, out, rc, report = save_and_disarm(tmp_path, quantized_checkpoint())
+    got = torch.load(out, weights_only=True, mmap=True)
+    assert_faithful(exp, got)
+    for k, q in exp.items():
+        assert got[k].qscheme() == q.qscheme(), k
+        assert torch.equal(got[k].int_repr(), q.int_repr()), k
+        if q.qscheme() == torch.per_tensor_affine:
+            assert (got[k].q_scale(), got[k].q_zero_point()) == (q.q_scale(), q.q_zero_point()), k
+        else:
+            assert torch.equal(got[k].q_per_channel_scales(), q.q_per_channel_scales()), k
+            assert torch.equal(got[k].q_per_channel_zero_points(), q.q_per_channel_zero_points()), k
+            assert got[k].q_per_channel_axis() == q.q_per_channel_axis(), k
+    assert rc == 0, findings_text(report)
+
+
+def test_parameters_and_requires_grad_survive(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    net.bias.requires_grad_(False)
+    obj = {
+        "frozen": torch.nn.Parameter(torch.ones(3), requires_grad=False),
+        "trainable": torch.nn.Parameter(torch.randn(2, 2)),
+        "grad_tensor": torch.randn(3).requires_grad_(),
+        "plain": torch.randn(3),
+        "params": list(net.parameters()),
+        "half_param": torch.nn.Parameter(torch.randn(2).to(torch.float16)),
+    }
+    exp, out, rc, report = save_and_disarm(tmp_path, obj)
+    for got in (torch.load(out, weights_only=True), torch.load(out, weights_only=True, mmap=True)):
+        assert_faithful(exp, got)
+        for k in ("frozen", "trainable", "half_param"):
+            assert type(got[k]) is torch.nn.Parameter and got[k].requires_grad == exp[k].requires_grad, k
+        assert got["grad_tensor"].requires_grad and type(got["grad_tensor"]) is torch.Tensor
+        assert not got["plain"].requires_grad
+        assert [p.requires_grad for p in got["params"]] == [True, False]
+    assert rc == 0, findings_text(report)
+
+
+def test_zip_layout_is_mmap_ready(tmp_path):
+    """Storages start 64-byte aligned in the file and the byteorder record says little."""
+    import zipfile
+
+    obj = {f"t{i}": torch.arange(i + 1, dtype=torch.float32) for i in range(5)}
+    obj["bytes1"] = torch.arange(3, dtype=torch.uint8)
+    _, out, _, _ = save_and_disarm(tmp_path, obj)
+    import struct
+
+    raw = out.read_bytes()
+    with zipfile.ZipFile(out) as z:
+        names = z.namelist()
+        prefix = names[0].split("/")[0]
+        assert z.read(f"{prefix}/byteorder") == b"little"
+        for info in z.infolist():
+            if "/data/" in info.filename:
+                # the local header's own name and extra lengths (its extra field holds the padding)
+                n, m = struct.unpack_from("<HH", raw, info.header_offset + 26)
+                data_start = info.header_offset + 30 + n + m
+                assert data_start % 64 == 0, info.filename
+                assert info.compress_type == zipfile.ZIP_STORED
+
+
+@pytest.mark.parametrize("name", ["uint16", "float8_e5m2", "float8_e8m0fnu", "complex32"])
+def test_torch2_only_dtypes_under_compat_torch113_are_dropped_and_reported(tmp_path, name):
+    t = tensor_of_dtype(name)
+    _, out, rc, report = save_and_disarm(tmp_path, {"t": t, "kept": torch.ones(2)}, "--compat", "torch1.13")
+    got = vocab.static_torch_load(out)
+    assert got["t"] is None and torch.equal(got["kept"], torch.ones(2))
+    assert rc == 1 and name in findings_text(report), findings_text(report)
+
+
+# --------------------------------------------------------------------------------------------------
+# 7. whole-model saves: attributes are named in a finding, never dropped silently
+# --------------------------------------------------------------------------------------------------
+class _ConfiguredNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden = 32
+        self.config = {"lr": 0.1, "layers": [3, 4]}
+        self.body = torch.nn.Linear(3, 4)
+
+
+def test_whole_model_attributes_are_reported(tmp_path):
+    torch.manual_seed(0)
+    net = _ConfiguredNet()
+    inp = tmp_path / "in.pt"
+    torch.save(net, inp)
+    out, rc, report = disarm_ok(tmp_path, inp)
+    got = torch.load(out, weights_only=True)
+    exp = collections.OrderedDict(net.named_parameters())  # parameters stay parameters
+    assert list(got) == list(exp)
+    for k, p in exp.items():
+        assert type(got[k]) is torch.nn.Parameter and torch.equal(got[k].detach(), p.detach()), k
+    text = findings_text(report)
+    assert rc == 1 and "module attribute" in text, text
+    for name in ("hidden", "config", "body.in_features"):
+        assert name in text, text
+
+
+# --------------------------------------------------------------------------------------------------
+# 8. Lightning checkpoints: callback state keyed by callback classes (Lightning < 1.5)
+# --------------------------------------------------------------------------------------------------
+class ModelCheckpoint:  # stand-ins: pickled by reference as the dict keys, never instantiated
+    pass
+
+
+class EarlyStopping:
+    pass
+
+
+def test_lightning_callback_state_keyed_by_class_keeps_its_keys(tmp_path):
+    torch.manual_seed(0)
+    sd = torch.nn.Linear(2, 2).state_dict()
+    ckpt_state = {"monitor": "val_loss", "best_model_score": torch.tensor(0.25), "best_k_models": {}}
+    stop_state = {"wait_count": 2, "stopped_epoch": 0, "best_score": torch.tensor(0.3), "patience": 3}
+    ckpt = {
+        "epoch": 4, "global_step": 120, "pytorch-lightning_version": "1.4.9", "state_dict": sd,
+        "callbacks": {ModelCheckpoint: ckpt_state, EarlyStopping: stop_state},
+        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 0.1, "params": [0, 1]}]}],
+    }
+    inp = tmp_path / "in.ckpt"
+    torch.save(ckpt, inp)
+    out, rc, report = disarm_ok(tmp_path, inp)
+    assert vocab.check_output(out, "torch2") == []
+    got = torch.load(out, weights_only=True)
+    mod = __name__
+    exp = dict(ckpt, callbacks={f"{mod}.ModelCheckpoint": ckpt_state, f"{mod}.EarlyStopping": stop_state})
+    assert_faithful(exp, got)
+    assert list(got["callbacks"]) == [f"{mod}.ModelCheckpoint", f"{mod}.EarlyStopping"]
+    assert rc == 1 and "(a class) written as the string" in findings_text(report), findings_text(report)

@@ -83,9 +83,24 @@ TEST(NpyReader, NumericAndTruncated) {
   EXPECT_EQ(ok->model.tensors[0].dtype, model::DType::i16);
   auto trunc = formats::read_npy(npy(padded("{'descr': '<f8', 'fortran_order': False, 'shape': (4,), }"), 8), {});
   EXPECT_FALSE(trunc.ok());
-  auto str = formats::read_npy(npy(padded("{'descr': '<U3', 'fortran_order': False, 'shape': (1,), }"), 12), {});
-  ASSERT_FALSE(str.ok());
-  EXPECT_EQ(str.error().rule, "npy.unsupported-dtype");
+  auto date = formats::read_npy(npy(padded("{'descr': '<M8[s]', 'fortran_order': False, 'shape': (1,), }"), 8), {});
+  ASSERT_FALSE(date.ok());
+  EXPECT_EQ(date.error().rule, "npy.unsupported-dtype");
+}
+
+TEST(NpyReader, FixedWidthStringsAreArrays) {
+  auto str = formats::read_npy(npy(padded("{'descr': '>U3', 'fortran_order': False, 'shape': (2,), }"), 24), {});
+  ASSERT_TRUE(str.ok()) << str.error().describe();
+  const auto& m = str->model;
+  const auto& v = m.values[m.root];
+  EXPECT_EQ(v.kind, model::ValueKind::ndarray);
+  EXPECT_EQ(m.values[v.state].text, "U3");
+  EXPECT_EQ(v.array_shape, std::vector<int64_t>{2});
+  EXPECT_EQ(m.storages[m.tensors[v.tensor].storage].nbytes, 24u);
+  auto zero = formats::read_npy(npy(padded("{'descr': '|S0', 'fortran_order': False, 'shape': (1,), }"), 0), {});
+  EXPECT_FALSE(zero.ok());
+  auto order = formats::read_npy(npy(padded("{'descr': '<S2', 'fortran_order': False, 'shape': (1,), }"), 2), {});
+  EXPECT_FALSE(order.ok());
 }
 
 TEST(NpyReader, ObjectArrayGoesThroughPicklePolicy) {
