@@ -108,8 +108,6 @@ void serve_resolved(const httplib::Request& req, httplib::Response& res, const R
     res.status = 206;
     res.set_header("Content-Range", "bytes " + std::to_string(range->first) + "-" + std::to_string(range->last) + "/" +
                                         std::to_string(r.entry.size));
-    // The range is applied here; httplib 0.11 would apply it again, unclamped, to the body.
-    const_cast<httplib::Request&>(req).ranges.clear();
   }
   if (length == 0) {
     res.set_content("", "application/octet-stream");
@@ -213,6 +211,24 @@ int run(const ServeOptions& o) {
   svr.set_logger([](const httplib::Request& req, const httplib::Response& res) {
     std::fprintf(stderr, "%s %s %d\n", req.method.c_str(), header_safe(req.path).c_str(), res.status);
   });
+  // Range is answered by serve_resolved() alone: httplib 0.11 would apply a parsed range again,
+  // unclamped, to whatever body a handler sets (errors included).
+  svr.set_pre_routing_handler([](const httplib::Request& req, httplib::Response&) {
+    const_cast<httplib::Request&>(req).ranges.clear();
+    return httplib::Server::HandlerResponse::Unhandled;
+  });
+  // Answers httplib gives by itself (a malformed request, a Range it cannot parse, an unknown
+  // route) get the same error headers as the gateway's own.
+  svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response& res) {
+    if (res.has_header("X-Error-Code")) return httplib::Server::HandlerResponse::Unhandled;
+    const int st = res.status;
+    const char* code = st == 404 ? "EntryNotFound" : st == 416 ? "RangeNotSatisfiable" : "BadRequest";
+    const char* why = st == 404   ? "no such route or file"
+                      : st == 416 ? "the Range header is malformed or asks for several ranges"
+                                  : "malformed or oversized request";
+    send_error(res, st, code, why);
+    return httplib::Server::HandlerResponse::Handled;
+  }));
   add_routes(svr, gw);
   int port = o.port;
   if (port == 0) port = svr.bind_to_any_port(o.host);
