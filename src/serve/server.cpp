@@ -1,6 +1,7 @@
 // The HTTP front end (cpp-httplib, Debian's libcpp-httplib-dev; docs/SERVE.md says why): the
 // Hub routes huggingface_hub and transformers call, the reports, and the web page.
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -208,6 +209,12 @@ int run(const ServeOptions& o) {
   svr.set_keep_alive_timeout(5);
   svr.set_payload_max_length(64 * 1024);  // the gateway takes no uploads
   svr.set_tcp_nodelay(true);
+  // httplib's default adds SO_REUSEPORT, which lets a second instance share the port silently
+  // (the kernel then splits requests between them); a busy port must be an error instead.
+  svr.set_socket_options([](int sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   svr.set_logger([](const httplib::Request& req, const httplib::Response& res) {
     std::fprintf(stderr, "%s %s %d\n", req.method.c_str(), header_safe(req.path).c_str(), res.status);
   });

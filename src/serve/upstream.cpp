@@ -95,20 +95,43 @@ class Upstream : public Origin {
     mtd::Sha256 hash;
     uint64_t got = 0;
     bool write_failed = false;
-    auto cli = client();
     std::string what = snap.repo + "/" + file.path;
-    auto r = cli->Get(("/" + snap.repo + "/resolve/" + snap.commit + "/" + file.path).c_str(),
-                      [&](const char* data, size_t n) {
-                        if (got + n > kMaxFileBytes || forced_write_failure()) return !(write_failed = true);
-                        for (size_t done = 0; done < n;) {
-                          ssize_t w = ::write(in->fd, data + done, n - done);
-                          if (w <= 0) return !(write_failed = true);
-                          done += size_t(w);
-                        }
-                        hash.update(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data), n));
-                        got += n;
-                        return true;
-                      });
+    bool redirected = false;  // the body of a redirect is not the file
+    auto receive = [&](const char* data, size_t n) {
+      if (redirected) return true;
+      if (got + n > kMaxFileBytes || forced_write_failure()) return !(write_failed = true);
+      for (size_t done = 0; done < n;) {
+        ssize_t w = ::write(in->fd, data + done, n - done);
+        if (w <= 0) return !(write_failed = true);
+        done += size_t(w);
+      }
+      hash.update(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data), n));
+      got += n;
+      return true;
+    };
+    // The hub answers with a redirect to its storage: followed here (a few hops, http(s) only),
+    // with the body read only from the final answer.
+    std::string base = url_, path = "/" + snap.repo + "/resolve/" + snap.commit + "/" + file.path;
+    httplib::Result r{nullptr, httplib::Error::Unknown};
+    for (int hop = 0; hop < 5; ++hop) {
+      auto cli = client(base);
+      r = cli->Get(path, [&](const httplib::Response& res) {
+        redirected = res.status >= 300 && res.status < 400;
+        return true;
+      }, receive);
+      if (!r || r->status < 300 || r->status >= 400 || !r->has_header("Location")) break;
+      std::string loc = r->get_header_value("Location");
+      static const std::regex abs(R"(^(https?://[^/?#]+)(/[^#]*)?$)");
+      std::smatch m;
+      if (std::regex_match(loc, m, abs)) {
+        base = m[1];
+        path = m[2].matched ? std::string(m[2]) : "/";
+      } else if (!loc.empty() && loc[0] == '/') {
+        path = loc;
+      } else {
+        return make_error("upstream.bad-answer", what + ": upstream redirect to an unusable location");
+      }
+    }
     if (write_failed) return make_error("io.write", what + ": cannot store the download (disk full?)");
     if (!r || r->status != 200) return upstream_error(what, r);
     if (r->has_header("Content-Length") && std::to_string(got) != r->get_header_value("Content-Length"))
@@ -129,9 +152,8 @@ class Upstream : public Origin {
   }
 
  private:
-  std::unique_ptr<httplib::Client> client() const {
-    auto cli = std::make_unique<httplib::Client>(url_);
-    cli->set_follow_location(true);  // the hub redirects file bytes to its storage; we follow, clients never see it
+  std::unique_ptr<httplib::Client> client(const std::string& base = {}) const {
+    auto cli = std::make_unique<httplib::Client>(base.empty() ? url_ : base);
     cli->set_connection_timeout(10, 0);
     cli->set_read_timeout(60, 0);
     cli->set_keep_alive(false);

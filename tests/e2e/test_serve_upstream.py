@@ -109,7 +109,7 @@ def test_serve_upstream_dies_mid_file_then_next_request_succeeds(upstream, tmp_p
         assert entries(cache) == [] and list((cache / "tmp").iterdir()) == []
         upstream.faults(corrupt={"acme/big/model.safetensors": True})
         st, h, _ = http("GET", url)
-        assert st == 502 and h["X-Error-Code"] == "upstream.corrupt", h
+        assert st == 502 and h["X-Error-Code"] == "upstream.corrupt", (h, http("GET", url)[1])
         assert entries(cache) == []
         upstream.faults()
         st, h, data = http("GET", url)
