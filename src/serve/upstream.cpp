@@ -13,6 +13,8 @@
 #include <httplib.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <regex>
@@ -95,14 +97,25 @@ class Upstream : public Origin {
     mtd::Sha256 hash;
     uint64_t got = 0;
     bool write_failed = false;
+    std::string write_error;
     std::string what = snap.repo + "/" + file.path;
     bool redirected = false;  // the body of a redirect is not the file
     auto receive = [&](const char* data, size_t n) {
       if (redirected) return true;
-      if (got + n > kMaxFileBytes || forced_write_failure()) return !(write_failed = true);
+      if (got + n > kMaxFileBytes) {
+        write_error = "over " + std::to_string(kMaxFileBytes) + " bytes";
+        return !(write_failed = true);
+      }
+      if (forced_write_failure()) {
+        write_error = "No space left on device (forced)";
+        return !(write_failed = true);
+      }
       for (size_t done = 0; done < n;) {
         ssize_t w = ::write(in->fd, data + done, n - done);
-        if (w <= 0) return !(write_failed = true);
+        if (w <= 0) {
+          write_error = std::strerror(w < 0 ? errno : ENOSPC);
+          return !(write_failed = true);
+        }
         done += size_t(w);
       }
       hash.update(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(data), n));
@@ -132,7 +145,7 @@ class Upstream : public Origin {
         return make_error("upstream.bad-answer", what + ": upstream redirect to an unusable location");
       }
     }
-    if (write_failed) return make_error("io.write", what + ": cannot store the download (disk full?)");
+    if (write_failed) return make_error("io.write", what + ": cannot store the download: " + write_error);
     if (!r || r->status != 200) return upstream_error(what, r);
     if (r->has_header("Content-Length") && std::to_string(got) != r->get_header_value("Content-Length"))
       return make_error("upstream.truncated", what + ": upstream sent " + std::to_string(got) + " of " +
