@@ -15,6 +15,7 @@ for tool in wrk nginx curl; do
 done
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 W=$(mktemp -d "${BENCH_DIR:-/tmp}/bench_serve.XXXXXX")
+chmod 755 "$W"  # nginx's workers (nobody) read the served copy below it
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$W"; }
 trap cleanup EXIT
@@ -56,6 +57,9 @@ NGEOF
 PIDS+=($!)
 sleep 1
 path=/bench/model/resolve/main/pytorch_model.bin
+for port in $GW_PORT $NG_PORT; do  # both must serve the same bytes, or the comparison means nothing
+  curl -sf "http://127.0.0.1:$port$path" | cmp - "$W/served.bin" || { echo "bench_serve: port $port did not serve the file"; exit 2; }
+done
 rate() {  # bytes/s wrk measured
   wrk -t "$(( $1 < 4 ? $1 : 4 ))" -c "$1" -d "${DUR}s" "$2" | awk '/Transfer\/sec/ {v=$2; u=substr(v,length(v)-1); n=substr(v,1,length(v)-2);
     m=(u=="GB")?1073741824:(u=="MB")?1048576:(u=="KB")?1024:1; print n*m}'
