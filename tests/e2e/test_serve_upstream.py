@@ -176,3 +176,24 @@ def test_serve_two_instances_race_build_once(upstream, tmp_path):
     assert upstream.downloads().get(key, 0) - before == 1
     assert logs.count("built acme/big/part1.safetensors") == 1, logs
     assert_cache_clean(cache)
+
+
+def test_serve_real_full_disk_leaves_no_entry(upstream, tmp_path):
+    """The cache on a 2 MiB tmpfs: a 4 MiB file cannot be stored (503, nothing left behind); a small
+    file then succeeds on the same file system."""
+    import os
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(cache)], capture_output=True)
+    if p.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root): " + p.stderr.decode()[-200:])
+    try:
+        with Gateway("--upstream", upstream.url, "--cache", cache) as g:
+            st, h, _ = http("GET", f"{g.url}/acme/big/resolve/main/model.safetensors")
+            assert st == 503 and h["X-Error-Code"] == "io.write" and "No space left" in h["X-Error-Message"], h
+            assert entries(cache) == [] and list((cache / "tmp").iterdir()) == []
+            st, h, data = http("GET", f"{g.url}/acme/big/resolve/main/part2.safetensors")
+            assert st == 200 and h["ETag"] == '"' + hashlib.sha256(data).hexdigest() + '"'
+            assert_cache_clean(cache)
+    finally:
+        subprocess.run(["umount", str(cache)], check=True)
