@@ -11,4 +11,5 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   clang-14 libclang-rt-14-dev libfuzzer-14-dev \
   python3-torch python3-torchvision python3-numpy python3-pytest python3-sklearn python3-joblib \
   xfsprogs e2fsprogs \
+  libcpp-httplib-dev nginx-light wrk chromium \
   >/dev/null

@@ -7,8 +7,12 @@ std::vector<ExtraCommand>& extra_commands() {
 
 // Command families register here (declared in their own files).
 void add_mtd_commands(CLI::App& app);  // src/cli/mtd_commands.cpp
+void add_serve_command(CLI::App& app);  // src/cli/serve_command.cpp
 
-void add_extra_commands(CLI::App& app) { add_mtd_commands(app); }
+void add_extra_commands(CLI::App& app) {
+  add_mtd_commands(app);
+  add_serve_command(app);
+}
 
 int run_extra_commands(CLI::App& app) {
   (void)app;
