@@ -145,6 +145,14 @@ Status decode_into(const std::string& path, const std::string& field, const std:
 
 Result<KeyFile> read_key_file(const std::string& path) {
   MCDR_ASSIGN(std::string text, read_small_file(path, 64 << 10));
+  MCDR_ASSIGN(KeyFile k, parse_key_file(text, path));
+  struct stat st{};
+  k.loose_permissions = (k.has_x25519_secret || k.has_ed25519_secret || k.has_symmetric) &&
+                        ::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0;
+  return k;
+}
+
+Result<KeyFile> parse_key_file(const std::string& text, const std::string& path) {
   KeyFile k;
   std::istringstream in(text);
   std::string line;
@@ -179,9 +187,6 @@ Result<KeyFile> read_key_file(const std::string& path) {
       return make_error("key.format", path + ": unknown field '" + field + "'");
     }
   }
-  struct stat st{};
-  k.loose_permissions = (k.has_x25519_secret || k.has_ed25519_secret || k.has_symmetric) &&
-                        ::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0;
   if (k.kind != "secret" && k.kind != "public" && k.kind != "symmetric")
     return make_error("key.format", path + ": 'kind' must be secret, public or symmetric");
   if (k.kind == "symmetric" && !k.has_symmetric) return make_error("key.format", path + ": symmetric key file without 'key'");
