@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Writes seed pickles for fuzz/pickle_machine_fuzz.cpp into fuzz/seeds/pickle/.
+"""Writes seed pickles for fuzz/pickle_machine_fuzz.cpp into fuzz/seeds/pickle_machine/.
 
 Everything here is our own data: pickle.dumps of plain values at every protocol, plus the
 data.pkl record of small torch.save() files (and one legacy-format file). Nothing is loaded.
@@ -11,7 +11,7 @@ import os
 import pickle
 import zipfile
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds", "pickle")
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds", "pickle_machine")
 
 
 def write(name, data):

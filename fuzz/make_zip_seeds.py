@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Writes small seed archives for fuzz/zip_reader_fuzz.cpp into fuzz/seeds/zip/.
+"""Writes small seed archives for fuzz/zip_reader_fuzz.cpp into fuzz/seeds/zip_reader/.
 
 All inputs are our own data: zipfile archives (stored, deflated, data descriptors, zip64
 extras, comment) and a torch.save of a tiny tensor dict."""
@@ -8,7 +8,7 @@ import os
 import sys
 import zipfile
 
-out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds", "zip")
+out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "seeds", "zip_reader")
 os.makedirs(out, exist_ok=True)
 
 

@@ -7,6 +7,7 @@
 #include <iterator>
 #include <optional>
 #include <span>
+#include <vector>
 
 #include "cdr/globals_policy.hpp"
 #include "cdr/lifter.hpp"
@@ -39,6 +40,22 @@ bool plain_build_target(const pickle::Program& p, const Node& n) {
   if (n.kind != NodeKind::Call && n.kind != NodeKind::NewObj) return false;
   const Node& c = p.at(n.items[0]);
   return c.kind == NodeKind::Global && c.text == "collections" && c.name == "OrderedDict";
+}
+
+// The key strings of torch storage persistent ids ('storage', cls, KEY, location, numel...):
+// decimal record names such as "8002", whose hex reading (80 02) is a protocol header. They
+// name a record of the container and are never written out (writers number storages afresh),
+// so they are no place to hide a nested pickle; the check skips them.
+std::vector<bool> storage_key_nodes(const pickle::Program& p) {
+  std::vector<bool> keys(p.nodes.size(), false);
+  for (const Node& n : p.nodes) {
+    if (n.kind != NodeKind::PersId || n.items.empty()) continue;
+    const Node& pid = p.at(n.items[0]);
+    if (pid.kind != NodeKind::Tuple || pid.items.size() < 3) continue;
+    const Node& tag = p.at(pid.items[0]);
+    if ((tag.kind == NodeKind::Str || tag.kind == NodeKind::Py2Str) && tag.text == "storage") keys[pid.items[2]] = true;
+  }
+  return keys;
 }
 
 }  // namespace
@@ -211,7 +228,9 @@ bool looks_like_embedded_pickle(std::string_view d) {
 
 
 void scan_program(const pickle::Program& p, const std::string& entry, Findings& out) {
-  for (const Node& n : p.nodes) {
+  const std::vector<bool> storage_keys = storage_key_nodes(p);
+  for (size_t id = 0; id < p.nodes.size(); ++id) {
+    const Node& n = p.nodes[id];
     switch (n.kind) {
       case NodeKind::Global:
         if (!is_known_global(n.text, n.name))
@@ -229,7 +248,7 @@ void scan_program(const pickle::Program& p, const std::string& entry, Findings& 
       case NodeKind::Py2Str:
       case NodeKind::Bytes:
       case NodeKind::ByteArray:
-        if (looks_like_embedded_pickle(n.text))
+        if (!storage_keys[id] && looks_like_embedded_pickle(n.text))
           add_finding(out, Severity::high, "pickle.nested-pickle",
                       "a string/bytes value holds a serialized pickle (" + std::to_string(n.text.size()) + " bytes)", entry,
                       n.offset);

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -145,7 +146,16 @@ Status decode_into(const std::string& path, const std::string& field, const std:
 
 Result<KeyFile> read_key_file(const std::string& path) {
   MCDR_ASSIGN(std::string text, read_small_file(path, 64 << 10));
+  MCDR_ASSIGN(KeyFile k, parse_key_file(text, path));
+  struct stat st{};
+  k.loose_permissions = (k.has_x25519_secret || k.has_ed25519_secret || k.has_symmetric) &&
+                        ::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0;
+  return k;
+}
+
+Result<KeyFile> parse_key_file(const std::string& text, const std::string& path) {
   KeyFile k;
+  std::vector<std::string> seen;
   std::istringstream in(text);
   std::string line;
   if (!std::getline(in, line) || line != "modelcdr-key-v1")
@@ -157,6 +167,10 @@ Result<KeyFile> read_key_file(const std::string& path) {
     if (colon == std::string::npos) return make_error("key.format", path + ": line without ':'");
     std::string field = line.substr(0, colon);
     std::string val = line.substr(colon + 1);
+    // A field given twice would silently replace the first (fail closed: reject).
+    if (std::find(seen.begin(), seen.end(), field) != seen.end())
+      return make_error("key.format", path + ": field '" + field + "' appears twice");
+    seen.push_back(field);
     while (!val.empty() && val.front() == ' ') val.erase(val.begin());
     if (field == "kind") {
       k.kind = val;
@@ -179,12 +193,15 @@ Result<KeyFile> read_key_file(const std::string& path) {
       return make_error("key.format", path + ": unknown field '" + field + "'");
     }
   }
-  struct stat st{};
-  k.loose_permissions = (k.has_x25519_secret || k.has_ed25519_secret || k.has_symmetric) &&
-                        ::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0;
   if (k.kind != "secret" && k.kind != "public" && k.kind != "symmetric")
     return make_error("key.format", path + ": 'kind' must be secret, public or symmetric");
   if (k.kind == "symmetric" && !k.has_symmetric) return make_error("key.format", path + ": symmetric key file without 'key'");
+  // Only the fields of the file's kind: a public file must not carry a secret (it is made to be
+  // shared), a symmetric file holds nothing but its key.
+  const bool pairs = k.has_x25519 || k.has_x25519_secret || k.has_ed25519 || k.has_ed25519_secret;
+  if ((k.kind == "symmetric" && pairs) || (k.kind != "symmetric" && k.has_symmetric) ||
+      (k.kind == "public" && (k.has_x25519_secret || k.has_ed25519_secret)))
+    return make_error("key.format", path + ": fields that a " + k.kind + " key file does not hold");
   // A secret file's public halves must match its secret halves (catches edited files).
   if (k.has_x25519_secret) {
     Key32 pk;

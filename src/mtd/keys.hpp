@@ -33,6 +33,8 @@ struct KeyFile {
 };
 
 Result<KeyFile> read_key_file(const std::string& path);
+// The same parser on text already read; `path` only names the file in errors.
+Result<KeyFile> parse_key_file(const std::string& text, const std::string& path);
 std::string render_key_file(const KeyFile& k, bool include_secrets);
 // Generates NAME.key (0600) and NAME.pub; refuses to overwrite unless `force`.
 Status keygen_pair(const std::string& name, bool force);

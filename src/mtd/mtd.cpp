@@ -748,6 +748,11 @@ MtdResult mismatch_file(MtdResult r, const Error& e) {
 
 }  // namespace
 
+Status check_map_payload(const std::string& text) {
+  MCDR_TRY(parse_map_doc(text));
+  return ok_status();
+}
+
 Key32 derive_storage_key(const Key32& secret, const std::string& name, uint32_t key) {
   return derive_subkey(secret, {"modelcdr/mtd/v1/perm", name, std::to_string(key)});
 }

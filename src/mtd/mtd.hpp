@@ -112,4 +112,8 @@ TraceResult trace(const std::string& leaked, const std::vector<std::string>& map
 // "modelcdr/mtd/v1/perm" 0x00 name 0x00 key.
 Key32 derive_storage_key(const Key32& secret, const std::string& name, uint32_t key);
 
+// Parses a decrypted map payload (JSON) with every check restore and verify apply, then drops
+// it: errors "map.payload" / "map.unsupported". For the fuzz target (fuzz/mtd_map_fuzz.cpp).
+Status check_map_payload(const std::string& text);
+
 }  // namespace modelcdr::mtd

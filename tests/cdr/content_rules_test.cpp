@@ -162,3 +162,26 @@ TEST(DictKeys, OrderedDictPairsMerge) {
 }
 
 }  // namespace
+
+// Storage keys of persistent ids are decimal record names; "8002".."8005" read as hex are a
+// protocol header (80 02), which made every state dict of 8003+ tensors lose tensors. The
+// exemption is for that tuple slot only: the same text as a plain value is still a candidate.
+TEST(EmbeddedPickle, StorageKeysAreNotCandidates) {
+  auto findings_of = [](const std::string& bytes) {
+    pickle::DecodeOptions o;
+    o.entry = "data.pkl";
+    Findings decode_findings, scan;
+    auto prog = pickle::decode(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()),
+                               o, decode_findings);
+    EXPECT_TRUE(prog.ok());
+    if (prog.ok()) cdr::scan_program(*prog, "data.pkl", scan);
+    int nested = 0;
+    for (const auto& f : scan) nested += f.rule == "pickle.nested-pickle";
+    return nested;
+  };
+  const std::string key = std::string("X\x04\x00\x00\x00", 5) + "8002";
+  const std::string pid = std::string("\x80\x02(X\x07\x00\x00\x00storage", 15) + "ctorch\nFloatStorage\n" + key +
+                          std::string("X\x03\x00\x00\x00" "cpuK\x01tQ.", 13);
+  EXPECT_EQ(findings_of(pid), 0);
+  EXPECT_EQ(findings_of("\x80\x02" + key + "."), 1);
+}

@@ -325,6 +325,25 @@ def test_plain_strings_kept(tmp_path):
     assert got["notes"] == PLAIN and got["raw"] == [s.encode() for s in PLAIN]
 
 
+def test_storage_keys_are_not_nested_pickles(tmp_path):
+    # torch.save names storages "0", "1", ...; keys "8002".."8005" read as hex are a protocol
+    # header (80 02) and were taken for nested pickles, so every state dict of 8003+ tensors
+    # lost tensors on disarm. Storage keys are record names, never written out.
+    n = 8010
+    sd = collections.OrderedDict((f"t{i}", torch.full((2,), float(i))) for i in range(n))
+    src = tmp_path / "in.pt"
+    torch.save(sd, src)
+    rc, so, se = run_cli("scan", "--json", src)
+    assert rc == 0, explain(rc, so, se)
+    assert json.loads(so)["files"][0]["findings"] == [], so[:2000]
+    out = tmp_path / "out.pt"
+    rc, so, se, _ = disarm(src, out)
+    assert rc == 0, explain(rc, so, se)
+    got = torch.load(out, weights_only=True)
+    assert list(got) == list(sd)
+    assert all(torch.equal(got[k], sd[k]) for k in ("t8002", "t8003", "t8004", "t8005", "t8009"))
+
+
 @pytest.mark.parametrize("kind", sorted(NESTED))
 def test_nested_pickle_in_safetensors_metadata(tmp_path, kind):
     src = tmp_path / "in.safetensors"

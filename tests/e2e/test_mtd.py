@@ -141,6 +141,42 @@ def test_keygen_files(keys):
     assert rc == 2, explain(rc, so, se)  # refuses to overwrite
 
 
+def _edited_key(tmp_path, src, name, edit):
+    dst = tmp_path / name
+    dst.write_text(edit(Path(src).read_text().splitlines()))
+    os.chmod(dst, 0o600)
+    return dst
+
+
+@pytest.mark.parametrize("case", ["duplicate-key", "duplicate-kind", "public-with-key", "public-with-secret",
+                                  "symmetric-with-pair"])
+def test_key_file_fields_match_kind(tmp_path, keys, case):
+    # Found by fuzz/key_file_fuzz.cpp: the parser let a second field replace the first and took
+    # fields of another kind (a shareable .pub carrying a symmetric key). Each is now key.format.
+    sec, pub = keys["publisher"]
+    sym = Path(keys["sym"]).read_text().splitlines()
+    secret_line = next(line for line in Path(sec).read_text().splitlines() if line.startswith("x25519-secret:"))
+    edits = {
+        "duplicate-key": (keys["sym"], lambda ls: "\n".join(ls + [ls[-1].replace("key:", "key:")]) + "\n"),
+        "duplicate-kind": (keys["sym"], lambda ls: "\n".join(ls[:2] + ["kind: public"] + ls[2:]) + "\n"),
+        "public-with-key": (pub, lambda ls: "\n".join(ls + [sym[-1]]) + "\n"),
+        "public-with-secret": (pub, lambda ls: "\n".join(ls + [secret_line]) + "\n"),
+        "symmetric-with-pair": (keys["sym"], lambda ls: "\n".join(ls + [Path(pub).read_text().splitlines()[2]]) + "\n"),
+    }
+    src, edit = edits[case]
+    bad = _edited_key(tmp_path, src, "bad.key", edit)
+    model = tmp_path / "in.pt"
+    torch.save({"w": torch.ones(8)}, model)
+    option = "--recipient" if case.startswith("public") else "--key-file"
+    rc, so, se = cli("protect", model, "-o", tmp_path / "out.pt", "--map", tmp_path / "m.map", option, bad)
+    assert rc == 2, explain(rc, so, se)
+    assert "appears twice" in se or "does not hold" in se, se
+    assert not (tmp_path / "out.pt").exists() and not (tmp_path / "m.map").exists()
+    # the files keygen writes still load
+    rc, so, se = cli("protect", model, "-o", tmp_path / "ok.pt", "--map", tmp_path / "ok.map", "--key-file", keys["sym"])
+    assert rc == 0, explain(rc, so, se)
+
+
 # ---- round trips -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "checkpoint"])

@@ -1,0 +1,17 @@
+// libFuzzer target: joblib's compressed files: bounded zlib/gzip/bz2/xz/lzma/lz4/ZF decompression, then the joblib reader.
+// Any byte string must give a model or an error, never a crash, a leak, UB, a hang or an
+// unbounded allocation; a model must pass fuzz::check_model. Seeds: fuzz/seeds/codecs/.
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "formats/parsed_model.hpp"
+#include "fuzz_model_check.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace modelcdr;
+  std::span<const uint8_t> file(data, size);
+  formats::ReadOptions options;
+  fuzz::check_result(formats::read_compressed(file, options), file);
+  return 0;
+}

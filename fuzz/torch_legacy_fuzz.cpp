@@ -1,0 +1,17 @@
+// libFuzzer target: PyTorch's legacy (non-zip) format: magic, protocol and sys_info pickles, the data pickle, storage records.
+// Any byte string must give a model or an error, never a crash, a leak, UB, a hang or an
+// unbounded allocation; a model must pass fuzz::check_model. Seeds: fuzz/seeds/torch_legacy/.
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include "formats/parsed_model.hpp"
+#include "fuzz_model_check.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  using namespace modelcdr;
+  std::span<const uint8_t> file(data, size);
+  formats::ReadOptions options;
+  fuzz::check_result(formats::read_torch_legacy(file, options), file);
+  return 0;
+}
