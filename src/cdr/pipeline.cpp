@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "cdr/scan_salvage.hpp"
 #include "container/sniff.hpp"
 #include "engine/classify.hpp"
 #include "formats/parsed_model.hpp"
@@ -26,8 +27,9 @@ namespace {
 using container::Format;
 
 Result<formats::ParsedModel> parse(std::span<const uint8_t> bytes, Format format, bool defer_storage_crc = false,
-                                   int input_fd = -1) {
+                                   int input_fd = -1, Findings* salvage = nullptr) {
   formats::ReadOptions options;
+  options.salvage = salvage;
   formats::ReadOptions mapped = options;  // `bytes` is the MappedFile itself
   mapped.input_is_mapped = true;
   mapped.input_fd = input_fd;
@@ -149,10 +151,14 @@ static FileReport scan_file_impl(const std::string& path, const ScanOptions& opt
     return r;
   }
   r.format = container::format_name(loaded->format);
-  auto parsed = checked(parse(loaded->file.bytes(), loaded->format));
+  Findings salvage;
+  auto parsed = checked(parse(loaded->file.bytes(), loaded->format, false, -1, &salvage));
   if (!parsed.ok()) {
     r.status = FileStatus::error;
     r.error = parsed.error();
+    // Still say what the broken file would run under CPython (scan_salvage.hpp).
+    if (!loaded->file.changed()) cdr::salvage_zip_members(loaded->file.bytes(), salvage);
+    r.findings = std::move(salvage);
     return r;
   }
   r.format = container::format_name(parsed->format);

@@ -38,6 +38,9 @@ struct ReadOptions {
   // disarm reads each tensor byte once. Every other record is still checked when read.
   bool defer_storage_crc = false;
   pickle::ArrayBuildHook on_array_build;  // joblib: passed to pickle::decode by decode_stream
+  // scan only: where a stream fails the strict parse, decode_stream adds what CPython would
+  // import and call reading it here (cdr::scan_cpython_view), kept although the file is an error.
+  Findings* salvage = nullptr;
 };
 
 Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOptions& options);

@@ -1,0 +1,45 @@
+#include "cdr/scan_salvage.hpp"
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "container/zip_reader.hpp"
+#include "engine/classify.hpp"
+#include "formats/parsed_model.hpp"
+
+namespace modelcdr::cdr {
+
+void salvage_zip_members(std::span<const uint8_t> file, Findings& findings) {
+  if (file.size() < 4 || file[0] != 'P' || file[1] != 'K') return;
+  Findings zip_findings;
+  container::ZipLimits limits;
+  auto zip = container::read_zip(file, zip_findings, limits, false);
+  if (!zip.ok()) return;
+  auto named = [&](const std::string& entry) {
+    return std::any_of(findings.begin(), findings.end(), [&](const Finding& f) { return f.entry == entry; });
+  };
+  Findings members;
+  for (const auto& e : zip->entries) {
+    if (named(e.name)) continue;
+    std::vector<uint8_t> scratch;
+    auto bytes = container::entry_bytes(*zip, file, e, scratch, limits);
+    if (!bytes.ok() || !engine::may_unpickle(*bytes)) continue;
+    Findings mine;
+    formats::ReadOptions options;
+    options.salvage = &mine;
+    auto program = formats::decode_stream(*bytes, e.name, 0, options, mine, true);
+    bool any = std::any_of(mine.begin(), mine.end(), [](const Finding& f) { return f.severity >= Severity::medium; });
+    if (!any) continue;
+    members.insert(members.end(), mine.begin(), mine.end());
+    add_finding(members, Severity::high, "zip.member-pickle",
+                "zip member '" + e.name + "' is a pickle" + (program.ok() ? "" : " (broken)") +
+                    " outside a checkpoint layout torch.load accepts; a loader that unpickles the member runs what is listed",
+                e.name, 0);
+  }
+  if (members.empty()) return;
+  findings.insert(findings.end(), zip_findings.begin(), zip_findings.end());
+  findings.insert(findings.end(), members.begin(), members.end());
+}
+
+}  // namespace modelcdr::cdr
