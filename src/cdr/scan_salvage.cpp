@@ -23,7 +23,11 @@ void salvage_zip_members(std::span<const uint8_t> file, Findings& findings) {
   for (const auto& e : zip->entries) {
     if (named(e.name)) continue;
     std::vector<uint8_t> scratch;
-    auto bytes = container::entry_bytes(*zip, file, e, scratch, limits);
+    // The "encrypted" flag on a stored entry is a trick to make strict readers skip it (picklescan
+    // malicious1_0x1.zip): its bytes are read as they are; real ciphertext is no pickle anyway.
+    container::ZipEntry clear = e;
+    if (clear.method == 0) clear.flags &= static_cast<uint16_t>(~1u);
+    auto bytes = container::entry_bytes(*zip, file, clear, scratch, limits);
     if (!bytes.ok() || !engine::may_unpickle(*bytes)) continue;
     Findings mine;
     formats::ReadOptions options;
