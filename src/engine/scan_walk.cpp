@@ -42,7 +42,10 @@ FileReport not_a_model(const std::string& path, const Classification& c) {
     r.note = "unknown binary content (not a model format any loader modelcdr knows reads; not checked)";
     add_finding(r.findings, Severity::info, "scan.unknown-binary", r.note);
   } else {
-    r.note = std::string("not a model file (") + kind_name(c.kind) + (c.detail.empty() ? "" : ": " + c.detail) + ")";
+    std::string detail = c.detail;
+    std::transform(detail.begin(), detail.end(), detail.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+    const bool same = detail.empty() || detail == kind_name(c.kind);  // "text: text", "json: JSON"
+    r.note = std::string("not a model file (") + kind_name(c.kind) + (same ? "" : ": " + c.detail) + ")";
     add_finding(r.findings, Severity::info, "scan.not-a-model", r.note);
   }
   return r;

@@ -92,13 +92,15 @@ def test_broken_start_resyncs_to_the_payload(tmp_path):
     """A stream broken where it starts (an npy header length pointing into padding): CPython fails at
     once; the scan says so and reports the pickle that begins after it."""
     require_bin()
-    data = b"      \n" + b"cos\nsystem\n(S'echo r'\ntR."
-    p = tmp_path / "resync.pkl"
+    hdr = b"{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"
+    data = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(hdr)) + hdr + b"      \n" + b"cos\nsystem\n(S'echo r'\ntR."
+    p = tmp_path / "resync.npy"  # the header length stops 7 bytes short: np.load's pickle starts at a space
     p.write_bytes(data)
     rc, f = scan(p)
+    assert rc == 2 and f["status"] == "error", f
     msgs = [x["message"] for x in f["findings"]]
     assert any("before it imports or calls anything" in m for m in msgs), f
-    assert any("a pickle stream begins at offset 7" in m for m in msgs), f
+    assert any(f"a pickle stream begins at offset {10 + len(hdr) + 7}" in m for m in msgs), f
     assert any("calls 'os system' with arguments ('echo r',)" in m for m in msgs), f
 
 
