@@ -157,7 +157,10 @@ static FileReport scan_file_impl(const std::string& path, const ScanOptions& opt
     r.status = FileStatus::error;
     r.error = parsed.error();
     // Still say what the broken file would run under CPython (scan_salvage.hpp).
-    if (!loaded->file.changed()) cdr::salvage_zip_members(loaded->file.bytes(), salvage);
+    if (!loaded->file.changed()) {
+      cdr::salvage_zip_members(loaded->file.bytes(), salvage);
+      if (parsed.error().rule == "format.unknown") cdr::salvage_unsniffed_pickle(loaded->file.bytes(), salvage);
+    }
     r.findings = std::move(salvage);
     return r;
   }

@@ -46,4 +46,19 @@ void salvage_zip_members(std::span<const uint8_t> file, Findings& findings) {
   findings.insert(findings.end(), members.begin(), members.end());
 }
 
+void salvage_unsniffed_pickle(std::span<const uint8_t> file, Findings& findings) {
+  if (!engine::may_unpickle(file)) return;
+  Findings mine;
+  formats::ReadOptions options;
+  options.salvage = &mine;
+  auto program = formats::decode_stream(file, "", 0, options, mine, false);
+  if (!std::any_of(mine.begin(), mine.end(), [](const Finding& f) { return f.severity >= Severity::medium; })) return;
+  findings.insert(findings.end(), mine.begin(), mine.end());
+  if (program.ok())
+    add_finding(findings, Severity::high, "pickle.cpython-view",
+                "the file does not begin as modelcdr's sniffing expects a pickle to, but CPython's unpickler reads it "
+                "to STOP at offset " + std::to_string(program->stop_offset) + ": the imports and calls listed run",
+                "", 0);
+}
+
 }  // namespace modelcdr::cdr

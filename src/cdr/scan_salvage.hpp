@@ -14,4 +14,9 @@ namespace modelcdr::cdr {
 // pickle; members already named in `findings` are skipped. Bounded by the zip reader's limits.
 void salvage_zip_members(std::span<const uint8_t> file, Findings& findings);
 
+// A file that sniffed as no known format but that CPython's unpickler would still act on
+// (engine::may_unpickle: e.g. a stream that begins with NEWTRUE, or whose PROTO byte was altered),
+// scanned as a pickle.
+void salvage_unsniffed_pickle(std::span<const uint8_t> file, Findings& findings);
+
 }  // namespace modelcdr::cdr

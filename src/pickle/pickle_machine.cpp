@@ -507,7 +507,17 @@ class Machine {
     return *r;
   }
   Result<std::string_view> line() {
+    const size_t start = cur_.pos();
     auto r = cur_.line(static_cast<size_t>(std::min<uint64_t>(lim_.max_line_bytes, SIZE_MAX - 1)));
+    // CPython's C unpickler reading a file without peek() (the io.BytesIO torch.load reads a zip
+    // checkpoint's data.pkl from) drops the part of a line left in its FRAME buffer and reads the
+    // line afresh from the frame's end: what it runs is what follows, so CPython's view does that.
+    if (opt_.cpython_view && in_frame_ && start < frame_end_ && cur_.pos() > frame_end_) {
+      straddle();
+      MCDR_TRY(cur_.seek(frame_end_));
+      in_frame_ = false;
+      r = cur_.line(static_cast<size_t>(std::min<uint64_t>(lim_.max_line_bytes, SIZE_MAX - 1)));
+    }
     if (!r.ok()) {
       if (r.error().rule == "io.line-too-long")
         return fail("pickle.line-too-long",

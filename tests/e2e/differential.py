@@ -15,8 +15,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-GLOBAL_RE = re.compile(r"^GLOBAL '(\S+) (\S+)' is not allowed$")
-CALL_RE = re.compile(r"^(?:REDUCE calls|NEWOBJ calls|INST/OBJ instantiates) '(\S+) (\S+)'(?: with arguments (.*))?$")
+# Names are compared as modelcdr spells them, "module name" (one space), so that names holding
+# spaces or control characters (mutated streams) need no splitting.
+GLOBAL_RE = re.compile(r"^GLOBAL '(.*)' is not allowed$", re.S)
+CALL_RE = re.compile(r"^(?:REDUCE calls|NEWOBJ calls|INST/OBJ instantiates) '(.*?)'(?: with arguments (.*))?$", re.S)
 
 
 def reference(streams, python=sys.executable, timeout=300):
@@ -39,12 +41,16 @@ def modelcdr_view(binary, paths, timeout=300):
         for fd in f["findings"]:
             m = GLOBAL_RE.match(fd["message"])
             if m:
-                globs.add((m.group(1), m.group(2)))
+                globs.add(m.group(1))
             c = CALL_RE.match(fd["message"])
             if c:
-                globs.add((c.group(1), c.group(2)))
-                calls.add((f"{c.group(1)}.{c.group(2)}", c.group(3)))
-        out.append({"error": f["status"] == "error", "globals": globs, "calls": calls})
+                globs.add(c.group(1))
+                calls.add((c.group(1), c.group(2)))
+        # Where an opcode crosses its FRAME's end CPython's readers disagree among themselves (the C
+        # unpickler on a file drops a partial line there; pickle.loads does not): modelcdr reports
+        # pickle.frame-straddle/-nested and disarm rejects the stream; names there are not compared.
+        frames = any(fd["rule"] in ("pickle.frame-straddle", "pickle.frame-nested") for fd in f["findings"])
+        out.append({"error": f["status"] == "error", "globals": globs, "calls": calls, "frame_disagreement": frames})
     return out
 
 
@@ -60,12 +66,14 @@ def disagreements(binary, streams, workdir, python=sys.executable):
     cdr = modelcdr_view(binary, paths)
     bad = []
     for s, p, r, c in zip(streams, paths, ref, cdr):
-        rg = {tuple(g) for g in r["globals"]}
+        rg = {f"{m} {n}" for m, n in r["globals"]}
         rc = {(q, a) for q, a in r["calls"]}
         missing_g = rg - c["globals"]
         missing_c = rc - c["calls"]
         problem = None
-        if missing_g:
+        if c["frame_disagreement"]:
+            pass
+        elif missing_g:
             problem = f"globals CPython resolves that modelcdr does not report: {sorted(missing_g)}"
         elif r["ok"] and not c["error"] and rg != c["globals"]:
             problem = f"modelcdr reports globals CPython never resolves: {sorted(c['globals'] - rg)}"

@@ -33,9 +33,9 @@ def test_reference_is_inert_and_sees_tricks(tmp_path):
     ]
     ref = differential.reference(streams)
     assert not marker.exists()
-    assert ref[0]["ok"] and ref[0]["calls"] == [["os.system", f"('touch {marker}',)"]]
-    assert ref[1]["ok"] and ref[1]["calls"] == [["os.system", "('id',)"]]
-    assert not ref[2]["ok"] and "Memo" in ref[2]["error"] and ref[2]["calls"] == [["os.system", "('ls',)"]]
+    assert ref[0]["ok"] and ref[0]["calls"] == [["os system", f"('touch {marker}',)"]]
+    assert ref[1]["ok"] and ref[1]["calls"] == [["os system", "('id',)"]]
+    assert not ref[2]["ok"] and "Memo" in ref[2]["error"] and ref[2]["calls"] == [["os system", "('ls',)"]]
 
 
 def test_generated_streams_agree_with_cpython(tmp_path):
