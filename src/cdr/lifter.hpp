@@ -68,4 +68,9 @@ void vet_architecture(model::ModuleInfo& info, Findings& findings, const std::st
 // payload that an application might unpickle later.
 bool looks_like_embedded_pickle(std::string_view data);
 
+// For a stream the strict machine rejected with `strict`: what CPython's unpicklers would
+// import and call reading the same bytes (pickle.cpython-view, cpython_view.cpp). Scan only.
+void scan_cpython_view(std::span<const uint8_t> bytes, const std::string& entry, uint64_t base_offset,
+                       const Error& strict, Findings& out);
+
 }  // namespace modelcdr::cdr

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cdr/class_registry.hpp"
+#include "cdr/scan_salvage.hpp"
 #include "container/sniff.hpp"
 #include "engine/classify.hpp"
 #include "engine/run.hpp"
@@ -58,8 +59,10 @@ formats::ReadOptions read_options(const RunContext& ctx) {
 // `mapped`: `bytes` is an io::MappedFile (its pages may be released, its descriptor read);
 // otherwise they are a caller's buffer, read through the span only.
 Result<formats::ParsedModel> parse(std::span<const uint8_t> bytes, Format format, const RunContext& ctx,
-                                   bool defer_storage_crc = false, bool is_mapped = false, int input_fd = -1) {
+                                   bool defer_storage_crc = false, bool is_mapped = false, int input_fd = -1,
+                                   Findings* salvage = nullptr) {
   formats::ReadOptions options = read_options(ctx);
+  options.salvage = salvage;
   formats::ReadOptions mapped = options;
   mapped.input_is_mapped = is_mapped;
   mapped.input_fd = is_mapped ? input_fd : -1;
@@ -222,10 +225,17 @@ static FileReport scan_file_impl(const Source& source, const ScanOptions& option
   r.format = container::format_name(loaded->format);
   const uint64_t size = loaded->bytes.size();
   if (!step(options.progress, options.cancel, Stage::read, 0, size)) return fail(cancelled_error());
-  auto parsed = checked(parse(loaded->bytes, loaded->format, ctx, false, loaded->mapped, loaded->file.fd()));
+  Findings salvage;
+  auto parsed = checked(parse(loaded->bytes, loaded->format, ctx, false, loaded->mapped, loaded->file.fd(), &salvage));
   if (!parsed.ok()) {
     r.status = FileStatus::error;
     r.error = parsed.error();
+    // Still say what the broken file would run under CPython (scan_salvage.hpp).
+    if (!loaded->changed()) {
+      cdr::salvage_zip_members(loaded->bytes, salvage);
+      if (parsed.error().rule == "format.unknown") cdr::salvage_unsniffed_pickle(loaded->bytes, salvage);
+    }
+    r.findings = std::move(salvage);
     return r;
   }
   r.format = container::format_name(parsed->format);

@@ -24,12 +24,91 @@ std::string quoted_global(const Node& g) { return "'" + g.text + " " + g.name + 
 
 bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
 
+// A value as data, Python-like and bounded (a call's arguments: the command a payload runs).
+void render_value(const pickle::Program& p, pickle::NodeId id, int depth, std::string& out) {
+  constexpr size_t kMaxText = 200, kMaxOut = 400;
+  if (out.size() > kMaxOut) return;
+  if (id >= p.nodes.size() || depth > 4) {
+    out += "...";
+    return;
+  }
+  const Node& n = p.at(id);
+  auto items = [&](const std::vector<pickle::NodeId>& v, const char* open, const char* close) {
+    out += open;
+    for (size_t i = 0; i < v.size() && out.size() <= kMaxOut; ++i) {
+      if (i) out += ", ";
+      render_value(p, v[i], depth + 1, out);
+    }
+    if (n.kind == NodeKind::Tuple && v.size() == 1) out += ",";
+    out += close;
+  };
+  switch (n.kind) {
+    case NodeKind::None: out += "None"; break;
+    case NodeKind::Bool: out += n.b ? "True" : "False"; break;
+    case NodeKind::Int: out += std::to_string(n.i); break;
+    case NodeKind::Float: out += std::to_string(n.f); break;
+    case NodeKind::Str:
+    case NodeKind::Py2Str:
+    case NodeKind::Bytes:
+    case NodeKind::ByteArray: {
+      out += n.kind == NodeKind::Str || n.kind == NodeKind::Py2Str ? "'" : "b'";
+      for (size_t i = 0; i < n.text.size() && i < kMaxText; ++i) {
+        unsigned char c = static_cast<unsigned char>(n.text[i]);
+        if (c == '\\' || c == '\'') out += '\\';
+        if (c < 0x20 || c == 0x7f) {
+          static const char hex[] = "0123456789abcdef";
+          out += "\\x";
+          out += hex[c >> 4];
+          out += hex[c & 15];
+        } else {
+          out += static_cast<char>(c);
+        }
+      }
+      if (n.text.size() > kMaxText) out += "...";
+      out += "'";
+      break;
+    }
+    case NodeKind::Tuple: items(n.items, "(", ")"); break;
+    case NodeKind::List: items(n.items, "[", "]"); break;
+    case NodeKind::Global: out += n.text + "." + n.name; break;
+    case NodeKind::Call:
+    case NodeKind::NewObj:
+      if (n.items.size() < 2) {
+        out += "<call>";
+        break;
+      }
+      render_value(p, n.items[0], depth + 1, out);
+      render_value(p, n.items[1], depth + 1, out);
+      break;
+    default: out += "<" + std::string(n.kind == NodeKind::Dict ? "dict" : "object") + ">"; break;
+  }
+}
+
+std::string call_arguments(const pickle::Program& p, const Node& n) {
+  if (n.items.size() < 2) return {};
+  std::string args;
+  render_value(p, n.items[1], 0, args);
+  return " with arguments " + args;
+}
+
+// INST/OBJ keep their arguments after the class, not in a tuple.
+std::string inst_arguments(const pickle::Program& p, const Node& n) {
+  if (n.items.empty()) return {};
+  std::string args = "(";
+  for (size_t i = 1; i < n.items.size(); ++i) {
+    if (i > 1) args += ", ";
+    render_value(p, n.items[i], 1, args);
+  }
+  return " with arguments " + args + (n.items.size() == 2 ? ",)" : ")");
+}
+
 void check_call_target(const pickle::Program& p, const Node& n, const char* what, const std::string& entry, Findings& out) {
+  if (n.items.empty()) return;  // a partial program (cpython_view.cpp) can end inside the opcode
   const Node& callee = p.at(n.items[0]);
   if (callee.kind == NodeKind::Global) {
     if (!is_known_global(callee.text, callee.name))
       add_finding(out, unknown_global_severity(callee.text, callee.name), "pickle.call",
-                  std::string(what) + " calls " + quoted_global(callee), entry, n.offset);
+                  std::string(what) + " calls " + quoted_global(callee) + call_arguments(p, n), entry, n.offset);
   } else if (callee.kind != NodeKind::PersId) {
     add_finding(out, Severity::critical, "pickle.call-computed",
                 std::string(what) + " calls a computed callable (not a named global)", entry, n.offset);
@@ -241,8 +320,9 @@ void scan_program(const pickle::Program& p, const std::string& entry, Findings& 
       case NodeKind::NewObj: check_call_target(p, n, "NEWOBJ", entry, out); break;
       case NodeKind::Inst:
         add_finding(out, Severity::critical, "pickle.inst",
-                    "INST/OBJ instantiates " + (n.items.empty() ? std::string("?") : quoted_global(p.at(n.items[0]))), entry,
-                    n.offset);
+                    "INST/OBJ instantiates " + (n.items.empty() ? std::string("?") : quoted_global(p.at(n.items[0]))) +
+                        inst_arguments(p, n),
+                    entry, n.offset);
         break;
       case NodeKind::Str:
       case NodeKind::Py2Str:

@@ -5,6 +5,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -16,6 +17,7 @@
 #include "engine/batch.hpp"
 #include "cli/commands.hpp"
 #include "engine/output_names.hpp"
+#include "engine/scan_walk.hpp"
 #include "io/atomic_output.hpp"
 #include "modelcdr/api.hpp"
 #include "modelcdr/engine.hpp"
@@ -28,38 +30,26 @@ using namespace modelcdr;
 
 namespace {
 
-// Regular files under `path` (or `path` itself), sorted, never following symlinks.
-std::vector<std::string> collect_files(const std::string& path) {
-  std::vector<std::string> out;
-  std::error_code ec;
-  auto st = fs::symlink_status(path, ec);
-  if (fs::is_directory(st)) {
-    for (auto it = fs::recursive_directory_iterator(path, fs::directory_options::skip_permission_denied, ec);
-         it != fs::recursive_directory_iterator(); it.increment(ec)) {
-      if (ec) break;
-      std::string p = it->path().string();
-      if (it->is_symlink()) continue;
-      if (it->is_regular_file()) out.push_back(p);
-    }
-    std::sort(out.begin(), out.end());
-  } else {
-    out.push_back(path);
-  }
-  return out;
-}
-
-int scan_main(const Engine& engine, const std::vector<std::string>& paths, bool as_json, bool as_sarif, bool stego,
-              double stego_threshold) {
-  std::vector<FileReport> reports;
-  ScanOptions options;
+int scan_main(const Engine& engine, const std::vector<std::string>& paths, const std::vector<std::string>& excludes, bool as_json, bool as_sarif,
+              bool stego, double stego_threshold) {
+  const auto started = std::chrono::steady_clock::now();
+  engine::ScanWalkOptions walk;
+  walk.excludes = excludes;
+  walk.scan_one = [&engine](const std::string& p, const ScanOptions& o) { return engine.scan(Source::file(p), o); };
+  ScanOptions& options = walk.scan;
   options.stego = stego;
   if (stego) {
     stego::StegoOptions so;
     so.threshold = stego_threshold;
     options.inspect = stego::make_stego_inspector(so);
   }
-  for (const auto& p : paths)
-    for (const auto& f : collect_files(p)) reports.push_back(engine.scan(Source::file(f), options));
+  if (::isatty(2))  // a progress line on a terminal only, erased before the results
+    walk.progress = [](size_t done, const std::string& path) {
+      std::cerr << "\r\033[K[" << done + 1 << "] " << report::printable(path).substr(0, 70) << std::flush;
+    };
+  std::vector<FileReport> reports = engine::scan_paths(paths, walk);
+  if (walk.progress) std::cerr << "\r\033[K" << std::flush;
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   int rc = 0;
   for (const auto& r : reports) {
     if (r.status == FileStatus::error) rc = 2;
@@ -76,6 +66,7 @@ int scan_main(const Engine& engine, const std::vector<std::string>& paths, bool 
       if (r.error) std::cout << "  " << report::error_line(r.input, *r.error) << "\n";
       for (const auto& f : r.findings) std::cout << "  " << report::text_line(r.input, f) << "\n";
     }
+    std::cout << engine::scan_summary(reports, seconds);
   }
   return rc;
 }
@@ -273,7 +264,12 @@ static int run_cli(int argc, char** argv) {
   auto* scan = app.add_subcommand("scan", "report what model files contain and every suspicious construct");
   std::vector<std::string> scan_paths;
   bool as_json = false, as_sarif = false, stego = false;
-  scan->add_option("PATH", scan_paths, "files or folders (folders recurse)")->required();
+  scan->add_option("PATH", scan_paths, "files or folders (folders recurse, .git/ left out), or - for standard input")
+      ->required();
+  std::vector<std::string> scan_excludes;
+  scan->add_option("--exclude", scan_excludes, "leave out files and folders whose path relative to the folder matches GLOB (repeatable)")
+      ->type_name("GLOB")
+      ->allow_extra_args(false);  // one glob per --exclude: a folder after it is a PATH
   auto* json_flag = scan->add_flag("--json", as_json, "print one JSON document (schema modelcdr.scan/1)");
   scan->add_flag("--sarif", as_sarif, "print SARIF 2.1.0")->excludes(json_flag);
   scan->add_flag("--stego", stego, "also test float tensors for payloads hidden in low mantissa bits");
@@ -334,7 +330,7 @@ static int run_cli(int argc, char** argv) {
     std::cerr << "modelcdr: --policy: " << report::printable(engine.error().message) << "\n";
     return 2;
   }
-  if (*scan) return scan_main(*engine, scan_paths, as_json, as_sarif, stego, stego_threshold);
+  if (*scan) return scan_main(*engine, scan_paths, scan_excludes, as_json, as_sarif, stego, stego_threshold);
   if (*disarm) {
     options.compat = compat == "torch1.13" ? CompatTarget::torch1_13 : CompatTarget::torch2;
     const bool folder = fs::is_directory(in);

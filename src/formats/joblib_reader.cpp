@@ -121,7 +121,11 @@ void soften_vetted(const Program& p, const cdr::ClassRegistry& reg, const std::s
       named = names.count(f.message.substr(7, f.message.size() - 22)) > 0;
     if (f.rule == "pickle.call")
       for (const char* what : {"REDUCE calls ", "NEWOBJ calls "})
-        if (f.message.rfind(what, 0) == 0) named = names.count(f.message.substr(13)) > 0;
+        if (f.message.rfind(what, 0) == 0) {
+          std::string callee = f.message.substr(13);  // 'module name', then " with arguments (...)"
+          if (auto at = callee.find("' with arguments "); at != std::string::npos) callee.resize(at + 1);
+          named = names.count(callee) > 0;
+        }
     if (f.rule == "pickle.build-on-object" && vetted_offsets.count(f.offset)) named = true;
     if (named && f.severity > Severity::info) {
       f.severity = Severity::info;

@@ -45,6 +45,9 @@ struct ReadOptions {
   // nullptr: the process-wide default (cdr::ClassRegistry::active()).
   const cdr::ClassRegistry* registry = nullptr;
   pickle::ArrayBuildHook on_array_build;  // joblib: passed to pickle::decode by decode_stream
+  // scan only: where a stream fails the strict parse, decode_stream adds what CPython would
+  // import and call reading it here (cdr::scan_cpython_view), kept although the file is an error.
+  Findings* salvage = nullptr;
 };
 
 Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOptions& options);

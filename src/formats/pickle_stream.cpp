@@ -16,7 +16,12 @@ Result<pickle::Program> decode_stream(std::span<const uint8_t> bytes, const std:
   // tied to the input: a fixed allowance plus one node per 4 input bytes (real data.pkl
   // files use far less). A hostile stream hits this limit and is rejected with a clear error.
   d.limits.max_nodes = std::min<uint64_t>(d.limits.max_nodes, 2'000'000 + bytes.size() / 4);
-  MCDR_ASSIGN(pickle::Program program, pickle::decode(bytes, d, findings));
+  auto decoded = pickle::decode(bytes, d, findings);
+  if (!decoded.ok()) {
+    if (options.salvage) cdr::scan_cpython_view(bytes, entry, base_offset, decoded.error(), *options.salvage);
+    return decoded.error();
+  }
+  pickle::Program program = std::move(*decoded);
   cdr::scan_program(program, entry, findings);
   if (!trailing_expected && program.end_offset < bytes.size()) {
     uint64_t extra = bytes.size() - program.end_offset;

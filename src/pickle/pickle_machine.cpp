@@ -444,7 +444,10 @@ class Machine {
   Result<Program> run() {
     auto r = execute();
     finish_repeats();
-    if (!r.ok()) return r.error();
+    if (!r.ok()) {
+      if (opt_.partial) *opt_.partial = std::move(prog_);
+      return r.error();
+    }
     return std::move(prog_);
   }
 
@@ -504,7 +507,17 @@ class Machine {
     return *r;
   }
   Result<std::string_view> line() {
+    const size_t start = cur_.pos();
     auto r = cur_.line(static_cast<size_t>(std::min<uint64_t>(lim_.max_line_bytes, SIZE_MAX - 1)));
+    // CPython's C unpickler reading a file without peek() (the io.BytesIO torch.load reads a zip
+    // checkpoint's data.pkl from) drops the part of a line left in its FRAME buffer and reads the
+    // line afresh from the frame's end: what it runs is what follows, so CPython's view does that.
+    if (opt_.cpython_view && in_frame_ && start < frame_end_ && cur_.pos() > frame_end_) {
+      straddle();
+      MCDR_TRY(cur_.seek(frame_end_));
+      in_frame_ = false;
+      r = cur_.line(static_cast<size_t>(std::min<uint64_t>(lim_.max_line_bytes, SIZE_MAX - 1)));
+    }
     if (!r.ok()) {
       if (r.error().rule == "io.line-too-long")
         return fail("pickle.line-too-long",
@@ -644,6 +657,36 @@ class Machine {
     g.remapped = remapped;
     return id;
   }
+  // ------------------------------------------------------------------ CPython's view
+  // A str operand as CPython sees it: str, or a STRING CPython decodes to str, or an attribute
+  // a BUILD on a module replaced earlier (looked up through `module_attrs_`).
+  const Node* as_cpython_str(NodeId id) const {
+    const Node* n = &prog_.nodes[id];
+    if (n->kind == NodeKind::Global)
+      if (auto it = module_attrs_.find(n->text + "." + n->name); it != module_attrs_.end()) n = &prog_.nodes[it->second];
+    if (n->kind == NodeKind::Str || (n->kind == NodeKind::Py2Str && valid_utf8(n->text, false))) return n;
+    return nullptr;
+  }
+  Status cpython_stack_global(NodeId module, NodeId name) {
+    const Node* m = as_cpython_str(module);
+    const Node* n = as_cpython_str(name);
+    if (m == nullptr || n == nullptr)
+      return fail("pickle.stack-global-operand", "STACK_GLOBAL requires two str operands (module and name)");
+    // A global whose attribute was replaced is that value (find_class returns getattr's result).
+    if (auto it = module_attrs_.find(m->text + "." + n->text); it != module_attrs_.end()) return push(it->second);
+    MCDR_ASSIGN(NodeId id, make_global(m->text, n->text));
+    return push(id);
+  }
+  // BUILD with a dict state on a global (a module or class) sets its attributes: remember
+  // them, so later lookups of module.attr see the new value as CPython would.
+  void note_module_setattr(NodeId target, NodeId state) {
+    const Node& t = node(target);
+    const Node& st = node(state);
+    if (t.kind != NodeKind::Global || st.kind != NodeKind::Dict) return;
+    for (const auto& [k, v] : st.entries)
+      if (const Node* key = as_cpython_str(k)) module_attrs_[t.text + "." + t.name + "." + key->text] = v;
+  }
+
   Result<std::pair<std::string, std::string>> global_lines() {
     MCDR_ASSIGN(std::string_view module, line());
     MCDR_ASSIGN(std::string_view name, line());
@@ -755,6 +798,7 @@ class Machine {
       case Op::FRAME: {
         bool nested = in_frame_ && op_pos_ < frame_end_;
         MCDR_ASSIGN(uint64_t len, fixed<uint64_t>());
+        if (len > cur_.remaining() && opt_.cpython_view) len = cur_.remaining();  // pickle.py reads what is there
         if (len > cur_.remaining())
           return fail("pickle.frame-too-long",
                       "FRAME length " + std::to_string(len) + " exceeds the " + std::to_string(cur_.remaining()) + " bytes left");
@@ -997,6 +1041,8 @@ class Machine {
       // ---- names, calls, objects
       case Op::GLOBAL: {
         MCDR_ASSIGN(auto names, global_lines());
+        if (opt_.cpython_view)
+          if (auto it = module_attrs_.find(names.first + "." + names.second); it != module_attrs_.end()) return push(it->second);
         MCDR_ASSIGN(NodeId id, make_global(std::move(names.first), std::move(names.second)));
         return push(id);
       }
@@ -1004,6 +1050,7 @@ class Machine {
         MCDR_TRY(need(2));
         NodeId name = pop_unchecked();
         NodeId module = pop_unchecked();
+        if (opt_.cpython_view) return cpython_stack_global(module, name);
         if (node(module).kind != NodeKind::Str || node(name).kind != NodeKind::Str)
           return fail("pickle.stack-global-operand", "STACK_GLOBAL requires two str operands (module and name)");
         MCDR_ASSIGN(NodeId id, make_global(node(module).text, node(name).text));
@@ -1029,6 +1076,7 @@ class Machine {
         MCDR_TRY(count_items(1));
         NodeId state = pop_unchecked();
         node(stack_.back()).build_states.push_back(state);
+        if (opt_.cpython_view) note_module_setattr(stack_.back(), state);
         if (opt_.on_array_build && is_array_wrapper(stack_.back())) return array_payload(stack_.back());
         return ok_status();
       }
@@ -1150,6 +1198,7 @@ class Machine {
   std::vector<NodeId> stack_;
   std::vector<size_t> marks_;  // stack depths at each MARK, innermost last
   std::unordered_map<uint64_t, NodeId> memo_;
+  std::unordered_map<std::string, NodeId> module_attrs_;  // cpython_view: "module.name.attr" -> value set by BUILD
   std::array<RepeatState, static_cast<size_t>(Repeat::kCount)> repeats_{};
   static constexpr size_t kMaxRemapFindings = 32;
   std::unordered_map<std::string, RepeatState> remaps_;

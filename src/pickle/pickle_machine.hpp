@@ -50,6 +50,15 @@ struct DecodeOptions {
   std::string entry;       // name used in errors/findings (zip member or "")
   uint64_t base_offset = 0;  // added to offsets when the span is a slice of a larger file
   ArrayBuildHook on_array_build;  // optional; empty = BUILD never consumes bytes
+  // CPython's view (scan only, never disarm): accept what CPython's unpicklers accept and this
+  // machine's strict reading refuses, so a scan can report what they would import and call:
+  // STACK_GLOBAL on STRING operands (CPython decodes them to str), a FRAME longer than the data
+  // (pickle.py reads what is there), and STACK_GLOBAL operands that resolve through an
+  // attribute a BUILD on a module set earlier (setattr games). Everything else stays strict.
+  bool cpython_view = false;
+  // When set and decoding fails, receives the program built up to the failing opcode: every
+  // global and call in it is one an unpickler imports or runs before it reaches the error.
+  Program* partial = nullptr;
 };
 
 // Decode one pickle starting at the beginning of `data`, stopping at the first STOP.

@@ -52,8 +52,9 @@ const char* sarif_level(Severity s) {
 
 std::string scan_json(const std::vector<FileReport>& files) {
   json arr = json::array();
-  size_t clean = 0, with = 0, errors = 0;
+  size_t clean = 0, with = 0, errors = 0, skipped = 0;
   for (const auto& f : files) {
+    skipped += f.status == FileStatus::skipped;  // found in a folder, not a model file (info)
     clean += f.status == FileStatus::clean;
     with += f.status == FileStatus::findings;
     errors += f.status == FileStatus::error;
@@ -67,7 +68,7 @@ std::string scan_json(const std::vector<FileReport>& files) {
   json doc = {{"schema", "modelcdr.scan/1"},
               {"tool", tool()},
               {"files", arr},
-              {"summary", {{"files", files.size()}, {"clean", clean}, {"with_findings", with}, {"errors", errors}}}};
+              {"summary", {{"files", files.size()}, {"clean", clean}, {"with_findings", with}, {"errors", errors}, {"skipped", skipped}}}};
   return dump(doc);
 }
 
