@@ -1115,6 +1115,30 @@ MtdResult verify_impl(const std::string& input, const std::string& map_path, con
   return r;
 }
 
+// What restore can check without reading the records: the record count, the canonical
+// data.pkl and the zip layout (which holds every record's CRC-32). If any differs, one pass
+// over the records names what changed (or says the map is for another file), and nothing is
+// undone.
+std::optional<MtdResult> check_protected_structure(const std::string& input, const Prepared& p, MtdResult& r) {
+  const Model& m = model_of(*p.loaded);
+  const Layout& l = p.layout;
+  const MapDoc& doc = *p.doc;
+  const bool structure = l.order.size() == doc.entries.size();
+  bool ok = structure && hex(hash_bytes(l.pkl)) == doc.nt;
+  if (ok) {
+    std::vector<const model::Storage*> records;
+    for (size_t k = 0; k < l.order.size(); ++k) records.push_back(&l.at(m, k));
+    auto now = input_layout(input, records);
+    ok = now && hex(*now) == doc.layout_after;
+  }
+  if (ok) return std::nullopt;
+  StateCheck a = check_state(input, m, l, doc, p.names_now, true);
+  if (is_wrong_file(doc, a, StateCheck{})) return wrong_file(r, input, p);
+  r.mismatches = a.mismatches;
+  r.outcome = Outcome::mismatch;
+  return r;
+}
+
 MtdResult restore_impl(const std::string& input, const std::string& map_path, const std::string& output,
                        const RestoreOptions& o) {
   MtdResult r;
@@ -1124,27 +1148,8 @@ MtdResult restore_impl(const std::string& input, const std::string& map_path, co
   Model& m = model_of(*p.loaded);
   const Layout& l = p.layout;
   const MapDoc& doc = *p.doc;
-  // 1. What can be checked without reading the records: the record count, the canonical
-  // data.pkl and the zip layout (which holds every record's CRC-32). If any differs, one
-  // pass over the records names what changed (or says the map is for another file), and
-  // nothing is undone.
-  {
-    const bool structure = l.order.size() == doc.entries.size();
-    bool ok = structure && hex(hash_bytes(l.pkl)) == doc.nt;
-    if (ok) {
-      std::vector<const model::Storage*> records;
-      for (size_t k = 0; k < l.order.size(); ++k) records.push_back(&l.at(m, k));
-      auto now = input_layout(input, records);
-      ok = now && hex(*now) == doc.layout_after;
-    }
-    if (!ok) {
-      StateCheck a = check_state(input, m, l, doc, p.names_now, true);
-      if (is_wrong_file(doc, a, StateCheck{})) return wrong_file(r, input, p);
-      r.mismatches = a.mismatches;
-      r.outcome = Outcome::mismatch;
-      return r;
-    }
-  }
+  // 1. What can be checked without reading the records (check_protected_structure).
+  if (auto early = check_protected_structure(input, p, r)) return *early;
   if (auto fit = check_entries_fit(m, l, doc); !fit.ok()) return map_failure(r, map_path, fit.error());
   const size_t n = doc.entries.size();
   std::vector<uint32_t> holder(n);  // holder[j] = key whose record holds original j
@@ -1245,11 +1250,7 @@ MtdResult restore_model_impl(const std::string& input, const std::string& map_pa
   Prepared p;
   if (auto early = prepare(input, map_path, o, r, p)) return *early;
   r.state = "protected";
-  if (!p.cmp.against_after.empty() || !p.cmp.structure_ok) {
-    r.mismatches = p.cmp.against_after;
-    r.outcome = Outcome::mismatch;
-    return r;
-  }
+  if (auto early = check_protected_structure(input, p, r)) return *early;
   Model& m = model_of(*p.loaded);
   const Layout& l = p.layout;
   const MapDoc& doc = *p.doc;
@@ -1281,26 +1282,31 @@ MtdResult restore_model_impl(const std::string& input, const std::string& map_pa
       cipher.emplace(ck);
       sodium_memzero(ck.data(), ck.size());
     }
-    const Permuter::SourceLoad decrypt = [&](const uint8_t* a, uint8_t* b, size_t len, size_t off) {
-      cipher->apply(a, b, len, off);
+    // As restore_impl: each protected block is copied once into a private buffer, tree-hashed
+    // there (the map's digest is of the protected record) and decrypted/gathered from it.
+    TreeDigest sum(in.size(), leaf_of(src));
+    auto take = [&](const uint8_t* a, uint8_t* b, size_t len, size_t off) {
+      std::memcpy(b, a, len);
+      sum.add(off, std::span<const uint8_t>(b, len));
+      if (cipher) cipher->apply(b, b, len, off);
     };
+    const Permuter::SourceLoad load = take;
     std::vector<uint8_t> buf(in.size());
     for (size_t off = 0; off < in.size(); off += kStreamChunk) {
       const size_t len = std::min(kStreamChunk, in.size() - off);
-      if (perm) perm->produce(in.data(), buf.data() + off, off / esize, len / esize, cipher ? &decrypt : nullptr);
-      else if (cipher) cipher->apply(in.data() + off, buf.data() + off, len, off);
-      else std::memcpy(buf.data() + off, in.data() + off, len);
+      if (perm) perm->produce(in.data(), buf.data() + off, off / esize, len / esize, &load);
+      else take(in.data() + off, buf.data() + off, len, off);
     }
-    std::string h = hex(hash_bytes(buf));
-    if (h != doc.entries[key].before) {
+    const std::string h = hex(sum.finish());
+    if (h != doc.entries[from].after) {
       Mismatch x;
       x.what = "tensor";
-      x.name = doc.entries[key].name;
-      x.key = static_cast<int64_t>(key);
-      x.against = "restored";
-      x.expected = doc.entries[key].before;
+      x.name = doc.entries[from].name;
+      x.key = from;
+      x.against = "protected";
+      x.expected = doc.entries[from].after;
       x.actual = h;
-      x.detail = "restored bytes differ from the original (the file changed while it was read, or a wrong map)";
+      x.detail = "tensor bytes changed";
       r.mismatches.push_back(x);
     }
     plain[key] = std::move(buf);
