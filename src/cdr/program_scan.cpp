@@ -6,8 +6,10 @@
 #include <cstring>
 #include <iterator>
 #include <optional>
+#include <set>
 #include <span>
 
+#include "cdr/class_registry.hpp"
 #include "cdr/globals_policy.hpp"
 #include "cdr/lifter.hpp"
 #include "pickle/pickle_machine.hpp"
@@ -23,15 +25,97 @@ std::string quoted_global(const Node& g) { return "'" + g.text + " " + g.name + 
 
 bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
 
+// Library classes a mainstream loader needs and modelcdr rebuilds faithfully (the `safe`
+// verdict, docs/RULES.md): torch.nn modules of a whole-model save, numpy arrays and dtypes,
+// joblib's array wrapper, argparse.Namespace and the vetted class registry (docs/REGISTRY.md).
+bool is_safe_library_global(const std::string& module, const std::string& name) {
+  static const std::pair<std::string_view, std::string_view> kSafe[] = {
+      {"numpy.core.multiarray", "_reconstruct"}, {"numpy._core.multiarray", "_reconstruct"},
+      {"numpy.core.multiarray", "scalar"},       {"numpy._core.multiarray", "scalar"},
+      {"numpy", "ndarray"},                      {"numpy", "dtype"},
+      {"joblib.numpy_pickle", "NumpyArrayWrapper"}, {"argparse", "Namespace"},
+      {"types", "SimpleNamespace"},             {"copyreg", "_reconstructor"},
+      {"builtins", "object"}};
+  for (auto [m, n] : kSafe)
+    if (module == m && name == n) return true;
+  if (starts_with(module, "torch.nn.modules.") && !name.empty() && std::isupper(static_cast<unsigned char>(name[0])))
+    return true;
+  return ClassRegistry::active().find(module, name).has_value();
+}
+
+// critical for what runs code or reaches the system, low for a safe library class, else high.
+Severity global_severity(const std::string& module, const std::string& name) {
+  Severity s = unknown_global_severity(module, name);
+  if (s == Severity::critical) return s;
+  return is_safe_library_global(module, name) ? Severity::low : s;
+}
+
+// The arguments of a call as data, in Python's repr style, for the finding's message: the
+// command string a payload runs is what a reader needs to see. Bounded: at most 4 levels and
+// about 300 characters; text output escapes it (report::printable), JSON keeps it exact.
+void append_repr(const pickle::Program& p, pickle::NodeId id, int depth, std::string& out) {
+  constexpr size_t kMax = 300;
+  if (out.size() > kMax) return;
+  if (id >= p.nodes.size()) {
+    out += "?";
+    return;
+  }
+  const Node& n = p.at(id);
+  auto seq = [&](const char* open, const char* close, const std::vector<pickle::NodeId>& items) {
+    out += open;
+    if (depth >= 4 && !items.empty()) out += "...";
+    for (size_t k = 0; depth < 4 && k < items.size() && out.size() <= kMax; ++k) {
+      if (k) out += ", ";
+      append_repr(p, items[k], depth + 1, out);
+    }
+    if (n.kind == NodeKind::Tuple && items.size() == 1) out += ",";
+    out += close;
+  };
+  switch (n.kind) {
+    case NodeKind::None: out += "None"; break;
+    case NodeKind::Bool: out += n.b ? "True" : "False"; break;
+    case NodeKind::Int: out += std::to_string(n.i); break;
+    case NodeKind::Float: out += std::to_string(n.f); break;
+    case NodeKind::Str:
+    case NodeKind::Py2Str:
+    case NodeKind::Bytes:
+    case NodeKind::ByteArray: {
+      out += n.kind == NodeKind::Bytes || n.kind == NodeKind::ByteArray ? "b'" : "'";
+      size_t room = kMax + 8 > out.size() ? kMax + 8 - out.size() : 0;
+      out += n.text.substr(0, room);
+      out += n.text.size() > room ? "...'" : "'";
+      break;
+    }
+    case NodeKind::Tuple: seq("(", ")", n.items); break;
+    case NodeKind::List: seq("[", "]", n.items); break;
+    case NodeKind::Global: out += n.text + "." + n.name; break;
+    case NodeKind::Call:
+    case NodeKind::NewObj:
+      if (!n.items.empty()) append_repr(p, n.items[0], depth + 1, out);
+      out += "(...)";
+      break;
+    default: out += "<value>"; break;
+  }
+}
+
+std::string call_arguments(const pickle::Program& p, const Node& call) {
+  if (call.items.size() < 2) return "";
+  std::string args;
+  append_repr(p, call.items[1], 0, args);
+  return " with " + args;
+}
+
 void check_call_target(const pickle::Program& p, const Node& n, const char* what, const std::string& entry, Findings& out) {
   const Node& callee = p.at(n.items[0]);
   if (callee.kind == NodeKind::Global) {
     if (!is_known_global(callee.text, callee.name))
-      add_finding(out, unknown_global_severity(callee.text, callee.name), "pickle.call",
-                  std::string(what) + " calls " + quoted_global(callee), entry, n.offset);
+      add_finding(out, global_severity(callee.text, callee.name), Rule::pickle_call,
+                  std::string(what) + " calls " + quoted_global(callee) + call_arguments(p, n) + " (GLOBAL at offset " +
+                      std::to_string(callee.offset) + ")",
+                  entry, n.offset);
   } else if (callee.kind != NodeKind::PersId) {
-    add_finding(out, Severity::critical, "pickle.call-computed",
-                std::string(what) + " calls a computed callable (not a named global)", entry, n.offset);
+    add_finding(out, Severity::critical, Rule::pickle_call_computed,
+                std::string(what) + " calls a computed callable (not a named global)" + call_arguments(p, n), entry, n.offset);
   }
 }
 
@@ -66,6 +150,15 @@ bool first_op_can_complete(std::string_view d) {
   return d.find('\n') != std::string_view::npos;
 }
 
+// One of the pickle machine's budgets ran out: the candidate parsed that far as a pickle.
+bool hit_pickle_limit(Rule r) {
+  switch (r) {
+    case Rule::pickle_limit_items: case Rule::pickle_limit_memo: case Rule::pickle_limit_memo_index: case Rule::pickle_limit_nodes: case Rule::pickle_limit_ops: case Rule::pickle_limit_stack: case Rule::pickle_limit_text:
+      return true;
+    default: return false;
+  }
+}
+
 bool parses_as_pickle(std::string_view d) {
   if (d.size() < 2 || !can_begin_stream(static_cast<unsigned char>(d[0])) || !first_op_can_complete(d)) return false;
   pickle::DecodeOptions o;
@@ -77,9 +170,9 @@ bool parses_as_pickle(std::string_view d) {
   Findings ignored;
   auto span = std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(d.data()), d.size());
   auto r = pickle::decode(span, o, ignored);
-  if (r.ok() || starts_with(r.error().rule, "pickle.limit-")) return true;
+  if (r.ok() || hit_pickle_limit(r.error().rule)) return true;
   const Error& e = r.error();
-  bool ran_out = e.rule == "pickle.truncated" || e.rule == "pickle.frame-too-long";
+  bool ran_out = e.rule == Rule::pickle_truncated || e.rule == Rule::pickle_frame_too_long;
   bool proto_header = static_cast<unsigned char>(d[0]) == 0x80 && d[1] >= 2 && d[1] <= 5;
   return ran_out && (proto_header || (d.size() >= 8 && e.offset == d.size()));
 }
@@ -210,18 +303,26 @@ bool looks_like_embedded_pickle(std::string_view d) {
 }
 
 
+// One finding per thing: a global that a REDUCE/NEWOBJ calls is reported once, as part of the
+// call's finding (callable, arguments, where the GLOBAL was); only a global that is never
+// called gets a finding of its own.
 void scan_program(const pickle::Program& p, const std::string& entry, Findings& out) {
-  for (const Node& n : p.nodes) {
+  std::vector<bool> called(p.nodes.size(), false);
+  for (const Node& n : p.nodes)
+    if ((n.kind == NodeKind::Call || n.kind == NodeKind::NewObj) && !n.items.empty() && n.items[0] < called.size())
+      called[n.items[0]] = true;
+  for (size_t id = 0; id < p.nodes.size(); ++id) {
+    const Node& n = p.nodes[id];
     switch (n.kind) {
       case NodeKind::Global:
-        if (!is_known_global(n.text, n.name))
-          add_finding(out, unknown_global_severity(n.text, n.name), "pickle.global-not-allowed",
+        if (!called[id] && !is_known_global(n.text, n.name))
+          add_finding(out, global_severity(n.text, n.name), Rule::pickle_global_not_allowed,
                       "GLOBAL " + quoted_global(n) + " is not allowed", entry, n.offset);
         break;
       case NodeKind::Call: check_call_target(p, n, "REDUCE", entry, out); break;
       case NodeKind::NewObj: check_call_target(p, n, "NEWOBJ", entry, out); break;
       case NodeKind::Inst:
-        add_finding(out, Severity::critical, "pickle.inst",
+        add_finding(out, Severity::critical, Rule::pickle_inst,
                     "INST/OBJ instantiates " + (n.items.empty() ? std::string("?") : quoted_global(p.at(n.items[0]))), entry,
                     n.offset);
         break;
@@ -230,15 +331,31 @@ void scan_program(const pickle::Program& p, const std::string& entry, Findings& 
       case NodeKind::Bytes:
       case NodeKind::ByteArray:
         if (looks_like_embedded_pickle(n.text))
-          add_finding(out, Severity::high, "pickle.nested-pickle",
+          add_finding(out, Severity::high, Rule::pickle_nested_pickle,
                       "a string/bytes value holds a serialized pickle (" + std::to_string(n.text.size()) + " bytes)", entry,
                       n.offset);
         break;
       default: break;
     }
     if (!n.build_states.empty() && !plain_build_target(p, n) && n.kind != NodeKind::NewObj)
-      add_finding(out, Severity::high, "pickle.build-on-object", "BUILD applies state to a non-plain object", entry, n.offset);
+      add_finding(out, Severity::high, Rule::pickle_build_on_object, "BUILD applies state to a non-plain object", entry, n.offset);
   }
+}
+
+void fold_call_removals(Findings& findings) {
+  std::set<std::pair<std::string, uint64_t>> calls;
+  for (const Finding& f : findings)
+    if (f.rule == Rule::pickle_call || f.rule == Rule::pickle_call_computed) calls.insert({f.entry, f.offset});
+  if (calls.empty()) return;
+  std::set<std::pair<std::string, uint64_t>> removed;
+  std::erase_if(findings, [&](const Finding& f) {
+    bool fold = f.rule == Rule::cdr_dropped && calls.count({f.entry, f.offset});
+    if (fold) removed.insert({f.entry, f.offset});
+    return fold;
+  });
+  for (Finding& f : findings)
+    if ((f.rule == Rule::pickle_call || f.rule == Rule::pickle_call_computed) && removed.count({f.entry, f.offset}))
+      f.message += "; removed by disarm";
 }
 
 }  // namespace modelcdr::cdr

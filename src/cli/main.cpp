@@ -47,7 +47,23 @@ std::vector<std::string> collect_files(const std::string& path) {
   return out;
 }
 
-int scan_main(const std::vector<std::string>& paths, bool as_json, bool as_sarif, bool stego, double stego_threshold) {
+// --fail-on: exit 1 when a file's verdict is at least this bad ("any": any finding of severity
+// low or above, the exit rule before verdicts); 2 when a file could not be read; else 0.
+int scan_exit_code(const std::vector<FileReport>& reports, const std::string& fail_on) {
+  auto fails = [&](const FileReport& r) {
+    if (fail_on == "any") return r.status == FileStatus::findings;
+    return r.verdict >= verdict_from_name(fail_on).value_or(Verdict::unknown);
+  };
+  int rc = 0;
+  for (const auto& r : reports) {
+    if (r.status == FileStatus::error) rc = 2;
+    else if (fails(r) && rc == 0) rc = 1;
+  }
+  return rc;
+}
+
+int scan_main(const std::vector<std::string>& paths, bool as_json, bool as_sarif, bool stego, double stego_threshold,
+              const std::string& fail_on, bool verbose) {
   std::vector<FileReport> reports;
   ScanOptions options;
   options.stego = stego;
@@ -58,19 +74,15 @@ int scan_main(const std::vector<std::string>& paths, bool as_json, bool as_sarif
   }
   for (const auto& p : paths)
     for (const auto& f : collect_files(p)) reports.push_back(scan_file(f, options));
-  int rc = 0;
-  for (const auto& r : reports) {
-    if (r.status == FileStatus::error) rc = 2;
-    else if (r.status == FileStatus::findings && rc == 0) rc = 1;
-  }
+  int rc = scan_exit_code(reports, fail_on);
   if (as_json) {
     std::cout << report::scan_json(reports);
   } else if (as_sarif) {
-    std::cout << report::sarif(reports);
+    std::cout << report::sarif(reports, verbose);
   } else {
     for (const auto& r : reports) {
       std::cout << report::printable(r.input) << ": " << r.format << ", " << r.tensors.count << " tensors (" << r.tensors.total_bytes
-                << " bytes), " << status_name(r.status) << "\n";
+                << " bytes), " << status_name(r.status) << ", verdict " << verdict_name(r.verdict) << "\n";
       if (r.error) std::cout << "  " << report::error_line(r.input, *r.error) << "\n";
       for (const auto& f : r.findings) std::cout << "  " << report::text_line(r.input, f) << "\n";
     }
@@ -99,7 +111,7 @@ void print_outcome(const FileReport& r, bool quiet) {
   if (quiet) return;
   for (const auto& f : r.removed) std::cerr << "modelcdr: removed " << report::text_line(r.input, f) << "\n";
   for (const auto& f : r.findings)
-    if (f.rule == "stego.lsb-randomized") std::cerr << "modelcdr: " << report::printable(r.input) << ": " << report::printable(f.message) << "\n";
+    if (f.rule == Rule::stego_lsb_randomized) std::cerr << "modelcdr: " << report::printable(r.input) << ": " << report::printable(f.message) << "\n";
 }
 
 // Checks that a single-file output can be written before any work is done: a usable
@@ -163,7 +175,7 @@ int disarm_folder(const std::string& in, const std::string& out, engine::BatchOp
   batch.progress = progress_bar(!quiet && ::isatty(2));
   auto r = engine::disarm_directory(in, out, batch);
   if (!r.ok()) {
-    std::cerr << "modelcdr: " << report::printable(r.error().message) << " [" << r.error().rule << "]\n";
+    std::cerr << "modelcdr: " << report::printable(r.error().message) << " [" << rule_id(r.error().rule) << "]\n";
     return 2;
   }
   reports = std::move(*r);
@@ -274,6 +286,11 @@ static int run_cli(int argc, char** argv) {
   auto* json_flag = scan->add_flag("--json", as_json, "print one JSON document (schema modelcdr.scan/1)");
   scan->add_flag("--sarif", as_sarif, "print SARIF 2.1.0")->excludes(json_flag);
   scan->add_flag("--stego", stego, "also test float tensors for payloads hidden in low mantissa bits");
+  std::string fail_on = "unknown";
+  scan->add_option("--fail-on", fail_on, "exit 1 when a file's verdict is at least: dangerous, unknown (default) or any (any finding)")
+      ->check(CLI::IsMember({"dangerous", "unknown", "any"}));
+  bool scan_verbose = false;
+  scan->add_flag("--verbose", scan_verbose, "SARIF: also list info findings");
   double stego_threshold = stego::StegoOptions{}.threshold;
   scan->add_option("--stego-threshold", stego_threshold, "suspicion score for a --stego finding (default 6)")
       ->check(CLI::Range(0.0, 300.0));
@@ -328,7 +345,7 @@ static int run_cli(int argc, char** argv) {
       std::cerr << "modelcdr: --policy: " << report::printable(s.error().message) << "\n";
       return 2;
     }
-  if (*scan) return scan_main(scan_paths, as_json, as_sarif, stego, stego_threshold);
+  if (*scan) return scan_main(scan_paths, as_json, as_sarif, stego, stego_threshold, fail_on, scan_verbose);
   if (*disarm) {
     options.compat = compat == "torch1.13" ? CompatTarget::torch1_13 : CompatTarget::torch2;
     const bool folder = fs::is_directory(in);

@@ -111,7 +111,7 @@ std::string dict_of(const std::vector<std::pair<std::string, std::string>>& kv) 
 
 int duplicate_findings(const model::Model& m) {
   int n = 0;
-  for (const auto& f : m.findings) n += f.rule == "cdr.duplicate-key";
+  for (const auto& f : m.findings) n += f.rule == Rule::cdr_duplicate_key;
   return n;
 }
 
@@ -144,7 +144,7 @@ TEST(DictKeys, ZeroSignTuplesAndTypes) {
 TEST(DictKeys, NaNKeyRejectsTheFile) {
   auto l = lift_raw(dict_of({{binfloat(std::nan("")), uni("a")}, {uni("k"), uni("d")}}));
   ASSERT_FALSE(l.model.ok());
-  EXPECT_EQ(l.model.error().rule, "cdr.ambiguous-key");
+  EXPECT_EQ(l.model.error().rule, Rule::cdr_ambiguous_key);
 }
 
 TEST(DictKeys, OrderedDictPairsMerge) {

@@ -126,12 +126,12 @@ TEST(Lifter, SystemCallIsDroppedAndReported) {
   const auto& m = *l.model;
   const auto& v = m.values[m.values[m.root].entries[0].second];
   EXPECT_EQ(v.kind, model::ValueKind::dropped);
-  EXPECT_TRUE(has_rule(l.findings, "pickle.global-not-allowed"));
-  EXPECT_TRUE(has_rule(l.findings, "pickle.call"));
+  EXPECT_TRUE(has_rule(l.findings, Rule::pickle_global_not_allowed));
+  EXPECT_TRUE(has_rule(l.findings, Rule::pickle_call));
   bool critical = false;
   for (const auto& f : l.findings) critical |= f.severity == Severity::critical;
   EXPECT_TRUE(critical);
-  EXPECT_TRUE(has_rule(m.findings, "cdr.dropped"));
+  EXPECT_TRUE(has_rule(m.findings, Rule::cdr_dropped));
 }
 
 TEST(Lifter, UnreachablePayloadIsStillReported) {
@@ -139,7 +139,7 @@ TEST(Lifter, UnreachablePayloadIsStillReported) {
   auto l = run(raw("\x80\x02" "cos\nsystem\nX\x02\x00\x00\x00id\x85R0K\x07."));
   ASSERT_TRUE(l.model.ok());
   EXPECT_EQ(l.model->values[l.model->root].kind, model::ValueKind::integer);
-  EXPECT_TRUE(has_rule(l.findings, "pickle.call"));
+  EXPECT_TRUE(has_rule(l.findings, Rule::pickle_call));
 }
 
 TEST(Lifter, ViewOutsideStorageIsRejected) {
@@ -150,7 +150,7 @@ TEST(Lifter, ViewOutsideStorageIsRejected) {
   std::vector<uint8_t> backing;
   auto l = run(e.bytes(), zeros_resolver(backing));
   ASSERT_FALSE(l.model.ok());
-  EXPECT_EQ(l.model.error().rule, "cdr.tensor-out-of-bounds");
+  EXPECT_EQ(l.model.error().rule, Rule::cdr_tensor_out_of_bounds);
 }
 
 TEST(Lifter, HugeStrideOverflowIsRejected) {
@@ -161,7 +161,7 @@ TEST(Lifter, HugeStrideOverflowIsRejected) {
   std::vector<uint8_t> backing;
   auto l = run(e.bytes(), zeros_resolver(backing));
   ASSERT_FALSE(l.model.ok());
-  EXPECT_EQ(l.model.error().rule, "cdr.tensor-out-of-bounds");
+  EXPECT_EQ(l.model.error().rule, Rule::cdr_tensor_out_of_bounds);
 }
 
 TEST(Lifter, StorageKeyWithTwoDtypesIsRejected) {
@@ -194,7 +194,7 @@ TEST(Lifter, StorageKeyWithTwoDtypesIsRejected) {
   std::vector<uint8_t> backing;
   auto l = run(e.bytes(), zeros_resolver(backing));
   ASSERT_FALSE(l.model.ok());
-  EXPECT_EQ(l.model.error().rule, "cdr.storage-dtype-conflict");
+  EXPECT_EQ(l.model.error().rule, Rule::cdr_storage_dtype_conflict);
 }
 
 TEST(Lifter, MetadataIsKeptOtherBuildStateDropped) {
@@ -206,7 +206,7 @@ TEST(Lifter, MetadataIsKeptOtherBuildStateDropped) {
   auto l2 = run(raw("\x80\x02" "ccollections\nOrderedDict\n)R}X\x04\x00\x00\x00" "evilK\x01sb."));
   ASSERT_TRUE(l2.model.ok());
   EXPECT_EQ(l2.model->values[l2.model->root].metadata, model::kNoValue);
-  EXPECT_TRUE(has_rule(l2.model->findings, "cdr.dropped"));
+  EXPECT_TRUE(has_rule(l2.model->findings, Rule::cdr_dropped));
 }
 
 TEST(Lifter, NumpyFloat64ScalarBecomesNumber) {
@@ -223,7 +223,7 @@ TEST(Lifter, NumpyFloat64ScalarBecomesNumber) {
   const auto& v = l.model->values[l.model->root];
   ASSERT_EQ(v.kind, model::ValueKind::floating);
   EXPECT_EQ(v.f, 1.0);
-  EXPECT_TRUE(has_rule(l.model->findings, "cdr.converted"));
+  EXPECT_TRUE(has_rule(l.model->findings, Rule::cdr_converted));
 }
 
 TEST(Lifter, NestedPickleInBytesIsDropped) {
@@ -232,7 +232,7 @@ TEST(Lifter, NestedPickleInBytesIsDropped) {
   const auto& root = l.model->values[l.model->root];
   ASSERT_EQ(root.kind, model::ValueKind::tuple);
   EXPECT_EQ(l.model->values[root.items[0]].kind, model::ValueKind::dropped);
-  EXPECT_TRUE(has_rule(l.findings, "pickle.nested-pickle"));
+  EXPECT_TRUE(has_rule(l.findings, Rule::pickle_nested_pickle));
 }
 
 TEST(Lifter, EmbeddedPickleDetection) {
@@ -261,7 +261,7 @@ TEST(Lifter, DeepNestingIsRejected) {
   p += ".";
   auto l = run(std::vector<uint8_t>(p.begin(), p.end()));
   ASSERT_FALSE(l.model.ok());
-  EXPECT_EQ(l.model.error().rule, "limits.depth");
+  EXPECT_EQ(l.model.error().rule, Rule::limits_depth);
 }
 
 // LONG_BINPUT / LONG_BINGET with a 4-byte index.
@@ -292,7 +292,7 @@ TEST(Lifter, DepthThroughCachedValuesIsBounded) {
   p += "a.";
   auto l = run(std::vector<uint8_t>(p.begin(), p.end()));
   ASSERT_FALSE(l.model.ok());
-  EXPECT_EQ(l.model.error().rule, "limits.depth");
+  EXPECT_EQ(l.model.error().rule, Rule::limits_depth);
 }
 
 TEST(Lifter, SharedSubmodulesDoNotExpandPerPath) {
@@ -326,7 +326,7 @@ TEST(Lifter, SharedSubmodulesDoNotExpandPerPath) {
   p += ".";
   auto l = run(std::vector<uint8_t>(p.begin(), p.end()));
   ASSERT_FALSE(l.model.ok());
-  EXPECT_EQ(l.model.error().rule, "limits.expansion");
+  EXPECT_EQ(l.model.error().rule, Rule::limits_expansion);
 }
 
 TEST(Lifter, SharedKeyTuplesAreCheckedOnce) {

@@ -28,7 +28,7 @@ TEST(Printable, KeepsOrdinaryText) {
 TEST(Printable, TextLineEscapesEveryPart) {
   modelcdr::Finding f;
   f.severity = modelcdr::Severity::high;
-  f.rule = "zip.unsafe-name";
+  f.rule = Rule::zip_unsafe_name;
   f.entry = "archive/\x1b[2J";
   f.message = "name\nall files clean";
   auto line = modelcdr::report::text_line("in\x1b.pt", f);
