@@ -217,7 +217,7 @@ Result<LoadedModelPtr> load_model_impl(const std::string& input, const DisarmOpt
   if (m->parsed.not_disarmable) return make_error(Rule::format_not_disarmable, *m->parsed.not_disarmable);
   for (const auto& f : r.findings)
     if (is_ambiguity(f, options))
-      return make_error(Rule::cdr_ambiguous_input, "cannot be parsed with certainty: " + f.message + " [" + f.rule + "]",
+      return make_error(Rule::cdr_ambiguous_input, "cannot be parsed with certainty: " + f.message + " [" + std::string(rule_id(f.rule)) + "]",
                         f.offset, f.entry);
   return m;
 }

@@ -35,7 +35,7 @@ bool is_safe_library_global(const std::string& module, const std::string& name) 
       {"numpy", "ndarray"},                      {"numpy", "dtype"},
       {"joblib.numpy_pickle", "NumpyArrayWrapper"}, {"argparse", "Namespace"},
       {"types", "SimpleNamespace"},             {"copyreg", "_reconstructor"},
-      {"builtins", "object"}};
+      {"builtins", "object"},                   {"torch.nn.backends.thnn", "_get_thnn_function_backend"}};
   for (auto [m, n] : kSafe)
     if (module == m && name == n) return true;
   if (starts_with(module, "torch.nn.modules.") && !name.empty() && std::isupper(static_cast<unsigned char>(name[0])))
@@ -43,11 +43,23 @@ bool is_safe_library_global(const std::string& module, const std::string& name) 
   return ClassRegistry::active().find(module, name).has_value();
 }
 
+// CPython's standard library (sys.stdlib_module_names of 3.11, less the data-only modules
+// datetime, decimal, fractions, collections, numbers, enum, _codecs, copyreg, argparse, types,
+// pathlib, and builtins, which globals_policy judges name by name). A standard-library name
+// that is not a known data class is reached only to run code or reach the system (os, io,
+// logging handlers, imaplib, uuid's command helpers, test.support, ...): dangerous.
+bool is_stdlib_module(std::string_view module) {
+  static const std::string_view kStdlib[] = {"_abc", "_aix_support", "_ast", "_asyncio", "_bisect", "_blake2", "_bootsubprocess", "_bz2", "_codecs_cn", "_codecs_hk", "_codecs_iso2022", "_codecs_jp", "_codecs_kr", "_codecs_tw", "_collections", "_collections_abc", "_compat_pickle", "_compression", "_contextvars", "_crypt", "_csv", "_ctypes", "_curses", "_curses_panel", "_datetime", "_dbm", "_decimal", "_elementtree", "_frozen_importlib", "_frozen_importlib_external", "_functools", "_gdbm", "_hashlib", "_heapq", "_imp", "_io", "_json", "_locale", "_lsprof", "_lzma", "_markupbase", "_md5", "_msi", "_multibytecodec", "_multiprocessing", "_opcode", "_operator", "_osx_support", "_overlapped", "_pickle", "_posixshmem", "_posixsubprocess", "_py_abc", "_pydecimal", "_pyio", "_queue", "_random", "_scproxy", "_sha1", "_sha256", "_sha3", "_sha512", "_signal", "_sitebuiltins", "_socket", "_sqlite3", "_sre", "_ssl", "_stat", "_statistics", "_string", "_strptime", "_struct", "_symtable", "_thread", "_threading_local", "_tkinter", "_tokenize", "_tracemalloc", "_typing", "_uuid", "_warnings", "_weakref", "_weakrefset", "_winapi", "_zoneinfo", "abc", "aifc", "array", "ast", "asynchat", "asyncio", "asyncore", "atexit", "audioop", "base64", "bdb", "binascii", "bisect", "bz2", "cProfile", "calendar", "cgi", "cgitb", "chunk", "cmath", "cmd", "code", "codecs", "codeop", "colorsys", "compileall", "concurrent", "configparser", "contextlib", "contextvars", "copy", "crypt", "csv", "ctypes", "curses", "dataclasses", "dbm", "difflib", "dis", "distutils", "doctest", "email", "encodings", "ensurepip", "errno", "faulthandler", "fcntl", "filecmp", "fileinput", "fnmatch", "ftplib", "functools", "gc", "genericpath", "getopt", "getpass", "gettext", "glob", "graphlib", "grp", "gzip", "hashlib", "heapq", "hmac", "html", "http", "idlelib", "imaplib", "imghdr", "imp", "importlib", "inspect", "io", "ipaddress", "itertools", "json", "keyword", "lib2to3", "linecache", "locale", "logging", "lzma", "mailbox", "mailcap", "marshal", "math", "mimetypes", "mmap", "modulefinder", "msilib", "msvcrt", "multiprocessing", "netrc", "nis", "nntplib", "nt", "ntpath", "nturl2path", "opcode", "operator", "optparse", "os", "ossaudiodev", "pdb", "pickle", "pickletools", "pipes", "pkgutil", "platform", "plistlib", "poplib", "posix", "posixpath", "pprint", "profile", "pstats", "pty", "pwd", "py_compile", "pyclbr", "pydoc", "pydoc_data", "pyexpat", "queue", "quopri", "random", "re", "readline", "reprlib", "resource", "rlcompleter", "runpy", "sched", "secrets", "select", "selectors", "shelve", "shlex", "shutil", "signal", "site", "smtpd", "smtplib", "sndhdr", "socket", "socketserver", "spwd", "sqlite3", "sre_compile", "sre_constants", "sre_parse", "ssl", "stat", "statistics", "string", "stringprep", "struct", "subprocess", "sunau", "symtable", "sys", "sysconfig", "syslog", "tabnanny", "tarfile", "telnetlib", "tempfile", "termios", "textwrap", "threading", "time", "timeit", "tkinter", "token", "tokenize", "tomllib", "trace", "traceback", "tracemalloc", "tty", "turtle", "turtledemo", "typing", "unicodedata", "unittest", "urllib", "uu", "uuid", "venv", "warnings", "wave", "weakref", "webbrowser", "winreg", "winsound", "wsgiref", "xdrlib", "xml", "xmlrpc", "zipapp", "zipfile", "zipimport", "zlib", "zoneinfo"};
+  std::string_view top = module.substr(0, module.find('.'));
+  return std::binary_search(std::begin(kStdlib), std::end(kStdlib), top);
+}
+
 // critical for what runs code or reaches the system, low for a safe library class, else high.
 Severity global_severity(const std::string& module, const std::string& name) {
   Severity s = unknown_global_severity(module, name);
   if (s == Severity::critical) return s;
-  return is_safe_library_global(module, name) ? Severity::low : s;
+  if (is_safe_library_global(module, name)) return Severity::low;
+  return is_stdlib_module(module) ? Severity::critical : s;
 }
 
 // The arguments of a call as data, in Python's repr style, for the finding's message: the
@@ -105,11 +117,20 @@ std::string call_arguments(const pickle::Program& p, const Node& call) {
   return " with " + args;
 }
 
+// Calling a torch function that torch's own weights_only loader does not allow (and that is
+// not a module class a whole-model save constructs) is reaching into torch internals that run
+// code: compile_file, bottleneck's run_cprofile, hub loaders, ... dangerous.
+Severity call_severity(const std::string& module, const std::string& name) {
+  Severity s = global_severity(module, name);
+  if (s == Severity::high && (module == "torch" || starts_with(module, "torch."))) return Severity::critical;
+  return s;
+}
+
 void check_call_target(const pickle::Program& p, const Node& n, const char* what, const std::string& entry, Findings& out) {
   const Node& callee = p.at(n.items[0]);
   if (callee.kind == NodeKind::Global) {
     if (!is_known_global(callee.text, callee.name))
-      add_finding(out, global_severity(callee.text, callee.name), Rule::pickle_call,
+      add_finding(out, call_severity(callee.text, callee.name), Rule::pickle_call,
                   std::string(what) + " calls " + quoted_global(callee) + call_arguments(p, n) + " (GLOBAL at offset " +
                       std::to_string(callee.offset) + ")",
                   entry, n.offset);

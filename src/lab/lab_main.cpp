@@ -84,16 +84,16 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;
   }
 
+  if (*rules_doc) {
+    std::cout << modelcdr::report::rules_markdown();
+    return 0;
+  }
   DisarmOptions dopts;
   FileReport rep;
   auto loaded = load_model(in, dopts, rep);
   if (!loaded.ok()) return fail(in + ": " + loaded.error().describe());
   model::Model& m = model_of(**loaded);
 
-  if (*rules_doc) {
-    std::cout << modelcdr::report::rules_markdown();
-    return 0;
-  }
   if (*score) {
     auto scores = stego::score_model(m, stego::StegoOptions{});
     nlohmann::json j = nlohmann::json::array();
