@@ -78,7 +78,7 @@ void tensor(PickleEmitter& e, const std::string& key, int64_t numel, int64_t off
   e.reduce();
 }
 
-bool has_rule(const Findings& f, const std::string& rule) {
+bool has_rule(const Findings& f, Rule rule) {
   for (const auto& x : f)
     if (x.rule == rule) return true;
   return false;

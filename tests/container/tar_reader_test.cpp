@@ -25,7 +25,7 @@ Bytes read_file(const fs::path& p) {
   return Bytes(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-size_t count_rule(const Findings& f, const std::string& rule) {
+size_t count_rule(const Findings& f, Rule rule) {
   return std::count_if(f.begin(), f.end(), [&](const Finding& x) { return x.rule == rule; });
 }
 

@@ -43,7 +43,7 @@ int run_python(const fs::path& dir, const std::string& script) {
 
 std::span<const uint8_t> as_span(const Bytes& b) { return {b.data(), b.size()}; }
 
-size_t count_rule(const Findings& f, const std::string& rule, std::optional<Severity> sev = std::nullopt) {
+size_t count_rule(const Findings& f, Rule rule, std::optional<Severity> sev = std::nullopt) {
   return std::count_if(f.begin(), f.end(), [&](const Finding& x) { return x.rule == rule && (!sev || x.severity == *sev); });
 }
 

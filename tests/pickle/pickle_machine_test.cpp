@@ -33,12 +33,12 @@ struct Run {
   const Node& root() const { return prog().at(prog().root); }
   const Node& at(NodeId id) const { return prog().at(id); }
   const Error& error() const { return result.error(); }
-  bool has_finding(std::string_view rule) const {
+  bool has_finding(Rule rule) const {
     for (auto& f : findings)
       if (f.rule == rule) return true;
     return false;
   }
-  const Finding* finding(std::string_view rule) const {
+  const Finding* finding(Rule rule) const {
     for (auto& f : findings)
       if (f.rule == rule) return &f;
     return nullptr;
