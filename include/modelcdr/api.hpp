@@ -44,6 +44,7 @@ struct FileReport {
   std::string input, output;
   std::string format;
   FileStatus status = FileStatus::clean;
+  Verdict verdict = Verdict::clean;  // scan: the worst verdict its findings imply (docs/RULES.md)
   std::optional<Error> error;
   TensorStats tensors;
   Findings findings;           // everything noticed about the input

@@ -6,12 +6,14 @@
 #include <utility>
 #include <variant>
 
+#include "modelcdr/rules.hpp"
+
 namespace modelcdr {
 
 // One error: what rule was broken, where. `where` is "entry offset N" style text that the
 // caller prefixes with the file name when it reaches the user.
 struct Error {
-  std::string rule;     // stable id, e.g. "pickle.truncated", "zip.crc-mismatch"
+  Rule rule{};          // e.g. Rule::pickle_truncated (catalogue: src/report/rules.def)
   std::string message;  // human text: "GLOBAL 'posix system' is not allowed"
   std::string entry;    // container entry (zip member) or empty for a bare file
   uint64_t offset = 0;  // byte offset inside the entry (or the file)
@@ -21,16 +23,16 @@ struct Error {
     std::string s;
     if (!entry.empty()) s += entry + " ";
     if (has_offset) s += "offset " + std::to_string(offset) + ": ";
-    return s + message + " [" + rule + "]";
+    return s + message + " [" + std::string(rule_id(rule)) + "]";
   }
 };
 
 // Without an offset: an error about the whole file (no position to name).
-inline Error make_error(std::string rule, std::string message) {
-  return Error{std::move(rule), std::move(message), {}, 0, false};
+inline Error make_error(Rule rule, std::string message) {
+  return Error{rule, std::move(message), {}, 0, false};
 }
-inline Error make_error(std::string rule, std::string message, uint64_t offset, std::string entry = {}) {
-  return Error{std::move(rule), std::move(message), std::move(entry), offset, true};
+inline Error make_error(Rule rule, std::string message, uint64_t offset, std::string entry = {}) {
+  return Error{rule, std::move(message), std::move(entry), offset, true};
 }
 
 template <class T>

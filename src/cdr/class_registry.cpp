@@ -92,18 +92,18 @@ std::optional<uint32_t> ClassRegistry::find(std::string_view module, std::string
 Status ClassRegistry::allow(const std::string& dotted, Construct construct) {
   auto dot = dotted.rfind('.');
   if (dot == std::string::npos || dot == 0 || dot + 1 == dotted.size())
-    return make_error("policy.bad-class", "'" + dotted + "' is not 'module.Class'");
+    return make_error(Rule::policy_bad_class, "'" + dotted + "' is not 'module.Class'");
   std::string module = dotted.substr(0, dot), name = dotted.substr(dot + 1);
   std::string_view rest = module;
   while (true) {
     auto d = rest.find('.');
     if (!identifier(rest.substr(0, d)))
-      return make_error("policy.bad-class", "'" + dotted + "' is not a dotted Python name (wildcards are not accepted)");
+      return make_error(Rule::policy_bad_class, "'" + dotted + "' is not a dotted Python name (wildcards are not accepted)");
     if (d == std::string_view::npos) break;
     rest = rest.substr(d + 1);
   }
   if (!identifier(name))
-    return make_error("policy.bad-class", "'" + dotted + "' is not a dotted Python name (wildcards are not accepted)");
+    return make_error(Rule::policy_bad_class, "'" + dotted + "' is not a dotted Python name (wildcards are not accepted)");
   if (find(module, name)) return ok_status();
   classes_.push_back(RegistryClass{module, name, construct, "allowed by the user's policy file", true});
   return ok_status();
@@ -111,17 +111,17 @@ Status ClassRegistry::allow(const std::string& dotted, Construct construct) {
 
 Status ClassRegistry::load_policy_file(const std::string& path) {
   std::ifstream in(path);
-  if (!in) return make_error("policy.unreadable", "cannot read policy file '" + path + "'");
+  if (!in) return make_error(Rule::policy_unreadable, "cannot read policy file '" + path + "'");
   std::stringstream ss;
   ss << in.rdbuf();
   nlohmann::json doc = nlohmann::json::parse(ss.str(), nullptr, false);
-  if (doc.is_discarded() || !doc.is_object()) return make_error("policy.bad-json", "policy file is not a JSON object");
+  if (doc.is_discarded() || !doc.is_object()) return make_error(Rule::policy_bad_json, "policy file is not a JSON object");
   for (const char* key : {"allow_classes", "allow_reduce"}) {
     if (!doc.contains(key)) continue;
     const auto& list = doc[key];
-    if (!list.is_array()) return make_error("policy.bad-json", std::string("'") + key + "' is not a list of strings");
+    if (!list.is_array()) return make_error(Rule::policy_bad_json, std::string("'") + key + "' is not a list of strings");
     for (const auto& item : list) {
-      if (!item.is_string()) return make_error("policy.bad-json", std::string("'") + key + "' holds a non-string");
+      if (!item.is_string()) return make_error(Rule::policy_bad_json, std::string("'") + key + "' holds a non-string");
       MCDR_TRY(allow(item.get<std::string>(), std::string(key) == "allow_reduce" ? Construct::reduce : Construct::newobj));
     }
   }

@@ -61,7 +61,7 @@ void resync(std::span<const uint8_t> bytes, uint64_t from, const std::string& en
     const pickle::Program& p = r.ok() ? *r : partial;
     if (!imports_anything(p)) continue;
     scan_program(p, entry, out);
-    add_finding(out, Severity::high, "pickle.cpython-view",
+    add_finding(out, Severity::high, Rule::pickle_cpython_view,
                 "a pickle stream begins at " + at(base_offset + pos) + ", after the part CPython fails on" +
                     (r.ok() ? "; it reads to STOP" : "; it breaks off at " + at(r.error().offset)) +
                     ": its imports and calls are listed above",
@@ -81,12 +81,12 @@ void scan_cpython_view(std::span<const uint8_t> bytes, const std::string& entry,
   // C unpickler on a file drops a partial line at a frame's end; pickle.loads and pickle.py do not),
   // so the names below are one reader's view, and the finding says so.
   for (const Finding& f : scratch)
-    if (f.rule == "pickle.frame-straddle" || f.rule == "pickle.frame-nested") out.push_back(f);
-  const std::string why = strict.rule + " at " + at(strict.offset) + ": " + strict.message;
+    if (f.rule == Rule::pickle_frame_straddle || f.rule == Rule::pickle_frame_nested) out.push_back(f);
+  const std::string why = std::string(rule_id(strict.rule)) + " at " + at(strict.offset) + ": " + strict.message;
   if (r.ok()) {
     scan_program(*r, entry, out);
-    const bool frame = strict.rule == "pickle.frame-too-long";
-    add_finding(out, Severity::high, "pickle.cpython-view",
+    const bool frame = strict.rule == Rule::pickle_frame_too_long;
+    add_finding(out, Severity::high, Rule::pickle_cpython_view,
                 std::string("modelcdr's strict reading rejects this stream (") + why + "), but " +
                     (frame ? "pickle.py's unpickler reads it to STOP (CPython's C unpickler fails at the FRAME)"
                            : "CPython's unpickler reads it to STOP") +
@@ -97,13 +97,13 @@ void scan_cpython_view(std::span<const uint8_t> bytes, const std::string& entry,
   const Error& e = r.error();
   if (imports_anything(partial)) {
     scan_program(partial, entry, out);
-    add_finding(out, Severity::high, "pickle.cpython-view",
+    add_finding(out, Severity::high, Rule::pickle_cpython_view,
                 "CPython's unpickler fails on this stream too, at " + at(e.offset) + " (" + e.message +
                     "), but imports and calls what is listed above before it gets there",
                 entry, e.offset);
     return;
   }
-  add_finding(out, Severity::info, "pickle.cpython-view",
+  add_finding(out, Severity::info, Rule::pickle_cpython_view,
               "CPython's unpickler fails on this stream too, at " + at(e.offset) + " (" + e.message +
                   "), before it imports or calls anything",
               entry, e.offset);

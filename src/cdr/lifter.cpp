@@ -63,7 +63,7 @@ class Lifter {
   Lifter(const Program& p, const StorageResolver& r, const LiftOptions& o) : p_(p), resolve_(r), opt_(o) {}
 
   Result<Model> run() {
-    if (p_.root == kNoNode) return err(0, "cdr.no-root", "pickle has no root value");
+    if (p_.root == kNoNode) return err(0, Rule::cdr_no_root, "pickle has no root value");
     // About one value per node: reserving avoids the vector's doubling, whose copy briefly holds
     // the old and the new array (up to 3x the values) on pickles of millions of objects.
     m_.values.reserve(p_.nodes.size() + 64);
@@ -75,16 +75,16 @@ class Lifter {
   // ---- small helpers -------------------------------------------------------------------
   const Node& at(NodeId id) const { return p_.nodes[id]; }
 
-  Error err(uint64_t offset, std::string rule, std::string message) const {
+  Error err(uint64_t offset, Rule rule, std::string message) const {
     return make_error(std::move(rule), std::move(message), offset, opt_.entry);
   }
 
-  void note(Severity s, std::string rule, std::string message, uint64_t offset) {
+  void note(Severity s, Rule rule, std::string message, uint64_t offset) {
     add_finding(m_.findings, s, std::move(rule), std::move(message), opt_.entry, offset);
   }
 
   ValueId dropped(const Node& n, std::string what, std::string why, Severity s = Severity::high) {
-    note(s, "cdr.dropped", what + " removed: " + why, n.offset);
+    note(s, Rule::cdr_dropped, what + " removed: " + why, n.offset);
     Value v;
     v.kind = ValueKind::dropped;
     return m_.add(std::move(v));
@@ -170,7 +170,7 @@ class Lifter {
   bool is_dense(TensorId t) const { return m_.tensors[t].kind == TensorKind::dense; }
 
   Error too_deep(NodeId id) const {
-    return err(at(id).offset, "limits.depth", "values nested deeper than " + std::to_string(opt_.max_depth) + " levels");
+    return err(at(id).offset, Rule::limits_depth, "values nested deeper than " + std::to_string(opt_.max_depth) + " levels");
   }
 
   // Nesting height of a lifted value (1 for a leaf), memoised: linear over a DAG. Values the
@@ -198,9 +198,9 @@ class Lifter {
   Result<ValueId> lift_uncached(NodeId id, uint32_t depth) {
     const Node& n = at(id);
     if (n.kind != NodeKind::List && n.kind != NodeKind::Set && !n.appended.empty())
-      note(Severity::high, "cdr.dropped", "APPEND on a non-list object removed", n.offset);
+      note(Severity::high, Rule::cdr_dropped, "APPEND on a non-list object removed", n.offset);
     if (n.kind != NodeKind::Dict && n.kind != NodeKind::Call && !n.entries.empty())
-      note(Severity::high, "cdr.dropped", "SETITEM on a non-dict object removed", n.offset);
+      note(Severity::high, Rule::cdr_dropped, "SETITEM on a non-dict object removed", n.offset);
     switch (n.kind) {
       case NodeKind::None: return scalar(ValueKind::none);
       case NodeKind::Bool: {
@@ -222,7 +222,7 @@ class Lifter {
       case NodeKind::Py2Str:
         // torch.load decodes protocol-2 strings as UTF-8; anything else would not load.
         if (valid_utf8(n.text)) return text_value(n, ValueKind::string, n.text);
-        note(Severity::info, "cdr.converted", "non-UTF-8 Python 2 string kept as bytes", n.offset);
+        note(Severity::info, Rule::cdr_converted, "non-UTF-8 Python 2 string kept as bytes", n.offset);
         return text_value(n, ValueKind::bytes, n.text);
       case NodeKind::Bytes:
       case NodeKind::ByteArray: return text_value(n, ValueKind::bytes, n.text);
@@ -296,7 +296,7 @@ class Lifter {
         MCDR_ASSIGN(ValueId cv, lift(c, depth + 1));
         v.items.push_back(cv);
       }
-    if (!n.build_states.empty()) note(Severity::high, "cdr.dropped", "BUILD state on a container removed", n.offset);
+    if (!n.build_states.empty()) note(Severity::high, Rule::cdr_dropped, "BUILD state on a container removed", n.offset);
     return m_.add(std::move(v));
   }
 
@@ -334,7 +334,7 @@ class Lifter {
     v.kind = k;
     MCDR_TRY(add_entries(n, v, depth));
     MCDR_TRY(merge_equal_keys(v, n.offset));
-    if (!n.build_states.empty()) note(Severity::high, "cdr.dropped", "BUILD state on a dict removed", n.offset);
+    if (!n.build_states.empty()) note(Severity::high, Rule::cdr_dropped, "BUILD state on a dict removed", n.offset);
     return m_.add(std::move(v));
   }
 
@@ -398,7 +398,7 @@ class Lifter {
     for (auto [k, val] : v.entries) {
       auto form = key_form(k);
       if (!form)
-        return err(offset, "cdr.ambiguous-key",
+        return err(offset, Rule::cdr_ambiguous_key,
                    "a dict key is NaN or an integral float beyond 64 bits: which keys are equal depends on object identity");
       hashes.push_back(std::hash<std::string>{}(*form));
     }
@@ -415,7 +415,7 @@ class Lifter {
         continue;
       }
       merged[it->second].second = val;
-      note(Severity::medium, "cdr.duplicate-key",
+      note(Severity::medium, Rule::cdr_duplicate_key,
            "dict key " + key_text(k) + " is set more than once: the last value is kept, as pickle does (earlier ones removed)",
            offset);
     }
@@ -443,7 +443,7 @@ class Lifter {
         MCDR_ASSIGN(kv, lift(kn, depth + 1));
       }
       if (!is_hashable_key(kv)) {
-        note(Severity::high, "cdr.dropped", "dict entry with a non-plain key removed", at(kn).offset);
+        note(Severity::high, Rule::cdr_dropped, "dict entry with a non-plain key removed", at(kn).offset);
         continue;
       }
       MCDR_ASSIGN(ValueId vv, lift(vn, depth + 1));
@@ -456,7 +456,7 @@ class Lifter {
   // key becomes the class's dotted name as a string, so each entry keeps its own key. Nothing
   // is imported; the name is only text.
   ValueId class_key(const Node& n) {
-    note(Severity::low, "cdr.converted", "dict key " + global_text(n) + " (a class) written as the string '" +
+    note(Severity::low, Rule::cdr_converted, "dict key " + global_text(n) + " (a class) written as the string '" +
          global_text(n) + "'", n.offset);
     Value v;
     v.kind = ValueKind::string;
@@ -466,7 +466,7 @@ class Lifter {
 
   ValueId bare_global(const Node& n) {
     if (is_torch_dtype(n.text, n.name)) {
-      note(Severity::low, "cdr.converted", "dtype object torch." + n.name + " written as the string 'torch." + n.name + "'",
+      note(Severity::low, Rule::cdr_converted, "dtype object torch." + n.name + " written as the string 'torch." + n.name + "'",
            n.offset);
       Value v;
       v.kind = ValueKind::string;
@@ -529,7 +529,7 @@ class Lifter {
     Value v;
     v.kind = name == "OrderedDict" ? ValueKind::ordered_dict : ValueKind::dict;
     if (name != "OrderedDict")
-      note(Severity::low, "cdr.converted", "collections." + name + " written as a plain dict", n.offset);
+      note(Severity::low, Rule::cdr_converted, "collections." + name + " written as a plain dict", n.offset);
     // Constructor argument: a dict (Counter) or a list of pairs (OrderedDict, protocol 0).
     if (name != "defaultdict" && !args.empty()) {
       const Node& a = at(args[0]);
@@ -539,7 +539,7 @@ class Lifter {
         for (NodeId pair : a.items) {
           auto* kv = pair_items(pair);
           if (!kv) {
-            note(Severity::high, "cdr.dropped", "mapping item that is not a pair removed", at(pair).offset);
+            note(Severity::high, Rule::cdr_dropped, "mapping item that is not a pair removed", at(pair).offset);
             continue;
           }
           MCDR_ASSIGN(ValueId k, lift((*kv)[0], depth + 1));
@@ -549,7 +549,7 @@ class Lifter {
       }
     }
     if (name == "defaultdict" && !args.empty() && at(args[0]).kind != NodeKind::None)
-      note(Severity::low, "cdr.dropped", "defaultdict default factory removed", n.offset);
+      note(Severity::low, Rule::cdr_dropped, "defaultdict default factory removed", n.offset);
     MCDR_TRY(add_entries(n, v, depth));
     for (NodeId s : n.build_states) MCDR_TRY(apply_dict_state(n, s, v, depth));
     MCDR_TRY(merge_equal_keys(v, n.offset));
@@ -560,7 +560,7 @@ class Lifter {
   Status apply_dict_state(const Node& n, NodeId state_id, Value& v, uint32_t depth) {
     const Node& st = at(state_id);
     if (st.kind != NodeKind::Dict || v.kind != ValueKind::ordered_dict) {
-      note(Severity::high, "pickle.build-on-object", "BUILD with a non-dict state removed", st.offset);
+      note(Severity::high, Rule::pickle_build_on_object, "BUILD with a non-dict state removed", st.offset);
       return ok_status();
     }
     for (auto [kn, vn] : st.entries) {
@@ -574,7 +574,7 @@ class Lifter {
           continue;
         }
       }
-      note(Severity::high, "cdr.dropped", "attribute set by BUILD on a dict removed", k.offset);
+      note(Severity::high, Rule::cdr_dropped, "attribute set by BUILD on a dict removed", k.offset);
     }
     return ok_status();
   }
@@ -589,7 +589,7 @@ class Lifter {
     bool ints = v.kind == ValueKind::tuple;
     for (ValueId c : v.items) ints = ints && m_.values[c].kind == ValueKind::integer;
     if (!ints) {
-      note(Severity::low, "cdr.converted", "torch.Size of non-integers written as a tuple", n.offset);
+      note(Severity::low, Rule::cdr_converted, "torch.Size of non-integers written as a tuple", n.offset);
       return inner;
     }
     v.torch_type = TorchType::size;
@@ -617,7 +617,7 @@ class Lifter {
         out.push_back(static_cast<char>(((c & 0x03) << 6) | (static_cast<unsigned char>(t[i + 1]) & 0x3F)));
         ++i;
       } else {
-        return err(s.offset, "cdr.bad-latin1", "bytes spelled with a code point above 0xFF");
+        return err(s.offset, Rule::cdr_bad_latin1, "bytes spelled with a code point above 0xFF");
       }
     }
     return out;
@@ -636,7 +636,7 @@ class Lifter {
           v.items.push_back(cv);
         }
       }
-      if (name == "frozenset") note(Severity::info, "cdr.converted", "frozenset written as a set", n.offset);
+      if (name == "frozenset") note(Severity::info, Rule::cdr_converted, "frozenset written as a set", n.offset);
       return m_.add(std::move(v));
     }
     if ((name == "bytearray" || name == "bytes") && args.size() <= 1) {
@@ -671,7 +671,7 @@ class Lifter {
     if (plain_device_text(s)) {
       v.torch_type = TorchType::device;
     } else {
-      note(Severity::low, "cdr.converted", "torch.device written as the string '" + s + "'", n.offset);
+      note(Severity::low, Rule::cdr_converted, "torch.device written as the string '" + s + "'", n.offset);
     }
     return m_.add(std::move(v));
   }
@@ -700,7 +700,7 @@ class Lifter {
       if (!s.empty() && s.back() != sep) s.push_back(sep);
       s += *t;
     }
-    note(Severity::low, "cdr.converted", "path object written as the string '" + s + "'", n.offset);
+    note(Severity::low, Rule::cdr_converted, "path object written as the string '" + s + "'", n.offset);
     Value v;
     v.kind = ValueKind::string;
     v.text = s;
@@ -731,7 +731,7 @@ class Lifter {
     const std::string& c = code->second;
     auto value = numpy_number(c, order, raw);
     if (!value) return dropped(n, "numpy scalar of dtype " + c, "not a numeric scalar of matching size");
-    note(Severity::low, "cdr.converted", "numpy scalar of dtype '" + c + "' written as a Python number", n.offset);
+    note(Severity::low, Rule::cdr_converted, "numpy scalar of dtype '" + c + "' written as a Python number", n.offset);
     return *value;
   }
 
@@ -836,17 +836,17 @@ class Lifter {
     if (pn.kind != NodeKind::PersId) return std::optional<StorageView>();
     auto* t = tuple_items(pn.items[0]);
     if (!t || t->size() < 5 || t->size() > 6 || as_text((*t)[0]) != std::optional<std::string>("storage"))
-      return err(pn.offset, "cdr.bad-persistent-id", "persistent id is not ('storage', class, key, location, numel)");
+      return err(pn.offset, Rule::cdr_bad_persistent_id, "persistent id is not ('storage', class, key, location, numel)");
     const Node& cls = at((*t)[1]);
     auto key = as_text((*t)[2]);
     auto location = as_text((*t)[3]);
     auto numel = as_int((*t)[4]);
     if (cls.kind != NodeKind::Global || !key || !location || !numel || *numel < 0)
-      return err(pn.offset, "cdr.bad-persistent-id", "persistent id fields have unexpected types");
+      return err(pn.offset, Rule::cdr_bad_persistent_id, "persistent id fields have unexpected types");
     if (t->size() == 6 && at((*t)[5]).kind != NodeKind::None)
-      return err(pn.offset, "cdr.unsupported", "legacy storage views (view_metadata) are not supported");
+      return err(pn.offset, Rule::cdr_unsupported, "legacy storage views (view_metadata) are not supported");
     if (key->empty() || key->size() > 64)
-      return err(pn.offset, "cdr.bad-persistent-id", "storage key is empty or longer than 64 bytes");
+      return err(pn.offset, Rule::cdr_bad_persistent_id, "storage key is empty or longer than 64 bytes");
     std::optional<DType> dtype;
     bool untyped = false;
     if ((cls.text == "torch" || cls.text == "torch.cuda") ) dtype = model::dtype_from_storage_class(cls.name);
@@ -855,26 +855,26 @@ class Lifter {
       dtype = explicit_dtype ? explicit_dtype : std::optional<DType>(DType::u8);
     }
     if (!dtype)
-      return err(pn.offset, "cdr.bad-storage-type", "storage type " + global_text(cls) + " is not a torch storage class");
+      return err(pn.offset, Rule::cdr_bad_storage_type, "storage type " + global_text(cls) + " is not a torch storage class");
     uint64_t elsize = model::dtype_info(*dtype).element_size;
     uint64_t nbytes = 0;
     if (untyped) {
       nbytes = static_cast<uint64_t>(*numel);
       if (nbytes % elsize != 0)
-        return err(pn.offset, "cdr.bad-storage-size", "untyped storage size is not a multiple of the element size");
+        return err(pn.offset, Rule::cdr_bad_storage_size, "untyped storage size is not a multiple of the element size");
     } else if (!mul_ok(static_cast<uint64_t>(*numel), elsize, nbytes)) {
-      return err(pn.offset, "cdr.bad-storage-size", "storage size overflows");
+      return err(pn.offset, Rule::cdr_bad_storage_size, "storage size overflows");
     }
     if (auto it = storages_by_key_.find(*key); it != storages_by_key_.end()) {
       const auto& s = m_.storages[it->second];
       if (s.dtype != *dtype)
-        return err(pn.offset, "cdr.storage-dtype-conflict",
+        return err(pn.offset, Rule::cdr_storage_dtype_conflict,
                    "storage '" + *key + "' is used as " + model::dtype_info(s.dtype).name + " and as " +
                        model::dtype_info(*dtype).name);
       return std::optional<StorageView>(StorageView{it->second, *dtype});
     }
     if (*location != "cpu")
-      note(Severity::info, "cdr.converted", "storage '" + *key + "' location '" + *location + "' written as 'cpu'", pn.offset);
+      note(Severity::info, Rule::cdr_converted, "storage '" + *key + "' location '" + *location + "' written as 'cpu'", pn.offset);
     MCDR_ASSIGN(model::Storage s, resolve_(StorageRequest{*key, *dtype, nbytes, pn.offset}));
     s.dtype = *dtype;
     m_.storages.push_back(std::move(s));
@@ -892,13 +892,13 @@ class Lifter {
       auto* a = tuple_items(n.items[1]);
       if (a && a->size() == 1 && at((*a)[0]).kind == NodeKind::Tuple) items = &at((*a)[0]).items;
     }
-    if (!items) return err(n.offset, "cdr.bad-tensor", std::string(what) + " is not a tuple of integers");
+    if (!items) return err(n.offset, Rule::cdr_bad_tensor, std::string(what) + " is not a tuple of integers");
     if (items->size() > opt_.max_dims)
-      return err(n.offset, "cdr.bad-tensor", std::string(what) + " has more than " + std::to_string(opt_.max_dims) + " dimensions");
+      return err(n.offset, Rule::cdr_bad_tensor, std::string(what) + " has more than " + std::to_string(opt_.max_dims) + " dimensions");
     std::vector<int64_t> out;
     for (NodeId c : *items) {
       auto v = as_int(c);
-      if (!v || *v < 0) return err(n.offset, "cdr.bad-tensor", std::string(what) + " holds a negative or non-integer value");
+      if (!v || *v < 0) return err(n.offset, Rule::cdr_bad_tensor, std::string(what) + " holds a negative or non-integer value");
       out.push_back(*v);
     }
     return out;
@@ -907,27 +907,27 @@ class Lifter {
   // The view must lie inside its storage: offset + sum((size_i - 1) * stride_i) < numel.
   Status check_view(const Tensor& t, uint64_t offset_of_call) {
     if (t.shape.size() != t.stride.size())
-      return err(offset_of_call, "cdr.bad-tensor", "size and stride have different lengths");
+      return err(offset_of_call, Rule::cdr_bad_tensor, "size and stride have different lengths");
     const auto& s = m_.storages[t.storage];
     uint64_t numel = s.nbytes / model::dtype_info(t.dtype).element_size;
     uint64_t elements = 1;
     uint64_t last = static_cast<uint64_t>(t.storage_offset);
     for (size_t i = 0; i < t.shape.size(); ++i) {
       if (!mul_ok(elements, static_cast<uint64_t>(t.shape[i]), elements))
-        return err(offset_of_call, "cdr.bad-tensor", "tensor size overflows");
+        return err(offset_of_call, Rule::cdr_bad_tensor, "tensor size overflows");
     }
     if (elements == 0) {
       if (static_cast<uint64_t>(t.storage_offset) > numel)
-        return err(offset_of_call, "cdr.tensor-out-of-bounds", "storage offset beyond the storage");
+        return err(offset_of_call, Rule::cdr_tensor_out_of_bounds, "storage offset beyond the storage");
       return ok_status();
     }
     for (size_t i = 0; i < t.shape.size(); ++i) {
       uint64_t span = 0;
       if (!mul_ok(static_cast<uint64_t>(t.shape[i] - 1), static_cast<uint64_t>(t.stride[i]), span) || !add_ok(last, span, last))
-        return err(offset_of_call, "cdr.tensor-out-of-bounds", "tensor view overflows");
+        return err(offset_of_call, Rule::cdr_tensor_out_of_bounds, "tensor view overflows");
     }
     if (last >= numel)
-      return err(offset_of_call, "cdr.tensor-out-of-bounds",
+      return err(offset_of_call, Rule::cdr_tensor_out_of_bounds,
                  "tensor view reaches element " + std::to_string(last) + " of a storage of " + std::to_string(numel) +
                      " elements (" + s.source + ")");
     return ok_status();
@@ -939,12 +939,12 @@ class Lifter {
     size_t min_args = fn == "_rebuild_tensor" ? 4 : v3 ? 7 : 6;
     size_t max_args = fn == "_rebuild_tensor" ? 4 : v3 ? 8 : 7;
     if (a.size() < min_args || a.size() > max_args)
-      return err(n.offset, "cdr.bad-tensor", fn + " called with " + std::to_string(a.size()) + " arguments");
+      return err(n.offset, Rule::cdr_bad_tensor, fn + " called with " + std::to_string(a.size()) + " arguments");
     std::optional<DType> explicit_dtype;
     if (v3) {
       const Node& d = at(a[6]);
       if (d.kind != NodeKind::Global || !is_torch_dtype(d.text, d.name))
-        return err(n.offset, "cdr.bad-tensor", "_rebuild_tensor_v3 dtype is not a torch dtype");
+        return err(n.offset, Rule::cdr_bad_tensor, "_rebuild_tensor_v3 dtype is not a torch dtype");
       explicit_dtype = model::dtype_from_name(d.name);
     }
     MCDR_ASSIGN(std::optional<StorageView> sv, storage_of(a[0], explicit_dtype));
@@ -953,25 +953,25 @@ class Lifter {
     t.dtype = sv->dtype;
     t.storage = sv->storage;
     auto off = as_int(a[1]);
-    if (!off || *off < 0) return err(n.offset, "cdr.bad-tensor", "storage offset is not a non-negative integer");
+    if (!off || *off < 0) return err(n.offset, Rule::cdr_bad_tensor, "storage offset is not a non-negative integer");
     t.storage_offset = *off;
     MCDR_ASSIGN(t.shape, int_tuple(a[2], "size"));
     MCDR_ASSIGN(t.stride, int_tuple(a[3], "stride"));
     if (a.size() > 4) {
       auto rg = as_int(a[4]);
-      if (!rg) return err(n.offset, "cdr.bad-tensor", "requires_grad is not a bool");
+      if (!rg) return err(n.offset, Rule::cdr_bad_tensor, "requires_grad is not a bool");
       t.requires_grad = *rg != 0;
       if (!is_empty_ordered_dict_call(a[5]) && at(a[5]).kind != NodeKind::None)
-        note(Severity::medium, "cdr.dropped", "tensor backward hooks removed", at(a[5]).offset);
+        note(Severity::medium, Rule::cdr_dropped, "tensor backward hooks removed", at(a[5]).offset);
     }
     size_t meta_index = v3 ? 7 : 6;
     if (a.size() > meta_index) {
       const Node& meta = at(a[meta_index]);
       if (meta.kind != NodeKind::Dict && meta.kind != NodeKind::None)
-        return err(n.offset, "cdr.bad-tensor", "tensor metadata is not a dict");
+        return err(n.offset, Rule::cdr_bad_tensor, "tensor metadata is not a dict");
       for (auto [k, v] : meta.entries)
         if (as_int(v).value_or(0) != 0)
-          return err(n.offset, "cdr.unsupported", "tensor with conj/neg bits set is not supported");
+          return err(n.offset, Rule::cdr_unsupported, "tensor with conj/neg bits set is not supported");
     }
     MCDR_TRY(check_view(t, n.offset));
     m_.tensors.push_back(std::move(t));
@@ -981,17 +981,17 @@ class Lifter {
   Result<std::optional<TensorId>> parameter(NodeId id, const std::string& fn, const std::vector<NodeId>& a, uint32_t depth) {
     const Node& n = at(id);
     if (a.size() != (fn == "_rebuild_parameter" ? 3u : 4u))
-      return err(n.offset, "cdr.bad-tensor", fn + " called with " + std::to_string(a.size()) + " arguments");
+      return err(n.offset, Rule::cdr_bad_tensor, fn + " called with " + std::to_string(a.size()) + " arguments");
     MCDR_ASSIGN(std::optional<TensorId> inner, tensor_of(a[0], depth + 1));
     if (!inner) return std::optional<TensorId>();
     auto rg = as_int(a[1]);
-    if (!rg) return err(n.offset, "cdr.bad-tensor", "parameter requires_grad is not a bool");
+    if (!rg) return err(n.offset, Rule::cdr_bad_tensor, "parameter requires_grad is not a bool");
     if (!is_empty_ordered_dict_call(a[2]) && at(a[2]).kind != NodeKind::None)
-      note(Severity::medium, "cdr.dropped", "parameter backward hooks removed", at(a[2]).offset);
+      note(Severity::medium, Rule::cdr_dropped, "parameter backward hooks removed", at(a[2]).offset);
     if (a.size() == 4) {
       const Node& st = at(a[3]);
       bool empty = st.kind == NodeKind::None || (st.kind == NodeKind::Dict && st.entries.empty());
-      if (!empty) note(Severity::medium, "cdr.dropped", "Python attributes of a parameter removed", st.offset);
+      if (!empty) note(Severity::medium, Rule::cdr_dropped, "Python attributes of a parameter removed", st.offset);
     }
     Tensor t = m_.tensors[*inner];
     t.is_parameter = true;
@@ -1002,20 +1002,20 @@ class Lifter {
 
   Result<std::optional<TensorId>> quantized_tensor(NodeId id, const std::vector<NodeId>& a, uint32_t depth) {
     const Node& n = at(id);
-    if (a.size() != 7) return err(n.offset, "cdr.bad-tensor", "_rebuild_qtensor called with " + std::to_string(a.size()) + " arguments");
+    if (a.size() != 7) return err(n.offset, Rule::cdr_bad_tensor, "_rebuild_qtensor called with " + std::to_string(a.size()) + " arguments");
     MCDR_ASSIGN(std::optional<StorageView> sv, storage_of(a[0], std::nullopt));
     if (!sv) return std::optional<TensorId>();
     Tensor t;
     t.dtype = sv->dtype;
     t.storage = sv->storage;
     auto off = as_int(a[1]);
-    if (!off || *off < 0) return err(n.offset, "cdr.bad-tensor", "storage offset is not a non-negative integer");
+    if (!off || *off < 0) return err(n.offset, Rule::cdr_bad_tensor, "storage offset is not a non-negative integer");
     t.storage_offset = *off;
     MCDR_ASSIGN(t.shape, int_tuple(a[2], "size"));
     MCDR_ASSIGN(t.stride, int_tuple(a[3], "stride"));
     auto* q = tuple_items(a[4]);
     if (!q || q->empty() || at((*q)[0]).kind != NodeKind::Global)
-      return err(n.offset, "cdr.bad-tensor", "quantizer parameters are not (scheme, ...)");
+      return err(n.offset, Rule::cdr_bad_tensor, "quantizer parameters are not (scheme, ...)");
     const std::string& scheme = at((*q)[0]).name;
     if ((scheme == "per_tensor_affine") && q->size() == 3 && as_number((*q)[1]) && as_int((*q)[2])) {
       t.kind = TensorKind::quantized_per_tensor;
@@ -1025,18 +1025,18 @@ class Lifter {
                as_int((*q)[3])) {
       MCDR_ASSIGN(std::optional<TensorId> scales, tensor_of((*q)[1], depth + 1));
       MCDR_ASSIGN(std::optional<TensorId> zps, tensor_of((*q)[2], depth + 1));
-      if (!scales || !zps) return err(n.offset, "cdr.bad-tensor", "per-channel scales/zero points are not tensors");
+      if (!scales || !zps) return err(n.offset, Rule::cdr_bad_tensor, "per-channel scales/zero points are not tensors");
       // torch's are dense; a quantized or sparse one would chain tensors through the cache.
       if (!is_dense(*scales) || !is_dense(*zps))
-        return err(n.offset, "cdr.bad-tensor", "per-channel scales/zero points are not dense tensors");
+        return err(n.offset, Rule::cdr_bad_tensor, "per-channel scales/zero points are not dense tensors");
       t.kind = TensorKind::quantized_per_channel;
       t.q_scales = *scales;
       t.q_zero_points = *zps;
       t.q_axis = *as_int((*q)[3]);
       if (scheme != "per_channel_affine")
-        return err(n.offset, "cdr.unsupported", "quantization scheme " + scheme + " is not supported");
+        return err(n.offset, Rule::cdr_unsupported, "quantization scheme " + scheme + " is not supported");
     } else {
-      return err(n.offset, "cdr.unsupported", "quantization scheme " + scheme + " is not supported");
+      return err(n.offset, Rule::cdr_unsupported, "quantization scheme " + scheme + " is not supported");
     }
     auto rg = as_int(a[5]);
     t.requires_grad = rg.value_or(0) != 0;
@@ -1047,7 +1047,7 @@ class Lifter {
 
   Result<std::optional<TensorId>> sparse_tensor(NodeId id, const std::vector<NodeId>& a, uint32_t depth) {
     const Node& n = at(id);
-    if (a.size() != 2) return err(n.offset, "cdr.bad-tensor", "_rebuild_sparse_tensor called with unexpected arguments");
+    if (a.size() != 2) return err(n.offset, Rule::cdr_bad_tensor, "_rebuild_sparse_tensor called with unexpected arguments");
     const Node& layout = at(a[0]);
     bool coo = false;
     if (layout.kind == NodeKind::Call && is_global(at(layout.items[0]), "torch.serialization", "_get_layout")) {
@@ -1059,12 +1059,12 @@ class Lifter {
       return std::optional<TensorId>();
     }
     auto* d = tuple_items(a[1]);
-    if (!d || d->size() < 3 || d->size() > 4) return err(n.offset, "cdr.bad-tensor", "sparse COO data is not (indices, values, size)");
+    if (!d || d->size() < 3 || d->size() > 4) return err(n.offset, Rule::cdr_bad_tensor, "sparse COO data is not (indices, values, size)");
     MCDR_ASSIGN(std::optional<TensorId> idx, tensor_of((*d)[0], depth + 1));
     MCDR_ASSIGN(std::optional<TensorId> vals, tensor_of((*d)[1], depth + 1));
-    if (!idx || !vals) return err(n.offset, "cdr.bad-tensor", "sparse indices/values are not tensors");
+    if (!idx || !vals) return err(n.offset, Rule::cdr_bad_tensor, "sparse indices/values are not tensors");
     if (!is_dense(*idx) || !is_dense(*vals))
-      return err(n.offset, "cdr.bad-tensor", "sparse indices/values are not dense tensors");
+      return err(n.offset, Rule::cdr_bad_tensor, "sparse indices/values are not dense tensors");
     Tensor t;
     t.kind = TensorKind::sparse_coo;
     t.dtype = m_.tensors[*vals].dtype;
@@ -1083,10 +1083,10 @@ class Lifter {
     const Node& fn = at(a[0]);
     const Node& type = at(a[1]);
     bool plain = is_global(type, "torch", "Tensor") || is_global(type, "torch.nn.parameter", "Parameter");
-    if (!plain) note(Severity::medium, "cdr.converted", "tensor subclass " + global_text(type) + " written as a plain tensor", n.offset);
+    if (!plain) note(Severity::medium, Rule::cdr_converted, "tensor subclass " + global_text(type) + " written as a plain tensor", n.offset);
     const Node& st = at(a[3]);
     if (!(st.kind == NodeKind::None || (st.kind == NodeKind::Dict && st.entries.empty())))
-      note(Severity::medium, "cdr.dropped", "Python attributes of a tensor removed", st.offset);
+      note(Severity::medium, Rule::cdr_dropped, "Python attributes of a tensor removed", st.offset);
     if (fn.text != "torch._utils") return dropped(n, "tensor subclass", "inner rebuild function is not torch._utils");
     MCDR_ASSIGN(std::optional<TensorId> tid, tensor_from_call(a[2], fn.name, *tuple_items(a[2]), depth + 1));
     if (!tid) return dropped(n, "tensor subclass", "inner rebuild call not recognised");
@@ -1105,11 +1105,11 @@ class Lifter {
     if (cls->kind == NodeKind::PersId) {
       auto* t = tuple_items(cls->items[0]);
       if (t && t->size() >= 2 && as_text((*t)[0]) == std::optional<std::string>("module")) {
-        note(Severity::info, "cdr.dropped", "module source code stored with the class removed", cls->offset);
+        note(Severity::info, Rule::cdr_dropped, "module source code stored with the class removed", cls->offset);
         cls = &at((*t)[1]);
       } else if (opt_.tar_tensors && t && t->size() == 3 && at((*t)[0]).kind == NodeKind::Global) {
         // tar format: (class, source file, source code)
-        note(Severity::info, "cdr.dropped", "module source code stored with the class removed", cls->offset);
+        note(Severity::info, Rule::cdr_dropped, "module source code stored with the class removed", cls->offset);
         cls = &at((*t)[0]);
       }
     }
@@ -1119,7 +1119,7 @@ class Lifter {
     if (has_state_dict && dict_get(state, "_parameters") != kNoNode && dict_get(state, "_modules") != kNoNode)
       return module_state_dict(id, *cls, depth);
     if (has_state_dict && (is_global(*cls, "argparse", "Namespace") || is_global(*cls, "types", "SimpleNamespace"))) {
-      note(Severity::low, "cdr.converted", global_text(*cls) + " written as a plain dict", n.offset);
+      note(Severity::low, Rule::cdr_converted, global_text(*cls) + " written as a plain dict", n.offset);
       Value v;
       v.kind = ValueKind::dict;
       MCDR_TRY(add_entries(state, v, depth));
@@ -1145,7 +1145,7 @@ class Lifter {
   // A whole nn.Module (torch.save(model)) becomes the state dict model.state_dict() would give:
   // per module its parameters, then its persistent buffers, then its children, recursively.
   Result<ValueId> module_state_dict(NodeId id, const Node& cls, uint32_t depth) {
-    note(Severity::medium, "cdr.module-converted",
+    note(Severity::medium, Rule::cdr_module_converted,
          "whole-model object of class " + global_text(cls) + " converted to a state dict (architecture kept as data)",
          at(id).offset);
     Value sd;
@@ -1167,7 +1167,7 @@ class Lifter {
     std::string names;
     for (size_t i = 0; i < module_attributes_.size() && i < 12; ++i) names += (i ? ", " : "") + module_attributes_[i];
     if (module_attributes_.size() > 12) names += ", ...";
-    note(Severity::low, "cdr.module-attributes", std::to_string(module_attributes_.size()) +
+    note(Severity::low, Rule::cdr_module_attributes, std::to_string(module_attributes_.size()) +
          " module attribute(s) not kept (a state dict holds tensors only): " + names, offset);
     module_attributes_.clear();
   }
@@ -1220,7 +1220,7 @@ class Lifter {
     // A submodule shared by two parents is flattened under both paths, as state_dict() does;
     // the budget keeps a DAG of shared modules (2^n paths) from expanding exponentially.
     if (!module_budget_.spend(1) || prefix.size() > kMaxModulePath)
-      return err(at(id).offset, "limits.expansion",
+      return err(at(id).offset, Rule::limits_expansion,
                  "module tree: shared submodules would be expanded once per path, beyond a budget linear in the file");
     const Node& n = at(id);
     const Node* cls = &at(n.items[0]);
@@ -1246,7 +1246,7 @@ class Lifter {
         if (!name || at(vn).kind == NodeKind::None) continue;
         if (buffers && non_persistent.count(*name)) continue;
         if (!module_budget_.spend(1))
-          return err(at(vn).offset, "limits.expansion",
+          return err(at(vn).offset, Rule::limits_expansion,
                      "module tree: shared submodules would be expanded once per path, beyond a budget linear in the file");
         MCDR_ASSIGN(ValueId v, lift(vn, depth + 1));
         MCDR_ASSIGN(ValueId k, lift(kn, depth + 1));
@@ -1273,7 +1273,7 @@ class Lifter {
                        at(child.build_states.back()).kind == NodeKind::Dict &&
                        dict_get(at(child.build_states.back()), "_parameters") != kNoNode;
       if (!is_module) {
-        note(Severity::high, "cdr.dropped", "submodule '" + prefix + *name + "' is not a module object", child.offset);
+        note(Severity::high, Rule::cdr_dropped, "submodule '" + prefix + *name + "' is not a module object", child.offset);
         continue;
       }
       MCDR_TRY(flatten_module(vn, prefix + *name + ".", root_prefix, sd, depth + 1, module_depth + 1));
@@ -1299,13 +1299,13 @@ class Lifter {
     const Node& k = at(n.items[0]);
     std::string key = k.kind == NodeKind::Int ? std::to_string(k.i) : as_text(n.items[0]).value_or("");
     auto it = opt_.tar_tensors->find(key);
-    if (it == opt_.tar_tensors->end()) return err(n.offset, "torch.missing-tensor", "tensor '" + key.substr(0, 64) + "' is not in the tensors member");
+    if (it == opt_.tar_tensors->end()) return err(n.offset, Rule::torch_missing_tensor, "tensor '" + key.substr(0, 64) + "' is not in the tensors member");
     const TarTensor& tt = it->second;
     model::StorageId sid;
     if (auto s = storages_by_key_.find(tt.storage_key); s != storages_by_key_.end()) {
       sid = s->second;
       if (m_.storages[sid].dtype != tt.dtype)
-        return err(n.offset, "cdr.storage-dtype-conflict", "storage '" + tt.storage_key + "' is used with two dtypes");
+        return err(n.offset, Rule::cdr_storage_dtype_conflict, "storage '" + tt.storage_key + "' is used with two dtypes");
     } else {
       MCDR_ASSIGN(model::Storage st, resolve_(StorageRequest{tt.storage_key, tt.dtype, tt.storage_nbytes, n.offset}));
       st.dtype = tt.dtype;
@@ -1338,7 +1338,7 @@ class Lifter {
       auto* st = tuple_items(n.build_states.back());
       if (st && !st->empty() && as_int((*st)[0])) rg = *as_int((*st)[0]) != 0;
       if (st && st->size() >= 3 && at((*st)[2]).kind != NodeKind::None && !is_empty_ordered_dict_call((*st)[2]))
-        note(Severity::medium, "cdr.dropped", "parameter backward hooks removed", n.offset);
+        note(Severity::medium, Rule::cdr_dropped, "parameter backward hooks removed", n.offset);
     }
     Tensor t = m_.tensors[m_.values[inner].tensor];
     t.is_parameter = true;
@@ -1427,7 +1427,7 @@ class Lifter {
   Result<std::optional<std::vector<int64_t>>> array_shape(NodeId id) {
     auto* items = tuple_items(id);
     if (!items) return std::optional<std::vector<int64_t>>();
-    if (items->size() > opt_.max_dims) return err(at(id).offset, "cdr.bad-array", "array has too many dimensions");
+    if (items->size() > opt_.max_dims) return err(at(id).offset, Rule::cdr_bad_array, "array has too many dimensions");
     std::vector<int64_t> shape;
     for (NodeId c : *items) {
       auto v = as_int(c);
@@ -1442,10 +1442,10 @@ class Lifter {
                              std::span<const uint8_t> bytes, std::vector<uint8_t>* owned, const std::string& source) {
     uint64_t numel = 1, nbytes = 0;
     for (int64_t d : shape)
-      if (!mul_ok(numel, static_cast<uint64_t>(d), numel)) return err(n.offset, "cdr.bad-array", "array size overflows");
-    if (!mul_ok(numel, dt.code.itemsize, nbytes)) return err(n.offset, "cdr.bad-array", "array size overflows");
+      if (!mul_ok(numel, static_cast<uint64_t>(d), numel)) return err(n.offset, Rule::cdr_bad_array, "array size overflows");
+    if (!mul_ok(numel, dt.code.itemsize, nbytes)) return err(n.offset, Rule::cdr_bad_array, "array size overflows");
     if (bytes.size() != nbytes)
-      return err(n.offset, "cdr.bad-array",
+      return err(n.offset, Rule::cdr_bad_array,
                  "array data holds " + std::to_string(bytes.size()) + " bytes, its shape and dtype need " + std::to_string(nbytes));
     model::Storage s;
     s.dtype = dt.code.dtype ? *dt.code.dtype : DType::u8;
@@ -1524,8 +1524,8 @@ class Lifter {
     if (data.kind != NodeKind::List) return dropped(n, "numpy object array", "elements are not a list");
     uint64_t numel = 1;
     for (int64_t d : shape)
-      if (!mul_ok(numel, static_cast<uint64_t>(d), numel)) return err(n.offset, "cdr.bad-array", "array size overflows");
-    if (numel != data.items.size()) return err(n.offset, "cdr.bad-array", "object array element count does not match its shape");
+      if (!mul_ok(numel, static_cast<uint64_t>(d), numel)) return err(n.offset, Rule::cdr_bad_array, "array size overflows");
+    if (numel != data.items.size()) return err(n.offset, Rule::cdr_bad_array, "object array element count does not match its shape");
     Value v;
     v.kind = ValueKind::ndarray;
     for (NodeId c : data.items) {
@@ -1563,9 +1563,9 @@ class Lifter {
       return dropped(n, "joblib object array", "object arrays are stored as a nested pickle (scanned, not rebuilt)");
     uint64_t numel = 1, nbytes = 0;
     for (int64_t d : *shape)
-      if (!mul_ok(numel, static_cast<uint64_t>(d), numel)) return err(n.offset, "cdr.bad-array", "array size overflows");
+      if (!mul_ok(numel, static_cast<uint64_t>(d), numel)) return err(n.offset, Rule::cdr_bad_array, "array size overflows");
     if (!mul_ok(numel, dt->code.itemsize, nbytes) || nbytes > n.payload_size)
-      return err(n.offset, "cdr.bad-array", "joblib array payload is smaller than its shape and dtype need");
+      return err(n.offset, Rule::cdr_bad_array, "joblib array payload is smaller than its shape and dtype need");
     io::ByteCursor cur(opt_.payload_bytes, opt_.entry);
     MCDR_TRY(cur.seek(static_cast<size_t>(n.payload_offset + n.payload_size - nbytes)));
     MCDR_ASSIGN(auto bytes, cur.take(nbytes));
@@ -1593,7 +1593,7 @@ class Lifter {
         if (at(k).kind != NodeKind::Str) return dropped(n, what, "its state has a non-string attribute name");
       MCDR_ASSIGN(v.state, lift(n.build_states.back(), depth + 1));
     }
-    note(Severity::info, "cdr.registry-object", what + " rebuilt from the vetted class registry", n.offset);
+    note(Severity::info, Rule::cdr_registry_object, what + " rebuilt from the vetted class registry", n.offset);
     return m_.add(std::move(v));
   }
 
@@ -1642,7 +1642,7 @@ bool dotted_name(std::string_view s, bool allow_index) {
 // no tool reading the JSON mistakes it for a module path or class.
 void vet_architecture(model::ModuleInfo& info, Findings& findings, const std::string& entry, uint64_t offset) {
   auto reject = [&](std::string& name, const char* what) {
-    add_finding(findings, Severity::low, "cdr.architecture-name",
+    add_finding(findings, Severity::low, Rule::cdr_architecture_name,
                 std::string(what) + " '" + name.substr(0, 80) + "' is not a plain Python name: recorded as " + kRejectedName,
                 entry, offset);
     name = kRejectedName;

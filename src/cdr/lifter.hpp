@@ -58,6 +58,9 @@ Result<model::Model> lift(const pickle::Program& program, const StorageResolver&
 // Findings about every global, call and BUILD in the program, reachable from the root or not
 // (a payload can run during unpickling and be popped before STOP).
 void scan_program(const pickle::Program& program, const std::string& entry, Findings& findings);
+// One finding per thing: the lifter's removal of a reported call (cdr.dropped at the call's
+// offset) becomes a detail of the call's finding instead of a finding of its own.
+void fold_call_removals(Findings& findings);
 
 // Replaces module paths, class names and tensor names of an architecture record that are not
 // plain dotted Python identifiers (or that name a function that runs code) by "<rejected>",

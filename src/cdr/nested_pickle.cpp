@@ -47,11 +47,11 @@ std::optional<std::string> rebuild_nested_pickle(std::string_view data, const Ne
   if (!program.ok()) return std::nullopt;
   scan_program(*program, o.entry, inner);
   if (program->end_offset < bytes.size())
-    add_finding(inner, Severity::medium, "cdr.dropped",
+    add_finding(inner, Severity::medium, Rule::cdr_dropped,
                 std::to_string(bytes.size() - program->end_offset) + " bytes after the nested pickle's STOP removed",
                 o.entry, o.offset + program->end_offset);
   StorageResolver no_storages = [&](const StorageRequest& r) -> Result<model::Storage> {
-    return make_error("cdr.no-storage", "a nested pickle has no storage records (key '" + r.key + "')", r.pid_offset,
+    return make_error(Rule::cdr_no_storage, "a nested pickle has no storage records (key '" + r.key + "')", r.pid_offset,
                       o.entry);
   };
   LiftOptions lo;
@@ -66,7 +66,7 @@ std::optional<std::string> rebuild_nested_pickle(std::string_view data, const Ne
   if (!out.ok()) return std::nullopt;
   findings.insert(findings.end(), inner.begin(), inner.end());
   findings.insert(findings.end(), sub->findings.begin(), sub->findings.end());
-  add_finding(findings, Severity::low, "cdr.nested-pickle-rebuilt",
+  add_finding(findings, Severity::low, Rule::cdr_nested_pickle_rebuilt,
               "a bytes value holding a pickle (" + std::to_string(data.size()) +
                   " bytes) was disarmed and rebuilt by modelcdr's pickle writer",
               o.entry, o.offset);

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cdr/class_registry.hpp"
+#include "cdr/lifter.hpp"
 #include "cdr/scan_salvage.hpp"
 #include "container/sniff.hpp"
 #include "engine/classify.hpp"
@@ -74,7 +75,7 @@ Result<formats::ParsedModel> parse(std::span<const uint8_t> bytes, Format format
     case Format::torch_tar: return formats::read_torch_tar(bytes, options);
     case Format::npy: return formats::read_npy(bytes, options);
     case Format::safetensors: return formats::read_safetensors(bytes, options);
-    case Format::empty: return make_error("format.empty", "file is empty");
+    case Format::empty: return make_error(Rule::format_empty, "file is empty");
     case Format::gzip:
     case Format::bzip2:
     case Format::xz:
@@ -85,9 +86,9 @@ Result<formats::ParsedModel> parse(std::span<const uint8_t> bytes, Format format
       // any other content is rejected.
       return formats::read_compressed(bytes, options);
     case Format::seven_zip:
-      return make_error("format.compressed", std::string("a ") + container::format_name(format) +
+      return make_error(Rule::format_compressed, std::string("a ") + container::format_name(format) +
                                                  " container: torch.load cannot read it and modelcdr does not unpack it");
-    default: return make_error("format.unknown", "not a pickle, PyTorch, NumPy or safetensors file");
+    default: return make_error(Rule::format_unknown, "not a pickle, PyTorch, NumPy or safetensors file");
   }
 }
 
@@ -117,12 +118,15 @@ TensorStats tensor_stats(const model::Model& m) {
   return s;
 }
 
-// Findings that mean the file cannot be parsed with certainty: disarm rejects them.
+// Findings that mean the file cannot be parsed with certainty: disarm rejects them. The
+// catalogue's disposition column decides (src/report/rules.def).
 bool is_ambiguity(const Finding& f, const DisarmOptions& o) {
-  if (f.rule.rfind("zip.", 0) == 0) return f.severity >= Severity::high;
-  if (f.rule == "pickle.trailing-data" || f.rule == "torch.trailing-data") return !o.allow_trailing_data;
-  return f.rule == "pickle.second-stream" || f.rule == "pickle.frame-straddle" || f.rule == "pickle.frame-nested" ||
-         f.rule == "pickle.out-of-band-buffer" || f.rule == "pickle.ext-opcode" || f.rule == "torch.entry-outside-prefix";
+  switch (rule_info(f.rule).disposition) {
+    case Disposition::reject: return true;
+    case Disposition::reject_high: return f.severity >= Severity::high;
+    case Disposition::reject_trailing: return !o.allow_trailing_data;
+    default: return false;
+  }
 }
 
 bool counts(const Finding& f) { return f.severity >= Severity::low; }
@@ -164,7 +168,7 @@ Result<Loaded> load(const Source& source, const RunContext& ctx) {
     l.mapped = true;
   }
   if (ctx.limits.max_input_bytes != 0 && l.bytes.size() > ctx.limits.max_input_bytes)
-    return make_error("limits.input-size", "the input is " + std::to_string(l.bytes.size()) +
+    return make_error(Rule::limits_input_size, "the input is " + std::to_string(l.bytes.size()) +
                                                " bytes, more than this engine's limit of " +
                                                std::to_string(ctx.limits.max_input_bytes));
   l.format = container::sniff(l.bytes.subspan(0, std::min<size_t>(l.bytes.size(), 4096)), l.bytes.size());
@@ -173,7 +177,7 @@ Result<Loaded> load(const Source& source, const RunContext& ctx) {
 
 bool cancelled(const std::atomic<bool>* flag) { return flag && flag->load(std::memory_order_relaxed); }
 
-Error cancelled_error() { return make_error("engine.cancelled", "cancelled by the caller; nothing was written"); }
+Error cancelled_error() { return make_error(Rule::engine_cancelled, "cancelled by the caller; nothing was written"); }
 
 // Reports one step; false when the caller asked to stop (callback or flag).
 bool step(const ProgressFn& progress, const std::atomic<bool>* cancel, Stage stage, uint64_t done, uint64_t total) {
@@ -220,6 +224,7 @@ static FileReport scan_file_impl(const Source& source, const ScanOptions& option
     r.status = FileStatus::error;
     r.error = loaded.error();
     r.format = "unknown";
+    r.verdict = file_verdict(r.findings, &*r.error);
     return r;
   }
   r.format = container::format_name(loaded->format);
@@ -233,24 +238,28 @@ static FileReport scan_file_impl(const Source& source, const ScanOptions& option
     // Still say what the broken file would run under CPython (scan_salvage.hpp).
     if (!loaded->changed()) {
       cdr::salvage_zip_members(loaded->bytes, salvage);
-      if (parsed.error().rule == "format.unknown") cdr::salvage_unsniffed_pickle(loaded->bytes, salvage);
+      if (parsed.error().rule == Rule::format_unknown) cdr::salvage_unsniffed_pickle(loaded->bytes, salvage);
     }
     r.findings = std::move(salvage);
+    r.verdict = file_verdict(r.findings, &*r.error);
     return r;
   }
   r.format = container::format_name(parsed->format);
   if (loaded->changed()) {  // what was read may be zeros, not the file: no verdict
     r.status = FileStatus::error;
-    r.error = make_error("io.input-changed", "the input file changed (truncated or resized) while it was being read");
+    r.error = make_error(Rule::io_input_changed, "the input file changed (truncated or resized) while it was being read");
+    r.verdict = file_verdict(r.findings, &*r.error);
     return r;
   }
   r.findings = parsed->findings;
   r.findings.insert(r.findings.end(), parsed->model.findings.begin(), parsed->model.findings.end());
+  cdr::fold_call_removals(r.findings);
   r.tensors = tensor_stats(parsed->model);
   if (!step(options.progress, options.cancel, Stage::read, size, size)) return fail(cancelled_error());
   if (options.inspect) options.inspect(parsed->model, r);
   if (!step(options.progress, options.cancel, Stage::done, size, size)) return fail(cancelled_error());
   r.status = std::any_of(r.findings.begin(), r.findings.end(), counts) ? FileStatus::findings : FileStatus::clean;
+  r.verdict = file_verdict(r.findings);
   return r;
 }
 
@@ -299,10 +308,10 @@ Result<LoadedModelPtr> load_model_impl(const Source& source, const DisarmOptions
   r.findings = m->parsed.findings;
   r.findings.insert(r.findings.end(), m->parsed.model.findings.begin(), m->parsed.model.findings.end());
   r.tensors = tensor_stats(m->parsed.model);
-  if (m->parsed.not_disarmable) return make_error("format.not-disarmable", *m->parsed.not_disarmable);
+  if (m->parsed.not_disarmable) return make_error(Rule::format_not_disarmable, *m->parsed.not_disarmable);
   for (const auto& f : r.findings)
     if (is_ambiguity(f, options))
-      return make_error("cdr.ambiguous-input", "cannot be parsed with certainty: " + f.message + " [" + f.rule + "]",
+      return make_error(Rule::cdr_ambiguous_input, "cannot be parsed with certainty: " + f.message + " [" + std::string(rule_id(f.rule)) + "]",
                         f.offset, f.entry);
   return m;
 }
@@ -321,9 +330,9 @@ void report_torch_types(const model::Model& m, const DisarmOptions& options, Fil
   }
   const char* why = pt ? " (torch 1.13's weights_only loader has no torch.device)" : " (this output format has no such type)";
   if (sizes)
-    add_finding(r.findings, Severity::low, "cdr.converted", std::to_string(sizes) + " torch.Size value(s) written as tuples" + why);
+    add_finding(r.findings, Severity::low, Rule::cdr_converted, std::to_string(sizes) + " torch.Size value(s) written as tuples" + why);
   if (devices)
-    add_finding(r.findings, Severity::low, "cdr.converted", std::to_string(devices) + " torch.device value(s) written as strings" + why);
+    add_finding(r.findings, Severity::low, Rule::cdr_converted, std::to_string(devices) + " torch.device value(s) written as strings" + why);
 }
 
 // numpy fixed-width string arrays have no tensor form: a torch checkpoint holds them as
@@ -336,13 +345,13 @@ void report_string_arrays(const model::Model& m, const DisarmOptions& options, F
         (m.values[v.state].text.rfind("S", 0) == 0 || m.values[v.state].text.rfind("U", 0) == 0))
       ++n;
   if (n)
-    add_finding(r.findings, Severity::low, "cdr.converted",
+    add_finding(r.findings, Severity::low, Rule::cdr_converted,
                 std::to_string(n) + " numpy string array(s) written as lists of str/bytes (a checkpoint has no string tensors)");
 }
 
 Status check_input_unchanged(const LoadedModel& loaded) {
   if (!loaded.input.changed()) return ok_status();
-  return make_error("io.input-changed",
+  return make_error(Rule::io_input_changed,
                     "the input file changed (truncated or resized) while it was being read; nothing was written");
 }
 
@@ -367,7 +376,7 @@ Status emit(const model::Model& model, const DisarmOptions& options, FileReport&
       po.registry = ctx.registry;  // class ids index the registry the reader used
       MCDR_TRY(formats::write_pickle(model, po, out));
       if (!model.file_metadata.empty())
-        add_finding(r.findings, Severity::low, "convert.metadata-dropped",
+        add_finding(r.findings, Severity::low, Rule::convert_metadata_dropped,
                     std::to_string(model.file_metadata.size()) + " file metadata entries not written: a pickle has no place for them");
       break;
     }
@@ -379,7 +388,7 @@ Status emit(const model::Model& model, const DisarmOptions& options, FileReport&
       MCDR_TRY(formats::write_torch_zip(model, wo, out));
       // Content the output lacks is content removed: it counts (exit 1, listed as removed).
       if (!model.file_metadata.empty())
-        add_finding(r.findings, Severity::low, "convert.metadata-dropped",
+        add_finding(r.findings, Severity::low, Rule::convert_metadata_dropped,
                     std::to_string(model.file_metadata.size()) +
                         " file metadata entries not written: a PyTorch checkpoint has no place for them (use --to safetensors)");
       break;
@@ -448,7 +457,7 @@ void drop_for_torch113(model::Model& m, FileReport& r) {
     bool new_dtype = model::dtype_info(t.dtype).storage_class == nullptr;
     if (!quantized && !new_dtype) continue;
     std::string what = quantized ? "quantized tensor" : std::string("tensor of dtype ") + model::dtype_info(t.dtype).name;
-    add_finding(r.findings, Severity::medium, "cdr.compat-dropped",
+    add_finding(r.findings, Severity::medium, Rule::cdr_compat_dropped,
                 what + " removed: torch 1.13's weights_only loader cannot read it (--compat torch1.13)");
     v = model::Value{};
     v.kind = model::ValueKind::dropped;
@@ -500,7 +509,7 @@ static FileReport disarm_file_impl(const Source& source, Sink& sink, const Disar
   // Exit 1 means "written, something minor removed": a file whose main object itself was
   // dropped (a class outside the registry at the top) would be an empty shell, so it is rejected.
   if (m.root != model::kNoValue && m.values[m.root].kind == model::ValueKind::dropped)
-    return reject(make_error("cdr.main-object-dropped",
+    return reject(make_error(Rule::cdr_main_object_dropped,
                              "the file's main object cannot be rebuilt (see the findings): nothing useful would be written"));
   if (auto s = write_model_impl(m, sink, options, r, loaded->get(), ctx); !s.ok()) {
     // A write from a truncated mapping fails in the kernel (EFAULT) or reads short: name the cause.
@@ -520,7 +529,7 @@ static FileReport disarm_file_impl(const Source& source, Sink& sink, const Disar
 // than the worst case they allow: an allocation that fails ends this file (rejected, its
 // temporary output removed as the stack unwinds) instead of the process.
 static Error out_of_memory() {
-  return make_error("resource.out-of-memory", "not enough memory to process this file within its limits");
+  return make_error(Rule::resource_out_of_memory, "not enough memory to process this file within its limits");
 }
 
 FileReport engine::run_scan(const Source& source, const ScanOptions& options, const RunContext& ctx) {
@@ -532,6 +541,7 @@ FileReport engine::run_scan(const Source& source, const ScanOptions& options, co
     r.format = "unknown";
     r.status = FileStatus::error;
     r.error = out_of_memory();
+    r.verdict = Verdict::unknown;
     return r;
   }
 }

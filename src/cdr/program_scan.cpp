@@ -6,9 +6,11 @@
 #include <cstring>
 #include <iterator>
 #include <optional>
+#include <set>
 #include <span>
 #include <vector>
 
+#include "cdr/class_registry.hpp"
 #include "cdr/globals_policy.hpp"
 #include "cdr/lifter.hpp"
 #include "pickle/pickle_machine.hpp"
@@ -23,6 +25,43 @@ using pickle::NodeKind;
 std::string quoted_global(const Node& g) { return "'" + g.text + " " + g.name + "'"; }
 
 bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
+
+// Library classes a mainstream loader needs and modelcdr rebuilds faithfully (the `safe`
+// verdict, docs/RULES.md): torch.nn modules of a whole-model save, numpy arrays and dtypes,
+// joblib's array wrapper, argparse.Namespace and the vetted class registry (docs/REGISTRY.md).
+bool is_safe_library_global(const std::string& module, const std::string& name) {
+  static const std::pair<std::string_view, std::string_view> kSafe[] = {
+      {"numpy.core.multiarray", "_reconstruct"}, {"numpy._core.multiarray", "_reconstruct"},
+      {"numpy.core.multiarray", "scalar"},       {"numpy._core.multiarray", "scalar"},
+      {"numpy", "ndarray"},                      {"numpy", "dtype"},
+      {"joblib.numpy_pickle", "NumpyArrayWrapper"}, {"argparse", "Namespace"},
+      {"types", "SimpleNamespace"},             {"copyreg", "_reconstructor"},
+      {"builtins", "object"},                   {"torch.nn.backends.thnn", "_get_thnn_function_backend"}};
+  for (auto [m, n] : kSafe)
+    if (module == m && name == n) return true;
+  if (starts_with(module, "torch.nn.modules.") && !name.empty() && std::isupper(static_cast<unsigned char>(name[0])))
+    return true;
+  return ClassRegistry::active().find(module, name).has_value();
+}
+
+// CPython's standard library (sys.stdlib_module_names of 3.11, less the data-only modules
+// datetime, decimal, fractions, collections, numbers, enum, _codecs, copyreg, argparse, types,
+// pathlib, and builtins, which globals_policy judges name by name). A standard-library name
+// that is not a known data class is reached only to run code or reach the system (os, io,
+// logging handlers, imaplib, uuid's command helpers, test.support, ...): dangerous.
+bool is_stdlib_module(std::string_view module) {
+  static const std::string_view kStdlib[] = {"_abc", "_aix_support", "_ast", "_asyncio", "_bisect", "_blake2", "_bootsubprocess", "_bz2", "_codecs_cn", "_codecs_hk", "_codecs_iso2022", "_codecs_jp", "_codecs_kr", "_codecs_tw", "_collections", "_collections_abc", "_compat_pickle", "_compression", "_contextvars", "_crypt", "_csv", "_ctypes", "_curses", "_curses_panel", "_datetime", "_dbm", "_decimal", "_elementtree", "_frozen_importlib", "_frozen_importlib_external", "_functools", "_gdbm", "_hashlib", "_heapq", "_imp", "_io", "_json", "_locale", "_lsprof", "_lzma", "_markupbase", "_md5", "_msi", "_multibytecodec", "_multiprocessing", "_opcode", "_operator", "_osx_support", "_overlapped", "_pickle", "_posixshmem", "_posixsubprocess", "_py_abc", "_pydecimal", "_pyio", "_queue", "_random", "_scproxy", "_sha1", "_sha256", "_sha3", "_sha512", "_signal", "_sitebuiltins", "_socket", "_sqlite3", "_sre", "_ssl", "_stat", "_statistics", "_string", "_strptime", "_struct", "_symtable", "_thread", "_threading_local", "_tkinter", "_tokenize", "_tracemalloc", "_typing", "_uuid", "_warnings", "_weakref", "_weakrefset", "_winapi", "_zoneinfo", "abc", "aifc", "array", "ast", "asynchat", "asyncio", "asyncore", "atexit", "audioop", "base64", "bdb", "binascii", "bisect", "bz2", "cProfile", "calendar", "cgi", "cgitb", "chunk", "cmath", "cmd", "code", "codecs", "codeop", "colorsys", "compileall", "concurrent", "configparser", "contextlib", "contextvars", "copy", "crypt", "csv", "ctypes", "curses", "dataclasses", "dbm", "difflib", "dis", "distutils", "doctest", "email", "encodings", "ensurepip", "errno", "faulthandler", "fcntl", "filecmp", "fileinput", "fnmatch", "ftplib", "functools", "gc", "genericpath", "getopt", "getpass", "gettext", "glob", "graphlib", "grp", "gzip", "hashlib", "heapq", "hmac", "html", "http", "idlelib", "imaplib", "imghdr", "imp", "importlib", "inspect", "io", "ipaddress", "itertools", "json", "keyword", "lib2to3", "linecache", "locale", "logging", "lzma", "mailbox", "mailcap", "marshal", "math", "mimetypes", "mmap", "modulefinder", "msilib", "msvcrt", "multiprocessing", "netrc", "nis", "nntplib", "nt", "ntpath", "nturl2path", "opcode", "operator", "optparse", "os", "ossaudiodev", "pdb", "pickle", "pickletools", "pipes", "pkgutil", "platform", "plistlib", "poplib", "posix", "posixpath", "pprint", "profile", "pstats", "pty", "pwd", "py_compile", "pyclbr", "pydoc", "pydoc_data", "pyexpat", "queue", "quopri", "random", "re", "readline", "reprlib", "resource", "rlcompleter", "runpy", "sched", "secrets", "select", "selectors", "shelve", "shlex", "shutil", "signal", "site", "smtpd", "smtplib", "sndhdr", "socket", "socketserver", "spwd", "sqlite3", "sre_compile", "sre_constants", "sre_parse", "ssl", "stat", "statistics", "string", "stringprep", "struct", "subprocess", "sunau", "symtable", "sys", "sysconfig", "syslog", "tabnanny", "tarfile", "telnetlib", "tempfile", "termios", "textwrap", "threading", "time", "timeit", "tkinter", "token", "tokenize", "tomllib", "trace", "traceback", "tracemalloc", "tty", "turtle", "turtledemo", "typing", "unicodedata", "unittest", "urllib", "uu", "uuid", "venv", "warnings", "wave", "weakref", "webbrowser", "winreg", "winsound", "wsgiref", "xdrlib", "xml", "xmlrpc", "zipapp", "zipfile", "zipimport", "zlib", "zoneinfo"};
+  std::string_view top = module.substr(0, module.find('.'));
+  return std::binary_search(std::begin(kStdlib), std::end(kStdlib), top);
+}
+
+// critical for what runs code or reaches the system, low for a safe library class, else high.
+Severity global_severity(const std::string& module, const std::string& name) {
+  Severity s = unknown_global_severity(module, name);
+  if (s == Severity::critical) return s;
+  if (is_safe_library_global(module, name)) return Severity::low;
+  return is_stdlib_module(module) ? Severity::critical : s;
+}
 
 // A value as data, Python-like and bounded (a call's arguments: the command a payload runs).
 void render_value(const pickle::Program& p, pickle::NodeId id, int depth, std::string& out) {
@@ -102,16 +141,27 @@ std::string inst_arguments(const pickle::Program& p, const Node& n) {
   return " with arguments " + args + (n.items.size() == 2 ? ",)" : ")");
 }
 
+// Calling a torch function that torch's own weights_only loader does not allow (and that is
+// not a module class a whole-model save constructs) is reaching into torch internals that run
+// code: compile_file, bottleneck's run_cprofile, hub loaders, ... dangerous.
+Severity call_severity(const std::string& module, const std::string& name) {
+  Severity s = global_severity(module, name);
+  if (s == Severity::high && (module == "torch" || starts_with(module, "torch."))) return Severity::critical;
+  return s;
+}
+
 void check_call_target(const pickle::Program& p, const Node& n, const char* what, const std::string& entry, Findings& out) {
   if (n.items.empty()) return;  // a partial program (cpython_view.cpp) can end inside the opcode
   const Node& callee = p.at(n.items[0]);
   if (callee.kind == NodeKind::Global) {
     if (!is_known_global(callee.text, callee.name))
-      add_finding(out, unknown_global_severity(callee.text, callee.name), "pickle.call",
-                  std::string(what) + " calls " + quoted_global(callee) + call_arguments(p, n), entry, n.offset);
+      add_finding(out, call_severity(callee.text, callee.name), Rule::pickle_call,
+                  std::string(what) + " calls " + quoted_global(callee) + call_arguments(p, n) + " (GLOBAL at offset " +
+                      std::to_string(callee.offset) + ")",
+                  entry, n.offset);
   } else if (callee.kind != NodeKind::PersId) {
-    add_finding(out, Severity::critical, "pickle.call-computed",
-                std::string(what) + " calls a computed callable (not a named global)", entry, n.offset);
+    add_finding(out, Severity::critical, Rule::pickle_call_computed,
+                std::string(what) + " calls a computed callable (not a named global)" + call_arguments(p, n), entry, n.offset);
   }
 }
 
@@ -162,6 +212,15 @@ bool first_op_can_complete(std::string_view d) {
   return d.find('\n') != std::string_view::npos;
 }
 
+// One of the pickle machine's budgets ran out: the candidate parsed that far as a pickle.
+bool hit_pickle_limit(Rule r) {
+  switch (r) {
+    case Rule::pickle_limit_items: case Rule::pickle_limit_memo: case Rule::pickle_limit_memo_index: case Rule::pickle_limit_nodes: case Rule::pickle_limit_ops: case Rule::pickle_limit_stack: case Rule::pickle_limit_text:
+      return true;
+    default: return false;
+  }
+}
+
 bool parses_as_pickle(std::string_view d) {
   if (d.size() < 2 || !can_begin_stream(static_cast<unsigned char>(d[0])) || !first_op_can_complete(d)) return false;
   pickle::DecodeOptions o;
@@ -173,9 +232,9 @@ bool parses_as_pickle(std::string_view d) {
   Findings ignored;
   auto span = std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(d.data()), d.size());
   auto r = pickle::decode(span, o, ignored);
-  if (r.ok() || starts_with(r.error().rule, "pickle.limit-")) return true;
+  if (r.ok() || hit_pickle_limit(r.error().rule)) return true;
   const Error& e = r.error();
-  bool ran_out = e.rule == "pickle.truncated" || e.rule == "pickle.frame-too-long";
+  bool ran_out = e.rule == Rule::pickle_truncated || e.rule == Rule::pickle_frame_too_long;
   bool proto_header = static_cast<unsigned char>(d[0]) == 0x80 && d[1] >= 2 && d[1] <= 5;
   return ran_out && (proto_header || (d.size() >= 8 && e.offset == d.size()));
 }
@@ -306,20 +365,27 @@ bool looks_like_embedded_pickle(std::string_view d) {
 }
 
 
+// One finding per thing: a global that a REDUCE/NEWOBJ calls is reported once, as part of the
+// call's finding (callable, arguments, where the GLOBAL was); only a global that is never
+// called gets a finding of its own.
 void scan_program(const pickle::Program& p, const std::string& entry, Findings& out) {
   const std::vector<bool> storage_keys = storage_key_nodes(p);
+  std::vector<bool> called(p.nodes.size(), false);
+  for (const Node& n : p.nodes)
+    if ((n.kind == NodeKind::Call || n.kind == NodeKind::NewObj) && !n.items.empty() && n.items[0] < called.size())
+      called[n.items[0]] = true;
   for (size_t id = 0; id < p.nodes.size(); ++id) {
     const Node& n = p.nodes[id];
     switch (n.kind) {
       case NodeKind::Global:
-        if (!is_known_global(n.text, n.name))
-          add_finding(out, unknown_global_severity(n.text, n.name), "pickle.global-not-allowed",
+        if (!called[id] && !is_known_global(n.text, n.name))
+          add_finding(out, global_severity(n.text, n.name), Rule::pickle_global_not_allowed,
                       "GLOBAL " + quoted_global(n) + " is not allowed", entry, n.offset);
         break;
       case NodeKind::Call: check_call_target(p, n, "REDUCE", entry, out); break;
       case NodeKind::NewObj: check_call_target(p, n, "NEWOBJ", entry, out); break;
       case NodeKind::Inst:
-        add_finding(out, Severity::critical, "pickle.inst",
+        add_finding(out, Severity::critical, Rule::pickle_inst,
                     "INST/OBJ instantiates " + (n.items.empty() ? std::string("?") : quoted_global(p.at(n.items[0]))) +
                         inst_arguments(p, n),
                     entry, n.offset);
@@ -329,15 +395,31 @@ void scan_program(const pickle::Program& p, const std::string& entry, Findings& 
       case NodeKind::Bytes:
       case NodeKind::ByteArray:
         if (!storage_keys[id] && looks_like_embedded_pickle(n.text))
-          add_finding(out, Severity::high, "pickle.nested-pickle",
+          add_finding(out, Severity::high, Rule::pickle_nested_pickle,
                       "a string/bytes value holds a serialized pickle (" + std::to_string(n.text.size()) + " bytes)", entry,
                       n.offset);
         break;
       default: break;
     }
     if (!n.build_states.empty() && !plain_build_target(p, n) && n.kind != NodeKind::NewObj)
-      add_finding(out, Severity::high, "pickle.build-on-object", "BUILD applies state to a non-plain object", entry, n.offset);
+      add_finding(out, Severity::high, Rule::pickle_build_on_object, "BUILD applies state to a non-plain object", entry, n.offset);
   }
+}
+
+void fold_call_removals(Findings& findings) {
+  std::set<std::pair<std::string, uint64_t>> calls;
+  for (const Finding& f : findings)
+    if (f.rule == Rule::pickle_call || f.rule == Rule::pickle_call_computed) calls.insert({f.entry, f.offset});
+  if (calls.empty()) return;
+  std::set<std::pair<std::string, uint64_t>> removed;
+  std::erase_if(findings, [&](const Finding& f) {
+    bool fold = f.rule == Rule::cdr_dropped && calls.count({f.entry, f.offset});
+    if (fold) removed.insert({f.entry, f.offset});
+    return fold;
+  });
+  for (Finding& f : findings)
+    if ((f.rule == Rule::pickle_call || f.rule == Rule::pickle_call_computed) && removed.count({f.entry, f.offset}))
+      f.message += "; removed by disarm";
 }
 
 }  // namespace modelcdr::cdr

@@ -36,7 +36,7 @@ void salvage_zip_members(std::span<const uint8_t> file, Findings& findings) {
     bool any = std::any_of(mine.begin(), mine.end(), [](const Finding& f) { return f.severity >= Severity::medium; });
     if (!any) continue;
     members.insert(members.end(), mine.begin(), mine.end());
-    add_finding(members, Severity::high, "zip.member-pickle",
+    add_finding(members, Severity::high, Rule::zip_member_pickle,
                 "zip member '" + e.name + "' is a pickle" + (program.ok() ? "" : " (broken)") +
                     " outside a checkpoint layout torch.load accepts; a loader that unpickles the member runs what is listed",
                 e.name, 0);
@@ -55,7 +55,7 @@ void salvage_unsniffed_pickle(std::span<const uint8_t> file, Findings& findings)
   if (!std::any_of(mine.begin(), mine.end(), [](const Finding& f) { return f.severity >= Severity::medium; })) return;
   findings.insert(findings.end(), mine.begin(), mine.end());
   if (program.ok())
-    add_finding(findings, Severity::high, "pickle.cpython-view",
+    add_finding(findings, Severity::high, Rule::pickle_cpython_view,
                 "the file does not begin as modelcdr's sniffing expects a pickle to, but CPython's unpickler reads it "
                 "to STOP at offset " + std::to_string(program->stop_offset) + ": the imports and calls listed run",
                 "", 0);

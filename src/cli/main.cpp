@@ -30,8 +30,23 @@ using namespace modelcdr;
 
 namespace {
 
+// --fail-on: exit 1 when a file's verdict is at least this bad ("any": any finding of severity
+// low or above, the exit rule before verdicts); 2 when a file could not be read; else 0.
+int scan_exit_code(const std::vector<FileReport>& reports, const std::string& fail_on) {
+  auto fails = [&](const FileReport& r) {
+    if (fail_on == "any") return r.status == FileStatus::findings;
+    return r.verdict >= verdict_from_name(fail_on).value_or(Verdict::unknown);
+  };
+  int rc = 0;
+  for (const auto& r : reports) {
+    if (r.status == FileStatus::error) rc = 2;
+    else if (fails(r) && rc == 0) rc = 1;
+  }
+  return rc;
+}
+
 int scan_main(const Engine& engine, const std::vector<std::string>& paths, const std::vector<std::string>& excludes, bool as_json, bool as_sarif,
-              bool stego, double stego_threshold) {
+              bool stego, double stego_threshold, const std::string& fail_on, bool verbose) {
   const auto started = std::chrono::steady_clock::now();
   engine::ScanWalkOptions walk;
   walk.excludes = excludes;
@@ -50,19 +65,15 @@ int scan_main(const Engine& engine, const std::vector<std::string>& paths, const
   std::vector<FileReport> reports = engine::scan_paths(paths, walk);
   if (walk.progress) std::cerr << "\r\033[K" << std::flush;
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  int rc = 0;
-  for (const auto& r : reports) {
-    if (r.status == FileStatus::error) rc = 2;
-    else if (r.status == FileStatus::findings && rc == 0) rc = 1;
-  }
+  int rc = scan_exit_code(reports, fail_on);
   if (as_json) {
     std::cout << report::scan_json(reports);
   } else if (as_sarif) {
-    std::cout << report::sarif(reports);
+    std::cout << report::sarif(reports, verbose);
   } else {
     for (const auto& r : reports) {
       std::cout << report::printable(r.input) << ": " << r.format << ", " << r.tensors.count << " tensors (" << r.tensors.total_bytes
-                << " bytes), " << status_name(r.status) << "\n";
+                << " bytes), " << status_name(r.status) << ", verdict " << verdict_name(r.verdict) << "\n";
       if (r.error) std::cout << "  " << report::error_line(r.input, *r.error) << "\n";
       for (const auto& f : r.findings) std::cout << "  " << report::text_line(r.input, f) << "\n";
     }
@@ -92,7 +103,7 @@ void print_outcome(const FileReport& r, bool quiet) {
   if (quiet) return;
   for (const auto& f : r.removed) std::cerr << "modelcdr: removed " << report::text_line(r.input, f) << "\n";
   for (const auto& f : r.findings)
-    if (f.rule == "stego.lsb-randomized") std::cerr << "modelcdr: " << report::printable(r.input) << ": " << report::printable(f.message) << "\n";
+    if (f.rule == Rule::stego_lsb_randomized) std::cerr << "modelcdr: " << report::printable(r.input) << ": " << report::printable(f.message) << "\n";
 }
 
 // Checks that a single-file output can be written before any work is done: a usable
@@ -156,7 +167,7 @@ int disarm_folder(const Engine& engine, const std::string& in, const std::string
   batch.progress = progress_bar(!quiet && ::isatty(2));
   auto r = engine.disarm_tree(in, out, batch);
   if (!r.ok()) {
-    std::cerr << "modelcdr: " << report::printable(r.error().message) << " [" << r.error().rule << "]\n";
+    std::cerr << "modelcdr: " << report::printable(r.error().message) << " [" << rule_id(r.error().rule) << "]\n";
     return 2;
   }
   reports = std::move(*r);
@@ -273,6 +284,11 @@ static int run_cli(int argc, char** argv) {
   auto* json_flag = scan->add_flag("--json", as_json, "print one JSON document (schema modelcdr.scan/1)");
   scan->add_flag("--sarif", as_sarif, "print SARIF 2.1.0")->excludes(json_flag);
   scan->add_flag("--stego", stego, "also test float tensors for payloads hidden in low mantissa bits");
+  std::string fail_on = "unknown";
+  scan->add_option("--fail-on", fail_on, "exit 1 when a file's verdict is at least: dangerous, unknown (default) or any (any finding)")
+      ->check(CLI::IsMember({"dangerous", "unknown", "any"}));
+  bool scan_verbose = false;
+  scan->add_flag("--verbose", scan_verbose, "SARIF: also list info findings");
   double stego_threshold = stego::StegoOptions{}.threshold;
   scan->add_option("--stego-threshold", stego_threshold, "suspicion score for a --stego finding (default 6)")
       ->check(CLI::Range(0.0, 300.0));
@@ -330,7 +346,8 @@ static int run_cli(int argc, char** argv) {
     std::cerr << "modelcdr: --policy: " << report::printable(engine.error().message) << "\n";
     return 2;
   }
-  if (*scan) return scan_main(*engine, scan_paths, scan_excludes, as_json, as_sarif, stego, stego_threshold);
+  if (*scan)
+    return scan_main(*engine, scan_paths, scan_excludes, as_json, as_sarif, stego, stego_threshold, fail_on, scan_verbose);
   if (*disarm) {
     options.compat = compat == "torch1.13" ? CompatTarget::torch1_13 : CompatTarget::torch2;
     const bool folder = fs::is_directory(in);

@@ -73,7 +73,7 @@ Result<std::string> read_passphrase(const std::string& path) {
   MCDR_ASSIGN(std::string s, mtd::read_small_file(path, 64 << 10));
   auto nl = s.find_first_of("\r\n");
   if (nl != std::string::npos) s.resize(nl);
-  if (s.empty()) return make_error("key.passphrase", path + ": empty passphrase");
+  if (s.empty()) return make_error(Rule::key_passphrase, path + ": empty passphrase");
   return s;
 }
 
@@ -362,11 +362,11 @@ Result<std::vector<std::string>> read_trust_file(const std::string& path) {
     line.resize(std::min(line.size(), line.find_first_of(" \t")));  // "FP  NAME.pub", as keygen prints
     for (auto& c : line) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     if (line.size() != 32 || line.find_first_not_of("0123456789abcdef") != std::string::npos)
-      return make_error("trust.format", path + ":" + std::to_string(line_no) +
+      return make_error(Rule::trust_format, path + ":" + std::to_string(line_no) +
                                             ": not a signer fingerprint (32 hex digits, as `modelcdr keygen` prints)");
     out.push_back(line);
   }
-  if (out.empty()) return make_error("trust.format", path + ": no fingerprints");
+  if (out.empty()) return make_error(Rule::trust_format, path + ": no fingerprints");
   return out;
 }
 
@@ -446,7 +446,7 @@ int verify_main(const MtdArgs& a) {
 Result<std::string> read_map_file(const std::string& path) {
   auto sealed = mtd::read_small_file(path, mtd::kMaxMapBytes);
   if (!sealed.ok()) return sealed.error();
-  if (!mtd::looks_like_map(*sealed)) return make_error("map.format", path + " is not a modelcdr map");
+  if (!mtd::looks_like_map(*sealed)) return make_error(Rule::map_format, path + " is not a modelcdr map");
   return sealed;
 }
 
@@ -511,7 +511,7 @@ Result<std::string> recipient_fingerprint_of(const std::string& arg) {
   if (lower.size() == 32 && lower.find_first_not_of("0123456789abcdef") == std::string::npos && !io::path_exists(arg))
     return lower;
   MCDR_ASSIGN(auto k, mtd::read_key_file(arg));
-  if (!k.has_x25519) return make_error("key.no-x25519", arg + ": no x25519-public key");
+  if (!k.has_x25519) return make_error(Rule::key_no_x25519, arg + ": no x25519-public key");
   return mtd::fingerprint(k.x25519_public.data(), 32);
 }
 
@@ -545,7 +545,7 @@ int map_change_main(const MtdArgs& a, bool add) {
   if (!out.ok()) {
     std::cerr << "modelcdr: " << cmd << ": " << printable(a.map) << ": " << printable(out.error().describe()) << "\n";
     const auto& rule = out.error().rule;
-    return rule == "map.corrupt" || rule == "map.signature" || rule == "map.untrusted" ? 3 : 2;
+    return rule == Rule::map_corrupt || rule == Rule::map_signature || rule == Rule::map_untrusted ? 3 : 2;
   }
   // The map is replaced only as asked (-o writes elsewhere), atomically: never half a map.
   const std::string dest = a.output.empty() ? a.map : a.output;

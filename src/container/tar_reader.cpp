@@ -28,7 +28,7 @@ std::string_view field(Bytes header, size_t off, size_t len) {
 // Number field: octal text (NUL-terminated, blank-padded) or GNU base-256 (leading 0x80).
 Result<uint64_t> number(Bytes header, size_t off, size_t len, const char* what, uint64_t where) {
   auto bad = [&](const std::string& why) {
-    return make_error("tar.bad-number", std::string(what) + " field " + why, where + off);
+    return make_error(Rule::tar_bad_number, std::string(what) + " field " + why, where + off);
   };
   uint8_t lead = header[off];
   if (lead == 0x80) {
@@ -95,25 +95,25 @@ Result<PaxValues> parse_pax(Bytes data, uint64_t where, const TarLimits& limits)
     size_t digits = 0;
     while (true) {
       auto ch = c.u8();
-      if (!ch) return make_error("tar.bad-pax", "PAX record length not terminated", c.abs_pos());
+      if (!ch) return make_error(Rule::tar_bad_pax, "PAX record length not terminated", c.abs_pos());
       if (*ch == ' ') break;
       if (*ch < '0' || *ch > '9' || ++digits > 18)
-        return make_error("tar.bad-pax", "PAX record length is not a decimal number", c.abs_pos());
+        return make_error(Rule::tar_bad_pax, "PAX record length is not a decimal number", c.abs_pos());
       len = len * 10 + static_cast<uint64_t>(*ch - '0');
     }
     const size_t header_len = c.pos() - record_start;
     if (digits == 0 || len < 5 || len <= header_len || len - header_len > c.remaining())
-      return make_error("tar.bad-pax", "PAX record length " + std::to_string(len) + " is invalid", c.abs_pos());
+      return make_error(Rule::tar_bad_pax, "PAX record length " + std::to_string(len) + " is invalid", c.abs_pos());
     MCDR_ASSIGN(std::string_view body, c.take_view(len - header_len));
-    if (body.back() != '\n') return make_error("tar.bad-pax", "PAX record not terminated by a newline", c.abs_pos());
+    if (body.back() != '\n') return make_error(Rule::tar_bad_pax, "PAX record not terminated by a newline", c.abs_pos());
     body.remove_suffix(1);
     size_t eq = body.find('=');
     if (eq == std::string_view::npos || eq == 0)
-      return make_error("tar.bad-pax", "PAX record without keyword=value", c.abs_pos());
+      return make_error(Rule::tar_bad_pax, "PAX record without keyword=value", c.abs_pos());
     std::string_view key = body.substr(0, eq), value = body.substr(eq + 1);
     if (key == "path") {
       if (value.size() > limits.max_name_bytes)
-        return make_error("tar.bad-pax", "PAX path longer than " + std::to_string(limits.max_name_bytes), c.abs_pos());
+        return make_error(Rule::tar_bad_pax, "PAX path longer than " + std::to_string(limits.max_name_bytes), c.abs_pos());
       std::string p(value);
       while (!p.empty() && p.back() == '/') p.pop_back();  // tarfile strips it too
       v.path = std::move(p);
@@ -121,7 +121,7 @@ Result<PaxValues> parse_pax(Bytes data, uint64_t where, const TarLimits& limits)
       uint64_t n = 0;
       if (value.empty() || value.size() > 18 ||
           !std::all_of(value.begin(), value.end(), [](char ch) { return ch >= '0' && ch <= '9'; }))
-        return make_error("tar.bad-pax", "PAX size is not a decimal number", c.abs_pos());
+        return make_error(Rule::tar_bad_pax, "PAX size is not a decimal number", c.abs_pos());
       for (char ch : value) n = n * 10 + static_cast<uint64_t>(ch - '0');
       v.size = n;
     } else if (key.starts_with("GNU.sparse.")) {
@@ -143,22 +143,22 @@ Result<TarArchive> read_tar(std::span<const uint8_t> file, Findings& findings, c
 
   while (true) {
     if (c.at_end()) {
-      if (pending) return make_error("tar.truncated", "PAX header without a following member", pending_at);
-      if (first) return make_error("tar.truncated", "empty tar file", 0);
+      if (pending) return make_error(Rule::tar_truncated, "PAX header without a following member", pending_at);
+      if (first) return make_error(Rule::tar_truncated, "empty tar file", 0);
       break;  // tarfile accepts an archive that simply ends after its last member
     }
     const uint64_t header_pos = c.pos();
     if (c.remaining() < kBlock)
-      return make_error("tar.truncated", "partial tar header (" + std::to_string(c.remaining()) + " bytes)",
+      return make_error(Rule::tar_truncated, "partial tar header (" + std::to_string(c.remaining()) + " bytes)",
                         header_pos);
     MCDR_ASSIGN(Bytes h, c.take(kBlock));
     if (all_zero(h)) {
       // End of archive (tarfile stops at the first zero block). What follows should be zeros.
-      if (pending) return make_error("tar.truncated", "PAX header without a following member", pending_at);
-      if (first) return make_error("tar.truncated", "tar file starts with an end-of-archive block", 0);
+      if (pending) return make_error(Rule::tar_truncated, "PAX header without a following member", pending_at);
+      if (first) return make_error(Rule::tar_truncated, "tar file starts with an end-of-archive block", 0);
       MCDR_ASSIGN(Bytes rest, c.take(c.remaining()));
       if (!all_zero(rest))
-        add_finding(findings, Severity::medium, "tar.trailing-bytes",
+        add_finding(findings, Severity::medium, Rule::tar_trailing_bytes,
                     std::to_string(rest.size()) + " bytes after the end-of-archive block are not zero", {},
                     header_pos + kBlock);
       break;
@@ -174,10 +174,10 @@ Result<TarArchive> read_tar(std::span<const uint8_t> file, Findings& findings, c
       signed_sum += static_cast<int8_t>(b);
     }
     if (static_cast<int64_t>(stored_sum) != unsigned_sum && static_cast<int64_t>(stored_sum) != signed_sum)
-      return make_error("tar.bad-checksum", "tar header checksum mismatch", header_pos + 148);
+      return make_error(Rule::tar_bad_checksum, "tar header checksum mismatch", header_pos + 148);
     std::string_view magic = field(h, 257, 6);
     if (magic != "ustar")
-      return make_error("tar.bad-magic", "not a ustar/PAX header (pre-POSIX tar is not accepted)", header_pos + 257);
+      return make_error(Rule::tar_bad_magic, "not a ustar/PAX header (pre-POSIX tar is not accepted)", header_pos + 257);
     // Every number field: tarfile stops reading at the first bad one, so the rest would be unseen.
     MCDR_TRY(number(h, 100, 8, "mode", header_pos));
     MCDR_TRY(number(h, 108, 8, "uid", header_pos));
@@ -193,20 +193,20 @@ Result<TarArchive> read_tar(std::span<const uint8_t> file, Findings& findings, c
     if (type == '\0' && !name.empty() && name.back() == '/') type = '5';  // V7 directory convention
 
     if (type == 'x' || type == 'X' || type == 'g') {
-      if (pending) return make_error("tar.bad-pax", "two PAX headers in a row", header_pos);
+      if (pending) return make_error(Rule::tar_bad_pax, "two PAX headers in a row", header_pos);
       if (size > limits.max_pax_bytes)
-        return make_error("tar.bad-pax", "PAX header of " + std::to_string(size) + " bytes exceeds the limit",
+        return make_error(Rule::tar_bad_pax, "PAX header of " + std::to_string(size) + " bytes exceeds the limit",
                           header_pos + 124);
       auto data = c.take(size);
-      if (!data) return make_error("tar.truncated", "PAX header data runs past the end of the file", header_pos);
+      if (!data) return make_error(Rule::tar_truncated, "PAX header data runs past the end of the file", header_pos);
       MCDR_TRY(c.skip(std::min<uint64_t>((kBlock - size % kBlock) % kBlock, c.remaining())));
       MCDR_ASSIGN(PaxValues pax, parse_pax(*data, header_pos + kBlock, limits));
-      if (pax.sparse) return make_error("tar.bad-member", "GNU sparse members are not supported", header_pos);
+      if (pax.sparse) return make_error(Rule::tar_bad_member, "GNU sparse members are not supported", header_pos);
       if (type == 'g') {
         if (pax.path || pax.size)
-          return make_error("tar.bad-pax", "global PAX header overrides path or size of every later member",
+          return make_error(Rule::tar_bad_pax, "global PAX header overrides path or size of every later member",
                             header_pos);
-        add_finding(findings, Severity::medium, "tar.pax-global", "global PAX header (ignored)", {}, header_pos);
+        add_finding(findings, Severity::medium, Rule::tar_pax_global, "global PAX header (ignored)", {}, header_pos);
         continue;
       }
       pending = std::move(pax);
@@ -214,7 +214,7 @@ Result<TarArchive> read_tar(std::span<const uint8_t> file, Findings& findings, c
       continue;
     }
     if (type == 'L' || type == 'K' || type == 'S')
-      return make_error("tar.bad-member", std::string("GNU member type '") + type + "' is not supported", header_pos);
+      return make_error(Rule::tar_bad_member, std::string("GNU member type '") + type + "' is not supported", header_pos);
 
     if (type == '5') {
       while (!name.empty() && name.back() == '/') name.pop_back();
@@ -226,7 +226,7 @@ Result<TarArchive> read_tar(std::span<const uint8_t> file, Findings& findings, c
       pending.reset();
     }
     if (name.size() > limits.max_name_bytes)
-      return make_error("tar.bad-member", "member name longer than " + std::to_string(limits.max_name_bytes),
+      return make_error(Rule::tar_bad_member, "member name longer than " + std::to_string(limits.max_name_bytes),
                         header_pos);
 
     const bool regular = type == '0' || type == '\0' || type == '7';
@@ -234,14 +234,14 @@ Result<TarArchive> read_tar(std::span<const uint8_t> file, Findings& findings, c
     // tarfile skips data only for regular and unknown types; a special member with a size
     // would have its "data" parsed as the next header there.
     if (known_special && size != 0)
-      return make_error("tar.bad-member",
+      return make_error(Rule::tar_bad_member,
                         "member of type '" + std::string(1, type) + "' declares " + std::to_string(size) +
                             " data bytes",
                         header_pos + 124);
     const uint64_t data_offset = c.pos();
     if (regular || !known_special) {
       if (size > c.remaining())
-        return make_error("tar.truncated",
+        return make_error(Rule::tar_truncated,
                           "member data (" + std::to_string(size) + " bytes) runs past the end of the file", header_pos,
                           name);
       MCDR_TRY(c.skip(size));
@@ -249,18 +249,18 @@ Result<TarArchive> read_tar(std::span<const uint8_t> file, Findings& findings, c
     }
 
     if (auto why = unsafe_reason(name); !why.empty())
-      add_finding(findings, Severity::high, "tar.unsafe-name", why + ": '" + name + "'", name, header_pos);
+      add_finding(findings, Severity::high, Rule::tar_unsafe_name, why + ": '" + name + "'", name, header_pos);
     if (!names.insert(name).second)
-      add_finding(findings, Severity::high, "tar.duplicate-name", "duplicate member name '" + name + "'", name,
+      add_finding(findings, Severity::high, Rule::tar_duplicate_name, "duplicate member name '" + name + "'", name,
                   header_pos);
     if (!regular && type != '5') {
-      add_finding(findings, Severity::high, "tar.non-regular",
+      add_finding(findings, Severity::high, Rule::tar_non_regular,
                   "member type '" + std::string(1, type) + "' (link, device, fifo or unknown) is not allowed", name,
                   header_pos);
       continue;
     }
     if (archive.members.size() >= limits.max_members)
-      return make_error("tar.too-many-members", "more than " + std::to_string(limits.max_members) + " members",
+      return make_error(Rule::tar_too_many_members, "more than " + std::to_string(limits.max_members) + " members",
                         header_pos);
     archive.members.push_back(TarMember{std::move(name), data_offset, regular ? size : 0, regular ? '0' : '5'});
   }
@@ -270,7 +270,7 @@ Result<TarArchive> read_tar(std::span<const uint8_t> file, Findings& findings, c
 Result<std::span<const uint8_t>> tar_member_bytes(std::span<const uint8_t> file, const TarMember& member) {
   ByteCursor c(file);
   if (member.data_offset > file.size())
-    return make_error("tar.truncated", "member offset beyond the end of the file", member.data_offset, member.name);
+    return make_error(Rule::tar_truncated, "member offset beyond the end of the file", member.data_offset, member.name);
   MCDR_TRY(c.seek(static_cast<size_t>(member.data_offset)));
   return c.take(member.size);
 }

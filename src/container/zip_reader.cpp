@@ -63,7 +63,7 @@ std::string total_message(uint64_t file_size, const ZipLimits& limits) {
 
 Result<ByteCursor> cursor_at(Bytes file, uint64_t offset, const std::string& what) {
   if (offset > file.size())
-    return make_error("zip.out-of-bounds", what + " offset " + std::to_string(offset) + " is beyond the end of the file (" +
+    return make_error(Rule::zip_out_of_bounds, what + " offset " + std::to_string(offset) + " is beyond the end of the file (" +
                                                std::to_string(file.size()) + " bytes)",
                       offset);
   ByteCursor c(file);
@@ -109,7 +109,7 @@ struct DecompressorDeleter {
 Status inflate_exact(Bytes compressed, uint64_t expected, std::vector<uint8_t>& scratch, const ZipLimits& limits,
                      const std::string& name, uint64_t offset) {
   if (expected > limits.max_inflated_bytes)
-    return make_error("zip.inflate-limit",
+    return make_error(Rule::zip_inflate_limit,
                       "deflated entry declares " + std::to_string(expected) + " bytes, above the limit of " +
                           std::to_string(limits.max_inflated_bytes),
                       offset, name);
@@ -117,16 +117,16 @@ Status inflate_exact(Bytes compressed, uint64_t expected, std::vector<uint8_t>& 
     uint64_t allowed = 0;
     if (!__builtin_mul_overflow(static_cast<uint64_t>(compressed.size()), limits.max_inflate_ratio, &allowed) &&
         expected > allowed)
-      return make_error("zip.inflate-limit",
+      return make_error(Rule::zip_inflate_limit,
                         "deflated entry expands " + std::to_string(compressed.size()) + " bytes to " +
                             std::to_string(expected) + ", above the ratio limit of " +
                             std::to_string(limits.max_inflate_ratio),
                         offset, name);
   }
-  if (expected > SIZE_MAX - 1) return make_error("zip.inflate-limit", "entry too large for this platform", offset, name);
+  if (expected > SIZE_MAX - 1) return make_error(Rule::zip_inflate_limit, "entry too large for this platform", offset, name);
   scratch.resize(static_cast<size_t>(expected));
   std::unique_ptr<libdeflate_decompressor, DecompressorDeleter> d(libdeflate_alloc_decompressor());
-  if (!d) return make_error("zip.inflate", "cannot allocate a deflate decompressor", offset, name);
+  if (!d) return make_error(Rule::zip_inflate, "cannot allocate a deflate decompressor", offset, name);
   uint8_t dummy_in = 0, dummy_out = 0;
   const void* in = compressed.empty() ? &dummy_in : compressed.data();
   void* out = scratch.empty() ? &dummy_out : scratch.data();
@@ -136,18 +136,18 @@ Status inflate_exact(Bytes compressed, uint64_t expected, std::vector<uint8_t>& 
   switch (r) {
     case LIBDEFLATE_SUCCESS: break;
     case LIBDEFLATE_SHORT_OUTPUT:
-      return make_error("zip.size-mismatch",
+      return make_error(Rule::zip_size_mismatch,
                         "deflate stream ends before the " + std::to_string(expected) + " bytes the directory declares",
                         offset, name);
     case LIBDEFLATE_INSUFFICIENT_SPACE:
-      return make_error("zip.size-mismatch",
+      return make_error(Rule::zip_size_mismatch,
                         "deflate stream inflates beyond the " + std::to_string(expected) +
                             " bytes the directory declares",
                         offset, name);
-    default: return make_error("zip.bad-deflate", "corrupt deflate stream", offset, name);
+    default: return make_error(Rule::zip_bad_deflate, "corrupt deflate stream", offset, name);
   }
   if (consumed != compressed.size())
-    return make_error("zip.bad-deflate",
+    return make_error(Rule::zip_bad_deflate,
                       "deflate stream ends after " + std::to_string(consumed) + " of " +
                           std::to_string(compressed.size()) + " compressed bytes (hidden trailing data)",
                       offset, name);
@@ -189,7 +189,7 @@ Result<Zip64Fields> apply_zip64(Bytes data, Zip64Fields classic, bool want_offse
     if (field != sentinel) return ok_status();
     auto v = reader();
     if (!v)
-      return make_error("zip.zip64-inconsistent", "zip64 extra field is too short for the fields marked 0xFFFFFFFF",
+      return make_error(Rule::zip_zip64_inconsistent, "zip64 extra field is too short for the fields marked 0xFFFFFFFF",
                         where, name);
     field = *v;
     return ok_status();
@@ -214,7 +214,7 @@ struct EndRecords {
 Result<EndRecords> read_end_records(Bytes file, Findings& findings) {
   const uint64_t size = file.size();
   if (size < kEocdSize)
-    return make_error("zip.no-eocd", "file is too small to hold an end-of-central-directory record", 0);
+    return make_error(Rule::zip_no_eocd, "file is too small to hold an end-of-central-directory record", 0);
   const uint64_t last = size - kEocdSize;
   const uint64_t lowest = last > kMaxComment ? last - kMaxComment : 0;
   std::optional<uint64_t> found;
@@ -234,7 +234,7 @@ Result<EndRecords> read_end_records(Bytes file, Findings& findings) {
     misfit_pos = p;
   }
   if (!found)
-    return make_error("zip.no-eocd", "no end-of-central-directory record in the last 65557 bytes", size);
+    return make_error(Rule::zip_no_eocd, "no end-of-central-directory record in the last 65557 bytes", size);
 
   EndRecords er;
   er.eocd_pos = *found;
@@ -249,17 +249,17 @@ Result<EndRecords> read_end_records(Bytes file, Findings& findings) {
   er.eocd_end = er.eocd_pos + kEocdSize + comment_len;
 
   if (misfits)
-    add_finding(findings, Severity::high, "zip.ambiguous-eocd",
+    add_finding(findings, Severity::high, Rule::zip_ambiguous_eocd,
                 std::to_string(misfits) +
                     " further end-of-central-directory signature(s) after the one used; other readers may pick them",
                 {}, misfit_pos);
   if (disk != 0 || cd_disk != 0 || entries_disk != entries_total)
-    return make_error("zip.multi-disk", "multi-disk (spanned) archives are not supported", er.eocd_pos);
+    return make_error(Rule::zip_multi_disk, "multi-disk (spanned) archives are not supported", er.eocd_pos);
   if (comment_len)
-    add_finding(findings, Severity::low, "zip.comment",
+    add_finding(findings, Severity::low, Rule::zip_comment,
                 "archive comment of " + std::to_string(comment_len) + " bytes", {}, er.eocd_pos + kEocdSize);
   if (er.eocd_end < size)
-    add_finding(findings, Severity::medium, "zip.trailing-bytes",
+    add_finding(findings, Severity::medium, Rule::zip_trailing_bytes,
                 std::to_string(size - er.eocd_end) + " bytes after the end-of-central-directory record", {},
                 er.eocd_end);
 
@@ -272,7 +272,7 @@ Result<EndRecords> read_end_records(Bytes file, Findings& findings) {
   MCDR_ASSIGN(uint32_t loc_sig, u32_at(file, loc_pos));
   if (loc_sig != kZip64LocatorSig) {
     if (entries_total == 0xFFFF || cd_size == 0xFFFFFFFF || cd_offset == 0xFFFFFFFF)
-      add_finding(findings, Severity::medium, "zip.zip64-inconsistent",
+      add_finding(findings, Severity::medium, Rule::zip_zip64_inconsistent,
                   "end record holds 0xFFFF/0xFFFFFFFF values but there is no zip64 locator", {}, er.eocd_pos);
     return er;
   }
@@ -281,15 +281,15 @@ Result<EndRecords> read_end_records(Bytes file, Findings& findings) {
   MCDR_ASSIGN(uint64_t z64_pos, c.u64le());
   MCDR_ASSIGN(uint32_t total_disks, c.u32le());
   if (z64_disk != 0 || total_disks > 1)
-    return make_error("zip.multi-disk", "zip64 locator describes a multi-disk archive", loc_pos);
+    return make_error(Rule::zip_multi_disk, "zip64 locator describes a multi-disk archive", loc_pos);
   uint64_t z64_fixed_end = 0;
   if (!checked_add(z64_pos, kZip64EocdFixed, z64_fixed_end) || z64_fixed_end > loc_pos)
-    return make_error("zip.zip64-inconsistent", "zip64 locator points outside the archive (" + std::to_string(z64_pos) + ")",
+    return make_error(Rule::zip_zip64_inconsistent, "zip64 locator points outside the archive (" + std::to_string(z64_pos) + ")",
                       loc_pos);
   MCDR_TRY(c.seek(static_cast<size_t>(z64_pos)));
   MCDR_ASSIGN(uint32_t z64_sig, c.u32le());
   if (z64_sig != kZip64EocdSig)
-    return make_error("zip.zip64-inconsistent", "zip64 locator does not point at a zip64 end record", z64_pos);
+    return make_error(Rule::zip_zip64_inconsistent, "zip64 locator does not point at a zip64 end record", z64_pos);
   MCDR_ASSIGN(uint64_t rec_size, c.u64le());
   MCDR_TRY(c.skip(4));  // version made by, version needed
   MCDR_ASSIGN(uint32_t z_disk, c.u32le());
@@ -299,20 +299,20 @@ Result<EndRecords> read_end_records(Bytes file, Findings& findings) {
   MCDR_ASSIGN(uint64_t z_cd_size, c.u64le());
   MCDR_ASSIGN(uint64_t z_cd_offset, c.u64le());
   if (z_disk != 0 || z_cd_disk != 0 || z_entries_disk != z_entries)
-    return make_error("zip.multi-disk", "zip64 end record describes a multi-disk archive", z64_pos);
+    return make_error(Rule::zip_multi_disk, "zip64 end record describes a multi-disk archive", z64_pos);
   uint64_t z64_end = 0;
   if (rec_size < kZip64EocdBody || !checked_add(z64_pos, 12, z64_end) || !checked_add(z64_end, rec_size, z64_end) ||
       z64_end > loc_pos)
-    return make_error("zip.zip64-inconsistent", "zip64 end record size " + std::to_string(rec_size) + " is invalid",
+    return make_error(Rule::zip_zip64_inconsistent, "zip64 end record size " + std::to_string(rec_size) + " is invalid",
                       z64_pos);
   // Python's zipfile does not follow the locator: it expects a 56-byte record right before it
   // and derives all offsets from that position. Anything else means the two readers diverge.
   if (rec_size != kZip64EocdBody || z64_end != loc_pos)
-    add_finding(findings, Severity::high, "zip.zip64-inconsistent",
+    add_finding(findings, Severity::high, Rule::zip_zip64_inconsistent,
                 "zip64 end record is not a 56-byte record immediately before the locator", {}, z64_pos);
   auto mismatch = [&](const char* what, uint64_t classic, uint64_t sentinel, uint64_t z64) {
     if (classic != sentinel && classic != z64)
-      add_finding(findings, Severity::high, "zip.zip64-inconsistent",
+      add_finding(findings, Severity::high, Rule::zip_zip64_inconsistent,
                   std::string("classic end record ") + what + " " + std::to_string(classic) +
                       " disagrees with zip64 value " + std::to_string(z64),
                   {}, er.eocd_pos);
@@ -400,7 +400,7 @@ Status check_entry_crc(std::span<const uint8_t> file, const ZipEntry& e, Finding
       add_finding(findings, Severity::high, s.error().rule, s.error().message, e.name, e.local_header_offset);
   }
   if (actual && *actual != e.crc32)
-    add_finding(findings, Severity::high, "zip.bad-crc",
+    add_finding(findings, Severity::high, Rule::zip_bad_crc,
                 "CRC-32 " + hex(*actual) + " does not match the directory's " + hex(e.crc32), e.name,
                 e.local_header_offset);
   return ok_status();
@@ -413,7 +413,7 @@ Status check_entry_crc(const ZipArchive& zip, std::span<const uint8_t> file, con
       // Stop inflating once the file's budget is spent; the finding rejects it on disarm.
       zip.inflate_left = 0;
       if (!zip.inflate_reported)
-        add_finding(findings, Severity::high, "zip.inflate-total", total_message(file.size(), limits), e.name,
+        add_finding(findings, Severity::high, Rule::zip_inflate_total, total_message(file.size(), limits), e.name,
                     e.local_header_offset);
       zip.inflate_reported = true;
       return ok_status();
@@ -430,23 +430,23 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
 
   uint64_t cd_end = 0;
   if (!checked_add(er.cd_offset, er.cd_size, cd_end) || cd_end > end_records_start)
-    return make_error("zip.cd-out-of-bounds",
+    return make_error(Rule::zip_cd_out_of_bounds,
                       "central directory [" + std::to_string(er.cd_offset) + ", +" + std::to_string(er.cd_size) +
                           ") runs past the end records at " + std::to_string(end_records_start),
                       er.eocd_pos);
   if (cd_end < end_records_start)
-    add_finding(findings, Severity::high, "zip.cd-eocd-gap",
+    add_finding(findings, Severity::high, Rule::zip_cd_eocd_gap,
                 std::to_string(end_records_start - cd_end) +
                     " bytes between the central directory and the end record; Python's zipfile would shift every "
                     "entry offset by that amount",
                 {}, cd_end);
   if (er.entries > limits.max_entries)
-    return make_error("zip.too-many-entries",
+    return make_error(Rule::zip_too_many_entries,
                       "archive declares " + std::to_string(er.entries) + " entries, above the limit of " +
                           std::to_string(limits.max_entries),
                       er.eocd_pos);
   if (er.entries > er.cd_size / kCentralSize)
-    return make_error("zip.entry-count-mismatch",
+    return make_error(Rule::zip_entry_count_mismatch,
                       "end record declares " + std::to_string(er.entries) + " entries but the central directory has " +
                           std::to_string(er.cd_size) + " bytes",
                       er.cd_offset);
@@ -469,7 +469,7 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
     const uint64_t central_pos = cd.abs_pos();
     auto sig = cd.u32le();
     if (!sig || *sig != kCentralSig)
-      return make_error("zip.entry-count-mismatch",
+      return make_error(Rule::zip_entry_count_mismatch,
                         "central directory ends after " + std::to_string(i) + " of " + std::to_string(er.entries) +
                             " declared entries",
                         central_pos);
@@ -497,48 +497,48 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
     e.crc32 = crc;
     Zip64Fields f{usize32, csize32, offset32, disk16};
     if (!parse_extras(extra, extras))
-      add_finding(findings, Severity::medium, "zip.bad-extra", "malformed central extra field", e.name, central_pos);
+      add_finding(findings, Severity::medium, Rule::zip_bad_extra, "malformed central extra field", e.name, central_pos);
     int zip64_count = 0;
     for (const auto& x : extras) {
       if (x.id != kZip64ExtraId) continue;
       if (++zip64_count > 1) {
-        add_finding(findings, Severity::high, "zip.zip64-inconsistent", "more than one zip64 extra field", e.name,
+        add_finding(findings, Severity::high, Rule::zip_zip64_inconsistent, "more than one zip64 extra field", e.name,
                     central_pos);
         break;
       }
       MCDR_ASSIGN(f, apply_zip64(x.data, f, true, e.name, central_pos));
     }
     if (zip64_count == 0 && (usize32 == 0xFFFFFFFF || csize32 == 0xFFFFFFFF || offset32 == 0xFFFFFFFF))
-      add_finding(findings, Severity::medium, "zip.zip64-inconsistent",
+      add_finding(findings, Severity::medium, Rule::zip_zip64_inconsistent,
                   "central entry holds 0xFFFFFFFF without a zip64 extra field", e.name, central_pos);
-    if (f.disk != 0) return make_error("zip.multi-disk", "entry lives on another disk", central_pos, e.name);
+    if (f.disk != 0) return make_error(Rule::zip_multi_disk, "entry lives on another disk", central_pos, e.name);
     e.uncompressed_size = f.usize;
     e.compressed_size = f.csize;
     e.local_header_offset = f.offset;
 
     // Per-entry policy findings.
     if (!names.insert(e.name).second)
-      add_finding(findings, Severity::high, "zip.duplicate-name", "duplicate entry name '" + e.name + "'", e.name,
+      add_finding(findings, Severity::high, Rule::zip_duplicate_name, "duplicate entry name '" + e.name + "'", e.name,
                   e.local_header_offset);
     if (auto why = unsafe_name_reason(e.name, flags); !why.empty())
-      add_finding(findings, Severity::high, "zip.unsafe-name", why + ": '" + e.name + "'", e.name,
+      add_finding(findings, Severity::high, Rule::zip_unsafe_name, why + ": '" + e.name + "'", e.name,
                   e.local_header_offset);
     else if (!(flags & kFlagUtf8) && !is_ascii(e.name))
-      add_finding(findings, Severity::medium, "zip.unsafe-name",
+      add_finding(findings, Severity::medium, Rule::zip_unsafe_name,
                   "non-ASCII name without the UTF-8 flag (readers decode it differently)", e.name,
                   e.local_header_offset);
     if (flags & kFlagEncrypted)
-      add_finding(findings, Severity::high, "zip.encrypted", "entry is encrypted", e.name, e.local_header_offset);
+      add_finding(findings, Severity::high, Rule::zip_encrypted, "entry is encrypted", e.name, e.local_header_offset);
     if (method != 0 && method != 8)
-      add_finding(findings, Severity::high, "zip.unsupported-method",
+      add_finding(findings, Severity::high, Rule::zip_unsupported_method,
                   "compression method " + std::to_string(method) + " (only stored and deflate are allowed)", e.name,
                   e.local_header_offset);
     uint16_t allowed = kFlagEncrypted | kFlagDescriptor | kFlagUtf8 | (method == 8 ? kDeflateOptionBits : 0);
     if (flags & ~allowed)
-      add_finding(findings, Severity::medium, "zip.flag-bits",
+      add_finding(findings, Severity::medium, Rule::zip_flag_bits,
                   "unexpected general-purpose flag bits " + hex(flags & ~allowed), e.name, e.local_header_offset);
     if (method == 0 && e.compressed_size != e.uncompressed_size)
-      add_finding(findings, Severity::high, "zip.size-mismatch",
+      add_finding(findings, Severity::high, Rule::zip_size_mismatch,
                   "stored entry with compressed size " + std::to_string(e.compressed_size) +
                       " != uncompressed size " + std::to_string(e.uncompressed_size),
                   e.name, e.local_header_offset);
@@ -546,12 +546,12 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
     // Local header: must exist in full and agree with the central entry.
     uint64_t lh_fixed_end = 0;
     if (!checked_add(e.local_header_offset, kLocalSize, lh_fixed_end) || lh_fixed_end > file.size())
-      return make_error("zip.truncated-local-header", "local header lies beyond the end of the file",
+      return make_error(Rule::zip_truncated_local_header, "local header lies beyond the end of the file",
                         e.local_header_offset, e.name);
     MCDR_ASSIGN(ByteCursor lc, cursor_at(file, e.local_header_offset, "local header"));
     MCDR_ASSIGN(uint32_t lsig, lc.u32le());
     if (lsig != kLocalSig)
-      return make_error("zip.bad-local-header", "no local file header signature at the central entry's offset",
+      return make_error(Rule::zip_bad_local_header, "no local file header signature at the central entry's offset",
                         e.local_header_offset, e.name);
     MCDR_TRY(lc.skip(2));  // version needed
     MCDR_ASSIGN(uint16_t lflags, lc.u16le());
@@ -563,21 +563,21 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
     MCDR_ASSIGN(uint16_t lname_len, lc.u16le());
     MCDR_ASSIGN(uint16_t lextra_len, lc.u16le());
     auto lname = lc.take_view(lname_len);
-    if (!lname) return make_error("zip.truncated-local-header", "local header name runs past the end of the file",
+    if (!lname) return make_error(Rule::zip_truncated_local_header, "local header name runs past the end of the file",
                                   e.local_header_offset, e.name);
     auto lextra = lc.take(lextra_len);
-    if (!lextra) return make_error("zip.truncated-local-header", "local header extra runs past the end of the file",
+    if (!lextra) return make_error(Rule::zip_truncated_local_header, "local header extra runs past the end of the file",
                                    e.local_header_offset, e.name);
     e.data_offset = lc.pos();
     uint64_t data_end = 0;
     if (!checked_add(e.data_offset, e.compressed_size, data_end) || data_end > file.size())
-      return make_error("zip.data-past-eof",
+      return make_error(Rule::zip_data_past_eof,
                         "entry data [" + std::to_string(e.data_offset) + ", +" + std::to_string(e.compressed_size) +
                             ") runs past the end of the file",
                         e.local_header_offset, e.name);
 
     auto mismatch = [&](const std::string& what) {
-      add_finding(findings, Severity::high, "zip.local-central-mismatch", "local header " + what + " disagrees with the central directory",
+      add_finding(findings, Severity::high, Rule::zip_local_central_mismatch, "local header " + what + " disagrees with the central directory",
                   e.name, e.local_header_offset);
     };
     if (*lname != e.name) mismatch("name '" + std::string(*lname) + "'");
@@ -587,7 +587,7 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
     Zip64Fields lf{lusize32, lcsize32, 0, 0};
     bool local_zip64_ok = true;
     if (!parse_extras(*lextra, extras))
-      add_finding(findings, Severity::medium, "zip.bad-extra", "malformed local extra field", e.name,
+      add_finding(findings, Severity::medium, Rule::zip_bad_extra, "malformed local extra field", e.name,
                   e.local_header_offset);
     for (const auto& x : extras) {
       if (x.id != kZip64ExtraId) continue;
@@ -615,7 +615,7 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
       if (lcsize32 != 0 && lf.csize != e.compressed_size) mismatch("compressed size");
       choices = descriptor_lengths(file, data_end, e);
       if (choices.empty())
-        add_finding(findings, Severity::high, "zip.local-central-mismatch",
+        add_finding(findings, Severity::high, Rule::zip_local_central_mismatch,
                     "data descriptor missing or disagrees with the central directory", e.name, data_end);
     } else {
       if (lcrc != crc) mismatch("CRC-32");
@@ -630,7 +630,7 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
     data_ends.push_back(data_end);
   }
   if (!cd.at_end())
-    return make_error("zip.entry-count-mismatch",
+    return make_error(Rule::zip_entry_count_mismatch,
                       std::to_string(cd.remaining()) + " bytes of the central directory follow the " +
                           std::to_string(er.entries) + " declared entries",
                       cd.abs_pos());
@@ -666,7 +666,7 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
 
   archive.prefix_bytes = regions.front().start;
   if (archive.prefix_bytes > 0)
-    add_finding(findings, Severity::high, "zip.prefix-bytes",
+    add_finding(findings, Severity::high, Rule::zip_prefix_bytes,
                 std::to_string(archive.prefix_bytes) +
                     " bytes before the first zip structure (polyglot or self-extractor; torch.load only treats files "
                     "starting with PK\\3\\4 as zip)",
@@ -676,14 +676,14 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
   for (size_t k = 1; k < regions.size(); ++k) {
     const Region& r = regions[k];
     if (r.start < max_end) {
-      add_finding(findings, Severity::high, "zip.overlap",
+      add_finding(findings, Severity::high, Rule::zip_overlap,
                   "'" + r.label + "' at " + std::to_string(r.start) + " overlaps '" + max_region->label +
                       "' which ends at " + std::to_string(max_end),
                   r.kind == 0 ? r.label : std::string(), r.start);
     } else if (r.start > max_end) {
       bool reported = max_region->kind == 1 && r.kind == 2;  // zip.cd-eocd-gap above
       if (!reported)
-        add_finding(findings, Severity::medium, "zip.unreferenced-bytes",
+        add_finding(findings, Severity::medium, Rule::zip_unreferenced_bytes,
                     std::to_string(r.start - max_end) + " unreferenced bytes after '" + max_region->label + "'", {},
                     max_end);
     }
@@ -706,7 +706,7 @@ Result<std::span<const uint8_t>> entry_bytes(const ZipArchive& zip, std::span<co
   if (entry.method == 8) {
     if (entry.uncompressed_size > zip.inflate_left) {
       zip.inflate_left = 0;
-      return make_error("zip.inflate-total", total_message(file.size(), limits), entry.local_header_offset, entry.name);
+      return make_error(Rule::zip_inflate_total, total_message(file.size(), limits), entry.local_header_offset, entry.name);
     }
     zip.inflate_left -= entry.uncompressed_size;
   }
@@ -716,19 +716,19 @@ Result<std::span<const uint8_t>> entry_bytes(const ZipArchive& zip, std::span<co
 Result<std::span<const uint8_t>> entry_bytes(std::span<const uint8_t> file, const ZipEntry& entry,
                                              std::vector<uint8_t>& scratch, const ZipLimits& limits) {
   if (entry.flags & kFlagEncrypted)
-    return make_error("zip.encrypted", "entry is encrypted", entry.local_header_offset, entry.name);
+    return make_error(Rule::zip_encrypted, "entry is encrypted", entry.local_header_offset, entry.name);
   if (entry.method != 0 && entry.method != 8)
-    return make_error("zip.unsupported-method", "compression method " + std::to_string(entry.method),
+    return make_error(Rule::zip_unsupported_method, "compression method " + std::to_string(entry.method),
                       entry.local_header_offset, entry.name);
   uint64_t end = 0;
   if (!checked_add(entry.data_offset, entry.compressed_size, end) || end > file.size())
-    return make_error("zip.data-past-eof", "entry data runs past the end of the file", entry.local_header_offset,
+    return make_error(Rule::zip_data_past_eof, "entry data runs past the end of the file", entry.local_header_offset,
                       entry.name);
   MCDR_ASSIGN(ByteCursor c, cursor_at(file, entry.data_offset, "entry data"));
   MCDR_ASSIGN(Bytes data, c.take(entry.compressed_size));
   if (entry.method == 0) {
     if (entry.compressed_size != entry.uncompressed_size)
-      return make_error("zip.size-mismatch", "stored entry's compressed and uncompressed sizes differ",
+      return make_error(Rule::zip_size_mismatch, "stored entry's compressed and uncompressed sizes differ",
                         entry.local_header_offset, entry.name);
     return data;
   }

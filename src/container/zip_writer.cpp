@@ -61,12 +61,12 @@ Status ZipWriter::add(const std::string& name, std::span<const uint8_t> data) {
 }
 
 Status ZipWriter::begin_entry(const std::string& name, uint64_t size, std::optional<uint64_t> phase) {
-  if (finished_) return make_error("zip.writer-state", "archive already finished", out_.tell(), name);
-  if (open_) return make_error("zip.writer-state", "previous entry not ended", out_.tell(), name);
+  if (finished_) return make_error(Rule::zip_writer_state, "archive already finished", out_.tell(), name);
+  if (open_) return make_error(Rule::zip_writer_state, "previous entry not ended", out_.tell(), name);
   if (name.empty() || name.size() > 0xFFFF || name.find('\0') != std::string::npos)
-    return make_error("zip.writer-name", "entry name is empty, too long or contains NUL", out_.tell(), name);
+    return make_error(Rule::zip_writer_name, "entry name is empty, too long or contains NUL", out_.tell(), name);
   if (!names_.insert(name).second)
-    return make_error("zip.duplicate-name", "entry '" + name + "' written twice", out_.tell(), name);
+    return make_error(Rule::zip_duplicate_name, "entry '" + name + "' written twice", out_.tell(), name);
 
   const uint64_t offset = out_.tell();
   const bool big_size = size >= kMax32;
@@ -83,7 +83,7 @@ Status ZipWriter::begin_entry(const std::string& name, uint64_t size, std::optio
       pad = want % kBlockPhaseUnit;  // still congruent modulo a file-system block: can be shared
     }
   }
-  if (pad > 0xFFFF) return make_error("zip.writer-alignment", "alignment too large", offset, name);
+  if (pad > 0xFFFF) return make_error(Rule::zip_writer_alignment, "alignment too large", offset, name);
 
   Buf h;
   h.u32(0x04034b50);
@@ -120,9 +120,9 @@ Status ZipWriter::begin_entry(const std::string& name, uint64_t size, std::optio
 }
 
 Status ZipWriter::write_payload(std::span<const uint8_t> chunk) {
-  if (!open_) return make_error("zip.writer-state", "write_payload without begin_entry", out_.tell());
+  if (!open_) return make_error(Rule::zip_writer_state, "write_payload without begin_entry", out_.tell());
   if (chunk.size() > pending_)
-    return make_error("zip.writer-size",
+    return make_error(Rule::zip_writer_size,
                       "payload exceeds the declared size by " + std::to_string(chunk.size() - pending_) + " bytes",
                       out_.tell(), written_.back().name);
   running_crc_ = crc32(chunk, running_crc_);
@@ -167,9 +167,9 @@ struct TrailingCrc {
 
 Result<bool> ZipWriter::copy_payload_from(int fd, uint64_t offset, uint64_t size, std::optional<uint32_t> expected_crc,
                                           const std::string& source) {
-  if (!open_) return make_error("zip.writer-state", "copy_payload_from without begin_entry", out_.tell());
+  if (!open_) return make_error(Rule::zip_writer_state, "copy_payload_from without begin_entry", out_.tell());
   if (size != pending_ || running_crc_ != 0)
-    return make_error("zip.writer-size", "a copied payload must be the whole entry", out_.tell(), written_.back().name);
+    return make_error(Rule::zip_writer_size, "a copied payload must be the whole entry", out_.tell(), written_.back().name);
   if (reflink_ && expected_crc) {
     MCDR_ASSIGN(bool shared, clone_payload(fd, offset, size, *expected_crc, source));
     if (shared) return true;
@@ -190,7 +190,7 @@ Result<bool> ZipWriter::copy_payload_from(int fd, uint64_t offset, uint64_t size
   if (checker.joinable()) checker.join();
   if (!copied) return copied.error();
   if (!*copied) return false;
-  if (trail.done != size) return make_error("zip.writer-size", "checksum did not cover the copied payload", out_.tell());
+  if (trail.done != size) return make_error(Rule::zip_writer_size, "checksum did not cover the copied payload", out_.tell());
   running_crc_ = trail.crc;
   pending_ = 0;
   return true;
@@ -211,7 +211,7 @@ Result<bool> ZipWriter::copy_unshared(int fd, uint64_t offset, uint64_t size,
   MCDR_ASSIGN(bool first, out_.append_copy_of(fd, offset, 1, progress));
   if (!first) return false;  // nothing written: the caller streams instead
   MCDR_ASSIGN(bool rest, out_.append_copy_of(fd, offset + 1, size - 1, [&](uint64_t c) { progress(1 + c); }));
-  if (!rest) return make_error("io.write", "the kernel stopped copying between these files", offset + 1);
+  if (!rest) return make_error(Rule::io_write, "the kernel stopped copying between these files", offset + 1);
   return true;
 }
 
@@ -279,7 +279,7 @@ Result<bool> ZipWriter::clone_payload(int fd, uint64_t offset, uint64_t size, ui
   const uint64_t rest = size - plan.head - shared;
   if (rest > 0) {
     MCDR_ASSIGN(bool copied, copy_unshared(fd, offset + plan.head + shared, rest, nothing));
-    if (!copied) return make_error("io.write", "the kernel stopped copying between these files", out_.tell(), source);
+    if (!copied) return make_error(Rule::io_write, "the kernel stopped copying between these files", out_.tell(), source);
   }
   if (direct_fd_ == -2) {  // first shared record: a second, O_DIRECT descriptor for the checks
     const std::string self = "/proc/self/fd/" + std::to_string(out_.fd());
@@ -304,15 +304,15 @@ Status ZipWriter::settle_oldest_check() {
   PendingCheck c = std::move(checks_.front());
   checks_.pop_front();
   if (c.crc.get() != c.expected)
-    return make_error("zip.bad-crc", "CRC-32 of the storage record does not match the zip directory", 0, c.source);
+    return make_error(Rule::zip_bad_crc, "CRC-32 of the storage record does not match the zip directory", 0, c.source);
   return ok_status();
 }
 
 Status ZipWriter::end_entry() {
-  if (!open_) return make_error("zip.writer-state", "end_entry without begin_entry", out_.tell());
+  if (!open_) return make_error(Rule::zip_writer_state, "end_entry without begin_entry", out_.tell());
   Written& w = written_.back();
   if (pending_ != 0)
-    return make_error("zip.writer-size", std::to_string(pending_) + " payload bytes missing", out_.tell(), w.name);
+    return make_error(Rule::zip_writer_size, std::to_string(pending_) + " payload bytes missing", out_.tell(), w.name);
   w.crc = running_crc_;
   open_ = false;
   if (w.size == 0) return ok_status();
@@ -330,8 +330,8 @@ Status ZipWriter::end_entry() {
 }
 
 Status ZipWriter::finish() {
-  if (finished_) return make_error("zip.writer-state", "archive already finished", out_.tell());
-  if (open_) return make_error("zip.writer-state", "entry still open at finish", out_.tell(), written_.back().name);
+  if (finished_) return make_error(Rule::zip_writer_state, "archive already finished", out_.tell());
+  if (open_) return make_error(Rule::zip_writer_state, "entry still open at finish", out_.tell(), written_.back().name);
   while (!checks_.empty()) MCDR_TRY(settle_oldest_check());
   const uint64_t cd_offset = out_.tell();
   for (const Written& w : written_) {

@@ -106,18 +106,18 @@ std::vector<std::string> split(const std::string& rel) {
 // links and anything that is not a folder at every step.
 Result<Fd> open_chain(int root, const std::vector<std::string>& parts, bool create) {
   Fd cur(::dup(root));
-  if (!cur.ok()) return make_error("io.open", "cannot open folder: " + errno_text());
+  if (!cur.ok()) return make_error(Rule::io_open, "cannot open folder: " + errno_text());
   for (const auto& part : parts) {
     int fd = ::openat(cur.get(), part.c_str(), O_DIRECTORY | O_NOFOLLOW | O_RDONLY | O_CLOEXEC);
     if (fd < 0 && errno == ENOENT && create) {
       if (::mkdirat(cur.get(), part.c_str(), 0755) != 0 && errno != EEXIST)
-        return make_error("io.mkdir", "cannot create folder '" + part + "': " + errno_text());
+        return make_error(Rule::io_mkdir, "cannot create folder '" + part + "': " + errno_text());
       fd = ::openat(cur.get(), part.c_str(), O_DIRECTORY | O_NOFOLLOW | O_RDONLY | O_CLOEXEC);
     }
     if (fd < 0) {
       if (errno == ELOOP || errno == ENOTDIR)
-        return make_error("io.not-a-folder", "'" + part + "' is a symbolic link or not a folder: not followed");
-      return make_error("io.open", "cannot open folder '" + part + "': " + errno_text());
+        return make_error(Rule::io_not_a_folder, "'" + part + "' is a symbolic link or not a folder: not followed");
+      return make_error(Rule::io_open, "cannot open folder '" + part + "': " + errno_text());
     }
     cur = Fd(fd);
   }
@@ -130,7 +130,7 @@ Result<Fd> open_chain(int root, const std::vector<std::string>& parts, bool crea
 Result<Fd> open_output_root(const std::string& out, const Id& input) {
   std::error_code ec;
   fs::path p = fs::absolute(out, ec);
-  if (ec) return make_error("io.open", "cannot resolve the output folder: " + ec.message());
+  if (ec) return make_error(Rule::io_open, "cannot resolve the output folder: " + ec.message());
   Fd cur(::open("/", O_DIRECTORY | O_RDONLY | O_CLOEXEC));
   bool inside = is_within(cur.get(), input);
   for (const auto& c : p.relative_path()) {
@@ -139,23 +139,23 @@ Result<Fd> open_output_root(const std::string& out, const Id& input) {
     int fd = ::openat(cur.get(), part.c_str(), O_DIRECTORY | O_NOFOLLOW | O_RDONLY | O_CLOEXEC);
     if (fd < 0 && errno == ENOENT) {
       if (::mkdirat(cur.get(), part.c_str(), 0755) != 0 && errno != EEXIST)
-        return make_error("io.mkdir", "cannot create output folder: " + errno_text());
+        return make_error(Rule::io_mkdir, "cannot create output folder: " + errno_text());
       fd = ::openat(cur.get(), part.c_str(), O_DIRECTORY | O_NOFOLLOW | O_RDONLY | O_CLOEXEC);
     }
     if (fd < 0 && (errno == ELOOP || errno == ENOTDIR)) {
       struct stat st{};
       bool link = ::fstatat(cur.get(), part.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode);
-      if (!link) return make_error("io.not-a-folder", "'" + part + "' in the output path is not a folder");
+      if (!link) return make_error(Rule::io_not_a_folder, "'" + part + "' in the output path is not a folder");
       if (inside)
-        return make_error("io.symlink-in-input",
+        return make_error(Rule::io_symlink_in_input,
                           "'" + part + "' is a symbolic link inside the input folder: the output must be a real folder");
       fd = ::openat(cur.get(), part.c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC);
     }
-    if (fd < 0) return make_error("io.open", "cannot open output folder: " + errno_text());
+    if (fd < 0) return make_error(Rule::io_open, "cannot open output folder: " + errno_text());
     cur = Fd(fd);
     inside = is_within(cur.get(), input);
   }
-  if (id_of(cur.get()) == input) return make_error("io.output-is-input", "the output folder is the input folder");
+  if (id_of(cur.get()) == input) return make_error(Rule::io_output_is_input, "the output folder is the input folder");
   return cur;
 }
 
@@ -229,7 +229,7 @@ std::string name_of(const std::string& rel) {
   return slash == std::string::npos ? rel : rel.substr(slash + 1);
 }
 
-Plan reject(std::string rule, std::string message) {
+Plan reject(Rule rule, std::string message) {
   Plan p;
   p.action = Action::reject;
   p.error = make_error(std::move(rule), std::move(message));
@@ -258,9 +258,9 @@ Plan decide(const std::string& rel, const engine::Classification& c, const Batch
       p.out_rel = at(output_file_name(name, p.format));
       return p;
     case Kind::unsupported_model:
-      return reject("format.unsupported",
+      return reject(Rule::format_unsupported,
                     c.detail + " model: modelcdr does not rebuild this format yet, so it is not copied");
-    case Kind::unreadable: return reject("io.read", "cannot read: " + c.detail);
+    case Kind::unreadable: return reject(Rule::io_read, "cannot read: " + c.detail);
     case Kind::json:
       if (is_shard_index(name)) {
         p.action = Action::index;
@@ -278,15 +278,15 @@ Plan decide(const std::string& rel, const engine::Classification& c, const Batch
     case Kind::code:
       if (!o.copy_other) return skip("source code or a script: left out");
       if (!o.copy_code)
-        return reject("copy.not-inert", "not copied: source code or a script is not inert (--copy-code copies it)");
+        return reject(Rule::copy_not_inert, "not copied: source code or a script is not inert (--copy-code copies it)");
       p.action = Action::copy;
       p.out_rel = rel;
       return p;
     case Kind::unknown_binary:
       if (!o.copy_other) return skip("not a model file (" + c.detail + "): left out");
-      return reject("copy.not-inert", "not copied: " + c.detail);
+      return reject(Rule::copy_not_inert, "not copied: " + c.detail);
   }
-  return reject("copy.not-inert", "not copied: " + c.detail);
+  return reject(Rule::copy_not_inert, "not copied: " + c.detail);
 }
 
 // Two inputs that would be written to one name: both are rejected before anything is written.
@@ -303,7 +303,7 @@ void reject_collisions(const std::vector<Entry>& entries, std::vector<Plan>& pla
     for (size_t i : users) list += (list.empty() ? "" : ", ") + entries[i].rel;
     for (size_t i : users) {
       auto what = plans[i].what;
-      plans[i] = reject("io.name-collision", "output name collision: " + list + " would all be written to " + out +
+      plans[i] = reject(Rule::io_name_collision, "output name collision: " + list + " would all be written to " + out +
                                                  "/" + name + "; none of them is written");
       plans[i].what = what;
     }
@@ -343,7 +343,7 @@ FileReport copy_checked(const std::string& in, const std::string& out, const Pla
   auto file = io::MappedFile::open(in);
   if (!file.ok()) return rejected(r, file.error());
   auto again = engine::classify_bytes(name_of(out), file->bytes());
-  if (again.kind != p.what.kind) return rejected(r, make_error("io.changed", "file changed while being processed"));
+  if (again.kind != p.what.kind) return rejected(r, make_error(Rule::io_changed, "file changed while being processed"));
   if (auto s = write_bytes(out, file->bytes(), o); !s.ok()) return rejected(r, s.error());
   r.output = out;
   r.note = "copied after a check: " + p.what.detail + " (inert)";
@@ -406,7 +406,7 @@ FileReport report_for(const std::string& shown_input, const Entry& e, const Plan
 Plan plan_for_special(const Entry& e) {
   if (e.type == EntryType::symlink) return skip("symbolic link: not followed, left out");
   if (e.type == EntryType::special) return skip("not a regular file: left out");
-  return reject("io.read", e.error);
+  return reject(Rule::io_read, e.error);
 }
 
 template <class F>
@@ -424,13 +424,13 @@ void parallel_for(size_t n, unsigned jobs, F&& f) {
 
 Result<std::vector<FileReport>> disarm_directory(const std::string& in, const std::string& out, const BatchOptions& o) {
   Fd in_root(::open(in.c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
-  if (!in_root.ok()) return make_error("io.open", in + ": cannot open input folder: " + errno_text());
+  if (!in_root.ok()) return make_error(Rule::io_open, in + ": cannot open input folder: " + errno_text());
   auto in_id = id_of(in_root.get());
   auto out_root = open_output_root(out, *in_id);
   if (!out_root.ok()) return make_error(out_root.error().rule, out + ": " + out_root.error().message);
   auto out_id = id_of(out_root->get());
   if (is_within(in_root.get(), *out_id))
-    return make_error("io.output-contains-input", out + ": the output folder contains the input folder");
+    return make_error(Rule::io_output_contains_input, out + ": the output folder contains the input folder");
   std::vector<Entry> entries;
   walk(in_root.get(), "", 0, *out_id, entries);
   std::vector<Plan> plans(entries.size());

@@ -238,7 +238,7 @@ Classification text_kind(const std::string& name, std::span<const uint8_t> b) {
     const io::JsonLimits limits{kMaxJsonDepth, kMaxJsonElements};
     io::JsonShape shape = io::inspect_json(text, limits);
     if (auto e = io::limit_error(shape, limits))
-      return {Kind::unknown_binary, "a .json file past the limits: " + e->message + " [" + e->rule + "]"};
+      return {Kind::unknown_binary, "a .json file past the limits: " + e->message + " [" + std::string(rule_id(e->rule)) + "]"};
     if (!shape.valid) return {Kind::unknown_binary, "a .json file that is not valid JSON"};
     return {Kind::json, "JSON"};
   }

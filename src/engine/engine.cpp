@@ -77,7 +77,7 @@ FileReport refused(const Source& source, const std::string& why) {
   r.input = source.name();
   r.format = "unknown";
   r.status = FileStatus::rejected;
-  r.error = make_error("engine.unsupported", why);
+  r.error = make_error(Rule::engine_unsupported, why);
   return r;
 }
 

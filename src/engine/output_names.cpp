@@ -100,16 +100,16 @@ Result<std::string> rewrite_index(std::span<const uint8_t> bytes, std::optional<
   std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
   nlohmann::json doc = io::parse_json(text, limits, shape);
   if (auto e = io::limit_error(shape, limits)) return *e;
-  if (!shape.valid) return make_error("hf.bad-index", "shard index is not valid JSON");
+  if (!shape.valid) return make_error(Rule::hf_bad_index, "shard index is not valid JSON");
   if (!doc.is_object() || !doc.contains("weight_map") || !doc["weight_map"].is_object())
-    return make_error("hf.bad-index", "shard index has no weight_map object");
+    return make_error(Rule::hf_bad_index, "shard index has no weight_map object");
   nlohmann::json map = nlohmann::json::object();
   for (auto it = doc["weight_map"].begin(); it != doc["weight_map"].end(); ++it) {
     if (!it.value().is_string())
-      return make_error("hf.bad-index", "weight_map value for '" + it.key().substr(0, 100) + "' is not a string");
+      return make_error(Rule::hf_bad_index, "weight_map value for '" + it.key().substr(0, 100) + "' is not a string");
     const std::string& shard = it.value().get_ref<const std::string&>();
     if (!plain_file_name(shard))
-      return make_error("hf.bad-index", "weight_map names shard '" + shard.substr(0, 100) + "' outside the folder");
+      return make_error(Rule::hf_bad_index, "weight_map names shard '" + shard.substr(0, 100) + "' outside the folder");
     auto f = format ? format : format_for_name(shard);
     map[it.key()] = output_file_name(shard, f.value_or(OutputFormat::pt));
   }

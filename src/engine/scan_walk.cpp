@@ -42,13 +42,13 @@ FileReport not_a_model(const std::string& path, const Classification& c) {
   r.format = kind_name(c.kind);
   if (c.kind == Kind::unknown_binary) {
     r.note = "unknown binary content (not a model format any loader modelcdr knows reads; not checked)";
-    add_finding(r.findings, Severity::info, "scan.unknown-binary", r.note);
+    add_finding(r.findings, Severity::info, Rule::scan_unknown_binary, r.note);
   } else {
     std::string detail = c.detail;
     std::transform(detail.begin(), detail.end(), detail.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
     const bool same = detail.empty() || detail == kind_name(c.kind);  // "text: text", "json: JSON"
     r.note = std::string("not a model file (") + kind_name(c.kind) + (same ? "" : ": " + c.detail) + ")";
-    add_finding(r.findings, Severity::info, "scan.not-a-model", r.note);
+    add_finding(r.findings, Severity::info, Rule::scan_not_a_model, r.note);
   }
   return r;
 }
@@ -98,7 +98,7 @@ FileReport scan_stdin(const ScanOptions& options, uint64_t limit, const ScanOne&
   }
   if (fd < 0) {
     r.status = FileStatus::error;
-    r.error = make_error("io.stdin", "cannot create a temporary file for standard input in " + dir);
+    r.error = make_error(Rule::io_stdin, "cannot create a temporary file for standard input in " + dir);
     return r;
   }
   uint64_t total = 0;
@@ -130,9 +130,9 @@ FileReport scan_stdin(const ScanOptions& options, uint64_t limit, const ScanOne&
   }
   if (too_big || failed) {
     r.status = FileStatus::error;
-    r.error = too_big ? make_error("io.stdin-too-large", "standard input is larger than the limit of " +
+    r.error = too_big ? make_error(Rule::io_stdin_too_large, "standard input is larger than the limit of " +
                                                              std::to_string(limit) + " bytes")
-                      : make_error("io.stdin", "cannot read standard input or spool it to " + dir);
+                      : make_error(Rule::io_stdin, "cannot read standard input or spool it to " + dir);
   } else {
     r = scan_one(path.empty() ? "/proc/self/fd/" + std::to_string(fd) : path, options);
     r.input = "-";

@@ -43,19 +43,19 @@ class Sink {
 };
 
 Error too_large(Codec c, uint64_t cap) {
-  return make_error("codec.too-large", std::string(codec_name(c)) + " stream decompresses to more than " +
+  return make_error(Rule::codec_too_large, std::string(codec_name(c)) + " stream decompresses to more than " +
                                            std::to_string(cap) + " bytes (decompression-bomb cap)");
 }
 
 Error corrupt(Codec c, const std::string& why) {
-  return make_error("codec.corrupt", std::string(codec_name(c)) + " stream is corrupt: " + why);
+  return make_error(Rule::codec_corrupt, std::string(codec_name(c)) + " stream is corrupt: " + why);
 }
 
 // Bytes after the end of the stream: a second member that some readers would decode and
 // others not, so the file cannot be parsed with certainty.
 Status trailing(Codec c, uint64_t consumed, uint64_t total, Findings&) {
   if (consumed < total)
-    return make_error("codec.trailing-data",
+    return make_error(Rule::codec_trailing_data,
                       std::to_string(total - consumed) + " bytes after the end of the " + codec_name(c) + " stream", consumed);
   return ok_status();
 }
@@ -87,7 +87,7 @@ Result<std::vector<uint8_t>> inflate_zlib(std::span<const uint8_t> in, Codec c, 
     if (rc == Z_STREAM_END) break;
     if (rc == Z_BUF_ERROR && z.avail_out != 0 && in_pos == in.size()) {
       inflateEnd(&z);
-      return make_error("codec.truncated", std::string(codec_name(c)) + " stream is truncated");
+      return make_error(Rule::codec_truncated, std::string(codec_name(c)) + " stream is truncated");
     }
     if (rc != Z_OK && rc != Z_BUF_ERROR) {
       std::string why = z.msg ? z.msg : "inflate error " + std::to_string(rc);
@@ -127,7 +127,7 @@ Result<std::vector<uint8_t>> bunzip(std::span<const uint8_t> in, uint64_t cap, F
     }
     if (in_pos == in.size() && s.avail_out != 0) {
       BZ2_bzDecompressEnd(&s);
-      return make_error("codec.truncated", "bz2 stream is truncated");
+      return make_error(Rule::codec_truncated, "bz2 stream is truncated");
     }
   }
   BZ2_bzDecompressEnd(&s);
@@ -157,7 +157,7 @@ Result<std::vector<uint8_t>> unxz(std::span<const uint8_t> in, Codec c, uint64_t
     if (r == LZMA_STREAM_END) break;
     if (r == LZMA_BUF_ERROR) {
       lzma_end(&s);
-      return make_error("codec.truncated", std::string(codec_name(c)) + " stream is truncated");
+      return make_error(Rule::codec_truncated, std::string(codec_name(c)) + " stream is truncated");
     }
     if (r != LZMA_OK) {
       lzma_end(&s);
@@ -193,7 +193,7 @@ Result<std::vector<uint8_t>> unlz4(std::span<const uint8_t> in, uint64_t cap, Fi
     used += dst;
     if (hint != 0 && src == 0 && dst == 0 && in_pos == in.size()) {
       LZ4F_freeDecompressionContext(ctx);
-      return make_error("codec.truncated", "lz4 stream is truncated");
+      return make_error(Rule::codec_truncated, "lz4 stream is truncated");
     }
   }
   LZ4F_freeDecompressionContext(ctx);
@@ -265,17 +265,17 @@ Result<std::vector<uint8_t>> decompress(std::span<const uint8_t> data, Codec cod
       if (!h.empty() && h.back() == 'L') h.pop_back();
       if (h.size() < 3 || h.compare(0, 2, "0x") != 0 || h.size() > 18 ||
           h.find_first_not_of("0123456789abcdefABCDEF", 2) != std::string::npos)
-        return make_error("codec.corrupt", "joblib ZF header length is not a hex number", 2);
+        return make_error(Rule::codec_corrupt, "joblib ZF header length is not a hex number", 2);
       uint64_t declared = std::stoull(h.substr(2), nullptr, 16);
       size_t start = cur.pos();
       MCDR_ASSIGN(std::vector<uint8_t> out, inflate_zlib(data.subspan(start), Codec::zlib, cap, start, findings));
       if (out.size() != declared)
-        return make_error("codec.corrupt", "joblib ZF header declares " + std::to_string(declared) + " bytes, the stream holds " +
+        return make_error(Rule::codec_corrupt, "joblib ZF header declares " + std::to_string(declared) + " bytes, the stream holds " +
                                                std::to_string(out.size()));
       return out;
     }
   }
-  return make_error("codec.unknown", "unknown codec");
+  return make_error(Rule::codec_unknown, "unknown codec");
 }
 
 }  // namespace modelcdr::formats

@@ -29,7 +29,7 @@ NodeId dict_get(const Program& p, const Node& d, std::string_view key) {
 }
 
 Error bad(const io::ByteCursor& cur, std::string message) {
-  return make_error("joblib.bad-array", std::move(message), cur.abs_pos(), cur.entry());
+  return make_error(Rule::joblib_bad_array, std::move(message), cur.abs_pos(), cur.entry());
 }
 
 // The hook: what joblib's NumpyArrayWrapper.read_array consumes.
@@ -79,13 +79,13 @@ Result<pickle::RawPayload> read_array_payload(const Program& p, NodeId id, io::B
     MCDR_ASSIGN(auto pad_bytes, cur.take(pad));
     for (uint8_t b : pad_bytes)
       if (b != 0xFF) {
-        add_finding(findings, Severity::medium, "joblib.odd-padding", "array padding holds bytes other than 0xFF (dropped)",
+        add_finding(findings, Severity::medium, Rule::joblib_odd_padding, "array padding holds bytes other than 0xFF (dropped)",
                     cur.entry(), cur.abs_pos());
         break;
       }
   }
   if (nbytes > cur.remaining())
-    return make_error("joblib.truncated", "array data needs " + std::to_string(nbytes) + " bytes, " +
+    return make_error(Rule::joblib_truncated, "array data needs " + std::to_string(nbytes) + " bytes, " +
                                               std::to_string(cur.remaining()) + " are left",
                       cur.abs_pos(), cur.entry());
   MCDR_TRY(cur.skip(nbytes));
@@ -104,29 +104,21 @@ void soften_vetted(const Program& p, const cdr::ClassRegistry& reg, const std::s
   std::unordered_set<std::string> names;
   for (auto [m, n] : kData) names.insert(std::string("'") + m + " " + n + "'");
   for (const auto& c : reg.classes()) names.insert("'" + c.module + " " + c.name + "'");
-  std::unordered_set<uint64_t> vetted_offsets;
+  // Matched by the offsets of the nodes program_scan.cpp reports (GLOBAL, REDUCE/NEWOBJ),
+  // never by message text.
+  std::unordered_set<uint64_t> vetted_globals, vetted_calls;
   for (const Node& n : p.nodes) {
+    if (n.kind == NodeKind::Global && names.count("'" + n.text + " " + n.name + "'")) vetted_globals.insert(n.offset);
     if ((n.kind == NodeKind::Call || n.kind == NodeKind::NewObj) && p.at(n.items[0]).kind == NodeKind::Global) {
       const Node& g = p.at(n.items[0]);
-      if (names.count("'" + g.text + " " + g.name + "'")) vetted_offsets.insert(n.offset);
+      if (names.count("'" + g.text + " " + g.name + "'")) vetted_calls.insert(n.offset);
     }
   }
   for (size_t i = first; i < findings.size(); ++i) {
     Finding& f = findings[i];
     if (f.entry != entry) continue;
-    bool named = false;
-    // Exact message shapes of program_scan.cpp (a crafted name holding quotes cannot match).
-    if (f.rule == "pickle.global-not-allowed" && f.message.rfind("GLOBAL ", 0) == 0 &&
-        f.message.size() > 22 && f.message.compare(f.message.size() - 15, 15, " is not allowed") == 0)
-      named = names.count(f.message.substr(7, f.message.size() - 22)) > 0;
-    if (f.rule == "pickle.call")
-      for (const char* what : {"REDUCE calls ", "NEWOBJ calls "})
-        if (f.message.rfind(what, 0) == 0) {
-          std::string callee = f.message.substr(13);  // 'module name', then " with arguments (...)"
-          if (auto at = callee.find("' with arguments "); at != std::string::npos) callee.resize(at + 1);
-          named = names.count(callee) > 0;
-        }
-    if (f.rule == "pickle.build-on-object" && vetted_offsets.count(f.offset)) named = true;
+    bool named = (f.rule == Rule::pickle_global_not_allowed && vetted_globals.count(f.offset)) ||
+                 ((f.rule == Rule::pickle_call || f.rule == Rule::pickle_build_on_object) && vetted_calls.count(f.offset));
     if (named && f.severity > Severity::info) {
       f.severity = Severity::info;
       f.message += " (vetted: rebuilt from data by the class registry)";
@@ -154,7 +146,7 @@ Result<ParsedModel> read_joblib(std::span<const uint8_t> file, const ReadOptions
   soften_vetted(program, reg, "", parsed.findings, first);
   if (arrays) parsed.format = container::Format::joblib;
   cdr::StorageResolver no_storages = [](const cdr::StorageRequest& r) -> Result<model::Storage> {
-    return make_error("cdr.no-storage", "a pickle has no storage records (key '" + r.key + "')", r.pid_offset);
+    return make_error(Rule::cdr_no_storage, "a pickle has no storage records (key '" + r.key + "')", r.pid_offset);
   };
   cdr::LiftOptions lo;
   lo.payload_bytes = file;
@@ -165,20 +157,20 @@ Result<ParsedModel> read_joblib(std::span<const uint8_t> file, const ReadOptions
 
 Result<ParsedModel> read_compressed(std::span<const uint8_t> file, const ReadOptions& options) {
   auto codec = detect_codec(file.subspan(0, std::min<size_t>(file.size(), 16)));
-  if (!codec) return make_error("format.compressed", "not a compression format modelcdr unpacks");
+  if (!codec) return make_error(Rule::format_compressed, "not a compression format modelcdr unpacks");
   Findings findings;
   MCDR_ASSIGN(std::vector<uint8_t> inner, decompress(file, *codec, DecompressLimits{}, findings));
   auto backing = std::make_shared<const std::vector<uint8_t>>(std::move(inner));
   std::span<const uint8_t> bytes(backing->data(), backing->size());
   auto fmt = container::sniff(bytes.subspan(0, std::min<size_t>(bytes.size(), 4096)), bytes.size());
   if (fmt != container::Format::pickle || detect_codec(bytes.subspan(0, std::min<size_t>(bytes.size(), 16))))
-    return make_error("format.compressed", std::string("a ") + codec_name(*codec) + " stream holding " +
+    return make_error(Rule::format_compressed, std::string("a ") + codec_name(*codec) + " stream holding " +
                                                container::format_name(fmt) +
                                                " data: only joblib/pickle streams are unpacked (torch.load cannot read it)");
   MCDR_ASSIGN(ParsedModel parsed, read_joblib(bytes, options));
   parsed.backing = backing;
   parsed.format = container::Format::joblib;
-  add_finding(findings, Severity::info, "joblib.compressed",
+  add_finding(findings, Severity::info, Rule::joblib_compressed,
               std::string("joblib stream decompressed from ") + codec_name(*codec) + " (" + std::to_string(backing->size()) +
                   " bytes)");
   // Offsets of the pickle's findings are inside the decompressed stream.

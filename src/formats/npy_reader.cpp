@@ -37,7 +37,7 @@ std::optional<std::string> string_code(char order, const std::string& code) {
 
 Result<NpyDtype> map_descr(const std::string& descr, const std::string& entry) {
   auto bad = [&](const std::string& why) {
-    return make_error("npy.unsupported-dtype", "dtype '" + descr + "' " + why, 0, entry);
+    return make_error(Rule::npy_unsupported_dtype, "dtype '" + descr + "' " + why, 0, entry);
   };
   if (descr.size() < 2) return bad("is not understood");
   char order = descr[0];
@@ -151,11 +151,11 @@ Result<model::ValueId> read_one(std::span<const uint8_t> bytes, const std::strin
   MCDR_TRY(c.seek(h.data_offset));
   if (d.object) {
     auto payload = bytes.subspan(h.data_offset);
-    add_finding(findings, Severity::medium, "npy.object-array",
+    add_finding(findings, Severity::medium, Rule::npy_object_array,
                 "object array: its data is a pickle (np.load refuses it without allow_pickle=True)", entry, h.data_offset);
     MCDR_ASSIGN(pickle::Program program, decode_stream(payload, entry, h.data_offset, options, findings, false));
     cdr::StorageResolver no_storages = [&](const cdr::StorageRequest& r) -> Result<model::Storage> {
-      return make_error("cdr.no-storage", "an object array's pickle has no storage records (key '" + r.key + "')",
+      return make_error(Rule::cdr_no_storage, "an object array's pickle has no storage records (key '" + r.key + "')",
                         r.pid_offset, entry);
     };
     cdr::LiftOptions lo;
@@ -167,19 +167,19 @@ Result<model::ValueId> read_one(std::span<const uint8_t> bytes, const std::strin
   if (!d.text_code.empty()) esize = std::stoull(d.text_code.substr(1)) * (d.text_code[0] == 'U' ? 4 : 1);
   uint64_t numel = 1;
   for (uint64_t dim : h.shape) {
-    if (dim != 0 && numel > UINT64_MAX / dim) return c.err("npy.bad-shape", "shape overflows 64 bits");
+    if (dim != 0 && numel > UINT64_MAX / dim) return c.err(Rule::npy_bad_shape, "shape overflows 64 bits");
     numel *= dim;
   }
-  if (numel > UINT64_MAX / esize || h.shape.size() > 64) return c.err("npy.bad-shape", "array size overflows 64 bits");
+  if (numel > UINT64_MAX / esize || h.shape.size() > 64) return c.err(Rule::npy_bad_shape, "array size overflows 64 bits");
   for (uint64_t dim : h.shape)
-    if (dim > static_cast<uint64_t>(INT64_MAX)) return c.err("npy.bad-shape", "dimension too large");
+    if (dim > static_cast<uint64_t>(INT64_MAX)) return c.err(Rule::npy_bad_shape, "dimension too large");
   uint64_t nbytes = numel * esize;
   if (nbytes > c.remaining())
-    return c.err("npy.truncated", "array data needs " + std::to_string(nbytes) + " bytes, " +
+    return c.err(Rule::npy_truncated, "array data needs " + std::to_string(nbytes) + " bytes, " +
                                       std::to_string(c.remaining()) + " follow the header");
   MCDR_ASSIGN(auto data, c.take(nbytes));
   if (!c.at_end())
-    add_finding(findings, Severity::medium, "npy.trailing-data",
+    add_finding(findings, Severity::medium, Rule::npy_trailing_data,
                 std::to_string(c.remaining()) + " bytes after the array data (dropped)", entry, c.abs_pos());
   if (!d.text_code.empty()) return string_array(m, d, h, data, owned_copy, entry);
   model::Storage s;
@@ -194,7 +194,7 @@ Result<model::ValueId> read_one(std::span<const uint8_t> bytes, const std::strin
     s.bytes = data;
   }
   if (d.big_endian)
-    add_finding(findings, Severity::info, "npy.big-endian", "big-endian array converted to little-endian", entry, 0);
+    add_finding(findings, Severity::info, Rule::npy_big_endian, "big-endian array converted to little-endian", entry, 0);
   m.storages.push_back(std::move(s));
   model::Tensor t;
   t.dtype = d.dtype;
@@ -233,7 +233,7 @@ Result<ParsedModel> read_npz(std::span<const uint8_t> file, const container::Zip
   std::vector<std::pair<model::ValueId, model::ValueId>> entries;
   for (const auto& e : zip.entries) {
     if (e.name.size() < 5 || e.name.compare(e.name.size() - 4, 4, ".npy") != 0)
-      return make_error("npz.bad-member", "member '" + e.name + "' is not a .npy file", e.local_header_offset, e.name);
+      return make_error(Rule::npz_bad_member, "member '" + e.name + "' is not a .npy file", e.local_header_offset, e.name);
     std::vector<uint8_t> scratch;
     MCDR_ASSIGN(auto bytes, container::entry_bytes(zip, file, e, scratch));
     MCDR_ASSIGN(model::ValueId v, read_one(bytes, e.name, !scratch.empty() || e.method != 0, options, parsed.model,

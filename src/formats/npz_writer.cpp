@@ -70,7 +70,7 @@ namespace {
 // Magic, version 1.0, header length and header of one .npy.
 Result<std::string> npy_prefix(const char* descr, const std::vector<int64_t>& shape, bool fortran_order = false) {
   std::string header = npy_header_text(descr, shape, fortran_order);
-  if (header.size() > 0xffff) return make_error("convert.npy-header", "npy header too long for version 1.0");
+  if (header.size() > 0xffff) return make_error(Rule::convert_npy_header, "npy header too long for version 1.0");
   std::string prefix = std::string("\x93NUMPY\x01\x00", 8);
   prefix.push_back(static_cast<char>(header.size() & 0xff));
   prefix.push_back(static_cast<char>(header.size() >> 8));
@@ -86,7 +86,7 @@ Status write_npy_body(const model::Model& m, const model::Tensor& t, const std::
     written += chunk.size();
     return sink(chunk);
   }));
-  if (written != tensor_nbytes(t)) return make_error("convert.bad-view", "tensor '" + name + "' streamed a wrong byte count");
+  if (written != tensor_nbytes(t)) return make_error(Rule::convert_bad_view, "tensor '" + name + "' streamed a wrong byte count");
   return ok_status();
 }
 // The .npy prefix of a flattened array: a numeric tensor (C order) or a fixed-width string
@@ -95,7 +95,7 @@ Result<std::string> member_prefix(const model::Tensor& t, const NamedTensor& nt)
   if (!nt.text_descr.empty()) return npy_prefix(nt.text_descr.c_str(), nt.array_shape, nt.fortran_order);
   const char* descr = npy_descr(t.dtype);
   if (!descr)
-    return make_error("convert.npy-dtype", std::string("dtype ") + model::dtype_info(t.dtype).name + " has no NumPy form");
+    return make_error(Rule::convert_npy_dtype, std::string("dtype ") + model::dtype_info(t.dtype).name + " has no NumPy form");
   return npy_prefix(descr, t.shape);
 }
 
@@ -103,9 +103,9 @@ Result<std::string> member_prefix(const model::Tensor& t, const NamedTensor& nt)
 void report_dropped_data(const model::Model& m, const FlatModel& flat, const std::string& why, const std::string& fmt,
                          Findings& findings) {
   for (const auto& [k, v] : flat.extra)
-    add_finding(findings, Severity::low, "convert.dropped", "'" + k + "' dropped: " + why + " (non-tensor data)");
+    add_finding(findings, Severity::low, Rule::convert_dropped, "'" + k + "' dropped: " + why + " (non-tensor data)");
   if (!m.file_metadata.empty())
-    add_finding(findings, Severity::low, "convert.dropped", "file metadata dropped: " + fmt + " has no metadata");
+    add_finding(findings, Severity::low, Rule::convert_dropped, "file metadata dropped: " + fmt + " has no metadata");
 }
 }  // namespace
 
@@ -113,13 +113,13 @@ Status write_npy(const model::Model& m, io::AtomicOutput& out, Findings& finding
   MCDR_ASSIGN(FlatModel flat, flatten_model(m, "npy", findings));
   report_dropped_data(m, flat, "npy holds one array only", "npy", findings);
   if (flat.tensors.size() != 1)
-    return make_error("convert.npy-arrays", "an .npy file holds exactly one array; this model has " +
+    return make_error(Rule::convert_npy_arrays, "an .npy file holds exactly one array; this model has " +
                                                 std::to_string(flat.tensors.size()) + " (write .npz instead)");
   const auto& nt = flat.tensors.front();
   const model::Tensor& t = m.tensors[nt.tensor];
   MCDR_ASSIGN(std::string prefix, member_prefix(t, nt));
   if (!is_c_contiguous(t))
-    add_finding(findings, Severity::info, "convert.made-contiguous", "the array was not contiguous; written in C order");
+    add_finding(findings, Severity::info, Rule::convert_made_contiguous, "the array was not contiguous; written in C order");
   return write_npy_body(m, t, nt.name, prefix, [&](std::span<const uint8_t> b) { return out.write(b); });
 }
 
@@ -131,17 +131,17 @@ Status write_npz(const model::Model& m, io::AtomicOutput& out, Findings& finding
   for (const auto& nt : flat.tensors) {
     const model::Tensor& t = m.tensors[nt.tensor];
     if (nt.text_descr.empty() && !npy_descr(t.dtype)) {
-      add_finding(findings, Severity::low, "convert.dropped",
+      add_finding(findings, Severity::low, Rule::convert_dropped,
                   "tensor '" + nt.name + "' dropped: dtype " + model::dtype_info(t.dtype).name + " has no NumPy form");
       continue;
     }
     std::string member = nt.name + ".npy";
     if (!safe_member_name(member) || !members.insert(member).second) {
-      add_finding(findings, Severity::low, "convert.dropped", "tensor '" + nt.name + "' dropped: not usable as an npz member name");
+      add_finding(findings, Severity::low, Rule::convert_dropped, "tensor '" + nt.name + "' dropped: not usable as an npz member name");
       continue;
     }
     if (!is_c_contiguous(t))
-      add_finding(findings, Severity::info, "convert.made-contiguous", "tensor '" + nt.name + "' was not contiguous; written in C order");
+      add_finding(findings, Severity::info, Rule::convert_made_contiguous, "tensor '" + nt.name + "' was not contiguous; written in C order");
     MCDR_ASSIGN(std::string prefix, member_prefix(t, nt));
     uint64_t nbytes = tensor_nbytes(t);
     MCDR_TRY(zip.begin_entry(member, prefix.size() + nbytes));
@@ -150,7 +150,7 @@ Status write_npz(const model::Model& m, io::AtomicOutput& out, Findings& finding
   }
   // numpy sniffs an npz by its first local header: an archive without members is not one.
   if (members.empty())
-    return make_error("convert.nothing-to-write", "no array can be written as npz (nothing numeric is left)");
+    return make_error(Rule::convert_nothing_to_write, "no array can be written as npz (nothing numeric is left)");
   return zip.finish();
 }
 

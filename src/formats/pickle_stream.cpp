@@ -36,7 +36,7 @@ Result<pickle::Program> decode_stream(std::span<const uint8_t> bytes, const std:
       second = p2.ok();
       if (second) cdr::scan_program(*p2, entry, findings);
     }
-    add_finding(findings, Severity::high, second ? "pickle.second-stream" : "pickle.trailing-data",
+    add_finding(findings, Severity::high, second ? Rule::pickle_second_stream : Rule::pickle_trailing_data,
                 std::to_string(extra) + (second ? " bytes after STOP form a second pickle stream" : " bytes after STOP"),
                 entry, base_offset + program.end_offset);
   }
@@ -48,7 +48,7 @@ Result<ParsedModel> read_bare_pickle(std::span<const uint8_t> file, const ReadOp
   parsed.format = container::Format::pickle;
   MCDR_ASSIGN(pickle::Program program, decode_stream(file, "", 0, options, parsed.findings, false));
   cdr::StorageResolver no_storages = [](const cdr::StorageRequest& r) -> Result<model::Storage> {
-    return make_error("cdr.no-storage", "a bare pickle has no storage records (key '" + r.key + "')", r.pid_offset);
+    return make_error(Rule::cdr_no_storage, "a bare pickle has no storage records (key '" + r.key + "')", r.pid_offset);
   };
   cdr::LiftOptions lo;
   MCDR_ASSIGN(parsed.model, cdr::lift(program, no_storages, lo));

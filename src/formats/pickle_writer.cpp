@@ -192,7 +192,7 @@ class Emitter {
         memo_[id] = put();
         return items(v.items, 0x90, depth);
       case ValueKind::tensor:
-        return make_error("output.unsupported",
+        return make_error(Rule::output_unsupported,
                           "a torch tensor cannot be written as a pickle/joblib file (use --to pt or safetensors)");
       case ValueKind::numpy_dtype: MCDR_TRY(dtype(v, depth)); break;
       case ValueKind::ndarray:
@@ -202,7 +202,7 @@ class Emitter {
         if (opt_.joblib && !m_.values[v.state].text.empty() && m_.values[v.state].text[0] != 'O') return ok_status();
         break;
       case ValueKind::object: {
-        if (v.class_id >= reg_.size()) return make_error("output.bad-class", "object with an unknown registry class id");
+        if (v.class_id >= reg_.size()) return make_error(Rule::output_bad_class, "object with an unknown registry class id");
         const auto& rc = reg_.at(v.class_id);
         global(rc.module, rc.name);
         if (rc.construct == cdr::Construct::newobj) {
@@ -258,7 +258,7 @@ class Emitter {
 
   Status array(const Value& v, uint32_t depth) {
     const Value& dt = m_.values[v.state];
-    if (dt.kind != ValueKind::numpy_dtype) return make_error("output.bad-array", "array without a numpy dtype");
+    if (dt.kind != ValueKind::numpy_dtype) return make_error(Rule::output_bad_array, "array without a numpy dtype");
     bool object = dt.text.size() > 0 && dt.text[0] == 'O';
     std::span<const uint8_t> data;
     if (!object) {

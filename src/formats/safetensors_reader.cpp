@@ -63,7 +63,7 @@ bool looks_like_shell(std::string_view v) {
 
 Result<uint64_t> unsigned_of(const json& j, const std::string& what, const std::string& name) {
   if (!j.is_number_unsigned())
-    return make_error("safetensors.bad-header", "tensor '" + name + "': " + what + " must be a non-negative integer");
+    return make_error(Rule::safetensors_bad_header, "tensor '" + name + "': " + what + " must be a non-negative integer");
   return j.get<uint64_t>();
 }
 
@@ -74,9 +74,9 @@ Result<ParsedModel> read_safetensors(std::span<const uint8_t> file, const ReadOp
   parsed.format = container::Format::safetensors;
   io::ByteCursor c(file);
   MCDR_ASSIGN(uint64_t n, c.u64le());
-  if (n > kMaxHeader) return make_error("safetensors.header-too-large", "header length " + std::to_string(n) + " exceeds 100 MB");
+  if (n > kMaxHeader) return make_error(Rule::safetensors_header_too_large, "header length " + std::to_string(n) + " exceeds 100 MB");
   if (n > c.remaining())
-    return make_error("safetensors.bad-header-length",
+    return make_error(Rule::safetensors_bad_header_length,
                       "header length " + std::to_string(n) + " runs past the end of the file", 0);
   MCDR_ASSIGN(std::string_view header, c.take_view(n));
   const uint64_t data_start = c.pos();
@@ -84,16 +84,16 @@ Result<ParsedModel> read_safetensors(std::span<const uint8_t> file, const ReadOp
   // JSON whitespace may precede the object (the reference reader's serde_json accepts it).
   size_t first = header.find_first_not_of(" \t\r\n");
   if (first == std::string_view::npos || header[first] != '{')
-    return make_error("safetensors.bad-header", "header does not start with '{'", 8);
+    return make_error(Rule::safetensors_bad_header, "header does not start with '{'", 8);
 
   // Padding: JSON whitespace is tolerated by JSON parsers, but writers pad with spaces only.
   size_t end = header.size();
   while (end > 0 && header[end - 1] == ' ') --end;
   if (end < header.size() && header.find_first_of("\t\r\n", end) != std::string_view::npos)
-    add_finding(parsed.findings, Severity::low, "safetensors.header-padding", "header padding is not plain spaces", "", 8 + end);
+    add_finding(parsed.findings, Severity::low, Rule::safetensors_header_padding, "header padding is not plain spaces", "", 8 + end);
   // A raw NUL is never valid JSON (the reference reader rejects it); a parser may stop there.
   if (header.find('\0') != std::string_view::npos)
-    return make_error("safetensors.bad-json", "header holds a NUL byte (not valid JSON)", 8 + header.find('\0'));
+    return make_error(Rule::safetensors_bad_json, "header holds a NUL byte (not valid JSON)", 8 + header.find('\0'));
   // One bounded SAX pass (depth, element count, duplicate keys at any level) that builds a DOM
   // with std::map objects; tensors are taken in the header's order, recorded by the pass.
   io::JsonLimits jl;
@@ -101,14 +101,14 @@ Result<ParsedModel> read_safetensors(std::span<const uint8_t> file, const ReadOp
   jl.max_elements = kMaxElements;
   io::JsonShape shape;
   json doc = io::parse_json(header, jl, shape);
-  if (shape.too_deep) return make_error("safetensors.bad-header", "header JSON nests deeper than the format allows", 8);
+  if (shape.too_deep) return make_error(Rule::safetensors_bad_header, "header JSON nests deeper than the format allows", 8);
   if (shape.too_many)
-    return make_error("limits.json-elements", "header JSON has more than " + std::to_string(kMaxElements) + " elements", 8);
+    return make_error(Rule::limits_json_elements, "header JSON has more than " + std::to_string(kMaxElements) + " elements", 8);
   if (shape.duplicate_key)
-    return make_error("safetensors.duplicate-key",
+    return make_error(Rule::safetensors_duplicate_key,
                       "key '" + shape.duplicate_key->substr(0, 200) + "' appears twice in the header (readers disagree on which wins)", 8);
-  if (!shape.valid) return make_error("safetensors.bad-json", "header is not valid UTF-8 JSON", 8);
-  if (!doc.is_object()) return make_error("safetensors.bad-header", "header is not a JSON object", 8);
+  if (!shape.valid) return make_error(Rule::safetensors_bad_json, "header is not valid UTF-8 JSON", 8);
+  if (!doc.is_object()) return make_error(Rule::safetensors_bad_header, "header is not a JSON object", 8);
 
   struct Entry {
     std::string name;
@@ -122,24 +122,24 @@ Result<ParsedModel> read_safetensors(std::span<const uint8_t> file, const ReadOp
     const json& v = doc.find(name).value();
     if (name == "__metadata__") {
       if (v.is_null()) continue;  // the reference reader's Option<HashMap>: null is no metadata
-      if (!v.is_object()) return make_error("safetensors.bad-metadata", "__metadata__ is not an object", 8);
+      if (!v.is_object()) return make_error(Rule::safetensors_bad_metadata, "__metadata__ is not an object", 8);
       for (auto m = v.begin(); m != v.end(); ++m) {
         if (!m.value().is_string())
-          return make_error("safetensors.bad-metadata", "__metadata__ value '" + m.key().substr(0, 100) + "' is not a string", 8);
+          return make_error(Rule::safetensors_bad_metadata, "__metadata__ value '" + m.key().substr(0, 100) + "' is not a string", 8);
         const std::string& text = m.value().get_ref<const std::string&>();
         std::string shown = "__metadata__['" + m.key().substr(0, 100) + "']";
         if (m.key().size() + text.size() > kMaxMetadataValue) {
-          add_finding(parsed.findings, Severity::medium, "safetensors.metadata-oversized",
+          add_finding(parsed.findings, Severity::medium, Rule::safetensors_metadata_oversized,
                       shown + " is " + std::to_string(text.size()) + " bytes (over 64 KiB; dropped on disarm)", "", 8);
           continue;
         }
         if (cdr::looks_like_embedded_pickle(text)) {
-          add_finding(parsed.findings, Severity::high, "safetensors.metadata-pickle",
+          add_finding(parsed.findings, Severity::high, Rule::safetensors_metadata_pickle,
                       shown + " holds a serialized pickle (dropped on disarm)", "", 8);
           continue;
         }
         if (looks_like_shell(text) || looks_like_shell(m.key())) {
-          add_finding(parsed.findings, Severity::medium, "safetensors.metadata-shell",
+          add_finding(parsed.findings, Severity::medium, Rule::safetensors_metadata_shell,
                       shown + " reads like a shell command (dropped on disarm)", "", 8);
           continue;
         }
@@ -147,42 +147,42 @@ Result<ParsedModel> read_safetensors(std::span<const uint8_t> file, const ReadOp
       }
       continue;
     }
-    if (!v.is_object()) return make_error("safetensors.bad-header", "tensor '" + name + "' is not a JSON object", 8);
+    if (!v.is_object()) return make_error(Rule::safetensors_bad_header, "tensor '" + name + "' is not a JSON object", 8);
     Entry e;
     e.name = name;
     for (auto f = v.begin(); f != v.end(); ++f)
       if (f.key() != "dtype" && f.key() != "shape" && f.key() != "data_offsets")
-        add_finding(parsed.findings, Severity::low, "safetensors.unknown-field",
+        add_finding(parsed.findings, Severity::low, Rule::safetensors_unknown_field,
                     "tensor '" + name + "' has unknown field '" + f.key().substr(0, 100) + "' (dropped)", "", 8);
     if (!v.contains("dtype") || !v["dtype"].is_string())
-      return make_error("safetensors.bad-header", "tensor '" + name + "' has no dtype string", 8);
+      return make_error(Rule::safetensors_bad_header, "tensor '" + name + "' has no dtype string", 8);
     const std::string& ds = v["dtype"].get_ref<const std::string&>();
     auto dt = st_dtype(ds);
     if (!dt)
-      return make_error(known_but_unsupported(ds) ? "safetensors.unsupported-dtype" : "safetensors.bad-dtype",
+      return make_error(known_but_unsupported(ds) ? Rule::safetensors_unsupported_dtype : Rule::safetensors_bad_dtype,
                         "tensor '" + name + "': dtype '" + ds.substr(0, 40) + "' " +
                             (known_but_unsupported(ds) ? "has no torch equivalent modelcdr can write" : "is not a safetensors dtype"),
                         8);
     e.dtype = *dt;
     if (!v.contains("shape") || !v["shape"].is_array())
-      return make_error("safetensors.bad-header", "tensor '" + name + "' has no shape array", 8);
-    if (v["shape"].size() > 64) return make_error("safetensors.bad-header", "tensor '" + name + "' has more than 64 dimensions", 8);
+      return make_error(Rule::safetensors_bad_header, "tensor '" + name + "' has no shape array", 8);
+    if (v["shape"].size() > 64) return make_error(Rule::safetensors_bad_header, "tensor '" + name + "' has more than 64 dimensions", 8);
     uint64_t numel = 1;
     for (const auto& d : v["shape"]) {
       MCDR_ASSIGN(uint64_t dim, unsigned_of(d, "a shape entry", name));
       if (dim > static_cast<uint64_t>(INT64_MAX) || (dim != 0 && numel > UINT64_MAX / dim))
-        return make_error("safetensors.bad-shape", "tensor '" + name + "': shape overflows", 8);
+        return make_error(Rule::safetensors_bad_shape, "tensor '" + name + "': shape overflows", 8);
       numel *= dim;
       e.shape.push_back(static_cast<int64_t>(dim));
     }
     uint64_t esize = model::dtype_info(e.dtype).element_size;
-    if (numel > UINT64_MAX / esize) return make_error("safetensors.bad-shape", "tensor '" + name + "': size overflows", 8);
+    if (numel > UINT64_MAX / esize) return make_error(Rule::safetensors_bad_shape, "tensor '" + name + "': size overflows", 8);
     if (!v.contains("data_offsets") || !v["data_offsets"].is_array() || v["data_offsets"].size() != 2)
-      return make_error("safetensors.bad-header", "tensor '" + name + "' has no [begin, end] data_offsets", 8);
+      return make_error(Rule::safetensors_bad_header, "tensor '" + name + "' has no [begin, end] data_offsets", 8);
     MCDR_ASSIGN(e.begin, unsigned_of(v["data_offsets"][0], "data_offsets", name));
     MCDR_ASSIGN(e.end, unsigned_of(v["data_offsets"][1], "data_offsets", name));
     if (e.end < e.begin || e.end - e.begin != numel * esize)
-      return make_error("safetensors.bad-offsets",
+      return make_error(Rule::safetensors_bad_offsets,
                         "tensor '" + name + "': data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
                             ") do not hold shape x dtype = " + std::to_string(numel * esize) + " bytes",
                         8);
@@ -199,18 +199,18 @@ Result<ParsedModel> read_safetensors(std::span<const uint8_t> file, const ReadOp
   for (size_t i : order) {
     const Entry& e = entries[i];
     if (e.begin != pos)
-      return make_error("safetensors.bad-offsets",
+      return make_error(Rule::safetensors_bad_offsets,
                         "tensor '" + e.name + "' starts at " + std::to_string(e.begin) + ", expected " + std::to_string(pos) +
                             (e.begin < pos ? " (overlaps the previous tensor)" : " (gap)"),
                         data_start + std::min<uint64_t>(e.begin, buffer.size()));
     pos = e.end;
   }
   if (pos > buffer.size())
-    return make_error("safetensors.truncated",
+    return make_error(Rule::safetensors_truncated,
                       "tensor data needs " + std::to_string(pos) + " bytes, the file holds " + std::to_string(buffer.size()),
                       data_start);
   if (pos != buffer.size())
-    return make_error("safetensors.trailing-data",
+    return make_error(Rule::safetensors_trailing_data,
                       std::to_string(buffer.size() - pos) + " bytes after the last tensor (the reference reader refuses the file)",
                       data_start + pos);
 

@@ -86,7 +86,7 @@ class Flattener {
   }
 
   void drop(const std::string& path, const std::string& why) {
-    add_finding(f_, Severity::low, "convert.dropped",
+    add_finding(f_, Severity::low, Rule::convert_dropped,
                 "'" + (path.empty() ? std::string("<root>") : path) + "' dropped: " + why + " (" + what_ + " cannot hold it)");
   }
   static std::string join(const std::string& prefix, const std::string& key) {
@@ -117,7 +117,7 @@ class Flattener {
       std::string n2;
       for (int i = 2;; ++i)
         if (names_.insert(n2 = name + "#" + std::to_string(i)).second) break;
-      add_finding(f_, Severity::low, "convert.renamed", "tensor name '" + name + "' is taken; written as '" + n2 + "'");
+      add_finding(f_, Severity::low, Rule::convert_renamed, "tensor name '" + name + "' is taken; written as '" + n2 + "'");
       name = n2;
     }
     flat_.tensors.push_back({name, tid});
@@ -294,27 +294,27 @@ bool is_c_contiguous(const Tensor& t) {
 
 Status stream_tensor(const Model& m, const Tensor& t, const std::function<Status(std::span<const uint8_t>)>& sink) {
   if (t.storage >= m.storages.size() || t.shape.size() != t.stride.size())
-    return make_error("convert.bad-view", "tensor view does not match its storage");
+    return make_error(Rule::convert_bad_view, "tensor view does not match its storage");
   const auto& bytes = m.storages[t.storage].bytes;
   const uint64_t es = model::dtype_info(t.dtype).element_size;
   uint64_t numel = 1;
   for (int64_t d : t.shape) {
-    if (d < 0) return make_error("convert.bad-view", "negative dimension");
+    if (d < 0) return make_error(Rule::convert_bad_view, "negative dimension");
     numel *= static_cast<uint64_t>(d);
   }
   if (numel == 0) return ok_status();
-  if (t.storage_offset < 0) return make_error("convert.bad-view", "negative storage offset");
+  if (t.storage_offset < 0) return make_error(Rule::convert_bad_view, "negative storage offset");
   // Largest element index touched, overflow-checked against the storage size.
   uint64_t last = static_cast<uint64_t>(t.storage_offset);
   const uint64_t cap = bytes.size() / es;
   for (size_t i = 0; i < t.shape.size(); ++i) {
-    if (t.stride[i] < 0) return make_error("convert.bad-view", "negative stride");
+    if (t.stride[i] < 0) return make_error(Rule::convert_bad_view, "negative stride");
     uint64_t span = static_cast<uint64_t>(t.shape[i] - 1);
-    if (span && static_cast<uint64_t>(t.stride[i]) > cap / span) return make_error("convert.bad-view", "view exceeds its storage");
+    if (span && static_cast<uint64_t>(t.stride[i]) > cap / span) return make_error(Rule::convert_bad_view, "view exceeds its storage");
     last += span * static_cast<uint64_t>(t.stride[i]);
-    if (last >= cap) return make_error("convert.bad-view", "view exceeds its storage");
+    if (last >= cap) return make_error(Rule::convert_bad_view, "view exceeds its storage");
   }
-  if (last >= cap) return make_error("convert.bad-view", "view exceeds its storage");
+  if (last >= cap) return make_error(Rule::convert_bad_view, "view exceeds its storage");
   if (is_c_contiguous(t)) {
     auto all = bytes.subspan(static_cast<size_t>(t.storage_offset) * es, numel * es);
     for (size_t off = 0; off < all.size(); off += kChunk) MCDR_TRY(sink(all.subspan(off, std::min(kChunk, all.size() - off))));
@@ -399,7 +399,7 @@ Status write_safetensors(const Model& m, io::AtomicOutput& out, Findings& findin
   for (const auto& nt : flat.tensors) {
     const Tensor& t = m.tensors[nt.tensor];
     if (!safetensors_dtype(t.dtype)) {
-      add_finding(findings, Severity::low, "convert.dropped",
+      add_finding(findings, Severity::low, Rule::convert_dropped,
                   "tensor '" + nt.name + "' dropped: dtype " + model::dtype_info(t.dtype).name + " has no safetensors form");
       continue;
     }
@@ -410,14 +410,14 @@ Status write_safetensors(const Model& m, io::AtomicOutput& out, Findings& findin
     }
     seen[key] = outs.size();
     if (storage_users[t.storage]++ == 1)
-      add_finding(findings, Severity::info, "convert.shared-storage",
+      add_finding(findings, Severity::info, Rule::convert_shared_storage,
                   "tensor '" + nt.name + "' shares storage with another view; written as its own copy");
     if (!is_c_contiguous(t))
-      add_finding(findings, Severity::info, "convert.made-contiguous", "tensor '" + nt.name + "' was not contiguous; written in C order");
+      add_finding(findings, Severity::info, Rule::convert_made_contiguous, "tensor '" + nt.name + "' was not contiguous; written in C order");
     outs.push_back({nt.name, &t});
   }
   if (!aliases.empty())
-    add_finding(findings, Severity::info, "convert.aliases",
+    add_finding(findings, Severity::info, Rule::convert_aliases,
                 std::to_string(aliases.size()) + " tensors share storage with another (tied weights): written once, the other names recorded in __metadata__['modelcdr.aliases']");
   // Deterministic order: element size descending (keeps every tensor aligned), then name.
   std::stable_sort(outs.begin(), outs.end(), [](const Out& a, const Out& b) {
@@ -435,7 +435,7 @@ Status write_safetensors(const Model& m, io::AtomicOutput& out, Findings& findin
   if (!aliases.empty()) meta.emplace_back("modelcdr.aliases", json_text(json_object(aliases)));
   if (!flat.extra.empty()) {
     meta.emplace_back("modelcdr.extra", json_text(json_object(flat.extra)));
-    add_finding(findings, Severity::info, "convert.extra-metadata",
+    add_finding(findings, Severity::info, Rule::convert_extra_metadata,
                 std::to_string(flat.extra.size()) + " non-tensor entries written as JSON to __metadata__['modelcdr.extra']");
   }
   std::vector<std::pair<std::string, std::string>> header;
@@ -461,7 +461,7 @@ Status write_safetensors(const Model& m, io::AtomicOutput& out, Findings& findin
       written += chunk.size();
       return out.write(chunk);
     }));
-    if (written != o.end - o.begin) return make_error("convert.bad-view", "tensor '" + o.name + "' streamed a wrong byte count");
+    if (written != o.end - o.begin) return make_error(Rule::convert_bad_view, "tensor '" + o.name + "' streamed a wrong byte count");
   }
   return ok_status();
 }

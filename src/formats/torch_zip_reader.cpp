@@ -46,7 +46,7 @@ struct ArchiveView {
   Result<std::span<const uint8_t>> read(const ZipEntry& e, std::vector<uint8_t>& scratch) const {
     MCDR_ASSIGN(auto bytes, container::entry_bytes(*zip, file, e, scratch));
     if (!crc_checked && deferrable_storage(e) && container::ZipWriter::crc32(bytes) != e.crc32)
-      return make_error("zip.bad-crc", "CRC-32 of the record does not match the zip directory", e.data_offset, e.name);
+      return make_error(Rule::zip_bad_crc, "CRC-32 of the record does not match the zip directory", e.data_offset, e.name);
     return bytes;
   }
 };
@@ -69,17 +69,17 @@ void report_records(const ZipArchive& zip, const std::string& prefix, const std:
       "data.pkl", "version", ".data/version", "byteorder", ".format_version", ".storage_alignment", ".data/serialization_id"};
   for (const auto& e : zip.entries) {
     if (e.name.compare(0, prefix.size() + 1, prefix + "/") != 0) {
-      add_finding(findings, Severity::high, "torch.entry-outside-prefix",
+      add_finding(findings, Severity::high, Rule::torch_entry_outside_prefix,
                   "entry '" + e.name + "' is not under the archive folder '" + prefix + "/'", e.name, e.local_header_offset);
       continue;
     }
     std::string rel = e.name.substr(prefix.size() + 1);
     if (bookkeeping.count(rel) || used.count(e.name)) continue;
     if (rel.compare(0, 5, "data/") == 0) {
-      add_finding(findings, Severity::low, "torch.unreferenced-record",
+      add_finding(findings, Severity::low, Rule::torch_unreferenced_record,
                   "storage record '" + e.name + "' is not referenced by data.pkl (dropped)", e.name, e.local_header_offset);
     } else {
-      add_finding(findings, Severity::medium, "torch.unknown-record",
+      add_finding(findings, Severity::medium, Rule::torch_unknown_record,
                   "record '" + e.name + "' is not part of a checkpoint (dropped)", e.name, e.local_header_offset);
     }
   }
@@ -89,7 +89,7 @@ Status check_version(const ArchiveView& a, Findings& findings) {
   const ZipEntry* v = a.zip->find(a.prefix + "/.data/version");
   if (!v) v = a.zip->find(a.prefix + "/version");
   if (!v) {
-    add_finding(findings, Severity::medium, "torch.missing-version", "no version record (torch.load would refuse the file)",
+    add_finding(findings, Severity::medium, Rule::torch_missing_version, "no version record (torch.load would refuse the file)",
                 a.prefix + "/version", 0);
     return ok_status();
   }
@@ -100,7 +100,7 @@ Status check_version(const ArchiveView& a, Findings& findings) {
   bool digits = !text.empty() && text.size() < 8 && std::all_of(text.begin(), text.end(), ::isdigit);
   long value = digits ? std::stol(text) : -1;
   if (value < 1 || value > 10)
-    add_finding(findings, Severity::medium, "torch.bad-version",
+    add_finding(findings, Severity::medium, Rule::torch_bad_version,
                 "version record '" + text.substr(0, 16) + "' is outside 1..10 (torch.load would refuse the file)", v->name,
                 v->data_offset);
   return ok_status();
@@ -114,7 +114,7 @@ Result<bool> big_endian(const ArchiveView& a) {
   std::string text(bytes.begin(), bytes.end());
   if (text == "little") return false;
   if (text == "big") return true;
-  return make_error("torch.bad-byteorder", "byteorder record is neither 'little' nor 'big'", b->data_offset, b->name);
+  return make_error(Rule::torch_bad_byteorder, "byteorder record is neither 'little' nor 'big'", b->data_offset, b->name);
 }
 
 }  // namespace
@@ -123,9 +123,9 @@ Result<const container::ZipEntry*> find_storage_record(const container::ZipArchi
                                                        uint64_t declared_nbytes, uint64_t pid_offset,
                                                        const std::string& pickle_entry) {
   const container::ZipEntry* e = zip.find(name);
-  if (!e) return make_error("torch.missing-storage", "storage record '" + name + "' does not exist", pid_offset, pickle_entry);
+  if (!e) return make_error(Rule::torch_missing_storage, "storage record '" + name + "' does not exist", pid_offset, pickle_entry);
   if (e->uncompressed_size != declared_nbytes)
-    return make_error("torch.storage-size-mismatch",
+    return make_error(Rule::torch_storage_size_mismatch,
                       "record '" + name + "' holds " + std::to_string(e->uncompressed_size) +
                           " bytes, the pickle declares " + std::to_string(declared_nbytes),
                       pid_offset, pickle_entry);
@@ -140,7 +140,7 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
   container::CrcDeferred deferred;
   if (options.defer_storage_crc) deferred = deferrable_storage;
   MCDR_ASSIGN(ZipArchive zip, container::read_zip(file, parsed.findings, zip_limits, true, deferred));
-  if (zip.entries.empty()) return make_error("torch.empty-archive", "zip archive has no entries");
+  if (zip.entries.empty()) return make_error(Rule::torch_empty_archive, "zip archive has no entries");
   const std::string first = zip.entries.front().name;
   auto slash = first.find('/');
   std::string prefix = slash == std::string::npos ? std::string() : first.substr(0, slash);
@@ -164,7 +164,7 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
     return read_npz(file, zip, std::move(parsed.findings), options);
   }
   if (slash == std::string::npos || slash == 0)
-    return make_error("torch.no-archive-folder", "first zip entry '" + first + "' is not in a folder (not a torch checkpoint)");
+    return make_error(Rule::torch_no_archive_folder, "first zip entry '" + first + "' is not in a folder (not a torch checkpoint)");
   ArchiveView a{file, &zip, prefix};
   a.crc_checked = crc_checked;
   if (script) {
@@ -172,7 +172,7 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
     return parsed;
   }
   const ZipEntry* pkl = zip.find(a.prefix + "/data.pkl");
-  if (!pkl) return make_error("torch.no-data-pkl", "no '" + a.prefix + "/data.pkl' record");
+  if (!pkl) return make_error(Rule::torch_no_data_pkl, "no '" + a.prefix + "/data.pkl' record");
   MCDR_TRY(check_version(a, parsed.findings));
   MCDR_ASSIGN(bool swap, big_endian(a));
 
@@ -209,7 +209,7 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
   cdr::LiftOptions lo;
   lo.entry = pkl->name;
   MCDR_ASSIGN(parsed.model, cdr::lift(program, resolver, lo));
-  if (swap) add_finding(parsed.findings, Severity::info, "torch.big-endian", "big-endian storages converted to little-endian");
+  if (swap) add_finding(parsed.findings, Severity::info, Rule::torch_big_endian, "big-endian storages converted to little-endian");
   report_records(zip, a.prefix, used, parsed.findings);
   MCDR_TRY(check_unused_storage_crcs(a, used, options.input_is_mapped, parsed.findings));
   return parsed;

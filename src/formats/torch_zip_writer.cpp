@@ -495,7 +495,7 @@ Status stream_from_fd(container::ZipWriter& zip, int fd, uint64_t offset, uint64
     size_t want = static_cast<size_t>(std::min<uint64_t>(buffer.size(), size - done));
     ssize_t got = ::pread(fd, buffer.data(), want, static_cast<off_t>(offset + done));
     if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) return make_error("io.read", "cannot read the input (changed while being disarmed?)", offset + done, source);
+    if (got <= 0) return make_error(Rule::io_read, "cannot read the input (changed while being disarmed?)", offset + done, source);
     MCDR_TRY(zip.write_payload(std::span<const uint8_t>(buffer.data(), static_cast<size_t>(got))));
     done += static_cast<uint64_t>(got);
   }
@@ -542,7 +542,7 @@ Status copy_payload(container::ZipWriter& zip, const std::string& name, const mo
   // The input directory's CRC for these same bytes, checked here instead of in a separate
   // read pass (the writer computes the CRC anyway); a mismatch aborts the output.
   if (s.expected_crc && zip.entry_crc() != *s.expected_crc)
-    return make_error("zip.bad-crc", "CRC-32 of the storage record does not match the zip directory", 0, s.source);
+    return make_error(Rule::zip_bad_crc, "CRC-32 of the storage record does not match the zip directory", 0, s.source);
   return zip.end_entry();
 }
 
@@ -575,13 +575,13 @@ Status verify_emitted(const std::vector<uint8_t>& pkl) {
   d.entry = "archive/data.pkl (emitted)";
   MCDR_ASSIGN(pickle::Program p, pickle::decode(pkl, d, findings));
   if (p.protocol != 2 || p.end_offset != pkl.size())
-    return make_error("emit.self-check", "emitted pickle is not a single protocol-2 stream");
+    return make_error(Rule::emit_self_check, "emitted pickle is not a single protocol-2 stream");
   for (const auto& n : p.nodes) {
     if (n.kind == pickle::NodeKind::Global && !emit_vocabulary(n))
-      return make_error("emit.self-check", "emitted pickle names a global outside the emit vocabulary", n.offset);
+      return make_error(Rule::emit_self_check, "emitted pickle names a global outside the emit vocabulary", n.offset);
     if (n.kind == pickle::NodeKind::Inst || n.kind == pickle::NodeKind::Ext || n.kind == pickle::NodeKind::Buffer ||
         n.kind == pickle::NodeKind::NewObj)
-      return make_error("emit.self-check", "emitted pickle holds an opcode outside the emit vocabulary", n.offset);
+      return make_error(Rule::emit_self_check, "emitted pickle holds an opcode outside the emit vocabulary", n.offset);
   }
   return ok_status();
 }

@@ -111,7 +111,7 @@ class Walker {
     info.class_module = cls.text;
     info.class_name = cls.name;
     if (n.build_states.size() != 1 || p_.at(n.build_states.back()).kind != NodeKind::Dict) {
-      add_finding(findings_, Severity::high, "torchscript.setstate",
+      add_finding(findings_, Severity::high, Rule::torchscript_setstate,
                   "module '" + info.path + "' (" + cls.text + "." + cls.name +
                       ") is restored by a TorchScript __setstate__; its state was dropped",
                   "", n.offset);
@@ -138,7 +138,7 @@ class Walker {
         if (is_param) params.emplace_back(kn.text, v);
         else if (is_buffer) buffers.emplace_back(kn.text, v);
         else
-          add_finding(findings_, Severity::low, "torchscript.attribute",
+          add_finding(findings_, Severity::low, Rule::torchscript_attribute,
                       "tensor attribute '" + path + kn.text + "' is neither a parameter nor a buffer (dropped)", "", kn.offset);
       }
     }
@@ -229,14 +229,14 @@ Status read_torchscript_archive(std::span<const uint8_t> file, const container::
   for (const auto& e : zip.entries) {
     std::string rel = e.name.substr(std::min(e.name.size(), prefix.size() + 1));
     if (rel.compare(0, 5, "code/") == 0 && ends_with(rel, ".py"))
-      add_finding(parsed.findings, Severity::high, "torchscript.code",
+      add_finding(parsed.findings, Severity::high, Rule::torchscript_code,
                   "TorchScript code '" + rel + "' removed (it runs when the model is loaded or used)", e.name,
                   e.local_header_offset);
     else if (rel.compare(0, 10, "constants/") == 0)
-      add_finding(parsed.findings, Severity::low, "torchscript.constant", "code constant '" + rel + "' removed", e.name,
+      add_finding(parsed.findings, Severity::low, Rule::torchscript_constant, "code constant '" + rel + "' removed", e.name,
                   e.local_header_offset);
     else if (rel.compare(0, 6, "extra/") == 0 || rel == "bytecode.pkl" || ends_with(rel, ".json"))
-      add_finding(parsed.findings, Severity::medium, "torchscript.extra", "record '" + rel + "' removed", e.name,
+      add_finding(parsed.findings, Severity::medium, Rule::torchscript_extra, "record '" + rel + "' removed", e.name,
                   e.local_header_offset);
     // Every pickle is decoded and scanned (constants.pkl calls, __setstate__ state), except
     // source-range debug info, which the loaders skip.
@@ -246,7 +246,7 @@ Status read_torchscript_archive(std::span<const uint8_t> file, const container::
       auto program = decode_stream(bytes, e.name, 0, options, parsed.findings, false);
       if (!program.ok()) return program.error();
       if (rel == "constants.pkl" && program->root != kNoNode && !program->at(program->root).items.empty())
-        add_finding(parsed.findings, Severity::medium, "torchscript.constants",
+        add_finding(parsed.findings, Severity::medium, Rule::torchscript_constants,
                     "constants.pkl (" + std::to_string(program->at(program->root).items.size()) +
                         " constants used by the code) removed",
                     e.name, 0);
@@ -311,7 +311,7 @@ Status read_torchscript_archive(std::span<const uint8_t> file, const container::
   MCDR_ASSIGN(parsed.model, cdr::lift(program, resolver, lo));
   for (auto& info : arch) cdr::vet_architecture(info, parsed.findings, pkl->name, 0);
   parsed.model.architecture = std::move(arch);
-  add_finding(parsed.findings, Severity::medium, "torchscript.converted",
+  add_finding(parsed.findings, Severity::medium, Rule::torchscript_converted,
               "TorchScript module converted to a state dict of " + std::to_string(entries.size()) +
                   " tensors (code removed; module classes kept as data)",
               pkl->name, 0);

@@ -25,7 +25,7 @@ Status write_all(int fd, const uint8_t* p, size_t n) {
     ssize_t w = ::write(fd, p, n);
     if (w < 0) {
       if (errno == EINTR) continue;
-      return make_error("io.write", std::string("write failed: ") + std::strerror(errno));
+      return make_error(Rule::io_write, std::string("write failed: ") + std::strerror(errno));
     }
     p += w;
     n -= static_cast<size_t>(w);
@@ -60,7 +60,7 @@ int rename_noreplace(const char* from, const char* to) {
 
 Result<AtomicOutput> AtomicOutput::create(const std::string& final_path, bool durable, bool replace) {
   if (!replace && path_exists(final_path))
-    return make_error("io.exists", final_path + " already exists (use --force to replace it)");
+    return make_error(Rule::io_exists, final_path + " already exists (use --force to replace it)");
   AtomicOutput out;
   out.durable_ = durable;
   out.replace_ = replace;
@@ -73,7 +73,7 @@ Result<AtomicOutput> AtomicOutput::create(const std::string& final_path, bool du
   std::vector<char> t(tmpl.begin(), tmpl.end());
   t.push_back('\0');
   int fd = ::mkstemp(t.data());
-  if (fd < 0) return make_error("io.create", "cannot create output in " + dir + ": " + std::strerror(errno));
+  if (fd < 0) return make_error(Rule::io_create, "cannot create output in " + dir + ": " + std::strerror(errno));
   ::fchmod(fd, 0644);
   out.fd_ = fd;
   out.temp_path_ = t.data();
@@ -83,7 +83,7 @@ Result<AtomicOutput> AtomicOutput::create(const std::string& final_path, bool du
 
 Result<AtomicOutput> AtomicOutput::create_memory(const std::string& name) {
   int fd = ::memfd_create("modelcdr-output", MFD_CLOEXEC);
-  if (fd < 0) return make_error("io.create", "cannot create an in-memory output: " + std::string(std::strerror(errno)));
+  if (fd < 0) return make_error(Rule::io_create, "cannot create an in-memory output: " + std::string(std::strerror(errno)));
   AtomicOutput out;
   out.memory_ = true;
   out.final_path_ = name;
@@ -93,13 +93,13 @@ Result<AtomicOutput> AtomicOutput::create_memory(const std::string& name) {
 }
 
 Status AtomicOutput::report_progress() {
-  if (progress_ && !progress_(written_)) return make_error("engine.cancelled", "cancelled by the caller; nothing was written");
+  if (progress_ && !progress_(written_)) return make_error(Rule::engine_cancelled, "cancelled by the caller; nothing was written");
   return ok_status();
 }
 
 Status AtomicOutput::set_mode(unsigned mode) {
   if (fd_ < 0 || ::fchmod(fd_, static_cast<mode_t>(mode)) != 0)
-    return make_error("io.chmod", "cannot set the mode of the output for " + final_path_);
+    return make_error(Rule::io_chmod, "cannot set the mode of the output for " + final_path_);
   return ok_status();
 }
 
@@ -135,7 +135,7 @@ Status AtomicOutput::flush_buffer() {
 }
 
 Status AtomicOutput::write(std::span<const uint8_t> bytes) {
-  if (fd_ < 0) return make_error("io.write", "output is closed");
+  if (fd_ < 0) return make_error(Rule::io_write, "output is closed");
   written_ += bytes.size();
   if (bytes.size() >= kDirectWrite) {
     MCDR_TRY(flush_buffer());
@@ -149,7 +149,7 @@ Status AtomicOutput::write(std::span<const uint8_t> bytes) {
 
 Result<bool> AtomicOutput::append_copy_of(int in_fd, uint64_t offset, uint64_t size,
                                           const std::function<void(uint64_t)>& progress) {
-  if (fd_ < 0) return make_error("io.write", "output is closed");
+  if (fd_ < 0) return make_error(Rule::io_write, "output is closed");
   MCDR_TRY(flush_buffer());
   // Steps of 8 MiB: few system calls, yet the reader of `progress` can follow closely.
   constexpr uint64_t kStep = 8 << 20;
@@ -162,8 +162,8 @@ Result<bool> AtomicOutput::append_copy_of(int in_fd, uint64_t offset, uint64_t s
     if (got < 0 && done == 0 &&
         (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP || errno == EBADF))
       return false;  // nothing written: the caller falls back to read/write
-    if (got < 0) return make_error("io.write", std::string("copy_file_range failed: ") + std::strerror(errno));
-    if (got == 0) return make_error("io.read", "input ended early (changed while being copied?)", offset + done);
+    if (got < 0) return make_error(Rule::io_write, std::string("copy_file_range failed: ") + std::strerror(errno));
+    if (got == 0) return make_error(Rule::io_read, "input ended early (changed while being copied?)", offset + done);
     done += static_cast<uint64_t>(got);
     written_ += static_cast<uint64_t>(got);
     progress(done);
@@ -191,27 +191,27 @@ void AtomicOutput::Window::drop(uint64_t offset, uint64_t length) const {
 }
 
 Result<AtomicOutput::Window> AtomicOutput::window(uint64_t at, uint64_t length) const {
-  if (fd_ < 0) return make_error("io.read", "output is closed");
+  if (fd_ < 0) return make_error(Rule::io_read, "output is closed");
   static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   Window w;
   const uint64_t start = at / page * page;
   w.lead_ = static_cast<size_t>(at - start);
   w.map_len_ = static_cast<size_t>(w.lead_ + std::max<uint64_t>(length, 1));
   void* p = ::mmap(nullptr, w.map_len_, PROT_READ, MAP_SHARED, fd_, static_cast<off_t>(start));
-  if (p == MAP_FAILED) return make_error("io.read", std::string("cannot map the output: ") + std::strerror(errno));
+  if (p == MAP_FAILED) return make_error(Rule::io_read, std::string("cannot map the output: ") + std::strerror(errno));
   w.base_ = static_cast<uint8_t*>(p);
   return w;
 }
 
 Status AtomicOutput::commit_memory() {
   struct stat st{};
-  if (::fstat(fd_, &st) != 0) return make_error("io.read", "cannot read back the in-memory output");
+  if (::fstat(fd_, &st) != 0) return make_error(Rule::io_read, "cannot read back the in-memory output");
   std::vector<uint8_t> bytes(static_cast<size_t>(st.st_size));
   size_t done = 0;
   while (done < bytes.size()) {
     ssize_t got = ::pread(fd_, bytes.data() + done, bytes.size() - done, static_cast<off_t>(done));
     if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) return make_error("io.read", "cannot read back the in-memory output");
+    if (got <= 0) return make_error(Rule::io_read, "cannot read back the in-memory output");
     done += static_cast<size_t>(got);
   }
   ::close(fd_);
@@ -221,10 +221,10 @@ Status AtomicOutput::commit_memory() {
 }
 
 Status AtomicOutput::commit() {
-  if (fd_ < 0) return make_error("io.commit", "output is closed");
+  if (fd_ < 0) return make_error(Rule::io_commit, "output is closed");
   MCDR_TRY(flush_buffer());
   if (memory_) return commit_memory();
-  if (durable_ && ::fsync(fd_) != 0) return make_error("io.fsync", std::string("fsync failed: ") + std::strerror(errno));
+  if (durable_ && ::fsync(fd_) != 0) return make_error(Rule::io_fsync, std::string("fsync failed: ") + std::strerror(errno));
   ::close(fd_);
   fd_ = -1;
   int rc = replace_ ? ::rename(temp_path_.c_str(), final_path_.c_str())
@@ -233,8 +233,8 @@ Status AtomicOutput::commit() {
     int e = errno;
     ::unlink(temp_path_.c_str());
     temp_path_.clear();
-    if (e == EEXIST) return make_error("io.exists", final_path_ + " already exists (use --force to replace it)");
-    return make_error("io.rename", "cannot move output into place: " + std::string(std::strerror(e)));
+    if (e == EEXIST) return make_error(Rule::io_exists, final_path_ + " already exists (use --force to replace it)");
+    return make_error(Rule::io_rename, "cannot move output into place: " + std::string(std::strerror(e)));
   }
   temp_path_.clear();
   return ok_status();
@@ -252,7 +252,7 @@ void AtomicOutput::abandon() {
 }
 
 Result<uint64_t> AtomicOutput::append_clone_of(int in_fd, uint64_t offset, uint64_t size) {
-  if (fd_ < 0) return make_error("io.write", "output is closed");
+  if (fd_ < 0) return make_error(Rule::io_write, "output is closed");
   MCDR_TRY(flush_buffer());
   const uint64_t shared = clone_range(in_fd, offset, fd_, written_, size);
   if (shared == 0) return uint64_t{0};
@@ -260,7 +260,7 @@ Result<uint64_t> AtomicOutput::append_clone_of(int in_fd, uint64_t offset, uint6
   MCDR_TRY(report_progress());
   // The ioctl leaves the file position where it was; later writes must land after the clone.
   if (::lseek(fd_, static_cast<off_t>(written_), SEEK_SET) < 0)
-    return make_error("io.write", std::string("cannot seek the output: ") + std::strerror(errno));
+    return make_error(Rule::io_write, std::string("cannot seek the output: ") + std::strerror(errno));
   return shared;
 }
 

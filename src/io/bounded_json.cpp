@@ -137,11 +137,11 @@ nlohmann::json parse_json(std::string_view text, const JsonLimits& limits, JsonS
 }
 
 std::optional<Error> limit_error(const JsonShape& shape, const JsonLimits& limits) {
-  if (shape.too_deep) return make_error("limits.depth", "JSON nests deeper than " + std::to_string(limits.max_depth) + " levels");
+  if (shape.too_deep) return make_error(Rule::limits_depth, "JSON nests deeper than " + std::to_string(limits.max_depth) + " levels");
   if (shape.too_many)
-    return make_error("limits.json-elements", "JSON has more than " + std::to_string(limits.max_elements) + " elements");
+    return make_error(Rule::limits_json_elements, "JSON has more than " + std::to_string(limits.max_elements) + " elements");
   if (shape.duplicate_key)
-    return make_error("json.duplicate-key", "key '" + shape.duplicate_key->substr(0, 100) +
+    return make_error(Rule::json_duplicate_key, "key '" + shape.duplicate_key->substr(0, 100) +
                                                 "' appears twice in one object (parsers disagree on which wins)");
   return std::nullopt;
 }

@@ -30,29 +30,29 @@ class ByteCursor {
   Bytes data() const { return data_; }
 
   Status seek(size_t p) {
-    if (p > data_.size()) return err("io.seek-out-of-range", "seek beyond end of data");
+    if (p > data_.size()) return err(Rule::io_seek_out_of_range, "seek beyond end of data");
     pos_ = p;
     return ok_status();
   }
   Status skip(uint64_t n) {
-    if (n > remaining()) return err("io.truncated", "data truncated: need " + std::to_string(n) +
+    if (n > remaining()) return err(Rule::io_truncated, "data truncated: need " + std::to_string(n) +
                                                         " bytes, " + std::to_string(remaining()) + " left");
     pos_ += static_cast<size_t>(n);
     return ok_status();
   }
 
   Result<uint8_t> u8() {
-    if (remaining() < 1) return err("io.truncated", "data truncated: need 1 byte");
+    if (remaining() < 1) return err(Rule::io_truncated, "data truncated: need 1 byte");
     return data_[pos_++];
   }
   Result<uint8_t> peek_u8() const {
-    if (remaining() < 1) return err("io.truncated", "data truncated: need 1 byte");
+    if (remaining() < 1) return err(Rule::io_truncated, "data truncated: need 1 byte");
     return data_[pos_];
   }
   template <class T>
   Result<T> le() {
     static_assert(std::is_integral_v<T>);
-    if (remaining() < sizeof(T)) return err("io.truncated", "data truncated: need " + std::to_string(sizeof(T)) + " bytes");
+    if (remaining() < sizeof(T)) return err(Rule::io_truncated, "data truncated: need " + std::to_string(sizeof(T)) + " bytes");
     using U = std::make_unsigned_t<T>;
     U v = 0;
     for (size_t i = 0; i < sizeof(T); ++i) v |= static_cast<U>(static_cast<U>(data_[pos_ + i]) << (8 * i));
@@ -66,7 +66,7 @@ class ByteCursor {
   Result<int64_t> i64le() { return le<int64_t>(); }
 
   Result<double> f64be() {
-    if (remaining() < 8) return err("io.truncated", "data truncated: need 8 bytes");
+    if (remaining() < 8) return err(Rule::io_truncated, "data truncated: need 8 bytes");
     uint64_t v = 0;
     for (size_t i = 0; i < 8; ++i) v = (v << 8) | data_[pos_ + i];
     pos_ += 8;
@@ -77,7 +77,7 @@ class ByteCursor {
 
   // A span of n bytes; n is checked against what remains before anything else.
   Result<Bytes> take(uint64_t n) {
-    if (n > remaining()) return err("io.truncated", "data truncated: length " + std::to_string(n) +
+    if (n > remaining()) return err(Rule::io_truncated, "data truncated: length " + std::to_string(n) +
                                                         " exceeds the " + std::to_string(remaining()) + " bytes left");
     Bytes s = data_.subspan(pos_, static_cast<size_t>(n));
     pos_ += static_cast<size_t>(n);
@@ -93,15 +93,15 @@ class ByteCursor {
     const uint8_t* start = data_.data() + pos_;
     const void* nl = std::memchr(start, '\n', limit);
     if (!nl) {
-      if (limit <= max_len) return err("io.truncated", "line not terminated before end of data");
-      return err("io.line-too-long", "text line longer than " + std::to_string(max_len) + " bytes");
+      if (limit <= max_len) return err(Rule::io_truncated, "line not terminated before end of data");
+      return err(Rule::io_line_too_long, "text line longer than " + std::to_string(max_len) + " bytes");
     }
     size_t n = static_cast<const uint8_t*>(nl) - start;
     pos_ += n + 1;
     return std::string_view(reinterpret_cast<const char*>(start), n);
   }
 
-  Error err(std::string rule, std::string message) const {
+  Error err(Rule rule, std::string message) const {
     return make_error(std::move(rule), std::move(message), abs_pos(), entry_);
   }
 

@@ -79,16 +79,16 @@ void unregister_mapping(int slot) {
 
 Result<MappedFile> MappedFile::open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return make_error("io.open", std::string("cannot open: ") + std::strerror(errno));
+  if (fd < 0) return make_error(Rule::io_open, std::string("cannot open: ") + std::strerror(errno));
   struct stat st{};
   if (::fstat(fd, &st) != 0) {
     int e = errno;
     ::close(fd);
-    return make_error("io.open", std::string("cannot stat: ") + std::strerror(e));
+    return make_error(Rule::io_open, std::string("cannot stat: ") + std::strerror(e));
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    return make_error("io.not-regular", "not a regular file");
+    return make_error(Rule::io_not_regular, "not a regular file");
   }
   MappedFile m;
   m.path_ = path;
@@ -98,7 +98,7 @@ Result<MappedFile> MappedFile::open(const std::string& path) {
     if (p == MAP_FAILED) {
       int e = errno;
       ::close(fd);
-      return make_error("io.mmap", std::string("cannot map: ") + std::strerror(e));
+      return make_error(Rule::io_mmap, std::string("cannot map: ") + std::strerror(e));
     }
     m.data_ = static_cast<const uint8_t*>(p);
     m.slot_ = register_mapping(m.data_, m.size_);

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "modelcdr/api.hpp"
+#include "report/rules_doc.hpp"
 #include "stego/lsb_randomizer.hpp"
 #include "stego/payload_embedder.hpp"
 #include "stego/stego_detector.hpp"
@@ -70,6 +71,9 @@ int main(int argc, char** argv) {
   list->add_option("IN", in)->required();
   list->add_option("--bits,-k", k)->check(CLI::Range(1, 52));
 
+  // docs/RULES.md is this output (a unit test compares them): a subcommand of the lab tool, so the
+  // document comes from the compiled table itself, with no second parser of rules.def.
+  auto* rules_doc = app.add_subcommand("rules-doc", "print docs/RULES.md, generated from src/report/rules.def");
   auto* score = app.add_subcommand("score", "print the scan --stego score of every float tensor");
   score->add_option("IN", in)->required();
   score->add_flag("--json", as_json);
@@ -80,6 +84,10 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;
   }
 
+  if (*rules_doc) {
+    std::cout << modelcdr::report::rules_markdown();
+    return 0;
+  }
   DisarmOptions dopts;
   FileReport rep;
   auto loaded = load_model(in, dopts, rep);

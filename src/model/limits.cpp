@@ -5,11 +5,11 @@
 namespace modelcdr::limits {
 
 Error too_deep(const std::string& what) {
-  return make_error("limits.depth", what + " nested deeper than " + std::to_string(kMaxDepth) + " levels");
+  return make_error(Rule::limits_depth, what + " nested deeper than " + std::to_string(kMaxDepth) + " levels");
 }
 
 Error too_much_expansion(const std::string& what) {
-  return make_error("limits.expansion",
+  return make_error(Rule::limits_expansion,
                     what + ": shared structure would be expanded once per path, beyond a budget linear in the file");
 }
 
@@ -32,7 +32,7 @@ void for_each_child(const model::Value& v, F f) {
 Status check_value_graph(const model::Model& m) {
   if (m.root == model::kNoValue) return ok_status();
   const size_t n = m.values.size();
-  if (m.root >= n) return make_error("limits.bad-graph", "root value out of range");
+  if (m.root >= n) return make_error(Rule::limits_bad_graph, "root value out of range");
   // Iterative post-order DFS: height[v] = 1 + max height of its children; each value once.
   constexpr uint32_t kOpen = 0xFFFFFFFFu;  // on the current path
   std::vector<uint32_t> height(n, 0);      // 0 = not visited yet
@@ -62,8 +62,8 @@ Status check_value_graph(const model::Model& m) {
       continue;
     }
     model::ValueId c = top.children[top.next++];
-    if (c >= n) return make_error("limits.bad-graph", "a value refers to a value out of range");
-    if (height[c] == kOpen) return make_error("limits.cycle", "a value contains itself (reference cycle)");
+    if (c >= n) return make_error(Rule::limits_bad_graph, "a value refers to a value out of range");
+    if (height[c] == kOpen) return make_error(Rule::limits_cycle, "a value contains itself (reference cycle)");
     if (height[c] != 0) {
       if (height[c] > top.best) top.best = height[c];
       if (path.size() + height[c] > kMaxDepth) return too_deep("values");

@@ -43,7 +43,7 @@ Result<std::vector<uint8_t>> from_base64(const std::string& s) {
   size_t len = 0;
   if (sodium_base642bin(out.data(), out.size(), s.data(), s.size(), nullptr, &len, nullptr,
                         sodium_base64_VARIANT_ORIGINAL) != 0)
-    return make_error("key.base64", "invalid base64");
+    return make_error(Rule::key_base64, "invalid base64");
   out.resize(len);
   return out;
 }
@@ -63,19 +63,19 @@ std::string fingerprint(const uint8_t* p, size_t n) {
 
 Result<std::string> read_small_file(const std::string& path, size_t limit) {
   std::ifstream f(path, std::ios::binary);
-  if (!f) return make_error("io.open", "cannot open " + path + ": " + std::strerror(errno));
+  if (!f) return make_error(Rule::io_open, "cannot open " + path + ": " + std::strerror(errno));
   std::string s;
   char buf[4096];
   while (f.read(buf, sizeof buf) || f.gcount() > 0) {
     s.append(buf, static_cast<size_t>(f.gcount()));
-    if (s.size() > limit) return make_error("io.too-large", path + " is larger than expected");
+    if (s.size() > limit) return make_error(Rule::io_too_large, path + " is larger than expected");
   }
   return s;
 }
 
 Result<std::string> read_small_file_prefix(const std::string& path, size_t n) {
   std::ifstream f(path, std::ios::binary);
-  if (!f) return make_error("io.open", "cannot open " + path + ": " + std::strerror(errno));
+  if (!f) return make_error(Rule::io_open, "cannot open " + path + ": " + std::strerror(errno));
   std::string s(n, '\0');
   f.read(s.data(), static_cast<std::streamsize>(n));
   s.resize(static_cast<size_t>(f.gcount()));
@@ -84,17 +84,17 @@ Result<std::string> read_small_file_prefix(const std::string& path, size_t n) {
 
 Status write_file_atomic(const std::string& path, const std::string& text, unsigned mode, bool force) {
   if (!force && ::access(path.c_str(), F_OK) == 0)
-    return make_error("io.exists", path + " exists (use --force to overwrite)");
+    return make_error(Rule::io_exists, path + " exists (use --force to overwrite)");
   std::string tmp = path + ".tmp-XXXXXX";
   std::vector<char> t(tmp.begin(), tmp.end());
   t.push_back('\0');
   int fd = ::mkstemp(t.data());  // created 0600
-  if (fd < 0) return make_error("io.create", "cannot create " + path + ": " + std::strerror(errno));
+  if (fd < 0) return make_error(Rule::io_create, "cannot create " + path + ": " + std::strerror(errno));
   auto fail = [&](const char* what) {
     int e = errno;
     ::close(fd);
     ::unlink(t.data());
-    return make_error("io.write", std::string(what) + " " + path + ": " + std::strerror(e));
+    return make_error(Rule::io_write, std::string(what) + " " + path + ": " + std::strerror(e));
   };
   if (::fchmod(fd, mode) != 0) return fail("cannot chmod");
   size_t off = 0;
@@ -111,7 +111,7 @@ Status write_file_atomic(const std::string& path, const std::string& text, unsig
   if (::rename(t.data(), path.c_str()) != 0) {
     int e = errno;
     ::unlink(t.data());
-    return make_error("io.rename", "cannot rename into " + path + ": " + std::strerror(e));
+    return make_error(Rule::io_rename, "cannot rename into " + path + ": " + std::strerror(e));
   }
   return ok_status();
 }
@@ -137,7 +137,7 @@ template <size_t N>
 Status decode_into(const std::string& path, const std::string& field, const std::string& b64, std::array<uint8_t, N>& out) {
   auto bytes = from_base64(b64);
   if (!bytes.ok() || bytes->size() != N)
-    return make_error("key.invalid", path + ": field '" + field + "' must be " + std::to_string(N) + " bytes of base64");
+    return make_error(Rule::key_invalid, path + ": field '" + field + "' must be " + std::to_string(N) + " bytes of base64");
   std::memcpy(out.data(), bytes->data(), N);
   sodium_memzero(bytes->data(), bytes->size());
   return ok_status();
@@ -159,17 +159,17 @@ Result<KeyFile> parse_key_file(const std::string& text, const std::string& path)
   std::istringstream in(text);
   std::string line;
   if (!std::getline(in, line) || line != "modelcdr-key-v1")
-    return make_error("key.format", path + ": not a modelcdr key file (first line must be 'modelcdr-key-v1')");
+    return make_error(Rule::key_format, path + ": not a modelcdr key file (first line must be 'modelcdr-key-v1')");
   while (std::getline(in, line)) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.empty() || line[0] == '#') continue;
     auto colon = line.find(':');
-    if (colon == std::string::npos) return make_error("key.format", path + ": line without ':'");
+    if (colon == std::string::npos) return make_error(Rule::key_format, path + ": line without ':'");
     std::string field = line.substr(0, colon);
     std::string val = line.substr(colon + 1);
     // A field given twice would silently replace the first (fail closed: reject).
     if (std::find(seen.begin(), seen.end(), field) != seen.end())
-      return make_error("key.format", path + ": field '" + field + "' appears twice");
+      return make_error(Rule::key_format, path + ": field '" + field + "' appears twice");
     seen.push_back(field);
     while (!val.empty() && val.front() == ' ') val.erase(val.begin());
     if (field == "kind") {
@@ -190,30 +190,30 @@ Result<KeyFile> parse_key_file(const std::string& text, const std::string& path)
       MCDR_TRY(decode_into(path, field, val, k.symmetric));
       k.has_symmetric = true;
     } else {
-      return make_error("key.format", path + ": unknown field '" + field + "'");
+      return make_error(Rule::key_format, path + ": unknown field '" + field + "'");
     }
   }
   if (k.kind != "secret" && k.kind != "public" && k.kind != "symmetric")
-    return make_error("key.format", path + ": 'kind' must be secret, public or symmetric");
-  if (k.kind == "symmetric" && !k.has_symmetric) return make_error("key.format", path + ": symmetric key file without 'key'");
+    return make_error(Rule::key_format, path + ": 'kind' must be secret, public or symmetric");
+  if (k.kind == "symmetric" && !k.has_symmetric) return make_error(Rule::key_format, path + ": symmetric key file without 'key'");
   // Only the fields of the file's kind: a public file must not carry a secret (it is made to be
   // shared), a symmetric file holds nothing but its key.
   const bool pairs = k.has_x25519 || k.has_x25519_secret || k.has_ed25519 || k.has_ed25519_secret;
   if ((k.kind == "symmetric" && pairs) || (k.kind != "symmetric" && k.has_symmetric) ||
       (k.kind == "public" && (k.has_x25519_secret || k.has_ed25519_secret)))
-    return make_error("key.format", path + ": fields that a " + k.kind + " key file does not hold");
+    return make_error(Rule::key_format, path + ": fields that a " + k.kind + " key file does not hold");
   // A secret file's public halves must match its secret halves (catches edited files).
   if (k.has_x25519_secret) {
     Key32 pk;
     crypto_scalarmult_base(pk.data(), k.x25519_secret.data());
-    if (k.has_x25519 && pk != k.x25519_public) return make_error("key.mismatch", path + ": x25519 public key does not match the secret key");
+    if (k.has_x25519 && pk != k.x25519_public) return make_error(Rule::key_mismatch, path + ": x25519 public key does not match the secret key");
     k.x25519_public = pk;
     k.has_x25519 = true;
   }
   if (k.has_ed25519_secret) {
     Key32 pk;
     crypto_sign_ed25519_sk_to_pk(pk.data(), k.ed25519_secret.data());
-    if (k.has_ed25519 && pk != k.ed25519_public) return make_error("key.mismatch", path + ": ed25519 public key does not match the secret key");
+    if (k.has_ed25519 && pk != k.ed25519_public) return make_error(Rule::key_mismatch, path + ": ed25519 public key does not match the secret key");
     k.ed25519_public = pk;
     k.has_ed25519 = true;
   }
@@ -221,7 +221,7 @@ Result<KeyFile> parse_key_file(const std::string& text, const std::string& path)
 }
 
 Status keygen_pair(const std::string& name, bool force) {
-  if (sodium_init() < 0) return make_error("crypto.init", "libsodium failed to initialise");
+  if (sodium_init() < 0) return make_error(Rule::crypto_init, "libsodium failed to initialise");
   KeyFile k;
   k.kind = "secret";
   crypto_box_keypair(k.x25519_public.data(), k.x25519_secret.data());
@@ -235,7 +235,7 @@ Status keygen_pair(const std::string& name, bool force) {
 }
 
 Status keygen_symmetric(const std::string& path, bool force) {
-  if (sodium_init() < 0) return make_error("crypto.init", "libsodium failed to initialise");
+  if (sodium_init() < 0) return make_error(Rule::crypto_init, "libsodium failed to initialise");
   KeyFile k;
   k.kind = "symmetric";
   k.has_symmetric = true;

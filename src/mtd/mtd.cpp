@@ -184,7 +184,7 @@ Result<Digest> output_layout(io::AtomicOutput& out, const Ranges& ranges) {
     return true;
   });
   window.drop(0, size);
-  if (!d) return make_error("mtd.internal", "the written records overlap");
+  if (!d) return make_error(Rule::mtd_internal, "the written records overlap");
   return *d;
 }
 
@@ -337,9 +337,9 @@ Result<Layout> layout_of(const Model& m, CompatTarget c) {
 }
 
 Result<Key32> parse_key32(const json& j) {
-  if (!j.is_string()) return make_error("map.payload", "bad key field");
+  if (!j.is_string()) return make_error(Rule::map_payload, "bad key field");
   MCDR_ASSIGN(auto b, from_base64(j.get<std::string>()));
-  if (b.size() != 32) return make_error("map.payload", "bad key length");
+  if (b.size() != 32) return make_error(Rule::map_payload, "bad key length");
   Key32 k;
   std::memcpy(k.data(), b.data(), 32);
   sodium_memzero(b.data(), b.size());
@@ -347,19 +347,19 @@ Result<Key32> parse_key32(const json& j) {
 }
 
 bool map_integrity_error(const Error& e) {
-  return e.rule.rfind("map.", 0) == 0;
+  return rule_id(e.rule).starts_with("map.");  // every map-parser rule (rules.def)
 }
 
 // Report codes (docs/MTD.md §6): one per diagnosis, so scripts need not parse messages.
 std::string code_of_map_error(const Error& e) {
-  if (e.rule == "map.no-key") return "wrong-key";
-  if (e.rule == "map.corrupt") return "map-modified";
-  if (e.rule == "map.signature") return "bad-signature";
-  if (e.rule == "map.untrusted") return "untrusted-map";
-  if (e.rule == "map.version") return "unsupported-map";
-  if (e.rule == "map.not-a-map") return "map-is-model";
-  if (e.rule == "mtd.rollback") return "rollback";
-  if (e.rule == "mtd.expired") return "expired";
+  if (e.rule == Rule::map_no_key) return "wrong-key";
+  if (e.rule == Rule::map_corrupt) return "map-modified";
+  if (e.rule == Rule::map_signature) return "bad-signature";
+  if (e.rule == Rule::map_untrusted) return "untrusted-map";
+  if (e.rule == Rule::map_version) return "unsupported-map";
+  if (e.rule == Rule::map_not_a_map) return "map-is-model";
+  if (e.rule == Rule::mtd_rollback) return "rollback";
+  if (e.rule == Rule::mtd_expired) return "expired";
   return "bad-map";
 }
 
@@ -391,7 +391,7 @@ struct MapDoc {
 constexpr size_t kMaxMapRecords = 1u << 20;
 constexpr size_t kMaxNameBytes = 4096;
 
-Error bad_field(const std::string& what) { return make_error("map.payload", "malformed map payload: " + what); }
+Error bad_field(const std::string& what) { return make_error(Rule::map_payload, "malformed map payload: " + what); }
 
 bool is_hex_digest(const json& j) {
   if (!j.is_string()) return false;
@@ -444,7 +444,7 @@ Status check_scheme(const json& doc) {
   if (!perm) return bad_field("'permutation' missing");
   MCDR_ASSIGN(std::string scheme, string_field(*perm, "scheme", 64));
   if (hash != kHashName || scheme != kPermScheme)
-    return make_error("map.unsupported", "the map uses a hash or permutation scheme this modelcdr does not know");
+    return make_error(Rule::map_unsupported, "the map uses a hash or permutation scheme this modelcdr does not know");
   return ok_status();
 }
 
@@ -453,7 +453,7 @@ Result<std::unique_ptr<MapDoc>> parse_map_doc(const std::string& text) {
   if (doc.is_discarded() || !doc.is_object()) return bad_field("not a JSON object");
   const json* schema = field(doc, "schema", json::value_t::string);
   if (!schema || schema->get<std::string>() != kMapSchema)
-    return make_error("map.payload", "the map's payload is not a " + std::string(kMapSchema) + " document");
+    return make_error(Rule::map_payload, "the map's payload is not a " + std::string(kMapSchema) + " document");
   auto d = std::make_unique<MapDoc>();
   MCDR_TRY(check_scheme(doc));
   MCDR_ASSIGN(std::string compat, string_field(doc, "compat", 16));
@@ -464,7 +464,7 @@ Result<std::unique_ptr<MapDoc>> parse_map_doc(const std::string& text) {
   const json* enc = field(doc, "encryption", json::value_t::object);
   if (enc) {
     MCDR_ASSIGN(std::string cipher, string_field(*enc, "cipher", 64));
-    if (cipher != kRecordCipher) return make_error("map.unsupported", "the map uses a record cipher this modelcdr does not know");
+    if (cipher != kRecordCipher) return make_error(Rule::map_unsupported, "the map uses a record cipher this modelcdr does not know");
     d->encrypted = true;
   } else if (!doc.contains("encryption") || !doc["encryption"].is_null()) {
     return bad_field("'encryption' must be null or an object");
@@ -529,14 +529,14 @@ int64_t now_unix() {
 Status check_release(const MapDoc& d, const RestoreOptions& o) {
   if (o.min_version) {
     if (!d.version)
-      return make_error("mtd.rollback", "the map names no publisher version, and --min-version " +
+      return make_error(Rule::mtd_rollback, "the map names no publisher version, and --min-version " +
                                             std::to_string(*o.min_version) + " requires one (an older release?)");
     if (*d.version < *o.min_version)
-      return make_error("mtd.rollback", "the map is for version " + std::to_string(*d.version) + ", older than --min-version " +
+      return make_error(Rule::mtd_rollback, "the map is for version " + std::to_string(*d.version) + ", older than --min-version " +
                                             std::to_string(*o.min_version) + " (rollback to an older release?)");
   }
   if (o.check_expiry && d.expires_unix && now_unix() >= *d.expires_unix)
-    return make_error("mtd.expired", "the map expired at " + utc_text(*d.expires_unix) + ": ask the publisher for a current one");
+    return make_error(Rule::mtd_expired, "the map expired at " + utc_text(*d.expires_unix) + ": ask the publisher for a current one");
   return ok_status();
 }
 
@@ -544,13 +544,13 @@ Status check_release(const MapDoc& d, const RestoreOptions& o) {
 Result<std::unique_ptr<MapDoc>> open_and_parse(const std::string& map_path, const OpenOptions& o, MtdResult& r) {
   auto sealed = read_small_file(map_path, kMaxMapBytes);
   if (!sealed.ok()) {
-    if (sealed.error().rule == "io.too-large")
-      return make_error("map.format", map_path + " is larger than a map can be (" + std::to_string(kMaxMapBytes >> 20) + " MiB)");
+    if (sealed.error().rule == Rule::io_too_large)
+      return make_error(Rule::map_format, map_path + " is larger than a map can be (" + std::to_string(kMaxMapBytes >> 20) + " MiB)");
     return sealed.error();
   }
   if (!looks_like_map(*sealed)) {
     const bool model = sealed->rfind("PK\x03\x04", 0) == 0 || (!sealed->empty() && uint8_t((*sealed)[0]) == 0x80);
-    return make_error(model ? "map.not-a-map" : "map.format",
+    return make_error(model ? Rule::map_not_a_map : Rule::map_format,
                       model ? map_path + " is a model, not a map (arguments swapped?)" : map_path + " is not a modelcdr map");
   }
   MCDR_ASSIGN(OpenedMap opened, open_map(*sealed, o));
@@ -856,10 +856,10 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
   auto wo = write_options(options.compat);
   wo.storage_stream = [&](uint32_t key, const model::Storage& s,
                           const formats::TorchWriteOptions::PayloadSink& sink) -> Status {
-    if (key >= n) return make_error("mtd.internal", "writer and layout disagree on the records");
+    if (key >= n) return make_error(Rule::mtd_internal, "writer and layout disagree on the records");
     written[key] = {out->tell(), s.bytes.size()};
     const model::Storage& src = source[key] == key ? s : l.at(m, source[key]);
-    if (src.bytes.size() != s.bytes.size()) return make_error("mtd.internal", "swap between different sizes");
+    if (src.bytes.size() != s.bytes.size()) return make_error(Rule::mtd_internal, "swap between different sizes");
     const std::span<const uint8_t> in = src.bytes;
     const size_t esize = model::dtype_info(src.dtype).element_size;
     std::optional<Permuter> perm;
@@ -894,7 +894,7 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
     if (src.mapped) io::release_mapped_pages(in);  // never heap memory: DONTNEED would zero it
     MCDR_TRY(streamed);
     if (check_crc && crc != *src.expected_crc)
-      return make_error("zip.bad-crc", "CRC-32 of the storage record does not match the zip directory", 0, src.source);
+      return make_error(Rule::zip_bad_crc, "CRC-32 of the storage record does not match the zip directory", 0, src.source);
     after[key] = after_sum.finish();
     return ok_status();
   };
@@ -965,7 +965,7 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
                  {"version", options.version ? json(*options.version) : json(nullptr)},
                  {"expires_unix", options.expires_unix ? json(*options.expires_unix) : json(nullptr)}}
                 .dump(-1, ' ', false, json::error_handler_t::replace);
-  if (so.info.size() > kMaxMapInfo) return fail(r, make_error("map.info", "copy name too long for the map's clear info"));
+  if (so.info.size() > kMaxMapInfo) return fail(r, make_error(Rule::map_info, "copy name too long for the map's clear info"));
   auto sealed = seal_map(text, so);
   sodium_memzero(text.data(), text.size());
   if (!sealed.ok()) return fail(r, sealed.error());
@@ -1006,11 +1006,11 @@ struct Prepared {
 MtdResult map_failure(MtdResult& r, const std::string& map_path, const Error& e) {
   r.code = code_of_map_error(e);
   // A swapped argument or a missing trust decision is a usage problem, not an integrity one.
-  if (e.rule == "map.not-a-map" || e.rule == "map.untrusted") return fail(r, e);
+  if (e.rule == Rule::map_not_a_map || e.rule == Rule::map_untrusted) return fail(r, e);
   Mismatch x;
   x.what = "map";
   x.name = map_path;
-  x.detail = e.message + " [" + e.rule + "]";
+  x.detail = e.message + " [" + std::string(rule_id(e.rule)) + "]";
   r.mismatches.push_back(x);
   r.outcome = Outcome::mismatch;
   return r;
@@ -1030,11 +1030,11 @@ Status check_entries_fit(const Model& m, const Layout& l, const MapDoc& doc) {
     const auto& e = doc.entries[k];
     const auto& s = l.at(m, k);
     if (e.nbytes != s.bytes.size() || e.dtype != model::dtype_info(s.dtype).name)
-      return make_error("map.payload", "the map describes archive/data/" + std::to_string(k) + " as " + e.dtype + " of " +
+      return make_error(Rule::map_payload, "the map describes archive/data/" + std::to_string(k) + " as " + e.dtype + " of " +
                                            std::to_string(e.nbytes) + " bytes, the file holds " +
                                            model::dtype_info(s.dtype).name + " of " + std::to_string(s.bytes.size()));
     if (e.permuted && !is_float_storage(s))
-      return make_error("map.payload", "the map marks archive/data/" + std::to_string(k) + " (" + e.dtype +
+      return make_error(Rule::map_payload, "the map marks archive/data/" + std::to_string(k) + " (" + e.dtype +
                                            ") as permuted, but only float records are");
   }
   return ok_status();
@@ -1043,10 +1043,10 @@ Status check_entries_fit(const Model& m, const Layout& l, const MapDoc& doc) {
 // Shared first half of restore and verify: open the map, parse the input, compare hashes.
 std::optional<MtdResult> prepare(const std::string& input, const std::string& map_path, const RestoreOptions& o,
                                  MtdResult& r, Prepared& p) {
-  if (sodium_init() < 0) return fail(r, make_error("crypto.init", "libsodium failed to initialise"));
+  if (sodium_init() < 0) return fail(r, make_error(Rule::crypto_init, "libsodium failed to initialise"));
   if (file_is_map(input)) {
     r.code = "input-is-map";
-    return fail(r, make_error("mtd.input-is-map", input + " is a map, not a model (arguments swapped?)"));
+    return fail(r, make_error(Rule::mtd_input_is_map, input + " is a map, not a model (arguments swapped?)"));
   }
   auto doc = open_and_parse(map_path, o.open, r);
   if (!doc.ok()) {
@@ -1055,7 +1055,7 @@ std::optional<MtdResult> prepare(const std::string& input, const std::string& ma
   }
   p.doc = std::move(*doc);
   if (auto rel = check_release(*p.doc, o); !rel.ok()) return map_failure(r, map_path, rel.error());
-  if (::access(input.c_str(), R_OK) != 0) return fail(r, make_error("io.open", "cannot open " + input));
+  if (::access(input.c_str(), R_OK) != 0) return fail(r, make_error(Rule::io_open, "cannot open " + input));
   DisarmOptions dopt;
   dopt.compat = p.doc->compat;
   // CRCs are checked in the hashing pass (compare), so each byte is read once there.
@@ -1164,10 +1164,10 @@ MtdResult restore_impl(const std::string& input, const std::string& map_path, co
   Ring ring(kRing, std::vector<uint8_t>(kStreamChunk));
   wo.storage_stream = [&](uint32_t key, const model::Storage& s,
                           const formats::TorchWriteOptions::PayloadSink& sink) -> Status {
-    if (key >= n) return make_error("mtd.internal", "writer and map disagree on the records");
+    if (key >= n) return make_error(Rule::mtd_internal, "writer and map disagree on the records");
     const uint32_t from = holder[key];
     const model::Storage& src = from == key ? s : l.at(m, from);
-    if (src.bytes.size() != s.bytes.size()) return make_error("mtd.internal", "swap between different sizes");
+    if (src.bytes.size() != s.bytes.size()) return make_error(Rule::mtd_internal, "swap between different sizes");
     const std::span<const uint8_t> in = src.bytes;
     const size_t esize = model::dtype_info(src.dtype).element_size;
     std::optional<Permuter> perm;
@@ -1264,7 +1264,7 @@ MtdResult restore_model_impl(const std::string& input, const std::string& map_pa
     // Writer-made records (compat scalars) are not in the model; the transform never moves them.
     if (l.order[key] >= m.storages.size() || l.order[from] >= m.storages.size()) {
       if (from != key || doc.entries[key].permuted || doc.encrypted)
-        return fail(r, make_error("mtd.internal", "a writer-made record is transformed"));
+        return fail(r, make_error(Rule::mtd_internal, "a writer-made record is transformed"));
       continue;
     }
     const model::Storage& src = l.at(m, from);
@@ -1340,11 +1340,11 @@ MtdResult guarded(F&& f) {
   } catch (const std::bad_alloc&) {
     MtdResult r;
     r.code = "error";
-    return fail(r, make_error("resource.memory", "out of memory"));
+    return fail(r, make_error(Rule::resource_memory, "out of memory"));
   } catch (const std::exception& e) {
     MtdResult r;
     r.code = "error";
-    return fail(r, make_error("mtd.internal", std::string("unexpected error: ") + e.what()));
+    return fail(r, make_error(Rule::mtd_internal, std::string("unexpected error: ") + e.what()));
   }
 }
 
@@ -1390,7 +1390,7 @@ std::string copy_name(const std::string& map_path) {
 
 TraceResult trace_impl(const std::string& leaked, const std::vector<std::string>& maps, const OpenOptions& o) {
   TraceResult t;
-  if (sodium_init() < 0) return t.error = make_error("crypto.init", "libsodium failed to initialise"), t;
+  if (sodium_init() < 0) return t.error = make_error(Rule::crypto_init, "libsodium failed to initialise"), t;
   FileReport file;
   auto loaded = load_model(leaked, DisarmOptions{}, file, /*defer_storage_crc=*/true);
   if (!loaded.ok()) return t.error = loaded.error(), t;
@@ -1431,14 +1431,14 @@ TraceResult trace(const std::string& leaked, const std::vector<std::string>& map
     return trace_impl(leaked, maps, o);
   } catch (const std::exception& e) {
     TraceResult t;
-    t.error = make_error("mtd.internal", std::string("unexpected error: ") + e.what());
+    t.error = make_error(Rule::mtd_internal, std::string("unexpected error: ") + e.what());
     return t;
   }
 }
 
 Result<int64_t> parse_expiry(const std::string& text) {
   auto bad = [&] {
-    return make_error("usage.expires", "--expires " + text + ": expected YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or @UNIX-SECONDS");
+    return make_error(Rule::usage_expires, "--expires " + text + ": expected YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or @UNIX-SECONDS");
   };
   if (!text.empty() && text[0] == '@') {
     int64_t v = 0;
@@ -1478,7 +1478,7 @@ MtdResult protect(const std::string& input, const std::string& output, const std
                   const ProtectOptions& options) {
   return guarded([&] {
     MtdResult r;
-    if (sodium_init() < 0) return fail(r, make_error("crypto.init", "libsodium failed to initialise"));
+    if (sodium_init() < 0) return fail(r, make_error(Rule::crypto_init, "libsodium failed to initialise"));
     Source src;
     if (auto e = load_source(input, options, src)) {
       r.file = src.file;
@@ -1494,7 +1494,7 @@ std::vector<MtdResult> protect_copies(const std::string& input, const std::vecto
   Source src;
   MtdResult first = guarded([&] {
     MtdResult r;
-    if (sodium_init() < 0) return fail(r, make_error("crypto.init", "libsodium failed to initialise"));
+    if (sodium_init() < 0) return fail(r, make_error(Rule::crypto_init, "libsodium failed to initialise"));
     if (auto e = load_source(input, options, src)) {
       r.file = src.file;
       return fail(r, *e);

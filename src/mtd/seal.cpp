@@ -98,7 +98,7 @@ void map_mac(uint8_t out[kMac], const uint8_t cek[32], const uint8_t* p, size_t 
 
 Status derive_passphrase_key(uint8_t out[32], const std::string& pass, const uint8_t* salt, uint64_t ops, uint64_t mem) {
   if (crypto_pwhash(out, 32, pass.data(), pass.size(), salt, ops, mem, crypto_pwhash_ALG_ARGON2ID13) != 0)
-    return make_error("crypto.pwhash", "Argon2id key derivation failed (out of memory?)");
+    return make_error(Rule::crypto_pwhash, "Argon2id key derivation failed (out of memory?)");
   return ok_status();
 }
 
@@ -107,8 +107,8 @@ bool pwhash_params_ok(uint64_t ops, uint64_t mem) {
          mem <= kMaxPwhashMem;
 }
 
-Error corrupt() { return make_error("map.corrupt", "the map was modified or damaged (authentication failed)"); }
-Error bad_header(const std::string& what) { return make_error("map.format", "malformed map header: " + what); }
+Error corrupt() { return make_error(Rule::map_corrupt, "the map was modified or damaged (authentication failed)"); }
+Error bad_header(const std::string& what) { return make_error(Rule::map_format, "malformed map header: " + what); }
 
 struct Slot {
   uint8_t type;
@@ -138,7 +138,7 @@ struct Parsed {
 
 Result<Parsed> parse_header(const std::string& s) {
   Parsed p;
-  if (s.size() > kMaxMapBytes) return make_error("map.format", "map larger than " + std::to_string(kMaxMapBytes >> 20) + " MiB");
+  if (s.size() > kMaxMapBytes) return make_error(Rule::map_format, "map larger than " + std::to_string(kMaxMapBytes >> 20) + " MiB");
   if (s.size() < kHeader) return bad_header("too short");
   const uint8_t* b = bytes(s);
   p.commitment = b + kCommitAt;
@@ -197,21 +197,21 @@ bool key_in(const std::vector<Key32>& keys, const uint8_t* k) {
 Status check_signer(const std::string& s, const Parsed& p, const OpenOptions& o, OpenedMap& result) {
   const bool pinned = !o.trusted_signers.empty() || !o.trusted_fingerprints.empty();
   if (!p.signed_) {
-    if (pinned) return make_error("map.signature", "the map is not signed, but a trusted signer is required");
+    if (pinned) return make_error(Rule::map_signature, "the map is not signed, but a trusted signer is required");
     if (!o.allow_unsigned)
-      return make_error("map.untrusted", "no trusted signer given (use --verify-signer PUB or --trust FILE; "
+      return make_error(Rule::map_untrusted, "no trusted signer given (use --verify-signer PUB or --trust FILE; "
                                          "--allow-unsigned accepts maps from anyone)");
     return ok_status();
   }
   const std::string fp = fingerprint(p.signer, 32);
   if (pinned && !key_in(o.trusted_signers, p.signer) &&
       std::find(o.trusted_fingerprints.begin(), o.trusted_fingerprints.end(), fp) == o.trusted_fingerprints.end())
-    return make_error("map.signature", "the map is signed by " + fp + ", which is not a trusted signer");
+    return make_error(Rule::map_signature, "the map is signed by " + fp + ", which is not a trusted signer");
   if (!pinned && !o.allow_unsigned)
-    return make_error("map.untrusted", "the map is signed by " + fp + ", but no trusted signer was given "
+    return make_error(Rule::map_untrusted, "the map is signed by " + fp + ", but no trusted signer was given "
                                        "(use --verify-signer PUB or --trust FILE)");
   if (crypto_sign_verify_detached(bytes(s) + p.body_end, bytes(s), p.body_end, p.signer) != 0)
-    return make_error("map.signature", "the map's signature does not verify (modified, or not signed by " + fp + ")");
+    return make_error(Rule::map_signature, "the map's signature does not verify (modified, or not signed by " + fp + ")");
   result.signed_ = true;
   result.signature_checked_against_trusted = pinned;
   std::memcpy(result.signer.data(), p.signer, 32);
@@ -278,7 +278,7 @@ Result<std::string> recipient_slot(const Key32& pk, const uint8_t* cek, const st
   ContentKey kek;
   randombytes_buf(kek.k, sizeof kek.k);
   uint8_t sealed[kSealedKek];
-  if (crypto_box_seal(sealed, kek.k, 32, pk.data()) != 0) return make_error("crypto.seal", "crypto_box_seal failed");
+  if (crypto_box_seal(sealed, kek.k, 32, pk.data()) != 0) return make_error(Rule::crypto_seal, "crypto_box_seal failed");
   const auto fp = recipient_fp(pk);
   std::string prefix(reinterpret_cast<const char*>(fp.data()), fp.size());
   put(prefix, sealed, sizeof sealed);
@@ -289,9 +289,9 @@ Result<std::string> recipient_slot(const Key32& pk, const uint8_t* cek, const st
 // signer, the slots, the MAC and the signature.
 Result<std::string> finish_seal(std::string out, const uint8_t* cek, const std::vector<std::string>& slots,
                                 const KeyFile* signer) {
-  if (slots.empty()) return make_error("map.no-key", "no key given to seal the map with");
-  if (slots.size() > kMaxSlots) return make_error("map.too-many-keys", "at most " + std::to_string(kMaxSlots) + " keys per map");
-  if (signer && !signer->has_ed25519_secret) return make_error("key.no-signing-key", "the --sign key file has no ed25519 secret");
+  if (slots.empty()) return make_error(Rule::map_no_key, "no key given to seal the map with");
+  if (slots.size() > kMaxSlots) return make_error(Rule::map_too_many_keys, "at most " + std::to_string(kMaxSlots) + " keys per map");
+  if (signer && !signer->has_ed25519_secret) return make_error(Rule::key_no_signing_key, "the --sign key file has no ed25519 secret");
   put16(out, signer ? kFlagSigned : 0);
   put16(out, static_cast<uint16_t>(slots.size()));
   uint8_t signer_pk[32] = {0};
@@ -312,16 +312,16 @@ Result<std::string> finish_seal(std::string out, const uint8_t* cek, const std::
 // Checks the signer policy, recovers the content key and checks it against the commitment and
 // the MAC: after this, every byte of the map is authenticated for this key holder.
 Status open_impl(const std::string& sealed, const OpenOptions& o, OpenedMap& result, Parsed& p, uint8_t cek[32]) {
-  if (sodium_init() < 0) return make_error("crypto.init", "libsodium failed to initialise");
+  if (sodium_init() < 0) return make_error(Rule::crypto_init, "libsodium failed to initialise");
   MCDR_ASSIGN(uint16_t version, map_format_version(sealed));
   if (version != kMapFormatVersion)
-    return make_error("map.version", "unsupported map format version " + std::to_string(version) + " (this modelcdr reads version " +
+    return make_error(Rule::map_version, "unsupported map format version " + std::to_string(version) + " (this modelcdr reads version " +
                                          std::to_string(kMapFormatVersion) + "): re-protect the model");
   // Everything is bounded and checked for shape before any signature, KDF or decryption runs.
   MCDR_ASSIGN(p, parse_header(sealed));
   MCDR_TRY(check_signer(sealed, p, o, result));
   MCDR_ASSIGN(bool opened, unwrap_slots(sealed, p, o, cek));
-  if (!opened) return make_error("map.no-key", "none of the map's key slots opens with the given key (wrong key)");
+  if (!opened) return make_error(Rule::map_no_key, "none of the map's key slots opens with the given key (wrong key)");
   uint8_t commit[32];
   key_commitment(commit, cek);
   if (sodium_memcmp(commit, p.commitment, 32) != 0) return corrupt();
@@ -334,16 +334,16 @@ Status open_impl(const std::string& sealed, const OpenOptions& o, OpenedMap& res
 }  // namespace
 
 Result<std::string> seal_map(const std::string& payload, const SealOptions& o) {
-  if (sodium_init() < 0) return make_error("crypto.init", "libsodium failed to initialise");
+  if (sodium_init() < 0) return make_error(Rule::crypto_init, "libsodium failed to initialise");
   size_t nslots = o.symmetric_keys.size() + o.passphrases.size() + o.recipients.size();
-  if (nslots == 0) return make_error("map.no-key", "no key given to seal the map with");
-  if (nslots > kMaxSlots) return make_error("map.too-many-keys", "at most " + std::to_string(kMaxSlots) + " keys per map");
+  if (nslots == 0) return make_error(Rule::map_no_key, "no key given to seal the map with");
+  if (nslots > kMaxSlots) return make_error(Rule::map_too_many_keys, "at most " + std::to_string(kMaxSlots) + " keys per map");
   if (o.passphrases.size() > kMaxPassphraseSlots)
-    return make_error("map.too-many-keys", "at most " + std::to_string(kMaxPassphraseSlots) + " passphrases per map");
+    return make_error(Rule::map_too_many_keys, "at most " + std::to_string(kMaxPassphraseSlots) + " passphrases per map");
   if (!o.passphrases.empty() && !pwhash_params_ok(o.pwhash_ops, o.pwhash_mem))
-    return make_error("map.kdf", "Argon2id parameters out of the range readers accept");
-  if (o.info.size() > kMaxMapInfo) return make_error("map.info", "clear map info larger than " + std::to_string(kMaxMapInfo) + " bytes");
-  if (o.signer && !o.signer->has_ed25519_secret) return make_error("key.no-signing-key", "the --sign key file has no ed25519 secret");
+    return make_error(Rule::map_kdf, "Argon2id parameters out of the range readers accept");
+  if (o.info.size() > kMaxMapInfo) return make_error(Rule::map_info, "clear map info larger than " + std::to_string(kMaxMapInfo) + " bytes");
+  if (o.signer && !o.signer->has_ed25519_secret) return make_error(Rule::key_no_signing_key, "the --sign key file has no ed25519 secret");
   ContentKey cek;
   randombytes_buf(cek.k, sizeof cek.k);
   std::string h(kMagic, 8);
@@ -389,7 +389,7 @@ Result<std::string> reseal_map(const std::string& sealed, const OpenOptions& o, 
   ContentKey cek;
   MCDR_TRY(open_impl(sealed, o, opened, p, cek.k));
   if (p.signed_ && !r.signer)
-    return make_error("map.needs-signer", "the map is signed: give --sign SECRET to re-sign it (by " +
+    return make_error(Rule::map_needs_signer, "the map is signed: give --sign SECRET to re-sign it (by " +
                                               fingerprint(p.signer, 32) + " or a new signer)");
   std::vector<std::string> slots;
   std::vector<std::string> present;  // recipient fingerprints kept
@@ -406,25 +406,25 @@ Result<std::string> reseal_map(const std::string& sealed, const OpenOptions& o, 
     slots.emplace_back(reinterpret_cast<const char*>(bytes(sealed) + slot.at), 3 + slot.len);  // verbatim: still valid
   }
   if (removed < r.remove_fingerprints.size())
-    return make_error("map.no-such-recipient", "the map is not sealed to every recipient given (see `modelcdr map info`)");
+    return make_error(Rule::map_no_such_recipient, "the map is not sealed to every recipient given (see `modelcdr map info`)");
   const auto id = map_id(bytes(sealed), p.payload_end);
   for (const auto& pk : r.add_recipients) {
     const std::string fp = fingerprint(pk.data(), pk.size());
     if (std::find(present.begin(), present.end(), fp) != present.end())
-      return make_error("map.duplicate-recipient", "the map is already sealed to recipient " + fp);
+      return make_error(Rule::map_duplicate_recipient, "the map is already sealed to recipient " + fp);
     present.push_back(fp);
     MCDR_ASSIGN(std::string slot, recipient_slot(pk, cek.k, id));
     slots.push_back(std::move(slot));
   }
-  if (slots.empty()) return make_error("map.no-key", "removing that would leave no key that opens the map");
+  if (slots.empty()) return make_error(Rule::map_no_key, "removing that would leave no key that opens the map");
   return finish_seal(sealed.substr(0, p.payload_end), cek.k, slots, r.signer);
 }
 
 Result<MapHeader> read_map_header(const std::string& sealed) {
-  if (sodium_init() < 0) return make_error("crypto.init", "libsodium failed to initialise");
+  if (sodium_init() < 0) return make_error(Rule::crypto_init, "libsodium failed to initialise");
   MCDR_ASSIGN(uint16_t version, map_format_version(sealed));
   if (version != kMapFormatVersion)
-    return make_error("map.version", "unsupported map format version " + std::to_string(version) + " (this modelcdr reads version " +
+    return make_error(Rule::map_version, "unsupported map format version " + std::to_string(version) + " (this modelcdr reads version " +
                                          std::to_string(kMapFormatVersion) + "): re-protect the model");
   MCDR_ASSIGN(Parsed p, parse_header(sealed));
   MapHeader h;
@@ -445,7 +445,7 @@ Result<MapHeader> read_map_header(const std::string& sealed) {
 }
 
 Result<uint16_t> map_format_version(const std::string& sealed) {
-  if (sealed.size() < 10 || !looks_like_map(sealed)) return make_error("map.format", "not a modelcdr map (bad magic)");
+  if (sealed.size() < 10 || !looks_like_map(sealed)) return make_error(Rule::map_format, "not a modelcdr map (bad magic)");
   return static_cast<uint16_t>(uint8_t(sealed[8]) | (uint8_t(sealed[9]) << 8));
 }
 

@@ -453,14 +453,14 @@ class Machine {
 
  private:
   // ------------------------------------------------------------------ errors and findings
-  Error fail(std::string rule, std::string message) const {
+  Error fail(Rule rule, std::string message) const {
     return make_error(std::move(rule), std::move(message), opt_.base_offset + op_pos_, opt_.entry);
   }
   std::string op_name() const { return opcode_name(op_); }
 
   // `message` is a callable so that repeats cost no string building.
   template <class MakeMessage>
-  void note(Repeat kind, Severity sev, const char* rule, MakeMessage&& message) {
+  void note(Repeat kind, Severity sev, Rule rule, MakeMessage&& message) {
     auto& r = repeats_[static_cast<size_t>(kind)];
     if (r.count++ == 0) {
       r.index = findings_.size();
@@ -477,12 +477,12 @@ class Machine {
     }
     if (remaps_.size() < kMaxRemapFindings) {
       remaps_.emplace(std::move(key), RepeatState{findings_.size(), 1});
-      add_finding(findings_, Severity::info, "pickle.py2-name-remap",
+      add_finding(findings_, Severity::info, Rule::pickle_py2_name_remap,
                   "Python-2 name '" + quote(old_name) + "' read as '" + quote(new_name) + "' (protocol < 3)", opt_.entry,
                   opt_.base_offset + op_pos_);
       return;
     }
-    note(Repeat::Py2Remap, Severity::info, "pickle.py2-name-remap",
+    note(Repeat::Py2Remap, Severity::info, Rule::pickle_py2_name_remap,
          [] { return std::string("more Python-2 names remapped (protocol < 3)"); });
   }
 
@@ -497,7 +497,7 @@ class Machine {
 
   // ------------------------------------------------------------------ argument readers
   Error truncated(uint64_t need) const {
-    return fail("pickle.truncated", op_name() + " argument needs " + std::to_string(need) + " bytes, only " +
+    return fail(Rule::pickle_truncated, op_name() + " argument needs " + std::to_string(need) + " bytes, only " +
                                         std::to_string(cur_.remaining()) + " left");
   }
   template <class T>
@@ -519,10 +519,10 @@ class Machine {
       r = cur_.line(static_cast<size_t>(std::min<uint64_t>(lim_.max_line_bytes, SIZE_MAX - 1)));
     }
     if (!r.ok()) {
-      if (r.error().rule == "io.line-too-long")
-        return fail("pickle.line-too-long",
+      if (r.error().rule == Rule::io_line_too_long)
+        return fail(Rule::pickle_line_too_long,
                     op_name() + " text argument is longer than " + std::to_string(lim_.max_line_bytes) + " bytes");
-      return fail("pickle.truncated", op_name() + " text argument is not terminated by a newline before the end of data");
+      return fail(Rule::pickle_truncated, op_name() + " text argument is not terminated by a newline before the end of data");
     }
     return *r;
   }
@@ -530,10 +530,10 @@ class Machine {
   // anything is allocated.
   Result<std::string_view> payload(uint64_t len) {
     if (len > cur_.remaining())
-      return fail("pickle.bad-length", op_name() + " length " + std::to_string(len) + " exceeds the " +
+      return fail(Rule::pickle_bad_length, op_name() + " length " + std::to_string(len) + " exceeds the " +
                                            std::to_string(cur_.remaining()) + " bytes left");
     if (len > lim_.max_text_bytes)
-      return fail("pickle.limit-text", op_name() + " length " + std::to_string(len) + " exceeds the limit of " +
+      return fail(Rule::pickle_limit_text, op_name() + " length " + std::to_string(len) + " exceeds the limit of " +
                                            std::to_string(lim_.max_text_bytes) + " bytes");
     auto r = cur_.take_view(len);
     if (!r.ok()) return truncated(len);
@@ -543,7 +543,7 @@ class Machine {
   // ------------------------------------------------------------------ graph and stack
   Result<NodeId> make(NodeKind kind) {
     if (prog_.nodes.size() >= lim_.max_nodes)
-      return fail("pickle.limit-nodes", "more than " + std::to_string(lim_.max_nodes) + " values");
+      return fail(Rule::pickle_limit_nodes, "more than " + std::to_string(lim_.max_nodes) + " values");
     auto id = static_cast<NodeId>(prog_.nodes.size());
     Node& n = prog_.nodes.emplace_back();
     n.kind = kind;
@@ -555,13 +555,13 @@ class Machine {
   Status count_items(uint64_t n) {
     items_total_ += n;
     if (items_total_ > lim_.max_container_items)
-      return fail("pickle.limit-items", "more than " + std::to_string(lim_.max_container_items) +
+      return fail(Rule::pickle_limit_items, "more than " + std::to_string(lim_.max_container_items) +
                                             " container items in total");
     return ok_status();
   }
   Status check_depth(size_t adding) {
     if (stack_.size() + marks_.size() + adding > lim_.max_stack_depth)
-      return fail("pickle.limit-stack", "stack depth (values plus marks) exceeds " + std::to_string(lim_.max_stack_depth));
+      return fail(Rule::pickle_limit_stack, "stack depth (values plus marks) exceeds " + std::to_string(lim_.max_stack_depth));
     return ok_status();
   }
   Status push(NodeId id) {
@@ -571,7 +571,7 @@ class Machine {
   }
   size_t fence() const { return marks_.empty() ? 0 : marks_.back(); }
   Error underflow() const {
-    return fail("pickle.stack-underflow", op_name() + " needs more values than the stack holds" +
+    return fail(Rule::pickle_stack_underflow, op_name() + " needs more values than the stack holds" +
                                               (marks_.empty() ? std::string() : std::string(" above the topmost MARK")));
   }
   // Ensures `n` values above the fence.
@@ -585,7 +585,7 @@ class Machine {
     return id;
   }
   Result<size_t> pop_mark() {
-    if (marks_.empty()) return fail("pickle.no-mark", op_name() + " could not find MARK");
+    if (marks_.empty()) return fail(Rule::pickle_no_mark, op_name() + " could not find MARK");
     size_t m = marks_.back();
     marks_.pop_back();
     return m;
@@ -600,7 +600,7 @@ class Machine {
   }
   Status take_pairs(size_t from, std::vector<std::pair<NodeId, NodeId>>& dst, const char* what) {
     size_t n = stack_.size() - from;
-    if (n % 2) return fail("pickle.odd-items", std::string("odd number of items for ") + what);
+    if (n % 2) return fail(Rule::pickle_odd_items, std::string("odd number of items for ") + what);
     MCDR_TRY(count_items(n));
     dst.reserve(dst.size() + n / 2);
     for (size_t k = from; k < stack_.size(); k += 2) dst.emplace_back(stack_[k], stack_[k + 1]);
@@ -640,7 +640,7 @@ class Machine {
     IntText v;
     std::string why;
     if (!parse_int_text(text, syntax, v, why))
-      return fail("pickle.bad-int", op_name() + " argument '" + quote(text) + "' is not an integer: " + why);
+      return fail(Rule::pickle_bad_int, op_name() + " argument '" + quote(text) + "' is not an integer: " + why);
     return push_twos(twos_from_magnitude(v));
   }
   Result<NodeId> make_global(std::string module, std::string name) {
@@ -671,7 +671,7 @@ class Machine {
     const Node* m = as_cpython_str(module);
     const Node* n = as_cpython_str(name);
     if (m == nullptr || n == nullptr)
-      return fail("pickle.stack-global-operand", "STACK_GLOBAL requires two str operands (module and name)");
+      return fail(Rule::pickle_stack_global_operand, "STACK_GLOBAL requires two str operands (module and name)");
     // A global whose attribute was replaced is that value (find_class returns getattr's result).
     if (auto it = module_attrs_.find(m->text + "." + n->text); it != module_attrs_.end()) return push(it->second);
     MCDR_ASSIGN(NodeId id, make_global(m->text, n->text));
@@ -691,7 +691,7 @@ class Machine {
     MCDR_ASSIGN(std::string_view module, line());
     MCDR_ASSIGN(std::string_view name, line());
     if (!valid_utf8(module, false) || !valid_utf8(name, false))
-      return fail("pickle.bad-utf8", op_name() + " name '" + quote(module) + " " + quote(name) + "' is not valid UTF-8");
+      return fail(Rule::pickle_bad_utf8, op_name() + " name '" + quote(module) + " " + quote(name) + "' is not valid UTF-8");
     return std::pair(std::string(module), std::string(name));
   }
 
@@ -699,22 +699,22 @@ class Machine {
   Status memo_put(uint64_t index) {
     MCDR_TRY(need(1));
     if (index > lim_.max_memo_index)
-      return fail("pickle.limit-memo-index", op_name() + " index " + std::to_string(index) + " exceeds the limit of " +
+      return fail(Rule::pickle_limit_memo_index, op_name() + " index " + std::to_string(index) + " exceeds the limit of " +
                                                  std::to_string(lim_.max_memo_index));
     auto [it, inserted] = memo_.try_emplace(index, stack_.back());
     if (!inserted) {
       it->second = stack_.back();
-      note(Repeat::MemoOverwrite, Severity::low, "pickle.memo-overwrite",
+      note(Repeat::MemoOverwrite, Severity::low, Rule::pickle_memo_overwrite,
            [&] { return std::string(op_name() + " overwrites memo index " + std::to_string(index)); });
     } else if (memo_.size() > lim_.max_memo_entries) {
-      return fail("pickle.limit-memo", "more than " + std::to_string(lim_.max_memo_entries) + " memo entries");
+      return fail(Rule::pickle_limit_memo, "more than " + std::to_string(lim_.max_memo_entries) + " memo entries");
     }
     return ok_status();
   }
   Status memo_get(uint64_t index) {
     auto it = memo_.find(index);
     if (it == memo_.end())
-      return fail("pickle.memo-missing", op_name() + " memo index " + std::to_string(index) + " was never stored");
+      return fail(Rule::pickle_memo_missing, op_name() + " memo index " + std::to_string(index) + " was never stored");
     return push(it->second);
   }
   // GET/PUT text argument: int(text) in base 10. A negative GET cannot match (memo-missing),
@@ -724,17 +724,17 @@ class Machine {
     IntText v;
     std::string why;
     if (!parse_int_text(text, IntSyntax::Base10, v, why))
-      return fail("pickle.bad-int", op_name() + " argument '" + quote(text) + "' is not an integer: " + why);
+      return fail(Rule::pickle_bad_int, op_name() + " argument '" + quote(text) + "' is not an integer: " + why);
     bool zero = v.limbs.empty();
     if (v.negative && !zero) {
-      if (is_put) return fail("pickle.bad-memo-index", "negative PUT argument '" + quote(text) + "'");
-      return fail("pickle.memo-missing", "GET memo index '" + quote(text) + "' was never stored");
+      if (is_put) return fail(Rule::pickle_bad_memo_index, "negative PUT argument '" + quote(text) + "'");
+      return fail(Rule::pickle_memo_missing, "GET memo index '" + quote(text) + "' was never stored");
     }
     if (v.limbs.size() > 2) {
       if (is_put)
-        return fail("pickle.limit-memo-index", "PUT index '" + quote(text) + "' exceeds the limit of " +
+        return fail(Rule::pickle_limit_memo_index, "PUT index '" + quote(text) + "' exceeds the limit of " +
                                                    std::to_string(lim_.max_memo_index));
-      return fail("pickle.memo-missing", "GET memo index '" + quote(text) + "' was never stored");
+      return fail(Rule::pickle_memo_missing, "GET memo index '" + quote(text) + "' was never stored");
     }
     uint64_t idx = 0;
     for (size_t k = v.limbs.size(); k-- > 0;) idx = (idx << 32) | v.limbs[k];
@@ -750,12 +750,12 @@ class Machine {
     prog_.nodes.reserve(static_cast<size_t>(std::min<uint64_t>({cur_.size() + 16, lim_.max_nodes})));
     while (true) {
       op_pos_ = cur_.pos();
-      if (cur_.at_end()) return fail("pickle.truncated", "pickle data ended without STOP");
+      if (cur_.at_end()) return fail(Rule::pickle_truncated, "pickle data ended without STOP");
       if (in_frame_ && op_pos_ >= frame_end_) in_frame_ = false;
       const bool framed = in_frame_;
       const size_t frame_end = frame_end_;
       if (++prog_.op_count > lim_.max_ops)
-        return fail("pickle.limit-ops", "more than " + std::to_string(lim_.max_ops) + " opcodes");
+        return fail(Rule::pickle_limit_ops, "more than " + std::to_string(lim_.max_ops) + " opcodes");
       MCDR_ASSIGN(op_, cur_.u8());
       if (op_ == static_cast<uint8_t>(Op::STOP)) {
         if (framed && cur_.pos() > frame_end) straddle();
@@ -768,7 +768,7 @@ class Machine {
   }
 
   void straddle() {
-    note(Repeat::FrameStraddle, Severity::medium, "pickle.frame-straddle",
+    note(Repeat::FrameStraddle, Severity::medium, Rule::pickle_frame_straddle,
          [&] { return std::string(op_name() + " crosses the end of its FRAME (pickle.py rejects this)"); });
   }
 
@@ -778,7 +778,7 @@ class Machine {
     prog_.stop_offset = op_pos_;
     prog_.end_offset = cur_.pos();
     if (!stack_.empty() || !marks_.empty())
-      add_finding(findings_, Severity::low, "pickle.leftover-stack",
+      add_finding(findings_, Severity::low, Rule::pickle_leftover_stack,
                   "STOP left " + std::to_string(stack_.size()) + " value(s) and " + std::to_string(marks_.size()) +
                       " MARK(s) on the stack",
                   opt_.entry, opt_.base_offset + op_pos_);
@@ -791,7 +791,7 @@ class Machine {
       case Op::PROTO: {
         MCDR_ASSIGN(uint8_t v, fixed<uint8_t>());
         if (v > kHighestProtocol)
-          return fail("pickle.bad-protocol", "unsupported pickle protocol " + std::to_string(v) + " (highest is 5)");
+          return fail(Rule::pickle_bad_protocol, "unsupported pickle protocol " + std::to_string(v) + " (highest is 5)");
         prog_.protocol = v;
         return ok_status();
       }
@@ -800,10 +800,10 @@ class Machine {
         MCDR_ASSIGN(uint64_t len, fixed<uint64_t>());
         if (len > cur_.remaining() && opt_.cpython_view) len = cur_.remaining();  // pickle.py reads what is there
         if (len > cur_.remaining())
-          return fail("pickle.frame-too-long",
+          return fail(Rule::pickle_frame_too_long,
                       "FRAME length " + std::to_string(len) + " exceeds the " + std::to_string(cur_.remaining()) + " bytes left");
         if (nested)
-          note(Repeat::FrameNested, Severity::medium, "pickle.frame-nested",
+          note(Repeat::FrameNested, Severity::medium, Rule::pickle_frame_nested,
                [&] { return std::string("FRAME starts while the previous frame still has " + std::to_string(frame_end_ - op_pos_) + " unread bytes"); });
         in_frame_ = true;
         frame_end_ = cur_.pos() + static_cast<size_t>(len);
@@ -844,7 +844,7 @@ class Machine {
       }
       case Op::LONG4: {
         MCDR_ASSIGN(int32_t n, fixed<int32_t>());
-        if (n < 0) return fail("pickle.negative-length", "LONG4 has negative byte count " + std::to_string(n));
+        if (n < 0) return fail(Rule::pickle_negative_length, "LONG4 has negative byte count " + std::to_string(n));
         MCDR_ASSIGN(std::string_view le, payload(static_cast<uint64_t>(n)));
         return push_twos(std::string(le));
       }
@@ -853,7 +853,7 @@ class Machine {
         double v = 0;
         std::string why;
         if (!parse_float_text(text, v, why))
-          return fail("pickle.bad-float", "FLOAT argument '" + quote(text) + "': " + why);
+          return fail(Rule::pickle_bad_float, "FLOAT argument '" + quote(text) + "': " + why);
         MCDR_ASSIGN(NodeId id, make(NodeKind::Float));
         node(id).f = v;
         return push(id);
@@ -870,15 +870,15 @@ class Machine {
       case Op::STRING: {
         MCDR_ASSIGN(std::string_view text, line());
         if (text.size() < 2 || text.front() != text.back() || (text.front() != '\'' && text.front() != '"'))
-          return fail("pickle.bad-string", "the STRING opcode argument must be quoted: '" + quote(text) + "'");
+          return fail(Rule::pickle_bad_string, "the STRING opcode argument must be quoted: '" + quote(text) + "'");
         std::string out, why;
         if (!decode_escapes(text.substr(1, text.size() - 2), out, why))
-          return fail("pickle.bad-string", "STRING argument '" + quote(text) + "': " + why);
+          return fail(Rule::pickle_bad_string, "STRING argument '" + quote(text) + "': " + why);
         return push_text(NodeKind::Py2Str, out);
       }
       case Op::BINSTRING: {
         MCDR_ASSIGN(int32_t n, fixed<int32_t>());
-        if (n < 0) return fail("pickle.negative-length", "BINSTRING has negative byte count " + std::to_string(n));
+        if (n < 0) return fail(Rule::pickle_negative_length, "BINSTRING has negative byte count " + std::to_string(n));
         MCDR_ASSIGN(std::string_view s, payload(static_cast<uint64_t>(n)));
         return push_text(NodeKind::Py2Str, s);
       }
@@ -911,7 +911,7 @@ class Machine {
         MCDR_ASSIGN(std::string_view text, line());
         std::string out, why;
         if (!decode_raw_unicode_escape(text, out, why))
-          return fail("pickle.bad-unicode", "UNICODE argument '" + quote(text) + "': " + why);
+          return fail(Rule::pickle_bad_unicode, "UNICODE argument '" + quote(text) + "': " + why);
         return push_text(NodeKind::Str, out);
       }
       case Op::SHORT_BINUNICODE: {
@@ -929,7 +929,7 @@ class Machine {
 
       // ---- out-of-band buffers
       case Op::NEXT_BUFFER: {
-        note(Repeat::OutOfBand, Severity::high, "pickle.out-of-band-buffer",
+        note(Repeat::OutOfBand, Severity::high, Rule::pickle_out_of_band_buffer,
              [&] { return std::string("NEXT_BUFFER refers to an out-of-band buffer, which a file cannot carry"); });
         return push_simple(NodeKind::Buffer);
       }
@@ -1052,7 +1052,7 @@ class Machine {
         NodeId module = pop_unchecked();
         if (opt_.cpython_view) return cpython_stack_global(module, name);
         if (node(module).kind != NodeKind::Str || node(name).kind != NodeKind::Str)
-          return fail("pickle.stack-global-operand", "STACK_GLOBAL requires two str operands (module and name)");
+          return fail(Rule::pickle_stack_global_operand, "STACK_GLOBAL requires two str operands (module and name)");
         MCDR_ASSIGN(NodeId id, make_global(node(module).text, node(name).text));
         return push(id);
       }
@@ -1100,7 +1100,7 @@ class Machine {
       case Op::PERSID: {
         MCDR_ASSIGN(std::string_view pid, line());
         if (std::any_of(pid.begin(), pid.end(), [](char c) { return static_cast<uint8_t>(c) >= 0x80; }))
-          return fail("pickle.bad-persid", "persistent IDs in protocol 0 must be ASCII strings: '" + quote(pid) + "'");
+          return fail(Rule::pickle_bad_persid, "persistent IDs in protocol 0 must be ASCII strings: '" + quote(pid) + "'");
         MCDR_ASSIGN(NodeId str, make(NodeKind::Str));
         node(str).text.assign(pid.data(), pid.size());
         MCDR_ASSIGN(NodeId id, make(NodeKind::PersId));
@@ -1112,13 +1112,13 @@ class Machine {
 
       case Op::STOP: break;  // handled by execute()
     }
-    return fail("pickle.unknown-opcode", "unknown opcode " + hex_byte(op_) + " (invalid load key)");
+    return fail(Rule::pickle_unknown_opcode, "unknown opcode " + hex_byte(op_) + " (invalid load key)");
   }
 
   Status push_utf8(uint64_t n) {
     MCDR_ASSIGN(std::string_view s, payload(n));
     if (!valid_utf8(s, true))
-      return fail("pickle.bad-utf8", op_name() + " payload of " + std::to_string(n) + " bytes is not valid UTF-8");
+      return fail(Rule::pickle_bad_utf8, op_name() + " payload of " + std::to_string(n) + " bytes is not valid UTF-8");
     return push_text(NodeKind::Str, s);
   }
 
@@ -1156,15 +1156,15 @@ class Machine {
   }
 
   Status array_payload(NodeId id) {
-    if (node(id).has_payload) return fail("joblib.double-build", "a second BUILD on one NumpyArrayWrapper");
+    if (node(id).has_payload) return fail(Rule::joblib_double_build, "a second BUILD on one NumpyArrayWrapper");
     // joblib reads the array from the file, after the current frame: bytes left in the frame
     // would be read by the two sides differently.
     if (in_frame_ && cur_.pos() != frame_end_)
-      return fail("joblib.array-inside-frame", "NumpyArrayWrapper BUILD is not the last opcode of its FRAME");
+      return fail(Rule::joblib_array_inside_frame, "NumpyArrayWrapper BUILD is not the last opcode of its FRAME");
     size_t before = cur_.pos();
     MCDR_ASSIGN(RawPayload p, opt_.on_array_build(prog_, id, cur_));
     if (p.offset != before || cur_.pos() != before + p.size)
-      return fail("joblib.bad-hook", "array hook reported a span it did not consume");
+      return fail(Rule::joblib_bad_hook, "array hook reported a span it did not consume");
     Node& n = node(id);
     n.has_payload = true;
     n.payload_is_pickle = p.is_pickle;
@@ -1176,8 +1176,8 @@ class Machine {
   }
 
   Status ext(int64_t code) {
-    if (code <= 0) return fail("pickle.bad-ext-code", op_name() + " specifies code " + std::to_string(code) + " <= 0");
-    note(Repeat::Ext, Severity::high, "pickle.ext-opcode",
+    if (code <= 0) return fail(Rule::pickle_bad_ext_code, op_name() + " specifies code " + std::to_string(code) + " <= 0");
+    note(Repeat::Ext, Severity::high, Rule::pickle_ext_opcode,
          [&] { return std::string(op_name() + " code " + std::to_string(code) +
              " names a global through the copyreg extension registry (stock CPython registers none)"); });
     MCDR_ASSIGN(NodeId id, make(NodeKind::Ext));

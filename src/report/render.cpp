@@ -1,6 +1,7 @@
 #include "report/render.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cstdio>
 
 #include <nlohmann/json.hpp>
@@ -12,7 +13,7 @@ namespace {
 using json = nlohmann::ordered_json;
 
 json finding_json(const Finding& f) {
-  return {{"severity", severity_name(f.severity)}, {"rule", f.rule}, {"message", f.message}, {"entry", f.entry}, {"offset", f.offset}};
+  return {{"severity", severity_name(f.severity)}, {"rule", rule_id(f.rule)}, {"message", f.message}, {"entry", f.entry}, {"offset", f.offset}};
 }
 
 json findings_json(const Findings& fs) {
@@ -23,7 +24,7 @@ json findings_json(const Findings& fs) {
 
 json error_json(const std::optional<Error>& e) {
   if (!e) return nullptr;
-  return {{"rule", e->rule}, {"message", e->message}, {"entry", e->entry}, {"offset", e->has_offset ? json(e->offset) : json(nullptr)}};
+  return {{"rule", rule_id(e->rule)}, {"message", e->message}, {"entry", e->entry}, {"offset", e->has_offset ? json(e->offset) : json(nullptr)}};
 }
 
 json tensors_json(const TensorStats& t) {
@@ -53,6 +54,7 @@ const char* sarif_level(Severity s) {
 std::string scan_json(const std::vector<FileReport>& files) {
   json arr = json::array();
   size_t clean = 0, with = 0, errors = 0, skipped = 0;
+  json verdicts = {{"clean", 0}, {"safe", 0}, {"unknown", 0}, {"dangerous", 0}};
   for (const auto& f : files) {
     skipped += f.status == FileStatus::skipped;  // found in a folder, not a model file (info)
     clean += f.status == FileStatus::clean;
@@ -61,14 +63,17 @@ std::string scan_json(const std::vector<FileReport>& files) {
     arr.push_back({{"path", f.input},
                    {"format", f.format},
                    {"status", status_name(f.status)},
+                   {"verdict", verdict_name(f.verdict)},
                    {"error", error_json(f.error)},
                    {"tensors", tensors_json(f.tensors)},
                    {"findings", findings_json(f.findings)}});
+    verdicts[verdict_name(f.verdict)] = verdicts.value(verdict_name(f.verdict), 0) + 1;
   }
   json doc = {{"schema", "modelcdr.scan/1"},
               {"tool", tool()},
               {"files", arr},
-              {"summary", {{"files", files.size()}, {"clean", clean}, {"with_findings", with}, {"errors", errors}, {"skipped", skipped}}}};
+              {"summary", {{"files", files.size()}, {"clean", clean}, {"with_findings", with}, {"errors", errors}, {"skipped", skipped},
+                           {"verdicts", verdicts}}}};
   return dump(doc);
 }
 
@@ -100,34 +105,101 @@ std::string disarm_json(const std::vector<FileReport>& files) {
   return dump(doc);
 }
 
-std::string sarif(const std::vector<FileReport>& files) {
-  json rules = json::array();
-  std::map<std::string, size_t> rule_index;
-  json results = json::array();
-  auto add_result = [&](const std::string& path, const std::string& rule, const std::string& level, const std::string& message,
-                        const std::string& entry, uint64_t offset) {
-    if (!rule_index.count(rule)) {
-      rule_index[rule] = rules.size();
-      rules.push_back({{"id", rule}, {"shortDescription", {{"text", rule}}}});
+namespace {
+
+// A path as a SARIF uri-reference: RFC 3986 unreserved bytes and '/' kept, the rest
+// percent-encoded (spaces, '#', '%', non-ASCII); an absolute path becomes a file:// URI.
+std::string path_uri(const std::string& path) {
+  static const char* hexd = "0123456789ABCDEF";
+  std::string out = !path.empty() && path[0] == '/' ? "file://" : "";
+  for (unsigned char c : path) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~' || c == '/') {
+      out += static_cast<char>(c);
+    } else {
+      out += '%';
+      out += hexd[c >> 4];
+      out += hexd[c & 15];
     }
-    json location = {{"physicalLocation",
-                      {{"artifactLocation", {{"uri", path}}}, {"region", {{"byteOffset", offset}, {"byteLength", 1}}}}}};
-    if (!entry.empty()) location["logicalLocations"] = json::array({{{"name", entry}, {"kind", "member"}}});
-    results.push_back({{"ruleId", rule},
-                       {"ruleIndex", rule_index[rule]},
+  }
+  return out;
+}
+
+// What disarm does, as a sentence for SARIF help text.
+std::string disposition_help(Disposition d) {
+  switch (d) {
+    case Disposition::reject: return "modelcdr disarm rejects the file (no output).";
+    case Disposition::reject_high: return "modelcdr disarm rejects the file when this is reported as high or critical; otherwise it is left out of the rebuilt file.";
+    case Disposition::reject_trailing: return "modelcdr disarm rejects the file unless --allow-trailing-data is given.";
+    case Disposition::drop: return "modelcdr disarm leaves it out of the rebuilt file.";
+    case Disposition::convert: return "modelcdr disarm rewrites it as plain data.";
+    case Disposition::note: return "Noted only: nothing is removed.";
+  }
+  return "";
+}
+
+json sarif_rule(const RuleInfo& r) {
+  std::string help = std::string(r.help) + " " + disposition_help(r.disposition) + " Verdict: " +
+                     verdict_class_name(r.verdict) + ". See docs/RULES.md.";
+  return {{"id", r.id},
+          {"shortDescription", {{"text", r.description}}},
+          {"fullDescription", {{"text", r.help}}},
+          {"help", {{"text", help}}},
+          {"defaultConfiguration", {{"level", sarif_level(r.severity)}}},
+          {"properties",
+           {{"security-severity", r.security_severity},
+            {"tags", json::array({"security", std::string(r.id.substr(0, r.id.find('.')))})},
+            {"disposition", disposition_name(r.disposition)},
+            {"verdict", verdict_class_name(r.verdict)}}}};
+}
+
+// One location: the file, a byte offset in it when the finding is about the file's own bytes,
+// and the container entry (zip/tar member, decompressed stream) as a logical location with the
+// offset inside that entry.
+json sarif_location(const std::string& path, const std::string& entry, uint64_t offset, bool has_offset) {
+  json physical = {{"artifactLocation", {{"uri", path_uri(path)}}}};
+  if (entry.empty() && has_offset) physical["region"] = {{"byteOffset", offset}, {"byteLength", 1}};
+  json location = {{"physicalLocation", physical}};
+  if (!entry.empty()) {
+    json logical = {{"name", entry}, {"fullyQualifiedName", entry}, {"kind", "resource"}};
+    location["logicalLocations"] = json::array({logical});
+    location["properties"] = {{"entryOffset", offset}};
+  }
+  return location;
+}
+
+}  // namespace
+
+std::string sarif(const std::vector<FileReport>& files, bool verbose) {
+  json rules = json::array();
+  for (const RuleInfo& r : all_rules()) rules.push_back(sarif_rule(r));
+  json results = json::array();
+  auto add_result = [&](Rule rule, const char* level, const std::string& message, json location,
+                        const char* verdict) {
+    results.push_back({{"ruleId", rule_id(rule)},
+                       {"ruleIndex", static_cast<size_t>(rule)},
                        {"level", level},
                        {"message", {{"text", message}}},
-                       {"locations", json::array({location})}});
+                       {"locations", json::array({std::move(location)})},
+                       {"properties", {{"verdict", verdict}}}});
   };
+  json artifacts = json::array();
   for (const auto& f : files) {
-    for (const auto& x : f.findings) add_result(f.input, x.rule, sarif_level(x.severity), x.message, x.entry, x.offset);
-    if (f.error) add_result(f.input, f.error->rule, "error", f.error->message, f.error->entry, f.error->offset);
+    artifacts.push_back({{"location", {{"uri", path_uri(f.input)}}}, {"properties", {{"format", f.format}, {"verdict", verdict_name(f.verdict)}}}});
+    for (const auto& x : f.findings) {
+      if (x.severity == Severity::info && !verbose) continue;
+      add_result(x.rule, sarif_level(x.severity), x.message, sarif_location(f.input, x.entry, x.offset, true),
+                 verdict_name(verdict_of(x.rule, x.severity)));
+    }
+    if (f.error)
+      add_result(f.error->rule, "error", f.error->message,
+                 sarif_location(f.input, f.error->entry, f.error->offset, f.error->has_offset), verdict_name(f.verdict));
   }
   json doc = {{"$schema", "https://json.schemastore.org/sarif-2.1.0.json"},
               {"version", "2.1.0"},
-              {"runs", json::array({{{"tool", {{"driver", {{"name", "modelcdr"}, {"version", kVersion},
-                                                           
+              {"runs", json::array({{{"tool", {{"driver", {{"name", "modelcdr"},
+                                                           {"version", kVersion},
                                                            {"rules", rules}}}}},
+                                     {"artifacts", artifacts},
                                      {"results", results}}})}};
   return dump(doc);
 }
@@ -195,7 +267,7 @@ std::string printable(std::string_view s) {
 std::string text_line(const std::string& path, const Finding& f) {
   std::string s = path + ": ";
   if (!f.entry.empty()) s += f.entry + " ";
-  s += "offset " + std::to_string(f.offset) + ": " + severity_name(f.severity) + ": " + f.message + " [" + f.rule + "]";
+  s += "offset " + std::to_string(f.offset) + ": " + severity_name(f.severity) + ": " + f.message + " [" + std::string(rule_id(f.rule)) + "]";
   return printable(s);
 }
 

@@ -11,7 +11,8 @@ namespace modelcdr::report {
 
 std::string scan_json(const std::vector<FileReport>& files);
 std::string disarm_json(const std::vector<FileReport>& files);
-std::string sarif(const std::vector<FileReport>& files);
+// Every catalogued rule in tool.driver.rules; info findings only when `verbose`.
+std::string sarif(const std::vector<FileReport>& files, bool verbose = false);
 // Text for a terminal from untrusted bytes: C0/C1 controls, DEL and bytes that are not UTF-8
 // become \xNN, bidi overrides and line separators \uNNNN, a backslash \\; the rest is kept.
 // Use it for every string from the input that text output prints.

@@ -35,7 +35,7 @@ std::string random_suffix() {
 }
 
 Status write_file(const std::string& path, std::string_view bytes) {
-  if (forced_write_failure()) return make_error("io.write", "cannot write " + path + ": No space left on device (forced)");
+  if (forced_write_failure()) return make_error(Rule::io_write, "cannot write " + path + ": No space left on device (forced)");
   auto out = io::AtomicOutput::create(path);
   if (!out.ok()) return out.error();
   MCDR_TRY(out->write(bytes));
@@ -55,27 +55,27 @@ std::string one_line(std::string s) {
 }
 
 // Fills `e` as a refusal (never served) with the reason a client will see.
-void refuse(Entry& e, FileReport& r, std::string code, std::string message) {
+void refuse(Entry& e, FileReport& r, Rule code, std::string message) {
   e.served = false;
   e.verdict = "refused";
-  e.code = std::move(code);
+  e.code = std::string(rule_id(code));
   e.message = one_line(std::move(message));
   r.status = FileStatus::rejected;
-  if (!r.error) r.error = make_error(e.code, e.message);
+  if (!r.error) r.error = make_error(code, e.message);
 }
 
 // A non-model file: served only when its bytes, as read once, are proven inert (the
 // `disarm --copy-other` rule, engine/classify.hpp); the bytes classified are the bytes served.
 Status build_other(const std::string& tmp, const Input& in, const BuildOptions& o, Entry& e, FileReport& r) {
   if (in.size > kMaxInertBytes) {
-    refuse(e, r, "serve.too-large", o.name + " is not a model file and larger than " + std::to_string(kMaxInertBytes) +
+    refuse(e, r, Rule::serve_too_large, o.name + " is not a model file and larger than " + std::to_string(kMaxInertBytes) +
                                         " bytes: not served");
     return ok_status();
   }
   std::vector<uint8_t> bytes(in.size);
   for (uint64_t at = 0; at < in.size;) {
     ssize_t n = ::pread(in.fd, bytes.data() + at, in.size - at, off_t(at));
-    if (n <= 0) return make_error("io.read", "cannot read " + o.shown);
+    if (n <= 0) return make_error(Rule::io_read, "cannot read " + o.shown);
     at += uint64_t(n);
   }
   auto c = engine::classify_bytes(o.name, bytes);
@@ -88,14 +88,14 @@ Status build_other(const std::string& tmp, const Input& in, const BuildOptions& 
     case Kind::inert_binary:
       break;
     case Kind::code:
-      refuse(e, r, "copy.not-inert", o.name + ": source code or a script is not inert: not served");
+      refuse(e, r, Rule::copy_not_inert, o.name + ": source code or a script is not inert: not served");
       return ok_status();
     case Kind::unsupported_model:
-      refuse(e, r, "format.unsupported", o.name + ": " + c.detail + " model: modelcdr does not rebuild this format, so it is not served");
+      refuse(e, r, Rule::format_unsupported, o.name + ": " + c.detail + " model: modelcdr does not rebuild this format, so it is not served");
       return ok_status();
     case Kind::model:  // cannot happen (the caller sent models to disarm); fail closed anyway
     default:
-      refuse(e, r, "copy.not-inert", o.name + ": not served: " + c.detail);
+      refuse(e, r, Rule::copy_not_inert, o.name + ": not served: " + c.detail);
       return ok_status();
   }
   MCDR_TRY(write_file(tmp + "/data", std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size())));
@@ -120,18 +120,19 @@ Status build_model(const std::string& tmp, const Input& in, const BuildOptions& 
   r.input = o.shown;
   e.format = r.format;
   if (r.status == FileStatus::rejected || r.status == FileStatus::error) {
-    const Error err = r.error.value_or(make_error("cdr.rejected", "rejected"));
+    const Error err = r.error.value_or(make_error(Rule::cdr_rejected, "rejected"));
     // Failures of this machine, not verdicts on the input, are never cached.
-    if (err.rule.rfind("io.", 0) == 0 || err.rule.rfind("resource.", 0) == 0) return err;
+    const std::string_view id = rule_id(err.rule);
+    if (id.starts_with("io.") || id.starts_with("resource.")) return err;
     refuse(e, r, err.rule, o.name + ": " + err.describe());
     return ok_status();
   }
-  if (forced_write_failure()) return make_error("io.write", "cannot write the rebuild: No space left on device (forced)");
+  if (forced_write_failure()) return make_error(Rule::io_write, "cannot write the rebuild: No space left on device (forced)");
   struct stat st{};
   int fd = ::open(out.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0 || ::fstat(fd, &st) != 0) {
     if (fd >= 0) ::close(fd);
-    return make_error("io.read", "cannot read the rebuild");
+    return make_error(Rule::io_read, "cannot read the rebuild");
   }
   auto h = hash_fd(fd, uint64_t(st.st_size));
   ::close(fd);
@@ -169,7 +170,7 @@ Status Cache::init() {
   std::error_code ec;
   for (const char* sub : {"objects", "tmp", "locks"}) {
     fs::create_directories(fs::path(dir_) / sub, ec);
-    if (ec) return make_error("io.write", "cannot create the cache folder " + dir_ + ": " + ec.message());
+    if (ec) return make_error(Rule::io_write, "cannot create the cache folder " + dir_ + ": " + ec.message());
   }
   return ok_status();
 }
@@ -208,7 +209,7 @@ std::optional<Entry> Cache::find(const std::string& key) const {
 Result<Entry> Cache::get_or_build(const std::string& key, const Input& in, const BuildOptions& o, bool* built) {
   if (auto e = find(key)) return *e;
   KeyLock lock(dir_ + "/locks/" + key + ".lock");
-  if (!lock.ok()) return make_error("io.write", "cannot lock the cache entry");
+  if (!lock.ok()) return make_error(Rule::io_write, "cannot lock the cache entry");
   if (auto e = find(key)) return *e;  // built by another request while we waited
   auto e = build(key, in, o);
   if (built) *built = e.ok();
@@ -218,7 +219,7 @@ Result<Entry> Cache::get_or_build(const std::string& key, const Input& in, const
 Result<Entry> Cache::build(const std::string& key, const Input& in, const BuildOptions& o) {
   std::string tmp = dir_ + "/tmp/" + key + "." + random_suffix();
   std::error_code ec;
-  if (!fs::create_directory(tmp, ec)) return make_error("io.write", "cannot create a cache entry: " + ec.message());
+  if (!fs::create_directory(tmp, ec)) return make_error(Rule::io_write, "cannot create a cache entry: " + ec.message());
   struct Cleanup {
     std::string p;
     ~Cleanup() {
@@ -234,14 +235,14 @@ Result<Entry> Cache::build(const std::string& key, const Input& in, const BuildO
   auto cls = engine::classify(in.path);
   Status s = cls.kind == engine::Kind::model ? build_model(tmp, in, o, e, r) : build_other(tmp, in, o, e, r);
   if (!s.ok()) return s.error();
-  if (!in.unchanged()) return make_error("io.input-changed", o.shown + " changed while it was read; try again");
+  if (!in.unchanged()) return make_error(Rule::io_input_changed, o.shown + " changed while it was read; try again");
   MCDR_TRY(write_file(tmp + "/report.json", report::disarm_json({r})));
   MCDR_TRY(write_file(tmp + "/meta.json", meta_json(e).dump(2)));
   std::string final_dir = dir_ + "/objects/" + key;
   if (::rename(tmp.c_str(), final_dir.c_str()) != 0) {
     // Another instance committed the same key first (it holds the same bytes): use theirs.
     if (auto other = find(key)) return *other;
-    return make_error("io.write", "cannot commit the cache entry");
+    return make_error(Rule::io_write, "cannot commit the cache entry");
   }
   cleanup.p.clear();
   e.dir = final_dir;

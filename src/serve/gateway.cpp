@@ -40,7 +40,7 @@ Result<Resolved> Gateway::resolve(const std::string& repo, const std::string& re
   // One fetch per file at a time across every instance sharing the cache: the others wait
   // here and then find the ref (an upstream file is downloaded once, not once per request).
   KeyLock lock(cache_.dir() + "/locks/ref-" + sha256_hex(snap.repo + "\n" + snap.commit + "\n" + path) + ".lock");
-  if (!lock.ok()) return make_error("io.write", "cannot lock the cache entry");
+  if (!lock.ok()) return make_error(Rule::io_write, "cannot lock the cache entry");
   if (auto e = known(snap, path)) return Resolved{std::move(snap), std::move(*e)};
   MCDR_ASSIGN(std::unique_ptr<Input> in, origin_->open(snap, *file));
   BuildOptions o;

@@ -9,12 +9,13 @@
 
 namespace modelcdr::serve {
 
-int status_for(const std::string& rule) {
+int status_for(Rule rule) {
   if (rule == kRepoNotFound || rule == kRevisionNotFound || rule == kEntryNotFound) return 404;
-  if (rule == "BadRequest") return 400;
-  if (rule == "RangeNotSatisfiable") return 416;
-  if (rule.rfind("upstream.", 0) == 0) return 502;
-  if (rule.rfind("io.", 0) == 0 || rule.rfind("resource.", 0) == 0) return 503;
+  if (rule == Rule::hub_bad_request) return 400;
+  if (rule == Rule::hub_range_not_satisfiable) return 416;
+  const std::string_view id = rule_id(rule);
+  if (id.starts_with("upstream.")) return 502;
+  if (id.starts_with("io.") || id.starts_with("resource.")) return 503;
   return 403;  // a verdict on the file: refused
 }
 
@@ -36,6 +37,10 @@ void send_error(httplib::Response& res, int status, const std::string& code, con
   res.set_header("X-Error-Message", header_safe(message));
   nlohmann::json body = {{"error", message}, {"code", code}};
   res.set_content(body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), "application/json");
+}
+
+void send_error(httplib::Response& res, int status, Rule code, const std::string& message) {
+  send_error(res, status, std::string(rule_id(code)), message);
 }
 
 std::string html_escape(std::string_view s) {

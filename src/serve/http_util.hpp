@@ -5,6 +5,8 @@
 #include <string>
 #include <string_view>
 
+#include "modelcdr/rules.hpp"
+
 namespace httplib {
 struct Response;
 }
@@ -12,9 +14,10 @@ struct Response;
 namespace modelcdr::serve {
 
 // The HTTP status for a rule id (RepoNotFound 404, a refusal 403, I/O 503, ...).
-int status_for(const std::string& rule);
+int status_for(Rule rule);
 // Sets status, X-Error-Code, X-Error-Message (one printable ASCII line) and a JSON body.
 void send_error(httplib::Response& res, int status, const std::string& code, const std::string& message);
+void send_error(httplib::Response& res, int status, Rule code, const std::string& message);
 std::string header_safe(std::string_view s);  // printable ASCII only, bounded length
 std::string html_escape(std::string_view s);
 

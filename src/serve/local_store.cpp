@@ -57,7 +57,7 @@ class LocalStore : public Origin {
         if (!repo.is_symlink() && repo.is_directory() && valid_repo_id(id)) out.push_back(id);
       }
     }
-    if (ec) return make_error("io.read", "cannot list the store: " + ec.message());
+    if (ec) return make_error(Rule::io_read, "cannot list the store: " + ec.message());
     std::sort(out.begin(), out.end());
     return out;
   }
@@ -82,12 +82,12 @@ class LocalStore : public Origin {
       struct stat st{};
       if (::lstat(it->path().c_str(), &st) != 0) continue;
       if (snap.files.size() >= kMaxFilesPerRepo)
-        return make_error("serve.too-many-files", "repository " + repo + " has more than " +
+        return make_error(Rule::serve_too_many_files, "repository " + repo + " has more than " +
                                                        std::to_string(kMaxFilesPerRepo) + " files");
       snap.files.push_back({rel, uint64_t(st.st_size)});
       fingerprint += rel + '\0' + std::to_string(st.st_size) + '\0' + std::to_string(mtime_ns_of(st)) + "\n";
     }
-    if (ec) return make_error("io.read", "cannot list " + repo + ": " + ec.message());
+    if (ec) return make_error(Rule::io_read, "cannot list " + repo + ": " + ec.message());
     std::sort(snap.files.begin(), snap.files.end(), [](auto& a, auto& b) { return a.path < b.path; });
     snap.commit = sha256_hex(fingerprint).substr(0, 40);
     if (revision != "main" && revision != snap.commit)
@@ -99,7 +99,7 @@ class LocalStore : public Origin {
 
   Result<std::unique_ptr<Input>> open(const Snapshot& snap, const RepoFile& file) override {
     int root = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (root < 0) return make_error("io.read", "cannot open the store");
+    if (root < 0) return make_error(Rule::io_read, "cannot open the store");
     int fd = open_beneath(root, snap.repo + "/" + file.path);
     ::close(root);
     if (fd < 0) return make_error(kEntryNotFound, file.path + " is not in " + snap.repo);
@@ -167,7 +167,7 @@ Result<std::string> hash_fd(int fd, uint64_t size) {
   std::vector<uint8_t> buf(1 << 20);
   for (uint64_t at = 0; at < size;) {
     ssize_t n = ::pread(fd, buf.data(), std::min<uint64_t>(buf.size(), size - at), off_t(at));
-    if (n <= 0) return make_error("io.read", "cannot read the input");
+    if (n <= 0) return make_error(Rule::io_read, "cannot read the input");
     h.update(std::span<const uint8_t>(buf.data(), size_t(n)));
     at += uint64_t(n);
   }

@@ -14,9 +14,9 @@ namespace modelcdr::serve {
 
 // Rule ids an origin returns, mapped to HTTP statuses by the server (X-Error-Code values
 // that huggingface_hub turns into its own exception types).
-inline constexpr const char* kRepoNotFound = "RepoNotFound";
-inline constexpr const char* kRevisionNotFound = "RevisionNotFound";
-inline constexpr const char* kEntryNotFound = "EntryNotFound";
+inline constexpr Rule kRepoNotFound = Rule::hub_repo_not_found;          // "RepoNotFound"
+inline constexpr Rule kRevisionNotFound = Rule::hub_revision_not_found;  // "RevisionNotFound"
+inline constexpr Rule kEntryNotFound = Rule::hub_entry_not_found;        // "EntryNotFound"
 
 struct RepoFile {
   std::string path;   // relative, '/'-separated, valid_file_path()

@@ -72,7 +72,7 @@ std::string repo_of(const httplib::Request& req) { return std::string(req.matche
 // Streams [first, first + length) of `path` through a descriptor held by the response.
 void send_file(httplib::Response& res, const std::string& path, uint64_t first, uint64_t length) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return send_error(res, 503, "io.read", "cannot open the cached file");
+  if (fd < 0) return send_error(res, 503, Rule::io_read, "cannot open the cached file");
   auto holder = std::shared_ptr<int>(new int(fd), [](int* p) {
     ::close(*p);
     delete p;
@@ -100,7 +100,7 @@ void serve_resolved(const httplib::Request& req, httplib::Response& res, const R
     auto range = parse_range(req.get_header_value("Range"), r.entry.size);
     if (!range) {
       res.set_header("Content-Range", "bytes */" + std::to_string(r.entry.size));
-      return send_error(res, 416, "RangeNotSatisfiable",
+      return send_error(res, 416, Rule::hub_range_not_satisfiable,
                         "range " + req.get_header_value("Range") + " is not within the file's " +
                             std::to_string(r.entry.size) + " bytes");
     }
@@ -229,7 +229,7 @@ int run(const ServeOptions& o) {
   svr.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response& res) {
     if (res.has_header("X-Error-Code")) return httplib::Server::HandlerResponse::Unhandled;
     const int st = res.status;
-    const char* code = st == 404 ? "EntryNotFound" : st == 416 ? "RangeNotSatisfiable" : "BadRequest";
+    const Rule code = st == 404 ? Rule::hub_entry_not_found : st == 416 ? Rule::hub_range_not_satisfiable : Rule::hub_bad_request;
     const char* why = st == 404   ? "no such route or file"
                       : st == 416 ? "the Range header is malformed or asks for several ranges"
                                   : "malformed or oversized request";

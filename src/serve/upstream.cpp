@@ -46,13 +46,13 @@ std::string unquote_etag(std::string e) {
 // An upstream answer that is not a success, as one of our rule ids (never its text verbatim
 // beyond a short printable excerpt).
 Error upstream_error(const std::string& what, const httplib::Result& r) {
-  if (!r) return make_error("upstream.unavailable", what + ": upstream unreachable (" + httplib::to_string(r.error()) + ")");
+  if (!r) return make_error(Rule::upstream_unavailable, what + ": upstream unreachable (" + httplib::to_string(r.error()) + ")");
   std::string code = r->get_header_value("X-Error-Code");
-  if (r->status == 404 && (code == kRepoNotFound || code == kRevisionNotFound || code == kEntryNotFound))
-    return make_error(code, what + ": not found upstream");
+  for (Rule not_found : {kRepoNotFound, kRevisionNotFound, kEntryNotFound})
+    if (r->status == 404 && code == rule_id(not_found)) return make_error(not_found, what + ": not found upstream");
   if (r->status == 404) return make_error(kRepoNotFound, what + ": not found upstream");
-  if (r->status == 401 || r->status == 403) return make_error("upstream.refused", what + ": upstream refused access (" + std::to_string(r->status) + ")");
-  return make_error("upstream.unavailable", what + ": upstream answered " + std::to_string(r->status));
+  if (r->status == 401 || r->status == 403) return make_error(Rule::upstream_refused, what + ": upstream refused access (" + std::to_string(r->status) + ")");
+  return make_error(Rule::upstream_unavailable, what + ": upstream answered " + std::to_string(r->status));
 }
 
 class Upstream : public Origin {
@@ -69,15 +69,15 @@ class Upstream : public Origin {
     Snapshot snap;
     snap.repo = repo;
     snap.commit = info.is_object() && info.contains("sha") && info["sha"].is_string() ? info["sha"].get<std::string>() : "";
-    if (!is_hex(snap.commit, 40)) return make_error("upstream.bad-answer", repo + ": upstream gave no commit id");
+    if (!is_hex(snap.commit, 40)) return make_error(Rule::upstream_bad_answer, repo + ": upstream gave no commit id");
     MCDR_ASSIGN(json tree, get_json("/api/models/" + repo + "/tree/" + snap.commit + "?recursive=true", repo));
-    if (!tree.is_array()) return make_error("upstream.bad-answer", repo + ": upstream tree is not a list");
+    if (!tree.is_array()) return make_error(Rule::upstream_bad_answer, repo + ": upstream tree is not a list");
     for (const auto& e : tree) {
       if (!e.is_object() || e.value("type", "") != "file" || !e.contains("path") || !e["path"].is_string()) continue;
       std::string path = e["path"];
       if (!valid_file_path(path)) continue;  // a name no client may ask this gateway for
       uint64_t size = e.contains("size") && e["size"].is_number_unsigned() ? e["size"].get<uint64_t>() : 0;
-      if (snap.files.size() >= kMaxListedFiles) return make_error("serve.too-many-files", repo + ": too many files upstream");
+      if (snap.files.size() >= kMaxListedFiles) return make_error(Rule::serve_too_many_files, repo + ": too many files upstream");
       snap.files.push_back({path, size});
     }
     std::sort(snap.files.begin(), snap.files.end(), [](auto& a, auto& b) { return a.path < b.path; });
@@ -91,7 +91,7 @@ class Upstream : public Origin {
     in->fd = ::open(in->temp_path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (in->fd < 0) {
       in->temp_path.clear();
-      return make_error("io.write", "cannot create a download in the cache folder");
+      return make_error(Rule::io_write, "cannot create a download in the cache folder");
     }
     in->path = "/proc/self/fd/" + std::to_string(in->fd);
     mtd::Sha256 hash;
@@ -142,13 +142,13 @@ class Upstream : public Origin {
       } else if (!loc.empty() && loc[0] == '/') {
         path = loc;
       } else {
-        return make_error("upstream.bad-answer", what + ": upstream redirect to an unusable location");
+        return make_error(Rule::upstream_bad_answer, what + ": upstream redirect to an unusable location");
       }
     }
-    if (write_failed) return make_error("io.write", what + ": cannot store the download: " + write_error);
+    if (write_failed) return make_error(Rule::io_write, what + ": cannot store the download: " + write_error);
     if (!r || r->status != 200) return upstream_error(what, r);
     if (r->has_header("Content-Length") && std::to_string(got) != r->get_header_value("Content-Length"))
-      return make_error("upstream.truncated", what + ": upstream sent " + std::to_string(got) + " of " +
+      return make_error(Rule::upstream_truncated, what + ": upstream sent " + std::to_string(got) + " of " +
                                                   r->get_header_value("Content-Length") + " bytes");
     auto d = hash.finish();
     in->sha256 = hex(d.data(), d.size());
@@ -156,9 +156,9 @@ class Upstream : public Origin {
     // or substituted transfer, never served.
     std::string etag = unquote_etag(r->has_header("X-Linked-Etag") ? r->get_header_value("X-Linked-Etag") : r->get_header_value("ETag"));
     if (is_hex(etag, 64) && etag != in->sha256)
-      return make_error("upstream.corrupt", what + ": content does not match the SHA-256 the upstream announced");
+      return make_error(Rule::upstream_corrupt, what + ": content does not match the SHA-256 the upstream announced");
     struct stat st{};
-    if (::fstat(in->fd, &st) != 0) return make_error("io.read", "cannot read the download");
+    if (::fstat(in->fd, &st) != 0) return make_error(Rule::io_read, "cannot read the download");
     in->size = uint64_t(st.st_size);
     in->mtime_ns = int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
     return in;
@@ -181,10 +181,10 @@ class Upstream : public Origin {
       body.append(data, n);
       return true;
     });
-    if (too_big) return make_error("upstream.bad-answer", what + ": upstream answer over " + std::to_string(kMaxApiBytes) + " bytes");
+    if (too_big) return make_error(Rule::upstream_bad_answer, what + ": upstream answer over " + std::to_string(kMaxApiBytes) + " bytes");
     if (!r || r->status != 200) return upstream_error(what, r);
     json j = json::parse(body, nullptr, false);
-    if (j.is_discarded()) return make_error("upstream.bad-answer", what + ": upstream answer is not JSON");
+    if (j.is_discarded()) return make_error(Rule::upstream_bad_answer, what + ": upstream answer is not JSON");
     return j;
   }
 

@@ -82,7 +82,7 @@ Result<LsbPolicy> parse_lsb_policy(const std::string& spec) {
     // One N applies to every float type, so it must fit the smallest mantissa (bfloat16's 7
     // bits): a larger N would silently randomize whole mantissas of the narrower types.
     if (*n > 7)
-      return make_error("cli.randomize-lsb", "--randomize-lsb: N applies to every float type and must be 0..7 "
+      return make_error(Rule::cli_randomize_lsb, "--randomize-lsb: N applies to every float type and must be 0..7 "
                                              "(bfloat16 has 7 mantissa bits), got " + spec +
                                              "; give per-type limits instead, e.g. float32=16,float16=8");
     p.f64 = p.f32 = p.f16 = p.bf16 = *n;
@@ -93,7 +93,7 @@ Result<LsbPolicy> parse_lsb_policy(const std::string& spec) {
   while (std::getline(ss, item, ',')) {
     auto eq = item.find('=');
     if (eq == std::string::npos)
-      return make_error("cli.randomize-lsb", "--randomize-lsb: expected 'default', N or TYPE=N[,TYPE=N...], got '" + spec + "'");
+      return make_error(Rule::cli_randomize_lsb, "--randomize-lsb: expected 'default', N or TYPE=N[,TYPE=N...], got '" + spec + "'");
     std::string key = item.substr(0, eq);
     auto n = parse_int(item.substr(eq + 1));
     int* slot = nullptr;
@@ -102,9 +102,9 @@ Result<LsbPolicy> parse_lsb_policy(const std::string& spec) {
     else if (key == "float32" || key == "f32" || key == "float") slot = &p.f32, maxbits = 23;
     else if (key == "float16" || key == "f16" || key == "half") slot = &p.f16, maxbits = 10;
     else if (key == "bfloat16" || key == "bf16") slot = &p.bf16, maxbits = 7;
-    if (!slot) return make_error("cli.randomize-lsb", "--randomize-lsb: unknown float type '" + key + "'");
+    if (!slot) return make_error(Rule::cli_randomize_lsb, "--randomize-lsb: unknown float type '" + key + "'");
     if (!n || *n > maxbits)
-      return make_error("cli.randomize-lsb", "--randomize-lsb: " + key + " takes 0.." + std::to_string(maxbits) + " bits");
+      return make_error(Rule::cli_randomize_lsb, "--randomize-lsb: " + key + " takes 0.." + std::to_string(maxbits) + " bits");
     *slot = *n;
   }
   return p;
@@ -340,7 +340,7 @@ LsbReport randomize_model(model::Model& m, const LsbPolicy& policy, LaneRng* rng
 std::function<Status(model::Model&, FileReport&)> make_lsb_transform(LsbPolicy policy) {
   return [policy](model::Model& m, FileReport& r) -> Status {
     LsbReport rep = randomize_model(m, policy);
-    add_finding(r.findings, Severity::info, "stego.lsb-randomized", rep.summary() + " [policy " + policy.describe() + "]");
+    add_finding(r.findings, Severity::info, Rule::stego_lsb_randomized, rep.summary() + " [policy " + policy.describe() + "]");
     return ok_status();
   };
 }

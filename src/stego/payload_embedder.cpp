@@ -62,7 +62,7 @@ uint64_t EmbedPlan::capacity_bits() const {
 }
 
 Result<EmbedPlan> plan_embedding(const model::Model& m, int k, const std::vector<std::string>& names) {
-  if (k < 1 || k > 52) return make_error("lab.bits", "k must be 1..52");
+  if (k < 1 || k > 52) return make_error(Rule::lab_bits, "k must be 1..52");
   EmbedPlan plan;
   plan.k = k;
   auto all = named_tensors(m);
@@ -73,12 +73,12 @@ Result<EmbedPlan> plan_embedding(const model::Model& m, int k, const std::vector
     bool ok = nt.tensor < m.tensors.size() && contiguous_span(m, t, first, count);
     int mant = ok ? mantissa_bits(m.storages[t.storage].dtype) : 0;
     if (!ok || mant == 0) {
-      if (explicit_name) return make_error("lab.tensor", "'" + nt.name + "' is not a contiguous float tensor");
+      if (explicit_name) return make_error(Rule::lab_tensor, "'" + nt.name + "' is not a contiguous float tensor");
       return ok_status();
     }
     if (k > mant) {
       if (explicit_name)
-        return make_error("lab.bits", "'" + nt.name + "' has only " + std::to_string(mant) + " mantissa bits");
+        return make_error(Rule::lab_bits, "'" + nt.name + "' has only " + std::to_string(mant) + " mantissa bits");
       return ok_status();
     }
     if (!used.insert(t.storage).second) return ok_status();
@@ -92,18 +92,18 @@ Result<EmbedPlan> plan_embedding(const model::Model& m, int k, const std::vector
   } else {
     for (const auto& want : names) {
       auto it = std::find_if(all.begin(), all.end(), [&](const NamedTensor& nt) { return nt.name == want; });
-      if (it == all.end()) return make_error("lab.tensor", "no tensor named '" + want + "'");
+      if (it == all.end()) return make_error(Rule::lab_tensor, "no tensor named '" + want + "'");
       MCDR_TRY(add(*it, true));
     }
   }
-  if (plan.segments.empty()) return make_error("lab.tensor", "no float tensor to embed into");
+  if (plan.segments.empty()) return make_error(Rule::lab_tensor, "no float tensor to embed into");
   return plan;
 }
 
 Result<uint64_t> embed_payload(model::Model& m, const EmbedPlan& plan, std::span<const uint8_t> payload) {
   uint64_t need = uint64_t(payload.size()) * 8;
   if (need > plan.capacity_bits())
-    return make_error("lab.capacity", "payload of " + std::to_string(payload.size()) + " bytes exceeds the capacity of " +
+    return make_error(Rule::lab_capacity, "payload of " + std::to_string(payload.size()) + " bytes exceeds the capacity of " +
                                           std::to_string(plan.capacity_bits() / 8) + " bytes at k=" + std::to_string(plan.k));
   uint64_t pos = 0, written = 0;
   for (const auto& s : plan.segments) {
@@ -121,7 +121,7 @@ Result<uint64_t> embed_payload(model::Model& m, const EmbedPlan& plan, std::span
 
 Result<std::vector<uint8_t>> extract_payload(const model::Model& m, const EmbedPlan& plan, uint64_t nbytes) {
   if (nbytes * 8 > plan.capacity_bits())
-    return make_error("lab.capacity", "asked for more bytes than the tensors can hold at k=" + std::to_string(plan.k));
+    return make_error(Rule::lab_capacity, "asked for more bytes than the tensors can hold at k=" + std::to_string(plan.k));
   std::vector<uint8_t> out(nbytes, 0);
   uint64_t pos = 0;
   for (const auto& s : plan.segments) {

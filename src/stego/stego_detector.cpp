@@ -308,7 +308,7 @@ std::function<void(const model::Model&, FileReport&)> make_stego_inspector(Stego
       char msg[160];
       std::snprintf(msg, sizeof msg, "suspicion score %.1f (threshold %.1f)", s.score.score, options.threshold);
       add_finding(r.findings, s.score.score >= options.high_threshold ? Severity::high : Severity::medium,
-                  "stego.lsb-suspicious",
+                  Rule::stego_lsb_suspicious,
                   "tensor '" + s.name + "' (" + s.dtype + ", " + std::to_string(s.elements) +
                       " elements): low mantissa bits look like hidden data: " + msg + ": " + s.score.test + ": " +
                       s.score.detail,
@@ -320,7 +320,7 @@ std::function<void(const model::Model&, FileReport&)> make_stego_inspector(Stego
                   "%.1f; random (encrypted/compressed) payloads in low bits are undetectable by statistics: disarm "
                   "--randomize-lsb destroys them",
                   tested, scores.size(), (unsigned long long)options.min_elements, flagged, max_score);
-    add_finding(r.findings, Severity::info, "stego.summary", buf);
+    add_finding(r.findings, Severity::info, Rule::stego_summary, buf);
   };
 }
 

@@ -85,7 +85,7 @@ Lifted lift_raw(const std::string& bytes) {
   auto program = pickle::decode(data, d, f);
   EXPECT_TRUE(program.ok()) << (program.ok() ? "" : program.error().describe());
   if (!program.ok()) return {program.error()};
-  cdr::StorageResolver none = [](const cdr::StorageRequest&) -> Result<model::Storage> { return make_error("x", "none"); };
+  cdr::StorageResolver none = [](const cdr::StorageRequest&) -> Result<model::Storage> { return make_error(Rule::io_read, "none"); };
   return {cdr::lift(*program, none, cdr::LiftOptions{})};
 }
 
@@ -111,7 +111,7 @@ std::string dict_of(const std::vector<std::pair<std::string, std::string>>& kv) 
 
 int duplicate_findings(const model::Model& m) {
   int n = 0;
-  for (const auto& f : m.findings) n += f.rule == "cdr.duplicate-key";
+  for (const auto& f : m.findings) n += f.rule == Rule::cdr_duplicate_key;
   return n;
 }
 
@@ -144,7 +144,7 @@ TEST(DictKeys, ZeroSignTuplesAndTypes) {
 TEST(DictKeys, NaNKeyRejectsTheFile) {
   auto l = lift_raw(dict_of({{binfloat(std::nan("")), uni("a")}, {uni("k"), uni("d")}}));
   ASSERT_FALSE(l.model.ok());
-  EXPECT_EQ(l.model.error().rule, "cdr.ambiguous-key");
+  EXPECT_EQ(l.model.error().rule, Rule::cdr_ambiguous_key);
 }
 
 TEST(DictKeys, OrderedDictPairsMerge) {
@@ -176,7 +176,7 @@ TEST(EmbeddedPickle, StorageKeysAreNotCandidates) {
     EXPECT_TRUE(prog.ok());
     if (prog.ok()) cdr::scan_program(*prog, "data.pkl", scan);
     int nested = 0;
-    for (const auto& f : scan) nested += f.rule == "pickle.nested-pickle";
+    for (const auto& f : scan) nested += f.rule == Rule::pickle_nested_pickle;
     return nested;
   };
   const std::string key = std::string("X\x04\x00\x00\x00", 5) + "8002";

@@ -25,13 +25,13 @@ Bytes read_file(const fs::path& p) {
   return Bytes(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-size_t count_rule(const Findings& f, const std::string& rule) {
+size_t count_rule(const Findings& f, Rule rule) {
   return std::count_if(f.begin(), f.end(), [&](const Finding& x) { return x.rule == rule; });
 }
 
 std::string dump(const Findings& f) {
   std::string s;
-  for (const auto& x : f) s += x.rule + " " + x.entry + ": " + x.message + "\n";
+  for (const auto& x : f) s += std::string(rule_id(x.rule)) + " " + x.entry + ": " + x.message + "\n";
   return s;
 }
 
@@ -160,7 +160,7 @@ TEST(TarReader, Base256Size) {
   EXPECT_EQ(a->members[0].size, 3u);
   field[0] = static_cast<char>(0xFF);
   Bytes neg = build_tar({{"b", "abc", '0', field}});
-  EXPECT_EQ(read_tar(neg, f).error().rule, "tar.bad-number");
+  EXPECT_EQ(read_tar(neg, f).error().rule, Rule::tar_bad_number);
 }
 
 TEST(TarReader, BadChecksumIsError) {
@@ -169,7 +169,7 @@ TEST(TarReader, BadChecksumIsError) {
   Findings f;
   auto a = read_tar(t, f);
   ASSERT_FALSE(a.ok());
-  EXPECT_EQ(a.error().rule, "tar.bad-checksum");
+  EXPECT_EQ(a.error().rule, Rule::tar_bad_checksum);
   EXPECT_EQ(a.error().offset, 1024u + 148);
 }
 
@@ -181,7 +181,7 @@ TEST(TarReader, NonRegularMembersAreFindings) {
   Findings f;
   auto a = read_tar(build_tar(m), f);
   ASSERT_TRUE(a.ok()) << a.error().describe();
-  EXPECT_EQ(count_rule(f, "tar.non-regular"), 3u) << dump(f);
+  EXPECT_EQ(count_rule(f, Rule::tar_non_regular), 3u) << dump(f);
   EXPECT_EQ(a->members.size(), 4u);
   EXPECT_EQ(a->find("link"), nullptr);
 }
@@ -190,7 +190,7 @@ TEST(TarReader, DirectoryWithDataIsError) {
   Findings f;
   auto a = read_tar(build_tar({{"d", "hidden header", '5'}}), f);
   ASSERT_FALSE(a.ok());
-  EXPECT_EQ(a.error().rule, "tar.bad-member");
+  EXPECT_EQ(a.error().rule, Rule::tar_bad_member);
 }
 
 TEST(TarReader, DuplicateAndUnsafeNames) {
@@ -201,8 +201,8 @@ TEST(TarReader, DuplicateAndUnsafeNames) {
   Findings f;
   auto a = read_tar(build_tar(m), f);
   ASSERT_TRUE(a.ok()) << a.error().describe();
-  EXPECT_EQ(count_rule(f, "tar.duplicate-name"), 1u) << dump(f);
-  EXPECT_EQ(count_rule(f, "tar.unsafe-name"), 2u) << dump(f);
+  EXPECT_EQ(count_rule(f, Rule::tar_duplicate_name), 1u) << dump(f);
+  EXPECT_EQ(count_rule(f, Rule::tar_unsafe_name), 2u) << dump(f);
   // Like Python's tarfile, lookups see the last member of a name.
   auto b = tar_member_bytes(build_tar(m), *a->find("pickle"));
   EXPECT_EQ(std::string(b->begin(), b->end()), "evil");
@@ -214,10 +214,10 @@ TEST(TarReader, TruncatedDataIsError) {
   Findings f;
   auto a = read_tar(t, f);
   ASSERT_FALSE(a.ok());
-  EXPECT_EQ(a.error().rule, "tar.truncated");
+  EXPECT_EQ(a.error().rule, Rule::tar_truncated);
   Bytes h = build_tar({{"x", std::string(600, 'a')}}, false);
   h.resize(700);
-  EXPECT_EQ(read_tar(h, f).error().rule, "tar.truncated");
+  EXPECT_EQ(read_tar(h, f).error().rule, Rule::tar_truncated);
 }
 
 TEST(TarReader, TrailingGarbageAndBadMagic) {
@@ -225,11 +225,11 @@ TEST(TarReader, TrailingGarbageAndBadMagic) {
   t.push_back('!');
   Findings f;
   ASSERT_TRUE(read_tar(t, f).ok());
-  EXPECT_EQ(count_rule(f, "tar.trailing-bytes"), 1u);
+  EXPECT_EQ(count_rule(f, Rule::tar_trailing_bytes), 1u);
   Bytes v7 = build_tar(torch_members());
   std::memset(v7.data() + 257, 0, 8);
   finish_header(v7);
-  EXPECT_EQ(read_tar(v7, f).error().rule, "tar.bad-magic");
+  EXPECT_EQ(read_tar(v7, f).error().rule, Rule::tar_bad_magic);
   Bytes empty(1024, 0);
   EXPECT_FALSE(read_tar(empty, f).ok());
 }
@@ -240,7 +240,7 @@ TEST(TarReader, BadPaxRecords) {
     SCOPED_TRACE(rec);
     auto a = read_tar(build_tar({{"pax", rec, 'x'}, {"data", "1"}}), f);
     ASSERT_FALSE(a.ok());
-    EXPECT_EQ(a.error().rule, "tar.bad-pax");
+    EXPECT_EQ(a.error().rule, Rule::tar_bad_pax);
   }
   auto g = read_tar(build_tar({{"pax", "12 path=abc\n", 'g'}, {"data", "1"}}), f);
   EXPECT_FALSE(g.ok());

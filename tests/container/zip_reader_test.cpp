@@ -43,7 +43,7 @@ int run_python(const fs::path& dir, const std::string& script) {
 
 std::span<const uint8_t> as_span(const Bytes& b) { return {b.data(), b.size()}; }
 
-size_t count_rule(const Findings& f, const std::string& rule, std::optional<Severity> sev = std::nullopt) {
+size_t count_rule(const Findings& f, Rule rule, std::optional<Severity> sev = std::nullopt) {
   return std::count_if(f.begin(), f.end(), [&](const Finding& x) { return x.rule == rule && (!sev || x.severity == *sev); });
 }
 
@@ -53,7 +53,7 @@ size_t count_at_least(const Findings& f, Severity s) {
 
 std::string dump(const Findings& f) {
   std::string s;
-  for (const auto& x : f) s += std::string(severity_name(x.severity)) + " " + x.rule + " " + x.entry + " @" + std::to_string(x.offset) + ": " + x.message + "\n";
+  for (const auto& x : f) s += std::string(severity_name(x.severity)) + " " + std::string(rule_id(x.rule)) + " " + x.entry + " @" + std::to_string(x.offset) + ": " + x.message + "\n";
   return s;
 }
 
@@ -264,7 +264,7 @@ TEST(ZipReader, DuplicateNames) {
   Bytes z = build_zip(e);
   Findings f;
   ASSERT_TRUE(read_zip(as_span(z), f).ok());
-  EXPECT_EQ(count_rule(f, "zip.duplicate-name", Severity::high), 1u) << dump(f);
+  EXPECT_EQ(count_rule(f, Rule::zip_duplicate_name, Severity::high), 1u) << dump(f);
 }
 
 TEST(ZipReader, LocalCentralNameMismatch) {
@@ -273,7 +273,7 @@ TEST(ZipReader, LocalCentralNameMismatch) {
   Bytes z = build_zip(e);
   Findings f;
   ASSERT_TRUE(read_zip(as_span(z), f).ok());
-  ASSERT_EQ(count_rule(f, "zip.local-central-mismatch", Severity::high), 1u) << dump(f);
+  ASSERT_EQ(count_rule(f, Rule::zip_local_central_mismatch, Severity::high), 1u) << dump(f);
 }
 
 // torch.save (miniz) and modelcdr's writer give a small entry that starts past 4 GiB a local
@@ -288,13 +288,13 @@ TEST(ZipReader, LocalZip64ExtraWithOnlyTheOffset) {
   Findings f;
   auto a = read_zip(as_span(z), f);
   ASSERT_TRUE(a.ok()) << a.error().describe();
-  EXPECT_EQ(count_rule(f, "zip.local-central-mismatch"), 0u) << dump(f);
+  EXPECT_EQ(count_rule(f, Rule::zip_local_central_mismatch), 0u) << dump(f);
 
   entries[1].local_sizes = 0xFFFFFFFF;  // sizes deferred to an extra that does not hold them
   Bytes bad = build_zip(entries);
   Findings g;
   auto b = read_zip(as_span(bad), g);
-  EXPECT_TRUE(!b.ok() || count_rule(g, "zip.local-central-mismatch") > 0) << dump(g);
+  EXPECT_TRUE(!b.ok() || count_rule(g, Rule::zip_local_central_mismatch) > 0) << dump(g);
 }
 
 TEST(ZipReader, BadCrcFromFlippedByte) {
@@ -305,10 +305,10 @@ TEST(ZipReader, BadCrcFromFlippedByte) {
   z[a->entries[1].data_offset + 3] ^= 0x40;
   Findings f;
   ASSERT_TRUE(read_zip(as_span(z), f).ok());
-  EXPECT_EQ(count_rule(f, "zip.bad-crc", Severity::high), 1u) << dump(f);
+  EXPECT_EQ(count_rule(f, Rule::zip_bad_crc, Severity::high), 1u) << dump(f);
   Findings g;
   ASSERT_TRUE(read_zip(as_span(z), g, {}, /*verify_crc=*/false).ok());
-  EXPECT_EQ(count_rule(g, "zip.bad-crc"), 0u);
+  EXPECT_EQ(count_rule(g, Rule::zip_bad_crc), 0u);
 }
 
 TEST(ZipReader, BadCrcInDeflatedEntry) {
@@ -318,7 +318,7 @@ TEST(ZipReader, BadCrcInDeflatedEntry) {
   Bytes z = build_zip(e);
   Findings f;
   ASSERT_TRUE(read_zip(as_span(z), f).ok());
-  EXPECT_EQ(count_rule(f, "zip.bad-crc", Severity::high), 1u) << dump(f);
+  EXPECT_EQ(count_rule(f, Rule::zip_bad_crc, Severity::high), 1u) << dump(f);
 }
 
 TEST(ZipReader, PrefixBytes) {
@@ -327,7 +327,7 @@ TEST(ZipReader, PrefixBytes) {
   auto a = read_zip(as_span(z), f);
   ASSERT_TRUE(a.ok()) << a.error().describe();
   EXPECT_EQ(a->prefix_bytes, 17u);
-  EXPECT_EQ(count_rule(f, "zip.prefix-bytes", Severity::high), 1u) << dump(f);
+  EXPECT_EQ(count_rule(f, Rule::zip_prefix_bytes, Severity::high), 1u) << dump(f);
 }
 
 TEST(ZipReader, GapBytes) {
@@ -336,7 +336,7 @@ TEST(ZipReader, GapBytes) {
   Bytes z = build_zip(e, TOpts{.gap_before_cd = "XY"});
   Findings f;
   ASSERT_TRUE(read_zip(as_span(z), f).ok());
-  ASSERT_EQ(count_rule(f, "zip.unreferenced-bytes", Severity::medium), 2u) << dump(f);
+  ASSERT_EQ(count_rule(f, Rule::zip_unreferenced_bytes, Severity::medium), 2u) << dump(f);
   EXPECT_NE(f[0].message.find("6 unreferenced"), std::string::npos) << dump(f);
   EXPECT_EQ(count_at_least(f, Severity::high), 0u) << dump(f);
 }
@@ -348,8 +348,8 @@ TEST(ZipReader, EncryptedFlag) {
   Findings f;
   auto a = read_zip(as_span(z), f);
   ASSERT_TRUE(a.ok());
-  EXPECT_EQ(count_rule(f, "zip.encrypted", Severity::high), 1u) << dump(f);
-  EXPECT_EQ(count_rule(f, "zip.bad-crc"), 0u);
+  EXPECT_EQ(count_rule(f, Rule::zip_encrypted, Severity::high), 1u) << dump(f);
+  EXPECT_EQ(count_rule(f, Rule::zip_bad_crc), 0u);
   std::vector<uint8_t> scratch;
   EXPECT_FALSE(entry_bytes(as_span(z), a->entries[0], scratch).ok());
 }
@@ -361,11 +361,11 @@ TEST(ZipReader, UnsupportedMethod) {
   Findings f;
   auto a = read_zip(as_span(z), f);
   ASSERT_TRUE(a.ok());
-  EXPECT_EQ(count_rule(f, "zip.unsupported-method", Severity::high), 1u) << dump(f);
+  EXPECT_EQ(count_rule(f, Rule::zip_unsupported_method, Severity::high), 1u) << dump(f);
   std::vector<uint8_t> scratch;
   auto b = entry_bytes(as_span(z), a->entries[0], scratch);
   ASSERT_FALSE(b.ok());
-  EXPECT_EQ(b.error().rule, "zip.unsupported-method");
+  EXPECT_EQ(b.error().rule, Rule::zip_unsupported_method);
 }
 
 TEST(ZipReader, UnsafeNames) {
@@ -374,7 +374,7 @@ TEST(ZipReader, UnsafeNames) {
     Bytes z = build_zip({TEntry{.name = n, .data = "x"}});
     Findings f;
     ASSERT_TRUE(read_zip(as_span(z), f).ok());
-    EXPECT_EQ(count_rule(f, "zip.unsafe-name", Severity::high), 1u) << dump(f);
+    EXPECT_EQ(count_rule(f, Rule::zip_unsafe_name, Severity::high), 1u) << dump(f);
   }
   Bytes ok = build_zip({TEntry{.name = "a/..b/c..", .data = "x"}});
   Findings f;
@@ -388,7 +388,7 @@ TEST(ZipReader, FlagBits) {
   Bytes z = build_zip(e);
   Findings f;
   ASSERT_TRUE(read_zip(as_span(z), f).ok());
-  EXPECT_EQ(count_rule(f, "zip.flag-bits", Severity::medium), 1u) << dump(f);
+  EXPECT_EQ(count_rule(f, Rule::zip_flag_bits, Severity::medium), 1u) << dump(f);
 }
 
 TEST(ZipReader, TruncatedFile) {
@@ -399,7 +399,7 @@ TEST(ZipReader, TruncatedFile) {
     auto a = read_zip(as_span(t), f);
     EXPECT_FALSE(a.ok()) << "cut " << cut;
     if (!a.ok()) {
-      EXPECT_EQ(a.error().rule.rfind("zip.", 0), 0u) << a.error().rule;
+      EXPECT_EQ(std::string(rule_id(a.error().rule)).rfind("zip.", 0), 0u) << a.error().rule;
     }
   }
   // Bytes removed from the middle: the end records survive, the offsets no longer fit.
@@ -408,17 +408,17 @@ TEST(ZipReader, TruncatedFile) {
   Findings m;
   auto r = read_zip(as_span(mid), m);
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().rule, "zip.cd-out-of-bounds");
+  EXPECT_EQ(r.error().rule, Rule::zip_cd_out_of_bounds);
   // A local header offset pointing past the end of the file.
   auto e = two_entries();
   e[1].central_offset = 0x7FFFFFFF;
   Bytes far = build_zip(e);
   auto fr = read_zip(as_span(far), m);
   ASSERT_FALSE(fr.ok());
-  EXPECT_EQ(fr.error().rule, "zip.truncated-local-header");
+  EXPECT_EQ(fr.error().rule, Rule::zip_truncated_local_header);
   Bytes empty;
   Findings f;
-  EXPECT_EQ(read_zip(as_span(empty), f).error().rule, "zip.no-eocd");
+  EXPECT_EQ(read_zip(as_span(empty), f).error().rule, Rule::zip_no_eocd);
 }
 
 TEST(ZipReader, EocdClaimsMoreEntries) {
@@ -426,11 +426,11 @@ TEST(ZipReader, EocdClaimsMoreEntries) {
   Findings f;
   auto a = read_zip(as_span(z), f);
   ASSERT_FALSE(a.ok());
-  EXPECT_EQ(a.error().rule, "zip.entry-count-mismatch");
+  EXPECT_EQ(a.error().rule, Rule::zip_entry_count_mismatch);
   Bytes fewer = build_zip(two_entries(), TOpts{.extra_declared_entries = -1});
   auto b = read_zip(as_span(fewer), f);
   ASSERT_FALSE(b.ok());
-  EXPECT_EQ(b.error().rule, "zip.entry-count-mismatch");
+  EXPECT_EQ(b.error().rule, Rule::zip_entry_count_mismatch);
 }
 
 TEST(ZipReader, TooManyEntries) {
@@ -440,7 +440,7 @@ TEST(ZipReader, TooManyEntries) {
   lim.max_entries = 1;
   auto a = read_zip(as_span(z), f, lim);
   ASSERT_FALSE(a.ok());
-  EXPECT_EQ(a.error().rule, "zip.too-many-entries");
+  EXPECT_EQ(a.error().rule, Rule::zip_too_many_entries);
 }
 
 TEST(ZipReader, OverlappingEntries) {
@@ -451,16 +451,16 @@ TEST(ZipReader, OverlappingEntries) {
   Bytes z = build_zip(e);
   Findings f;
   ASSERT_TRUE(read_zip(as_span(z), f).ok());
-  EXPECT_GE(count_rule(f, "zip.overlap", Severity::high), 1u) << dump(f);
-  EXPECT_EQ(count_rule(f, "zip.local-central-mismatch"), 1u) << dump(f);
+  EXPECT_GE(count_rule(f, Rule::zip_overlap, Severity::high), 1u) << dump(f);
+  EXPECT_EQ(count_rule(f, Rule::zip_local_central_mismatch), 1u) << dump(f);
 }
 
 TEST(ZipReader, CommentAndTrailingBytes) {
   Bytes z = build_zip(two_entries(), TOpts{.comment = "hi", .trailing = "junk"});
   Findings f;
   ASSERT_TRUE(read_zip(as_span(z), f).ok());
-  EXPECT_EQ(count_rule(f, "zip.comment", Severity::low), 1u) << dump(f);
-  EXPECT_EQ(count_rule(f, "zip.trailing-bytes", Severity::medium), 1u) << dump(f);
+  EXPECT_EQ(count_rule(f, Rule::zip_comment, Severity::low), 1u) << dump(f);
+  EXPECT_EQ(count_rule(f, Rule::zip_trailing_bytes, Severity::medium), 1u) << dump(f);
 }
 
 TEST(ZipReader, SecondEocdInCommentIsAmbiguous) {
@@ -469,7 +469,7 @@ TEST(ZipReader, SecondEocdInCommentIsAmbiguous) {
   Bytes z = build_zip(two_entries(), TOpts{.comment = fake});
   Findings f;
   ASSERT_TRUE(read_zip(as_span(z), f).ok());
-  EXPECT_EQ(count_rule(f, "zip.ambiguous-eocd", Severity::high), 1u) << dump(f);
+  EXPECT_EQ(count_rule(f, Rule::zip_ambiguous_eocd, Severity::high), 1u) << dump(f);
 }
 
 TEST(ZipReader, DeflateBoundsAndMismatch) {
@@ -489,16 +489,16 @@ TEST(ZipReader, DeflateBoundsAndMismatch) {
   small.max_inflated_bytes = 1 << 20;
   auto lim = entry_bytes(as_span(z), a->entries[0], scratch, small);
   ASSERT_FALSE(lim.ok());
-  EXPECT_EQ(lim.error().rule, "zip.inflate-limit");
+  EXPECT_EQ(lim.error().rule, Rule::zip_inflate_limit);
   ZipLimits ratio;
   ratio.max_inflate_ratio = 10;
-  EXPECT_EQ(entry_bytes(as_span(z), a->entries[0], scratch, ratio).error().rule, "zip.inflate-limit");
+  EXPECT_EQ(entry_bytes(as_span(z), a->entries[0], scratch, ratio).error().rule, Rule::zip_inflate_limit);
 
   ZipEntry wrong = a->entries[0];
   wrong.uncompressed_size -= 1;
-  EXPECT_EQ(entry_bytes(as_span(z), wrong, scratch).error().rule, "zip.size-mismatch");
+  EXPECT_EQ(entry_bytes(as_span(z), wrong, scratch).error().rule, Rule::zip_size_mismatch);
   wrong.uncompressed_size += 2;
-  EXPECT_EQ(entry_bytes(as_span(z), wrong, scratch).error().rule, "zip.size-mismatch");
+  EXPECT_EQ(entry_bytes(as_span(z), wrong, scratch).error().rule, Rule::zip_size_mismatch);
 }
 
 TEST(ZipReader, StoredEntryPastEof) {
@@ -509,9 +509,9 @@ TEST(ZipReader, StoredEntryPastEof) {
   ZipEntry e = a->entries[0];
   e.compressed_size = e.uncompressed_size = z.size();
   std::vector<uint8_t> scratch;
-  EXPECT_EQ(entry_bytes(as_span(z), e, scratch).error().rule, "zip.data-past-eof");
+  EXPECT_EQ(entry_bytes(as_span(z), e, scratch).error().rule, Rule::zip_data_past_eof);
   e.data_offset = ~uint64_t{0} - 2;
-  EXPECT_EQ(entry_bytes(as_span(z), e, scratch).error().rule, "zip.data-past-eof");
+  EXPECT_EQ(entry_bytes(as_span(z), e, scratch).error().rule, Rule::zip_data_past_eof);
 }
 
 }  // namespace

@@ -51,7 +51,7 @@ std::span<const uint8_t> span_of(const std::string& s) {
 
 std::string dump(const Findings& f) {
   std::string s;
-  for (const auto& x : f) s += std::string(severity_name(x.severity)) + " " + x.rule + " " + x.entry + ": " + x.message + "\n";
+  for (const auto& x : f) s += std::string(severity_name(x.severity)) + " " + std::string(rule_id(x.rule)) + " " + x.entry + ": " + x.message + "\n";
   return s;
 }
 
@@ -303,7 +303,7 @@ TEST(ZipWriter, SharedPathChecksCrcBeforeFinish) {
       fs::remove(dir / "out.zip");
     } else {
       ASSERT_FALSE(done.ok());
-      EXPECT_EQ(done.error().rule, "zip.bad-crc");
+      EXPECT_EQ(done.error().rule, Rule::zip_bad_crc);
       EXPECT_EQ(done.error().entry, "src.bin");
     }
   }
@@ -348,7 +348,7 @@ TEST(ZipWriter, Zip64EndRecordPath) {
     Findings f;
     auto a = read_zip(s, f);
     ASSERT_TRUE(a.ok()) << a.error().describe();
-    EXPECT_EQ(std::count_if(f.begin(), f.end(), [](const Finding& x) { return x.rule == "zip.zip64-inconsistent"; }), 1)
+    EXPECT_EQ(std::count_if(f.begin(), f.end(), [](const Finding& x) { return x.rule == Rule::zip_zip64_inconsistent; }), 1)
         << dump(f);
   }
   {
@@ -359,7 +359,7 @@ TEST(ZipWriter, Zip64EndRecordPath) {
     Findings f;
     auto a = read_zip(s, f);
     ASSERT_FALSE(a.ok());
-    EXPECT_EQ(a.error().rule, "zip.entry-count-mismatch");
+    EXPECT_EQ(a.error().rule, Rule::zip_entry_count_mismatch);
   }
   {
     Bytes s = z;  // locator points somewhere else
@@ -367,7 +367,7 @@ TEST(ZipWriter, Zip64EndRecordPath) {
     Findings f;
     auto a = read_zip(s, f);
     ASSERT_FALSE(a.ok());
-    EXPECT_EQ(a.error().rule, "zip.zip64-inconsistent");
+    EXPECT_EQ(a.error().rule, Rule::zip_zip64_inconsistent);
   }
   fs::remove_all(dir);
 }

@@ -84,7 +84,9 @@ def test_scan_json_clean(tmp_path):
     assert e["tensors"]["count"] == 2
     assert e["tensors"]["total_bytes"] == 12 * 4 + 4 * 8
     assert e["tensors"]["dtypes"] == {"float32": 1, "int64": 1}
-    assert doc["summary"] == {"files": 1, "clean": 1, "with_findings": 0, "errors": 0, "skipped": 0}
+    assert doc["summary"] == {"files": 1, "clean": 1, "with_findings": 0, "errors": 0, "skipped": 0,
+                              "verdicts": {"clean": 1, "safe": 0, "unknown": 0, "dangerous": 0}}
+    assert e["verdict"] == "clean"
 
 
 def test_scan_json_malicious(tmp_path):

@@ -48,7 +48,7 @@ TEST(WriterBounds, TorchWriterRejectsDeepValues) {
     std::vector<model::Storage> extra;
     auto r = emit_data_pkl(chain(k, 200000), TorchWriteOptions{}, order, extra);
     ASSERT_FALSE(r.ok());
-    EXPECT_EQ(r.error().rule, "limits.depth");
+    EXPECT_EQ(r.error().rule, Rule::limits_depth);
     EXPECT_TRUE(emit_data_pkl(chain(k, 100), TorchWriteOptions{}, order, extra).ok());
   }
 }
@@ -57,7 +57,7 @@ TEST(WriterBounds, PickleWriterRejectsDeepValues) {
   for (ValueKind k : kKinds) {
     auto r = emit_pickle(chain(k, 200000), PickleWriteOptions{});
     ASSERT_FALSE(r.ok());
-    EXPECT_EQ(r.error().rule, "limits.depth");
+    EXPECT_EQ(r.error().rule, Rule::limits_depth);
   }
 }
 
@@ -66,7 +66,7 @@ TEST(WriterBounds, FlattenerRejectsDeepValues) {
     Findings f;
     auto r = flatten_model(chain(k, 200000), "safetensors", f);
     ASSERT_FALSE(r.ok());
-    EXPECT_EQ(r.error().rule, "limits.depth");
+    EXPECT_EQ(r.error().rule, Rule::limits_depth);
   }
 }
 
@@ -94,7 +94,7 @@ TEST(WriterBounds, FlattenerExpansionOfSharedValuesIsBudgeted) {
   Findings f;
   auto r = flatten_model(m, "safetensors", f);
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().rule, "limits.expansion");
+  EXPECT_EQ(r.error().rule, Rule::limits_expansion);
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
 }
 

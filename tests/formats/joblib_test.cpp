@@ -57,7 +57,7 @@ TEST(Codecs, ZlibRoundTripAndCap) {
   tight.ratio = 2;
   auto capped = formats::decompress(z, formats::Codec::zlib, tight, f);
   ASSERT_FALSE(capped.ok());
-  EXPECT_EQ(capped.error().rule, "codec.too-large");
+  EXPECT_EQ(capped.error().rule, Rule::codec_too_large);
 }
 
 TEST(Codecs, TrailingBytesAreAnError) {
@@ -66,7 +66,7 @@ TEST(Codecs, TrailingBytesAreAnError) {
   Findings f;
   auto out = formats::decompress(z, formats::Codec::zlib, {}, f);
   ASSERT_FALSE(out.ok());
-  EXPECT_EQ(out.error().rule, "codec.trailing-data");
+  EXPECT_EQ(out.error().rule, Rule::codec_trailing_data);
 }
 
 TEST(Codecs, Detect) {
@@ -99,7 +99,7 @@ TEST(Joblib, TruncatedArrayIsAnError) {
   auto bytes = joblib_stream(5, true);
   auto parsed = formats::read_joblib(bytes, {});
   ASSERT_FALSE(parsed.ok());
-  EXPECT_EQ(parsed.error().rule, "joblib.truncated");
+  EXPECT_EQ(parsed.error().rule, Rule::joblib_truncated);
 }
 
 TEST(Joblib, WithoutHookBytesAreOpcodes) {

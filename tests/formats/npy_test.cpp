@@ -64,7 +64,7 @@ TEST(NpyHeader, FramingTricksAreFindings) {
   auto h = formats::parse_npy_dict("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }  #x", "", 0, f);
   ASSERT_TRUE(h.ok());
   bool pad = false, nl = false;
-  for (auto& x : f) pad |= x.rule == "npy.header-padding", nl |= x.rule == "npy.header-newline";
+  for (auto& x : f) pad |= x.rule == Rule::npy_header_padding, nl |= x.rule == Rule::npy_header_newline;
   EXPECT_TRUE(pad);
   EXPECT_TRUE(nl);
   // a length field that does not reach the 64-byte boundary
@@ -72,7 +72,7 @@ TEST(NpyHeader, FramingTricksAreFindings) {
   auto l = formats::parse_npy_header(npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }\n", 4), "", g);
   ASSERT_TRUE(l.ok());
   bool align = false;
-  for (auto& x : g) align |= x.rule == "npy.header-alignment";
+  for (auto& x : g) align |= x.rule == Rule::npy_header_alignment;
   EXPECT_TRUE(align);
 }
 
@@ -85,7 +85,7 @@ TEST(NpyReader, NumericAndTruncated) {
   EXPECT_FALSE(trunc.ok());
   auto date = formats::read_npy(npy(padded("{'descr': '<M8[s]', 'fortran_order': False, 'shape': (1,), }"), 8), {});
   ASSERT_FALSE(date.ok());
-  EXPECT_EQ(date.error().rule, "npy.unsupported-dtype");
+  EXPECT_EQ(date.error().rule, Rule::npy_unsupported_dtype);
 }
 
 TEST(NpyReader, FixedWidthStringsAreArrays) {

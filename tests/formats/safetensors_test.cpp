@@ -44,21 +44,21 @@ TEST(Safetensors, EmptyHeaderAccepted) { EXPECT_TRUE(read(make_file("{}")).ok())
 TEST(Safetensors, RejectsDuplicateKeys) {
   auto r = read(make_file("{" + kA + "," + kA + "}", std::vector<uint8_t>(8)));
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().rule, "safetensors.duplicate-key");
+  EXPECT_EQ(r.error().rule, Rule::safetensors_duplicate_key);
   auto m = read(make_file(R"({"__metadata__":{"x":"1","x":"2"}})"));
   ASSERT_FALSE(m.ok());
-  EXPECT_EQ(m.error().rule, "safetensors.duplicate-key");
+  EXPECT_EQ(m.error().rule, Rule::safetensors_duplicate_key);
 }
 
 TEST(Safetensors, RejectsStructuralLies) {
   std::vector<uint8_t> d8(8);
   EXPECT_EQ(read(make_file(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", d8)).error().rule,
-            "safetensors.bad-offsets");
+            Rule::safetensors_bad_offsets);
   EXPECT_EQ(read(make_file(R"({"a":{"dtype":"f32","shape":[2],"data_offsets":[0,8]}})", d8)).error().rule,
-            "safetensors.bad-dtype");
-  EXPECT_EQ(read(make_file("{" + kA + "}", std::vector<uint8_t>(9))).error().rule, "safetensors.trailing-data");
-  EXPECT_EQ(read(make_file("{" + kA + "}", std::vector<uint8_t>(4))).error().rule, "safetensors.truncated");
-  EXPECT_EQ(read(make_file(R"({"__metadata__":{"x":1}})")).error().rule, "safetensors.bad-metadata");
+            Rule::safetensors_bad_dtype);
+  EXPECT_EQ(read(make_file("{" + kA + "}", std::vector<uint8_t>(9))).error().rule, Rule::safetensors_trailing_data);
+  EXPECT_EQ(read(make_file("{" + kA + "}", std::vector<uint8_t>(4))).error().rule, Rule::safetensors_truncated);
+  EXPECT_EQ(read(make_file(R"({"__metadata__":{"x":1}})")).error().rule, Rule::safetensors_bad_metadata);
   EXPECT_FALSE(read(make_file(R"({"a":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}})", d8)).ok());
   EXPECT_FALSE(read(make_file(
                         R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
@@ -78,7 +78,7 @@ TEST(Safetensors, ShellMetadataReported) {
   ASSERT_EQ(r->model.file_metadata.size(), 1u);
   EXPECT_EQ(r->model.file_metadata[0].first, "ok");
   bool found = false;
-  for (const auto& f : r->findings) found |= f.rule == "safetensors.metadata-shell";
+  for (const auto& f : r->findings) found |= f.rule == Rule::safetensors_metadata_shell;
   EXPECT_TRUE(found);
 }
 

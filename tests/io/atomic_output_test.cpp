@@ -32,7 +32,7 @@ TEST(AtomicOutput, RefusesExistingFileWithoutReplace) {
   spit(d / "out", "precious");
   auto out = io::AtomicOutput::create((d / "out").string());
   ASSERT_FALSE(out.ok());
-  EXPECT_EQ(out.error().rule, "io.exists");
+  EXPECT_EQ(out.error().rule, Rule::io_exists);
   EXPECT_EQ(slurp(d / "out"), "precious");
   EXPECT_EQ(std::distance(fs::directory_iterator(d), fs::directory_iterator()), 1) << "temporary left behind";
   fs::remove_all(d);
@@ -46,7 +46,7 @@ TEST(AtomicOutput, CommitDoesNotReplaceAFileThatAppearedMeanwhile) {
   spit(d / "out", "someone else's");
   auto s = out->commit();
   ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.error().rule, "io.exists");
+  EXPECT_EQ(s.error().rule, Rule::io_exists);
   EXPECT_EQ(slurp(d / "out"), "someone else's");
   EXPECT_EQ(std::distance(fs::directory_iterator(d), fs::directory_iterator()), 1) << "temporary left behind";
   fs::remove_all(d);

@@ -81,7 +81,7 @@ TEST(BoundedJson, DepthAndElementLimitsStopTheParse) {
   EXPECT_TRUE(s.too_deep);
   EXPECT_FALSE(s.ok());
   ASSERT_TRUE(limit_error(s, JsonLimits{64, 1u << 30}).has_value());
-  EXPECT_EQ(limit_error(s, JsonLimits{64, 1u << 30})->rule, "limits.depth");
+  EXPECT_EQ(limit_error(s, JsonLimits{64, 1u << 30})->rule, Rule::limits_depth);
   std::string many = "[";
   for (int i = 0; i < 1000; ++i) many += "1,";
   many += "1]";

@@ -37,7 +37,7 @@ TEST(ValueGraph, DeepChainsOfEveryContainerAreRejected) {
   for (ValueKind k : {ValueKind::list, ValueKind::tuple, ValueKind::set, ValueKind::dict, ValueKind::ordered_dict}) {
     auto s = check_value_graph(chain(k, 200000));
     ASSERT_FALSE(s.ok());
-    EXPECT_EQ(s.error().rule, "limits.depth");
+    EXPECT_EQ(s.error().rule, Rule::limits_depth);
     EXPECT_TRUE(check_value_graph(chain(k, kMaxDepth - 1)).ok());
     EXPECT_FALSE(check_value_graph(chain(k, kMaxDepth + 1)).ok());
   }
@@ -49,13 +49,13 @@ TEST(ValueGraph, DictKeysAndStateCountToo) {
   d.kind = ValueKind::dict;
   d.entries.emplace_back(m.root, leaf(m));  // the deep tuple as a key
   m.root = m.add(d);
-  EXPECT_EQ(check_value_graph(m).error().rule, "limits.depth");
+  EXPECT_EQ(check_value_graph(m).error().rule, Rule::limits_depth);
   Model o = chain(ValueKind::list, kMaxDepth + 5);
   Value obj;
   obj.kind = ValueKind::object;
   obj.state = o.root;
   o.root = o.add(obj);
-  EXPECT_EQ(check_value_graph(o).error().rule, "limits.depth");
+  EXPECT_EQ(check_value_graph(o).error().rule, Rule::limits_depth);
 }
 
 TEST(ValueGraph, SharedStructureIsLinear) {
@@ -80,7 +80,7 @@ TEST(ValueGraph, CycleIsRejected) {
   v.kind = ValueKind::list;
   m.root = m.add(v);
   m.values[m.root].items.push_back(m.root);
-  EXPECT_EQ(check_value_graph(m).error().rule, "limits.cycle");
+  EXPECT_EQ(check_value_graph(m).error().rule, Rule::limits_cycle);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include "mtd/seal.hpp"
 
 using namespace modelcdr::mtd;
+using modelcdr::Rule;
 
 namespace {
 
@@ -73,7 +74,7 @@ TEST(MtdPublisher, HeaderListsRecipientsSignerAndInfoWithoutAKey) {
   std::string edited = *m;
   edited[edited.find("alice")] = 'A';
   EXPECT_FALSE(read_map_header(edited)->signature_valid);
-  EXPECT_EQ(open_map(edited, as(alice, publisher)).error().rule, "map.signature");
+  EXPECT_EQ(open_map(edited, as(alice, publisher)).error().rule, Rule::map_signature);
   OpenOptions unsigned_ok;
   unsigned_ok.allow_unsigned = true;
   unsigned_ok.symmetric_key = filled(7);
@@ -101,7 +102,7 @@ TEST(MtdPublisher, ResealChangesRecipientsAndKeepsTheContent) {
   EXPECT_EQ(n->substr(0, content_len(*n)), m->substr(0, content_len(*m)));  // same content, same payload
   EXPECT_EQ(open_map(*n, as(bob, publisher))->payload, "{\"weights\":42}");
   EXPECT_EQ(open_map(*n, as(carol, publisher))->payload, "{\"weights\":42}");
-  EXPECT_EQ(open_map(*n, as(alice, publisher)).error().rule, "map.no-key");
+  EXPECT_EQ(open_map(*n, as(alice, publisher)).error().rule, Rule::map_no_key);
   EXPECT_EQ(open_map(*n, op)->payload, "{\"weights\":42}");  // kept slot still opens
   auto h = read_map_header(*n);
   ASSERT_EQ(h->slots.size(), 3u);
@@ -110,15 +111,15 @@ TEST(MtdPublisher, ResealChangesRecipientsAndKeepsTheContent) {
   // A signed map must be re-signed; a recipient not in the map, or one already in it, is refused.
   ResealOptions unsigned_r = r;
   unsigned_r.signer = nullptr;
-  EXPECT_EQ(reseal_map(*m, op, unsigned_r).error().rule, "map.needs-signer");
+  EXPECT_EQ(reseal_map(*m, op, unsigned_r).error().rule, Rule::map_needs_signer);
   ResealOptions missing;
   missing.remove_fingerprints = {bob.fp()};
   missing.signer = &publisher.k;
-  EXPECT_EQ(reseal_map(*m, op, missing).error().rule, "map.no-such-recipient");
+  EXPECT_EQ(reseal_map(*m, op, missing).error().rule, Rule::map_no_such_recipient);
   ResealOptions dup;
   dup.add_recipients = {alice.k.x25519_public};
   dup.signer = &publisher.k;
-  EXPECT_EQ(reseal_map(*m, op, dup).error().rule, "map.duplicate-recipient");
+  EXPECT_EQ(reseal_map(*m, op, dup).error().rule, Rule::map_duplicate_recipient);
   // Removing every slot would leave a map nobody can open.
   ResealOptions all;
   all.remove_fingerprints = {alice.fp()};
@@ -127,7 +128,7 @@ TEST(MtdPublisher, ResealChangesRecipientsAndKeepsTheContent) {
   only_alice.recipients = {alice.k.x25519_public};
   only_alice.signer = &publisher.k;
   auto lone = seal_map("{}", only_alice);
-  EXPECT_EQ(reseal_map(*lone, as(alice, publisher), all).error().rule, "map.no-key");
+  EXPECT_EQ(reseal_map(*lone, as(alice, publisher), all).error().rule, Rule::map_no_key);
   // Re-signing with a new key rotates the signer: the old pin no longer accepts the map.
   Party next;
   ResealOptions rotate;
@@ -136,10 +137,10 @@ TEST(MtdPublisher, ResealChangesRecipientsAndKeepsTheContent) {
   auto rotated = reseal_map(*m, op, rotate);
   ASSERT_TRUE(rotated.ok());
   EXPECT_EQ(read_map_header(*rotated)->signer, fingerprint(next.k.ed25519_public.data(), 32));
-  EXPECT_EQ(open_map(*rotated, as(bob, publisher)).error().rule, "map.signature");
+  EXPECT_EQ(open_map(*rotated, as(bob, publisher)).error().rule, Rule::map_signature);
   EXPECT_TRUE(open_map(*rotated, as(bob, next)).ok());
   // Without a key that opens it, nothing can be re-wrapped.
-  EXPECT_EQ(reseal_map(*m, as(bob, publisher), r).error().rule, "map.no-key");
+  EXPECT_EQ(reseal_map(*m, as(bob, publisher), r).error().rule, Rule::map_no_key);
 }
 
 // Slots of a map moved into another map's seal part do not open it (their associated data
@@ -160,6 +161,6 @@ TEST(MtdPublisher, Version2MapsAreRefusedWithAHint) {
   v2 += std::string("\x02\x00", 2) + std::string(300, '\0');
   auto r = read_map_header(v2);
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().rule, "map.version");
+  EXPECT_EQ(r.error().rule, Rule::map_version);
   EXPECT_NE(r.error().message.find("re-protect"), std::string::npos);
 }

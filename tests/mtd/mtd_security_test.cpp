@@ -208,8 +208,8 @@ TEST(MtdSecurity, SlotsOfOneMapDoNotOpenAnother) {
   OpenOptions by_key = anyone(), by_pass = anyone();
   by_key.symmetric_key = filled(3);
   by_pass.passphrase = "alice's passphrase";
-  EXPECT_EQ(open_map(b, by_key).error().rule, "map.no-key");
-  EXPECT_EQ(open_map(b, by_pass).error().rule, "map.no-key");
+  EXPECT_EQ(open_map(b, by_key).error().rule, Rule::map_no_key);
+  EXPECT_EQ(open_map(b, by_pass).error().rule, Rule::map_no_key);
   // Control: the same construction with a slot Mallory made for this map opens for her.
   std::string c = forge_head(cek, commitment(cek), 1, "{\"forged\":1}");
   c += forge_recipient_slot(c, mallory.k.x25519_public, cek);
@@ -237,7 +237,7 @@ TEST(MtdSecurity, ContentKeyMustMatchItsCommitment) {
     o.identity = &alice.k;
     auto r = open_map(m, o);
     if (honest) EXPECT_TRUE(r.ok()) << r.error().message;
-    else EXPECT_EQ(r.error().rule, "map.corrupt");
+    else EXPECT_EQ(r.error().rule, Rule::map_corrupt);
   }
 }
 
@@ -254,12 +254,12 @@ TEST(MtdSecurity, OutsiderMapsNeedATrustedSigner) {
     ASSERT_TRUE(m.ok());
     OpenOptions o;
     o.identity = &customer.k;
-    EXPECT_EQ(open_map(*m, o).error().rule, "map.untrusted") << outsider_signs;  // default: refuse
+    EXPECT_EQ(open_map(*m, o).error().rule, Rule::map_untrusted) << outsider_signs;  // default: refuse
     o.trusted_signers = {publisher.k.ed25519_public};
-    EXPECT_EQ(open_map(*m, o).error().rule, "map.signature") << outsider_signs;
+    EXPECT_EQ(open_map(*m, o).error().rule, Rule::map_signature) << outsider_signs;
     o.trusted_signers.clear();
     o.trusted_fingerprints = {fingerprint(publisher.k.ed25519_public.data(), 32)};
-    EXPECT_EQ(open_map(*m, o).error().rule, "map.signature") << outsider_signs;
+    EXPECT_EQ(open_map(*m, o).error().rule, Rule::map_signature) << outsider_signs;
     // Control: trusting the outsider's key opens the signed one.
     o.trusted_fingerprints = {fingerprint(outsider.k.ed25519_public.data(), 32)};
     EXPECT_EQ(open_map(*m, o).ok(), outsider_signs);
@@ -297,7 +297,7 @@ TEST(MtdSecurity, ReadBoundsHoldBeforeAnyKeyDerivation) {
     auto r = open_map(m, o);
     EXPECT_FALSE(r.ok()) << what;
     if (!r.ok()) {
-      EXPECT_EQ(r.error().rule, "map.format") << what << ": " << r.error().message;
+      EXPECT_EQ(r.error().rule, Rule::map_format) << what << ": " << r.error().message;
     }
     EXPECT_LT(seconds_since(t0), 0.5) << what;  // no Argon2id ran
   };
@@ -338,7 +338,7 @@ TEST(MtdSecurity, SignatureIsCheckedBeforeTheKdf) {
   o.passphrase = "pw";
   o.trusted_signers = {publisher.k.ed25519_public};
   auto t0 = std::chrono::steady_clock::now();
-  EXPECT_EQ(open_map(heavy, o).error().rule, "map.signature");
+  EXPECT_EQ(open_map(heavy, o).error().rule, Rule::map_signature);
   EXPECT_LT(seconds_since(t0), 0.3);
 }
 
@@ -350,7 +350,7 @@ TEST(MtdSecurity, Version3MapIsRefusedNamingTheVersion) {
   v3 += std::string(200, '\0');
   auto r = open_map(v3, anyone());
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().rule, "map.version");
+  EXPECT_EQ(r.error().rule, Rule::map_version);
   EXPECT_NE(r.error().message.find("version 3"), std::string::npos) << r.error().message;
   EXPECT_NE(r.error().message.find("re-protect"), std::string::npos);
   EXPECT_FALSE(read_map_header(v3).ok());
@@ -362,7 +362,7 @@ TEST(MtdSecurity, OldMapVersionIsRefusedWithAHint) {
   v1 += std::string(200, '\0');
   auto r = open_map(v1, anyone());
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().rule, "map.version");
+  EXPECT_EQ(r.error().rule, Rule::map_version);
   EXPECT_NE(r.error().message.find("re-protect"), std::string::npos);
 }
 

@@ -12,6 +12,7 @@
 #include "mtd/seal.hpp"
 
 using namespace modelcdr::mtd;
+using modelcdr::Rule;
 
 namespace {
 Key32 key_of(uint8_t b) {
@@ -102,15 +103,15 @@ TEST(MtdSeal, SymmetricPassphraseAndRecipientSlots) {
   OpenOptions bad1;
   bad1.allow_unsigned = true;
   bad1.symmetric_key = key_of(4);
-  EXPECT_EQ(open_map(*sealed, bad1).error().rule, "map.no-key");
+  EXPECT_EQ(open_map(*sealed, bad1).error().rule, Rule::map_no_key);
   OpenOptions bad2;
   bad2.allow_unsigned = true;
   bad2.passphrase = "wrong";
-  EXPECT_EQ(open_map(*sealed, bad2).error().rule, "map.no-key");
+  EXPECT_EQ(open_map(*sealed, bad2).error().rule, Rule::map_no_key);
   OpenOptions bad3;
   bad3.allow_unsigned = true;
   bad3.identity = &mallory;
-  EXPECT_EQ(open_map(*sealed, bad3).error().rule, "map.no-key");
+  EXPECT_EQ(open_map(*sealed, bad3).error().rule, Rule::map_no_key);
 
   // Any modified byte after the magic fails (the header is the payload's associated data).
   for (size_t pos : {size_t(12), sealed->size() / 2, sealed->size() - 1}) {
@@ -140,12 +141,12 @@ TEST(MtdSeal, Signatures) {
   o.trusted_signers = {pub.ed25519_public};
   EXPECT_TRUE(open_map(*sealed, o).ok());
   o.trusted_signers = {other.ed25519_public};
-  EXPECT_EQ(open_map(*sealed, o).error().rule, "map.signature");
+  EXPECT_EQ(open_map(*sealed, o).error().rule, Rule::map_signature);
   // Unsigned map with --verify-signer: rejected.
   so.signer = nullptr;
   auto unsigned_map = seal_map("{}", so);
   o.trusted_signers = {pub.ed25519_public};
-  EXPECT_EQ(open_map(*unsigned_map, o).error().rule, "map.signature");
+  EXPECT_EQ(open_map(*unsigned_map, o).error().rule, Rule::map_signature);
 }
 
 // The streaming form must give exactly the whole-storage permutation, chunk by chunk, in both

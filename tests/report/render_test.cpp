@@ -4,6 +4,7 @@
 #include "report/render.hpp"
 
 using modelcdr::report::printable;
+using modelcdr::Rule;
 
 TEST(Printable, EscapesControlsAndInvalidUtf8) {
   EXPECT_EQ(printable("a\x1b]0;x\x07" "b"), "a\\x1b]0;x\\x07b");
@@ -28,7 +29,7 @@ TEST(Printable, KeepsOrdinaryText) {
 TEST(Printable, TextLineEscapesEveryPart) {
   modelcdr::Finding f;
   f.severity = modelcdr::Severity::high;
-  f.rule = "zip.unsafe-name";
+  f.rule = Rule::zip_unsafe_name;
   f.entry = "archive/\x1b[2J";
   f.message = "name\nall files clean";
   auto line = modelcdr::report::text_line("in\x1b.pt", f);
