@@ -4,7 +4,7 @@
 Every seed is our own small data (each under 64 KiB, the fuzzers' -max_len), written by the
 library that defines the format: safetensors, numpy, joblib, torch.save / torch.jit.save, and
 `modelcdr` itself for MTD maps and key files. Nothing is ever loaded. The tar seed is built
-member by member as FORMATS.md §3.3 describes (torch no longer writes that format).
+member by member as docs/FORMATS.md §3.3 describes (torch no longer writes that format).
 
 Run with a Python that has torch 2.x, numpy, joblib, scikit-learn and safetensors (the project
 venv) after building modelcdr:
@@ -88,7 +88,7 @@ def torch_seeds(torch):
 
 
 def tar_seed(torch):
-    """PyTorch's tar format, member by member (FORMATS.md §3.3): one float storage, one tensor."""
+    """PyTorch's tar format, member by member (docs/FORMATS.md §3.3): one float storage, one tensor."""
     def p(obj):
         return pickle.dumps(obj, protocol=2)
 

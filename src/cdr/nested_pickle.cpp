@@ -1,4 +1,4 @@
-// Nested pickles (FORMATS.md §2.9; issue 12): a bytes value that holds a serialized pickle is
+// Nested pickles (docs/FORMATS.md §8.1; issue 12): a bytes value that holds a serialized pickle is
 // a dormant payload if passed through, and lost data if dropped. It is disarmed like a file:
 // decoded by the pickle machine under the same limits, scanned, lifted (everything that is
 // not plain data dropped and reported) and re-emitted by our own pickle writer. The rebuilt

@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <unordered_map>
@@ -636,6 +637,17 @@ class Machine {
     node(id).b = b;
     return push(id);
   }
+  // CPython's C unpickler reads INT with strtol(line, &end, 0) and accepts it when `end` stops at
+  // the newline or at a NUL (C string semantics): "\x001" is 0, "017" is 15, " 5" is 5. Only the
+  // scan's CPython view reads INT this way; disarm keeps the strict reading (and rejects these).
+  static std::optional<int64_t> c_unpickler_int(std::string_view text) {
+    const std::string c(text.substr(0, text.find('\0')));  // what strtol sees
+    errno = 0;
+    char* end = nullptr;
+    const long long x = std::strtoll(c.c_str(), &end, 0);
+    if (errno != 0 || end == nullptr || *end != '\0') return std::nullopt;
+    return static_cast<int64_t>(x);
+  }
   Status push_int_text(std::string_view text, IntSyntax syntax) {
     IntText v;
     std::string why;
@@ -818,6 +830,8 @@ class Machine {
         MCDR_ASSIGN(std::string_view text, line());
         if (text == "00") return push_bool(false);
         if (text == "01") return push_bool(true);
+        if (opt_.cpython_view)
+          if (auto v = c_unpickler_int(text)) return text.size() == 2 && (*v == 0 || *v == 1) ? push_bool(*v == 1) : push_int(*v);
         return push_int_text(text, IntSyntax::PythonBase0);
       }
       case Op::BININT: {

