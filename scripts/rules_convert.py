@@ -20,7 +20,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLE = os.path.join(ROOT, "src", "report", "rules.def")
-DIRS = ["src", "include", "tests", "fuzz"]
+DIRS = ["src", "include", "tests", "fuzz", "python"]
 # Family prefixes of rule ids: a literal "<family>.<name>" is probably a rule.
 FAMILIES = ("pickle|cdr|zip|tar|torch|torchscript|npy|npz|safetensors|joblib|codec|convert|limits|io|format|"
             "policy|output|emit|hf|copy|json|resource|map|key|mtd|crypto|stego|lab|cli|trust|scan|engine|serve|upstream|usage")

@@ -29,7 +29,7 @@ namespace {
 py::dict finding_dict(const Finding& f) {
   py::dict d;
   d["severity"] = severity_name(f.severity);
-  d["rule"] = f.rule;
+  d["rule"] = std::string(rule_id(f.rule));
   d["message"] = py::bytes(f.message).attr("decode")("utf-8", "replace");
   d["entry"] = py::bytes(f.entry).attr("decode")("utf-8", "replace");
   d["offset"] = f.offset;
@@ -50,7 +50,7 @@ py::dict report_dict(const FileReport& r) {
   d["status"] = status_name(r.status);
   if (r.error) {
     py::dict e;
-    e["rule"] = r.error->rule;
+    e["rule"] = std::string(rule_id(r.error->rule));
     e["message"] = py::bytes(r.error->message).attr("decode")("utf-8", "replace");
     e["entry"] = py::bytes(r.error->entry).attr("decode")("utf-8", "replace");
     e["offset"] = r.error->has_offset ? py::object(py::int_(r.error->offset)) : py::object(py::none());
@@ -74,7 +74,7 @@ py::dict report_dict(const FileReport& r) {
 Result<CompatTarget> compat_of(const std::string& s) {
   if (s == "torch2") return CompatTarget::torch2;
   if (s == "torch1.13") return CompatTarget::torch1_13;
-  return make_error("usage", "compat must be 'torch2' or 'torch1.13', not '" + s + "'");
+  return make_error(Rule::usage_option, "compat must be 'torch2' or 'torch1.13', not '" + s + "'");
 }
 
 Result<OutputFormat> format_of(const std::string& s) {
@@ -83,7 +83,7 @@ Result<OutputFormat> format_of(const std::string& s) {
       {"joblib", OutputFormat::joblib}, {"pickle", OutputFormat::pickle},           {"npy", OutputFormat::npy}};
   for (const auto& [n, f] : names)
     if (s == n) return f;
-  return make_error("usage", "output_format must be one of pt, safetensors, npz, joblib, pickle, npy; not '" + s + "'");
+  return make_error(Rule::usage_option, "output_format must be one of pt, safetensors, npz, joblib, pickle, npy; not '" + s + "'");
 }
 
 [[noreturn]] void throw_usage(const Error& e) { throw py::value_error(e.message); }
@@ -210,7 +210,7 @@ py::tuple load(const std::string& path, const std::string& compat, bool allow_tr
       pm->m = &model_of(*pm->loaded);
       if (pm->m->root != model::kNoValue && pm->m->values[pm->m->root].kind == model::ValueKind::dropped) {
         r.status = FileStatus::rejected;
-        r.error = make_error("cdr.main-object-dropped",
+        r.error = make_error(Rule::cdr_main_object_dropped,
                              "the file's main object cannot be rebuilt (see the findings): nothing useful would be loaded");
       } else {
         for (const auto& f : r.findings)
@@ -258,7 +258,7 @@ py::dict mtd_dict(const mtd::MtdResult& r) {
   d["swapped"] = r.swapped;
   if (r.error) {
     py::dict e;
-    e["rule"] = r.error->rule;
+    e["rule"] = std::string(rule_id(r.error->rule));
     e["message"] = py::bytes(r.error->message).attr("decode")("utf-8", "replace");
     e["text"] = py::bytes(r.error->describe()).attr("decode")("utf-8", "replace");
     d["error"] = e;
