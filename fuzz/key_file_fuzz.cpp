@@ -10,7 +10,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace modelcdr::mtd;
   auto key = parse_key_file(std::string(reinterpret_cast<const char*>(data), size), "fuzz.key");
   if (!key.ok()) {
-    if (key.error().rule.rfind("key.", 0) != 0) __builtin_trap();
+    if (!rule_id(key.error().rule).starts_with("key.")) __builtin_trap();
     return 0;
   }
   // A complete key (what keygen writes: a symmetric key, both public keys, or both secret
