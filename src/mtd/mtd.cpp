@@ -1115,6 +1115,36 @@ MtdResult verify_impl(const std::string& input, const std::string& map_path, con
   return r;
 }
 
+// Undoing one protected record (restore_impl, restore_model_impl): its inverse permutation
+// and record cipher from the map's secret, and the tree digest of the record as protected.
+// take() copies one source block into a private buffer, hashes that copy (a leaf: every block
+// the inverse permutation reads is one) and decrypts it in place, so the bytes checked are the
+// bytes restored.
+struct RecordUndo {
+  std::optional<Permuter> perm;
+  std::optional<RecordCipher> cipher;
+  TreeDigest sum;
+  RecordUndo(const MapDoc& doc, uint32_t from, const model::Storage& src)
+      : sum(src.bytes.size(), leaf_of(src)) {
+    const size_t esize = model::dtype_info(src.dtype).element_size;
+    if (doc.entries[from].permuted) {
+      Key32 pk = derive_storage_key(doc.secret, doc.entries[from].name, from);
+      perm.emplace(pk.data(), src.bytes.size() / esize, esize, true);
+      sodium_memzero(pk.data(), pk.size());
+    }
+    if (doc.encrypted) {
+      Key32 ck = derive_record_cipher_key(doc.secret, from);
+      cipher.emplace(ck);
+      sodium_memzero(ck.data(), ck.size());
+    }
+  }
+  void take(const uint8_t* a, uint8_t* b, size_t len, size_t off) {
+    std::memcpy(b, a, len);
+    sum.add(off, std::span<const uint8_t>(b, len));
+    if (cipher) cipher->apply(b, b, len, off);
+  }
+};
+
 // What restore can check without reading the records: the record count, the canonical
 // data.pkl and the zip layout (which holds every record's CRC-32). If any differs, one pass
 // over the records names what changed (or says the map is for another file), and nothing is
@@ -1170,25 +1200,9 @@ MtdResult restore_impl(const std::string& input, const std::string& map_path, co
     if (src.bytes.size() != s.bytes.size()) return make_error(Rule::mtd_internal, "swap between different sizes");
     const std::span<const uint8_t> in = src.bytes;
     const size_t esize = model::dtype_info(src.dtype).element_size;
-    std::optional<Permuter> perm;
-    if (doc.entries[from].permuted) {
-      Key32 pk = derive_storage_key(doc.secret, doc.entries[from].name, from);
-      perm.emplace(pk.data(), in.size() / esize, esize, true);
-      sodium_memzero(pk.data(), pk.size());
-    }
-    std::optional<RecordCipher> cipher;
-    if (doc.encrypted) {
-      Key32 ck = derive_record_cipher_key(doc.secret, from);
-      cipher.emplace(ck);
-      sodium_memzero(ck.data(), ck.size());
-    }
-    TreeDigest sum(in.size(), leaf_of(src));
-    // Every source block the inverse permutation reads is one leaf of the protected record.
-    auto take = [&](const uint8_t* a, uint8_t* b, size_t len, size_t off) {
-      std::memcpy(b, a, len);
-      sum.add(off, std::span<const uint8_t>(b, len));
-      if (cipher) cipher->apply(b, b, len, off);
-    };
+    RecordUndo undo(doc, from, src);
+    std::optional<Permuter>& perm = undo.perm;
+    auto take = [&](const uint8_t* a, uint8_t* b, size_t len, size_t off) { undo.take(a, b, len, off); };
     const Permuter::SourceLoad load = take;
     auto prepare = [&](size_t off, size_t len, uint8_t* slot) {
       if (perm) perm->produce(in.data(), slot, off / esize, len / esize, &load);
@@ -1198,7 +1212,7 @@ MtdResult restore_impl(const std::string& input, const std::string& map_path, co
     Status streamed = stream_record(helper, ring, in, /*into_slot=*/true, prepare, sink);
     if (src.mapped) io::release_mapped_pages(in);  // never heap memory: DONTNEED would zero it
     MCDR_TRY(streamed);
-    const std::string h = hex(sum.finish());
+    const std::string h = hex(undo.sum.finish());
     if (h != doc.entries[from].after) {
       Mismatch x;
       x.what = "tensor";
@@ -1270,26 +1284,9 @@ MtdResult restore_model_impl(const std::string& input, const std::string& map_pa
     const model::Storage& src = l.at(m, from);
     const std::span<const uint8_t> in = src.bytes;
     const size_t esize = model::dtype_info(src.dtype).element_size;
-    std::optional<Permuter> perm;
-    if (doc.entries[from].permuted) {
-      Key32 pk = derive_storage_key(doc.secret, doc.entries[from].name, from);
-      perm.emplace(pk.data(), in.size() / esize, esize, true);
-      sodium_memzero(pk.data(), pk.size());
-    }
-    std::optional<RecordCipher> cipher;
-    if (doc.encrypted) {
-      Key32 ck = derive_record_cipher_key(doc.secret, from);
-      cipher.emplace(ck);
-      sodium_memzero(ck.data(), ck.size());
-    }
-    // As restore_impl: each protected block is copied once into a private buffer, tree-hashed
-    // there (the map's digest is of the protected record) and decrypted/gathered from it.
-    TreeDigest sum(in.size(), leaf_of(src));
-    auto take = [&](const uint8_t* a, uint8_t* b, size_t len, size_t off) {
-      std::memcpy(b, a, len);
-      sum.add(off, std::span<const uint8_t>(b, len));
-      if (cipher) cipher->apply(b, b, len, off);
-    };
+    RecordUndo undo(doc, from, src);
+    std::optional<Permuter>& perm = undo.perm;
+    auto take = [&](const uint8_t* a, uint8_t* b, size_t len, size_t off) { undo.take(a, b, len, off); };
     const Permuter::SourceLoad load = take;
     std::vector<uint8_t> buf(in.size());
     for (size_t off = 0; off < in.size(); off += kStreamChunk) {
@@ -1297,7 +1294,7 @@ MtdResult restore_model_impl(const std::string& input, const std::string& map_pa
       if (perm) perm->produce(in.data(), buf.data() + off, off / esize, len / esize, &load);
       else take(in.data() + off, buf.data() + off, len, off);
     }
-    const std::string h = hex(sum.finish());
+    const std::string h = hex(undo.sum.finish());
     if (h != doc.entries[from].after) {
       Mismatch x;
       x.what = "tensor";
