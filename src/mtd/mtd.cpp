@@ -1143,6 +1143,20 @@ struct RecordUndo {
     sum.add(off, std::span<const uint8_t>(b, len));
     if (cipher) cipher->apply(b, b, len, off);
   }
+  // After every block was taken: the record as read must be the record the map protected.
+  void check(const MapDoc& doc, uint32_t from, std::vector<Mismatch>& out) {
+    const std::string h = hex(sum.finish());
+    if (h == doc.entries[from].after) return;
+    Mismatch x;
+    x.what = "tensor";
+    x.name = doc.entries[from].name;
+    x.key = from;
+    x.against = "protected";
+    x.expected = doc.entries[from].after;
+    x.actual = h;
+    x.detail = "tensor bytes changed";
+    out.push_back(x);
+  }
 };
 
 // What restore can check without reading the records: the record count, the canonical
@@ -1212,18 +1226,7 @@ MtdResult restore_impl(const std::string& input, const std::string& map_path, co
     Status streamed = stream_record(helper, ring, in, /*into_slot=*/true, prepare, sink);
     if (src.mapped) io::release_mapped_pages(in);  // never heap memory: DONTNEED would zero it
     MCDR_TRY(streamed);
-    const std::string h = hex(undo.sum.finish());
-    if (h != doc.entries[from].after) {
-      Mismatch x;
-      x.what = "tensor";
-      x.name = doc.entries[from].name;
-      x.key = from;
-      x.against = "protected";
-      x.expected = doc.entries[from].after;
-      x.actual = h;
-      x.detail = "tensor bytes changed";
-      r.mismatches.push_back(x);
-    }
+    undo.check(doc, from, r.mismatches);
     return ok_status();
   };
   auto out = io::AtomicOutput::create(output);
@@ -1294,18 +1297,7 @@ MtdResult restore_model_impl(const std::string& input, const std::string& map_pa
       if (perm) perm->produce(in.data(), buf.data() + off, off / esize, len / esize, &load);
       else take(in.data() + off, buf.data() + off, len, off);
     }
-    const std::string h = hex(undo.sum.finish());
-    if (h != doc.entries[from].after) {
-      Mismatch x;
-      x.what = "tensor";
-      x.name = doc.entries[from].name;
-      x.key = from;
-      x.against = "protected";
-      x.expected = doc.entries[from].after;
-      x.actual = h;
-      x.detail = "tensor bytes changed";
-      r.mismatches.push_back(x);
-    }
+    undo.check(doc, from, r.mismatches);
     plain[key] = std::move(buf);
   }
   if (!r.mismatches.empty()) {
