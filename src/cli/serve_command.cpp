@@ -15,6 +15,10 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--threads", o.threads, "requests handled at once (default 32)")->check(CLI::Range(1u, 1024u));
   cmd->add_option("--read-timeout", o.read_timeout_s, "seconds a client may stall while sending (default 10)")
       ->check(CLI::Range(1u, 600u));
+  cmd->add_option("--convert-bin", o.convert_bin,
+                  "serve .bin weights as this format under converted names (safetensors: pytorch_model.bin is "
+                  "served as model.safetensors, its index rewritten)")
+      ->check(CLI::IsMember({"safetensors"}));
   extra_commands().push_back({cmd, [] {
                                 auto colon = listen.rfind(':');
                                 if (colon == std::string::npos) {

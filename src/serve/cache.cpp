@@ -64,6 +64,45 @@ void refuse(Entry& e, FileReport& r, Rule code, std::string message) {
   if (!r.error) r.error = make_error(code, e.message);
 }
 
+Status write_inert(const std::string& tmp, std::string_view bytes, Entry& e) {
+  MCDR_TRY(write_file(tmp + "/data", bytes));
+  e.served = true;
+  e.kind = "inert";
+  e.verdict = "inert";
+  e.size = bytes.size();
+  auto d = mtd::sha256(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()));
+  e.sha256 = hex(d.data(), d.size());
+  return ok_status();
+}
+
+// A non-model file under a conversion: a shard index is rewritten for the converted shard
+// names (engine/output_names.hpp, as `disarm DIR --to` does), and a file whose name asks for a
+// model format but holds no model is refused. Returns false for the other files, which are
+// served as they are (the inert rule decides).
+Result<bool> build_converted_other(const std::string& tmp, const std::vector<uint8_t>& bytes,
+                                   const engine::Classification& c, const BuildOptions& o, Entry& e, FileReport& r) {
+  using engine::Kind;
+  if (c.kind == Kind::json && engine::is_shard_index(o.name)) {
+    auto text = engine::rewrite_index(bytes, o.to);
+    if (!text.ok()) {
+      refuse(e, r, text.error().rule, o.name + ": " + text.error().message);
+      return true;
+    }
+    MCDR_TRY(write_inert(tmp, *text, e));
+    e.verdict = "rewritten";
+    r.status = FileStatus::skipped;
+    r.note = std::string("shard index checked and rewritten for the shards served as ") + engine::format_flag(*o.to);
+    r.output = o.shown;
+    return true;
+  }
+  if (engine::format_for_name(o.name)) {
+    refuse(e, r, Rule::convert_nothing_to_write,
+           o.name + ": not a model file (" + c.detail + "), so there is nothing to serve as " + engine::format_flag(*o.to));
+    return true;
+  }
+  return false;
+}
+
 // A non-model file: served only when its bytes, as read once, are proven inert (the
 // `disarm --copy-other` rule, engine/classify.hpp); the bytes classified are the bytes served.
 Status build_other(const std::string& tmp, const Input& in, const BuildOptions& o, Entry& e, FileReport& r) {
@@ -81,6 +120,10 @@ Status build_other(const std::string& tmp, const Input& in, const BuildOptions& 
   auto c = engine::classify_bytes(o.name, bytes);
   e.format = engine::kind_name(c.kind);
   r.format = e.format;
+  if (o.to) {
+    MCDR_ASSIGN(bool handled, build_converted_other(tmp, bytes, c, o, e, r));
+    if (handled) return ok_status();
+  }
   using engine::Kind;
   switch (c.kind) {
     case Kind::text:
@@ -98,13 +141,7 @@ Status build_other(const std::string& tmp, const Input& in, const BuildOptions& 
       refuse(e, r, Rule::copy_not_inert, o.name + ": not served: " + c.detail);
       return ok_status();
   }
-  MCDR_TRY(write_file(tmp + "/data", std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size())));
-  e.served = true;
-  e.kind = "inert";
-  e.verdict = "inert";
-  e.size = bytes.size();
-  auto d = mtd::sha256(bytes);
-  e.sha256 = hex(d.data(), d.size());
+  MCDR_TRY(write_inert(tmp, std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), e));
   r.status = FileStatus::skipped;
   r.note = "not a model file: proven inert (" + c.detail + "), served as is";
   r.output = o.shown;
@@ -114,7 +151,7 @@ Status build_other(const std::string& tmp, const Input& in, const BuildOptions& 
 // A model file: served only as modelcdr's own rebuild, in the format its name asks for.
 Status build_model(const std::string& tmp, const Input& in, const BuildOptions& o, Entry& e, FileReport& r) {
   DisarmOptions d;
-  d.output_format = engine::format_for_name(o.name).value_or(OutputFormat::pt);
+  d.output_format = o.to.value_or(engine::format_for_name(o.name).value_or(OutputFormat::pt));
   std::string out = tmp + "/data";
   r = disarm_file(in.path, out, d);
   r.input = o.shown;
@@ -126,6 +163,17 @@ Status build_model(const std::string& tmp, const Input& in, const BuildOptions& 
     if (id.starts_with("io.") || id.starts_with("resource.")) return err;
     refuse(e, r, err.rule, o.name + ": " + err.describe());
     return ok_status();
+  }
+  if (o.to) {
+    // A conversion the client asked for must not lose data: what the target format cannot
+    // hold (bytes, dtypes it lacks, ...) refuses the conversion; removals of dangerous content
+    // (cdr.*) are what every rebuild does and stay served.
+    for (const auto& f : r.removed)
+      if (f.rule == Rule::convert_dropped) {
+        refuse(e, r, Rule::convert_dropped,
+               o.name + ": cannot be served as " + engine::format_flag(*o.to) + " without losing data: " + f.message);
+        return ok_status();
+      }
   }
   if (forced_write_failure()) return make_error(Rule::io_write, "cannot write the rebuild: No space left on device (forced)");
   struct stat st{};
@@ -181,6 +229,7 @@ std::string Cache::key_for(const std::string& input_sha256, const BuildOptions& 
   auto fmt = engine::format_for_name(o.name);
   std::string options = std::string("modelcdr-serve/1 ") + kVersion + " format=" +
                         (fmt ? engine::format_flag(*fmt) : std::string("default")) + " name=" + o.name;
+  if (o.to) options += std::string(" to=") + engine::format_flag(*o.to);  // a conversion is another entry
   return sha256_hex(options + "\n" + input_sha256);
 }
 

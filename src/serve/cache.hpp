@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 
+#include "modelcdr/api.hpp"
 #include "modelcdr/result.hpp"
 #include "serve/origin.hpp"
 
@@ -35,6 +36,10 @@ struct Entry {
 struct BuildOptions {
   std::string name;  // the file's name in its repository (format by extension, code checks)
   std::string shown;  // repo/path, for the report
+  // A conversion (`?format=`, `serve --convert-bin`): model files are rebuilt as this format
+  // whatever their name says, and a shard index is rewritten for the converted shard names.
+  // A conversion that would lose data the input holds (convert.dropped) is refused.
+  std::optional<OutputFormat> to;
 };
 
 class Cache {

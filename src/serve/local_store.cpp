@@ -84,7 +84,7 @@ class LocalStore : public Origin {
       if (snap.files.size() >= kMaxFilesPerRepo)
         return make_error(Rule::serve_too_many_files, "repository " + repo + " has more than " +
                                                        std::to_string(kMaxFilesPerRepo) + " files");
-      snap.files.push_back({rel, uint64_t(st.st_size)});
+      snap.files.push_back({rel, uint64_t(st.st_size), {}});
       fingerprint += rel + '\0' + std::to_string(st.st_size) + '\0' + std::to_string(mtime_ns_of(st)) + "\n";
     }
     if (ec) return make_error(Rule::io_read, "cannot list " + repo + ": " + ec.message());

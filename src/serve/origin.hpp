@@ -21,6 +21,10 @@ inline constexpr Rule kEntryNotFound = Rule::hub_entry_not_found;        // "Ent
 struct RepoFile {
   std::string path;   // relative, '/'-separated, valid_file_path()
   uint64_t size = 0;  // size of the input (the served size may differ: rebuilds)
+  // Set in the gateway's view of a repository whose .bin files are served converted
+  // (`serve --convert-bin`): the name of the file in the origin that `path` is built from.
+  std::string source;
+  const std::string& origin_path() const { return source.empty() ? path : source; }
 };
 
 struct Snapshot {

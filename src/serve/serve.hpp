@@ -15,6 +15,7 @@ struct ServeOptions {
   int port = 8080;       // 0: any free port (printed on stdout)
   unsigned threads = 32;
   unsigned read_timeout_s = 10;  // per read of a request; a stalled client is dropped
+  std::string convert_bin;       // "safetensors": serve .bin weights (and indexes) as safetensors
 };
 
 // Runs until SIGINT/SIGTERM. Returns the process exit code.

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -141,7 +142,14 @@ void add_routes(httplib::Server& svr, Gateway& gw) {
           });
   svr.Get("/" + seg + "/" + seg + "/resolve/" + seg + "/(.+)", [&](const httplib::Request& req, httplib::Response& res) {
     std::string path = req.matches[4];
-    auto r = gw.resolve(repo_of(req), req.matches[3], path);
+    std::optional<OutputFormat> format;
+    if (req.has_param("format")) {
+      const std::string f = req.get_param_value("format");
+      if (f != "safetensors")
+        return send_error(res, 400, Rule::hub_bad_request, "format=" + header_safe(f) + ": the gateway converts to safetensors only");
+      format = OutputFormat::safetensors;
+    }
+    auto r = gw.resolve(repo_of(req), req.matches[3], path, format);
     if (!r.ok()) return send_result_error(res, r.error());
     serve_resolved(req, res, *r, path);
   });
@@ -197,9 +205,16 @@ int run(const ServeOptions& o) {
     std::cerr << "modelcdr serve: " << s.error().message << "\n";
     return 2;
   }
-  std::string salt = std::string("modelcdr ") + kVersion;
+  std::optional<OutputFormat> convert_bin;
+  if (o.convert_bin == "safetensors") convert_bin = OutputFormat::safetensors;
+  else if (!o.convert_bin.empty()) {
+    std::cerr << "modelcdr serve: --convert-bin " << o.convert_bin << ": only safetensors\n";
+    return 2;
+  }
+  // The setting changes what the store's files are served as, so it enters the commit id.
+  std::string salt = std::string("modelcdr ") + kVersion + (convert_bin ? " convert-bin=safetensors" : "");
   auto origin = o.store.empty() ? make_upstream(o.upstream, cache_dir) : make_local_store(o.store, salt);
-  Gateway gw(std::move(origin), std::move(cache));
+  Gateway gw(std::move(origin), std::move(cache), convert_bin);
 
   httplib::Server svr;
   unsigned threads = o.threads;

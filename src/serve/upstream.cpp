@@ -78,7 +78,7 @@ class Upstream : public Origin {
       if (!valid_file_path(path)) continue;  // a name no client may ask this gateway for
       uint64_t size = e.contains("size") && e["size"].is_number_unsigned() ? e["size"].get<uint64_t>() : 0;
       if (snap.files.size() >= kMaxListedFiles) return make_error(Rule::serve_too_many_files, repo + ": too many files upstream");
-      snap.files.push_back({path, size});
+      snap.files.push_back({path, size, {}});
     }
     std::sort(snap.files.begin(), snap.files.end(), [](auto& a, auto& b) { return a.path < b.path; });
     return snap;
