@@ -15,6 +15,11 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--threads", o.threads, "requests handled at once (default 32)")->check(CLI::Range(1u, 1024u));
   cmd->add_option("--read-timeout", o.read_timeout_s, "seconds a client may stall while sending (default 10)")
       ->check(CLI::Range(1u, 600u));
+  cmd->add_option("--header-timeout", o.header_timeout_s,
+                  "seconds a client has to send a request's headers, however it drips them (default 20)")
+      ->check(CLI::Range(1u, 3600u));
+  cmd->add_option("--idle-timeout", o.idle_timeout_s, "seconds an idle keep-alive connection is kept (default 5)")
+      ->check(CLI::Range(1u, 600u));
   cmd->add_option("--convert-bin", o.convert_bin,
                   "serve .bin weights as this format under converted names (safetensors: pytorch_model.bin is "
                   "served as model.safetensors, its index rewritten)")

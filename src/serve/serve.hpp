@@ -15,6 +15,9 @@ struct ServeOptions {
   int port = 8080;       // 0: any free port (printed on stdout)
   unsigned threads = 32;
   unsigned read_timeout_s = 10;  // per read of a request; a stalled client is dropped
+  unsigned header_timeout_s = 20;  // a request's headers must be complete within this of the
+                                  // connection's opening or the previous answer (slowloris)
+  unsigned idle_timeout_s = 5;    // an idle keep-alive connection is closed after this
   std::string convert_bin;       // "safetensors": serve .bin weights (and indexes) as safetensors
 };
 

@@ -20,6 +20,7 @@
 
 #include "modelcdr/api.hpp"
 #include "serve/gateway.hpp"
+#include "serve/header_deadline.hpp"
 #include "serve/http_util.hpp"
 #include "serve/names.hpp"
 #include "serve/page.hpp"
@@ -221,7 +222,7 @@ int run(const ServeOptions& o) {
   svr.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   svr.set_read_timeout(time_t(o.read_timeout_s), 0);
   svr.set_write_timeout(60, 0);
-  svr.set_keep_alive_timeout(5);
+  svr.set_keep_alive_timeout(time_t(o.idle_timeout_s));
   svr.set_payload_max_length(64 * 1024);  // the gateway takes no uploads
   svr.set_tcp_nodelay(true);
   // httplib's default adds SO_REUSEPORT, which lets a second instance share the port silently
@@ -230,13 +231,19 @@ int run(const ServeOptions& o) {
     int yes = 1;
     ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
   });
-  svr.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+  // Made once the port is known (below); the handlers only run after that.
+  std::unique_ptr<HeaderDeadline> deadline;
+  svr.set_logger([&deadline](const httplib::Request& req, const httplib::Response& res) {
     std::fprintf(stderr, "%s %s %d\n", req.method.c_str(), header_safe(req.path).c_str(), res.status);
+    if (deadline) deadline->answered(req.remote_addr, req.remote_port);
   });
-  // Range is answered by serve_resolved() alone: httplib 0.11 would apply a parsed range again,
-  // unclamped, to whatever body a handler sets (errors included).
-  svr.set_pre_routing_handler([](const httplib::Request& req, httplib::Response&) {
+  svr.set_pre_routing_handler([&deadline](const httplib::Request& req, httplib::Response&) {
+    // Range is answered by serve_resolved() alone: httplib 0.11 would apply a parsed range
+    // again, unclamped, to whatever body a handler sets (errors included).
     const_cast<httplib::Request&>(req).ranges.clear();
+    // A GET or HEAD is complete with its headers; any other method still has a body to send,
+    // so its deadline keeps running.
+    if (deadline && (req.method == "GET" || req.method == "HEAD")) deadline->request_arrived(req.remote_addr, req.remote_port);
     return httplib::Server::HandlerResponse::Unhandled;
   });
   // Answers httplib gives by itself (a malformed request, a Range it cannot parse, an unknown
@@ -261,6 +268,7 @@ int run(const ServeOptions& o) {
   }
   std::cout << "modelcdr serve: listening on http://" << o.host << ":" << port << " (" << gw.origin().describe()
             << ", cache " << cache_dir << ")" << std::endl;
+  deadline = std::make_unique<HeaderDeadline>(port, std::chrono::seconds(o.header_timeout_s));
   auto stopper = stop_on_signal(svr);
   bool ok = svr.listen_after_bind();
   stopper.detach();
