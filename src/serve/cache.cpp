@@ -182,6 +182,8 @@ Status build_model(const std::string& tmp, const Input& in, const BuildOptions& 
     if (fd >= 0) ::close(fd);
     return make_error(Rule::io_read, "cannot read the rebuild");
   }
+  // The bytes are final: a reader streaming them may finish (what follows only stores them).
+  if (o.on_data_final && in.unchanged()) o.on_data_final(uint64_t(st.st_size));
   auto h = hash_fd(fd, uint64_t(st.st_size));
   ::close(fd);
   if (!h.ok()) return h.error();
@@ -276,6 +278,7 @@ Result<Entry> Cache::build(const std::string& key, const Input& in, const BuildO
       if (!p.empty()) fs::remove_all(p, ec);
     }
   } cleanup{tmp};
+  if (o.on_build_dir) o.on_build_dir(tmp);
   Entry e;
   e.key = key;
   e.input_sha256 = in.sha256;

@@ -40,6 +40,11 @@ struct BuildOptions {
   // whatever their name says, and a shard index is rewritten for the converted shard names.
   // A conversion that would lose data the input holds (convert.dropped) is refused.
   std::optional<OutputFormat> to;
+  // For a reader that streams the rebuild while it is written (serve/stream.hpp): told the
+  // build's private folder as soon as it exists, and the size of `data` once the bytes written
+  // there are a complete rebuild that will be served (before the cache entry is committed).
+  std::function<void(const std::string& dir)> on_build_dir;
+  std::function<void(uint64_t size)> on_data_final;
 };
 
 class Cache {

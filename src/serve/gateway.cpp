@@ -90,8 +90,17 @@ std::optional<Entry> Gateway::known(const Snapshot& snap, const std::string& pat
   return cache_.find(key);
 }
 
+Result<Gateway::Lookup> Gateway::lookup(const std::string& repo, const std::string& revision, const std::string& path,
+                                        std::optional<OutputFormat> format) {
+  if (!valid_file_path(path)) return make_error(kEntryNotFound, "not a file name this gateway serves: " + path);
+  MCDR_ASSIGN(Snapshot snap, snapshot(repo, revision));
+  if (!find(snap, path)) return make_error(kEntryNotFound, path + " is not in " + repo + " at " + snap.commit);
+  auto e = known(snap, path, format);
+  return Lookup{std::move(snap), std::move(e)};
+}
+
 Result<Resolved> Gateway::resolve(const std::string& repo, const std::string& revision, const std::string& path,
-                                  std::optional<OutputFormat> format) {
+                                  std::optional<OutputFormat> format, const std::function<void(BuildOptions&)>& tune) {
   if (!valid_file_path(path)) return make_error(kEntryNotFound, "not a file name this gateway serves: " + path);
   MCDR_ASSIGN(Snapshot snap, snapshot(repo, revision));
   const RepoFile* listed = find(snap, path);
@@ -111,6 +120,7 @@ Result<Resolved> Gateway::resolve(const std::string& repo, const std::string& re
   o.name = file.origin_path().substr(file.origin_path().rfind('/') + 1);
   o.shown = repo + "/" + file.origin_path();
   o.to = to;
+  if (tune) tune(o);
   std::string key = Cache::key_for(in->sha256, o);
   bool built = false;
   MCDR_ASSIGN(Entry e, cache_.get_or_build(key, *in, o, &built));

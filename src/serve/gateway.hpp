@@ -1,6 +1,7 @@
 // The gateway's request logic, apart from HTTP: resolve a repository file to a cache entry
 // (building it on first use), list repositories and files for the API and the web page.
 #pragma once
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -30,8 +31,17 @@ class Gateway {
   // The repository as clients see it (names converted by --convert-bin).
   Result<Snapshot> snapshot(const std::string& repo, const std::string& revision);
   // `format`: a conversion the request asked for (`?format=safetensors`).
+  // `tune`: lets a caller that streams the build add its hooks (BuildOptions::on_*).
   Result<Resolved> resolve(const std::string& repo, const std::string& revision, const std::string& path,
-                           std::optional<OutputFormat> format = std::nullopt);
+                           std::optional<OutputFormat> format = std::nullopt,
+                           const std::function<void(BuildOptions&)>& tune = {});
+  // The snapshot and, when it is already built, the file's entry; no build.
+  struct Lookup {
+    Snapshot snap;
+    std::optional<Entry> entry;
+  };
+  Result<Lookup> lookup(const std::string& repo, const std::string& revision, const std::string& path,
+                        std::optional<OutputFormat> format = std::nullopt);
   // The cache entry of a file already built (by any instance sharing the cache), without building.
   std::optional<Entry> known(const Snapshot& snap, const std::string& path,
                              std::optional<OutputFormat> format = std::nullopt) const;

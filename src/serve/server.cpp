@@ -25,6 +25,7 @@
 #include "serve/names.hpp"
 #include "serve/page.hpp"
 #include "serve/serve.hpp"
+#include "serve/stream.hpp"
 #include "serve/upstream.hpp"
 
 using json = nlohmann::json;
@@ -150,6 +151,13 @@ void add_routes(httplib::Server& svr, Gateway& gw) {
         return send_error(res, 400, Rule::hub_bad_request, "format=" + header_safe(f) + ": the gateway converts to safetensors only");
       format = OutputFormat::safetensors;
     }
+    if (req.method == "GET" && !req.has_header("Range")) {
+      // Built already: from the cache. Not yet: streamed to this client while it is built.
+      auto look = gw.lookup(repo_of(req), req.matches[3], path, format);
+      if (!look.ok()) return send_result_error(res, look.error());
+      if (look->entry) return serve_resolved(req, res, Resolved{look->snap, *look->entry}, path);
+      return stream_first_build(req, res, gw, repo_of(req), req.matches[3], path, format, look->snap, serve_resolved);
+    }
     auto r = gw.resolve(repo_of(req), req.matches[3], path, format);
     if (!r.ok()) return send_result_error(res, r.error());
     serve_resolved(req, res, *r, path);
@@ -268,10 +276,11 @@ int run(const ServeOptions& o) {
   }
   std::cout << "modelcdr serve: listening on http://" << o.host << ":" << port << " (" << gw.origin().describe()
             << ", cache " << cache_dir << ")" << std::endl;
+  auto stopper = stop_on_signal(svr);  // first: threads made after it inherit its signal mask
   deadline = std::make_unique<HeaderDeadline>(port, std::chrono::seconds(o.header_timeout_s));
-  auto stopper = stop_on_signal(svr);
   bool ok = svr.listen_after_bind();
   stopper.detach();
+  wait_for_streamed_builds(60);  // their threads use the gateway
   return ok ? 0 : 2;
 }
 

@@ -58,6 +58,23 @@ def http(method, url, headers=None, timeout=60):
         return e.code, dict(e.headers), e.read()
 
 
+def fetch(url, timeout=60):
+    """GET `url`: (status, headers, body, complete). `complete` is False for a broken download (the
+    connection closed before the body's end: a chunked answer without its last chunk, or fewer bytes
+    than Content-Length), which urllib would raise as IncompleteRead."""
+    import http.client
+    req = urllib.request.Request(url, method="GET")
+    try:
+        r = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read(), True
+    with r:
+        try:
+            return r.status, dict(r.headers), r.read(), True
+        except (http.client.IncompleteRead, ConnectionError) as e:
+            return r.status, dict(r.headers), getattr(e, "partial", b""), False
+
+
 def client_env(endpoint, home):
     env = dict(os.environ)
     env.pop("HF_HUB_OFFLINE", None)
