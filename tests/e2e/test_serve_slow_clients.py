@@ -111,6 +111,7 @@ def test_serve_slow_but_timely_headers_answered(site):
 
 def test_serve_slow_reader_of_a_long_answer_not_cut(site):
     g, big = site
+    assert http("HEAD", f"{g.url}/acme/tiny/resolve/main/big.json")[0] == 200  # built: a plain (not chunked) answer
     with socket.create_connection(("127.0.0.1", g.port), timeout=30) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
         s.sendall(b"GET /acme/tiny/resolve/main/big.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
