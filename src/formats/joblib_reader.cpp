@@ -9,6 +9,7 @@
 #include "cdr/lifter.hpp"
 #include "formats/codecs.hpp"
 #include "formats/parsed_model.hpp"
+#include "formats/registry.hpp"
 #include "io/byte_cursor.hpp"
 
 namespace modelcdr::formats {
@@ -162,10 +163,10 @@ Result<ParsedModel> read_compressed(std::span<const uint8_t> file, const ReadOpt
   MCDR_ASSIGN(std::vector<uint8_t> inner, decompress(file, *codec, DecompressLimits{}, findings));
   auto backing = std::make_shared<const std::vector<uint8_t>>(std::move(inner));
   std::span<const uint8_t> bytes(backing->data(), backing->size());
-  auto fmt = container::sniff(bytes.subspan(0, std::min<size_t>(bytes.size(), 4096)), bytes.size());
+  auto fmt = sniff(bytes);  // the inner stream: sniffed once, like any input
   if (fmt != container::Format::pickle || detect_codec(bytes.subspan(0, std::min<size_t>(bytes.size(), 16))))
     return make_error(Rule::format_compressed, std::string("a ") + codec_name(*codec) + " stream holding " +
-                                               container::format_name(fmt) +
+                                               format_name(fmt) +
                                                " data: only joblib/pickle streams are unpacked (torch.load cannot read it)");
   MCDR_ASSIGN(ParsedModel parsed, read_joblib(bytes, options));
   parsed.backing = backing;
