@@ -10,6 +10,7 @@
 #include "formats/codecs.hpp"
 #include "formats/parsed_model.hpp"
 #include "formats/registry.hpp"
+#include "pickle/globals.hpp"
 #include "io/byte_cursor.hpp"
 
 namespace modelcdr::formats {
@@ -98,12 +99,9 @@ Result<pickle::RawPayload> read_array_payload(const Program& p, NodeId id, io::B
 // wrapper, vetted registry classes) are lowered to info: they are understood, not removed.
 void soften_vetted(const Program& p, const cdr::ClassRegistry& reg, const std::string& entry, Findings& findings,
                    size_t first) {
-  static const std::pair<const char*, const char*> kData[] = {
-      {"numpy.core.multiarray", "_reconstruct"}, {"numpy._core.multiarray", "_reconstruct"}, {"numpy", "ndarray"},
-      {"numpy", "dtype"}, {"joblib.numpy_pickle", "NumpyArrayWrapper"}, {"copyreg", "_reconstructor"},
-      {"builtins", "object"}};
   std::unordered_set<std::string> names;
-  for (auto [m, n] : kData) names.insert(std::string("'") + m + " " + n + "'");
+  for (const auto& g : pickle::globals_table())  // pickle/globals.def, role kGData
+    if (g.roles & pickle::kGData) names.insert("'" + std::string(g.module) + " " + std::string(g.name) + "'");
   for (const auto& c : reg.classes()) names.insert("'" + c.module + " " + c.name + "'");
   // Matched by the offsets of the nodes program_scan.cpp reports (GLOBAL, REDUCE/NEWOBJ),
   // never by message text.

@@ -9,33 +9,12 @@
 namespace modelcdr::pickle {
 
 namespace {
-constexpr uint8_t kCheckpoint = static_cast<uint8_t>(EmitStream::checkpoint);
-constexpr uint8_t kPlain = static_cast<uint8_t>(EmitStream::plain);
-constexpr uint8_t kBoth = kCheckpoint | kPlain;
-
-// Indexed by EmitGlobal.
+// Indexed by EmitGlobal: the table's MCDR_EMIT rows, in order.
 constexpr EmitGlobalName kNames[] = {
-    {"collections", "OrderedDict", kBoth},
-    {"torch._utils", "_rebuild_tensor_v2", kCheckpoint},
-    {"torch._utils", "_rebuild_tensor_v3", kCheckpoint},
-    {"torch._utils", "_rebuild_parameter", kCheckpoint},
-    {"torch._utils", "_rebuild_qtensor", kCheckpoint},
-    {"torch._utils", "_rebuild_sparse_tensor", kCheckpoint},
-    {"torch.serialization", "_get_layout", kCheckpoint},
-    {"torch", "Size", kCheckpoint},
-    {"torch", "device", kCheckpoint},
-    {"torch", "per_tensor_affine", kCheckpoint},
-    {"torch", "per_channel_affine", kCheckpoint},
-    {"torch.storage", "UntypedStorage", kCheckpoint},
-    {"_codecs", "encode", kCheckpoint},
-    {"builtins", "set", kCheckpoint},
-    {"builtins", "complex", kBoth},
-    {"numpy.core.multiarray", "_reconstruct", kPlain},
-    {"numpy", "ndarray", kPlain},
-    {"numpy", "dtype", kPlain},
-    {"joblib.numpy_pickle", "NumpyArrayWrapper", kPlain},
+#define MCDR_EMIT(id, module, name, streams, roles) {module, name, streams},
+#define MCDR_GLOBAL(module, name, roles)
+#include "pickle/globals.def"
 };
-static_assert(std::size(kNames) == static_cast<size_t>(EmitGlobal::joblib_array_wrapper) + 1);
 
 constexpr size_t kChunk = 1 << 20;
 }  // namespace

@@ -14,29 +14,15 @@
 
 #include "modelcdr/model.hpp"
 #include "modelcdr/result.hpp"
+#include "pickle/globals.hpp"
 
 namespace modelcdr::pickle {
 
+// The emitter's vocabulary: the MCDR_EMIT rows of the globals table (pickle/globals.def).
 enum class EmitGlobal : uint8_t {
-  ordered_dict,          // collections OrderedDict
-  rebuild_tensor_v2,     // torch._utils _rebuild_tensor_v2
-  rebuild_tensor_v3,     // torch._utils _rebuild_tensor_v3 (2.x-only dtypes)
-  rebuild_parameter,     // torch._utils _rebuild_parameter
-  rebuild_qtensor,       // torch._utils _rebuild_qtensor
-  rebuild_sparse_tensor, // torch._utils _rebuild_sparse_tensor
-  get_layout,            // torch.serialization _get_layout
-  torch_size,            // torch Size
-  torch_device,          // torch device (torch 2.x; an inert value: a device type and index)
-  per_tensor_affine,     // torch per_tensor_affine
-  per_channel_affine,    // torch per_channel_affine
-  untyped_storage,       // torch.storage UntypedStorage
-  codecs_encode,         // _codecs encode (bytes, torch 2.x)
-  builtins_set,          // builtins set (torch 2.x)
-  builtins_complex,      // builtins complex (torch 2.x)
-  numpy_reconstruct,     // numpy.core.multiarray _reconstruct (plain pickle arrays)
-  numpy_ndarray,         // numpy ndarray
-  numpy_dtype,           // numpy dtype
-  joblib_array_wrapper,  // joblib.numpy_pickle NumpyArrayWrapper (joblib arrays, bytes inline)
+#define MCDR_EMIT(id, module, name, streams, roles) id,
+#define MCDR_GLOBAL(module, name, roles)
+#include "pickle/globals.def"
 };
 
 // Which stream a global may appear in: the self-check refuses a checkpoint naming numpy, or a
