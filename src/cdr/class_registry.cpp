@@ -25,42 +25,9 @@ struct Entry {
 // only checks and stores that state; instantiating it runs no user-supplied code.
 constexpr const char* kEst = "scikit-learn estimator: hyper-parameters and fitted numpy arrays in __dict__";
 const Entry kDefaults[] = {
-    {"sklearn.linear_model._base", "LinearRegression", Construct::newobj, kEst},
-    {"sklearn.linear_model._logistic", "LogisticRegression", Construct::newobj, kEst},
-    {"sklearn.linear_model._ridge", "Ridge", Construct::newobj, kEst},
-    {"sklearn.linear_model._ridge", "RidgeClassifier", Construct::newobj, kEst},
-    {"sklearn.linear_model._coordinate_descent", "Lasso", Construct::newobj, kEst},
-    {"sklearn.linear_model._coordinate_descent", "ElasticNet", Construct::newobj, kEst},
-    {"sklearn.preprocessing._data", "StandardScaler", Construct::newobj, kEst},
-    {"sklearn.preprocessing._data", "MinMaxScaler", Construct::newobj, kEst},
-    {"sklearn.preprocessing._data", "MaxAbsScaler", Construct::newobj, kEst},
-    {"sklearn.preprocessing._data", "RobustScaler", Construct::newobj, kEst},
-    {"sklearn.preprocessing._data", "Normalizer", Construct::newobj, kEst},
-    {"sklearn.preprocessing._data", "Binarizer", Construct::newobj, kEst},
-    {"sklearn.preprocessing._label", "LabelEncoder", Construct::newobj, kEst},
-    {"sklearn.impute._base", "SimpleImputer", Construct::newobj, kEst},
-    {"sklearn.decomposition._pca", "PCA", Construct::newobj, kEst},
-    {"sklearn.decomposition._truncated_svd", "TruncatedSVD", Construct::newobj, kEst},
-    {"sklearn.naive_bayes", "GaussianNB", Construct::newobj, kEst},
-    {"sklearn.naive_bayes", "MultinomialNB", Construct::newobj, kEst},
-    {"sklearn.naive_bayes", "BernoulliNB", Construct::newobj, kEst},
-    {"sklearn.svm._classes", "SVC", Construct::newobj, kEst},
-    {"sklearn.svm._classes", "SVR", Construct::newobj, kEst},
-    {"sklearn.svm._classes", "LinearSVC", Construct::newobj, kEst},
-    {"sklearn.svm._classes", "LinearSVR", Construct::newobj, kEst},
-    {"sklearn.dummy", "DummyClassifier", Construct::newobj, kEst},
-    {"sklearn.dummy", "DummyRegressor", Construct::newobj, kEst},
-    {"sklearn.pipeline", "Pipeline", Construct::newobj, "steps: a list of (name, registry estimator) tuples"},
-    {"sklearn.tree._classes", "DecisionTreeClassifier", Construct::newobj, kEst},
-    {"sklearn.tree._classes", "DecisionTreeRegressor", Construct::newobj, kEst},
-    {"sklearn.ensemble._forest", "RandomForestClassifier", Construct::newobj, kEst},
-    {"sklearn.ensemble._forest", "RandomForestRegressor", Construct::newobj, kEst},
-    {"sklearn.ensemble._forest", "ExtraTreesClassifier", Construct::newobj, kEst},
-    {"sklearn.ensemble._forest", "ExtraTreesRegressor", Construct::newobj, kEst},
-    {"sklearn.tree._classes", "ExtraTreeClassifier", Construct::newobj, kEst},
-    {"sklearn.tree._classes", "ExtraTreeRegressor", Construct::newobj, kEst},
-    {"sklearn.tree._tree", "Tree", Construct::reduce,
-     "Tree(n_features, n_classes, n_outputs) allocates; __setstate__ checks and copies the nodes/values arrays"},
+#define MCDR_GLOBAL(module, name, roles)
+#define MCDR_CLASS(module, name, construct, why) {module, name, Construct::construct, why},
+#include "pickle/globals.def"
 };
 
 bool identifier(std::string_view s) {

@@ -11,13 +11,10 @@
 #include "cdr/class_registry.hpp"
 #include "cdr/lifter.hpp"
 #include "cdr/scan_salvage.hpp"
-#include "container/sniff.hpp"
 #include "engine/classify.hpp"
 #include "engine/run.hpp"
 #include "formats/parsed_model.hpp"
-#include "formats/pickle_writer.hpp"
-#include "formats/safetensors_writer.hpp"
-#include "formats/torch_zip_writer.hpp"
+#include "formats/registry.hpp"
 #include "io/atomic_output.hpp"
 #include "io/mapped_file.hpp"
 #include "modelcdr/api.hpp"
@@ -58,38 +55,17 @@ formats::ReadOptions read_options(const RunContext& ctx) {
 }
 
 // `mapped`: `bytes` is an io::MappedFile (its pages may be released, its descriptor read);
-// otherwise they are a caller's buffer, read through the span only.
+// otherwise they are a caller's buffer, read through the span only. The sniffed format's row
+// in the format table (formats/registry.hpp) opens it.
 Result<formats::ParsedModel> parse(std::span<const uint8_t> bytes, Format format, const RunContext& ctx,
                                    bool defer_storage_crc = false, bool is_mapped = false, int input_fd = -1,
                                    Findings* salvage = nullptr) {
   formats::ReadOptions options = read_options(ctx);
   options.salvage = salvage;
-  formats::ReadOptions mapped = options;
-  mapped.input_is_mapped = is_mapped;
-  mapped.input_fd = is_mapped ? input_fd : -1;
-  mapped.defer_storage_crc = defer_storage_crc;
-  switch (format) {
-    case Format::torch_zip: return formats::read_torch_zip(bytes, mapped);
-    case Format::torch_legacy: return formats::read_torch_legacy(bytes, mapped);
-    case Format::pickle: return formats::read_joblib(bytes, options);  // plain pickles too (inline joblib arrays)
-    case Format::torch_tar: return formats::read_torch_tar(bytes, options);
-    case Format::npy: return formats::read_npy(bytes, options);
-    case Format::safetensors: return formats::read_safetensors(bytes, options);
-    case Format::empty: return make_error(Rule::format_empty, "file is empty");
-    case Format::gzip:
-    case Format::bzip2:
-    case Format::xz:
-    case Format::zlib:
-    case Format::lz4:
-    case Format::lzma:
-      // joblib's compressed files: decompressed with a capped output size and read as joblib;
-      // any other content is rejected.
-      return formats::read_compressed(bytes, options);
-    case Format::seven_zip:
-      return make_error(Rule::format_compressed, std::string("a ") + container::format_name(format) +
-                                                 " container: torch.load cannot read it and modelcdr does not unpack it");
-    default: return make_error(Rule::format_unknown, "not a pickle, PyTorch, NumPy or safetensors file");
-  }
+  options.input_is_mapped = is_mapped;
+  options.input_fd = is_mapped ? input_fd : -1;
+  options.defer_storage_crc = defer_storage_crc;
+  return formats::open(format, bytes, options);
 }
 
 // Every reader's model is checked once, whatever reader built it, before any writer (or a
@@ -171,7 +147,7 @@ Result<Loaded> load(const Source& source, const RunContext& ctx) {
     return make_error(Rule::limits_input_size, "the input is " + std::to_string(l.bytes.size()) +
                                                " bytes, more than this engine's limit of " +
                                                std::to_string(ctx.limits.max_input_bytes));
-  l.format = container::sniff(l.bytes.subspan(0, std::min<size_t>(l.bytes.size(), 4096)), l.bytes.size());
+  l.format = formats::sniff(l.bytes);  // once: the reader gets the result
   return l;
 }
 
@@ -227,7 +203,7 @@ static FileReport scan_file_impl(const Source& source, const ScanOptions& option
     r.verdict = file_verdict(r.findings, &*r.error);
     return r;
   }
-  r.format = container::format_name(loaded->format);
+  r.format = formats::format_name(loaded->format);
   const uint64_t size = loaded->bytes.size();
   if (!step(options.progress, options.cancel, Stage::read, 0, size)) return fail(cancelled_error());
   Findings salvage;
@@ -244,7 +220,7 @@ static FileReport scan_file_impl(const Source& source, const ScanOptions& option
     r.verdict = file_verdict(r.findings, &*r.error);
     return r;
   }
-  r.format = container::format_name(parsed->format);
+  r.format = formats::format_name(parsed->format);
   if (loaded->changed()) {  // what was read may be zeros, not the file: no verdict
     r.status = FileStatus::error;
     r.error = make_error(Rule::io_input_changed, "the input file changed (truncated or resized) while it was being read");
@@ -298,13 +274,13 @@ Result<LoadedModelPtr> load_model_impl(const Source& source, const DisarmOptions
   LoadedModelPtr m(new LoadedModel);
   MCDR_ASSIGN(m->input, load(source, ctx));
   if (m->input.mapped) m->input.file.advise_sequential();
-  r.format = container::format_name(m->input.format);
+  r.format = formats::format_name(m->input.format);
   const uint64_t size = m->input.bytes.size();
   if (!step(options.progress, options.cancel, Stage::read, 0, size)) return cancelled_error();
   MCDR_ASSIGN(m->parsed, checked(parse(m->input.bytes, m->input.format, ctx, defer_storage_crc, m->input.mapped,
                                        m->input.file.fd())));
   if (!step(options.progress, options.cancel, Stage::read, size, size)) return cancelled_error();
-  r.format = container::format_name(m->parsed.format);
+  r.format = formats::format_name(m->parsed.format);
   r.findings = m->parsed.findings;
   r.findings.insert(r.findings.end(), m->parsed.model.findings.begin(), m->parsed.model.findings.end());
   r.tensors = tensor_stats(m->parsed.model);
@@ -363,40 +339,6 @@ Result<io::AtomicOutput> open_output(const Sink& sink, const std::string& suffix
   return io::AtomicOutput::create(sink.name() + suffix, suffix.empty() && sink.durable(), sink.replace());
 }
 
-Status emit(const model::Model& model, const DisarmOptions& options, FileReport& r, const RunContext& ctx,
-            io::AtomicOutput& out) {
-  switch (options.output_format) {
-    case OutputFormat::safetensors: MCDR_TRY(formats::write_safetensors(model, out, r.findings)); break;
-    case OutputFormat::npz: MCDR_TRY(formats::write_npz(model, out, r.findings)); break;
-    case OutputFormat::npy: MCDR_TRY(formats::write_npy(model, out, r.findings)); break;
-    case OutputFormat::joblib:
-    case OutputFormat::pickle: {
-      formats::PickleWriteOptions po;
-      po.joblib = options.output_format == OutputFormat::joblib;
-      po.registry = ctx.registry;  // class ids index the registry the reader used
-      MCDR_TRY(formats::write_pickle(model, po, out));
-      if (!model.file_metadata.empty())
-        add_finding(r.findings, Severity::low, Rule::convert_metadata_dropped,
-                    std::to_string(model.file_metadata.size()) + " file metadata entries not written: a pickle has no place for them");
-      break;
-    }
-    case OutputFormat::pt: {
-      formats::TorchWriteOptions wo;
-      wo.compat = options.compat == CompatTarget::torch1_13 ? formats::Compat::torch1_13 : formats::Compat::torch2;
-      wo.reflink = options.reflink;
-      wo.shared_bytes = &r.shared_bytes;
-      MCDR_TRY(formats::write_torch_zip(model, wo, out));
-      // Content the output lacks is content removed: it counts (exit 1, listed as removed).
-      if (!model.file_metadata.empty())
-        add_finding(r.findings, Severity::low, Rule::convert_metadata_dropped,
-                    std::to_string(model.file_metadata.size()) +
-                        " file metadata entries not written: a PyTorch checkpoint has no place for them (use --to safetensors)");
-      break;
-    }
-  }
-  return ok_status();
-}
-
 Status write_model_impl(const model::Model& model, Sink& sink, const DisarmOptions& options, FileReport& r,
                         const LoadedModel* source, const RunContext& ctx) {
   report_torch_types(model, options, r);
@@ -405,7 +347,7 @@ Status write_model_impl(const model::Model& model, Sink& sink, const DisarmOptio
   const uint64_t total = r.tensors.total_bytes;
   if (options.progress || options.cancel)
     out.set_progress([&](uint64_t written) { return step(options.progress, options.cancel, Stage::write, written, total); });
-  MCDR_TRY(emit(model, options, r, ctx, out));
+  MCDR_TRY(formats::write(options.output_format, formats::WriteRequest{model, options, ctx.registry, r}, out));
   std::optional<io::AtomicOutput> arch;
   auto drop_architecture = [&] {
     if (!r.architecture.empty() && !sink.is_memory()) std::remove(r.architecture.c_str());

@@ -12,6 +12,7 @@
 
 #include "cdr/class_registry.hpp"
 #include "cdr/globals_policy.hpp"
+#include "pickle/globals.hpp"
 #include "cdr/lifter.hpp"
 #include "pickle/pickle_machine.hpp"
 
@@ -30,15 +31,7 @@ bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.
 // verdict, docs/RULES.md): torch.nn modules of a whole-model save, numpy arrays and dtypes,
 // joblib's array wrapper, argparse.Namespace and the vetted class registry (docs/REGISTRY.md).
 bool is_safe_library_global(const std::string& module, const std::string& name) {
-  static const std::pair<std::string_view, std::string_view> kSafe[] = {
-      {"numpy.core.multiarray", "_reconstruct"}, {"numpy._core.multiarray", "_reconstruct"},
-      {"numpy.core.multiarray", "scalar"},       {"numpy._core.multiarray", "scalar"},
-      {"numpy", "ndarray"},                      {"numpy", "dtype"},
-      {"joblib.numpy_pickle", "NumpyArrayWrapper"}, {"argparse", "Namespace"},
-      {"types", "SimpleNamespace"},             {"copyreg", "_reconstructor"},
-      {"builtins", "object"},                   {"torch.nn.backends.thnn", "_get_thnn_function_backend"}};
-  for (auto [m, n] : kSafe)
-    if (module == m && name == n) return true;
+  if (pickle::has_role(module, name, pickle::kGSafe)) return true;  // pickle/globals.def
   if (starts_with(module, "torch.nn.modules.") && !name.empty() && std::isupper(static_cast<unsigned char>(name[0])))
     return true;
   return ClassRegistry::active().find(module, name).has_value();

@@ -17,6 +17,7 @@
 #include "engine/batch.hpp"
 #include "cli/commands.hpp"
 #include "engine/output_names.hpp"
+#include "formats/registry.hpp"
 #include "engine/scan_walk.hpp"
 #include "io/atomic_output.hpp"
 #include "modelcdr/api.hpp"
@@ -223,12 +224,8 @@ int disarm_main(const Engine& engine, const std::string& in, const std::string& 
 // The output format: --to, or else what the output's name asks for. A name that asks for
 // another format than --to is a usage error. Folder input: per file (hf_layout.hpp).
 std::optional<OutputFormat> pick_format(const std::string& to, bool to_given, const std::string& out, bool folder) {
-  OutputFormat given = to == "safetensors" ? OutputFormat::safetensors
-                       : to == "npz"       ? OutputFormat::npz
-                       : to == "npy"       ? OutputFormat::npy
-                       : to == "joblib"    ? OutputFormat::joblib
-                       : to == "pickle"    ? OutputFormat::pickle
-                                           : OutputFormat::pt;
+  const formats::FormatRow* row = formats::row_for_flag(to);  // --to is checked against the table's names
+  OutputFormat given = row ? *row->output : OutputFormat::pt;
   if (folder) return given;
   auto by_name = engine::format_for_name(fs::path(out).filename().string());
   if (!to_given) return by_name.value_or(OutputFormat::pt);
@@ -306,7 +303,7 @@ static int run_cli(int argc, char** argv) {
   disarm->add_option("--to", to,
                      "output format: pt (default), safetensors, npz (arrays only), npy (one array), or joblib / pickle (pickle and "
                      "joblib inputs: numpy arrays and vetted scikit-learn objects, docs/REGISTRY.md)")
-      ->check(CLI::IsMember({"pt", "safetensors", "npz", "npy", "joblib", "pickle"}));
+      ->check(CLI::IsMember(formats::output_flags()));
   disarm->add_option("--jobs,-j", jobs, "files disarmed in parallel (folder input)")->check(CLI::Range(1u, 256u));
   disarm->add_flag("--copy-other", copy_other_files,
                    "copy non-model files proven inert: text, JSON, PNG/JPEG/GIF/WebP (folder input; docs/CLI.md)");

@@ -1,11 +1,10 @@
-// Format sniffing, in one place. The decision follows what torch.load does for the same bytes
-// (docs/FORMATS.md §0): a file that *starts* with a zip local header is a zip; otherwise the legacy
-// magic-number pickle; otherwise tar (ustar magic at 257); otherwise a bare pickle. Files
-// that are none of these are named (7z, gzip, ...) only so the error message can say so.
+// The formats modelcdr tells apart. Each value is one row of the format table
+// (src/formats/registry.cpp), which holds everything else about it: how its first bytes are
+// recognised (the sniff bid), its reader, its writer, its --to name, its file extensions and
+// its fuzz target. The decision follows what torch.load does for the same bytes
+// (docs/FORMATS.md §0). Files that are none of the readable formats are named (7z, gzip, ...)
+// only so the error message can say so.
 #pragma once
-#include <cstdint>
-#include <span>
-#include <string>
 
 namespace modelcdr::container {
 
@@ -23,8 +22,5 @@ enum class Format {
   joblib,   // a pickle stream with joblib NumpyArrayWrapper arrays inline (set by the reader)
   lzma,     // lzma-alone stream (joblib compress='lzma'); "ZF0x" joblib < 0.10 files sniff as zlib
 };
-
-const char* format_name(Format f);
-Format sniff(std::span<const uint8_t> head, uint64_t file_size);
 
 }  // namespace modelcdr::container

@@ -9,7 +9,7 @@
 #include <string_view>
 #include <vector>
 
-#include "container/sniff.hpp"
+#include "formats/registry.hpp"
 #include "io/bounded_json.hpp"
 #include "io/byte_cursor.hpp"
 #include "io/mapped_file.hpp"
@@ -293,19 +293,19 @@ Classification classify(const std::string& path) {
 Classification classify_bytes(const std::string& file_name, std::span<const uint8_t> b) {
   const std::string name = lower_name(file_name);
   if (auto what = unsupported_by_magic(b)) return {Kind::unsupported_model, *what};
-  Format f = container::sniff(b.subspan(0, std::min<size_t>(b.size(), 4096)), b.size());
+  Format f = formats::sniff(b);
   switch (f) {
     case Format::empty: return {Kind::text, "empty file"};
     case Format::unknown: break;
     case Format::torch_zip:
       if (ends_with(name, ".keras")) return {Kind::unsupported_model, "Keras (.keras zip)"};
-      return {Kind::model, container::format_name(f)};
+      return {Kind::model, formats::format_name(f)};
     case Format::pickle:
       // Protocol 0/1 pickles start with an ordinary byte (a letter, '(' ...): such a file is a
       // pickle when the unpickler could act on it; otherwise it fails on its first bytes.
       if (b[0] == 0x80 || may_unpickle(b)) return {Kind::model, "pickle"};
       break;
-    default: return {Kind::model, container::format_name(f)};  // every codec, tar, 7z, npy, ...
+    default: return {Kind::model, formats::format_name(f)};  // every codec, tar, 7z, npy, ...
   }
   // Not a pickle by its first byte, nor a zip, tar or codec stream; an unpickler may still act
   // on it (text starting with an opcode letter, or a GIF: 'G' is BINFLOAT, and the opcode after

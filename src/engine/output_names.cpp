@@ -3,6 +3,7 @@
 #include <array>
 #include <nlohmann/json.hpp>
 
+#include "formats/registry.hpp"
 #include "io/bounded_json.hpp"
 
 namespace modelcdr::engine {
@@ -13,35 +14,8 @@ bool ends_with(const std::string& s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// joblib's compressed files carry the codec as an extra suffix: model.joblib.gz.
-std::string strip_compression(const std::string& name) {
-  for (std::string_view e : {".gz", ".bz2", ".xz", ".lzma", ".lz4", ".z", ".zlib"})
-    if (ends_with(name, e) && name.size() > e.size()) return name.substr(0, name.size() - e.size());
-  return name;
-}
-
-constexpr std::array<std::string_view, 11> kModelExts = {".safetensors", ".joblib", ".pickle", ".ckpt", ".pth",
-                                                         ".pkl",         ".bin",    ".npz",    ".npy",  ".pt",
-                                                         ".tar"};
-
-// The name without its model extension, or nullopt when it has none.
-std::optional<std::string> model_stem(const std::string& name) {
-  for (auto e : kModelExts)
-    if (ends_with(name, e) && name.size() > e.size()) return name.substr(0, name.size() - e.size());
-  return std::nullopt;
-}
-
-const char* default_ext(OutputFormat f) {
-  switch (f) {
-    case OutputFormat::safetensors: return ".safetensors";
-    case OutputFormat::npz: return ".npz";
-    case OutputFormat::npy: return ".npy";
-    case OutputFormat::joblib: return ".joblib";
-    case OutputFormat::pickle: return ".pkl";
-    case OutputFormat::pt: return ".pt";
-  }
-  return ".pt";
-}
+using formats::model_stem;
+using formats::strip_compression;
 
 bool plain_file_name(const std::string& s) {
   return !s.empty() && s != "." && s != ".." && s.find_first_of(std::string("/\\\0", 3)) == std::string::npos;
@@ -49,37 +23,20 @@ bool plain_file_name(const std::string& s) {
 
 }  // namespace
 
-std::optional<OutputFormat> format_for_name(const std::string& name) {
-  std::string n = strip_compression(name);
-  if (ends_with(n, ".safetensors")) return OutputFormat::safetensors;
-  if (ends_with(n, ".npz")) return OutputFormat::npz;
-  if (ends_with(n, ".npy")) return OutputFormat::npy;
-  if (ends_with(n, ".joblib")) return OutputFormat::joblib;
-  if (ends_with(n, ".pkl") || ends_with(n, ".pickle")) return OutputFormat::pickle;
-  for (std::string_view e : {".pt", ".pth", ".bin", ".ckpt"})
-    if (ends_with(n, e)) return OutputFormat::pt;
-  return std::nullopt;
-}
+// Names, extensions and the output name rule are columns of the format table.
+std::optional<OutputFormat> format_for_name(const std::string& name) { return formats::output_for_name(name); }
 
-const char* format_flag(OutputFormat f) {
-  switch (f) {
-    case OutputFormat::safetensors: return "safetensors";
-    case OutputFormat::npz: return "npz";
-    case OutputFormat::npy: return "npy";
-    case OutputFormat::joblib: return "joblib";
-    case OutputFormat::pickle: return "pickle";
-    case OutputFormat::pt: return "pt";
-  }
-  return "pt";
-}
+const char* format_flag(OutputFormat f) { return formats::output_row(f).to_flag; }
 
 std::string output_file_name(const std::string& name, OutputFormat format) {
+  const formats::FormatRow& row = formats::output_row(format);
   std::string base = strip_compression(name);
   if (format_for_name(base) == format) return base;
   auto stem = model_stem(base);
-  if (!stem) return base + default_ext(format);  // model.sav -> model.sav.pt: never mistaken for the original
-  if (format == OutputFormat::safetensors && stem->rfind("pytorch_model", 0) == 0) *stem = "model" + stem->substr(13);
-  return *stem + default_ext(format);
+  if (!stem) return base + row.extensions[0];  // model.sav -> model.sav.pt: never mistaken for the original
+  if (row.stem_from && stem->rfind(row.stem_from, 0) == 0)
+    *stem = row.stem_to + stem->substr(std::string_view(row.stem_from).size());
+  return *stem + row.extensions[0];
 }
 
 bool is_shard_index(const std::string& name) {

@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "engine/classify.hpp"
+#include "formats/registry.hpp"
 
 namespace fs = std::filesystem;
 
@@ -24,11 +25,13 @@ namespace {
 
 using ScanOne = std::function<FileReport(const std::string&, const ScanOptions&)>;
 
+// A model-file name from the format table (x.pt, x.joblib.gz, ...), or one of the names
+// scikit-learn / joblib users give pickles that no format owns.
 bool has_model_extension(const std::string& path) {
   std::string n = fs::path(path).filename().string();
   std::transform(n.begin(), n.end(), n.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  for (const char* ext : {".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz", ".safetensors",
-                          ".sav", ".model.gz", ".joblib.gz", ".dat"})
+  if (formats::model_stem(formats::strip_compression(n))) return true;
+  for (const char* ext : {".sav", ".model.gz", ".dat"})
     if (n.size() > std::strlen(ext) && n.compare(n.size() - std::strlen(ext), std::string::npos, ext) == 0) return true;
   return false;
 }

@@ -9,6 +9,8 @@
 #include "cdr/lifter.hpp"
 #include "formats/codecs.hpp"
 #include "formats/parsed_model.hpp"
+#include "formats/registry.hpp"
+#include "pickle/globals.hpp"
 #include "io/byte_cursor.hpp"
 
 namespace modelcdr::formats {
@@ -97,12 +99,9 @@ Result<pickle::RawPayload> read_array_payload(const Program& p, NodeId id, io::B
 // wrapper, vetted registry classes) are lowered to info: they are understood, not removed.
 void soften_vetted(const Program& p, const cdr::ClassRegistry& reg, const std::string& entry, Findings& findings,
                    size_t first) {
-  static const std::pair<const char*, const char*> kData[] = {
-      {"numpy.core.multiarray", "_reconstruct"}, {"numpy._core.multiarray", "_reconstruct"}, {"numpy", "ndarray"},
-      {"numpy", "dtype"}, {"joblib.numpy_pickle", "NumpyArrayWrapper"}, {"copyreg", "_reconstructor"},
-      {"builtins", "object"}};
   std::unordered_set<std::string> names;
-  for (auto [m, n] : kData) names.insert(std::string("'") + m + " " + n + "'");
+  for (const auto& g : pickle::globals_table())  // pickle/globals.def, role kGData
+    if (g.roles & pickle::kGData) names.insert("'" + std::string(g.module) + " " + std::string(g.name) + "'");
   for (const auto& c : reg.classes()) names.insert("'" + c.module + " " + c.name + "'");
   // Matched by the offsets of the nodes program_scan.cpp reports (GLOBAL, REDUCE/NEWOBJ),
   // never by message text.
@@ -162,10 +161,10 @@ Result<ParsedModel> read_compressed(std::span<const uint8_t> file, const ReadOpt
   MCDR_ASSIGN(std::vector<uint8_t> inner, decompress(file, *codec, DecompressLimits{}, findings));
   auto backing = std::make_shared<const std::vector<uint8_t>>(std::move(inner));
   std::span<const uint8_t> bytes(backing->data(), backing->size());
-  auto fmt = container::sniff(bytes.subspan(0, std::min<size_t>(bytes.size(), 4096)), bytes.size());
+  auto fmt = sniff(bytes);  // the inner stream: sniffed once, like any input
   if (fmt != container::Format::pickle || detect_codec(bytes.subspan(0, std::min<size_t>(bytes.size(), 16))))
     return make_error(Rule::format_compressed, std::string("a ") + codec_name(*codec) + " stream holding " +
-                                               container::format_name(fmt) +
+                                               format_name(fmt) +
                                                " data: only joblib/pickle streams are unpacked (torch.load cannot read it)");
   MCDR_ASSIGN(ParsedModel parsed, read_joblib(bytes, options));
   parsed.backing = backing;

@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "cdr/class_registry.hpp"
+#include "pickle/pickle_emitter.hpp"
 
 namespace modelcdr::formats {
 
@@ -17,180 +18,95 @@ using model::Value;
 using model::ValueId;
 using model::ValueKind;
 
-// The only globals this writer knows besides registry classes.
-enum class G { ordered_dict, builtins_complex, reconstruct, ndarray, dtype, array_wrapper };
-
-const char* const kGlobals[][2] = {
-    {"collections", "OrderedDict"},       {"builtins", "complex"}, {"numpy.core.multiarray", "_reconstruct"},
-    {"numpy", "ndarray"},                 {"numpy", "dtype"},      {"joblib.numpy_pickle", "NumpyArrayWrapper"},
-};
+using pickle::EmitGlobal;
+using pickle::PickleEmitter;
 
 constexpr size_t kBatch = 1000;
 
-class Emitter {
+// Walks the model and writes it through the one emitter (pickle/pickle_emitter.hpp): every
+// global is an EmitGlobal or a class of the registry, by id.
+class Walker {
  public:
-  Emitter(const Model& m, const PickleWriteOptions& o, const cdr::ClassRegistry& reg) : m_(m), opt_(o), reg_(reg) {}
+  Walker(const Model& m, const PickleWriteOptions& o, const cdr::ClassRegistry& reg, PickleEmitter& e)
+      : m_(m), opt_(o), reg_(reg), e_(e) {}
 
-  Result<std::vector<uint8_t>> run() {
+  Status run() {
     // joblib writes a shared array once per reference (below): the output is budgeted so a
     // list of a million references to one large array is rejected, not written out.
     uint64_t payload = 0;
     for (const auto& s : m_.storages) payload += s.nbytes;
     for (const auto& v : m_.values) payload += v.text.size() + 16;
     out_budget_ = 4 * payload + (64ull << 20);
-    op(0x80);
-    op(4);
+    e_.proto(4);
     MCDR_TRY(value(m_.root, 0));
-    op('.');
-    return std::move(out_);
+    e_.stop();
+    return e_.finish();
   }
 
  private:
-  void op(uint8_t c) { out_.push_back(c); }
-  void u32(uint32_t v) {
-    for (int i = 0; i < 4; ++i) out_.push_back(static_cast<uint8_t>(v >> (8 * i)));
-  }
-  void u64(uint64_t v) {
-    for (int i = 0; i < 8; ++i) out_.push_back(static_cast<uint8_t>(v >> (8 * i)));
-  }
-  void raw(const void* p, size_t n) {
-    auto* b = static_cast<const uint8_t*>(p);
-    out_.insert(out_.end(), b, b + n);
-  }
-
-  void none() { op('N'); }
-  void boolean(bool b) { op(b ? 0x88 : 0x89); }
-  void integer(int64_t v) {
-    if (v >= 0 && v < 256) {
-      op('K');
-      op(static_cast<uint8_t>(v));
-    } else if (v >= INT32_MIN && v <= INT32_MAX) {
-      op('J');
-      u32(static_cast<uint32_t>(static_cast<int32_t>(v)));
-    } else {
-      op(0x8a);
-      op(8);
-      u64(static_cast<uint64_t>(v));
-    }
-  }
-  void floating(double d) {
-    uint64_t bits;
-    std::memcpy(&bits, &d, 8);
-    op('G');
-    for (int i = 7; i >= 0; --i) out_.push_back(static_cast<uint8_t>(bits >> (8 * i)));
-  }
-  void unicode(const std::string& s) {
-    if (s.size() <= 0xFFFFFFFFu) {
-      op('X');
-      u32(static_cast<uint32_t>(s.size()));
-    } else {
-      op(0x8d);
-      u64(s.size());
-    }
-    raw(s.data(), s.size());
-  }
-  void bytes(const uint8_t* p, size_t n) {
-    if (n <= 0xFFFFFFFFu) {
-      op('B');
-      u32(static_cast<uint32_t>(n));
-    } else {
-      op(0x8e);
-      u64(n);
-    }
-    raw(p, n);
-  }
-  void global(const std::string& module, const std::string& name) {
-    op('c');
-    raw(module.data(), module.size());
-    op('\n');
-    raw(name.data(), name.size());
-    op('\n');
-  }
-  void global(G g) { global(kGlobals[static_cast<int>(g)][0], kGlobals[static_cast<int>(g)][1]); }
-  uint32_t put() {
-    uint32_t i = next_memo_++;
-    if (i < 256) {
-      op('q');
-      op(static_cast<uint8_t>(i));
-    } else {
-      op('r');
-      u32(i);
-    }
-    return i;
-  }
-  void get(uint32_t i) {
-    if (i < 256) {
-      op('h');
-      op(static_cast<uint8_t>(i));
-    } else {
-      op('j');
-      u32(i);
-    }
+  static std::span<const uint8_t> as_bytes(std::string_view s) {
+    return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
   }
 
   Status value(ValueId id, uint32_t depth) {
     if (depth > limits::kMaxDepth) return limits::too_deep("values written to the pickle");
     if (id == model::kNoValue) {
-      none();
+      e_.none();
       return ok_status();
     }
     if (auto it = memo_.find(id); it != memo_.end()) {
-      get(it->second);
+      e_.get(it->second);
       return ok_status();
     }
     const Value& v = m_.values[id];
     switch (v.kind) {
       case ValueKind::none:
-      case ValueKind::dropped: none(); return ok_status();
-      case ValueKind::boolean: boolean(v.b); return ok_status();
-      case ValueKind::integer: integer(v.i); return ok_status();
-      case ValueKind::big_integer:
-        op(0x8a);
-        op(static_cast<uint8_t>(v.text.size()));
-        raw(v.text.data(), v.text.size());
-        return ok_status();
-      case ValueKind::floating: floating(v.f); return ok_status();
+      case ValueKind::dropped: e_.none(); return ok_status();
+      case ValueKind::boolean: e_.boolean(v.b); return ok_status();
+      case ValueKind::integer: e_.integer(v.i); return ok_status();
+      case ValueKind::big_integer: e_.long1(v.text); return ok_status();  // the lifter keeps it <= 255 bytes
+      case ValueKind::floating: e_.binfloat(v.f); return ok_status();
       case ValueKind::complex:
-        global(G::builtins_complex);
-        floating(v.f);
-        floating(v.imag);
-        op(0x86);
-        op('R');
+        e_.global(EmitGlobal::builtins_complex);
+        e_.binfloat(v.f);
+        e_.binfloat(v.imag);
+        e_.tuple_n(2);
+        e_.reduce();
         break;
-      case ValueKind::string: unicode(v.text); return ok_status();
-      case ValueKind::bytes: bytes(reinterpret_cast<const uint8_t*>(v.text.data()), v.text.size()); break;
+      case ValueKind::string: e_.unicode(v.text); return ok_status();
+      case ValueKind::bytes: e_.binbytes(as_bytes(v.text)); break;
       case ValueKind::list:
-        op(']');
-        memo_[id] = put();
-        return items(v.items, 'e', depth);
+        e_.empty_list();
+        memo_[id] = e_.put();
+        return items(v.items, List, depth);
       case ValueKind::tuple:
-        op('(');
+        e_.mark();
         for (ValueId c : v.items) MCDR_TRY(value(c, depth + 1));
-        op('t');
+        e_.tuple();
         break;
       case ValueKind::dict:
       case ValueKind::ordered_dict:
         if (v.kind == ValueKind::ordered_dict) {
-          global(G::ordered_dict);
-          op(')');
-          op('R');
+          e_.global(EmitGlobal::ordered_dict);
+          e_.tuple_n(0);
+          e_.reduce();
         } else {
-          op('}');
+          e_.empty_dict();
         }
-        memo_[id] = put();
+        memo_[id] = e_.put();
         for (size_t i = 0; i < v.entries.size(); i += kBatch) {
-          op('(');
+          e_.mark();
           for (size_t j = i; j < std::min(v.entries.size(), i + kBatch); ++j) {
             MCDR_TRY(value(v.entries[j].first, depth + 1));
             MCDR_TRY(value(v.entries[j].second, depth + 1));
           }
-          op('u');
+          e_.setitems();
         }
         return ok_status();
       case ValueKind::set:
-        op(0x8f);
-        memo_[id] = put();
-        return items(v.items, 0x90, depth);
+        e_.empty_set();
+        memo_[id] = e_.put();
+        return items(v.items, Set, depth);
       case ValueKind::tensor:
         return make_error(Rule::output_unsupported,
                           "a torch tensor cannot be written as a pickle/joblib file (use --to pt or safetensors)");
@@ -204,55 +120,57 @@ class Emitter {
       case ValueKind::object: {
         if (v.class_id >= reg_.size()) return make_error(Rule::output_bad_class, "object with an unknown registry class id");
         const auto& rc = reg_.at(v.class_id);
-        global(rc.module, rc.name);
+        e_.class_global(rc.module, rc.name);
         if (rc.construct == cdr::Construct::newobj) {
-          op(')');
-          op(0x81);
+          e_.tuple_n(0);
+          e_.newobj();
         } else {
-          op('(');
+          e_.mark();
           for (ValueId c : v.items) MCDR_TRY(value(c, depth + 1));
-          op('t');
-          op('R');
+          e_.tuple();
+          e_.reduce();
         }
-        memo_[id] = put();
+        memo_[id] = e_.put();
         if (v.state != model::kNoValue) {
           MCDR_TRY(value(v.state, depth + 1));
-          op('b');
+          e_.build();
         }
         return ok_status();
       }
     }
-    memo_[id] = put();
+    memo_[id] = e_.put();
     return ok_status();
   }
 
-  Status items(const std::vector<ValueId>& xs, uint8_t batch_op, uint32_t depth) {
+  enum Batch { List, Set };
+  Status items(const std::vector<ValueId>& xs, Batch batch, uint32_t depth) {
     for (size_t i = 0; i < xs.size(); i += kBatch) {
-      op('(');
+      e_.mark();
       for (size_t j = i; j < std::min(xs.size(), i + kBatch); ++j) MCDR_TRY(value(xs[j], depth + 1));
-      op(batch_op);
+      if (batch == List) e_.appends();
+      else e_.additems();
     }
     return ok_status();
   }
 
   Status dtype(const Value& v, uint32_t depth) {
-    global(G::dtype);
-    unicode(v.text);
-    boolean(false);
-    boolean(true);
-    op(0x87);
-    op('R');
+    e_.global(EmitGlobal::numpy_dtype);
+    e_.unicode(v.text);
+    e_.boolean(false);
+    e_.boolean(true);
+    e_.tuple_n(3);
+    e_.reduce();
     if (v.state != model::kNoValue) {
       MCDR_TRY(value(v.state, depth + 1));
-      op('b');
+      e_.build();
     }
     return ok_status();
   }
 
   Status shape_tuple(const std::vector<int64_t>& shape) {
-    op('(');
-    for (int64_t d : shape) integer(d);
-    op('t');
+    e_.mark();
+    for (int64_t d : shape) e_.integer(d);
+    e_.tuple();
     return ok_status();
   }
 
@@ -265,79 +183,106 @@ class Emitter {
       const auto& t = m_.tensors[v.tensor];
       const auto& s = m_.storages[t.storage];
       data = s.bytes;
-      if (out_.size() + data.size() > out_budget_)
+      if (e_.tell() + data.size() > out_budget_)
         return limits::too_much_expansion("arrays shared by many references, written once per reference");
     }
     if (opt_.joblib && !object) {
-      global(G::array_wrapper);
-      op(')');
-      op(0x81);
-      op('}');
-      op('(');
-      unicode("subclass");
-      global(G::ndarray);
-      unicode("shape");
+      e_.global(EmitGlobal::joblib_array_wrapper);
+      e_.tuple_n(0);
+      e_.newobj();
+      e_.empty_dict();
+      e_.mark();
+      e_.unicode("subclass");
+      e_.global(EmitGlobal::numpy_ndarray);
+      e_.unicode("shape");
       MCDR_TRY(shape_tuple(v.array_shape));
-      unicode("order");
-      unicode(v.fortran_order ? "F" : "C");
-      unicode("dtype");
+      e_.unicode("order");
+      e_.unicode(v.fortran_order ? "F" : "C");
+      e_.unicode("dtype");
       MCDR_TRY(value(v.state, depth + 1));
-      unicode("allow_mmap");
-      boolean(true);
-      unicode("numpy_array_alignment_bytes");
-      integer(16);
-      op('u');
-      op('b');
+      e_.unicode("allow_mmap");
+      e_.boolean(true);
+      e_.unicode("numpy_array_alignment_bytes");
+      e_.integer(16);
+      e_.setitems();
+      e_.build();
       // joblib: pad byte + that many 0xFF so the data starts 16-aligned, then the bytes.
-      uint8_t pad = static_cast<uint8_t>(16 - ((out_.size() + 1) % 16));
-      op(pad);
-      out_.insert(out_.end(), pad, 0xFF);
-      raw(data.data(), data.size());
+      uint8_t pad[17];
+      pad[0] = static_cast<uint8_t>(16 - ((e_.tell() + 1) % 16));
+      std::memset(pad + 1, 0xFF, pad[0]);
+      e_.payload(std::span<const uint8_t>(pad, 1 + pad[0]));
+      e_.payload(data);
       return ok_status();
     }
-    global(G::reconstruct);
-    global(G::ndarray);
-    op('K');
-    op(0);
-    op(0x85);
-    bytes(reinterpret_cast<const uint8_t*>("b"), 1);
-    op(0x87);
-    op('R');
-    op('(');
-    integer(1);
+    static const uint8_t kB[] = {'b'};
+    e_.global(EmitGlobal::numpy_reconstruct);
+    e_.global(EmitGlobal::numpy_ndarray);
+    e_.integer(0);
+    e_.tuple_n(1);
+    e_.binbytes(kB);
+    e_.tuple_n(3);
+    e_.reduce();
+    e_.mark();
+    e_.integer(1);
     MCDR_TRY(shape_tuple(v.array_shape));
     MCDR_TRY(value(v.state, depth + 1));
-    boolean(v.fortran_order);
+    e_.boolean(v.fortran_order);
     if (object) {
-      op(']');
-      MCDR_TRY(items(v.items, 'e', depth));
+      e_.empty_list();
+      MCDR_TRY(items(v.items, List, depth));
     } else {
-      bytes(data.data(), data.size());
+      e_.binbytes(data);
     }
-    op('t');
-    op('b');
+    e_.tuple();
+    e_.build();
     return ok_status();
   }
 
   const Model& m_;
   const PickleWriteOptions& opt_;
   const cdr::ClassRegistry& reg_;
-  std::vector<uint8_t> out_;
+  PickleEmitter& e_;
   std::unordered_map<ValueId, uint32_t> memo_;
-  uint32_t next_memo_ = 0;
   uint64_t out_budget_ = 0;
 };
+
+// The self-check for a plain pickle / joblib stream: protocol 4, the plain vocabulary, and
+// classes only from the registry the walker used.
+Status verify(std::span<const uint8_t> bytes, const PickleEmitter& e, const cdr::ClassRegistry& reg) {
+  pickle::VerifyOptions check;
+  check.stream = pickle::EmitStream::plain;
+  check.protocol = 4;
+  check.entry = "(emitted pickle)";
+  check.payloads = e.payloads();
+  check.registry_class = [&](std::string_view module, std::string_view name) {
+    for (size_t i = 0; i < reg.size(); ++i)
+      if (reg.at(i).module == module && reg.at(i).name == name) return true;
+    return false;
+  };
+  return pickle::verify_emitted(bytes, check);
+}
 
 }  // namespace
 
 Result<std::vector<uint8_t>> emit_pickle(const model::Model& model, const PickleWriteOptions& options) {
   const cdr::ClassRegistry& reg = options.registry ? *options.registry : cdr::ClassRegistry::active();
-  return Emitter(model, options, reg).run();
+  PickleEmitter e;
+  MCDR_TRY(Walker(model, options, reg, e).run());
+  MCDR_TRY(verify(e.bytes(), e, reg));
+  return std::move(e.bytes());
 }
 
+// Streams to the output, then re-reads what was written (a window on the temporary file, not a
+// copy) for the self-check before the caller commits.
 Status write_pickle(const model::Model& model, const PickleWriteOptions& options, io::AtomicOutput& out) {
-  MCDR_ASSIGN(std::vector<uint8_t> bytes, emit_pickle(model, options));
-  return out.write(std::span<const uint8_t>(bytes.data(), bytes.size()));
+  const cdr::ClassRegistry& reg = options.registry ? *options.registry : cdr::ClassRegistry::active();
+  const uint64_t start = out.tell();
+  PickleEmitter e([&](std::span<const uint8_t> chunk) { return out.write(chunk); });
+  MCDR_TRY(Walker(model, options, reg, e).run());
+  MCDR_TRY(out.flush());
+  const uint64_t length = out.tell() - start;
+  MCDR_ASSIGN(io::AtomicOutput::Window window, out.window(start, length));
+  return verify(std::span<const uint8_t>(window.data(), length), e, reg);
 }
 
 }  // namespace modelcdr::formats

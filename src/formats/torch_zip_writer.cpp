@@ -550,42 +550,6 @@ std::span<const uint8_t> text(std::string_view s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
 
-bool emit_vocabulary(const pickle::Node& g) {
-  static const std::pair<const char*, const char*> allowed[] = {
-      {"collections", "OrderedDict"},         {"torch._utils", "_rebuild_tensor_v2"},
-      {"torch._utils", "_rebuild_tensor_v3"}, {"torch._utils", "_rebuild_parameter"},
-      {"torch._utils", "_rebuild_qtensor"},   {"torch._utils", "_rebuild_sparse_tensor"},
-      {"torch.serialization", "_get_layout"}, {"torch", "Size"},
-      {"torch", "per_tensor_affine"},         {"torch", "per_channel_affine"},
-      {"torch.storage", "UntypedStorage"},    {"_codecs", "encode"},
-      {"builtins", "set"},                    {"builtins", "complex"},
-      {"torch", "device"}};
-  for (auto [m, n] : allowed)
-    if (g.text == m && g.name == n) return true;
-  if (g.text != "torch") return false;
-  return model::dtype_from_storage_class(g.name).has_value() || model::dtype_from_name(g.name).has_value();
-}
-
-// Defence in depth for invariant 2: re-read what the emitter produced with our own machine and
-// refuse to write it unless it is one protocol-2 stream whose globals all come from the emit
-// vocabulary. Cheap: data.pkl is small next to the tensor payloads.
-Status verify_emitted(const std::vector<uint8_t>& pkl) {
-  Findings findings;
-  pickle::DecodeOptions d;
-  d.entry = "archive/data.pkl (emitted)";
-  MCDR_ASSIGN(pickle::Program p, pickle::decode(pkl, d, findings));
-  if (p.protocol != 2 || p.end_offset != pkl.size())
-    return make_error(Rule::emit_self_check, "emitted pickle is not a single protocol-2 stream");
-  for (const auto& n : p.nodes) {
-    if (n.kind == pickle::NodeKind::Global && !emit_vocabulary(n))
-      return make_error(Rule::emit_self_check, "emitted pickle names a global outside the emit vocabulary", n.offset);
-    if (n.kind == pickle::NodeKind::Inst || n.kind == pickle::NodeKind::Ext || n.kind == pickle::NodeKind::Buffer ||
-        n.kind == pickle::NodeKind::NewObj)
-      return make_error(Rule::emit_self_check, "emitted pickle holds an opcode outside the emit vocabulary", n.offset);
-  }
-  return ok_status();
-}
-
 }  // namespace
 
 Result<std::vector<uint8_t>> emit_data_pkl(const Model& model, const TorchWriteOptions& options,
@@ -599,7 +563,10 @@ Status write_torch_zip(const Model& model, const TorchWriteOptions& options, io:
   std::vector<model::StorageId> order;
   std::vector<model::Storage> extra;
   MCDR_ASSIGN(std::vector<uint8_t> pkl, emit_data_pkl(model, options, order, extra));
-  MCDR_TRY(verify_emitted(pkl));
+  // The emitter's self-check (invariant 2): one protocol-2 stream of the checkpoint vocabulary.
+  pickle::VerifyOptions check;
+  check.entry = "archive/data.pkl (emitted)";
+  MCDR_TRY(pickle::verify_emitted(pkl, check));
   container::ZipWriter zip(out, 64);
   zip.set_reflink(options.reflink);
   MCDR_TRY(zip.add("archive/data.pkl", pkl));

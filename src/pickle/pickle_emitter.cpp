@@ -1,31 +1,93 @@
 #include "pickle/pickle_emitter.hpp"
 
 #include <cstring>
+#include <iterator>
+
+#include "io/byte_cursor.hpp"
+#include "pickle/pickle_machine.hpp"
 
 namespace modelcdr::pickle {
 
 namespace {
-const char* global_text(EmitGlobal g) {
-  switch (g) {
-    case EmitGlobal::ordered_dict: return "collections\nOrderedDict\n";
-    case EmitGlobal::rebuild_tensor_v2: return "torch._utils\n_rebuild_tensor_v2\n";
-    case EmitGlobal::rebuild_tensor_v3: return "torch._utils\n_rebuild_tensor_v3\n";
-    case EmitGlobal::rebuild_parameter: return "torch._utils\n_rebuild_parameter\n";
-    case EmitGlobal::rebuild_qtensor: return "torch._utils\n_rebuild_qtensor\n";
-    case EmitGlobal::rebuild_sparse_tensor: return "torch._utils\n_rebuild_sparse_tensor\n";
-    case EmitGlobal::get_layout: return "torch.serialization\n_get_layout\n";
-    case EmitGlobal::torch_size: return "torch\nSize\n";
-    case EmitGlobal::torch_device: return "torch\ndevice\n";
-    case EmitGlobal::per_tensor_affine: return "torch\nper_tensor_affine\n";
-    case EmitGlobal::per_channel_affine: return "torch\nper_channel_affine\n";
-    case EmitGlobal::untyped_storage: return "torch.storage\nUntypedStorage\n";
-    case EmitGlobal::codecs_encode: return "_codecs\nencode\n";
-    case EmitGlobal::builtins_set: return "builtins\nset\n";
-    case EmitGlobal::builtins_complex: return "builtins\ncomplex\n";
-  }
-  return "collections\nOrderedDict\n";
-}
+// Indexed by EmitGlobal: the table's MCDR_EMIT rows, in order.
+constexpr EmitGlobalName kNames[] = {
+#define MCDR_EMIT(id, module, name, streams, roles) {module, name, streams},
+#define MCDR_GLOBAL(module, name, roles)
+#include "pickle/globals.def"
+};
+
+constexpr size_t kChunk = 1 << 20;
 }  // namespace
+
+const EmitGlobalName& emit_global_name(EmitGlobal g) { return kNames[static_cast<size_t>(g)]; }
+
+void PickleEmitter::flush_if_full() {
+  if (!sink_ || out_.size() < kChunk) return;
+  if (status_.ok()) status_ = sink_(std::span<const uint8_t>(out_.data(), out_.size()));
+  flushed_ += out_.size();
+  out_.clear();
+}
+
+Status PickleEmitter::finish() {
+  if (sink_ && !out_.empty()) {
+    if (status_.ok()) status_ = sink_(std::span<const uint8_t>(out_.data(), out_.size()));
+    flushed_ += out_.size();
+    out_.clear();
+  }
+  return status_;
+}
+
+void PickleEmitter::raw_bytes(std::span<const uint8_t> b) {
+  if (sink_ && b.size() >= kChunk) {  // a large payload is not copied through the buffer
+    if (status_.ok() && !out_.empty()) status_ = sink_(std::span<const uint8_t>(out_.data(), out_.size()));
+    flushed_ += out_.size();
+    out_.clear();
+    if (status_.ok()) status_ = sink_(b);
+    flushed_ += b.size();
+    return;
+  }
+  out_.insert(out_.end(), b.begin(), b.end());
+  flush_if_full();
+}
+
+void PickleEmitter::u64(uint64_t v) {
+  for (int i = 0; i < 8; ++i) out_.push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+
+void PickleEmitter::proto(uint8_t version) {
+  op(0x80);
+  op(version);
+}
+
+void PickleEmitter::binbytes(std::span<const uint8_t> b) {
+  if (b.size() <= 0xFFFFFFFFu) {
+    op('B');
+    u32(static_cast<uint32_t>(b.size()));
+  } else {
+    op(0x8e);
+    u64(b.size());
+  }
+  raw_bytes(b);
+}
+
+void PickleEmitter::empty_set() { op(0x8f); }
+void PickleEmitter::additems() { op(0x90); }
+void PickleEmitter::newobj() { op(0x81); }
+
+void PickleEmitter::class_global(std::string_view module, std::string_view name) {
+  op('c');
+  raw(module);
+  op('\n');
+  raw(name);
+  op('\n');
+}
+
+void PickleEmitter::payload(std::span<const uint8_t> b) {
+  uint64_t at = tell();
+  if (!payloads_.empty() && payloads_.back().offset + payloads_.back().size == at) payloads_.back().size += b.size();
+  else payloads_.push_back({at, b.size()});
+  raw_bytes(b);
+}
 
 void PickleEmitter::u32(uint32_t v) {
   for (int i = 0; i < 4; ++i) out_.push_back(static_cast<uint8_t>(v >> (8 * i)));
@@ -82,9 +144,14 @@ void PickleEmitter::long1(std::string_view le) {
 }
 
 void PickleEmitter::unicode(std::string_view s) {
-  op('X');
-  u32(static_cast<uint32_t>(s.size()));
-  raw(s);
+  if (s.size() <= 0xFFFFFFFFu) {
+    op('X');
+    u32(static_cast<uint32_t>(s.size()));
+  } else {
+    op(0x8d);
+    u64(s.size());
+  }
+  raw_bytes(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(s.data()), s.size()));
 }
 
 void PickleEmitter::binfloat(double v) {
@@ -95,8 +162,8 @@ void PickleEmitter::binfloat(double v) {
 }
 
 void PickleEmitter::global(EmitGlobal g) {
-  op('c');
-  raw(global_text(g));
+  const auto& n = emit_global_name(g);
+  class_global(n.module, n.name);
 }
 
 void PickleEmitter::storage_class(model::DType d) {
@@ -138,6 +205,51 @@ void PickleEmitter::get(uint32_t idx) {
     op('j');
     u32(idx);
   }
+}
+
+namespace {
+bool in_vocabulary(const Node& g, const VerifyOptions& o) {
+  const uint8_t stream = static_cast<uint8_t>(o.stream);
+  for (const auto& n : kNames)
+    if ((n.streams & stream) && g.text == n.module && g.name == n.name) return true;
+  if (o.stream == EmitStream::checkpoint) {
+    // storage_class / dtype_global: GLOBAL torch <Storage class or dtype name> from the dtype table.
+    if (g.text != "torch") return false;
+    return model::dtype_from_storage_class(g.name).has_value() || model::dtype_from_name(g.name).has_value();
+  }
+  return o.registry_class && o.registry_class(g.text, g.name);
+}
+}  // namespace
+
+Status verify_emitted(std::span<const uint8_t> bytes, const VerifyOptions& o) {
+  Findings findings;
+  DecodeOptions d;
+  d.entry = o.entry;
+  size_t next_payload = 0;
+  if (!o.payloads.empty())
+    d.on_array_build = [&](const Program&, NodeId, io::ByteCursor& cur) -> Result<RawPayload> {
+      if (next_payload >= o.payloads.size() || o.payloads[next_payload].offset != cur.pos())
+        return make_error(Rule::emit_self_check, "emitted pickle: array data where the emitter wrote none");
+      const auto& p = o.payloads[next_payload++];
+      MCDR_TRY(cur.skip(p.size));
+      return RawPayload{p.offset, p.size, false};
+    };
+  auto program = decode(bytes, d, findings);
+  if (!program.ok())
+    return make_error(Rule::emit_self_check, "emitted pickle does not decode: " + program.error().message);
+  const Program& p = *program;
+  if (p.protocol != o.protocol || p.end_offset != bytes.size() || next_payload != o.payloads.size())
+    return make_error(Rule::emit_self_check,
+                      "emitted pickle is not a single protocol-" + std::to_string(o.protocol) + " stream");
+  const bool plain = o.stream == EmitStream::plain;
+  for (const auto& n : p.nodes) {
+    if (n.kind == NodeKind::Global && !in_vocabulary(n, o))
+      return make_error(Rule::emit_self_check, "emitted pickle names a global outside the emit vocabulary", n.offset);
+    if (n.kind == NodeKind::Inst || n.kind == NodeKind::Ext || n.kind == NodeKind::Buffer ||
+        (n.kind == NodeKind::NewObj && !plain))
+      return make_error(Rule::emit_self_check, "emitted pickle holds an opcode outside the emit vocabulary", n.offset);
+  }
+  return ok_status();
 }
 
 }  // namespace modelcdr::pickle

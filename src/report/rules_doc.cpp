@@ -29,7 +29,7 @@ constexpr std::pair<std::string_view, std::string_view> kFamilies[] = {
     {"json", "JSON (src/io/bounded_json.cpp)"},
     {"emit", "Output self-check (src/pickle/pickle_emitter.cpp)"},
     {"stego", "Steganography (src/stego)"},
-    {"format", "Formats (src/container/sniff.cpp, src/cdr/pipeline.cpp)"},
+    {"format", "Formats (src/formats/registry.cpp, src/cdr/pipeline.cpp)"},
     {"hf", "Model repositories"},
     {"copy", "Directory mode (src/engine)"},
     {"io", "Files and outputs (src/io)"},

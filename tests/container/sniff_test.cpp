@@ -1,13 +1,13 @@
 #include <gtest/gtest.h>
 
-#include "container/sniff.hpp"
+#include "formats/registry.hpp"
 
 using modelcdr::container::Format;
-using modelcdr::container::sniff;
+using modelcdr::formats::sniff;
 
 namespace {
 Format of(std::string_view s) {
-  return sniff(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(s.data()), s.size()), s.size());
+  return sniff(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(s.data()), s.size()));
 }
 }  // namespace
 

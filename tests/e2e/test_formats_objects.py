@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import pickle
 import pickletools
+import re
 import subprocess
 from pathlib import Path
 
@@ -24,17 +25,17 @@ np = pytest.importorskip("numpy")
 joblib = pytest.importorskip("joblib")
 torch = pytest.importorskip("torch")
 
-# Globals our pickle/joblib writer may emit (src/formats/pickle_writer.cpp + registry table).
-WRITER_GLOBALS = {
-    ("collections", "OrderedDict"), ("builtins", "complex"), ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("joblib.numpy_pickle", "NumpyArrayWrapper"),
-}
+# The one globals table (src/pickle/globals.def): what the emitter may write into a plain
+# pickle / joblib stream, and the built-in class registry.
+GLOBALS_DEF = (Path(__file__).resolve().parents[2] / "src/pickle/globals.def").read_text()
+WRITER_GLOBALS = set(re.findall(r'^MCDR_EMIT\(\w+, "([\w.]+)", "(\w+)", kEmit(?:Plain|Both),', GLOBALS_DEF, re.M))
+assert len(WRITER_GLOBALS) == 6, WRITER_GLOBALS
 
 
 def registry_globals():
-    text = (Path(__file__).resolve().parents[2] / "src/cdr/class_registry.cpp").read_text()
-    import re
-    return set(re.findall(r'\{"([\w.]+)", "(\w+)", Construct::', text))
+    found = set(re.findall(r'^MCDR_CLASS\("([\w.]+)", "(\w+)",', GLOBALS_DEF, re.M))
+    assert len(found) >= 30, found
+    return found
 
 
 def pickle_globals(data: bytes):
