@@ -58,6 +58,12 @@ void TreeDigest::add(uint64_t offset, std::span<const uint8_t> bytes) {
   }
 }
 
+void TreeDigest::put(size_t i, const Digest& leaf_digest) {
+  if (i >= leaves_.size()) std::abort();  // caller bug
+  leaves_[i] = leaf_digest;
+  if (!have_[i]) have_[i] = true, --missing_;
+}
+
 Digest TreeDigest::finish() const {
   if (missing_ != 0) std::abort();  // caller bug: a leaf was never hashed
   Sha256 root;

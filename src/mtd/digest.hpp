@@ -45,7 +45,10 @@ class TreeDigest {
   // Hashes bytes [offset, offset + bytes.size()) of the record: offset is a multiple of the leaf
   // size and the range ends on a leaf boundary or at the end of the record.
   void add(uint64_t offset, std::span<const uint8_t> bytes);
+  // Records the digest of leaf i (SHA-256 of its bytes), hashed elsewhere (RecordPipeline).
+  void put(size_t i, const Digest& leaf_digest);
   bool complete() const { return missing_ == 0; }
+  size_t leaf_bytes() const { return leaf_; }
   Digest finish() const;  // every leaf must have been added once
 
  private:
