@@ -82,44 +82,4 @@ size_t tree_leaf_bytes(size_t element_size) {
   return size_t(kPermBlock) * element_size;
 }
 
-SerialWorker::SerialWorker() : thread_([this] { run(); }) {}
-
-SerialWorker::~SerialWorker() {
-  {
-    std::lock_guard lock(mu_);
-    stop_ = true;
-  }
-  cv_.notify_all();
-  thread_.join();
-}
-
-void SerialWorker::submit(std::function<void()> job) {
-  {
-    std::lock_guard lock(mu_);
-    queue_.push_back(std::move(job));
-    ++unfinished_;
-  }
-  cv_.notify_all();
-}
-
-void SerialWorker::wait_unfinished_at_most(size_t n) {
-  std::unique_lock lock(mu_);
-  cv_.wait(lock, [&] { return unfinished_ <= n; });
-}
-
-void SerialWorker::run() {
-  std::unique_lock lock(mu_);
-  for (;;) {
-    cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-    if (queue_.empty()) return;  // stopping, nothing left
-    auto job = std::move(queue_.front());
-    queue_.pop_front();
-    lock.unlock();
-    job();
-    lock.lock();
-    --unfinished_;
-    cv_.notify_all();
-  }
-}
-
 }  // namespace modelcdr::mtd
