@@ -1,5 +1,6 @@
 #include "mtd/pipeline.hpp"
 
+#include <algorithm>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
