@@ -58,6 +58,12 @@ void TreeDigest::add(uint64_t offset, std::span<const uint8_t> bytes) {
   }
 }
 
+void TreeDigest::put(size_t i, const Digest& leaf_digest) {
+  if (i >= leaves_.size()) std::abort();  // caller bug
+  leaves_[i] = leaf_digest;
+  if (!have_[i]) have_[i] = true, --missing_;
+}
+
 Digest TreeDigest::finish() const {
   if (missing_ != 0) std::abort();  // caller bug: a leaf was never hashed
   Sha256 root;
@@ -74,46 +80,6 @@ size_t tree_leaf_bytes(size_t element_size) {
   // Element sizes are powers of two up to 16 (complex128); anything else gets byte leaves.
   if (element_size == 0 || element_size > 16 || (element_size & (element_size - 1)) != 0) element_size = 1;
   return size_t(kPermBlock) * element_size;
-}
-
-SerialWorker::SerialWorker() : thread_([this] { run(); }) {}
-
-SerialWorker::~SerialWorker() {
-  {
-    std::lock_guard lock(mu_);
-    stop_ = true;
-  }
-  cv_.notify_all();
-  thread_.join();
-}
-
-void SerialWorker::submit(std::function<void()> job) {
-  {
-    std::lock_guard lock(mu_);
-    queue_.push_back(std::move(job));
-    ++unfinished_;
-  }
-  cv_.notify_all();
-}
-
-void SerialWorker::wait_unfinished_at_most(size_t n) {
-  std::unique_lock lock(mu_);
-  cv_.wait(lock, [&] { return unfinished_ <= n; });
-}
-
-void SerialWorker::run() {
-  std::unique_lock lock(mu_);
-  for (;;) {
-    cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-    if (queue_.empty()) return;  // stopping, nothing left
-    auto job = std::move(queue_.front());
-    queue_.pop_front();
-    lock.unlock();
-    job();
-    lock.lock();
-    --unfinished_;
-    cv_.notify_all();
-  }
 }
 
 }  // namespace modelcdr::mtd

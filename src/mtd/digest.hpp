@@ -1,17 +1,13 @@
 // Tensor digests for MTD maps: SHA-256 from OpenSSL 3 (EVP), which uses the CPU's SHA
 // extensions where present. Measured on this project's 2-core EPYC build machine over 256 MiB:
 // OpenSSL SHA-256 1.50 GB/s, libsodium BLAKE2b 0.88 GB/s, OpenSSL SHA-512 0.53 GB/s; every
-// byte of a model is hashed twice per protect or restore, so the hash sets the pace.
+// byte of a model is hashed once per protect or restore (map format 4), and the hash still sets
+// the pace: mtd/pipeline.hpp shares it between both cores.
 //
 #pragma once
 #include <array>
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
-#include <functional>
-#include <mutex>
 #include <span>
-#include <thread>
 #include <vector>
 
 namespace modelcdr::mtd {
@@ -45,7 +41,10 @@ class TreeDigest {
   // Hashes bytes [offset, offset + bytes.size()) of the record: offset is a multiple of the leaf
   // size and the range ends on a leaf boundary or at the end of the record.
   void add(uint64_t offset, std::span<const uint8_t> bytes);
+  // Records the digest of leaf i (SHA-256 of its bytes), hashed elsewhere (RecordPipeline).
+  void put(size_t i, const Digest& leaf_digest);
   bool complete() const { return missing_ == 0; }
+  size_t leaf_bytes() const { return leaf_; }
   Digest finish() const;  // every leaf must have been added once
 
  private:
@@ -60,28 +59,5 @@ class TreeDigest {
 // The leaf size for a record of elements of `element_size` bytes: one permutation block
 // (4096 elements), so that every block the permutation moves is exactly one leaf.
 size_t tree_leaf_bytes(size_t element_size);
-
-// One helper thread that runs jobs one after another, in the order submitted: the second
-// core of a protect or restore. Jobs must not throw.
-class SerialWorker {
- public:
-  SerialWorker();
-  ~SerialWorker();  // runs what is queued, then stops
-  SerialWorker(const SerialWorker&) = delete;
-  SerialWorker& operator=(const SerialWorker&) = delete;
-
-  void submit(std::function<void()> job);
-  // Blocks until at most `n` submitted jobs are unfinished (0: all done).
-  void wait_unfinished_at_most(size_t n);
-
- private:
-  void run();
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> queue_;
-  size_t unfinished_ = 0;  // queued or running
-  bool stop_ = false;
-  std::thread thread_;
-};
 
 }  // namespace modelcdr::mtd

@@ -1,5 +1,6 @@
 #include "mtd/permute.hpp"
 
+#include <immintrin.h>
 #include <sodium.h>
 
 #include <algorithm>
@@ -81,9 +82,42 @@ struct OutElems {
   OutElems operator+(size_t i) const { return {p + i * sizeof(E)}; }
 };
 
+// One block of 4-byte elements through AVX2 gathers (8 elements an instruction), where the CPU
+// has them: the scalar loop ran at about 5 cycles an element (perf, protect of 1 GiB float32).
+//   forward: dst[i] = src[t[i ^ m]]; inverse: dst[q] = src[t[q] ^ m].
+// For forward, the 8 indices of an aligned group i = 8g..8g+7 are t[(8g ^ (m & ~7)) + (j ^ (m & 7))],
+// a fixed lane shuffle of 8 consecutive table entries.
+__attribute__((target("avx2"))) void gather_block4_avx2(const uint32_t* src, uint8_t* dst, const uint16_t* t, uint32_t m,
+                                                        bool inverse) {
+  constexpr uint32_t B = kPermBlock;
+  if (!inverse) {
+    const uint32_t s = m & 7, hi = m & ~7u;
+    const __m256i lanes = _mm256_xor_si256(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(int(s)));
+    for (uint32_t g = 0; g < B; g += 8) {
+      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(t + (g ^ hi)));
+      const __m256i idx = _mm256_permutevar8x32_epi32(_mm256_cvtepu16_epi32(raw), lanes);
+      const __m256i v = _mm256_i32gather_epi32(reinterpret_cast<const int*>(src), idx, 4);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + size_t(g) * 4), v);
+    }
+  } else {
+    const __m256i mm = _mm256_set1_epi32(int(m));
+    for (uint32_t q = 0; q < B; q += 8) {
+      const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(t + q));
+      const __m256i idx = _mm256_xor_si256(_mm256_cvtepu16_epi32(raw), mm);
+      const __m256i v = _mm256_i32gather_epi32(reinterpret_cast<const int*>(src), idx, 4);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + size_t(q) * 4), v);
+    }
+  }
+}
+
+bool have_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+
 template <class E>
 void gather_blocks(const Permuter::Plan& p, const uint8_t* in_bytes, uint8_t* out_bytes, size_t first_block,
-                   size_t blocks, const Permuter::SourceLoad* load) {
+                   size_t blocks, const Permuter::SourceLoad* load, const uint8_t* staged) {
   constexpr uint32_t B = kPermBlock;
   // The source block is first copied in order (the prefetcher streams it) and then gathered
   // from L1: gathering straight from the mapped input missed the cache on most first touches
@@ -91,7 +125,8 @@ void gather_blocks(const Permuter::Plan& p, const uint8_t* in_bytes, uint8_t* ou
   E local[B];
   auto fetch = [&](size_t src_block) {
     const size_t at = src_block * B * sizeof(E);
-    if (load) (*load)(in_bytes + at, reinterpret_cast<uint8_t*>(local), sizeof local, at);
+    if (staged) std::memcpy(local, staged, sizeof local), staged += sizeof local;  // in output order
+    else if (load) (*load)(in_bytes + at, reinterpret_cast<uint8_t*>(local), sizeof local, at);
     else std::memcpy(local, in_bytes + at, sizeof local);
   };
   for (size_t b = first_block; b < first_block + blocks; ++b) {
@@ -100,23 +135,36 @@ void gather_blocks(const Permuter::Plan& p, const uint8_t* in_bytes, uint8_t* ou
       fetch(p.pi[b]);
       const uint16_t* t = p.tables.data() + size_t(p.pick[b]) * B;
       const uint32_t m = p.mask[b];
+      if constexpr (sizeof(E) == 4) {
+        if (have_avx2()) {
+          gather_block4_avx2(local, dst, t, m, false);
+          continue;
+        }
+      }
       for (uint32_t i = 0; i < B; ++i) std::memcpy(dst + i * sizeof(E), &local[t[i ^ m]], sizeof(E));
     } else {  // original block b sat in protected block j = pi^-1(b): gather through T^-1
       const uint32_t j = p.pi_inv[b];
       fetch(j);
       const uint16_t* t = p.tables.data() + size_t(p.pick[j]) * B;  // inverted tables
       const uint32_t m = p.mask[j];
+      if constexpr (sizeof(E) == 4) {
+        if (have_avx2()) {
+          gather_block4_avx2(local, dst, t, m, true);
+          continue;
+        }
+      }
       for (uint32_t q = 0; q < B; ++q) std::memcpy(dst + q * sizeof(E), &local[t[q] ^ m], sizeof(E));
     }
   }
 }
 
 template <class E>
-void gather_tail(const Permuter::Plan& p, const uint8_t* in_bytes, uint8_t* out_bytes, const Permuter::SourceLoad* load) {
+void gather_tail(const Permuter::Plan& p, const uint8_t* in_bytes, uint8_t* out_bytes, const Permuter::SourceLoad* load,
+                 const uint8_t* staged_tail) {
   const size_t base = p.blocks * kPermBlock;
   std::vector<uint8_t> loaded;  // the tail is under one block: at most 32 KiB
-  const uint8_t* tail_in = in_bytes + base * sizeof(E);
-  if (load) {
+  const uint8_t* tail_in = staged_tail ? staged_tail : in_bytes + base * sizeof(E);
+  if (load && !staged_tail) {
     loaded.resize(p.tail.size() * sizeof(E));
     (*load)(tail_in, loaded.data(), loaded.size(), base * sizeof(E));
     tail_in = loaded.data();
@@ -167,7 +215,18 @@ Permuter::Permuter(const uint8_t key[32], size_t n, size_t elem_size, bool inver
   for (uint32_t i = 0; i < tail; ++i) p_.tail[tail_perm[i]] = i;
 }
 
+size_t Permuter::source_block(size_t b) const { return p_.inverse ? p_.pi_inv[b] : p_.pi[b]; }
+
+void Permuter::produce_staged(const uint8_t* staged, uint8_t* out, size_t first, size_t count) const {
+  produce_from(nullptr, out, first, count, nullptr, staged);
+}
+
 void Permuter::produce(const uint8_t* in, uint8_t* out, size_t first, size_t count, const SourceLoad* load) const {
+  produce_from(in, out, first, count, load, nullptr);
+}
+
+void Permuter::produce_from(const uint8_t* in, uint8_t* out, size_t first, size_t count, const SourceLoad* load,
+                            const uint8_t* staged) const {
   constexpr uint32_t B = kPermBlock;
   const size_t body = p_.blocks * B;
   const size_t end = first + count;
@@ -175,20 +234,21 @@ void Permuter::produce(const uint8_t* in, uint8_t* out, size_t first, size_t cou
   const size_t body_end = std::min(end, body);
   if (body_end > first) {
     switch (p_.elem_size) {
-      case 1: gather_blocks<uint8_t>(p_, in, out, first / B, (body_end - first) / B, load); break;
-      case 2: gather_blocks<uint16_t>(p_, in, out, first / B, (body_end - first) / B, load); break;
-      case 4: gather_blocks<uint32_t>(p_, in, out, first / B, (body_end - first) / B, load); break;
-      case 8: gather_blocks<uint64_t>(p_, in, out, first / B, (body_end - first) / B, load); break;
+      case 1: gather_blocks<uint8_t>(p_, in, out, first / B, (body_end - first) / B, load, staged); break;
+      case 2: gather_blocks<uint16_t>(p_, in, out, first / B, (body_end - first) / B, load, staged); break;
+      case 4: gather_blocks<uint32_t>(p_, in, out, first / B, (body_end - first) / B, load, staged); break;
+      case 8: gather_blocks<uint64_t>(p_, in, out, first / B, (body_end - first) / B, load, staged); break;
       default: __builtin_trap();
     }
   }
   if (end == p_.n && p_.n > body) {
     uint8_t* tail_out = out + (body - first) * p_.elem_size;
+    const uint8_t* staged_tail = staged ? staged + (body - first) * p_.elem_size : nullptr;
     switch (p_.elem_size) {
-      case 1: gather_tail<uint8_t>(p_, in, tail_out, load); break;
-      case 2: gather_tail<uint16_t>(p_, in, tail_out, load); break;
-      case 4: gather_tail<uint32_t>(p_, in, tail_out, load); break;
-      case 8: gather_tail<uint64_t>(p_, in, tail_out, load); break;
+      case 1: gather_tail<uint8_t>(p_, in, tail_out, load, staged_tail); break;
+      case 2: gather_tail<uint16_t>(p_, in, tail_out, load, staged_tail); break;
+      case 4: gather_tail<uint32_t>(p_, in, tail_out, load, staged_tail); break;
+      case 8: gather_tail<uint64_t>(p_, in, tail_out, load, staged_tail); break;
       default: __builtin_trap();
     }
   }

@@ -45,6 +45,13 @@ class Permuter {
   using SourceLoad = std::function<void(const uint8_t* src, uint8_t* dst, size_t nbytes, size_t offset)>;
   Permuter(const uint8_t key[32], size_t n, size_t elem_size, bool inverse);
   void produce(const uint8_t* in, uint8_t* out, size_t first, size_t count, const SourceLoad* load = nullptr) const;
+  // The input block that output block b reads (b < blocks(); the tail reads the input tail).
+  size_t source_block(size_t b) const;
+  size_t blocks() const { return p_.blocks; }
+  // As produce, from `staged`: the source block of each output block of the range, one after
+  // another in output order, then the input tail when the range ends at n (restore copies them
+  // into a private buffer, hashes that copy and restores from it).
+  void produce_staged(const uint8_t* staged, uint8_t* out, size_t first, size_t count) const;
 
   struct Plan {
     bool inverse = false;
@@ -56,6 +63,8 @@ class Permuter {
   };
 
  private:
+  void produce_from(const uint8_t* in, uint8_t* out, size_t first, size_t count, const SourceLoad* load,
+                    const uint8_t* staged) const;
   Plan p_;
 };
 

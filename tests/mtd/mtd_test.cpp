@@ -9,6 +9,7 @@
 #include "mtd/keys.hpp"
 #include "mtd/mtd.hpp"
 #include "mtd/permute.hpp"
+#include "mtd/pipeline.hpp"
 #include "mtd/seal.hpp"
 
 using namespace modelcdr::mtd;
@@ -172,6 +173,53 @@ TEST(MtdPermute, ChunkedProduceEqualsWholePermutation) {
   }
 }
 
+// Restore gathers from a private copy of the source blocks (produce_staged): the same output
+// as reading the whole input.
+TEST(MtdPermute, StagedProduceEqualsProduce) {
+  for (size_t esize : {1u, 2u, 4u, 8u}) {
+    const size_t n = 9 * 4096 + 123, bb = 4096 * esize;
+    std::vector<uint8_t> in(n * esize);
+    for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<uint8_t>(i * 29 + (i >> 10));
+    Key32 k = key_of(static_cast<uint8_t>(40 + esize));
+    for (bool inverse : {false, true}) {
+      Permuter p(k.data(), n, esize, inverse);
+      std::vector<uint8_t> whole(in.size()), staged_out(in.size(), 0x55);
+      p.produce(in.data(), whole.data(), 0, n);
+      const size_t step = 4 * 4096;
+      for (size_t first = 0; first < n; first += step) {
+        const size_t count = std::min(step, n - first);
+        std::vector<uint8_t> staged;
+        for (size_t b = first / 4096; b < std::min((first + count) / 4096, p.blocks()); ++b)
+          staged.insert(staged.end(), in.begin() + p.source_block(b) * bb, in.begin() + (p.source_block(b) + 1) * bb);
+        if (first + count == n) staged.insert(staged.end(), in.begin() + p.blocks() * bb, in.end());
+        p.produce_staged(staged.data(), staged_out.data() + first * esize, first, count);
+      }
+      EXPECT_EQ(whole, staged_out) << "esize " << esize << " inverse " << inverse;
+    }
+  }
+}
+
+// 4-byte elements take the AVX2 gather where the CPU has it; the plan does not depend on the
+// element size, so 8-byte elements (always the scalar loop) holding the same 4-byte values
+// must come out in the same order.
+TEST(MtdPermute, FourByteGatherMatchesTheScalarLoop) {
+  const size_t n = 21 * 4096 + 77;
+  std::vector<uint32_t> in4(n);
+  std::vector<uint64_t> in8(n);
+  for (size_t i = 0; i < n; ++i) in4[i] = static_cast<uint32_t>(i * 2654435761u), in8[i] = in4[i];
+  Key32 k = key_of(77);
+  for (bool inverse : {false, true}) {
+    std::vector<uint32_t> out4(n);
+    std::vector<uint64_t> out8(n);
+    permute(reinterpret_cast<const uint8_t*>(in4.data()), reinterpret_cast<uint8_t*>(out4.data()), n, 4, k.data(), inverse);
+    permute(reinterpret_cast<const uint8_t*>(in8.data()), reinterpret_cast<uint8_t*>(out8.data()), n, 8, k.data(), inverse);
+    size_t differ = 0;
+    for (size_t i = 0; i < n; ++i) differ += out4[i] != out8[i];
+    EXPECT_EQ(differ, 0u) << "inverse " << inverse;
+    EXPECT_NE(out4, in4);
+  }
+}
+
 TEST(MtdDigest, Sha256KnownAnswerAndStreaming) {
   // FIPS 180-2 test vector "abc".
   const std::string abc = "abc";
@@ -185,16 +233,49 @@ TEST(MtdDigest, Sha256KnownAnswerAndStreaming) {
   EXPECT_EQ(h.finish(), sha256(big));
 }
 
-TEST(MtdDigest, SerialWorkerRunsJobsInOrder) {
-  SerialWorker w;
-  std::vector<int> seen;
-  for (int i = 0; i < 1000; ++i) {
-    w.submit([&seen, i] { seen.push_back(i); });
-    if (i % 7 == 0) w.wait_unfinished_at_most(3);
+// The pipeline of protect/restore: chunks are consumed in order, every leaf a prepare lists is
+// hashed (by either thread) before its chunk is consumed, and a failing consume stops it.
+TEST(MtdPipeline, HashesEveryLeafAndConsumesInOrder) {
+  const size_t leaf = tree_leaf_bytes(4), chunk = 4 * leaf;
+  for (size_t size : {size_t(0), size_t(100), chunk, 37 * chunk + 3 * leaf + 5}) {
+    std::vector<uint8_t> rec(size);
+    for (size_t i = 0; i < size; ++i) rec[i] = static_cast<uint8_t>(i * 13 + (i >> 11));
+    TreeDigest expect(size, leaf);
+    expect.add(0, rec);
+    for (size_t ring : {size_t(1), size_t(2), size_t(4)}) {
+      RecordPipeline pipe(chunk, ring);
+      TreeDigest got(size, leaf);
+      std::vector<uint8_t> written;
+      auto prepare = [&](size_t off, size_t len, ChunkSlot& slot) {
+        std::memcpy(slot.out.data(), rec.data() + off, len);
+        for (size_t at = 0; at < len; at += leaf)  // listed backwards: the order must not matter
+          slot.leaves.insert(slot.leaves.begin(), {(off + at) / leaf, slot.out.data() + at, std::min(leaf, len - at)});
+      };
+      auto consume = [&](const ChunkSlot& slot) {
+        for (size_t i = 0; i < slot.leaves.size(); ++i) got.put(slot.leaves[i].index, slot.digests[i]);
+        written.insert(written.end(), slot.out.data(), slot.out.data() + slot.length);
+        return modelcdr::ok_status();
+      };
+      ASSERT_TRUE(pipe.run(size, prepare, consume).ok());
+      EXPECT_EQ(written, rec) << size << " ring " << ring;
+      ASSERT_TRUE(got.complete());
+      EXPECT_EQ(got.finish(), expect.finish()) << size << " ring " << ring;
+    }
   }
-  w.wait_unfinished_at_most(0);
-  ASSERT_EQ(seen.size(), 1000u);
-  for (int i = 0; i < 1000; ++i) EXPECT_EQ(seen[i], i);
+}
+
+TEST(MtdPipeline, AFailingConsumeStopsTheRecord) {
+  const size_t chunk = tree_leaf_bytes(1);
+  RecordPipeline pipe(chunk, 3);
+  size_t consumed = 0;
+  auto prepare = [&](size_t off, size_t len, ChunkSlot& slot) { slot.leaves.push_back({off / chunk, slot.out.data(), len}); };
+  auto consume = [&](const ChunkSlot&) -> modelcdr::Status {
+    if (++consumed == 5) return modelcdr::make_error(Rule::mtd_internal, "writer failed");
+    return modelcdr::ok_status();
+  };
+  auto st = pipe.run(100 * chunk, prepare, consume);
+  EXPECT_FALSE(st.ok());
+  EXPECT_EQ(consumed, 5u);
 }
 
 // The record digest of map format 4: leaves hashed in any order give the documented
