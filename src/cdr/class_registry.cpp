@@ -17,6 +17,7 @@ struct Entry {
   const char* name;
   Construct construct;
   const char* why;
+  bool tuple_state = false;
 };
 
 // Every entry is documented in docs/REGISTRY.md. Criteria: the class's pickled state (its
@@ -61,6 +62,55 @@ const Entry kDefaults[] = {
     {"sklearn.tree._classes", "ExtraTreeRegressor", Construct::newobj, kEst},
     {"sklearn.tree._tree", "Tree", Construct::reduce,
      "Tree(n_features, n_classes, n_outputs) allocates; __setstate__ checks and copies the nodes/values arrays"},
+    // issue 12: what people commonly save beyond the first table
+    {"sklearn.linear_model._stochastic_gradient", "SGDClassifier", Construct::newobj, kEst},
+    {"sklearn.linear_model._stochastic_gradient", "SGDRegressor", Construct::newobj, kEst},
+    {"sklearn.linear_model._perceptron", "Perceptron", Construct::newobj, kEst},
+    {"sklearn.linear_model._bayes", "BayesianRidge", Construct::newobj, kEst},
+    {"sklearn.linear_model._coordinate_descent", "LassoCV", Construct::newobj, kEst},
+    {"sklearn.linear_model._logistic", "LogisticRegressionCV", Construct::newobj, kEst},
+    {"sklearn.naive_bayes", "ComplementNB", Construct::newobj, kEst},
+    {"sklearn.naive_bayes", "CategoricalNB", Construct::newobj, kEst},
+    {"sklearn.neighbors._classification", "KNeighborsClassifier", Construct::newobj, kEst},
+    {"sklearn.neighbors._regression", "KNeighborsRegressor", Construct::newobj, kEst},
+    {"sklearn.neighbors._unsupervised", "NearestNeighbors", Construct::newobj, kEst},
+    {"sklearn.neighbors._kd_tree", "KDTree", Construct::newobj,
+     "newObj(KDTree) + __setstate__ of a tuple: data/index/node arrays, ints, its distance metric, sample weights", true},
+    {"sklearn.neighbors._ball_tree", "BallTree", Construct::newobj,
+     "newObj(BallTree) + __setstate__ of a tuple: data/index/node arrays, ints, its distance metric, sample weights", true},
+    {"sklearn.metrics._dist_metrics", "EuclideanDistance64", Construct::newobj, "__setstate__ of (p, vec, mat)", true},
+    {"sklearn.metrics._dist_metrics", "ManhattanDistance64", Construct::newobj, "__setstate__ of (p, vec, mat)", true},
+    {"sklearn.metrics._dist_metrics", "ChebyshevDistance64", Construct::newobj, "__setstate__ of (p, vec, mat)", true},
+    {"sklearn.metrics._dist_metrics", "MinkowskiDistance64", Construct::newobj, "__setstate__ of (p, vec, mat)", true},
+    {"sklearn.cluster._kmeans", "KMeans", Construct::newobj, kEst},
+    {"sklearn.cluster._kmeans", "MiniBatchKMeans", Construct::newobj, kEst},
+    {"sklearn.preprocessing._encoders", "OneHotEncoder", Construct::newobj, kEst},
+    {"sklearn.preprocessing._encoders", "OrdinalEncoder", Construct::newobj, kEst},
+    {"sklearn.preprocessing._label", "LabelBinarizer", Construct::newobj, kEst},
+    {"sklearn.preprocessing._polynomial", "PolynomialFeatures", Construct::newobj, kEst},
+    {"sklearn.feature_extraction.text", "CountVectorizer", Construct::newobj, "vocabulary_ (a str -> int dict), stop words, params"},
+    {"sklearn.feature_extraction.text", "TfidfVectorizer", Construct::newobj, "CountVectorizer's state + a TfidfTransformer"},
+    {"sklearn.feature_extraction.text", "TfidfTransformer", Construct::newobj, "idf_ array and params"},
+    {"sklearn.compose._column_transformer", "ColumnTransformer", Construct::newobj,
+     "transformers: (name, registry estimator or 'drop'/'passthrough', columns) tuples"},
+    {"sklearn.pipeline", "FeatureUnion", Construct::newobj, "transformer_list: (name, registry estimator) tuples"},
+    {"sklearn.decomposition._nmf", "NMF", Construct::newobj, kEst},
+    {"sklearn.svm._classes", "NuSVC", Construct::newobj, kEst},
+    {"sklearn.svm._classes", "NuSVR", Construct::newobj, kEst},
+    // SGD's Cython loss objects pickle as Loss(threshold/epsilon/c): the constructor stores the number
+    {"sklearn.linear_model._sgd_fast", "Hinge", Construct::reduce, "Hinge(threshold) stores a float"},
+    {"sklearn.linear_model._sgd_fast", "SquaredHinge", Construct::reduce, "SquaredHinge(threshold) stores a float"},
+    {"sklearn.linear_model._sgd_fast", "ModifiedHuber", Construct::reduce, "ModifiedHuber() has no state"},
+    {"sklearn.linear_model._sgd_fast", "SquaredLoss", Construct::reduce, "SquaredLoss() has no state"},
+    {"sklearn.linear_model._sgd_fast", "Huber", Construct::reduce, "Huber(c) stores a float"},
+    {"sklearn.linear_model._sgd_fast", "EpsilonInsensitive", Construct::reduce, "EpsilonInsensitive(epsilon) stores a float"},
+    {"builtins", "slice", Construct::reduce, "slice(start, stop, step) of ints or None (the lifter checks the arguments)"},
+    // numpy scalar types as hyper-parameters (OneHotEncoder(dtype=np.float64), vectorizers)
+    {"numpy", "float64", Construct::type_ref, "a numpy scalar type named as a dtype, never instantiated"},
+    {"numpy", "float32", Construct::type_ref, "a numpy scalar type named as a dtype, never instantiated"},
+    {"numpy", "int64", Construct::type_ref, "a numpy scalar type named as a dtype, never instantiated"},
+    {"numpy", "int32", Construct::type_ref, "a numpy scalar type named as a dtype, never instantiated"},
+    {"numpy", "bool_", Construct::type_ref, "a numpy scalar type named as a dtype, never instantiated"},
 };
 
 bool identifier(std::string_view s) {
@@ -74,7 +124,7 @@ bool identifier(std::string_view s) {
 
 ClassRegistry ClassRegistry::defaults() {
   ClassRegistry r;
-  for (const auto& e : kDefaults) r.classes_.push_back(RegistryClass{e.module, e.name, e.construct, e.why, false});
+  for (const auto& e : kDefaults) r.classes_.push_back(RegistryClass{e.module, e.name, e.construct, e.why, false, e.tuple_state});
   return r;
 }
 

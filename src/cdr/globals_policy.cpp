@@ -12,7 +12,7 @@ struct Name {
   std::string_view module, name;
 };
 
-constexpr std::array<Name, 46> kKnown{{
+constexpr std::array<Name, 47> kKnown{{
     {"collections", "OrderedDict"},
     {"collections", "Counter"},
     {"collections", "defaultdict"},
@@ -23,6 +23,7 @@ constexpr std::array<Name, 46> kKnown{{
     {"torch._utils", "_rebuild_parameter_with_state"},
     {"torch._utils", "_rebuild_qtensor"},
     {"torch._utils", "_rebuild_sparse_tensor"},
+    {"torch._utils", "_rebuild_sparse_csr_tensor"},  // torch 1.10-1.13's CSR pickles
     {"torch._tensor", "_rebuild_from_type_v2"},
     {"torch.serialization", "_get_layout"},
     {"torch", "Size"},

@@ -205,6 +205,7 @@ class Emitter {
         if (v.class_id >= reg_.size()) return make_error(Rule::output_bad_class, "object with an unknown registry class id");
         const auto& rc = reg_.at(v.class_id);
         global(rc.module, rc.name);
+        if (rc.construct == cdr::Construct::type_ref) break;  // the class itself (memoized below)
         if (rc.construct == cdr::Construct::newobj) {
           op(')');
           op(0x81);

@@ -13,6 +13,7 @@ const char* global_text(EmitGlobal g) {
     case EmitGlobal::rebuild_parameter: return "torch._utils\n_rebuild_parameter\n";
     case EmitGlobal::rebuild_qtensor: return "torch._utils\n_rebuild_qtensor\n";
     case EmitGlobal::rebuild_sparse_tensor: return "torch._utils\n_rebuild_sparse_tensor\n";
+    case EmitGlobal::rebuild_sparse_csr: return "torch._utils\n_rebuild_sparse_csr_tensor\n";
     case EmitGlobal::get_layout: return "torch.serialization\n_get_layout\n";
     case EmitGlobal::torch_size: return "torch\nSize\n";
     case EmitGlobal::torch_device: return "torch\ndevice\n";

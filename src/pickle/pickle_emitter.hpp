@@ -18,6 +18,7 @@ enum class EmitGlobal : uint8_t {
   rebuild_parameter,     // torch._utils _rebuild_parameter
   rebuild_qtensor,       // torch._utils _rebuild_qtensor
   rebuild_sparse_tensor, // torch._utils _rebuild_sparse_tensor
+  rebuild_sparse_csr,    // torch._utils _rebuild_sparse_csr_tensor (CSR for torch 1.13, --compat)
   get_layout,            // torch.serialization _get_layout
   torch_size,            // torch Size
   torch_device,          // torch device (torch 2.x; an inert value: a device type and index)
