@@ -39,12 +39,13 @@ inline void check_model(const formats::ParsedModel& parsed, std::span<const uint
     }
   }
   for (const auto& t : m.tensors) {
-    if (t.kind == model::TensorKind::sparse_coo) {
+    if (model::is_sparse(t.kind)) {
       expect(t.sparse_indices < m.tensors.size() && t.sparse_values < m.tensors.size());
+      expect(!model::is_sparse_compressed(t.kind) || t.sparse_plain < m.tensors.size());
     } else {
       expect(t.storage < m.storages.size());
     }
-    expect(t.shape.size() == t.stride.size() || t.kind == model::TensorKind::sparse_coo);
+    expect(t.shape.size() == t.stride.size() || model::is_sparse(t.kind));
   }
   auto value_id = [&](model::ValueId id) { expect(id < m.values.size()); };
   for (const auto& v : m.values) {

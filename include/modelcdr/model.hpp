@@ -66,7 +66,24 @@ struct Storage {
   }
 };
 
-enum class TensorKind : uint8_t { dense, quantized_per_tensor, quantized_per_channel, sparse_coo };
+enum class TensorKind : uint8_t {
+  dense, quantized_per_tensor, quantized_per_channel, sparse_coo,
+  sparse_csr, sparse_csc, sparse_bsr, sparse_bsc,  // compressed: torch 2.x's _rebuild_sparse_tensor
+};
+inline bool is_sparse(TensorKind k) { return k >= TensorKind::sparse_coo; }
+inline bool is_sparse_compressed(TensorKind k) { return k > TensorKind::sparse_coo; }
+// The one table of sparse layouts: the string torch pickles through _get_layout("torch.sparse_csr").
+// The lifter maps an input's string to a kind with it; the writer emits the string from it.
+inline const char* sparse_layout_name(TensorKind k) {
+  switch (k) {
+    case TensorKind::sparse_coo: return "torch.sparse_coo";
+    case TensorKind::sparse_csr: return "torch.sparse_csr";
+    case TensorKind::sparse_csc: return "torch.sparse_csc";
+    case TensorKind::sparse_bsr: return "torch.sparse_bsr";
+    case TensorKind::sparse_bsc: return "torch.sparse_bsc";
+    default: return nullptr;
+  }
+}
 
 struct Tensor {
   TensorKind kind = TensorKind::dense;
@@ -82,8 +99,9 @@ struct Tensor {
   int64_t q_zero_point = 0;
   TensorId q_scales = 0, q_zero_points = 0;  // per-channel: tensors
   int64_t q_axis = 0;
-  // sparse COO: indices / values tensors and coalesced flag; shape holds the dense size
-  TensorId sparse_indices = 0, sparse_values = 0;
+  // sparse COO: indices / values tensors and coalesced flag; shape holds the dense size.
+  // Compressed (CSR/CSC/BSR/BSC): sparse_indices = compressed (crow/ccol), sparse_plain = plain (col/row).
+  TensorId sparse_indices = 0, sparse_values = 0, sparse_plain = 0;
   std::optional<bool> sparse_coalesced;
 };
 

@@ -17,6 +17,7 @@ struct Entry {
   const char* name;
   Construct construct;
   const char* why;
+  bool tuple_state = false;
 };
 
 // Every entry is documented in docs/REGISTRY.md. Criteria: the class's pickled state (its
@@ -27,6 +28,7 @@ constexpr const char* kEst = "scikit-learn estimator: hyper-parameters and fitte
 const Entry kDefaults[] = {
 #define MCDR_GLOBAL(module, name, roles)
 #define MCDR_CLASS(module, name, construct, why) {module, name, Construct::construct, why},
+#define MCDR_CLASS_TUPLE(module, name, construct, why) {module, name, Construct::construct, why, true},
 #include "pickle/globals.def"
 };
 
@@ -41,7 +43,7 @@ bool identifier(std::string_view s) {
 
 ClassRegistry ClassRegistry::defaults() {
   ClassRegistry r;
-  for (const auto& e : kDefaults) r.classes_.push_back(RegistryClass{e.module, e.name, e.construct, e.why, false});
+  for (const auto& e : kDefaults) r.classes_.push_back(RegistryClass{e.module, e.name, e.construct, e.why, false, e.tuple_state});
   return r;
 }
 

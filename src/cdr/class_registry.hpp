@@ -22,13 +22,18 @@ namespace modelcdr::cdr {
 //           object, None) in protocols 0/1), then BUILD with a dict state.
 //   reduce: cls(*args) -- REDUCE with an argument tuple of plain data, then BUILD (only for
 //           classes whose constructor merely allocates from those arguments, e.g. sklearn's Tree).
-enum class Construct : uint8_t { newobj, reduce };
+//   type_ref: the class object itself, never instantiated (numpy.float64 as an estimator's
+//           `dtype` hyper-parameter): written as a bare GLOBAL.
+enum class Construct : uint8_t { newobj, reduce, type_ref };
 
 struct RegistryClass {
   std::string module, name;
   Construct construct = Construct::newobj;
   std::string why;      // one line: why its state is plain data
   bool user = false;    // added by a policy file
+  // BUILD state is a tuple its __setstate__ copies (Cython classes: sklearn's KDTree, its
+  // distance metrics), not a __dict__ update.
+  bool tuple_state = false;
 };
 
 class ClassRegistry {

@@ -10,6 +10,7 @@
 #include "cdr/class_registry.hpp"
 #include "cdr/globals_policy.hpp"
 #include "cdr/nested_pickle.hpp"
+#include "pickle/pickle_machine.hpp"
 #include "io/byte_cursor.hpp"
 #include "modelcdr/limits.hpp"
 
@@ -464,7 +465,21 @@ class Lifter {
     return m_.add(std::move(v));
   }
 
+  // Modules whose newObj(cls) helper only calls cls.__new__(cls) (scikit-learn's Cython sources).
+  static bool is_newobj_helper(std::string_view mod) {
+    return mod == "sklearn.neighbors._kd_tree" || mod == "sklearn.neighbors._ball_tree" ||
+           mod == "sklearn.metrics._dist_metrics" || mod == "sklearn.neighbors.kd_tree" ||
+           mod == "sklearn.neighbors.ball_tree" || mod == "sklearn.neighbors.dist_metrics";
+  }
+
   ValueId bare_global(const Node& n) {
+    if (opt_.registry)
+      if (auto cid = opt_.registry->find(n.text, n.name); cid && opt_.registry->at(*cid).construct == Construct::type_ref) {
+        Value v;  // the class object itself (numpy.float64 as a `dtype` hyper-parameter)
+        v.kind = ValueKind::object;
+        v.class_id = *cid;
+        return m_.add(std::move(v));
+      }
     if (is_torch_dtype(n.text, n.name)) {
       note(Severity::low, Rule::cdr_converted, "dtype object torch." + n.name + " written as the string 'torch." + n.name + "'",
            n.offset);
@@ -494,7 +509,7 @@ class Lifter {
     if (mod == "torch._utils") {
       if (name == "_rebuild_tensor_v2" || name == "_rebuild_tensor" || name == "_rebuild_tensor_v3" ||
           name == "_rebuild_parameter" || name == "_rebuild_parameter_with_state" || name == "_rebuild_qtensor" ||
-          name == "_rebuild_sparse_tensor")
+          name == "_rebuild_sparse_tensor" || name == "_rebuild_sparse_csr_tensor")
         return tensor_call(id, name, *args, depth);
     }
     if (mod == "torch._tensor" && name == "_rebuild_from_type_v2") return rebuild_from_type(n, *args, depth);
@@ -511,6 +526,14 @@ class Lifter {
     if (opt_.registry && mod == "copyreg" && name == "_reconstructor" && args->size() == 3 &&
         at((*args)[0]).kind == NodeKind::Global && is_global(at((*args)[1]), "builtins", "object") &&
         at((*args)[2]).kind == NodeKind::None) {
+      const Node& cls = at((*args)[0]);
+      if (auto cid = opt_.registry->find(cls.text, cls.name); cid && opt_.registry->at(*cid).construct == Construct::newobj)
+        return registry_object(n, *cid, nullptr, depth);
+    }
+    if (opt_.registry && name == "newObj" && is_newobj_helper(mod) && args->size() == 1 &&
+        at((*args)[0]).kind == NodeKind::Global) {
+      // Cython's newObj(cls) = cls.__new__(cls) (sklearn's KDTree/BallTree and distance
+      // metrics): the same as NEWOBJ with no arguments, and written as that.
       const Node& cls = at((*args)[0]);
       if (auto cid = opt_.registry->find(cls.text, cls.name); cid && opt_.registry->at(*cid).construct == Construct::newobj)
         return registry_object(n, *cid, nullptr, depth);
@@ -652,6 +675,10 @@ class Lifter {
       v.imag = *as_number(args[1]);
       return m_.add(std::move(v));
     }
+    if (name == "slice" && opt_.registry && args.size() == 3 &&
+        std::all_of(args.begin(), args.end(), [&](NodeId x) { return as_int(x) || at(x).kind == NodeKind::None; }))
+      if (auto cid = opt_.registry->find("builtins", "slice"))  // ColumnTransformer.output_indices_
+        return registry_object(n, *cid, &args, depth);
     Severity s = is_known_global("builtins", name) ? Severity::medium : unknown_global_severity("builtins", name);
     return dropped(n, "call of builtins." + name, "not a recognised data constructor", s);
   }
@@ -818,7 +845,7 @@ class Lifter {
       MCDR_ASSIGN(result, parameter(id, fn, a, depth));
     } else if (fn == "_rebuild_qtensor") {
       MCDR_ASSIGN(result, quantized_tensor(id, a, depth));
-    } else if (fn == "_rebuild_sparse_tensor") {
+    } else if (fn == "_rebuild_sparse_tensor" || fn == "_rebuild_sparse_csr_tensor") {
       MCDR_ASSIGN(result, sparse_tensor(id, a, depth));
     }
     if (result) tensor_nodes_[id] = *result;
@@ -1045,33 +1072,56 @@ class Lifter {
     return std::optional<TensorId>(static_cast<TensorId>(m_.tensors.size() - 1));
   }
 
+  // _get_layout("torch.sparse_csr") to its kind, through the one layout table in model.hpp.
+  std::optional<TensorKind> sparse_layout(const Node& layout) const {
+    if (layout.kind != NodeKind::Call || !is_global(at(layout.items[0]), "torch.serialization", "_get_layout"))
+      return std::nullopt;
+    auto* la = tuple_items(layout.items[1]);
+    if (!la || la->size() != 1) return std::nullopt;
+    auto text = as_text((*la)[0]);
+    if (!text) return std::nullopt;
+    for (auto k : {TensorKind::sparse_coo, TensorKind::sparse_csr, TensorKind::sparse_csc, TensorKind::sparse_bsr,
+                   TensorKind::sparse_bsc})
+      if (*text == model::sparse_layout_name(k)) return k;
+    return std::nullopt;
+  }
+
+  // A component of a sparse tensor: a dense tensor node.
+  Result<TensorId> sparse_part(const Node& n, NodeId id, const char* what, uint32_t depth) {
+    MCDR_ASSIGN(std::optional<TensorId> t, tensor_of(id, depth + 1));
+    if (!t || !is_dense(*t)) return err(n.offset, Rule::cdr_bad_tensor, std::string("sparse ") + what + " is not a dense tensor");
+    return *t;
+  }
+
+  // _rebuild_sparse_tensor(layout, data) (torch >= 1.8) and 1.x's _rebuild_sparse_csr_tensor:
+  //   COO: data = (indices, values, size[, is_coalesced])
+  //   CSR/CSC/BSR/BSC: data = (compressed_indices, plain_indices, values, size)
   Result<std::optional<TensorId>> sparse_tensor(NodeId id, const std::vector<NodeId>& a, uint32_t depth) {
     const Node& n = at(id);
     if (a.size() != 2) return err(n.offset, Rule::cdr_bad_tensor, "_rebuild_sparse_tensor called with unexpected arguments");
-    const Node& layout = at(a[0]);
-    bool coo = false;
-    if (layout.kind == NodeKind::Call && is_global(at(layout.items[0]), "torch.serialization", "_get_layout")) {
-      auto* la = tuple_items(layout.items[1]);
-      coo = la && la->size() == 1 && as_text((*la)[0]) == std::optional<std::string>("torch.sparse_coo");
-    }
-    if (!coo) {
-      unsupported_ = "only sparse COO tensors are supported (CSR/CSC/BSR/BSC are not yet)";
+    auto kind = sparse_layout(at(a[0]));
+    if (!kind) {
+      unsupported_ = "sparse tensor of an unknown layout";
       return std::optional<TensorId>();
     }
     auto* d = tuple_items(a[1]);
-    if (!d || d->size() < 3 || d->size() > 4) return err(n.offset, Rule::cdr_bad_tensor, "sparse COO data is not (indices, values, size)");
-    MCDR_ASSIGN(std::optional<TensorId> idx, tensor_of((*d)[0], depth + 1));
-    MCDR_ASSIGN(std::optional<TensorId> vals, tensor_of((*d)[1], depth + 1));
-    if (!idx || !vals) return err(n.offset, Rule::cdr_bad_tensor, "sparse indices/values are not tensors");
-    if (!is_dense(*idx) || !is_dense(*vals))
-      return err(n.offset, Rule::cdr_bad_tensor, "sparse indices/values are not dense tensors");
     Tensor t;
-    t.kind = TensorKind::sparse_coo;
-    t.dtype = m_.tensors[*vals].dtype;
-    t.sparse_indices = *idx;
-    t.sparse_values = *vals;
-    MCDR_ASSIGN(t.shape, int_tuple((*d)[2], "sparse size"));
-    if (d->size() == 4 && as_int((*d)[3])) t.sparse_coalesced = *as_int((*d)[3]) != 0;
+    t.kind = *kind;
+    if (*kind == TensorKind::sparse_coo) {
+      if (!d || d->size() < 3 || d->size() > 4) return err(n.offset, Rule::cdr_bad_tensor, "sparse COO data is not (indices, values, size)");
+      MCDR_ASSIGN(t.sparse_indices, sparse_part(n, (*d)[0], "indices", depth));
+      MCDR_ASSIGN(t.sparse_values, sparse_part(n, (*d)[1], "values", depth));
+      MCDR_ASSIGN(t.shape, int_tuple((*d)[2], "sparse size"));
+      if (d->size() == 4 && as_int((*d)[3])) t.sparse_coalesced = *as_int((*d)[3]) != 0;
+    } else {
+      if (!d || d->size() != 4)
+        return err(n.offset, Rule::cdr_bad_tensor, "sparse compressed data is not (compressed_indices, plain_indices, values, size)");
+      MCDR_ASSIGN(t.sparse_indices, sparse_part(n, (*d)[0], "compressed indices", depth));
+      MCDR_ASSIGN(t.sparse_plain, sparse_part(n, (*d)[1], "plain indices", depth));
+      MCDR_ASSIGN(t.sparse_values, sparse_part(n, (*d)[2], "values", depth));
+      MCDR_ASSIGN(t.shape, int_tuple((*d)[3], "sparse size"));
+    }
+    t.dtype = m_.tensors[t.sparse_values].dtype;
     m_.tensors.push_back(std::move(t));
     return std::optional<TensorId>(static_cast<TensorId>(m_.tensors.size() - 1));
   }
@@ -1559,8 +1609,7 @@ class Lifter {
     std::string why;
     MCDR_ASSIGN(auto dt, array_dtype(dtype, depth, why));
     if (!dt) return dropped(n, "joblib array", why);
-    if (n.payload_is_pickle || dt->code.kind == 'O')
-      return dropped(n, "joblib object array", "object arrays are stored as a nested pickle (scanned, not rebuilt)");
+    if (n.payload_is_pickle || dt->code.kind == 'O') return joblib_object_array(n, depth);
     uint64_t numel = 1, nbytes = 0;
     for (int64_t d : *shape)
       if (!mul_ok(numel, static_cast<uint64_t>(d), numel)) return err(n.offset, Rule::cdr_bad_array, "array size overflows");
@@ -1571,6 +1620,38 @@ class Lifter {
     MCDR_ASSIGN(auto bytes, cur.take(nbytes));
     return make_array(n, *dt, std::move(*shape), *ord == "F", bytes, nullptr,
                       "joblib array at offset " + std::to_string(n.payload_offset));
+  }
+
+  // joblib writes an object array as a whole pickle of the array after its wrapper (the reader
+  // decoded and scanned it). It is decoded again under the same bounds, lifted by a lifter of
+  // its own (no storages, this registry) and grafted into this model; only an object ndarray
+  // of plain values is kept, anything inside it that is not plain data is dropped as usual.
+  Result<ValueId> joblib_object_array(const Node& n, uint32_t depth) {
+    const char* what = "joblib object array";
+    if (!n.payload_is_pickle || n.payload_offset > opt_.payload_bytes.size() ||
+        n.payload_size > opt_.payload_bytes.size() - n.payload_offset)
+      return dropped(n, what, "its nested pickle was not read");
+    auto bytes = opt_.payload_bytes.subspan(n.payload_offset, n.payload_size);
+    pickle::DecodeOptions d;
+    d.entry = opt_.entry;
+    d.base_offset = n.payload_offset;
+    d.limits.max_nodes = std::min<uint64_t>(d.limits.max_nodes, 2'000'000 + bytes.size() / 4);
+    Findings ignored;  // the reader reported this program's findings when it read the file
+    auto program = pickle::decode(bytes, d, ignored);
+    if (!program.ok()) return dropped(n, what, "its nested pickle does not decode");
+    StorageResolver none = [&](const StorageRequest& r) -> Result<model::Storage> {
+      return make_error(Rule::cdr_no_storage, "an object array's pickle has no storage records", r.pid_offset, opt_.entry);
+    };
+    LiftOptions lo;
+    lo.entry = opt_.entry;
+    lo.max_depth = opt_.max_depth > depth ? opt_.max_depth - depth : 0;
+    lo.max_dims = opt_.max_dims;
+    lo.registry = opt_.registry;
+    MCDR_ASSIGN(Model sub, cdr::lift(*program, none, lo));
+    const Value& root = sub.values[sub.root];
+    if (root.kind != ValueKind::ndarray || !sub.values[root.state].text.starts_with("O"))
+      return dropped(n, what, "its nested pickle is not a numpy object array");
+    return graft(m_, std::move(sub));
   }
 
   // A vetted class: NEWOBJ () / copyreg._reconstructor / REDUCE(args) + BUILD dict state.
@@ -1588,9 +1669,13 @@ class Lifter {
       }
     if (!n.build_states.empty()) {
       const Node& st = at(n.build_states.back());
-      if (st.kind != NodeKind::Dict) return dropped(n, what, "its state is not a dict");
-      for (auto [k, val] : st.entries)
-        if (at(k).kind != NodeKind::Str) return dropped(n, what, "its state has a non-string attribute name");
+      if (rc.tuple_state) {
+        if (st.kind != NodeKind::Tuple) return dropped(n, what, "its state is not the tuple its __setstate__ takes");
+      } else {
+        if (st.kind != NodeKind::Dict) return dropped(n, what, "its state is not a dict");
+        for (auto [k, val] : st.entries)
+          if (at(k).kind != NodeKind::Str) return dropped(n, what, "its state has a non-string attribute name");
+      }
       MCDR_ASSIGN(v.state, lift(n.build_states.back(), depth + 1));
     }
     note(Severity::info, Rule::cdr_registry_object, what + " rebuilt from the vetted class registry", n.offset);
@@ -1672,6 +1757,41 @@ void vet_architecture(model::ModuleInfo& info, Findings& findings, const std::st
   for (auto* names : {&info.parameters, &info.buffers})
     for (auto& n : *names)
       if (!dotted_name(n, true) || n.find('.') != std::string::npos) reject(n, "tensor name");
+}
+
+model::ValueId graft(model::Model& dst, model::Model&& src) {
+  auto sbase = static_cast<model::StorageId>(dst.storages.size());
+  auto tbase = static_cast<model::TensorId>(dst.tensors.size());
+  auto vbase = static_cast<model::ValueId>(dst.values.size());
+  for (auto& s : src.storages) {
+    bool owned = !s.owned.empty();
+    dst.storages.push_back(std::move(s));
+    if (owned) {
+      auto& b = dst.storages.back();
+      b.bytes = std::span<const uint8_t>(b.owned.data(), b.owned.size());
+    }
+  }
+  for (auto t : src.tensors) {
+    t.storage += sbase;
+    t.q_scales += tbase;
+    t.q_zero_points += tbase;
+    t.sparse_indices += tbase;
+    t.sparse_values += tbase;
+    t.sparse_plain += tbase;
+    dst.tensors.push_back(std::move(t));
+  }
+  auto remap = [&](model::ValueId v) { return v == model::kNoValue ? v : v + vbase; };
+  for (auto v : src.values) {
+    for (auto& i : v.items) i = remap(i);
+    for (auto& [k, x] : v.entries) k = remap(k), x = remap(x);
+    v.metadata = remap(v.metadata);
+    v.state = remap(v.state);
+    v.tensor += tbase;
+    dst.values.push_back(std::move(v));
+  }
+  dst.findings.insert(dst.findings.end(), src.findings.begin(), src.findings.end());
+  dst.architecture.insert(dst.architecture.end(), src.architecture.begin(), src.architecture.end());
+  return remap(src.root);
 }
 
 Result<Model> lift(const Program& program, const StorageResolver& resolver, const LiftOptions& options) {

@@ -55,6 +55,10 @@ struct LiftOptions {
 Result<model::Model> lift(const pickle::Program& program, const StorageResolver& resolver,
                           const LiftOptions& options);
 
+// Appends `src` into `dst` (every id remapped) and returns the root of `src` in `dst`: a
+// nested pickle (an object array's) lifted on its own joins the outer model.
+model::ValueId graft(model::Model& dst, model::Model&& src);
+
 // Findings about every global, call and BUILD in the program, reachable from the root or not
 // (a payload can run during unpickling and be popped before STOP).
 void scan_program(const pickle::Program& program, const std::string& entry, Findings& findings);

@@ -389,7 +389,8 @@ Status write_model(const model::Model& model, const std::string& output, const D
   return write_model_impl(model, sink, options, r, source, engine::process_context());
 }
 
-// torch 1.13's weights_only loader has no quantized tensors and no 2.x-only dtypes: in
+// torch 1.13's weights_only loader has no quantized tensors, no 2.x-only dtypes and no
+// CSC/BSR/BSC layouts: in
 // compat mode they are dropped (reported) rather than written in a form 1.13 cannot read.
 void drop_for_torch113(model::Model& m, FileReport& r) {
   for (auto& v : m.values) {
@@ -397,8 +398,12 @@ void drop_for_torch113(model::Model& m, FileReport& r) {
     const auto& t = m.tensors[v.tensor];
     bool quantized = t.kind == model::TensorKind::quantized_per_tensor || t.kind == model::TensorKind::quantized_per_channel;
     bool new_dtype = model::dtype_info(t.dtype).storage_class == nullptr;
-    if (!quantized && !new_dtype) continue;
-    std::string what = quantized ? "quantized tensor" : std::string("tensor of dtype ") + model::dtype_info(t.dtype).name;
+    // 1.13 pickles CSR only (_rebuild_sparse_csr_tensor); CSC/BSR/BSC have no 1.13 form.
+    bool new_layout = model::is_sparse_compressed(t.kind) && t.kind != model::TensorKind::sparse_csr;
+    if (!quantized && !new_dtype && !new_layout) continue;
+    std::string what = quantized    ? std::string("quantized tensor")
+                       : new_layout ? std::string("sparse tensor of layout ") + model::sparse_layout_name(t.kind)
+                                    : std::string("tensor of dtype ") + model::dtype_info(t.dtype).name;
     add_finding(r.findings, Severity::medium, Rule::cdr_compat_dropped,
                 what + " removed: torch 1.13's weights_only loader cannot read it (--compat torch1.13)");
     v = model::Value{};

@@ -34,6 +34,9 @@ Error bad(const io::ByteCursor& cur, std::string message) {
   return make_error(Rule::joblib_bad_array, std::move(message), cur.abs_pos(), cur.entry());
 }
 
+void soften_vetted(const Program& p, const cdr::ClassRegistry& reg, const std::string& entry, Findings& findings,
+                   size_t first);
+
 // The hook: what joblib's NumpyArrayWrapper.read_array consumes.
 Result<pickle::RawPayload> read_array_payload(const Program& p, NodeId id, io::ByteCursor& cur, const ReadOptions& options,
                                               Findings& findings) {
@@ -60,8 +63,12 @@ Result<pickle::RawPayload> read_array_payload(const Program& p, NodeId id, io::B
     sub.entry = cur.entry();
     sub.base_offset = cur.abs_pos();
     auto rest = cur.data().subspan(cur.pos());
+    size_t first = findings.size();
     MCDR_ASSIGN(Program nested, pickle::decode(rest, sub, findings));
     cdr::scan_program(nested, cur.entry(), findings);
+    // the lifter rebuilds this object array from data (lifter.cpp, joblib_object_array)
+    soften_vetted(nested, options.registry ? *options.registry : cdr::ClassRegistry::active(), cur.entry(), findings,
+                  first);
     MCDR_TRY(cur.skip(nested.end_offset));
     out.size = nested.end_offset;
     out.is_pickle = true;
@@ -111,6 +118,13 @@ void soften_vetted(const Program& p, const cdr::ClassRegistry& reg, const std::s
     if ((n.kind == NodeKind::Call || n.kind == NodeKind::NewObj) && p.at(n.items[0]).kind == NodeKind::Global) {
       const Node& g = p.at(n.items[0]);
       if (names.count("'" + g.text + " " + g.name + "'")) vetted_calls.insert(n.offset);
+      // scikit-learn's Cython newObj(cls) helper on a registry class (lifter.cpp, is_newobj_helper)
+      if (n.kind == NodeKind::Call && g.name == "newObj" && g.text.rfind("sklearn.", 0) == 0 &&
+          p.at(n.items[1]).kind == NodeKind::Tuple && p.at(n.items[1]).items.size() == 1) {
+        const Node& cls = p.at(p.at(n.items[1]).items[0]);
+        if (cls.kind == NodeKind::Global && cls.text.rfind(g.text, 0) == 0 && reg.find(cls.text, cls.name))
+          vetted_calls.insert(n.offset);
+      }
     }
   }
   for (size_t i = first; i < findings.size(); ++i) {

@@ -73,40 +73,6 @@ void byteswap(std::vector<uint8_t>& data, DType d) {
   for (size_t i = 0; i + size <= data.size(); i += size) std::reverse(data.begin() + i, data.begin() + i + size);
 }
 
-// Appends `src` into `dst` (ids remapped) and returns the root of `src` in `dst`.
-model::ValueId graft(model::Model& dst, model::Model&& src) {
-  auto sbase = static_cast<model::StorageId>(dst.storages.size());
-  auto tbase = static_cast<model::TensorId>(dst.tensors.size());
-  auto vbase = static_cast<model::ValueId>(dst.values.size());
-  for (auto& s : src.storages) {
-    bool owned = !s.owned.empty();
-    dst.storages.push_back(std::move(s));
-    if (owned) {
-      auto& b = dst.storages.back();
-      b.bytes = std::span<const uint8_t>(b.owned.data(), b.owned.size());
-    }
-  }
-  for (auto t : src.tensors) {
-    t.storage += sbase;
-    t.q_scales += tbase;
-    t.q_zero_points += tbase;
-    t.sparse_indices += tbase;
-    t.sparse_values += tbase;
-    dst.tensors.push_back(std::move(t));
-  }
-  auto remap = [&](model::ValueId v) { return v == model::kNoValue ? v : v + vbase; };
-  for (auto v : src.values) {
-    for (auto& i : v.items) i = remap(i);
-    for (auto& [k, x] : v.entries) k = remap(k), x = remap(x);
-    v.metadata = remap(v.metadata);
-    v.tensor += tbase;
-    dst.values.push_back(std::move(v));
-  }
-  dst.findings.insert(dst.findings.end(), src.findings.begin(), src.findings.end());
-  dst.architecture.insert(dst.architecture.end(), src.architecture.begin(), src.architecture.end());
-  return remap(src.root);
-}
-
 // A fixed-width string array: a numpy array value (dtype code "S5"/"U3", no dtype state, so
 // little-endian) over a u8 storage of its raw bytes; '>U' data is byte-swapped per code point.
 Result<model::ValueId> string_array(model::Model& m, const NpyDtype& d, const NpyHeader& h,
@@ -161,7 +127,7 @@ Result<model::ValueId> read_one(std::span<const uint8_t> bytes, const std::strin
     cdr::LiftOptions lo;
     lo.entry = entry;
     MCDR_ASSIGN(model::Model sub, cdr::lift(program, no_storages, lo));
-    return graft(m, std::move(sub));
+    return cdr::graft(m, std::move(sub));
   }
   uint64_t esize = model::dtype_info(d.dtype).element_size;
   if (!d.text_code.empty()) esize = std::stoull(d.text_code.substr(1)) * (d.text_code[0] == 'U' ? 4 : 1);

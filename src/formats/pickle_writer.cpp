@@ -121,6 +121,7 @@ class Walker {
         if (v.class_id >= reg_.size()) return make_error(Rule::output_bad_class, "object with an unknown registry class id");
         const auto& rc = reg_.at(v.class_id);
         e_.class_global(rc.module, rc.name);
+        if (rc.construct == cdr::Construct::type_ref) break;  // the class itself (memoized below)
         if (rc.construct == cdr::Construct::newobj) {
           e_.tuple_n(0);
           e_.newobj();

@@ -402,7 +402,11 @@ class DataPklEmitter {
       case TensorKind::dense: dense(t); return;
       case TensorKind::quantized_per_tensor:
       case TensorKind::quantized_per_channel: quantized(t); return;
-      case TensorKind::sparse_coo: sparse(t); return;
+      case TensorKind::sparse_coo:
+      case TensorKind::sparse_csr:
+      case TensorKind::sparse_csc:
+      case TensorKind::sparse_bsr:
+      case TensorKind::sparse_bsc: sparse(t); return;
     }
   }
 
@@ -447,20 +451,25 @@ class DataPklEmitter {
     e_.reduce();
   }
 
+  // _rebuild_sparse_tensor(_get_layout(<name from the layout table>), data). torch 1.13 reads
+  // CSR only through _rebuild_sparse_csr_tensor; the pipeline drops CSC/BSR/BSC for it.
   void sparse(const Tensor& t) {
-    e_.global(EmitGlobal::rebuild_sparse_tensor);
+    bool csr13 = compat13() && t.kind == TensorKind::sparse_csr;
+    e_.global(csr13 ? EmitGlobal::rebuild_sparse_csr : EmitGlobal::rebuild_sparse_tensor);
     e_.global(EmitGlobal::get_layout);
-    e_.unicode("torch.sparse_coo");
+    e_.unicode(model::sparse_layout_name(t.kind));
     e_.tuple_n(1);
     e_.reduce();
     e_.mark();
     tensor_ref(t.sparse_indices);
+    if (model::is_sparse_compressed(t.kind)) tensor_ref(t.sparse_plain);
     tensor_ref(t.sparse_values);
     e_.global(EmitGlobal::torch_size);
     int_tuple(t.shape);
     e_.tuple_n(1);
     e_.reduce();
-    if (t.sparse_coalesced.has_value() && !compat13()) e_.boolean(*t.sparse_coalesced);
+    if (t.kind == TensorKind::sparse_coo && t.sparse_coalesced.has_value() && !compat13())
+      e_.boolean(*t.sparse_coalesced);
     e_.tuple();
     e_.tuple_n(2);
     e_.reduce();

@@ -6,7 +6,7 @@
 // `__buffers__ = [...]` declaration lines of code/ (read as text, never run); without them,
 // tensors with requires_grad are parameters and other tensors buffers. code/, constants.pkl
 // (decoded and scanned), constants/, extra/ and debug records are dropped and reported.
-// Archives of the old format (model.json / attributes.pkl / tensors/) are rejected.
+// Archives of the old format (torch 1.0-1.3: model.json / attributes.pkl / tensors/) keep their weights (OldArchive).
 #include <algorithm>
 #include <map>
 #include <unordered_map>
@@ -15,6 +15,7 @@
 #include "cdr/lifter.hpp"
 #include "container/zip_reader.hpp"
 #include "formats/parsed_model.hpp"
+#include <nlohmann/json.hpp>
 
 namespace modelcdr::formats {
 
@@ -214,17 +215,187 @@ class Walker {
   limits::Budget code_budget_{limits::expansion_budget(file_.size())};
 };
 
+// ---- torch 1.0-1.3 archives: model.json + tensors/ --------------------------------------------
+// model.json is a protobuf ModelDef written as JSON: "tensors" lists every tensor (dims, strides
+// and offset as decimal strings, dataType, data.key = "tensors/<n>", a raw storage record), and
+// "mainModule" the module tree, each module's "parameters" naming (name, tensorId, isBuffer).
+// Only those numbers, names and records are read; code/ and attributes.pkl are dropped.
+constexpr uint64_t kMaxModelJson = 64ull << 20;
+constexpr uint32_t kMaxOldModuleDepth = 64;
+
+Error old_bad(const std::string& entry, const std::string& what) {
+  return make_error(Rule::cdr_bad_tensor, "old TorchScript model.json: " + what, 0, entry);
+}
+
+std::optional<int64_t> json_int(const nlohmann::json& j) {
+  if (j.is_number_integer()) return j.get<int64_t>();
+  if (!j.is_string()) return std::nullopt;
+  const std::string& t = j.get_ref<const std::string&>();
+  if (t.empty() || t.size() > 18 || !std::all_of(t.begin(), t.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return std::nullopt;
+  return std::stoll(t);
+}
+
+std::optional<model::DType> old_dtype(const std::string& name) {
+  using model::DType;
+  static const std::pair<const char*, DType> kTable[] = {
+      {"FLOAT", DType::f32}, {"DOUBLE", DType::f64}, {"FLOAT16", DType::f16}, {"INT64", DType::i64},
+      {"INT32", DType::i32}, {"INT16", DType::i16},  {"INT8", DType::i8},     {"UINT8", DType::u8},
+      {"BOOL", DType::boolean}};
+  for (auto [n, d] : kTable)
+    if (name == n) return d;
+  return std::nullopt;
+}
+
+class OldArchive {
+ public:
+  OldArchive(const container::ZipArchive& zip, std::span<const uint8_t> file, std::string prefix, ParsedModel& parsed)
+      : zip_(zip), file_(file), prefix_(std::move(prefix)), entry_(prefix_ + "/model.json"), parsed_(parsed) {}
+
+  Status run() {
+    const container::ZipEntry* e = zip_.find(entry_);
+    if (!e || e->uncompressed_size > kMaxModelJson) return old_bad(entry_, "missing or larger than 64 MiB");
+    std::vector<uint8_t> scratch;
+    MCDR_ASSIGN(auto bytes, container::entry_bytes(zip_, file_, *e, scratch));
+    doc_ = nlohmann::json::parse(bytes.begin(), bytes.end(), nullptr, false);
+    if (doc_.is_discarded() || !doc_.is_object() || !doc_.contains("tensors") || !doc_["tensors"].is_array() ||
+        !doc_.contains("mainModule") || !doc_["mainModule"].is_object())
+      return old_bad(entry_, "not a JSON object with 'tensors' and 'mainModule'");
+    root_.kind = model::ValueKind::ordered_dict;
+    MCDR_TRY(module(doc_["mainModule"], "", 0));
+    m().root = m().add(std::move(root_));
+    add_finding(parsed_.findings, Severity::medium, Rule::torchscript_converted,
+                "old TorchScript archive (torch 1.0-1.3, model.json) converted to a state dict of " +
+                    std::to_string(count_) + " tensors (code/ and attributes.pkl removed)",
+                entry_, 0);
+    return ok_status();
+  }
+
+ private:
+  model::Model& m() { return parsed_.model; }
+
+  Status module(const nlohmann::json& mod, const std::string& path, uint32_t depth) {
+    if (depth > kMaxOldModuleDepth) return old_bad(entry_, "modules nested deeper than 64 levels");
+    // state_dict() order: parameters (and buffers) in their listed order, then submodules.
+    if (mod.contains("parameters")) {
+      if (!mod["parameters"].is_array()) return old_bad(entry_, "'parameters' is not a list");
+      for (const auto& p : mod["parameters"]) MCDR_TRY(parameter(p, path));
+    }
+    if (mod.contains("submodules")) {
+      if (!mod["submodules"].is_array()) return old_bad(entry_, "'submodules' is not a list");
+      for (const auto& sub : mod["submodules"]) {
+        if (!sub.is_object() || !sub.contains("name") || !sub["name"].is_string())
+          return old_bad(entry_, "a submodule without a name");
+        MCDR_TRY(module(sub, path + sub["name"].get<std::string>() + ".", depth + 1));
+      }
+    }
+    return ok_status();
+  }
+
+  Status parameter(const nlohmann::json& p, const std::string& path) {
+    if (!p.is_object() || !p.contains("name") || !p["name"].is_string() || !p.contains("tensorId"))
+      return old_bad(entry_, "a parameter without name or tensorId");
+    auto id = json_int(p["tensorId"]);
+    const auto& tensors = doc_["tensors"];
+    if (!id || *id < 0 || static_cast<uint64_t>(*id) >= tensors.size()) return old_bad(entry_, "tensorId out of range");
+    MCDR_ASSIGN(model::TensorId tid, tensor(tensors[static_cast<size_t>(*id)]));
+    model::Value key;
+    key.kind = model::ValueKind::string;
+    key.text = path + p["name"].get<std::string>();
+    model::Value tv;
+    tv.kind = model::ValueKind::tensor;
+    tv.tensor = tid;
+    root_.entries.emplace_back(m().add(std::move(key)), m().add(std::move(tv)));
+    ++count_;
+    return ok_status();
+  }
+
+  Result<std::vector<int64_t>> ints(const nlohmann::json& t, const char* field) {
+    std::vector<int64_t> out;
+    if (!t.contains(field) || !t[field].is_array() || t[field].size() > 64)
+      return old_bad(entry_, std::string("tensor '") + field + "' is not a list of at most 64 integers");
+    for (const auto& d : t[field]) {
+      auto v = json_int(d);
+      if (!v) return old_bad(entry_, std::string("tensor '") + field + "' holds a non-integer");
+      out.push_back(*v);
+    }
+    return out;
+  }
+
+  Result<model::TensorId> tensor(const nlohmann::json& t) {
+    if (!t.is_object() || !t.contains("dataType") || !t["dataType"].is_string() || !t.contains("data") ||
+        !t["data"].is_object() || !t["data"].contains("key") || !t["data"]["key"].is_string())
+      return old_bad(entry_, "a tensor without dataType or data.key");
+    auto dtype = old_dtype(t["dataType"].get<std::string>());
+    if (!dtype) return old_bad(entry_, "unsupported dataType '" + t["dataType"].get<std::string>().substr(0, 16) + "'");
+    model::Tensor x;
+    x.dtype = *dtype;
+    MCDR_ASSIGN(x.shape, ints(t, "dims"));
+    MCDR_ASSIGN(x.stride, ints(t, "strides"));
+    auto off = t.contains("offset") ? json_int(t["offset"]) : std::optional<int64_t>(0);
+    if (!off || x.shape.size() != x.stride.size()) return old_bad(entry_, "tensor offset/strides do not match its dims");
+    x.storage_offset = *off;
+    MCDR_ASSIGN(x.storage, storage(t["data"]["key"].get<std::string>(), *dtype));
+    MCDR_TRY(check_view(x));
+    m().tensors.push_back(std::move(x));
+    return static_cast<model::TensorId>(m().tensors.size() - 1);
+  }
+
+  // Every element the view reaches lies inside its storage record.
+  Status check_view(const model::Tensor& x) {
+    uint64_t esize = model::dtype_info(x.dtype).element_size;
+    uint64_t numel = m().storages[x.storage].nbytes / esize, last = static_cast<uint64_t>(x.storage_offset);
+    for (size_t i = 0; i < x.shape.size(); ++i) {
+      if (x.shape[i] < 0 || x.stride[i] < 0 || x.shape[i] > (int64_t{1} << 48) || x.stride[i] > (int64_t{1} << 48))
+        return old_bad(entry_, "negative or huge dims/strides");
+      if (x.shape[i] == 0) return ok_status();
+      last += static_cast<uint64_t>(x.shape[i] - 1) * static_cast<uint64_t>(x.stride[i]);
+    }
+    if (x.storage_offset < 0 || last >= numel) return old_bad(entry_, "a tensor reaches past the end of its record");
+    return ok_status();
+  }
+
+  Result<model::StorageId> storage(const std::string& key, model::DType dtype) {
+    if (auto it = storages_.find(key); it != storages_.end()) {
+      if (m().storages[it->second].dtype != dtype) return old_bad(entry_, "record '" + key + "' is read with two dtypes");
+      return it->second;
+    }
+    if (key.rfind("tensors/", 0) != 0) return old_bad(entry_, "data key '" + key.substr(0, 64) + "' is not under tensors/");
+    std::string name = prefix_ + "/" + key;
+    const container::ZipEntry* e = zip_.find(name);
+    if (!e) return old_bad(entry_, "record '" + name + "' is missing");
+    std::vector<uint8_t> scratch;
+    MCDR_ASSIGN(auto bytes, container::entry_bytes(zip_, file_, *e, scratch));
+    model::Storage s;
+    s.dtype = dtype;
+    s.source = name;
+    s.nbytes = bytes.size() - bytes.size() % model::dtype_info(dtype).element_size;
+    if (e->method != 0) s.set_owned(std::vector<uint8_t>(bytes.begin(), bytes.begin() + static_cast<ptrdiff_t>(s.nbytes)));
+    else s.bytes = bytes.subspan(0, s.nbytes);
+    m().storages.push_back(std::move(s));
+    auto sid = static_cast<model::StorageId>(m().storages.size() - 1);
+    storages_[key] = sid;
+    return sid;
+  }
+
+  const container::ZipArchive& zip_;
+  std::span<const uint8_t> file_;
+  std::string prefix_, entry_;
+  ParsedModel& parsed_;
+  nlohmann::json doc_;
+  model::Value root_;
+  size_t count_ = 0;
+  std::unordered_map<std::string, model::StorageId> storages_;
+};
+
 }  // namespace
 
 Status read_torchscript_archive(std::span<const uint8_t> file, const container::ZipArchive& zip, const std::string& prefix,
                                 const ReadOptions& options, ParsedModel& parsed) {
   parsed.format = container::Format::torchscript;
   const container::ZipEntry* pkl = zip.find(prefix + "/data.pkl");
-  if (!pkl || zip.find(prefix + "/model.json")) {
-    parsed.not_disarmable =
-        "old-format TorchScript archive (model.json / attributes.pkl / tensors/) is not supported; re-save it with "
-        "torch.jit.save from a current PyTorch";
-  }
+  bool old_format = zip.find(prefix + "/model.json") != nullptr;
+  if (!pkl && !old_format) parsed.not_disarmable = "TorchScript archive without data.pkl or model.json";
   std::unordered_set<std::string> used;
   for (const auto& e : zip.entries) {
     std::string rel = e.name.substr(std::min(e.name.size(), prefix.size() + 1));
@@ -235,7 +406,7 @@ Status read_torchscript_archive(std::span<const uint8_t> file, const container::
     else if (rel.compare(0, 10, "constants/") == 0)
       add_finding(parsed.findings, Severity::low, Rule::torchscript_constant, "code constant '" + rel + "' removed", e.name,
                   e.local_header_offset);
-    else if (rel.compare(0, 6, "extra/") == 0 || rel == "bytecode.pkl" || ends_with(rel, ".json"))
+    else if (rel.compare(0, 6, "extra/") == 0 || rel == "bytecode.pkl" || (ends_with(rel, ".json") && rel != "model.json"))
       add_finding(parsed.findings, Severity::medium, Rule::torchscript_extra, "record '" + rel + "' removed", e.name,
                   e.local_header_offset);
     // Every pickle is decoded and scanned (constants.pkl calls, __setstate__ state), except
@@ -253,6 +424,7 @@ Status read_torchscript_archive(std::span<const uint8_t> file, const container::
     }
   }
   if (parsed.not_disarmable) return ok_status();
+  if (old_format) return OldArchive(zip, file, prefix, parsed).run();
 
   std::vector<uint8_t> pkl_scratch;
   MCDR_ASSIGN(auto pkl_bytes, container::entry_bytes(zip, file, *pkl, pkl_scratch));

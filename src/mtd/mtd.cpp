@@ -204,6 +204,14 @@ std::vector<std::string> storage_names(const Model& m) {
         tensor(t.sparse_indices, path + ".indices");
         tensor(t.sparse_values, path + ".values");
         break;
+      case model::TensorKind::sparse_csr:
+      case model::TensorKind::sparse_csc:
+      case model::TensorKind::sparse_bsr:
+      case model::TensorKind::sparse_bsc:
+        tensor(t.sparse_indices, path + ".compressed_indices");
+        tensor(t.sparse_plain, path + ".plain_indices");
+        tensor(t.sparse_values, path + ".values");
+        break;
     }
   };
   auto join = [](const std::string& a, const std::string& b) { return a.empty() ? b : a + "." + b; };
@@ -242,7 +250,7 @@ std::map<std::string, std::vector<StorageId>> swap_groups(const Model& m, const 
   std::vector<int64_t> user(m.storages.size(), -1);
   for (size_t t = 0; t < m.tensors.size(); ++t) {
     const auto& x = m.tensors[t];
-    if (x.kind == model::TensorKind::sparse_coo) continue;
+    if (model::is_sparse(x.kind)) continue;
     if (x.storage >= m.storages.size()) continue;
     users[x.storage]++;
     user[x.storage] = static_cast<int64_t>(t);

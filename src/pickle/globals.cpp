@@ -9,6 +9,7 @@ constexpr GlobalRow kRows[] = {
 #define MCDR_EMIT(id, module, name, streams, roles) {module, name, streams, roles},
 #define MCDR_GLOBAL(module, name, roles) {module, name, 0, roles},
 #define MCDR_CLASS(module, name, construct, why) {module, name, 0, kGRegistry},
+#define MCDR_CLASS_KNOWN(module, name, construct, why) {module, name, 0, kGRegistry | kGKnown},
 #include "pickle/globals.def"
 };
 }  // namespace

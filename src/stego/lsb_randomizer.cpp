@@ -330,7 +330,7 @@ LsbReport randomize_model(model::Model& m, const LsbPolicy& policy, LaneRng* rng
     rep.bits_rewritten += c.randomized * uint64_t(bits);
   }
   for (const auto& t : m.tensors) {
-    if (t.kind == model::TensorKind::sparse_coo || t.storage >= m.storages.size() || !done[t.storage]) continue;
+    if (model::is_sparse(t.kind) || t.storage >= m.storages.size() || !done[t.storage]) continue;
     rep.tensors++;
     rep.by_dtype[model::dtype_info(m.storages[t.storage].dtype).name].tensors++;
   }

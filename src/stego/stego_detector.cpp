@@ -274,7 +274,7 @@ std::vector<TensorStegoScore> score_model(const model::Model& m, const StegoOpti
   for (const auto& nt : named_tensors(m)) {
     if (nt.tensor >= m.tensors.size()) continue;
     const auto& t = m.tensors[nt.tensor];
-    if (t.kind == model::TensorKind::sparse_coo) continue;
+    if (model::is_sparse(t.kind)) continue;
     names.emplace(t.storage, nt.name);
   }
   std::vector<TensorStegoScore> out;

@@ -54,10 +54,7 @@ EXPECT_RC = {
 }
 
 # Content modelcdr does not rebuild faithfully yet (a later issue covers fidelity).
-FIDELITY = {
-    PREFIX + "torch2_sparse.pt":
-        "fidelity: sparse CSR tensors are dropped (cdr.dropped, exit 1); only sparse COO is rebuilt",
-}
+FIDELITY = {}
 
 # Content differences only (the file is otherwise disarmed as documented).
 CONTENT_FIDELITY = {

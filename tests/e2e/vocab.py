@@ -73,6 +73,9 @@ TORCH2_ONLY_GLOBALS = frozenset(
     | {("torch", d) for d in DTYPES_2X}
 )
 
+# CSR for torch 1.13 (--compat): its loader rebuilds CSR only through this; 2.x's has no such name
+TORCH113_ONLY_GLOBALS = frozenset({("torch._utils", "_rebuild_sparse_csr_tensor")})
+
 MODES = ("torch2", "torch1.13")
 
 
@@ -83,7 +86,7 @@ def allowed_opcodes(mode: str = "torch2") -> frozenset:
 
 def allowed_globals(mode: str = "torch2") -> frozenset:
     assert mode in MODES, mode
-    return BASE_GLOBALS | (TORCH2_ONLY_GLOBALS if mode == "torch2" else frozenset())
+    return BASE_GLOBALS | (TORCH2_ONLY_GLOBALS if mode == "torch2" else TORCH113_ONLY_GLOBALS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -455,6 +458,8 @@ def torch_globals_map():
         gm[f"torch._utils {fn}"] = getattr(tu, fn)
     if hasattr(tu, "_rebuild_tensor_v3"):
         gm["torch._utils _rebuild_tensor_v3"] = tu._rebuild_tensor_v3
+    if hasattr(tu, "_rebuild_sparse_csr_tensor"):  # torch 1.x only
+        gm["torch._utils _rebuild_sparse_csr_tensor"] = tu._rebuild_sparse_csr_tensor
     gm["torch Size"] = torch.Size
     gm["torch device"] = torch.device
     gm["torch.serialization _get_layout"] = ts._get_layout
@@ -534,6 +539,17 @@ def _storage_bytes(t) -> bytes:
     return bytes(torch.tensor([], dtype=torch.uint8).set_(u).numpy().tobytes())
 
 
+def _compressed_parts(layout):
+    """(compressed, plain) index accessors of a CSR/CSC/BSR/BSC layout, None for other layouts."""
+    import torch
+    names = {"sparse_csr": ("crow_indices", "col_indices"), "sparse_csc": ("ccol_indices", "row_indices"),
+             "sparse_bsr": ("crow_indices", "col_indices"), "sparse_bsc": ("ccol_indices", "row_indices")}
+    for k, v in names.items():
+        if getattr(torch, k, None) is layout:
+            return v
+    return None
+
+
 def compare_tensors(exp, got, path="$", strict_layout=True) -> List[str]:
     import torch
 
@@ -550,6 +566,11 @@ def compare_tensors(exp, got, path="$", strict_layout=True) -> List[str]:
         return d + [f"{path}: shape {tuple(got.shape)} != {tuple(exp.shape)}"]
     if exp.requires_grad != got.requires_grad:
         d.append(f"{path}: requires_grad {got.requires_grad} != {exp.requires_grad}")
+    parts = _compressed_parts(exp.layout)
+    if parts:
+        for part in (*parts, "values"):
+            d += compare_tensors(getattr(exp, part)(), getattr(got, part)(), f"{path}.{part}()", strict_layout)
+        return d
     if exp.is_sparse:
         e, g = exp, got  # (is_coalesced is not stored by torch 1.13's writer, so it is not compared)
         d += compare_tensors(e._indices(), g._indices(), path + "._indices()", strict_layout)
