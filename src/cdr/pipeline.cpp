@@ -516,6 +516,7 @@ static FileReport disarm_file_impl(const Source& source, Sink& sink, const Disar
     if (auto changed = check_input_unchanged(**loaded); !changed.ok()) return reject(changed.error());
     return reject(s.error());
   }
+  cdr::fold_call_removals(r.findings);  // one line per removed call, as scan reports it
   for (const auto& f : r.findings)
     if (counts(f)) r.removed.push_back(f);
   r.status = r.removed.empty() ? FileStatus::clean : FileStatus::removed;
