@@ -129,6 +129,20 @@ def test_nested_pickle_is_graded_by_its_inner_stream(tmp_path):
     assert "verdict: dangerous" in msg and "echo pwned" in msg, msg
 
 
+def test_disarm_lists_a_removed_call_once(tmp_path):
+    """disarm's removals fold the lifter's cdr.dropped of a call into the call (as scan does)."""
+    f = write(tmp_path, "hook.pkl", pickle.dumps({"w": 1}, protocol=2)[:-1] + b"X\x04\x00\x00\x00hook" + EVIL[:-1] + b"s.")
+    assert "system" in str(list(pickletools.genops(f.read_bytes())))
+    rc, so, se = run_cli("disarm", f, "-o", tmp_path / "out.pt", "--report", tmp_path / "r.json")
+    assert rc == 1, explain(rc, so, se)
+    removed = json.loads((tmp_path / "r.json").read_text())["files"][0]["removed"]
+    at_call = collections.Counter(x["offset"] for x in removed)
+    assert [x["rule"] for x in removed] == ["pickle.call"], removed
+    assert "removed by disarm" in removed[0]["message"] and max(at_call.values()) == 1, removed
+    lines = [l for l in se.splitlines() if "removed " in l and "offset" in l]
+    assert len(lines) == 1 and "os system" in lines[0] and "[pickle.call]" in lines[0], se
+
+
 def test_numpy_object_array_is_safe(tmp_path):
     np = pytest.importorskip("numpy")
     np.save(tmp_path / "obj.npy", np.array([np.arange(3), "text", None], dtype=object), allow_pickle=True)
