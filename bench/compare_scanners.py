@@ -10,6 +10,7 @@ Nothing here loads a corpus file: every tool is a static scanner run as a subpro
 import argparse
 import concurrent.futures as cf
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -31,8 +32,10 @@ def tools(venv, modelcdr):
 
 def modelaudit_verdicts(out, corpus, recs):
     """flagged: a critical or warning issue located in the file; error: listed as unscanned."""
+    # `out` is stdout then stderr (log lines, a traceback): decode the one JSON document that
+    # stdout holds and ignore what follows it (json.loads of the rest failed: every verdict lost).
     try:
-        doc = json.loads(out[out.index("{"):])
+        doc, _ = json.JSONDecoder().raw_decode(out, out.index("{"))
     except ValueError:
         return {}
     flagged = set()
@@ -50,10 +53,15 @@ def modelaudit_verdicts(out, corpus, recs):
 ERROR_RC = {"modelcdr": {2}, "picklescan": {2}, "modelscan": {2, 3}, "fickling": set(), "modelaudit": {2}}
 
 
+# modelaudit posts telemetry (and waits on its DNS failures when offline): off for every tool.
+ENV = dict(os.environ, PROMPTFOO_DISABLE_TELEMETRY="1", NO_ANALYTICS="1")
+
+
 def run(argv, timeout=120):
     t = time.monotonic()
     try:
-        p = subprocess.run([str(a) for a in argv], capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        p = subprocess.run([str(a) for a in argv], capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                           env=ENV)
         rc, out = p.returncode, (p.stdout + p.stderr).decode("utf-8", "replace")
     except subprocess.TimeoutExpired:
         rc, out = -9, "timeout"
