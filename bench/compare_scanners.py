@@ -12,6 +12,7 @@ import concurrent.futures as cf
 import json
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -55,13 +56,15 @@ ERROR_RC = {"modelcdr": {2}, "picklescan": {2}, "modelscan": {2, 3}, "fickling":
 
 # modelaudit posts telemetry (and waits on its DNS failures when offline): off for every tool.
 ENV = dict(os.environ, PROMPTFOO_DISABLE_TELEMETRY="1", NO_ANALYTICS="1")
+# fickling --check-safety writes safety_results.json into its working directory: not the repo's.
+SCRATCH = tempfile.mkdtemp(prefix="compare_scanners.")
 
 
 def run(argv, timeout=120):
     t = time.monotonic()
     try:
         p = subprocess.run([str(a) for a in argv], capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                           env=ENV)
+                           env=ENV, cwd=SCRATCH)
         rc, out = p.returncode, (p.stdout + p.stderr).decode("utf-8", "replace")
     except subprocess.TimeoutExpired:
         rc, out = -9, "timeout"
