@@ -92,7 +92,9 @@ def main():
     ap.add_argument("--only", help="comma-separated tool names")
     ap.add_argument("--modelaudit-sample", type=int, default=6)
     a = ap.parse_args()
-    corpus = Path(a.corpus)
+    # absolute: the tools run in a scratch directory
+    corpus = Path(a.corpus).resolve()
+    a.venv, a.modelcdr = str(Path(a.venv).resolve()), str(Path(a.modelcdr).resolve())
     recs = json.loads((corpus / "manifest.json").read_text())
     recs = [r for r in recs if (corpus / r["path"]).is_file()]
     if a.limit:
