@@ -10,7 +10,9 @@ Nothing here loads a corpus file: every tool is a static scanner run as a subpro
 import argparse
 import concurrent.futures as cf
 import json
+import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,8 +33,10 @@ def tools(venv, modelcdr):
 
 def modelaudit_verdicts(out, corpus, recs):
     """flagged: a critical or warning issue located in the file; error: listed as unscanned."""
+    # `out` is stdout then stderr (log lines, a traceback): decode the one JSON document that
+    # stdout holds and ignore what follows it (json.loads of the rest failed: every verdict lost).
     try:
-        doc = json.loads(out[out.index("{"):])
+        doc, _ = json.JSONDecoder().raw_decode(out, out.index("{"))
     except ValueError:
         return {}
     flagged = set()
@@ -50,10 +54,17 @@ def modelaudit_verdicts(out, corpus, recs):
 ERROR_RC = {"modelcdr": {2}, "picklescan": {2}, "modelscan": {2, 3}, "fickling": set(), "modelaudit": {2}}
 
 
+# modelaudit posts telemetry (and waits on its DNS failures when offline): off for every tool.
+ENV = dict(os.environ, PROMPTFOO_DISABLE_TELEMETRY="1", NO_ANALYTICS="1")
+# fickling --check-safety writes safety_results.json into its working directory: not the repo's.
+SCRATCH = tempfile.mkdtemp(prefix="compare_scanners.")
+
+
 def run(argv, timeout=120):
     t = time.monotonic()
     try:
-        p = subprocess.run([str(a) for a in argv], capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        p = subprocess.run([str(a) for a in argv], capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                           env=ENV, cwd=SCRATCH)
         rc, out = p.returncode, (p.stdout + p.stderr).decode("utf-8", "replace")
     except subprocess.TimeoutExpired:
         rc, out = -9, "timeout"
@@ -81,7 +92,9 @@ def main():
     ap.add_argument("--only", help="comma-separated tool names")
     ap.add_argument("--modelaudit-sample", type=int, default=6)
     a = ap.parse_args()
-    corpus = Path(a.corpus)
+    # absolute: the tools run in a scratch directory
+    corpus = Path(a.corpus).resolve()
+    a.venv, a.modelcdr = str(Path(a.venv).resolve()), str(Path(a.modelcdr).resolve())
     recs = json.loads((corpus / "manifest.json").read_text())
     recs = [r for r in recs if (corpus / r["path"]).is_file()]
     if a.limit:

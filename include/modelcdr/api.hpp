@@ -40,6 +40,15 @@ struct MtdReport {
   std::vector<std::string> mismatches;  // one line per difference (verify/restore)
 };
 
+// Where a container entry's data lies in the input file (scan: SARIF locates a finding by file
+// offset). `compressed`: offsets inside the entry are in its decompressed bytes; an entry
+// named "" is the whole file as one compressed stream (gzip, xz, ... joblib).
+struct EntryLocation {
+  std::string name;
+  uint64_t data_offset = 0;
+  bool compressed = false;
+};
+
 struct FileReport {
   std::string input, output;
   std::string format;
@@ -53,6 +62,7 @@ struct FileReport {
   std::string note;            // one-line reason for skipped / rejected
   uint64_t shared_bytes = 0;   // payload bytes the output shares with the input (reflink)
   std::optional<MtdReport> mtd;  // set by protect / restore / verify only
+  std::vector<EntryLocation> entries;  // scan: zip/tar entries and compressed streams
 };
 
 // Progress of one scan/disarm call (docs/API.md): `done` never decreases within a stage and

@@ -11,6 +11,9 @@
 #include "cdr/class_registry.hpp"
 #include "cdr/lifter.hpp"
 #include "cdr/scan_salvage.hpp"
+#include "container/sniff.hpp"
+#include "container/tar_reader.hpp"
+#include "container/zip_reader.hpp"
 #include "engine/classify.hpp"
 #include "engine/run.hpp"
 #include "formats/parsed_model.hpp"
@@ -187,6 +190,28 @@ const char* status_name(FileStatus s) {
 
 bool is_model_file(const std::string& path) { return engine::classify(path).kind == engine::Kind::model; }
 
+// Where each entry of a zip or tar container (or a compressed file's one stream) lies: the
+// central directory or headers only, read again, under the readers' own limits.
+std::vector<EntryLocation> entry_locations(std::span<const uint8_t> bytes, Format sniffed) {
+  std::vector<EntryLocation> out;
+  Findings ignored;
+  switch (sniffed) {
+    case Format::torch_zip: case Format::torchscript: case Format::npz: case Format::zip_not_at_start:
+      if (auto zip = container::read_zip(bytes, ignored, {}, false); zip.ok())
+        for (const auto& e : zip->entries) out.push_back({e.name, e.data_offset, e.method != 0});
+      break;
+    case Format::torch_tar:
+      if (auto tar = container::read_tar(bytes, ignored); tar.ok())
+        for (const auto& m : tar->members) out.push_back({m.name, m.data_offset, false});
+      break;
+    case Format::gzip: case Format::bzip2: case Format::xz: case Format::zlib: case Format::lz4: case Format::lzma:
+      out.push_back({"", 0, true});
+      break;
+    default: break;
+  }
+  return out;
+}
+
 static FileReport scan_file_impl(const Source& source, const ScanOptions& options, const RunContext& ctx) {
   FileReport r;
   r.input = source.name();
@@ -204,6 +229,7 @@ static FileReport scan_file_impl(const Source& source, const ScanOptions& option
     return r;
   }
   r.format = formats::format_name(loaded->format);
+  r.entries = entry_locations(loaded->bytes, loaded->format);
   const uint64_t size = loaded->bytes.size();
   if (!step(options.progress, options.cancel, Stage::read, 0, size)) return fail(cancelled_error());
   Findings salvage;
@@ -463,6 +489,7 @@ static FileReport disarm_file_impl(const Source& source, Sink& sink, const Disar
     if (auto changed = check_input_unchanged(**loaded); !changed.ok()) return reject(changed.error());
     return reject(s.error());
   }
+  cdr::fold_call_removals(r.findings);  // one line per removed call, as scan reports it
   for (const auto& f : r.findings)
     if (counts(f)) r.removed.push_back(f);
   r.status = r.removed.empty() ? FileStatus::clean : FileStatus::removed;

@@ -14,6 +14,7 @@
 #include "cdr/globals_policy.hpp"
 #include "pickle/globals.hpp"
 #include "cdr/lifter.hpp"
+#include "cdr/nested_pickle.hpp"
 #include "pickle/pickle_machine.hpp"
 
 namespace modelcdr::cdr {
@@ -34,6 +35,11 @@ bool is_safe_library_global(const std::string& module, const std::string& name) 
   if (pickle::has_role(module, name, pickle::kGSafe)) return true;  // pickle/globals.def
   if (starts_with(module, "torch.nn.modules.") && !name.empty() && std::isupper(static_cast<unsigned char>(name[0])))
     return true;
+  // Legacy typed tensors and storages (torch.FloatTensor, torch.cuda.HalfStorage, ...): old saves
+  // name them as types; the legacy reader rebuilds them as plain tensors.
+  if ((module == "torch" || module == "torch.cuda") && !name.empty() && std::isupper(static_cast<unsigned char>(name[0])) &&
+      (name.ends_with("Tensor") || name.ends_with("Storage")))
+    return true;
   return ClassRegistry::active().find(module, name).has_value();
 }
 
@@ -46,6 +52,14 @@ bool is_stdlib_module(std::string_view module) {
   static const std::string_view kStdlib[] = {"_abc", "_aix_support", "_ast", "_asyncio", "_bisect", "_blake2", "_bootsubprocess", "_bz2", "_codecs_cn", "_codecs_hk", "_codecs_iso2022", "_codecs_jp", "_codecs_kr", "_codecs_tw", "_collections", "_collections_abc", "_compat_pickle", "_compression", "_contextvars", "_crypt", "_csv", "_ctypes", "_curses", "_curses_panel", "_datetime", "_dbm", "_decimal", "_elementtree", "_frozen_importlib", "_frozen_importlib_external", "_functools", "_gdbm", "_hashlib", "_heapq", "_imp", "_io", "_json", "_locale", "_lsprof", "_lzma", "_markupbase", "_md5", "_msi", "_multibytecodec", "_multiprocessing", "_opcode", "_operator", "_osx_support", "_overlapped", "_pickle", "_posixshmem", "_posixsubprocess", "_py_abc", "_pydecimal", "_pyio", "_queue", "_random", "_scproxy", "_sha1", "_sha256", "_sha3", "_sha512", "_signal", "_sitebuiltins", "_socket", "_sqlite3", "_sre", "_ssl", "_stat", "_statistics", "_string", "_strptime", "_struct", "_symtable", "_thread", "_threading_local", "_tkinter", "_tokenize", "_tracemalloc", "_typing", "_uuid", "_warnings", "_weakref", "_weakrefset", "_winapi", "_zoneinfo", "abc", "aifc", "array", "ast", "asynchat", "asyncio", "asyncore", "atexit", "audioop", "base64", "bdb", "binascii", "bisect", "bz2", "cProfile", "calendar", "cgi", "cgitb", "chunk", "cmath", "cmd", "code", "codecs", "codeop", "colorsys", "compileall", "concurrent", "configparser", "contextlib", "contextvars", "copy", "crypt", "csv", "ctypes", "curses", "dataclasses", "dbm", "difflib", "dis", "distutils", "doctest", "email", "encodings", "ensurepip", "errno", "faulthandler", "fcntl", "filecmp", "fileinput", "fnmatch", "ftplib", "functools", "gc", "genericpath", "getopt", "getpass", "gettext", "glob", "graphlib", "grp", "gzip", "hashlib", "heapq", "hmac", "html", "http", "idlelib", "imaplib", "imghdr", "imp", "importlib", "inspect", "io", "ipaddress", "itertools", "json", "keyword", "lib2to3", "linecache", "locale", "logging", "lzma", "mailbox", "mailcap", "marshal", "math", "mimetypes", "mmap", "modulefinder", "msilib", "msvcrt", "multiprocessing", "netrc", "nis", "nntplib", "nt", "ntpath", "nturl2path", "opcode", "operator", "optparse", "os", "ossaudiodev", "pdb", "pickle", "pickletools", "pipes", "pkgutil", "platform", "plistlib", "poplib", "posix", "posixpath", "pprint", "profile", "pstats", "pty", "pwd", "py_compile", "pyclbr", "pydoc", "pydoc_data", "pyexpat", "queue", "quopri", "random", "re", "readline", "reprlib", "resource", "rlcompleter", "runpy", "sched", "secrets", "select", "selectors", "shelve", "shlex", "shutil", "signal", "site", "smtpd", "smtplib", "sndhdr", "socket", "socketserver", "spwd", "sqlite3", "sre_compile", "sre_constants", "sre_parse", "ssl", "stat", "statistics", "string", "stringprep", "struct", "subprocess", "sunau", "symtable", "sys", "sysconfig", "syslog", "tabnanny", "tarfile", "telnetlib", "tempfile", "termios", "textwrap", "threading", "time", "timeit", "tkinter", "token", "tokenize", "tomllib", "trace", "traceback", "tracemalloc", "tty", "turtle", "turtledemo", "typing", "unicodedata", "unittest", "urllib", "uu", "uuid", "venv", "warnings", "wave", "weakref", "webbrowser", "winreg", "winsound", "wsgiref", "xdrlib", "xml", "xmlrpc", "zipapp", "zipfile", "zipimport", "zlib", "zoneinfo"};
   std::string_view top = module.substr(0, module.find('.'));
   return std::binary_search(std::begin(kStdlib), std::end(kStdlib), top);
+}
+
+// Lightning's callback classes, named but never called: checkpoints key callback state by them
+// (the lifter writes the keys as strings, cdr.converted). A call would run their __init__.
+bool is_lightning_callback_class(const std::string& module, const std::string& name) {
+  for (std::string_view prefix : {"pytorch_lightning.callbacks.", "lightning.pytorch.callbacks."})
+    if (starts_with(module, prefix) && !name.empty() && std::isupper(static_cast<unsigned char>(name[0]))) return true;
+  return false;
 }
 
 // critical for what runs code or reaches the system, low for a safe library class, else high.
@@ -162,6 +176,30 @@ bool plain_build_target(const pickle::Program& p, const Node& n) {
   if (n.kind != NodeKind::Call && n.kind != NodeKind::NewObj) return false;
   const Node& c = p.at(n.items[0]);
   return c.kind == NodeKind::Global && c.text == "collections" && c.name == "OrderedDict";
+}
+
+// BUILD on an object of a class in the `safe` table (a torch.nn module, a numpy array, a vetted
+// registry class, argparse.Namespace, ...): state a mainstream loader sets on a library class, and
+// modelcdr rebuilds from data. The class is the callee, or the first argument of a reconstructor
+// (numpy's _reconstruct(ndarray, ...), copyreg._reconstructor(cls, object, None)).
+bool safe_build_target(const pickle::Program& p, const Node& n) {
+  if ((n.kind != NodeKind::Call && n.kind != NodeKind::NewObj) || n.items.empty()) return false;
+  const Node& c = p.at(n.items[0]);
+  if (c.kind != NodeKind::Global || !is_safe_library_global(c.text, c.name)) return false;
+  if (c.name != "_reconstruct" && c.name != "_reconstructor") return true;
+  if (n.items.size() < 2 || p.at(n.items[1]).kind != NodeKind::Tuple || p.at(n.items[1]).items.empty()) return false;
+  const Node& cls = p.at(p.at(n.items[1]).items[0]);
+  return cls.kind == NodeKind::Global && is_safe_library_global(cls.text, cls.name);
+}
+
+// " of class 'module name'" for the finding, where the object's class is a named global.
+std::string build_target_name(const pickle::Program& p, const Node& n) {
+  if ((n.kind != NodeKind::Call && n.kind != NodeKind::NewObj && n.kind != NodeKind::Inst) || n.items.empty()) return {};
+  const Node* c = &p.at(n.items[0]);
+  if (c->kind == NodeKind::Global && (c->name == "_reconstruct" || c->name == "_reconstructor") && n.items.size() >= 2 &&
+      p.at(n.items[1]).kind == NodeKind::Tuple && !p.at(n.items[1]).items.empty())
+    c = &p.at(p.at(n.items[1]).items[0]);
+  return c->kind == NodeKind::Global ? " of class " + quoted_global(*c) : std::string();
 }
 
 // The key strings of torch storage persistent ids ('storage', cls, KEY, location, numel...):
@@ -316,17 +354,24 @@ bool worth_decoding(std::optional<unsigned char> b, int layers_left) {
   return b && (can_begin_stream(*b) || (layers_left > 0 && base64_digit(static_cast<char>(*b)) >= 0));
 }
 
-// The value itself, or its base64 or hex decoding, up to `layers` encodings deep. Most text
-// is ruled out by its first bytes before anything is decoded or run.
-bool holds_pickle(std::string_view d, int layers) {
-  if (parses_as_pickle(d)) return true;
-  if (layers == 0) return false;
+// The value itself, or its base64 or hex decoding, up to `layers` encodings deep: the layer that
+// parses as a pickle, or nullopt. Most text is ruled out by its first bytes before anything is
+// decoded or run.
+std::optional<std::string> pickle_layer(std::string_view d, int layers) {
+  if (parses_as_pickle(d)) return std::string(d);
+  if (layers == 0) return std::nullopt;
   if (!worth_decoding(first_decoded_byte(d, base64_digit, 6), layers - 1) &&
       !worth_decoding(first_decoded_byte(d, hex_digit, 4), layers - 1))
-    return false;
-  if (auto b = base64_decode(d); b && holds_pickle(*b, layers - 1)) return true;
-  if (auto h = hex_decode(d); h && holds_pickle(*h, layers - 1)) return true;
-  return false;
+    return std::nullopt;
+  // A decoding shorter than 8 bytes is not taken (the fragment floor): short words read as
+  // base64 by chance ("groups" is EXT1 186, STOP), and so few bytes import nothing but through
+  // an EXT code, which a stock interpreter's empty extension registry refuses.
+  constexpr size_t kMinDecoded = 8;
+  if (auto b = base64_decode(d); b && b->size() >= kMinDecoded)
+    if (auto inner = pickle_layer(*b, layers - 1)) return inner;
+  if (auto h = hex_decode(d); h && h->size() >= kMinDecoded)
+    if (auto inner = pickle_layer(*h, layers - 1)) return inner;
+  return std::nullopt;
 }
 
 // A str whose code points are all <= 0xFF, as latin-1 bytes (how protocol 2 spells bytes, and
@@ -349,14 +394,70 @@ std::optional<std::string> latin1_bytes(std::string_view utf8) {
   return bytes;
 }
 
-}  // namespace
-
-bool looks_like_embedded_pickle(std::string_view d) {
-  if (holds_pickle(d, 3)) return true;
-  auto latin1 = latin1_bytes(d);
-  return latin1 && holds_pickle(*latin1, 3);
+// The bytes of the pickle a str/bytes value holds (raw, latin-1, base64/hex), or nullopt.
+std::optional<std::string> embedded_pickle(std::string_view d) {
+  if (auto p = pickle_layer(d, 3)) return p;
+  if (auto latin1 = latin1_bytes(d)) return pickle_layer(*latin1, 3);
+  return std::nullopt;
 }
 
+// How many nested-pickle grades are running on this thread (a nested pickle can hold another):
+// bounded like the rebuild (cdr/nested_pickle.hpp) without threading a counter through.
+thread_local uint32_t grading = 0;
+
+// The most severe finding, for the nested pickle's message.
+const Finding* worst_finding(const Findings& fs) {
+  const Finding* worst = nullptr;
+  for (const Finding& f : fs)
+    if (!worst || verdict_of(f.rule, f.severity) > verdict_of(worst->rule, worst->severity)) worst = &f;
+  return worst;
+}
+
+// A nested pickle is graded by a scan of the inner stream under the file's own limits: the
+// finding is dangerous (critical) only when the inner pickle is, unknown (high) when the inner
+// pickle holds something unproven, safe (low) otherwise: disarm rebuilds or drops it.
+void grade_nested_pickle(const Node& n, const std::string& inner, const std::string& entry, Findings& out) {
+  const std::string what = "a string/bytes value holds a serialized pickle (" + std::to_string(n.text.size()) + " bytes)";
+  if (grading >= kMaxNestedPickleLevel) {
+    add_finding(out, Severity::high, Rule::pickle_nested_pickle,
+                what + ", nested more than " + std::to_string(kMaxNestedPickleLevel) + " levels deep: not graded", entry,
+                n.offset);
+    return;
+  }
+  ++grading;
+  auto bytes = std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(inner.data()), inner.size());
+  pickle::DecodeOptions d;
+  d.entry = entry;
+  d.base_offset = n.offset;
+  d.limits.max_nodes = std::min<uint64_t>(d.limits.max_nodes, 2'000'000 + bytes.size() / 4);
+  pickle::Program partial;
+  d.partial = &partial;
+  Findings found;
+  auto program = pickle::decode(bytes, d, found);
+  // A stream that breaks off (a fragment, or text whose base64 reading happens to begin like a
+  // pickle: "groups") is graded by what an unpickler imports and calls before the break; the
+  // opcode-level notes of the broken tail say nothing about what it would run.
+  if (!program.ok()) found.clear();
+  scan_program(program.ok() ? *program : partial, entry, found);
+  --grading;
+  const Verdict v = file_verdict(found);
+  std::string detail;
+  if (!program.ok())
+    detail = "it breaks off at inner offset " + std::to_string(program.error().offset - n.offset) + " (" +
+             program.error().message + ")" + (found.empty() ? ", before it imports or calls anything" : "");
+  const Finding* worst = worst_finding(found);
+  if (worst && verdict_of(worst->rule, worst->severity) >= std::max(v, Verdict::unknown))
+    detail += (detail.empty() ? "" : "; ") + worst->message;
+  const Severity s = v == Verdict::dangerous ? Severity::critical : v == Verdict::unknown ? Severity::high : Severity::low;
+  add_finding(out, s, Rule::pickle_nested_pickle,
+              what + "; the inner pickle's verdict: " + verdict_name(v) + (detail.empty() ? "" : " (" + detail + ")"),
+              entry, n.offset);
+}
+
+
+}  // namespace
+
+bool looks_like_embedded_pickle(std::string_view d) { return embedded_pickle(d).has_value(); }
 
 // One finding per thing: a global that a REDUCE/NEWOBJ calls is reported once, as part of the
 // call's finding (callable, arguments, where the GLOBAL was); only a global that is never
@@ -372,7 +473,8 @@ void scan_program(const pickle::Program& p, const std::string& entry, Findings& 
     switch (n.kind) {
       case NodeKind::Global:
         if (!called[id] && !is_known_global(n.text, n.name))
-          add_finding(out, global_severity(n.text, n.name), Rule::pickle_global_not_allowed,
+          add_finding(out, is_lightning_callback_class(n.text, n.name) ? Severity::low : global_severity(n.text, n.name),
+                      Rule::pickle_global_not_allowed,
                       "GLOBAL " + quoted_global(n) + " is not allowed", entry, n.offset);
         break;
       case NodeKind::Call: check_call_target(p, n, "REDUCE", entry, out); break;
@@ -387,15 +489,14 @@ void scan_program(const pickle::Program& p, const std::string& entry, Findings& 
       case NodeKind::Py2Str:
       case NodeKind::Bytes:
       case NodeKind::ByteArray:
-        if (!storage_keys[id] && looks_like_embedded_pickle(n.text))
-          add_finding(out, Severity::high, Rule::pickle_nested_pickle,
-                      "a string/bytes value holds a serialized pickle (" + std::to_string(n.text.size()) + " bytes)", entry,
-                      n.offset);
+        if (storage_keys[id]) break;
+        if (auto inner = embedded_pickle(n.text)) grade_nested_pickle(n, *inner, entry, out);
         break;
       default: break;
     }
     if (!n.build_states.empty() && !plain_build_target(p, n) && n.kind != NodeKind::NewObj)
-      add_finding(out, Severity::high, Rule::pickle_build_on_object, "BUILD applies state to a non-plain object", entry, n.offset);
+      add_finding(out, safe_build_target(p, n) ? Severity::low : Severity::high, Rule::pickle_build_on_object,
+                  "BUILD applies state to a non-plain object" + build_target_name(p, n), entry, n.offset);
   }
 }
 

@@ -5,14 +5,18 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <map>
+#include <mutex>
 #include <sstream>
+#include <thread>
 
 #include "engine/classify.hpp"
 #include "formats/registry.hpp"
@@ -172,15 +176,37 @@ std::vector<FileReport> scan_paths(const std::vector<std::string>& paths, const 
       items.push_back({p, false});
     }
   }
-  std::vector<FileReport> reports;
-  reports.reserve(items.size());
-  for (size_t i = 0; i < items.size(); ++i) {
-    if (options.progress) options.progress(i, items[i].path);
-    const auto& it = items[i];
-    if (it.path == "-") reports.push_back(scan_stdin(options.scan, options.max_stdin_bytes, scan_one));
-    else if (it.found) reports.push_back(scan_found(it.path, options.scan, scan_one));
-    else reports.push_back(scan_one(it.path, options.scan));
-  }
+  // Files are scanned on a few threads (one Engine serves them all, engine.hpp): a folder of
+  // small files is bound by per-file latency (open, map, page faults), not by one core. The
+  // reports keep the walk's order. At most kMaxWorkers files are in memory at once.
+  constexpr unsigned kMaxWorkers = 4;
+  std::vector<FileReport> reports(items.size());
+  std::atomic<size_t> next{0};
+  std::mutex progress_lock;
+  std::exception_ptr failed;  // what escaped a worker is rethrown here, as the serial loop would
+  auto work = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < items.size();) try {
+      const auto& it = items[i];
+      if (options.progress) {
+        std::lock_guard<std::mutex> hold(progress_lock);
+        options.progress(i, it.path);
+      }
+      if (it.path == "-") reports[i] = scan_stdin(options.scan, options.max_stdin_bytes, scan_one);
+      else if (it.found) reports[i] = scan_found(it.path, options.scan, scan_one);
+      else reports[i] = scan_one(it.path, options.scan);
+    } catch (...) {
+      std::lock_guard<std::mutex> hold(progress_lock);
+      if (!failed) failed = std::current_exception();
+      next = items.size();
+    }
+  };
+  const unsigned workers = static_cast<unsigned>(
+      std::min<size_t>({items.size(), std::max(1u, std::thread::hardware_concurrency()), kMaxWorkers}));
+  std::vector<std::thread> pool;
+  for (unsigned w = 1; w < workers; ++w) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  if (failed) std::rethrow_exception(failed);
   return reports;
 }
 

@@ -152,17 +152,35 @@ json sarif_rule(const RuleInfo& r) {
             {"verdict", verdict_class_name(r.verdict)}}}};
 }
 
-// One location: the file, a byte offset in it when the finding is about the file's own bytes,
-// and the container entry (zip/tar member, decompressed stream) as a logical location with the
-// offset inside that entry.
-json sarif_location(const std::string& path, const std::string& entry, uint64_t offset, bool has_offset) {
-  json physical = {{"artifactLocation", {{"uri", path_uri(path)}}}};
-  if (entry.empty() && has_offset) physical["region"] = {{"byteOffset", offset}, {"byteLength", 1}};
+// One location: the file with a byte offset from the start of the FILE, and the container entry
+// (zip/tar member, decompressed stream) as a logical location. An offset inside a stored entry
+// is the entry's data offset plus it; inside a compressed entry the region is where the entry's
+// data begins and the logical location says "entry X, decompressed offset N".
+json sarif_location(const FileReport& f, const std::string& entry, uint64_t offset, bool has_offset) {
+  json physical = {{"artifactLocation", {{"uri", path_uri(f.input)}}}};
+  const EntryLocation* at = nullptr;
+  for (const EntryLocation& e : f.entries)
+    if (e.name == entry) at = &e;
+  std::string logical_name;
+  if (at && at->compressed) {
+    physical["region"] = {{"byteOffset", at->data_offset}, {"byteLength", 1}};
+    logical_name = (entry.empty() ? std::string("decompressed stream") : "entry " + entry) +
+                   (has_offset ? ", decompressed offset " + std::to_string(offset) : std::string());
+  } else if (at) {
+    if (has_offset) physical["region"] = {{"byteOffset", at->data_offset + offset}, {"byteLength", 1}};
+    logical_name = "entry " + entry + (has_offset ? ", offset " + std::to_string(offset) : std::string());
+  } else if (entry.empty()) {
+    if (has_offset) physical["region"] = {{"byteOffset", offset}, {"byteLength", 1}};
+  } else {
+    logical_name = "entry " + entry + (has_offset ? ", offset " + std::to_string(offset) : std::string());
+  }
   json location = {{"physicalLocation", physical}};
-  if (!entry.empty()) {
-    json logical = {{"name", entry}, {"fullyQualifiedName", entry}, {"kind", "resource"}};
+  if (!logical_name.empty()) {
+    json logical = {{"name", entry.empty() ? std::string("decompressed stream") : entry},
+                    {"fullyQualifiedName", logical_name},
+                    {"kind", "resource"}};
     location["logicalLocations"] = json::array({logical});
-    location["properties"] = {{"entryOffset", offset}};
+    if (has_offset) location["properties"] = {{"entryOffset", offset}};
   }
   return location;
 }
@@ -187,12 +205,12 @@ std::string sarif(const std::vector<FileReport>& files, bool verbose) {
     artifacts.push_back({{"location", {{"uri", path_uri(f.input)}}}, {"properties", {{"format", f.format}, {"verdict", verdict_name(f.verdict)}}}});
     for (const auto& x : f.findings) {
       if (x.severity == Severity::info && !verbose) continue;
-      add_result(x.rule, sarif_level(x.severity), x.message, sarif_location(f.input, x.entry, x.offset, true),
+      add_result(x.rule, sarif_level(x.severity), x.message, sarif_location(f, x.entry, x.offset, true),
                  verdict_name(verdict_of(x.rule, x.severity)));
     }
     if (f.error)
       add_result(f.error->rule, "error", f.error->message,
-                 sarif_location(f.input, f.error->entry, f.error->offset, f.error->has_offset), verdict_name(f.verdict));
+                 sarif_location(f, f.error->entry, f.error->offset, f.error->has_offset), verdict_name(f.verdict));
   }
   json doc = {{"$schema", "https://json.schemastore.org/sarif-2.1.0.json"},
               {"version", "2.1.0"},

@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "cdr/lifter.hpp"
+#include "cdr/nested_pickle.hpp"
 #include "pickle/pickle_machine.hpp"
 
 using namespace modelcdr;
@@ -179,9 +180,104 @@ TEST(EmbeddedPickle, StorageKeysAreNotCandidates) {
     for (const auto& f : scan) nested += f.rule == Rule::pickle_nested_pickle;
     return nested;
   };
-  const std::string key = std::string("X\x04\x00\x00\x00", 5) + "8002";
+  // A decimal record name whose hex reading is a pickle (PROTO 2, five NONE, STOP): 8+ bytes,
+  // since shorter decodings are no candidates ("8002" alone is only a protocol header).
+  const std::string key = std::string("X\x10\x00\x00\x00", 5) + "80024e4e4e4e4e2e";
   const std::string pid = std::string("\x80\x02(X\x07\x00\x00\x00storage", 15) + "ctorch\nFloatStorage\n" + key +
                           std::string("X\x03\x00\x00\x00" "cpuK\x01tQ.", 13);
   EXPECT_EQ(findings_of(pid), 0);
   EXPECT_EQ(findings_of("\x80\x02" + key + "."), 1);
+}
+
+namespace {
+
+// The findings of scan_program over `bytes` (an outer pickle made of raw opcodes).
+Findings scan_of(const std::string& bytes) {
+  pickle::DecodeOptions o;
+  Findings f;
+  auto prog = pickle::decode(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()), o, f);
+  EXPECT_TRUE(prog.ok()) << bytes;
+  if (prog.ok()) cdr::scan_program(*prog, "", f);
+  return f;
+}
+
+// A protocol-3 pickle whose only value is `inner` as BINBYTES.
+std::string holding(const std::string& inner) {
+  std::string len(4, '\0');
+  for (int i = 0; i < 4; ++i) len[i] = static_cast<char>((inner.size() >> (8 * i)) & 0xFF);
+  return "\x80\x03" "B" + len + inner + ".";
+}
+
+const Finding* nested_finding(const Findings& fs) {
+  for (const Finding& f : fs)
+    if (f.rule == Rule::pickle_nested_pickle) return &f;
+  return nullptr;
+}
+
+}  // namespace
+
+// Issue 11: a nested pickle is graded by a scan of the inner stream; dangerous only when it is.
+TEST(NestedPickleGrade, DangerousOnlyWhenTheInnerPickleIs) {
+  using namespace std::string_literals;
+  struct Case {
+    std::string inner;
+    Verdict verdict, inner_verdict;
+  } cases[] = {
+      {evil(), Verdict::dangerous, Verdict::dangerous},
+      {b64(evil()), Verdict::dangerous, Verdict::dangerous},  // an encoded layer is graded as decoded
+      {hex("N0" + evil()), Verdict::dangerous, Verdict::dangerous},
+      {"cos\nsystem\n", Verdict::dangerous, Verdict::dangerous},  // a fragment: its imports before the break
+      {"(dp0\nS'lr'\np1\nF0.5\ns.", Verdict::safe, Verdict::clean},  // plain data: disarm rebuilds it
+      {"\x80\x02}q\x00X\x01\x00\x00\x00"s + "aK\x01s.", Verdict::safe, Verdict::clean},
+      {"c__main__\nNet\n)R.", Verdict::unknown, Verdict::unknown},  // a project's own class
+  };
+  for (const Case& c : cases) {
+    Findings fs = scan_of(holding(c.inner));
+    const Finding* f = nested_finding(fs);
+    ASSERT_NE(f, nullptr) << c.inner;
+    EXPECT_EQ(file_verdict(fs), c.verdict) << c.inner << ": " << f->message;
+    EXPECT_NE(f->message.find(std::string("verdict: ") + verdict_name(c.inner_verdict)), std::string::npos) << f->message;
+  }
+  // The inner call is named in the one finding.
+  EXPECT_NE(nested_finding(scan_of(holding(evil())))->message.find("'os system' with arguments ('echo pwned',)"),
+            std::string::npos);
+}
+
+TEST(NestedPickleGrade, DepthIsBounded) {
+  std::string p = evil();
+  for (uint32_t i = 0; i < cdr::kMaxNestedPickleLevel; ++i) p = holding(p);
+  // Level 4 holds the payload: beyond the bound, so not graded but not passed as safe either.
+  Findings fs = scan_of(holding(p));
+  EXPECT_EQ(file_verdict(fs), Verdict::unknown);
+  bool named = false;
+  for (const Finding& f : fs) named |= f.message.find("not graded") != std::string::npos;
+  EXPECT_TRUE(named);
+  // Within the bound the payload is found through every level.
+  EXPECT_EQ(file_verdict(scan_of(holding(holding(evil())))), Verdict::dangerous);
+}
+
+TEST(NestedPickleGrade, ShortWordsAreNotBase64Pickles) {
+  // "groups" (a Conv2d attribute name) reads as base64 of EXT1 186, STOP: too short to be taken.
+  EXPECT_FALSE(cdr::looks_like_embedded_pickle("groups"));
+  EXPECT_EQ(file_verdict(scan_of(std::string("\x80\x02X\x06\x00\x00\x00groups.", 14))), Verdict::clean);
+  EXPECT_TRUE(cdr::looks_like_embedded_pickle(b64("\x82\xba)R.xxx")));  // 8 bytes decoded: taken
+}
+
+// BUILD on an object of a class in the safe table is `safe`; on a project's class `unknown`.
+TEST(BuildOnObject, SafeTableClassesAreSafe) {
+  EXPECT_EQ(file_verdict(scan_of("ctorch.nn.modules.linear\nLinear\n)R}b.")), Verdict::safe);
+  EXPECT_EQ(file_verdict(scan_of("ctorch.nn.parameter\nParameter\n)R}b.")), Verdict::safe);
+  EXPECT_EQ(file_verdict(scan_of("ccopyreg\n_reconstructor\n(cargparse\nNamespace\ncbuiltins\nobject\nNtR}b.")),
+            Verdict::safe);
+  EXPECT_EQ(file_verdict(scan_of("cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n(I0\ntS'b'\ntR}b.")),
+            Verdict::safe);
+  EXPECT_EQ(file_verdict(scan_of("ccopyreg\n_reconstructor\n(cmodels.config\nmodel\ncbuiltins\nobject\nNtR}b.")),
+            Verdict::unknown);
+  EXPECT_EQ(file_verdict(scan_of("cnumpy.core.multiarray\n_reconstruct\n(cmymod\nArr\n(I0\ntS'b'\ntR}b.")),
+            Verdict::unknown);
+  Findings fs = scan_of("ccopyreg\n_reconstructor\n(cmodels.config\nmodel\ncbuiltins\nobject\nNtR}b.");
+  bool named = false;
+  for (const Finding& f : fs)
+    named |= f.rule == Rule::pickle_build_on_object && f.message.find("of class 'models.config model'") != std::string::npos;
+  EXPECT_TRUE(named);
 }

@@ -86,6 +86,36 @@ def test_rules_metadata_and_locations(tmp_path):
     assert " " not in uri and "#" not in uri and "%20" in uri and "%23" in uri, uri
 
 
+def test_offsets_are_from_the_start_of_the_file(tmp_path):
+    """A result inside a zip entry is located by its offset in the FILE (the entry's data offset
+    added); inside a deflated entry, at the entry's data with "entry X, decompressed offset N"."""
+    for method in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        path = tmp_path / f"evil{method}.pt"
+        with zipfile.ZipFile(path, "w", compression=method) as z:
+            z.writestr("evil/version", "3\n")  # first, so data.pkl's data does not start at a fixed place
+            z.writestr("evil/data.pkl", EVIL)
+        info = zipfile.ZipFile(path).getinfo("evil/data.pkl")
+        raw = path.read_bytes()
+        # the entry's data offset, from its local header (30 bytes + name + extra)
+        name_len, extra_len = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little"), \
+            int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+        data_at = info.header_offset + 30 + name_len + extra_len
+        rc, doc = sarif(path)
+        call = [x for x in doc["runs"][0]["results"] if x["ruleId"] == "pickle.call"][0]
+        loc = call["locations"][0]
+        at = loc["physicalLocation"]["region"]["byteOffset"]
+        logical = loc["logicalLocations"][0]
+        assert logical["name"] == "evil/data.pkl", loc
+        inside = loc["properties"]["entryOffset"]
+        assert EVIL[inside:inside + 1] == b"R", loc  # the REDUCE opcode in the entry
+        if method == zipfile.ZIP_STORED:
+            assert raw[at:at + 1] == b"R" and at == data_at + inside, (loc, data_at)
+            assert logical["fullyQualifiedName"] == f"entry evil/data.pkl, offset {inside}", logical
+        else:
+            assert at == data_at, (loc, data_at)
+            assert logical["fullyQualifiedName"] == f"entry evil/data.pkl, decompressed offset {inside}", logical
+
+
 def test_info_findings_only_with_verbose(tmp_path):
     d = samples(tmp_path / "s")
     rc, doc = sarif(d / "remap.pkl")

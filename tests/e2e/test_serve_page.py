@@ -85,7 +85,7 @@ def test_serve_page_in_headless_chromium(tmp_path):
         t.feed(dom)
         text = " ".join(" ".join(t.text).split())
         assert "acme/mixed" in text and "acme/untouched" in text
-        assert "pytorch_model.bin" in text and "removed" in text and "cdr.dropped" in text
+        assert "pytorch_model.bin" in text and "removed" in text and "pickle.call" in text
         assert "refused (copy.not-inert)" in text  # run.sh
         assert "inert" in text and "notes.txt" in text
         assert "not built yet" in text  # acme/untouched/config.json

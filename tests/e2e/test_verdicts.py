@@ -96,7 +96,10 @@ def test_whole_model_and_namespace_are_safe(tmp_path):
     torch = pytest.importorskip("torch")
     import argparse
 
-    m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU())
+    # Conv2d: its attribute "groups" reads as base64 of a 4-byte pickle (EXT1 186, STOP); too
+    # short to be a nested pickle (it made whole-model saves dangerous).
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(),
+                            torch.nn.Linear(3, 4), torch.nn.ReLU())
     torch.save(m, tmp_path / "model.pt")
     rc, e, _ = scan(tmp_path / "model.pt")
     assert e["verdict"] == "safe", e
@@ -106,10 +109,51 @@ def test_whole_model_and_namespace_are_safe(tmp_path):
     assert e["verdict"] in ("clean", "safe"), e
 
 
+def test_nested_pickle_is_graded_by_its_inner_stream(tmp_path):
+    """A bytes value holding a pickle is dangerous only when the inner pickle is (issue 11)."""
+    import base64
+
+    cases = {
+        "plain.pkl": (pickle.dumps({"cfg": pickle.dumps({"lr": 0.1, "layers": [1, 2]})}), "safe", 0),
+        "evil.pkl": (pickle.dumps({"cfg": EVIL}), "dangerous", 1),
+        "evil_b64.pkl": (pickle.dumps({"cfg": base64.b64encode(EVIL).decode()}), "dangerous", 1),
+        "project.pkl": (pickle.dumps({"cfg": PROJECT}), "unknown", 1),
+        "two_levels.pkl": (pickle.dumps({"cfg": pickle.dumps([pickle.dumps(1), EVIL])}), "dangerous", 1),
+    }
+    for name, (data, verdict, code) in cases.items():
+        rc, e, _ = scan(write(tmp_path, name, data))
+        nested = [x for x in e["findings"] if x["rule"] == "pickle.nested-pickle"]
+        assert e["verdict"] == verdict and rc == code and nested, (name, e)
+    _, e, _ = scan(tmp_path / "evil.pkl")
+    msg = [x["message"] for x in e["findings"] if x["rule"] == "pickle.nested-pickle"][0]
+    assert "verdict: dangerous" in msg and "echo pwned" in msg, msg
+
+
+def test_disarm_lists_a_removed_call_once(tmp_path):
+    """disarm's removals fold the lifter's cdr.dropped of a call into the call (as scan does)."""
+    f = write(tmp_path, "hook.pkl", pickle.dumps({"w": 1}, protocol=2)[:-1] + b"X\x04\x00\x00\x00hook" + EVIL[:-1] + b"s.")
+    assert "system" in str(list(pickletools.genops(f.read_bytes())))
+    rc, so, se = run_cli("disarm", f, "-o", tmp_path / "out.pt", "--report", tmp_path / "r.json")
+    assert rc == 1, explain(rc, so, se)
+    removed = json.loads((tmp_path / "r.json").read_text())["files"][0]["removed"]
+    at_call = collections.Counter(x["offset"] for x in removed)
+    assert [x["rule"] for x in removed] == ["pickle.call"], removed
+    assert "removed by disarm" in removed[0]["message"] and max(at_call.values()) == 1, removed
+    lines = [l for l in se.splitlines() if "removed " in l and "offset" in l]
+    assert len(lines) == 1 and "os system" in lines[0] and "[pickle.call]" in lines[0], se
+
+
+def test_numpy_object_array_is_safe(tmp_path):
+    np = pytest.importorskip("numpy")
+    np.save(tmp_path / "obj.npy", np.array([np.arange(3), "text", None], dtype=object), allow_pickle=True)
+    rc, e, _ = scan(tmp_path / "obj.npy")
+    assert e["verdict"] == "safe" and rc == 0, e
+
+
 def test_corpus_verdicts(corpus):
     """No benign corpus file is dangerous, every malicious one that parses or names a call is."""
     recs = json.loads((corpus / "manifest.json").read_text())
-    benign_dangerous, malicious_missed = [], []
+    benign_dangerous, benign_unknown, malicious_missed = [], [], []
     for r in recs:
         p = corpus / r["path"]
         if not p.is_file():
@@ -117,16 +161,17 @@ def test_corpus_verdicts(corpus):
         rc, so, se = run_cli("scan", "--json", p)
         e = json.loads(so)["files"][0]
         v = e["verdict"]
-        # Known gap: pickle.nested-pickle is dangerous whatever the nested stream holds; the
-        # issue wants only a nested pickle that is itself dangerous (needs a rules.def change).
-        only_nested = {x["rule"] for x in e["findings"] if x["severity"] in ("high", "critical")} <= {
-            "pickle.nested-pickle", "cdr.dropped"}
-        if r["label"] == "benign" and v == "dangerous" and not only_nested:
+        if r["label"] == "benign" and v == "dangerous":
             benign_dangerous.append(r["path"])
+        if r["label"] == "benign" and v == "unknown":
+            benign_unknown.append(r["path"])
         if r["label"] == "malicious" and v != "dangerous":
             malicious_missed.append((r["path"], v))
     assert not benign_dangerous, benign_dangerous
-    # Measured 2026-12-01: 119 of 162 dangerous. The rest are unreadable (exit 2: not a
-    # checkpoint zip, parse errors that helper D's CPython-view work turns into calls) or call
-    # a project's own function (unknown by definition). Guard against regressions.
-    assert len(malicious_missed) <= 43, malicious_missed
+    # Every malicious file fails the default gate (--fail-on unknown).
+    assert all(v == "unknown" for _, v in malicious_missed), malicious_missed
+    # Measured 2026-12-01: 131 of 162 dangerous. The rest are unreadable (exit 2) or call a
+    # project's own function or builtins.print (unknown by definition). Guard against regressions.
+    assert len(malicious_missed) <= 31, malicious_missed
+    # docs/RULES-NOTES.md lists each unknown benign file with the class that makes it unknown.
+    assert len(benign_unknown) <= 25, benign_unknown
