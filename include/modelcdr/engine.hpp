@@ -88,6 +88,11 @@ class Engine {
   FileReport scan(const Source& source, const ScanOptions& options = {}) const;
   // DisarmOptions::force and ::fsync are ignored here: the Sink says (replace, durable).
   FileReport disarm(const Source& source, Sink& sink, const DisarmOptions& options = {}) const;
+  // load_model (api.hpp) with this Engine's policy and limits, from any source: the parsed,
+  // checked and lifted model, for callers that build their own objects from it (the Python
+  // loader). A memory source is borrowed for the LoadedModel's whole life.
+  Result<LoadedModelPtr> load(const Source& source, const DisarmOptions& options, FileReport& report,
+                              bool defer_storage_crc = false) const;
 
   // MTD (docs/MTD.md) over file sources and sinks: a memory source or sink is refused
   // (engine.unsupported). The option types and key loading are in src/mtd/mtd.hpp; the

@@ -1,12 +1,13 @@
-"""scan / disarm / protect / restore / verify over modelcdr._core (docs/PYTHON.md)."""
+"""Engine, scan / disarm / protect / restore / verify over modelcdr._core (docs/PYTHON.md)."""
 from __future__ import annotations
 
 import os
-from typing import IO, List, Optional, Sequence, Union
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Union
 
 from . import _core
-from ._errors import MapError, ModelcdrError, RejectedError
-from ._io import Source, is_path, private_dir, source_path
+from ._core import CancelToken
+from ._errors import CancelledError, MapError, ModelcdrError, RejectedError
+from ._io import Source, engine_source, is_path
 from ._report import MtdResult, Report, mtd_result_from, report_from
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -14,52 +15,121 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 def raise_for(report: Report) -> None:
     """Turns a rejected / failed report into the exception that carries it."""
+    if report.status not in ("rejected", "error"):
+        return
+    text = report.error.text if report.error else report.note
+    if report.error is not None and report.error.rule == "engine.cancelled":
+        raise CancelledError(f"modelcdr: {report.input}: cancelled", report)
     if report.status == "rejected":
-        raise RejectedError(f"modelcdr: rejected {report.input}: {report.error.text if report.error else report.note}", report)
-    if report.status == "error":
-        raise ModelcdrError(f"modelcdr: {report.input}: {report.error.text if report.error else report.note}", report)
+        raise RejectedError(f"modelcdr: rejected {report.input}: {text}", report)
+    raise ModelcdrError(f"modelcdr: {report.input}: {text}", report)
 
 
-def scan(src: Source, *, stego: bool = False) -> Report:
-    """Scans without writing anything. Findings about the content are in the report; only a
-    file that cannot be read at all (io.* errors) raises ModelcdrError."""
-    with source_path(src) as path:
-        report = report_from(_core.scan(path, stego))
-    if report.error is not None and report.error.rule.startswith("io."):
+# progress(stage, done, total): stage is "read", "transform", "write" or "done"; return False
+# to cancel (CancelledError). Called on the calling thread, with the GIL.
+Progress = Callable[[str, int, int], Optional[bool]]
+
+
+class Engine:
+    """One class policy and one set of limits (docs/API.md "Engine"). Immutable, reused and safe
+    to share between threads: every call releases the GIL. The module-level functions use a
+    default Engine (built-in registry, built-in limits); make your own for stricter limits or
+    extra vetted classes (docs/REGISTRY.md):
+
+        engine = modelcdr.Engine(max_input_bytes=2 << 30, allow_classes=["mypkg.Config"])
+        sd = engine.load(upload_bytes)
+
+    Limits of 0 keep the built-in defaults; larger values are clamped to them (an Engine can
+    only be stricter)."""
+
+    def __init__(
+        self,
+        *,
+        max_input_bytes: int = 0,
+        max_pickle_ops: int = 0,
+        max_pickle_nodes: int = 0,
+        max_container_items: int = 0,
+        allow_classes: Sequence[str] = (),
+        allow_reduce: Sequence[str] = (),
+        policy_files: Sequence[PathLike] = (),
+    ) -> None:
+        self._core = _core.Engine(max_input_bytes, max_pickle_ops, max_pickle_nodes, max_container_items,
+                                  list(allow_classes), list(allow_reduce), [os.fspath(p) for p in policy_files])
+
+    @property
+    def limits(self) -> Dict[str, int]:
+        return self._core.limits
+
+    def allowed_classes(self) -> List[str]:
+        """"module.Class" of every class this Engine rebuilds (the defaults, then its policy)."""
+        return self._core.allowed_classes()
+
+    def scan(self, src: Source, *, stego: bool = False, progress: Optional[Progress] = None,
+             cancel: Optional[CancelToken] = None) -> Report:
+        """Scans without writing anything. Findings about the content are in the report; only a
+        file that cannot be read at all (io.* errors) or a cancelled scan raises."""
+        data, name = engine_source(src)
+        report = report_from(self._core.scan(data, name, stego, progress, cancel))
+        if report.error is not None and (report.error.rule.startswith("io.") or report.error.rule == "engine.cancelled"):
+            raise_for(report)
+        return report
+
+    def disarm(
+        self,
+        src: Source,
+        dst: Union[PathLike, IO[bytes], None] = None,
+        *,
+        compat: str = "torch2",
+        output_format: str = "pt",
+        allow_trailing_data: bool = False,
+        fsync: bool = False,
+        force: bool = False,
+        reflink: bool = True,
+        progress: Optional[Progress] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> Union[Report, bytes]:
+        """Rebuilds `src` as a new file. dst a path: written atomically, returns the Report;
+        dst a binary file object: the bytes are written to it, returns the Report; dst None:
+        returns the rebuilt file's bytes (a memory sink: nothing touches the disk). A rejected
+        input raises RejectedError (no output)."""
+        data, name = engine_source(src)
+        output = os.fspath(dst) if dst is not None and is_path(dst) else None  # type: ignore[arg-type]
+        d, out = self._core.disarm(data, name, output, compat, output_format, allow_trailing_data, fsync, force,
+                                   reflink, progress, cancel)
+        report = report_from(d)
         raise_for(report)
-    return report
+        if output is not None:
+            return report
+        if dst is None:
+            return out
+        dst.write(out)  # type: ignore[union-attr]
+        return report
+
+    def load(self, src: Source, **kwargs: Any) -> Any:
+        """modelcdr.load with this Engine's policy and limits."""
+        from ._loader import load
+
+        return load(src, engine=self, **kwargs)
 
 
-def disarm(
-    src: Source,
-    dst: Union[PathLike, IO[bytes], None] = None,
-    *,
-    compat: str = "torch2",
-    output_format: str = "pt",
-    allow_trailing_data: bool = False,
-    fsync: bool = False,
-    force: bool = False,
-    reflink: bool = True,
-) -> Union[Report, bytes]:
-    """Rebuilds `src` as a new file. dst a path: written atomically, returns the Report;
-    dst a binary file object: the bytes are written to it, returns the Report; dst None:
-    returns the rebuilt file's bytes. A rejected input raises RejectedError (no output)."""
-    opts = (compat, output_format, allow_trailing_data, fsync, force, reflink)
-    with source_path(src) as path:
-        if dst is not None and is_path(dst):
-            report = report_from(_core.disarm(path, os.fspath(dst), *opts))  # type: ignore[arg-type]
-            raise_for(report)
-            return report
-        with private_dir() as d:
-            out = os.path.join(d, "out." + output_format)
-            report = report_from(_core.disarm(path, out, *opts))
-            raise_for(report)
-            with open(out, "rb") as f:
-                if dst is None:
-                    return f.read()
-                while chunk := f.read(1 << 20):
-                    dst.write(chunk)  # type: ignore[union-attr]
-            return report
+_default_engine = Engine()
+
+
+def default_engine() -> Engine:
+    """The Engine the module-level functions use."""
+    return _default_engine
+
+
+def scan(src: Source, *, stego: bool = False, progress: Optional[Progress] = None,
+         cancel: Optional[CancelToken] = None) -> Report:
+    """Engine.scan with the default Engine."""
+    return _default_engine.scan(src, stego=stego, progress=progress, cancel=cancel)
+
+
+def disarm(src: Source, dst: Union[PathLike, IO[bytes], None] = None, **options: Any) -> Union[Report, bytes]:
+    """Engine.disarm with the default Engine (options: compat, output_format,
+    allow_trailing_data, fsync, force, reflink, progress, cancel)."""
+    return _default_engine.disarm(src, dst, **options)
 
 
 def _paths(x: Union[PathLike, Sequence[PathLike], None]) -> List[str]:

@@ -18,3 +18,8 @@ class RejectedError(ModelcdrError):
 
 class MapError(ModelcdrError):
     """protect / restore / verify / load(map=...) failed: ``report`` is the MtdResult."""
+
+
+class CancelledError(ModelcdrError):
+    """A progress callback returned False (or raised) or a CancelToken was set: nothing was
+    written or loaded (rule engine.cancelled)."""

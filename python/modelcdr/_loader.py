@@ -8,15 +8,16 @@ The result equals torch.load(<the disarmed file>, weights_only=True).
 from __future__ import annotations
 
 import collections
+import io
 import mmap as _mmap
 import os
 import sys
 import threading
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
-from . import _api, _core
+from . import _api
 from ._errors import ModelcdrError, RejectedError
-from ._io import Source, private_dir, source_path
+from ._io import Source, engine_source, is_path
 from ._report import Report, report_from
 
 # modelcdr/model.hpp ValueKind
@@ -69,12 +70,15 @@ class _TorchBuilder:
             st = torch.UntypedStorage(0)
         else:
             buf = self.model.owned_buffer(sid)  # restored in memory: view it, no copy
-            if buf is None:
-                if self.mmap and offset is not None:
-                    buf = self._file_view(offset, nbytes, fd)
-                else:
-                    buf = self.model.storage_copy(sid)
-            st = torch.frombuffer(buf, dtype=torch.uint8).untyped_storage()
+            if buf is None and self.mmap and offset is not None:
+                buf = self._file_view(offset, nbytes, fd)
+            if buf is not None:
+                st = torch.frombuffer(buf, dtype=torch.uint8).untyped_storage()
+            else:
+                # A storage of torch's own allocator, as torch.load makes; the engine reads the
+                # record straight into it (one pread, CRC checked on the way, no GIL).
+                st = torch.UntypedStorage(nbytes)
+                self.model.storage_into(sid, st.data_ptr(), nbytes)
         if self.device is not None and self.device.type not in ("cpu", "meta"):
             moved = torch.UntypedStorage(st.nbytes(), device=self.device)
             moved.copy_(st)
@@ -240,32 +244,30 @@ def _build_torch(model: Any, mmap: bool, map_location: Any) -> Any:
         _restore_recursion_limit()
 
 
-def _engine_load(path: str, compat: str, allow_trailing_data: bool):
-    model, d = _core.load(path, compat, allow_trailing_data)
+def _engine_load(data: object, name: str, engine: Any, compat: str, allow_trailing_data: bool, progress: Any,
+                 cancel: Any):
+    model, d = (engine or _api.default_engine())._core.load(data, name, compat, allow_trailing_data, progress, cancel)
     report = report_from(d)
     _api.raise_for(report)
     return model, report
 
 
-def _through_output(path: str, fmt: str, compat: str, allow_trailing_data: bool) -> Any:
-    """numpy and scikit-learn files: disarm to a private file, then read OUR output (the
-    emitter's fixed vocabulary; .npy/.npz with allow_pickle=False, no pickle at all)."""
-    with private_dir() as d:
-        if fmt in ("npy", "npz"):
-            import numpy as np
+def _through_output(data: object, fmt: str, engine: Any, compat: str, allow_trailing_data: bool) -> Any:
+    """numpy and scikit-learn files: disarm into memory, then read OUR output (the emitter's
+    fixed vocabulary; .npy/.npz with allow_pickle=False, no pickle at all)."""
+    out = (engine or _api.default_engine()).disarm(data, compat=compat, output_format=fmt,
+                                                   allow_trailing_data=allow_trailing_data)
+    if fmt in ("npy", "npz"):
+        import numpy as np
 
-            out = os.path.join(d, "out." + fmt)
-            _api.raise_for(report_from(_core.disarm(path, out, compat, fmt, allow_trailing_data, False, False, False)))
-            loaded = np.load(out, allow_pickle=False)
-            if fmt == "npz":
-                with loaded:
-                    return {k: loaded[k] for k in loaded.files}
-            return loaded
-        import joblib
+        loaded = np.load(io.BytesIO(out), allow_pickle=False)
+        if fmt == "npz":
+            with loaded:
+                return {k: loaded[k] for k in loaded.files}
+        return loaded
+    import joblib
 
-        out = os.path.join(d, "out." + fmt)
-        _api.raise_for(report_from(_core.disarm(path, out, compat, fmt, allow_trailing_data, False, False, False)))
-        return joblib.load(out)
+    return joblib.load(io.BytesIO(out))
 
 
 def load(
@@ -282,30 +284,38 @@ def load(
     allow_unsigned: bool = False,
     compat: str = "torch2",
     allow_trailing_data: bool = False,
+    engine: Any = None,
+    progress: Any = None,
+    cancel: Any = None,
 ) -> Any:
     """Loads a model file safely (see the module docstring). torch checkpoints give what
     torch.load(disarmed, weights_only=True) gives; safetensors a dict of tensors; .npy a
     numpy array, .npz a dict of arrays; joblib / pickle the vetted registry objects.
-    With ``map=`` the file is an MTD-protected model, restored in memory."""
+    With ``map=`` the file is an MTD-protected model, restored in memory. ``engine``: the
+    Engine whose policy and limits apply (default: modelcdr's default Engine); ``progress``
+    and ``cancel`` as for Engine.disarm (they cover the engine's parse, not the tensor copies)."""
     if not weights_only:
         raise ValueError("modelcdr.load never runs pickle code: weights_only=False is not supported")
-    with source_path(src) as path:
-        if map is not None:
-            model, _ = _api.restore_model(path, map, key_file, passphrase_file, identity, verify_signer, allow_unsigned)
-            return _build_torch(model, False, map_location)
-        model, report = _engine_load(path, compat, allow_trailing_data)
-        if report.format in TORCH_FORMATS or report.format == "safetensors":
-            try:
-                return _build_torch(model, mmap, map_location)
-            except ValueError as e:  # a record's bytes failed their zip CRC while being copied
-                if "[zip.bad-crc]" not in str(e):
-                    raise
-                raise RejectedError(f"modelcdr: rejected {path}: {e}", report) from None
-        fmt = {"npy": "npy", "npz": "npz", "joblib": "joblib", "pickle": "pickle"}.get(report.format)
-        if fmt is None:
-            raise ModelcdrError(f"modelcdr.load: {path}: {report.format} files are not supported", report)
-        del model
-        return _through_output(path, fmt, compat, allow_trailing_data)
+    if map is not None:
+        if not is_path(src):
+            raise TypeError("load(map=...): MTD reads files only: give the protected model's path")
+        path = os.fspath(src)  # type: ignore[arg-type]
+        model, _ = _api.restore_model(path, map, key_file, passphrase_file, identity, verify_signer, allow_unsigned)
+        return _build_torch(model, False, map_location)
+    data, name = engine_source(src)
+    model, report = _engine_load(data, name, engine, compat, allow_trailing_data, progress, cancel)
+    if report.format in TORCH_FORMATS or report.format == "safetensors":
+        try:
+            return _build_torch(model, mmap, map_location)
+        except ValueError as e:  # a record's bytes failed their zip CRC while being copied
+            if "[zip.bad-crc]" not in str(e):
+                raise
+            raise RejectedError(f"modelcdr: rejected {name}: {e}", report) from None
+    fmt = {"npy": "npy", "npz": "npz", "joblib": "joblib", "pickle": "pickle"}.get(report.format)
+    if fmt is None:
+        raise ModelcdrError(f"modelcdr.load: {name}: {report.format} files are not supported", report)
+    del model
+    return _through_output(data, fmt, engine, compat, allow_trailing_data)
 
 
 def load_file(src: Source, device: Any = "cpu") -> Dict[str, Any]:
@@ -319,6 +329,6 @@ def load_file(src: Source, device: Any = "cpu") -> Dict[str, Any]:
 
 def inspect(src: Source) -> Report:
     """The report load() would act on (formats, findings, what would be removed)."""
-    with source_path(src) as path:
-        _model, report = _engine_load(path, "torch2", False)
-        return report
+    data, name = engine_source(src)
+    _model, report = _engine_load(data, name, None, "torch2", False, None, None)
+    return report

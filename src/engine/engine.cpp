@@ -70,6 +70,11 @@ FileReport Engine::disarm(const Source& source, Sink& sink, const DisarmOptions&
   return engine::run_disarm(source, sink, options, state_->context);
 }
 
+Result<LoadedModelPtr> Engine::load(const Source& source, const DisarmOptions& options, FileReport& report,
+                                    bool defer_storage_crc) const {
+  return engine::run_load(source, options, report, defer_storage_crc, state_->context);
+}
+
 namespace {
 
 FileReport refused(const Source& source, const std::string& why) {

@@ -237,3 +237,24 @@ def test_corrupted_record_rejected(tmp_path, torch):
     with pytest.raises(modelcdr.RejectedError) as e:
         modelcdr.load(path)
     assert "zip.bad-crc" in str(e.value) and e.value.report is not None
+
+
+@pytest.mark.parametrize("part", [0, 1, 3])
+def test_large_storage_read_in_parts(tmp_path, torch, part):
+    """A storage of 64 MiB is read by up to 4 threads (one part each, CRCs combined): the
+    bytes are exact, and a flipped bit in any part fails the record's CRC."""
+    t = torch.arange(16 << 20, dtype=torch.float32)
+    path = tmp_path / "big.pt"
+    torch.save({"w": t}, path)
+    assert torch.equal(modelcdr.load(path)["w"], t)
+    data = bytearray(path.read_bytes())
+    i = (part * (4 << 20)) + 12345  # an element inside part `part` (16 MiB = 4M floats each)
+    at = data.find(t[i:i + 4].numpy().tobytes())
+    assert at > 0
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(modelcdr.RejectedError) as e:
+        modelcdr.load(path)
+    assert "zip.bad-crc" in str(e.value)
+    with pytest.raises(modelcdr.RejectedError):
+        modelcdr.load(bytes(data))  # a memory source is checked the same way
