@@ -97,7 +97,7 @@ class Lifter {
   }
 
   // The items of a Tuple node (the argument tuple of a call), or nullptr.
-  const std::vector<NodeId>* tuple_items(NodeId id) const {
+  const pickle::NodeIds* tuple_items(NodeId id) const {
     if (id == kNoNode) return nullptr;
     const Node& n = at(id);
     return n.kind == NodeKind::Tuple ? &n.items : nullptr;
@@ -105,7 +105,7 @@ class Lifter {
 
   // An (key, value) item of a mapping constructor: a 2-tuple, or a 2-element list, as Python 2's
   // OrderedDict.__reduce__ wrote them (CPython accepts any pair).
-  const std::vector<NodeId>* pair_items(NodeId id) const {
+  const pickle::NodeIds* pair_items(NodeId id) const {
     const Node& n = at(id);
     if (n.kind != NodeKind::Tuple && n.kind != NodeKind::List) return nullptr;
     return n.items.size() == 2 ? &n.items : nullptr;
@@ -283,7 +283,7 @@ class Lifter {
     return rebuild_nested_pickle(s, o, m_.findings);
   }
 
-  Result<ValueId> sequence(const Node& n, ValueKind k, const std::vector<NodeId>& items, uint32_t depth) {
+  Result<ValueId> sequence(const Node& n, ValueKind k, const pickle::NodeIds& items, uint32_t depth) {
     Value v;
     v.kind = k;
     v.items.reserve(items.size() + n.appended.size());
@@ -524,7 +524,7 @@ class Lifter {
     return dropped(n, "call of " + global_text(callee), "not a recognised data constructor", s);
   }
 
-  Result<ValueId> mapping_call(const Node& n, const std::string& name, const std::vector<NodeId>& args,
+  Result<ValueId> mapping_call(const Node& n, const std::string& name, const pickle::NodeIds& args,
                                uint32_t depth) {
     Value v;
     v.kind = name == "OrderedDict" ? ValueKind::ordered_dict : ValueKind::dict;
@@ -581,7 +581,7 @@ class Lifter {
 
   // torch.Size((ints...)): kept as a Size (its own value, so that the plain tuple it was built
   // from stays a tuple). A Size of anything but ints would not load: it is written as a tuple.
-  Result<ValueId> size_call(const Node& n, const std::vector<NodeId>& args, uint32_t depth) {
+  Result<ValueId> size_call(const Node& n, const pickle::NodeIds& args, uint32_t depth) {
     if (args.size() != 1 || at(args[0]).kind != NodeKind::Tuple)
       return dropped(n, "torch.Size", "argument is not a tuple");
     MCDR_ASSIGN(ValueId inner, lift(args[0], depth + 1));
@@ -596,7 +596,7 @@ class Lifter {
     return m_.add(std::move(v));
   }
 
-  Result<ValueId> codecs_encode(const Node& n, const std::vector<NodeId>& args) {
+  Result<ValueId> codecs_encode(const Node& n, const pickle::NodeIds& args) {
     // Protocol 2 spelling of bytes: encode(<text with code points <= 0xFF>, 'latin1').
     if (args.size() != 2 || at(args[0]).kind != NodeKind::Str || !as_text(args[1]) ||
         (*as_text(args[1]) != "latin1" && *as_text(args[1]) != "latin-1"))
@@ -623,7 +623,7 @@ class Lifter {
     return out;
   }
 
-  Result<ValueId> builtin_call(const Node& n, const std::string& name, const std::vector<NodeId>& args,
+  Result<ValueId> builtin_call(const Node& n, const std::string& name, const pickle::NodeIds& args,
                                uint32_t depth) {
     if ((name == "set" || name == "frozenset") && args.size() <= 1) {
       Value v;
@@ -658,7 +658,7 @@ class Lifter {
 
   // torch.device(type) / torch.device(type, index): kept as a device when the type is a plain
   // identifier and the index a small int (torch rejects anything else at load), else a string.
-  Result<ValueId> device_call(const Node& n, const std::vector<NodeId>& args) {
+  Result<ValueId> device_call(const Node& n, const pickle::NodeIds& args) {
     if (args.empty() || args.size() > 2 || !as_text(args[0])) return dropped(n, "torch.device", "unexpected arguments");
     std::string s = *as_text(args[0]);
     auto index = args.size() == 2 ? as_int(args[1]) : std::nullopt;
@@ -692,7 +692,7 @@ class Lifter {
     return true;
   }
 
-  Result<ValueId> path_call(const Node& n, const std::vector<NodeId>& args, char sep) {
+  Result<ValueId> path_call(const Node& n, const pickle::NodeIds& args, char sep) {
     std::string s;
     for (NodeId a : args) {
       auto t = as_text(a);
@@ -709,7 +709,7 @@ class Lifter {
 
   // numpy scalar(dtype, raw bytes): e.g. best_acc saved as np.float64. Becomes the equal
   // Python number (reported). The dtype is numpy.dtype('<code>', False, True) + BUILD state.
-  Result<ValueId> numpy_scalar(const Node& n, const std::vector<NodeId>& args) {
+  Result<ValueId> numpy_scalar(const Node& n, const pickle::NodeIds& args) {
     if (args.size() != 2) return dropped(n, "numpy scalar", "unexpected arguments");
     const Node& dt = at(args[0]);
     std::string raw;
@@ -784,7 +784,7 @@ class Lifter {
   }
 
   // ---- tensors -------------------------------------------------------------------------
-  Result<ValueId> tensor_call(NodeId id, const std::string& fn, const std::vector<NodeId>& args, uint32_t depth) {
+  Result<ValueId> tensor_call(NodeId id, const std::string& fn, const pickle::NodeIds& args, uint32_t depth) {
     MCDR_ASSIGN(std::optional<TensorId> tid, tensor_from_call(id, fn, args, depth));
     if (!tid) {
       std::string why = unsupported_.empty() ? "its rebuild call has unexpected arguments" : unsupported_;
@@ -808,7 +808,7 @@ class Lifter {
     return tensor_from_call(id, callee.name, *tuple_items(n.items[1]), depth);
   }
 
-  Result<std::optional<TensorId>> tensor_from_call(NodeId id, const std::string& fn, const std::vector<NodeId>& a,
+  Result<std::optional<TensorId>> tensor_from_call(NodeId id, const std::string& fn, const pickle::NodeIds& a,
                                                    uint32_t depth) {
     if (depth > opt_.max_depth) return too_deep(id);
     std::optional<TensorId> result;
@@ -885,7 +885,7 @@ class Lifter {
 
   Result<std::vector<int64_t>> int_tuple(NodeId id, const char* what) {
     const Node& n = at(id);
-    const std::vector<NodeId>* items = nullptr;
+    const pickle::NodeIds* items = nullptr;
     if (n.kind == NodeKind::Tuple || n.kind == NodeKind::List) items = &n.items;
     // torch.Size((...)) appears in some writers
     if (n.kind == NodeKind::Call && is_global(at(n.items[0]), "torch", "Size")) {
@@ -933,7 +933,7 @@ class Lifter {
     return ok_status();
   }
 
-  Result<std::optional<TensorId>> dense_tensor(NodeId id, const std::string& fn, const std::vector<NodeId>& a) {
+  Result<std::optional<TensorId>> dense_tensor(NodeId id, const std::string& fn, const pickle::NodeIds& a) {
     const Node& n = at(id);
     bool v3 = fn == "_rebuild_tensor_v3";
     size_t min_args = fn == "_rebuild_tensor" ? 4 : v3 ? 7 : 6;
@@ -978,7 +978,7 @@ class Lifter {
     return std::optional<TensorId>(static_cast<TensorId>(m_.tensors.size() - 1));
   }
 
-  Result<std::optional<TensorId>> parameter(NodeId id, const std::string& fn, const std::vector<NodeId>& a, uint32_t depth) {
+  Result<std::optional<TensorId>> parameter(NodeId id, const std::string& fn, const pickle::NodeIds& a, uint32_t depth) {
     const Node& n = at(id);
     if (a.size() != (fn == "_rebuild_parameter" ? 3u : 4u))
       return err(n.offset, Rule::cdr_bad_tensor, fn + " called with " + std::to_string(a.size()) + " arguments");
@@ -1000,7 +1000,7 @@ class Lifter {
     return std::optional<TensorId>(static_cast<TensorId>(m_.tensors.size() - 1));
   }
 
-  Result<std::optional<TensorId>> quantized_tensor(NodeId id, const std::vector<NodeId>& a, uint32_t depth) {
+  Result<std::optional<TensorId>> quantized_tensor(NodeId id, const pickle::NodeIds& a, uint32_t depth) {
     const Node& n = at(id);
     if (a.size() != 7) return err(n.offset, Rule::cdr_bad_tensor, "_rebuild_qtensor called with " + std::to_string(a.size()) + " arguments");
     MCDR_ASSIGN(std::optional<StorageView> sv, storage_of(a[0], std::nullopt));
@@ -1045,7 +1045,7 @@ class Lifter {
     return std::optional<TensorId>(static_cast<TensorId>(m_.tensors.size() - 1));
   }
 
-  Result<std::optional<TensorId>> sparse_tensor(NodeId id, const std::vector<NodeId>& a, uint32_t depth) {
+  Result<std::optional<TensorId>> sparse_tensor(NodeId id, const pickle::NodeIds& a, uint32_t depth) {
     const Node& n = at(id);
     if (a.size() != 2) return err(n.offset, Rule::cdr_bad_tensor, "_rebuild_sparse_tensor called with unexpected arguments");
     const Node& layout = at(a[0]);
@@ -1076,7 +1076,7 @@ class Lifter {
     return std::optional<TensorId>(static_cast<TensorId>(m_.tensors.size() - 1));
   }
 
-  Result<ValueId> rebuild_from_type(const Node& n, const std::vector<NodeId>& a, uint32_t depth) {
+  Result<ValueId> rebuild_from_type(const Node& n, const pickle::NodeIds& a, uint32_t depth) {
     // _rebuild_from_type_v2(func, new_type, args, state): keep the tensor, drop the subclass.
     if (a.size() != 4 || at(a[0]).kind != NodeKind::Global || at(a[1]).kind != NodeKind::Global || !tuple_items(a[2]))
       return dropped(n, "tensor subclass", "unexpected _rebuild_from_type_v2 arguments");
@@ -1283,7 +1283,7 @@ class Lifter {
 
   void collect_strings(NodeId id, std::unordered_set<std::string>& out) const {
     const Node& n = at(id);
-    const std::vector<NodeId>* items = &n.items;
+    const pickle::NodeIds* items = &n.items;
     if (n.kind == NodeKind::Call) {
       auto* a = tuple_items(n.items[1]);
       if (!a || a->empty()) return;
@@ -1328,7 +1328,7 @@ class Lifter {
   }
 
   // torch.nn.parameter.Parameter(<tensor pid>) + BUILD (requires_grad, volatile, hooks).
-  Result<ValueId> tar_parameter(const Node& n, const std::vector<NodeId>& args, uint32_t depth) {
+  Result<ValueId> tar_parameter(const Node& n, const pickle::NodeIds& args, uint32_t depth) {
     if (args.empty() || args.size() > 2) return dropped(n, "parameter", "unexpected arguments");
     MCDR_ASSIGN(ValueId inner, lift(args[0], depth + 1));
     if (m_.values[inner].kind != ValueKind::tensor) return dropped(n, "parameter", "its data is not a tensor");
@@ -1352,7 +1352,7 @@ class Lifter {
 
   // ---- numpy arrays and registry objects ------------------------------------------------
   // numpy.dtype(code, False, True) [+ BUILD (3, order, None, names, fields, elsize, align, flags)]
-  Result<ValueId> numpy_dtype(const Node& n, const std::vector<NodeId>& args, uint32_t depth) {
+  Result<ValueId> numpy_dtype(const Node& n, const pickle::NodeIds& args, uint32_t depth) {
     auto code = args.size() == 3 ? as_text(args[0]) : std::nullopt;
     if (!code || !parse_numpy_code(*code)) return dropped(n, "numpy dtype", "not a plain numpy dtype code");
     Value v;
@@ -1486,7 +1486,7 @@ class Lifter {
 
   // numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b') + BUILD
   // (1, shape, dtype, is_fortran, raw bytes | list of objects).
-  Result<ValueId> numpy_reconstruct(const Node& n, const std::vector<NodeId>& args, uint32_t depth) {
+  Result<ValueId> numpy_reconstruct(const Node& n, const pickle::NodeIds& args, uint32_t depth) {
     if (args.size() != 3 || !is_global(at(args[0]), "numpy", "ndarray"))
       return dropped(n, "numpy array", "not a plain numpy.ndarray (subclasses are not rebuilt)");
     if (n.build_states.size() != 1) return dropped(n, "numpy array", "expected exactly one BUILD");
@@ -1552,6 +1552,7 @@ class Lifter {
       return dropped(n, "joblib array", "array subclass " + (at(sub).kind == NodeKind::Global ? global_text(at(sub)) : "?") +
                                             " is not numpy.ndarray");
     if (!n.has_payload) return dropped(n, "joblib array", "its data was not read (not parsed as a joblib stream)");
+    const pickle::NodePayload& pl = p_.payloads.at(static_cast<NodeId>(&n - p_.nodes.data()));
     MCDR_ASSIGN(auto shape, array_shape(shape_id));
     if (!shape) return dropped(n, "joblib array", "shape is not a tuple of non-negative integers");
     auto ord = as_text(order);
@@ -1559,22 +1560,22 @@ class Lifter {
     std::string why;
     MCDR_ASSIGN(auto dt, array_dtype(dtype, depth, why));
     if (!dt) return dropped(n, "joblib array", why);
-    if (n.payload_is_pickle || dt->code.kind == 'O')
+    if (pl.is_pickle || dt->code.kind == 'O')
       return dropped(n, "joblib object array", "object arrays are stored as a nested pickle (scanned, not rebuilt)");
     uint64_t numel = 1, nbytes = 0;
     for (int64_t d : *shape)
       if (!mul_ok(numel, static_cast<uint64_t>(d), numel)) return err(n.offset, Rule::cdr_bad_array, "array size overflows");
-    if (!mul_ok(numel, dt->code.itemsize, nbytes) || nbytes > n.payload_size)
+    if (!mul_ok(numel, dt->code.itemsize, nbytes) || nbytes > pl.size)
       return err(n.offset, Rule::cdr_bad_array, "joblib array payload is smaller than its shape and dtype need");
     io::ByteCursor cur(opt_.payload_bytes, opt_.entry);
-    MCDR_TRY(cur.seek(static_cast<size_t>(n.payload_offset + n.payload_size - nbytes)));
+    MCDR_TRY(cur.seek(static_cast<size_t>(pl.offset + pl.size - nbytes)));
     MCDR_ASSIGN(auto bytes, cur.take(nbytes));
     return make_array(n, *dt, std::move(*shape), *ord == "F", bytes, nullptr,
-                      "joblib array at offset " + std::to_string(n.payload_offset));
+                      "joblib array at offset " + std::to_string(pl.offset));
   }
 
   // A vetted class: NEWOBJ () / copyreg._reconstructor / REDUCE(args) + BUILD dict state.
-  Result<ValueId> registry_object(const Node& n, uint32_t cid, const std::vector<NodeId>* ctor_args, uint32_t depth) {
+  Result<ValueId> registry_object(const Node& n, uint32_t cid, const pickle::NodeIds* ctor_args, uint32_t depth) {
     const RegistryClass& rc = opt_.registry->at(cid);
     std::string what = "object of class " + rc.module + "." + rc.name;
     if (n.build_states.size() > 1) return dropped(n, what, "more than one BUILD");
