@@ -12,6 +12,7 @@
 #include "io/mapped_file.hpp"
 #include "pickle/pickle_emitter.hpp"
 #include "pickle/pickle_machine.hpp"
+#include "pickle/stream_check.hpp"
 
 namespace modelcdr::formats {
 
@@ -550,7 +551,7 @@ std::span<const uint8_t> text(std::string_view s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
 
-bool emit_vocabulary(const pickle::Node& g) {
+bool emit_vocabulary(std::string_view module, std::string_view name) {
   static const std::pair<const char*, const char*> allowed[] = {
       {"collections", "OrderedDict"},         {"torch._utils", "_rebuild_tensor_v2"},
       {"torch._utils", "_rebuild_tensor_v3"}, {"torch._utils", "_rebuild_parameter"},
@@ -561,29 +562,18 @@ bool emit_vocabulary(const pickle::Node& g) {
       {"builtins", "set"},                    {"builtins", "complex"},
       {"torch", "device"}};
   for (auto [m, n] : allowed)
-    if (g.text == m && g.name == n) return true;
-  if (g.text != "torch") return false;
-  return model::dtype_from_storage_class(g.name).has_value() || model::dtype_from_name(g.name).has_value();
+    if (module == m && name == n) return true;
+  if (module != "torch") return false;
+  const std::string n(name);
+  return model::dtype_from_storage_class(n).has_value() || model::dtype_from_name(n).has_value();
 }
 
-// Defence in depth for invariant 2: re-read what the emitter produced with our own machine and
-// refuse to write it unless it is one protocol-2 stream whose globals all come from the emit
-// vocabulary. Cheap: data.pkl is small next to the tensor payloads.
+// Defence in depth for invariant 2: re-read what the emitter produced, every byte, and refuse
+// to write it unless it is one protocol-2 stream of the emitter's opcodes whose globals all come
+// from the emit vocabulary. A streaming check (pickle/stream_check.hpp): it keeps no value graph,
+// so it costs nothing per tensor.
 Status verify_emitted(const std::vector<uint8_t>& pkl) {
-  Findings findings;
-  pickle::DecodeOptions d;
-  d.entry = "archive/data.pkl (emitted)";
-  MCDR_ASSIGN(pickle::Program p, pickle::decode(pkl, d, findings));
-  if (p.protocol != 2 || p.end_offset != pkl.size())
-    return make_error(Rule::emit_self_check, "emitted pickle is not a single protocol-2 stream");
-  for (const auto& n : p.nodes) {
-    if (n.kind == pickle::NodeKind::Global && !emit_vocabulary(n))
-      return make_error(Rule::emit_self_check, "emitted pickle names a global outside the emit vocabulary", n.offset);
-    if (n.kind == pickle::NodeKind::Inst || n.kind == pickle::NodeKind::Ext || n.kind == pickle::NodeKind::Buffer ||
-        n.kind == pickle::NodeKind::NewObj)
-      return make_error(Rule::emit_self_check, "emitted pickle holds an opcode outside the emit vocabulary", n.offset);
-  }
-  return ok_status();
+  return pickle::check_emitted_stream(pkl, emit_vocabulary, "archive/data.pkl (emitted)");
 }
 
 }  // namespace

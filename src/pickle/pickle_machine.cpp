@@ -1226,6 +1226,8 @@ class Machine {
 
 }  // namespace
 
+bool valid_utf8_text(std::string_view s, bool allow_surrogates) { return valid_utf8(s, allow_surrogates); }
+
 Result<Program> decode(std::span<const uint8_t> data, const DecodeOptions& options, Findings& findings) {
   return Machine(data, options, findings).run();
 }

@@ -69,4 +69,7 @@ struct DecodeOptions {
 // name remaps) are appended to `findings`.
 Result<Program> decode(std::span<const uint8_t> data, const DecodeOptions& options, Findings& findings);
 
+// The machine's UTF-8 check (surrogates: Python's "surrogatepass", as BINUNICODE allows).
+bool valid_utf8_text(std::string_view s, bool allow_surrogates);
+
 }  // namespace modelcdr::pickle
