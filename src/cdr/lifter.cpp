@@ -67,6 +67,7 @@ class Lifter {
     // About one value per node: reserving avoids the vector's doubling, whose copy briefly holds
     // the old and the new array (up to 3x the values) on pickles of millions of objects.
     m_.values.reserve(p_.nodes.size() + 64);
+    done_.assign(p_.nodes.size(), model::kNoValue);
     MCDR_ASSIGN(m_.root, lift(p_.root, 0));
     return std::move(m_);
   }
@@ -152,18 +153,17 @@ class Lifter {
   // ---- the walk ------------------------------------------------------------------------
   Result<ValueId> lift(NodeId id, uint32_t depth) {
     if (depth > opt_.max_depth) return too_deep(id);
-    if (auto it = done_.find(id); it != done_.end()) {
+    if (const ValueId seen = done_[id]; seen != model::kNoValue && seen != kInProgress) {
       // A value lifted once keeps its height wherever it is referenced again: the bound is on
       // depth + height, or chains of cached values (lifted shallow, e.g. as dropped dict keys,
       // then nested through the cache) would reach any depth.
-      if (depth + height(it->second, 0) > opt_.max_depth + 1) return too_deep(id);
-      return it->second;
+      if (depth + height(seen, 0) > opt_.max_depth + 1) return too_deep(id);
+      return seen;
     }
-    if (!in_progress_.insert(id).second) return dropped(at(id), "reference cycle", "cycles are not plain data");
+    if (done_[id] == kInProgress) return dropped(at(id), "reference cycle", "cycles are not plain data");
+    done_[id] = kInProgress;
     auto r = lift_uncached(id, depth);
-    in_progress_.erase(id);
-    if (!r.ok()) return r;
-    done_[id] = *r;
+    done_[id] = r.ok() ? *r : model::kNoValue;
     return r;
   }
 
@@ -1602,10 +1602,12 @@ class Lifter {
   const StorageResolver& resolve_;
   const LiftOptions& opt_;
   Model m_;
-  std::unordered_map<NodeId, ValueId> done_;
+  // By NodeId: the value a node lifted to, kInProgress while its lift runs (a cycle when met
+  // again), kNoValue before. A flat array: 4 bytes a node, where a hash map cost about 40.
+  static constexpr ValueId kInProgress = model::kNoValue - 1;
+  std::vector<ValueId> done_;
   std::vector<uint32_t> heights_;   // by ValueId: nesting height once known, 0 = not yet
   std::vector<uint8_t> hashable_;   // by ValueId: 1 plain key, 2 not, 0 not yet known
-  std::unordered_set<NodeId> in_progress_;
   std::unordered_map<std::string, model::StorageId> storages_by_key_;
   std::unordered_map<NodeId, TensorId> tensor_nodes_;
   int module_roots_ = 0;
