@@ -68,6 +68,7 @@ class Lifter {
     // About one value per node: reserving avoids the vector's doubling, whose copy briefly holds
     // the old and the new array (up to 3x the values) on pickles of millions of objects.
     m_.values.reserve(p_.nodes.size() + 64);
+    done_.assign(p_.nodes.size(), model::kNoValue);
     MCDR_ASSIGN(m_.root, lift(p_.root, 0));
     return std::move(m_);
   }
@@ -98,7 +99,7 @@ class Lifter {
   }
 
   // The items of a Tuple node (the argument tuple of a call), or nullptr.
-  const std::vector<NodeId>* tuple_items(NodeId id) const {
+  const pickle::NodeIds* tuple_items(NodeId id) const {
     if (id == kNoNode) return nullptr;
     const Node& n = at(id);
     return n.kind == NodeKind::Tuple ? &n.items : nullptr;
@@ -106,7 +107,7 @@ class Lifter {
 
   // An (key, value) item of a mapping constructor: a 2-tuple, or a 2-element list, as Python 2's
   // OrderedDict.__reduce__ wrote them (CPython accepts any pair).
-  const std::vector<NodeId>* pair_items(NodeId id) const {
+  const pickle::NodeIds* pair_items(NodeId id) const {
     const Node& n = at(id);
     if (n.kind != NodeKind::Tuple && n.kind != NodeKind::List) return nullptr;
     return n.items.size() == 2 ? &n.items : nullptr;
@@ -153,18 +154,17 @@ class Lifter {
   // ---- the walk ------------------------------------------------------------------------
   Result<ValueId> lift(NodeId id, uint32_t depth) {
     if (depth > opt_.max_depth) return too_deep(id);
-    if (auto it = done_.find(id); it != done_.end()) {
+    if (const ValueId seen = done_[id]; seen != model::kNoValue && seen != kInProgress) {
       // A value lifted once keeps its height wherever it is referenced again: the bound is on
       // depth + height, or chains of cached values (lifted shallow, e.g. as dropped dict keys,
       // then nested through the cache) would reach any depth.
-      if (depth + height(it->second, 0) > opt_.max_depth + 1) return too_deep(id);
-      return it->second;
+      if (depth + height(seen, 0) > opt_.max_depth + 1) return too_deep(id);
+      return seen;
     }
-    if (!in_progress_.insert(id).second) return dropped(at(id), "reference cycle", "cycles are not plain data");
+    if (done_[id] == kInProgress) return dropped(at(id), "reference cycle", "cycles are not plain data");
+    done_[id] = kInProgress;
     auto r = lift_uncached(id, depth);
-    in_progress_.erase(id);
-    if (!r.ok()) return r;
-    done_[id] = *r;
+    done_[id] = r.ok() ? *r : model::kNoValue;
     return r;
   }
 
@@ -284,7 +284,7 @@ class Lifter {
     return rebuild_nested_pickle(s, o, m_.findings);
   }
 
-  Result<ValueId> sequence(const Node& n, ValueKind k, const std::vector<NodeId>& items, uint32_t depth) {
+  Result<ValueId> sequence(const Node& n, ValueKind k, const pickle::NodeIds& items, uint32_t depth) {
     Value v;
     v.kind = k;
     v.items.reserve(items.size() + n.appended.size());
@@ -547,7 +547,7 @@ class Lifter {
     return dropped(n, "call of " + global_text(callee), "not a recognised data constructor", s);
   }
 
-  Result<ValueId> mapping_call(const Node& n, const std::string& name, const std::vector<NodeId>& args,
+  Result<ValueId> mapping_call(const Node& n, const std::string& name, const pickle::NodeIds& args,
                                uint32_t depth) {
     Value v;
     v.kind = name == "OrderedDict" ? ValueKind::ordered_dict : ValueKind::dict;
@@ -604,7 +604,7 @@ class Lifter {
 
   // torch.Size((ints...)): kept as a Size (its own value, so that the plain tuple it was built
   // from stays a tuple). A Size of anything but ints would not load: it is written as a tuple.
-  Result<ValueId> size_call(const Node& n, const std::vector<NodeId>& args, uint32_t depth) {
+  Result<ValueId> size_call(const Node& n, const pickle::NodeIds& args, uint32_t depth) {
     if (args.size() != 1 || at(args[0]).kind != NodeKind::Tuple)
       return dropped(n, "torch.Size", "argument is not a tuple");
     MCDR_ASSIGN(ValueId inner, lift(args[0], depth + 1));
@@ -619,7 +619,7 @@ class Lifter {
     return m_.add(std::move(v));
   }
 
-  Result<ValueId> codecs_encode(const Node& n, const std::vector<NodeId>& args) {
+  Result<ValueId> codecs_encode(const Node& n, const pickle::NodeIds& args) {
     // Protocol 2 spelling of bytes: encode(<text with code points <= 0xFF>, 'latin1').
     if (args.size() != 2 || at(args[0]).kind != NodeKind::Str || !as_text(args[1]) ||
         (*as_text(args[1]) != "latin1" && *as_text(args[1]) != "latin-1"))
@@ -646,7 +646,7 @@ class Lifter {
     return out;
   }
 
-  Result<ValueId> builtin_call(const Node& n, const std::string& name, const std::vector<NodeId>& args,
+  Result<ValueId> builtin_call(const Node& n, const std::string& name, const pickle::NodeIds& args,
                                uint32_t depth) {
     if ((name == "set" || name == "frozenset") && args.size() <= 1) {
       Value v;
@@ -685,7 +685,7 @@ class Lifter {
 
   // torch.device(type) / torch.device(type, index): kept as a device when the type is a plain
   // identifier and the index a small int (torch rejects anything else at load), else a string.
-  Result<ValueId> device_call(const Node& n, const std::vector<NodeId>& args) {
+  Result<ValueId> device_call(const Node& n, const pickle::NodeIds& args) {
     if (args.empty() || args.size() > 2 || !as_text(args[0])) return dropped(n, "torch.device", "unexpected arguments");
     std::string s = *as_text(args[0]);
     auto index = args.size() == 2 ? as_int(args[1]) : std::nullopt;
@@ -719,7 +719,7 @@ class Lifter {
     return true;
   }
 
-  Result<ValueId> path_call(const Node& n, const std::vector<NodeId>& args, char sep) {
+  Result<ValueId> path_call(const Node& n, const pickle::NodeIds& args, char sep) {
     std::string s;
     for (NodeId a : args) {
       auto t = as_text(a);
@@ -736,7 +736,7 @@ class Lifter {
 
   // numpy scalar(dtype, raw bytes): e.g. best_acc saved as np.float64. Becomes the equal
   // Python number (reported). The dtype is numpy.dtype('<code>', False, True) + BUILD state.
-  Result<ValueId> numpy_scalar(const Node& n, const std::vector<NodeId>& args) {
+  Result<ValueId> numpy_scalar(const Node& n, const pickle::NodeIds& args) {
     if (args.size() != 2) return dropped(n, "numpy scalar", "unexpected arguments");
     const Node& dt = at(args[0]);
     std::string raw;
@@ -811,7 +811,7 @@ class Lifter {
   }
 
   // ---- tensors -------------------------------------------------------------------------
-  Result<ValueId> tensor_call(NodeId id, const std::string& fn, const std::vector<NodeId>& args, uint32_t depth) {
+  Result<ValueId> tensor_call(NodeId id, const std::string& fn, const pickle::NodeIds& args, uint32_t depth) {
     MCDR_ASSIGN(std::optional<TensorId> tid, tensor_from_call(id, fn, args, depth));
     if (!tid) {
       std::string why = unsupported_.empty() ? "its rebuild call has unexpected arguments" : unsupported_;
@@ -835,7 +835,7 @@ class Lifter {
     return tensor_from_call(id, callee.name, *tuple_items(n.items[1]), depth);
   }
 
-  Result<std::optional<TensorId>> tensor_from_call(NodeId id, const std::string& fn, const std::vector<NodeId>& a,
+  Result<std::optional<TensorId>> tensor_from_call(NodeId id, const std::string& fn, const pickle::NodeIds& a,
                                                    uint32_t depth) {
     if (depth > opt_.max_depth) return too_deep(id);
     std::optional<TensorId> result;
@@ -912,7 +912,7 @@ class Lifter {
 
   Result<std::vector<int64_t>> int_tuple(NodeId id, const char* what) {
     const Node& n = at(id);
-    const std::vector<NodeId>* items = nullptr;
+    const pickle::NodeIds* items = nullptr;
     if (n.kind == NodeKind::Tuple || n.kind == NodeKind::List) items = &n.items;
     // torch.Size((...)) appears in some writers
     if (n.kind == NodeKind::Call && is_global(at(n.items[0]), "torch", "Size")) {
@@ -960,7 +960,7 @@ class Lifter {
     return ok_status();
   }
 
-  Result<std::optional<TensorId>> dense_tensor(NodeId id, const std::string& fn, const std::vector<NodeId>& a) {
+  Result<std::optional<TensorId>> dense_tensor(NodeId id, const std::string& fn, const pickle::NodeIds& a) {
     const Node& n = at(id);
     bool v3 = fn == "_rebuild_tensor_v3";
     size_t min_args = fn == "_rebuild_tensor" ? 4 : v3 ? 7 : 6;
@@ -1005,7 +1005,7 @@ class Lifter {
     return std::optional<TensorId>(static_cast<TensorId>(m_.tensors.size() - 1));
   }
 
-  Result<std::optional<TensorId>> parameter(NodeId id, const std::string& fn, const std::vector<NodeId>& a, uint32_t depth) {
+  Result<std::optional<TensorId>> parameter(NodeId id, const std::string& fn, const pickle::NodeIds& a, uint32_t depth) {
     const Node& n = at(id);
     if (a.size() != (fn == "_rebuild_parameter" ? 3u : 4u))
       return err(n.offset, Rule::cdr_bad_tensor, fn + " called with " + std::to_string(a.size()) + " arguments");
@@ -1027,7 +1027,7 @@ class Lifter {
     return std::optional<TensorId>(static_cast<TensorId>(m_.tensors.size() - 1));
   }
 
-  Result<std::optional<TensorId>> quantized_tensor(NodeId id, const std::vector<NodeId>& a, uint32_t depth) {
+  Result<std::optional<TensorId>> quantized_tensor(NodeId id, const pickle::NodeIds& a, uint32_t depth) {
     const Node& n = at(id);
     if (a.size() != 7) return err(n.offset, Rule::cdr_bad_tensor, "_rebuild_qtensor called with " + std::to_string(a.size()) + " arguments");
     MCDR_ASSIGN(std::optional<StorageView> sv, storage_of(a[0], std::nullopt));
@@ -1096,7 +1096,7 @@ class Lifter {
   // _rebuild_sparse_tensor(layout, data) (torch >= 1.8) and 1.x's _rebuild_sparse_csr_tensor:
   //   COO: data = (indices, values, size[, is_coalesced])
   //   CSR/CSC/BSR/BSC: data = (compressed_indices, plain_indices, values, size)
-  Result<std::optional<TensorId>> sparse_tensor(NodeId id, const std::vector<NodeId>& a, uint32_t depth) {
+  Result<std::optional<TensorId>> sparse_tensor(NodeId id, const pickle::NodeIds& a, uint32_t depth) {
     const Node& n = at(id);
     if (a.size() != 2) return err(n.offset, Rule::cdr_bad_tensor, "_rebuild_sparse_tensor called with unexpected arguments");
     auto kind = sparse_layout(at(a[0]));
@@ -1126,7 +1126,7 @@ class Lifter {
     return std::optional<TensorId>(static_cast<TensorId>(m_.tensors.size() - 1));
   }
 
-  Result<ValueId> rebuild_from_type(const Node& n, const std::vector<NodeId>& a, uint32_t depth) {
+  Result<ValueId> rebuild_from_type(const Node& n, const pickle::NodeIds& a, uint32_t depth) {
     // _rebuild_from_type_v2(func, new_type, args, state): keep the tensor, drop the subclass.
     if (a.size() != 4 || at(a[0]).kind != NodeKind::Global || at(a[1]).kind != NodeKind::Global || !tuple_items(a[2]))
       return dropped(n, "tensor subclass", "unexpected _rebuild_from_type_v2 arguments");
@@ -1333,7 +1333,7 @@ class Lifter {
 
   void collect_strings(NodeId id, std::unordered_set<std::string>& out) const {
     const Node& n = at(id);
-    const std::vector<NodeId>* items = &n.items;
+    const pickle::NodeIds* items = &n.items;
     if (n.kind == NodeKind::Call) {
       auto* a = tuple_items(n.items[1]);
       if (!a || a->empty()) return;
@@ -1378,7 +1378,7 @@ class Lifter {
   }
 
   // torch.nn.parameter.Parameter(<tensor pid>) + BUILD (requires_grad, volatile, hooks).
-  Result<ValueId> tar_parameter(const Node& n, const std::vector<NodeId>& args, uint32_t depth) {
+  Result<ValueId> tar_parameter(const Node& n, const pickle::NodeIds& args, uint32_t depth) {
     if (args.empty() || args.size() > 2) return dropped(n, "parameter", "unexpected arguments");
     MCDR_ASSIGN(ValueId inner, lift(args[0], depth + 1));
     if (m_.values[inner].kind != ValueKind::tensor) return dropped(n, "parameter", "its data is not a tensor");
@@ -1402,7 +1402,7 @@ class Lifter {
 
   // ---- numpy arrays and registry objects ------------------------------------------------
   // numpy.dtype(code, False, True) [+ BUILD (3, order, None, names, fields, elsize, align, flags)]
-  Result<ValueId> numpy_dtype(const Node& n, const std::vector<NodeId>& args, uint32_t depth) {
+  Result<ValueId> numpy_dtype(const Node& n, const pickle::NodeIds& args, uint32_t depth) {
     auto code = args.size() == 3 ? as_text(args[0]) : std::nullopt;
     if (!code || !parse_numpy_code(*code)) return dropped(n, "numpy dtype", "not a plain numpy dtype code");
     Value v;
@@ -1536,7 +1536,7 @@ class Lifter {
 
   // numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b') + BUILD
   // (1, shape, dtype, is_fortran, raw bytes | list of objects).
-  Result<ValueId> numpy_reconstruct(const Node& n, const std::vector<NodeId>& args, uint32_t depth) {
+  Result<ValueId> numpy_reconstruct(const Node& n, const pickle::NodeIds& args, uint32_t depth) {
     if (args.size() != 3 || !is_global(at(args[0]), "numpy", "ndarray"))
       return dropped(n, "numpy array", "not a plain numpy.ndarray (subclasses are not rebuilt)");
     if (n.build_states.size() != 1) return dropped(n, "numpy array", "expected exactly one BUILD");
@@ -1602,6 +1602,7 @@ class Lifter {
       return dropped(n, "joblib array", "array subclass " + (at(sub).kind == NodeKind::Global ? global_text(at(sub)) : "?") +
                                             " is not numpy.ndarray");
     if (!n.has_payload) return dropped(n, "joblib array", "its data was not read (not parsed as a joblib stream)");
+    const pickle::NodePayload& pl = p_.payloads.at(static_cast<NodeId>(&n - p_.nodes.data()));
     MCDR_ASSIGN(auto shape, array_shape(shape_id));
     if (!shape) return dropped(n, "joblib array", "shape is not a tuple of non-negative integers");
     auto ord = as_text(order);
@@ -1609,32 +1610,31 @@ class Lifter {
     std::string why;
     MCDR_ASSIGN(auto dt, array_dtype(dtype, depth, why));
     if (!dt) return dropped(n, "joblib array", why);
-    if (n.payload_is_pickle || dt->code.kind == 'O') return joblib_object_array(n, depth);
+    if (pl.is_pickle || dt->code.kind == 'O') return joblib_object_array(n, pl, depth);
     uint64_t numel = 1, nbytes = 0;
     for (int64_t d : *shape)
       if (!mul_ok(numel, static_cast<uint64_t>(d), numel)) return err(n.offset, Rule::cdr_bad_array, "array size overflows");
-    if (!mul_ok(numel, dt->code.itemsize, nbytes) || nbytes > n.payload_size)
+    if (!mul_ok(numel, dt->code.itemsize, nbytes) || nbytes > pl.size)
       return err(n.offset, Rule::cdr_bad_array, "joblib array payload is smaller than its shape and dtype need");
     io::ByteCursor cur(opt_.payload_bytes, opt_.entry);
-    MCDR_TRY(cur.seek(static_cast<size_t>(n.payload_offset + n.payload_size - nbytes)));
+    MCDR_TRY(cur.seek(static_cast<size_t>(pl.offset + pl.size - nbytes)));
     MCDR_ASSIGN(auto bytes, cur.take(nbytes));
     return make_array(n, *dt, std::move(*shape), *ord == "F", bytes, nullptr,
-                      "joblib array at offset " + std::to_string(n.payload_offset));
+                      "joblib array at offset " + std::to_string(pl.offset));
   }
 
   // joblib writes an object array as a whole pickle of the array after its wrapper (the reader
   // decoded and scanned it). It is decoded again under the same bounds, lifted by a lifter of
   // its own (no storages, this registry) and grafted into this model; only an object ndarray
   // of plain values is kept, anything inside it that is not plain data is dropped as usual.
-  Result<ValueId> joblib_object_array(const Node& n, uint32_t depth) {
+  Result<ValueId> joblib_object_array(const Node& n, const pickle::NodePayload& pl, uint32_t depth) {
     const char* what = "joblib object array";
-    if (!n.payload_is_pickle || n.payload_offset > opt_.payload_bytes.size() ||
-        n.payload_size > opt_.payload_bytes.size() - n.payload_offset)
+    if (!pl.is_pickle || pl.offset > opt_.payload_bytes.size() || pl.size > opt_.payload_bytes.size() - pl.offset)
       return dropped(n, what, "its nested pickle was not read");
-    auto bytes = opt_.payload_bytes.subspan(n.payload_offset, n.payload_size);
+    auto bytes = opt_.payload_bytes.subspan(pl.offset, pl.size);
     pickle::DecodeOptions d;
     d.entry = opt_.entry;
-    d.base_offset = n.payload_offset;
+    d.base_offset = pl.offset;
     d.limits.max_nodes = std::min<uint64_t>(d.limits.max_nodes, 2'000'000 + bytes.size() / 4);
     Findings ignored;  // the reader reported this program's findings when it read the file
     auto program = pickle::decode(bytes, d, ignored);
@@ -1655,7 +1655,7 @@ class Lifter {
   }
 
   // A vetted class: NEWOBJ () / copyreg._reconstructor / REDUCE(args) + BUILD dict state.
-  Result<ValueId> registry_object(const Node& n, uint32_t cid, const std::vector<NodeId>* ctor_args, uint32_t depth) {
+  Result<ValueId> registry_object(const Node& n, uint32_t cid, const pickle::NodeIds* ctor_args, uint32_t depth) {
     const RegistryClass& rc = opt_.registry->at(cid);
     std::string what = "object of class " + rc.module + "." + rc.name;
     if (n.build_states.size() > 1) return dropped(n, what, "more than one BUILD");
@@ -1686,10 +1686,12 @@ class Lifter {
   const StorageResolver& resolve_;
   const LiftOptions& opt_;
   Model m_;
-  std::unordered_map<NodeId, ValueId> done_;
+  // By NodeId: the value a node lifted to, kInProgress while its lift runs (a cycle when met
+  // again), kNoValue before. A flat array: 4 bytes a node, where a hash map cost about 40.
+  static constexpr ValueId kInProgress = model::kNoValue - 1;
+  std::vector<ValueId> done_;
   std::vector<uint32_t> heights_;   // by ValueId: nesting height once known, 0 = not yet
   std::vector<uint8_t> hashable_;   // by ValueId: 1 plain key, 2 not, 0 not yet known
-  std::unordered_set<NodeId> in_progress_;
   std::unordered_map<std::string, model::StorageId> storages_by_key_;
   std::unordered_map<NodeId, TensorId> tensor_nodes_;
   int module_roots_ = 0;

@@ -53,7 +53,7 @@ Result<pickle::RawPayload> read_array_payload(const Program& p, NodeId id, io::B
   if (code_node.kind != NodeKind::Str && code_node.kind != NodeKind::Py2Str)
     return bad(cur, "NumpyArrayWrapper dtype code is not a string");
   auto code = cdr::parse_numpy_code(code_node.text);
-  if (!code) return bad(cur, "unsupported dtype code '" + code_node.text.substr(0, 16) + "' (its size is unknown)");
+  if (!code) return bad(cur, "unsupported dtype code '" + std::string(code_node.text.substr(0, 16)) + "' (its size is unknown)");
   pickle::RawPayload out;
   out.offset = cur.pos();
   if (code->kind == 'O') {

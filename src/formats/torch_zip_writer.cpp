@@ -12,6 +12,7 @@
 #include "io/mapped_file.hpp"
 #include "pickle/pickle_emitter.hpp"
 #include "pickle/pickle_machine.hpp"
+#include "pickle/stream_check.hpp"
 
 namespace modelcdr::formats {
 

@@ -455,13 +455,13 @@ Status read_torchscript_archive(std::span<const uint8_t> file, const container::
   NodeId eid = add(empty);
   Node od;
   od.kind = NodeKind::Call;
-  od.items = {gid, eid};
+  od.items.assign(*program.arena, {gid, eid});
   for (auto& [path, v] : entries) {
     Node k;
     k.kind = NodeKind::Str;
-    k.text = path;
+    k.text = program.keep(path);
     NodeId kid = add(k);
-    od.entries.emplace_back(kid, v);
+    od.entries.push_back(*program.arena, {kid, v});
   }
   program.root = add(od);
 

@@ -1,4 +1,5 @@
 #include "pickle/pickle_emitter.hpp"
+#include "pickle/stream_check.hpp"
 
 #include <cstring>
 #include <iterator>
@@ -219,9 +220,23 @@ bool in_vocabulary(const Node& g, const VerifyOptions& o) {
   }
   return o.registry_class && o.registry_class(g.text, g.name);
 }
+
+// A checkpoint's global: a kEmitCheckpoint row, or GLOBAL torch <Storage class or dtype name>.
+bool checkpoint_global_ok(std::string_view module, std::string_view name) {
+  for (const auto& n : kNames)
+    if ((n.streams & static_cast<uint8_t>(EmitStream::checkpoint)) && module == n.module && name == n.name) return true;
+  if (module != "torch") return false;
+  const std::string s(name);
+  return model::dtype_from_storage_class(s).has_value() || model::dtype_from_name(s).has_value();
+}
 }  // namespace
 
 Status verify_emitted(std::span<const uint8_t> bytes, const VerifyOptions& o) {
+  // A checkpoint's data.pkl (protocol 2, no raw payloads, no registry classes) is checked by the
+  // streaming opcode walk (pickle/stream_check): every byte decoded, no second value graph, so the
+  // check costs nothing per tensor. Plain pickle / joblib streams are decoded in full below.
+  if (o.stream == EmitStream::checkpoint && o.protocol == 2 && o.payloads.empty() && !o.registry_class)
+    return check_emitted_stream(bytes, checkpoint_global_ok, o.entry);
   Findings findings;
   DecodeOptions d;
   d.entry = o.entry;

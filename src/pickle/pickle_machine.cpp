@@ -592,19 +592,20 @@ class Machine {
     return m;
   }
   // Moves everything above stack position `from` into `dst` and truncates the stack.
-  Status take_from(size_t from, std::vector<NodeId>& dst) {
+  Status take_from(size_t from, NodeIds& dst) {
     size_t n = stack_.size() - from;
     MCDR_TRY(count_items(n));
-    dst.insert(dst.end(), stack_.begin() + static_cast<ptrdiff_t>(from), stack_.end());
+    dst.append(*prog_.arena, stack_.data() + from, n);
     stack_.resize(from);
     return ok_status();
   }
-  Status take_pairs(size_t from, std::vector<std::pair<NodeId, NodeId>>& dst, const char* what) {
+  Status take_pairs(size_t from, NodePairs& dst, const char* what) {
     size_t n = stack_.size() - from;
     if (n % 2) return fail(Rule::pickle_odd_items, std::string("odd number of items for ") + what);
     MCDR_TRY(count_items(n));
-    dst.reserve(dst.size() + n / 2);
-    for (size_t k = from; k < stack_.size(); k += 2) dst.emplace_back(stack_[k], stack_[k + 1]);
+    pairs_.clear();
+    for (size_t k = from; k < stack_.size(); k += 2) pairs_.emplace_back(stack_[k], stack_[k + 1]);
+    dst.append(*prog_.arena, pairs_.data(), pairs_.size());
     stack_.resize(from);
     return ok_status();
   }
@@ -620,12 +621,12 @@ class Machine {
     normalize_twos(le);
     if (le.size() <= 8) return push_int(twos_to_int64(le));
     MCDR_ASSIGN(NodeId id, make(NodeKind::BigInt));
-    node(id).text = std::move(le);
+    node(id).text = prog_.keep(le);
     return push(id);
   }
   Status push_text(NodeKind kind, std::string_view s) {
     MCDR_ASSIGN(NodeId id, make(kind));
-    node(id).text.assign(s.data(), s.size());
+    node(id).text = prog_.keep(s);
     return push(id);
   }
   Status push_simple(NodeKind kind) {
@@ -664,8 +665,8 @@ class Machine {
     }
     MCDR_ASSIGN(NodeId id, make(NodeKind::Global));
     Node& g = node(id);
-    g.text = std::move(module);
-    g.name = std::move(name);
+    g.text = prog_.keep(module);
+    g.name = prog_.keep(name);
     g.remapped = remapped;
     return id;
   }
@@ -675,7 +676,7 @@ class Machine {
   const Node* as_cpython_str(NodeId id) const {
     const Node* n = &prog_.nodes[id];
     if (n->kind == NodeKind::Global)
-      if (auto it = module_attrs_.find(n->text + "." + n->name); it != module_attrs_.end()) n = &prog_.nodes[it->second];
+      if (auto it = module_attrs_.find(std::string(n->text) + "." + std::string(n->name)); it != module_attrs_.end()) n = &prog_.nodes[it->second];
     if (n->kind == NodeKind::Str || (n->kind == NodeKind::Py2Str && valid_utf8(n->text, false))) return n;
     return nullptr;
   }
@@ -685,8 +686,8 @@ class Machine {
     if (m == nullptr || n == nullptr)
       return fail(Rule::pickle_stack_global_operand, "STACK_GLOBAL requires two str operands (module and name)");
     // A global whose attribute was replaced is that value (find_class returns getattr's result).
-    if (auto it = module_attrs_.find(m->text + "." + n->text); it != module_attrs_.end()) return push(it->second);
-    MCDR_ASSIGN(NodeId id, make_global(m->text, n->text));
+    if (auto it = module_attrs_.find(std::string(m->text) + "." + std::string(n->text)); it != module_attrs_.end()) return push(it->second);
+    MCDR_ASSIGN(NodeId id, make_global(std::string(m->text), std::string(n->text)));
     return push(id);
   }
   // BUILD with a dict state on a global (a module or class) sets its attributes: remember
@@ -696,7 +697,7 @@ class Machine {
     const Node& st = node(state);
     if (t.kind != NodeKind::Global || st.kind != NodeKind::Dict) return;
     for (const auto& [k, v] : st.entries)
-      if (const Node* key = as_cpython_str(k)) module_attrs_[t.text + "." + t.name + "." + key->text] = v;
+      if (const Node* key = as_cpython_str(k)) module_attrs_[std::string(t.text) + "." + std::string(t.name) + "." + std::string(key->text)] = v;
   }
 
   Result<std::pair<std::string, std::string>> global_lines() {
@@ -971,7 +972,7 @@ class Machine {
         MCDR_TRY(count_items(1));
         NodeId v = pop_unchecked();
         Node& target = node(stack_.back());
-        (target.kind == NodeKind::List ? target.items : target.appended).push_back(v);
+        (target.kind == NodeKind::List ? target.items : target.appended).push_back(*prog_.arena, v);
         return ok_status();
       }
       case Op::APPENDS: {
@@ -991,7 +992,7 @@ class Machine {
         MCDR_TRY(count_items(2));
         NodeId v = pop_unchecked();
         NodeId k = pop_unchecked();
-        node(stack_.back()).entries.emplace_back(k, v);
+        node(stack_.back()).entries.push_back(*prog_.arena, {k, v});
         return ok_status();
       }
       case Op::SETITEMS: {
@@ -1067,7 +1068,7 @@ class Machine {
         if (opt_.cpython_view) return cpython_stack_global(module, name);
         if (node(module).kind != NodeKind::Str || node(name).kind != NodeKind::Str)
           return fail(Rule::pickle_stack_global_operand, "STACK_GLOBAL requires two str operands (module and name)");
-        MCDR_ASSIGN(NodeId id, make_global(node(module).text, node(name).text));
+        MCDR_ASSIGN(NodeId id, make_global(std::string(node(module).text), std::string(node(name).text)));
         return push(id);
       }
       case Op::EXT1: {
@@ -1089,7 +1090,7 @@ class Machine {
         MCDR_TRY(need(2));
         MCDR_TRY(count_items(1));
         NodeId state = pop_unchecked();
-        node(stack_.back()).build_states.push_back(state);
+        node(stack_.back()).build_states.push_back(*prog_.arena, state);
         if (opt_.cpython_view) note_module_setattr(stack_.back(), state);
         if (opt_.on_array_build && is_array_wrapper(stack_.back())) return array_payload(stack_.back());
         return ok_status();
@@ -1100,7 +1101,7 @@ class Machine {
         MCDR_ASSIGN(NodeId cls, make_global(std::move(names.first), std::move(names.second)));
         MCDR_ASSIGN(NodeId id, make(NodeKind::Inst));
         MCDR_TRY(count_items(1));
-        node(id).items.push_back(cls);
+        node(id).items.push_back(*prog_.arena, cls);
         MCDR_TRY(take_from(m, node(id).items));
         return push(id);
       }
@@ -1116,10 +1117,10 @@ class Machine {
         if (std::any_of(pid.begin(), pid.end(), [](char c) { return static_cast<uint8_t>(c) >= 0x80; }))
           return fail(Rule::pickle_bad_persid, "persistent IDs in protocol 0 must be ASCII strings: '" + quote(pid) + "'");
         MCDR_ASSIGN(NodeId str, make(NodeKind::Str));
-        node(str).text.assign(pid.data(), pid.size());
+        node(str).text = prog_.keep(pid);
         MCDR_ASSIGN(NodeId id, make(NodeKind::PersId));
         MCDR_TRY(count_items(1));
-        node(id).items.push_back(str);
+        node(id).items.push_back(*prog_.arena, str);
         return push(id);
       }
       case Op::BINPERSID: return call(NodeKind::PersId, 1);
@@ -1181,9 +1182,7 @@ class Machine {
       return fail(Rule::joblib_bad_hook, "array hook reported a span it did not consume");
     Node& n = node(id);
     n.has_payload = true;
-    n.payload_is_pickle = p.is_pickle;
-    n.payload_offset = p.offset;
-    n.payload_size = p.size;
+    prog_.payloads[id] = NodePayload{p.offset, p.size, p.is_pickle};
     in_frame_ = false;
     array_consumed_ = true;
     return ok_status();
@@ -1210,6 +1209,7 @@ class Machine {
   Findings& findings_;
   Program prog_;
   std::vector<NodeId> stack_;
+  std::vector<std::pair<NodeId, NodeId>> pairs_;  // take_pairs' scratch
   std::vector<size_t> marks_;  // stack depths at each MARK, innermost last
   std::unordered_map<uint64_t, NodeId> memo_;
   std::unordered_map<std::string, NodeId> module_attrs_;  // cpython_view: "module.name.attr" -> value set by BUILD
@@ -1225,6 +1225,8 @@ class Machine {
 };
 
 }  // namespace
+
+bool valid_utf8_text(std::string_view s, bool allow_surrogates) { return valid_utf8(s, allow_surrogates); }
 
 Result<Program> decode(std::span<const uint8_t> data, const DecodeOptions& options, Findings& findings) {
   return Machine(data, options, findings).run();

@@ -19,9 +19,9 @@ namespace modelcdr::pickle {
 
 struct MachineLimits {
   uint64_t max_ops = 50'000'000;        // opcodes executed
-  // Graph nodes created. Each costs about 400 bytes by the time it is lifted (a pickle of 2.5M
-  // ints: 1.0 GB peak RSS), so this cap is what bounds memory on a hostile stream: about 2 GB
-  // at most, whatever the file's size (pickle_stream also scales it down for small inputs).
+  // Graph nodes created. Each costs 96 bytes (value_graph.hpp) plus what the lifter makes of
+  // it (a Value, up to about 150 bytes), so this cap is what bounds memory on a hostile stream:
+  // about 1.3 GB at most, whatever the file's size (pickle_stream also scales it down for small inputs).
   // Real checkpoints hold ~10-20 nodes per tensor; 5M leaves room for large non-tensor data.
   uint64_t max_nodes = 5'000'000;
   uint64_t max_memo_entries = 10'000'000;
@@ -68,5 +68,8 @@ struct DecodeOptions {
 // or marks at STOP, PUT of an index that overwrites another, EXT/NEXT_BUFFER opcodes, Python-2
 // name remaps) are appended to `findings`.
 Result<Program> decode(std::span<const uint8_t> data, const DecodeOptions& options, Findings& findings);
+
+// The machine's UTF-8 check (surrogates: Python's "surrogatepass", as BINUNICODE allows).
+bool valid_utf8_text(std::string_view s, bool allow_surrogates);
 
 }  // namespace modelcdr::pickle
