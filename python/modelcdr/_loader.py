@@ -24,7 +24,8 @@ from ._report import Report, report_from
 (NONE, BOOLEAN, INTEGER, BIG_INTEGER, FLOATING, COMPLEX, STRING, BYTES, LIST, TUPLE, DICT, ORDERED_DICT, SET,
  TENSOR, DROPPED, NDARRAY, NUMPY_DTYPE, OBJECT) = range(18)
 TORCH_SIZE, TORCH_DEVICE = 1, 2  # TorchType
-DENSE, Q_PER_TENSOR, Q_PER_CHANNEL, SPARSE_COO = range(4)  # TensorKind
+DENSE, Q_PER_TENSOR, Q_PER_CHANNEL, SPARSE_COO, SPARSE_CSR, SPARSE_CSC, SPARSE_BSR, SPARSE_BSC = range(8)  # TensorKind
+_COMPRESSED_LAYOUTS = {SPARSE_CSR: "sparse_csr", SPARSE_CSC: "sparse_csc", SPARSE_BSR: "sparse_bsr", SPARSE_BSC: "sparse_bsc"}
 NO_VALUE = 0xFFFFFFFF
 
 TORCH_FORMATS = ("torch-zip", "torch-legacy", "torch-tar", "torchscript")
@@ -95,7 +96,7 @@ class _TorchBuilder:
 
     def tensor(self, tid: int) -> Any:
         (kind, dtype, sid, offset, shape, stride, requires_grad, is_param, param_grad, q_scale, q_zp, q_scales,
-         q_zps, q_axis, sp_indices, sp_values, sp_coalesced) = self.tensors[tid]
+         q_zps, q_axis, sp_indices, sp_values, sp_coalesced, _sp_plain) = self.tensors[tid]
         t = self.bare_tensor(tid)
         if is_param:
             t = self.torch._utils._rebuild_parameter(t, param_grad, collections.OrderedDict())
@@ -112,7 +113,7 @@ class _TorchBuilder:
         torch = self.torch
         rebuild = torch._utils
         (kind, dtype, sid, offset, shape, stride, requires_grad, _p, _pg, q_scale, q_zp, q_scales, q_zps, q_axis,
-         sp_indices, sp_values, sp_coalesced) = self.tensors[tid]
+         sp_indices, sp_values, sp_coalesced, sp_plain) = self.tensors[tid]
         dt = self.dtype(dtype)
         size, strides, hooks = tuple(shape), tuple(stride), collections.OrderedDict()
         if kind == DENSE:
@@ -133,6 +134,10 @@ class _TorchBuilder:
                 data.append(sp_coalesced)
             self.sparse = True
             return rebuild._rebuild_sparse_tensor(torch.sparse_coo, tuple(data))
+        if kind in _COMPRESSED_LAYOUTS:  # (compressed indices, plain indices, values, size), as torch saves them
+            data = (self.tensor_ref(sp_indices), self.tensor_ref(sp_plain), self.tensor_ref(sp_values), torch.Size(size))
+            self.sparse = True
+            return rebuild._rebuild_sparse_tensor(getattr(torch, _COMPRESSED_LAYOUTS[kind]), data)
         raise ModelcdrError(f"tensor kind {kind} is not supported by this loader")
 
     # -- values ----------------------------------------------------------------------------

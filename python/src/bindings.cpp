@@ -192,7 +192,7 @@ py::tuple tensor_tuple(const model::Tensor& t) {
   return py::make_tuple(static_cast<int>(t.kind), model::dtype_info(t.dtype).name, t.storage, t.storage_offset,
                         t.shape, t.stride, t.requires_grad, t.is_parameter, t.param_requires_grad, t.q_scale,
                         t.q_zero_point, t.q_scales, t.q_zero_points, t.q_axis, t.sparse_indices, t.sparse_values,
-                        t.sparse_coalesced ? py::object(py::bool_(*t.sparse_coalesced)) : py::object(py::none()));
+                        t.sparse_coalesced ? py::object(py::bool_(*t.sparse_coalesced)) : py::object(py::none()), t.sparse_plain);
 }
 
 // A writable buffer over an owned storage (an in-memory restore): torch.frombuffer views it

@@ -60,7 +60,7 @@ def strict_diff(exp: Any, got: Any, path: str = "$", ids: Dict[int, Any] | None 
         ids[id(exp)] = (got, exp)
     if isinstance(exp, torch.Tensor):
         d += vocab.compare_tensors(exp, got, path)
-        if not exp.is_sparse and not exp.is_quantized and exp.device.type != "meta":
+        if exp.layout == torch.strided and not exp.is_quantized and exp.device.type != "meta":
             ke, kg = _storage_key(exp), _storage_key(got)
             if ke in storages and storages[ke] != kg:
                 d.append(f"{path}: storage sharing differs")

@@ -140,6 +140,19 @@ def test_quantized_and_sparse(tmp_path, reference, torch):
     assert strict_diff(reference(path), modelcdr.load(path)) == []
 
 
+
+def test_sparse_compressed_layouts(tmp_path, reference, torch):
+    dense = torch.randn(4, 6).relu()
+    saved = {"csr": dense.to_sparse_csr(), "csc": dense.to_sparse_csc(),
+             "bsr": dense.to_sparse_bsr((2, 3)), "bsc": dense.to_sparse_bsc((2, 3))}
+    path = tmp_path / "compressed.pt"
+    torch.save(saved, path)
+    loaded = modelcdr.load(path)
+    assert strict_diff(reference(path), loaded) == []
+    for name, t in saved.items():
+        assert loaded[name].layout == t.layout
+        assert torch.equal(loaded[name].to_dense(), dense)
+
 BENIGN_TORCH2X = ["hf_bert_tiny_pytorch_model.bin", "hf_gpt2_tiny_pytorch_model.bin",
                   "hf_llama_tiny_bf16_pytorch_model.bin", "lightning_tiny.ckpt", "torch2_legacy_format.pt",
                   "torch2_misc_values.pt", "torch2_new_dtypes.pt", "torch2_quantized.pt", "torch2_sparse.pt",
