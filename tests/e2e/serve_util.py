@@ -48,6 +48,19 @@ class Gateway:
         self.stop()
 
 
+
+class Fire:
+    """Pickles as a call of os.system (never called by the tests: the bytes are written, never
+    loaded; a rebuilt file that still called it would touch `marker`)."""
+
+    def __init__(self, marker="/dev/null"):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
 def http(method, url, headers=None, timeout=60):
     """(status, headers, body) of one request; HTTP errors are returned, not raised."""
     req = urllib.request.Request(url, method=method, headers=headers or {})

@@ -11,23 +11,13 @@ from pathlib import Path
 import pytest
 
 from conftest import require_bin
-from serve_util import Gateway, http, make_tiny_bert, run_client
+from serve_util import Fire, Gateway, http, make_tiny_bert, run_client
 import vocab
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("huggingface_hub")
 
-
-class Fire:
-    """Pickles as a call of os.system (never called here: the bytes are written, never loaded)."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,10 @@ from pathlib import Path
 import pytest
 
 from conftest import require_bin
-from serve_util import Gateway, http
+from serve_util import Fire, Gateway, http
 
 torch = pytest.importorskip("torch")
 
-
-class Fire:
-    def __reduce__(self):
-        import os
-        return (os.system, ("true",))
 
 
 def chromium():

@@ -11,17 +11,10 @@ import pickle
 import pytest
 
 from conftest import require_bin
-from serve_util import Gateway, fetch, http
+from serve_util import Fire, Gateway, fetch, http
 
 torch = pytest.importorskip("torch")
 
-
-class Fire:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture(scope="module")
