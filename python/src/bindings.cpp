@@ -106,12 +106,29 @@ T or_throw(Result<T> r) {
 // A bytes-like object borrowed for an engine call (and, for load, for the model's life): the
 // buffer stays exported, so a bytearray cannot be resized under the engine. Released with
 // the GIL held (the holder is destroyed from Python or after the GIL is taken back).
+// A writable buffer (bytearray, a writable memoryview) is copied first: the engine runs without
+// the GIL, and another thread could otherwise change bytes between the reader's checks and its
+// uses (a double fetch). Immutable bytes are borrowed without a copy.
 struct HeldBuffer {
   Py_buffer view{};
+  std::vector<uint8_t> copy;
+  bool copied = false;
   explicit HeldBuffer(PyObject* obj) {
     if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) != 0) throw py::error_already_set();
+    if (!view.readonly) {
+      const auto* p = static_cast<const uint8_t*>(view.buf);
+      copy.assign(p, p + view.len);
+      PyBuffer_Release(&view);  // the copy is what the engine reads: the caller may resize again
+      copied = true;
+    }
   }
-  ~HeldBuffer() { PyBuffer_Release(&view); }
+  std::span<const uint8_t> bytes() const {
+    if (copied) return copy;
+    return {static_cast<const uint8_t*>(view.buf), static_cast<size_t>(view.len)};
+  }
+  ~HeldBuffer() {
+    if (!copied) PyBuffer_Release(&view);
+  }
   HeldBuffer(const HeldBuffer&) = delete;
   HeldBuffer& operator=(const HeldBuffer&) = delete;
 };
@@ -128,7 +145,7 @@ PySource source_of(const py::object& src, const std::string& name) {
     s.source = Source::file(src.cast<std::string>());
   } else if (PyObject_CheckBuffer(src.ptr())) {
     s.held = std::make_shared<HeldBuffer>(src.ptr());
-    s.source = Source::memory({static_cast<const uint8_t*>(s.held->view.buf), static_cast<size_t>(s.held->view.len)}, name);
+    s.source = Source::memory(s.held->bytes(), name);
   } else {
     throw py::type_error("expected a path or a bytes-like object");
   }

@@ -69,6 +69,43 @@ def test_loaded_tensors_do_not_borrow_the_input(checkpoint, torch):
     assert torch.equal(sd["w"], w)
 
 
+
+def test_writable_input_changed_by_another_thread(torch):
+    # The engine runs without the GIL: a bytearray another thread keeps rewriting must not change
+    # what the engine reads between its checks and its uses (the binding copies writable buffers;
+    # borrowed, the records changed under the reader and failed their CRC-32 checks).
+    f = io.BytesIO()
+    torch.save({f"w{i}": torch.randn(256, 256) for i in range(32)}, f)  # 8 MiB: reads take a while
+    data = f.getvalue()
+    expected = modelcdr.disarm(data)
+    with pytest.raises(modelcdr.RejectedError) as zeros:
+        modelcdr.disarm(bytes(len(data)))
+    buf = bytearray(data)
+    stop = threading.Event()
+
+    def scribble():
+        blank = bytes(len(buf))
+        while not stop.is_set():
+            buf[:] = blank
+            buf[:] = data
+
+    t = threading.Thread(target=scribble)
+    t.start()
+    outcomes = []
+    try:
+        for _ in range(30):
+            try:
+                outcomes.append("rebuilt" if modelcdr.disarm(buf) == expected else "different")
+            except modelcdr.RejectedError as e:
+                outcomes.append("zeros" if str(e) == str(zeros.value) else str(e))
+    finally:
+        stop.set()
+        t.join()
+    # Each call copies with the GIL held, so it sees one whole state: the file (and gives exactly
+    # its rebuild) or all zeros (and is rejected as such); a torn read gives anything else.
+    assert set(outcomes) <= {"rebuilt", "zeros"}, outcomes
+
+
 def test_engine_limits_are_per_engine(checkpoint):
     data = checkpoint.read_bytes()
     small = modelcdr.Engine(max_input_bytes=len(data) - 1)
