@@ -242,8 +242,16 @@ def _build_torch(model: Any, mmap: bool, map_location: Any) -> Any:
     _raise_recursion_limit()
     try:
         out = builder.value(model.root)
-        if builder.sparse:  # as torch.load: the invariants of every rebuilt sparse tensor
-            builder.torch._utils._validate_loaded_sparse_tensors()
+        if builder.sparse:
+            # Every rebuilt sparse tensor's invariants (indices in range, compressed indices
+            # ordered), checked always: torch.load skips this unless the caller enabled
+            # torch.sparse.check_sparse_tensor_invariants, and an index out of range makes
+            # to_dense() and friends write outside the tensor.
+            with builder.torch.sparse.check_sparse_tensor_invariants(True):
+                try:
+                    builder.torch._utils._validate_loaded_sparse_tensors()
+                except RuntimeError as e:
+                    raise ModelcdrError(f"sparse tensor fails torch's invariant check: {e}") from None
         return out
     finally:
         _restore_recursion_limit()

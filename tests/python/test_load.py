@@ -153,6 +153,17 @@ def test_sparse_compressed_layouts(tmp_path, reference, torch):
         assert loaded[name].layout == t.layout
         assert torch.equal(loaded[name].to_dense(), dense)
 
+
+def test_sparse_index_out_of_range_is_refused(tmp_path, torch):
+    # An index past the tensor's size: torch.load(weights_only=True) builds it without a check
+    # (torch 2.x validates sparse invariants only when the caller enables them); modelcdr.load
+    # always checks.
+    bad = torch.sparse_coo_tensor(torch.tensor([[0, 9]]), torch.tensor([1.0, 2.0]), (4,), check_invariants=False)
+    path = tmp_path / "bad_sparse.pt"
+    torch.save({"sp": bad}, path)
+    with pytest.raises(modelcdr.ModelcdrError, match="invariant"):
+        modelcdr.load(path)
+
 BENIGN_TORCH2X = ["hf_bert_tiny_pytorch_model.bin", "hf_gpt2_tiny_pytorch_model.bin",
                   "hf_llama_tiny_bf16_pytorch_model.bin", "lightning_tiny.ckpt", "torch2_legacy_format.pt",
                   "torch2_misc_values.pt", "torch2_new_dtypes.pt", "torch2_quantized.pt", "torch2_sparse.pt",
