@@ -142,6 +142,9 @@ Status build_other(const std::string& tmp, const Input& in, const BuildOptions& 
       return ok_status();
   }
   MCDR_TRY(write_inert(tmp, std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), e));
+  // As for a rebuild: a first GET streaming the bytes may send its last chunk now. Without this
+  // a streamed inert file ended as a broken download whenever the build outlasted the first poll.
+  if (o.on_data_final && in.unchanged()) o.on_data_final(uint64_t(bytes.size()));
   r.status = FileStatus::skipped;
   r.note = "not a model file: proven inert (" + c.detail + "), served as is";
   r.output = o.shown;

@@ -26,6 +26,7 @@ def store(tmp_path_factory):
     torch.manual_seed(0)
     torch.save({f"t{i}": torch.randn(1 << 18) for i in range(8)}, repo / "pytorch_model.bin")  # 8 MiB
     (repo / "model.pkl").write_bytes(pickle.dumps(Fire(root / "FIRED"), protocol=2))
+    (repo / "big.json").write_bytes(b'{"pad": "' + b"x" * (24 << 20) + b'"}')  # inert, slow to classify
     return root
 
 
@@ -52,6 +53,14 @@ def test_serve_first_get_streams_the_rebuild(store, tmp_path):
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert list((cache / "tmp").iterdir()) == [] and len(list((cache / "objects").iterdir())) == 1
 
+
+
+def test_serve_first_get_of_an_inert_file_is_complete(store, tmp_path):
+    # An inert file is not rebuilt, but its first GET may be streamed like a rebuild: the last
+    # chunk must come once its bytes are final (it once never came: a broken download).
+    with Gateway("--store", store / "store", "--cache", tmp_path / "cache") as g:
+        st, h, body = raw_get(g.port, "/acme/m/resolve/main/big.json")
+        assert st == 200 and body == (store / "store" / "acme" / "m" / "big.json").read_bytes(), h
 
 def test_serve_first_get_of_refused_file_is_403_not_streamed(store, tmp_path):
     with Gateway("--store", store / "store", "--cache", tmp_path / "cache") as g:
