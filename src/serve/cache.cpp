@@ -142,9 +142,6 @@ Status build_other(const std::string& tmp, const Input& in, const BuildOptions& 
       return ok_status();
   }
   MCDR_TRY(write_inert(tmp, std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), e));
-  // As for a rebuild: a first GET streaming the bytes may send its last chunk now. Without this
-  // a streamed inert file ended as a broken download whenever the build outlasted the first poll.
-  if (o.on_data_final && in.unchanged()) o.on_data_final(uint64_t(bytes.size()));
   r.status = FileStatus::skipped;
   r.note = "not a model file: proven inert (" + c.detail + "), served as is";
   r.output = o.shown;
@@ -281,13 +278,16 @@ Result<Entry> Cache::build(const std::string& key, const Input& in, const BuildO
       if (!p.empty()) fs::remove_all(p, ec);
     }
   } cleanup{tmp};
-  if (o.on_build_dir) o.on_build_dir(tmp);
   Entry e;
   e.key = key;
   e.input_sha256 = in.sha256;
   FileReport r;
   r.input = o.shown;
   auto cls = engine::classify(in.path);
+  // Only a rebuild is streamed to a first GET (stream.cpp): an inert file is served whole from
+  // its entry, with its size, ETag and verdict (streamed, it ended as a broken download whenever
+  // its build outlasted the first poll).
+  if (o.on_build_dir && cls.kind == engine::Kind::model) o.on_build_dir(tmp);
   Status s = cls.kind == engine::Kind::model ? build_model(tmp, in, o, e, r) : build_other(tmp, in, o, e, r);
   if (!s.ok()) return s.error();
   if (!in.unchanged()) return make_error(Rule::io_input_changed, o.shown + " changed while it was read; try again");

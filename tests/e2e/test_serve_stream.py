@@ -56,11 +56,12 @@ def test_serve_first_get_streams_the_rebuild(store, tmp_path):
 
 
 def test_serve_first_get_of_an_inert_file_is_complete(store, tmp_path):
-    # An inert file is not rebuilt, but its first GET may be streamed like a rebuild: the last
-    # chunk must come once its bytes are final (it once never came: a broken download).
+    # An inert file is not rebuilt and not streamed: its first GET is the whole file with its
+    # size (streamed, its last chunk once never came when the build outlasted the first poll).
     with Gateway("--store", store / "store", "--cache", tmp_path / "cache") as g:
         st, h, body = raw_get(g.port, "/acme/m/resolve/main/big.json")
         assert st == 200 and body == (store / "store" / "acme" / "m" / "big.json").read_bytes(), h
+        assert "X-Modelcdr-Streamed" not in h and int(h["Content-Length"]) == len(body)
 
 def test_serve_first_get_of_refused_file_is_403_not_streamed(store, tmp_path):
     with Gateway("--store", store / "store", "--cache", tmp_path / "cache") as g:
