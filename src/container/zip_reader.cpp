@@ -363,7 +363,7 @@ std::vector<uint64_t> descriptor_lengths(Bytes file, uint64_t at, const ZipEntry
 
 struct Region {
   uint64_t start, end;
-  std::string label;
+  std::string_view label;  // an entry's name (the entry list no longer grows) or a literal
   int kind;  // 0 entry, 1 central directory, 2 end records
 };
 
@@ -458,7 +458,7 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
   descriptor_choices.reserve(static_cast<size_t>(er.entries));
   std::vector<uint64_t> data_ends;
   data_ends.reserve(static_cast<size_t>(er.entries));
-  std::unordered_set<std::string> names;
+  ZipNameIndex names;
   std::vector<ExtraField> extras;
 
   MCDR_ASSIGN(ByteCursor cdc_full, cursor_at(file, er.cd_offset, "central directory"));
@@ -517,7 +517,7 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
     e.local_header_offset = f.offset;
 
     // Per-entry policy findings.
-    if (!names.insert(e.name).second)
+    if (names.find(archive.entries, e.name) >= 0)
       add_finding(findings, Severity::high, Rule::zip_duplicate_name, "duplicate entry name '" + e.name + "'", e.name,
                   e.local_header_offset);
     if (auto why = unsafe_name_reason(e.name, flags); !why.empty())
@@ -626,6 +626,7 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
     if (verify_crc && !(deferred && deferred(e))) MCDR_TRY(check_entry_crc(archive, file, e, findings, limits));
 
     archive.entries.push_back(std::move(e));
+    names.insert(archive.entries, static_cast<uint32_t>(archive.entries.size() - 1));  // false: a duplicate
     descriptor_choices.push_back(std::move(choices));
     data_ends.push_back(data_end);
   }
@@ -664,6 +665,7 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
   regions.push_back({er.eocd_pos, er.eocd_end, "end record", 2});
   std::stable_sort(regions.begin(), regions.end(), [](const Region& a, const Region& b) { return a.start < b.start; });
 
+  archive.adopt_index(std::move(names));
   archive.prefix_bytes = regions.front().start;
   if (archive.prefix_bytes > 0)
     add_finding(findings, Severity::high, Rule::zip_prefix_bytes,
@@ -677,14 +679,14 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
     const Region& r = regions[k];
     if (r.start < max_end) {
       add_finding(findings, Severity::high, Rule::zip_overlap,
-                  "'" + r.label + "' at " + std::to_string(r.start) + " overlaps '" + max_region->label +
+                  "'" + std::string(r.label) + "' at " + std::to_string(r.start) + " overlaps '" + std::string(max_region->label) +
                       "' which ends at " + std::to_string(max_end),
-                  r.kind == 0 ? r.label : std::string(), r.start);
+                  r.kind == 0 ? std::string(r.label) : std::string(), r.start);
     } else if (r.start > max_end) {
       bool reported = max_region->kind == 1 && r.kind == 2;  // zip.cd-eocd-gap above
       if (!reported)
         add_finding(findings, Severity::medium, Rule::zip_unreferenced_bytes,
-                    std::to_string(r.start - max_end) + " unreferenced bytes after '" + max_region->label + "'", {},
+                    std::to_string(r.start - max_end) + " unreferenced bytes after '" + std::string(max_region->label) + "'", {},
                     max_end);
     }
     if (r.end > max_end) {

@@ -9,9 +9,10 @@
 #include <cstdint>
 #include <span>
 #include <string>
-#include <unordered_map>
+#include <string_view>
 #include <vector>
 
+#include "container/name_index.hpp"
 #include "modelcdr/finding.hpp"
 #include "modelcdr/result.hpp"
 
@@ -28,6 +29,23 @@ struct ZipEntry {
   uint64_t data_offset = 0;     // file offset of the (compressed) data
 };
 
+// Entry names to entry indices (first entry of each name).
+class ZipNameIndex {
+ public:
+  bool insert(const std::vector<ZipEntry>& entries, uint32_t i) { return index_.insert(i, Names{entries}); }
+  int64_t find(const std::vector<ZipEntry>& entries, std::string_view name) const {
+    return index_.find(name, Names{entries});
+  }
+  void clear() { index_.clear(); }
+
+ private:
+  struct Names {
+    const std::vector<ZipEntry>& entries;
+    std::string_view operator()(uint32_t k) const { return entries[k].name; }
+  };
+  NameIndex index_;
+};
+
 struct ZipArchive {
   std::vector<ZipEntry> entries;  // central-directory order
   uint64_t prefix_bytes = 0;      // bytes before the first local header (polyglot / self-extractor)
@@ -37,19 +55,24 @@ struct ZipArchive {
   mutable bool inflate_reported = false;  // zip.inflate-total reported once
   // The first entry with `name` (duplicates are findings). Indexed, because readers look up
   // one record per storage and checkpoints can hold tens of thousands.
-  const ZipEntry* find(const std::string& name) const {
+  const ZipEntry* find(std::string_view name) const {
     if (indexed_count_ != entries.size()) build_index();
-    auto it = index_.find(name);
-    return it == index_.end() ? nullptr : &entries[it->second];
+    int64_t i = index_.find(entries, name);
+    return i < 0 ? nullptr : &entries[static_cast<size_t>(i)];
+  }
+  // read_zip hands over the index it built while checking names for duplicates.
+  void adopt_index(ZipNameIndex index) const {
+    index_ = std::move(index);
+    indexed_count_ = entries.size();
   }
 
  private:
   void build_index() const {
     index_.clear();
-    for (size_t i = 0; i < entries.size(); ++i) index_.emplace(entries[i].name, i);
+    for (size_t i = 0; i < entries.size(); ++i) index_.insert(entries, static_cast<uint32_t>(i));
     indexed_count_ = entries.size();
   }
-  mutable std::unordered_map<std::string, size_t> index_;
+  mutable ZipNameIndex index_;
   mutable size_t indexed_count_ = static_cast<size_t>(-1);
 };
 

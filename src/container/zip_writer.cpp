@@ -65,7 +65,8 @@ Status ZipWriter::begin_entry(const std::string& name, uint64_t size, std::optio
   if (open_) return make_error(Rule::zip_writer_state, "previous entry not ended", out_.tell(), name);
   if (name.empty() || name.size() > 0xFFFF || name.find('\0') != std::string::npos)
     return make_error(Rule::zip_writer_name, "entry name is empty, too long or contains NUL", out_.tell(), name);
-  if (!names_.insert(name).second)
+  auto written_name = [this](uint32_t k) { return std::string_view(written_[k].name); };
+  if (names_.find(name, written_name) >= 0)
     return make_error(Rule::zip_duplicate_name, "entry '" + name + "' written twice", out_.tell(), name);
 
   const uint64_t offset = out_.tell();
@@ -113,6 +114,7 @@ Status ZipWriter::begin_entry(const std::string& name, uint64_t size, std::optio
   MCDR_TRY(out_.write(h.span()));
 
   written_.push_back(Written{name, size, 0, offset});
+  names_.insert(static_cast<uint32_t>(written_.size() - 1), written_name);
   pending_ = size;
   running_crc_ = 0;
   open_ = true;

@@ -16,6 +16,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "container/name_index.hpp"
 #include "io/atomic_output.hpp"
 #include "modelcdr/result.hpp"
 
@@ -96,7 +97,7 @@ class ZipWriter {
   uint64_t shared_bytes_ = 0;
   int direct_fd_ = -2;  // the output opened again with O_DIRECT for the checks; -2: not yet, -1: failed
   std::deque<PendingCheck> checks_;
-  std::unordered_set<std::string> names_;  // duplicate names would make the output ambiguous
+  NameIndex names_;  // indices into written_: duplicate names would make the output ambiguous
 };
 
 }  // namespace modelcdr::container

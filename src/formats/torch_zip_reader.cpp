@@ -51,30 +51,42 @@ struct ArchiveView {
   }
 };
 
+// Which entries data.pkl references, by entry index (one bit an entry; a set of names cost a
+// copy of every storage's name). A duplicate name counts as used when its first entry is, as
+// a lookup by name sees them.
+struct UsedRecords {
+  const ZipArchive& zip;
+  std::vector<bool> by_index = std::vector<bool>(zip.entries.size());
+  void mark(const ZipEntry* e) { by_index[static_cast<size_t>(e - zip.entries.data())] = true; }
+  bool has(const ZipEntry& e) const {
+    const ZipEntry* first = zip.find(e.name);
+    return first && by_index[static_cast<size_t>(first - zip.entries.data())];
+  }
+};
+
 // Deferred mode: the storage records no tensor uses are dropped, not copied, so the writer
 // never sees their CRC; check them here (scan reports a bad one too).
-Status check_unused_storage_crcs(const ArchiveView& a, const std::unordered_set<std::string>& used, bool release,
-                                 Findings& findings) {
+Status check_unused_storage_crcs(const ArchiveView& a, const UsedRecords& used, bool release, Findings& findings) {
   if (a.crc_checked) return ok_status();
   container::ZipLimits limits;
   limits.release_pages = release;
   for (const auto& e : a.zip->entries)
-    if (deferrable_storage(e) && !used.count(e.name)) MCDR_TRY(container::check_entry_crc(*a.zip, a.file, e, findings, limits));
+    if (deferrable_storage(e) && !used.has(e)) MCDR_TRY(container::check_entry_crc(*a.zip, a.file, e, findings, limits));
   return ok_status();
 }
 
-void report_records(const ZipArchive& zip, const std::string& prefix, const std::unordered_set<std::string>& used,
-                    Findings& findings) {
-  static const std::unordered_set<std::string> bookkeeping = {
+void report_records(const ZipArchive& zip, const std::string& prefix, const UsedRecords& used, Findings& findings) {
+  static constexpr std::string_view bookkeeping[] = {
       "data.pkl", "version", ".data/version", "byteorder", ".format_version", ".storage_alignment", ".data/serialization_id"};
   for (const auto& e : zip.entries) {
-    if (e.name.compare(0, prefix.size() + 1, prefix + "/") != 0) {
+    const std::string_view name = e.name;
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0 || name[prefix.size()] != '/') {
       add_finding(findings, Severity::high, Rule::torch_entry_outside_prefix,
                   "entry '" + e.name + "' is not under the archive folder '" + prefix + "/'", e.name, e.local_header_offset);
       continue;
     }
-    std::string rel = e.name.substr(prefix.size() + 1);
-    if (bookkeeping.count(rel) || used.count(e.name)) continue;
+    const std::string_view rel = name.substr(prefix.size() + 1);
+    if (std::find(std::begin(bookkeeping), std::end(bookkeeping), rel) != std::end(bookkeeping) || used.has(e)) continue;
     if (rel.compare(0, 5, "data/") == 0) {
       add_finding(findings, Severity::low, Rule::torch_unreferenced_record,
                   "storage record '" + e.name + "' is not referenced by data.pkl (dropped)", e.name, e.local_header_offset);
@@ -180,11 +192,11 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
   MCDR_ASSIGN(auto pkl_bytes, a.read(*pkl, pkl_scratch));
   MCDR_ASSIGN(pickle::Program program, decode_stream(pkl_bytes, pkl->name, 0, options, parsed.findings, false));
 
-  std::unordered_set<std::string> used;
+  UsedRecords used{zip};
   cdr::StorageResolver resolver = [&](const cdr::StorageRequest& r) -> Result<model::Storage> {
     std::string name = a.prefix + "/data/" + r.key;
     MCDR_ASSIGN(const ZipEntry* e, find_storage_record(zip, name, r.nbytes, r.pid_offset, pkl->name));
-    used.insert(name);
+    used.mark(e);
     model::Storage s;
     s.source = name;
     s.nbytes = r.nbytes;

@@ -437,6 +437,43 @@ bool parse_float_text(std::string_view s, double& out, std::string& why) {
 
 enum class Repeat : uint8_t { MemoOverwrite, FrameNested, FrameStraddle, Py2Remap, Ext, OutOfBand, kCount };
 
+// The memo: pickle writers number entries 0, 1, 2, ... so a dense array holds them in 4 bytes
+// each (a node-based hash map cost about 50 bytes and one allocation per entry: torch memoizes
+// about 8 objects per tensor). Indices far beyond what has been stored go to a sparse map, so
+// the array stays within about twice the entry count whatever indices a hostile stream uses.
+class Memo {
+ public:
+  // Stores id at index; false when it replaced an earlier entry.
+  bool put(uint64_t index, NodeId id) {
+    if (index >= dense_.size()) {
+      uint64_t want = std::max<uint64_t>(index + 1, dense_.size() * 2);
+      if (want <= 2 * (count_ + 1) + kSlack) dense_.resize(want, kNoNode);
+    }
+    if (index < dense_.size()) {
+      bool fresh = dense_[index] == kNoNode;
+      dense_[index] = id;
+      count_ += fresh;
+      return fresh;
+    }
+    auto [it, fresh] = sparse_.try_emplace(index, id);
+    if (!fresh) it->second = id;
+    count_ += fresh;
+    return fresh;
+  }
+  NodeId get(uint64_t index) const {
+    if (index < dense_.size()) return dense_[index];
+    auto it = sparse_.find(index);
+    return it == sparse_.end() ? kNoNode : it->second;
+  }
+  size_t size() const { return count_; }
+
+ private:
+  static constexpr uint64_t kSlack = 4096;
+  std::vector<NodeId> dense_;
+  std::unordered_map<uint64_t, NodeId> sparse_;
+  size_t count_ = 0;
+};
+
 class Machine {
  public:
   Machine(std::span<const uint8_t> data, const DecodeOptions& options, Findings& findings)
@@ -714,9 +751,7 @@ class Machine {
     if (index > lim_.max_memo_index)
       return fail(Rule::pickle_limit_memo_index, op_name() + " index " + std::to_string(index) + " exceeds the limit of " +
                                                  std::to_string(lim_.max_memo_index));
-    auto [it, inserted] = memo_.try_emplace(index, stack_.back());
-    if (!inserted) {
-      it->second = stack_.back();
+    if (!memo_.put(index, stack_.back())) {
       note(Repeat::MemoOverwrite, Severity::low, Rule::pickle_memo_overwrite,
            [&] { return std::string(op_name() + " overwrites memo index " + std::to_string(index)); });
     } else if (memo_.size() > lim_.max_memo_entries) {
@@ -725,10 +760,10 @@ class Machine {
     return ok_status();
   }
   Status memo_get(uint64_t index) {
-    auto it = memo_.find(index);
-    if (it == memo_.end())
+    NodeId id = memo_.get(index);
+    if (id == kNoNode)
       return fail(Rule::pickle_memo_missing, op_name() + " memo index " + std::to_string(index) + " was never stored");
-    return push(it->second);
+    return push(id);
   }
   // GET/PUT text argument: int(text) in base 10. A negative GET cannot match (memo-missing),
   // a negative PUT is an error as in CPython.
@@ -759,7 +794,7 @@ class Machine {
     stack_.reserve(256);
     marks_.reserve(64);
     // The whole node budget up front: address space only until used, and no doubling copy that
-    // briefly holds 3x the nodes (each about 200 bytes) on a stream of millions of objects.
+    // briefly holds 3x the nodes (80 bytes each) on a stream of millions of objects.
     prog_.nodes.reserve(static_cast<size_t>(std::min<uint64_t>({cur_.size() + 16, lim_.max_nodes})));
     while (true) {
       op_pos_ = cur_.pos();
@@ -1211,7 +1246,7 @@ class Machine {
   std::vector<NodeId> stack_;
   std::vector<std::pair<NodeId, NodeId>> pairs_;  // take_pairs' scratch
   std::vector<size_t> marks_;  // stack depths at each MARK, innermost last
-  std::unordered_map<uint64_t, NodeId> memo_;
+  Memo memo_;
   std::unordered_map<std::string, NodeId> module_attrs_;  // cpython_view: "module.name.attr" -> value set by BUILD
   std::array<RepeatState, static_cast<size_t>(Repeat::kCount)> repeats_{};
   static constexpr size_t kMaxRemapFindings = 32;

@@ -3,7 +3,7 @@
 // arena and refer to each other by index, so memo references keep identity (tied weights
 // stay tied) and cycles are representable without ownership problems.
 //
-// Memory: a checkpoint holds about 15 nodes per tensor, so a Node is kept small (96 bytes):
+// Memory: a checkpoint holds about 15 nodes per tensor, so a Node is kept small (80 bytes):
 // text is a view into the Program's byte arena, child lists are arena blocks reached by one
 // pointer, and the rare joblib payload span sits in a side table (Program::payloads).
 #pragma once
@@ -149,14 +149,19 @@ enum class NodeKind : uint8_t {
 };
 
 struct Node {
-  NodeKind kind = NodeKind::None;
-  bool b = false;
-  bool remapped = false;          // Global: name changed by the Python-2 compatibility table
+  // One word for the kind, the flags and the offset (a Node is built per pickle object, about
+  // 15 a tensor, so every word counts; offsets stay far below 2^52).
+  NodeKind kind : 8 = NodeKind::None;
+  bool b : 1 = false;
+  bool remapped : 1 = false;      // Global: name changed by the Python-2 compatibility table
   // Raw bytes followed this node's BUILD in the stream (joblib NumpyArrayWrapper arrays,
   // consumed by DecodeOptions::on_array_build); their span is Program::payloads[id].
-  bool has_payload = false;
-  int64_t i = 0;
-  double f = 0.0;
+  bool has_payload : 1 = false;
+  uint64_t offset : 53 = 0;       // byte offset (inside the pickle's entry) of the creating opcode
+  union {                         // an Int or Ext has i, a Float f, never both
+    int64_t i = 0;
+    double f;
+  };
   Text text;                 // Str / Py2Str / Bytes / ByteArray / BigInt payload; Global module (arena)
   Text name;                 // Global name (arena)
   NodeIds items;             // see NodeKind
@@ -164,8 +169,8 @@ struct Node {
   NodePairs entries;         // DICT contents and SETITEM(S) on any node
   NodeIds appended;          // APPEND(S)/ADDITEMS applied to a non-List/Set node
   NodeIds build_states;      // BUILD states applied to this node
-  uint64_t offset = 0;       // byte offset (inside the pickle's entry) of the creating opcode
 };
+static_assert(sizeof(Node) == 80, "keep pickle::Node compact: it is built about 15 times a tensor");
 
 // Raw bytes after a BUILD (joblib): [offset, +size) of the decoded span.
 struct NodePayload {

@@ -267,6 +267,40 @@ TEST(ZipReader, DuplicateNames) {
   EXPECT_EQ(count_rule(f, Rule::zip_duplicate_name, Severity::high), 1u) << dump(f);
 }
 
+// find() goes through the name index read_zip builds while it checks names (issue 14: no
+// std::string map per entry): every name of a many-entry archive is found, a duplicate name
+// finds its first entry, a missing name finds nothing, and a copied archive finds the same.
+TEST(ZipReader, NameIndexFindsEveryEntryAndTheFirstDuplicate) {
+  std::vector<TEntry> e;
+  for (int i = 0; i < 3000; ++i) e.push_back(TEntry{.name = "archive/data/" + std::to_string(i), .data = std::to_string(i)});
+  e.push_back(TEntry{.name = "archive/data/7", .data = "second"});
+  Bytes z = build_zip(e);
+  Findings f;
+  auto a = read_zip(as_span(z), f);
+  ASSERT_TRUE(a.ok()) << a.error().describe();
+  EXPECT_EQ(count_rule(f, Rule::zip_duplicate_name, Severity::high), 1u) << dump(f);
+  const ZipArchive copy = *a;
+  for (const ZipArchive* z2 : {&*a, &copy}) {
+    for (int i = 0; i < 3000; ++i) {
+      const ZipEntry* hit = z2->find("archive/data/" + std::to_string(i));
+      ASSERT_NE(hit, nullptr) << i;
+      EXPECT_EQ(hit - z2->entries.data(), i);
+    }
+    EXPECT_EQ(z2->find("archive/data/3000"), nullptr);
+    EXPECT_EQ(z2->find("archive/data/"), nullptr);
+  }
+  // An archive built by hand (no index handed over) is indexed on first use.
+  ZipArchive manual;
+  manual.entries.push_back(ZipEntry{.name = "b"});
+  manual.entries.push_back(ZipEntry{.name = "a"});
+  manual.entries.push_back(ZipEntry{.name = "b"});
+  ASSERT_NE(manual.find("b"), nullptr);
+  EXPECT_EQ(manual.find("b"), &manual.entries[0]);
+  EXPECT_EQ(manual.find("a"), &manual.entries[1]);
+  manual.entries.push_back(ZipEntry{.name = "c"});
+  EXPECT_EQ(manual.find("c"), &manual.entries[3]);
+}
+
 TEST(ZipReader, LocalCentralNameMismatch) {
   auto e = two_entries();
   e[1].local_name = "archive/data/X";

@@ -17,6 +17,7 @@ namespace modelcdr::pickle {
 namespace {
 
 using namespace std::string_view_literals;
+using namespace std::string_literals;
 
 std::vector<uint8_t> bytes(std::string_view s) { return std::vector<uint8_t>(s.begin(), s.end()); }
 
@@ -398,6 +399,47 @@ TEST(PickleMachine, MemoMissingAndOverwrite) {
   EXPECT_NE(f->message.find("2 occurrences"), std::string::npos) << f->message;
   EXPECT_EQ(over.findings.size(), 2u);  // overwrite (deduplicated) + leftover stack
   EXPECT_EQ(over.prog().root, 1u);      // the second list
+}
+
+// The memo is a dense array for the indices writers use (0, 1, 2, ...) and a map for far
+// ones (issue 14): both read back what was stored, overwrites in either are found, MEMOIZE
+// numbers by the entry count, and indices that leap ahead stay correct.
+TEST(PickleMachine, MemoDenseAndSparseIndices) {
+  std::string s = "\x80\x04"s;
+  auto u32 = [&](uint32_t v) { for (int k = 0; k < 4; ++k) s += static_cast<char>(v >> (8 * k)); };
+  auto put_int = [&](uint32_t value, uint32_t index) {  // BININT value, LONG_BINPUT index, POP
+    s += 'J';
+    u32(value);
+    s += 'r';
+    u32(index);
+    s += '0';
+  };
+  const uint32_t n = 20000;
+  for (uint32_t i = 0; i < n; ++i) put_int(i * 3, i);
+  const std::vector<uint32_t> far = {3'000'000'000u, 100'000, 400'000, 1'600'000, 6'400'000};
+  for (uint32_t k = 0; k < far.size(); ++k) put_int(700 + k, far[k]);
+  put_int(111, 5);                 // overwrite, dense
+  put_int(222, 3'000'000'000u);    // overwrite, sparse
+  s += "J"; u32(999); s += "\x94";  // MEMOIZE: index = entries so far = n + far.size()
+  s += '0';
+  s += '(';
+  auto get = [&](uint32_t index) { s += 'j'; u32(index); };
+  for (uint32_t i : {0u, 1u, 5u, n - 1}) get(i);
+  for (uint32_t i : far) get(i);
+  get(n + static_cast<uint32_t>(far.size()));
+  s += "t.";
+  auto r = run(s);
+  EXPECT_OK(r);
+  ASSERT_EQ(r.root().kind, NodeKind::Tuple);
+  std::vector<int64_t> got;
+  for (NodeId id : r.root().items) got.push_back(r.at(id).i);
+  EXPECT_EQ(got, (std::vector<int64_t>{0, 3, 111, (n - 1) * 3, 222, 701, 702, 703, 704, 999}));
+  const Finding* f = r.finding(Rule::pickle_memo_overwrite);
+  ASSERT_NE(f, nullptr);
+  EXPECT_NE(f->message.find("2 occurrences"), std::string::npos) << f->message;
+  // A GET of an index never stored, below and above the dense part, is still missing.
+  EXPECT_ERR(run("\x80\x04]r\x00\x00\x01\x00j\x05\x00\x00\x00."sv), Rule::pickle_memo_missing);
+  EXPECT_ERR(run("\x80\x04]q\x00j\x00\x00\x01\x00."sv), Rule::pickle_memo_missing);
 }
 
 TEST(PickleMachine, MemoizeUsesMemoSize) {
