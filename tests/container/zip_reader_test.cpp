@@ -280,7 +280,7 @@ TEST(ZipReader, NameIndexFindsEveryEntryAndTheFirstDuplicate) {
   ASSERT_TRUE(a.ok()) << a.error().describe();
   EXPECT_EQ(count_rule(f, Rule::zip_duplicate_name, Severity::high), 1u) << dump(f);
   const ZipArchive copy = *a;
-  for (const ZipArchive* z2 : {&*a, &copy}) {
+  for (const ZipArchive* z2 : {static_cast<const ZipArchive*>(&*a), &copy}) {
     for (int i = 0; i < 3000; ++i) {
       const ZipEntry* hit = z2->find("archive/data/" + std::to_string(i));
       ASSERT_NE(hit, nullptr) << i;
