@@ -31,6 +31,21 @@ using pickle::PickleEmitter;
 constexpr size_t kBatch = 1000;  // items per APPENDS/SETITEMS, as CPython's pickler does
 constexpr uint32_t kNewStorageBase = 0x80000000u;  // ids of storages the writer creates itself
 
+// Model ids (values, tensors, storages: numbered from 0) to numbers: a flat array, 4 bytes an
+// id. A hash map per table cost an allocation and a cache miss per tensor (issue 14).
+class IdTable {
+ public:
+  static constexpr uint32_t kNone = 0xFFFFFFFFu;
+  uint32_t get(uint32_t id) const { return id < v_.size() ? v_[id] : kNone; }
+  void set(uint32_t id, uint32_t n) {
+    if (id >= v_.size()) v_.resize(std::max<size_t>(size_t{id} + 1, v_.size() * 2), kNone);
+    v_[id] = n;
+  }
+
+ private:
+  std::vector<uint32_t> v_;
+};
+
 // Emits the IR as a protocol-2 program. Shared values (same ValueId twice) and tensors are
 // memoized so identity survives: tied weights come back as one object.
 class DataPklEmitter {
@@ -68,8 +83,8 @@ class DataPklEmitter {
       e_.none();
       return;
     }
-    if (auto it = memo_.find(id); it != memo_.end()) {
-      e_.get(it->second);
+    if (uint32_t memo = memo_.get(id); memo != IdTable::kNone) {
+      e_.get(memo);
       return;
     }
     const Value& v = m_.values[id];
@@ -108,7 +123,7 @@ class DataPklEmitter {
         }
         if (is_string_code(m_.values[v.state].text)) {  // no tensor form: lists of str/bytes (reported)
           string_array(v);
-          memo_[id] = e_.put();
+          memo_.set(id, e_.put());
           return;
         }
         tensor_value(v.tensor);
@@ -116,7 +131,7 @@ class DataPklEmitter {
       case ValueKind::numpy_dtype: e_.unicode(v.text); return;  // the dtype code, e.g. "f8"
       case ValueKind::object: value(v.state); return;           // its state dict
     }
-    memo_[id] = e_.put();
+    memo_.set(id, e_.put());
   }
 
   static bool is_string_code(const std::string& code) { return !code.empty() && (code[0] == 'S' || code[0] == 'U'); }
@@ -267,7 +282,7 @@ class DataPklEmitter {
 
   void list(ValueId id, const std::vector<ValueId>& items) {
     e_.empty_list();
-    memo_[id] = e_.put();
+    memo_.set(id, e_.put());
     batched(items.size(), [&](size_t i) { value(items[i]); }, [&] { e_.appends(); });
   }
 
@@ -293,7 +308,7 @@ class DataPklEmitter {
     batched(items.size(), [&](size_t i) { value(items[i]); }, [&] { e_.appends(); });
     e_.tuple_n(1);
     e_.reduce();
-    memo_[id] = e_.put();
+    memo_.set(id, e_.put());
   }
 
   void dict(ValueId id, const Value& v, bool ordered) {
@@ -302,7 +317,7 @@ class DataPklEmitter {
     } else {
       e_.empty_dict();
     }
-    memo_[id] = e_.put();
+    memo_.set(id, e_.put());
     batched(v.entries.size(),
             [&](size_t i) {
               value(v.entries[i].first);
@@ -352,20 +367,26 @@ class DataPklEmitter {
 
   // ('storage', <class>, '<key>', 'cpu', numel) BINPERSID; keys in first-use order.
   void persistent_id(uint32_t sid, DType d) {
-    auto [it, inserted] = keys_.try_emplace(sid, static_cast<uint32_t>(keys_.size()));
-    if (inserted) order_.push_back(sid);
+    IdTable& keys = sid >= kNewStorageBase ? new_keys_ : keys_;
+    const uint32_t slot = sid >= kNewStorageBase ? sid - kNewStorageBase : sid;
+    uint32_t key = keys.get(slot);
+    if (key == IdTable::kNone) {
+      key = key_count_++;
+      keys.set(slot, key);
+      order_.push_back(sid);
+    }
     const auto& info = model::dtype_info(d);
     uint64_t nbytes = storage(sid).nbytes;
     e_.mark();
     e_.unicode("storage");
     if (info.storage_class) {
       e_.storage_class(d);
-      e_.unicode(std::to_string(it->second));
+      e_.unicode(std::to_string(key));
       e_.unicode("cpu");
       e_.integer(static_cast<int64_t>(nbytes / info.element_size));
     } else {
       e_.global(EmitGlobal::untyped_storage);
-      e_.unicode(std::to_string(it->second));
+      e_.unicode(std::to_string(key));
       e_.unicode("cpu");
       e_.integer(static_cast<int64_t>(nbytes));
     }
@@ -389,13 +410,12 @@ class DataPklEmitter {
   }
 
   void tensor_ref(model::TensorId tid) {
-    auto it = tensor_memo_.find(tid);
-    if (it != tensor_memo_.end()) {
-      e_.get(it->second);
+    if (uint32_t memo = tensor_memo_.get(tid); memo != IdTable::kNone) {
+      e_.get(memo);
       return;
     }
     bare_tensor(m_.tensors[tid]);
-    tensor_memo_[tid] = e_.put();
+    tensor_memo_.set(tid, e_.put());
   }
 
   void bare_tensor(const Tensor& t) {
@@ -481,11 +501,12 @@ class DataPklEmitter {
   std::vector<model::StorageId>& order_;
   std::vector<model::Storage>& extra_;
   PickleEmitter e_;
-  std::unordered_map<ValueId, uint32_t> memo_;
-  std::unordered_map<model::TensorId, uint32_t> tensor_memo_;
+  IdTable memo_;         // by ValueId: its memo index once written
+  IdTable tensor_memo_;  // by TensorId
   uint32_t depth_ = 0;
   bool too_deep_ = false;
-  std::unordered_map<uint32_t, uint32_t> keys_;
+  IdTable keys_, new_keys_;  // by StorageId (new_keys_: ids from kNewStorageBase): its record key
+  uint32_t key_count_ = 0;
 };
 
 // 1 MiB chunks: measured here, 8 MiB read/write pairs cost 4x the kernel time of 1 MiB ones
