@@ -20,13 +20,11 @@ import json
 
 import pytest
 
-from conftest import disarm, explain, require_bin, run_cli, torch_major
+from conftest import disarm, explain, require_bin, run_cli
 
 torch = pytest.importorskip("torch")
 
 RULE = "cdr.sparse-invalid"
-pytestmark = pytest.mark.skipif(torch_major() is None or torch_major() < 2,
-                                reason="torch 2.x writes _rebuild_sparse_tensor for every layout")
 
 
 class Forged:
@@ -129,6 +127,7 @@ def rejected_for_sparse(tmp_path, inp, *extra, out_name="out.pt"):
     return err["message"]
 
 
+@pytest.mark.torch2
 @pytest.mark.parametrize("name", sorted(BROKEN))
 def test_broken_sparse_is_rejected_by_disarm(tmp_path, name):
     require_bin()
@@ -137,6 +136,7 @@ def test_broken_sparse_is_rejected_by_disarm(tmp_path, name):
     assert "'sp'" in msg and words in msg, msg  # names the tensor and the broken invariant
 
 
+@pytest.mark.torch2
 @pytest.mark.parametrize("name", sorted(BROKEN))
 def test_broken_sparse_is_dangerous_in_scan(tmp_path, name):
     require_bin()
@@ -148,6 +148,7 @@ def test_broken_sparse_is_dangerous_in_scan(tmp_path, name):
     assert any(x["rule"] == RULE and "'sp'" in x["message"] for x in e["findings"]), e
 
 
+@pytest.mark.torch2
 @pytest.mark.parametrize("name", sorted(VALID))
 def test_valid_sparse_through_the_same_generator_is_kept(tmp_path, name):
     """The control: the generator itself makes loadable files, and valid parts pass."""
@@ -172,6 +173,7 @@ def test_valid_sparse_through_the_same_generator_is_kept(tmp_path, name):
         assert x.dtype == y.dtype and torch.equal(x, y), part
 
 
+@pytest.mark.torch2
 def test_torch_made_out_of_range_coo_and_csr_are_rejected(tmp_path):
     """The same defects made the way a user could: torch's constructors with check_invariants=False."""
     require_bin()
@@ -187,6 +189,7 @@ def test_torch_made_out_of_range_coo_and_csr_are_rejected(tmp_path):
         assert "'sp'" in msg, msg
 
 
+@pytest.mark.torch2
 @pytest.mark.parametrize("mode", ["compat113", "safetensors", "randomize_lsb"])
 def test_every_writing_mode_rejects(tmp_path, mode):
     """torch 1.13 output (CSR is written there), safetensors (which drops sparse) and a transform."""
@@ -201,6 +204,7 @@ def test_every_writing_mode_rejects(tmp_path, mode):
     rejected_for_sparse(tmp_path, save(tmp_path, "bad_coo", layout, data), *extra, out_name=out_name)
 
 
+@pytest.mark.torch2
 def test_protect_rejects(tmp_path):
     require_bin()
     key = tmp_path / "sym.key"
@@ -212,3 +216,45 @@ def test_protect_rejects(tmp_path):
     assert rc == 2, explain(rc, so, se)
     assert RULE in so + se, explain(rc, so, se)
     assert not out.exists() and not mp.exists()
+
+
+@pytest.mark.torch2
+def test_serve_refuses_broken_sparse_and_serves_valid(tmp_path):
+    """The gateway uses the engine: a broken sparse checkpoint is refused (403, the rule as its
+    code), a valid one is served rebuilt."""
+    require_bin()
+    from serve_util import Gateway, http
+
+    repo = tmp_path / "store" / "acme" / "sparse"
+    repo.mkdir(parents=True)
+    layout, data, _ = BROKEN["csr_col_unsorted"]
+    torch.save({"sp": Forged(layout, data)}, repo / "pytorch_model.bin")
+    layout, data = VALID["bsr"]
+    torch.save({"sp": Forged(layout, data)}, repo / "ok.bin")
+    with Gateway("--store", tmp_path / "store", "--cache", tmp_path / "cache") as g:
+        st, h, body = http("GET", f"{g.url}/acme/sparse/resolve/main/pytorch_model.bin")
+        assert st == 403 and h.get("X-Error-Code") == RULE, (st, h, body[:500])
+        st, h, body = http("GET", f"{g.url}/acme/sparse/resolve/main/ok.bin")
+        assert st == 200, (st, h, body[:500])
+    got_path = tmp_path / "got.bin"
+    got_path.write_bytes(body)
+    with torch.sparse.check_sparse_tensor_invariants():
+        got = torch.load(got_path, weights_only=True)
+    assert got["sp"].layout == torch.sparse_bsr
+    assert torch.equal(got["sp"].values(), data[2])
+
+
+@pytest.mark.torch113
+def test_torch113_made_broken_coo_and_csr_are_rejected_under_compat(tmp_path):
+    """Debian's torch 1.13 writes the broken tensors itself (its unchecked constructors); disarm
+    --compat torch1.13 rejects them, and a valid CSR next to them still round-trips (test_fidelity_sparse)."""
+    require_bin()
+    bad = {
+        "coo": torch._sparse_coo_tensor_unsafe(t([[0, 9]]), f([1, 2]), (4,)),
+        "csr": torch._sparse_csr_tensor_unsafe(t([0, 1, 2]), t([0, 9]), f([1, 2]), (2, 3)),
+    }
+    for name, sp in bad.items():
+        inp = tmp_path / f"{name}.pt"
+        torch.save({"sp": sp}, inp)
+        msg = rejected_for_sparse(tmp_path, inp, "--compat", "torch1.13")
+        assert "'sp'" in msg and "9" in msg, msg
