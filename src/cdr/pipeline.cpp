@@ -86,7 +86,11 @@ Result<formats::ParsedModel> checked(Result<formats::ParsedModel> parsed) {
 // not wrapped in cdr.ambiguous-input: the verdict is dangerous).
 std::optional<Error> sparse_error(const Findings& fs) {
   for (const auto& f : fs)
-    if (f.rule == Rule::cdr_sparse_invalid) return make_error(f.rule, f.message, f.offset, f.entry);
+    if (f.rule == Rule::cdr_sparse_invalid) {
+      Error e = make_error(f.rule, f.message);  // about a tensor, not a byte offset
+      e.entry = f.entry;
+      return e;
+    }
   return std::nullopt;
 }
 
