@@ -116,7 +116,7 @@ def save(tmp_path, name, layout, data):
 
 
 def rejected_for_sparse(tmp_path, inp, *extra, out_name="out.pt"):
-    out, rep = tmp_path / out_name, tmp_path / "report.json"
+    out, rep = tmp_path / f"{inp.stem}-{out_name}", tmp_path / f"{inp.stem}-report.json"
     rc, so, se, report = disarm(inp, out, *extra, report=rep)
     assert rc == 2, explain(rc, so, se)
     assert not out.exists(), "a rejected file left an output"
