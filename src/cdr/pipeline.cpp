@@ -11,6 +11,7 @@
 #include "cdr/class_registry.hpp"
 #include "cdr/lifter.hpp"
 #include "cdr/scan_salvage.hpp"
+#include "cdr/sparse_check.hpp"
 #include "container/sniff.hpp"
 #include "container/tar_reader.hpp"
 #include "container/zip_reader.hpp"
@@ -72,10 +73,25 @@ Result<formats::ParsedModel> parse(std::span<const uint8_t> bytes, Format format
 }
 
 // Every reader's model is checked once, whatever reader built it, before any writer (or a
-// transform) walks it: bounded depth, no cycles (limits.depth, limits.cycle).
+// transform) walks it: bounded depth, no cycles (limits.depth, limits.cycle), and sparse
+// tensors that hold torch's invariants (cdr.sparse-invalid findings: disarm rejects them).
 Result<formats::ParsedModel> checked(Result<formats::ParsedModel> parsed) {
-  if (parsed.ok()) MCDR_TRY(limits::check_value_graph(parsed->model));
+  if (!parsed.ok()) return parsed;
+  MCDR_TRY(limits::check_value_graph(parsed->model));
+  cdr::check_sparse_tensors(parsed->model, parsed->model.findings);
   return parsed;
+}
+
+// The first invalid sparse tensor, as the error that rejects the file (named by its own rule,
+// not wrapped in cdr.ambiguous-input: the verdict is dangerous).
+std::optional<Error> sparse_error(const Findings& fs) {
+  for (const auto& f : fs)
+    if (f.rule == Rule::cdr_sparse_invalid) {
+      Error e = make_error(f.rule, f.message);  // about a tensor, not a byte offset
+      e.entry = f.entry;
+      return e;
+    }
+  return std::nullopt;
 }
 
 // A numeric numpy array lifted from a pickle/joblib is written as a tensor as well (object arrays
@@ -311,6 +327,7 @@ Result<LoadedModelPtr> load_model_impl(const Source& source, const DisarmOptions
   r.findings.insert(r.findings.end(), m->parsed.model.findings.begin(), m->parsed.model.findings.end());
   r.tensors = tensor_stats(m->parsed.model);
   if (m->parsed.not_disarmable) return make_error(Rule::format_not_disarmable, *m->parsed.not_disarmable);
+  if (auto e = sparse_error(r.findings)) return *e;
   for (const auto& f : r.findings)
     if (is_ambiguity(f, options))
       return make_error(Rule::cdr_ambiguous_input, "cannot be parsed with certainty: " + f.message + " [" + std::string(rule_id(f.rule)) + "]",
@@ -477,6 +494,9 @@ static FileReport disarm_file_impl(const Source& source, Sink& sink, const Disar
   if (options.transform) {
     if (!step(options.progress, options.cancel, Stage::transform, 0, 1)) return reject(cancelled_error());
     if (auto s = options.transform(m, r); !s.ok()) return reject(s.error());
+    // A transform rewrites payloads: what is written must still be proven valid.
+    Findings after;
+    if (cdr::check_sparse_tensors(m, after)) return reject(*sparse_error(after));
     if (!step(options.progress, options.cancel, Stage::transform, 1, 1)) return reject(cancelled_error());
   }
   // Exit 1 means "written, something minor removed": a file whose main object itself was
