@@ -1655,10 +1655,14 @@ class Lifter {
            dtype = dict_get(st, "dtype");
     if (sub == kNoNode || shape_id == kNoNode || order == kNoNode || dtype == kNoNode)
       return dropped(n, "joblib array", "wrapper state lacks subclass/shape/order/dtype");
+    // numpy.matrix only adds 2-d operator semantics to the same data (and joblib under numpy 2
+    // loads it as a plain ndarray): its data is kept as a plain array, and said so
+    bool matrix = is_global(at(sub), "numpy.matrixlib.defmatrix", "matrix") || is_global(at(sub), "numpy", "matrix");
     if (!is_global(at(sub), "numpy", "ndarray") && !is_global(at(sub), "numpy", "memmap") &&
-        !is_global(at(sub), "numpy.core.memmap", "memmap"))
+        !is_global(at(sub), "numpy.core.memmap", "memmap") && !matrix)
       return dropped(n, "joblib array", "array subclass " + (at(sub).kind == NodeKind::Global ? global_text(at(sub)) : "?") +
                                             " is not numpy.ndarray");
+    if (matrix) note(Severity::low, Rule::cdr_converted, "numpy.matrix written as a plain numpy.ndarray", n.offset);
     if (!n.has_payload) return dropped(n, "joblib array", "its data was not read (not parsed as a joblib stream)");
     const pickle::NodePayload& pl = p_.payloads.at(static_cast<NodeId>(&n - p_.nodes.data()));
     MCDR_ASSIGN(auto shape, array_shape(shape_id));

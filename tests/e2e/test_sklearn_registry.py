@@ -288,3 +288,21 @@ def test_numpy_random_and_cython_helpers_take_only_their_own_arguments(tmp_path,
     assert "vetted" not in removed[0]["message"], removed[0]["message"]
     got = pickle.loads(data) if fmt == "pickle" else joblib.load(out)  # globals checked above
     assert got == {"w": 1, "bad": None}
+
+
+def test_joblib_numpy_matrix_becomes_a_plain_array(tmp_path):
+    """numpy.matrix (an ndarray subclass, in joblib's own test files) keeps its data as a plain
+    ndarray, reported as converted; it was dropped to None before."""
+    m = np.matrix([[1.5, 2.0, -3.0], [4.0, 5.0, 6.25]])
+    inp = tmp_path / "m.joblib"
+    joblib.dump({"m": m, "a": np.arange(3)}, inp)
+    out = tmp_path / "out.joblib"
+    rc, so, se, report = disarm(inp, out, "--to", "joblib", report=tmp_path / "r.json")
+    assert rc == 1 and out.is_file(), explain(rc, so, se)
+    writer_globals_ok(out)
+    assert b"matrix" not in out.read_bytes()
+    got = joblib.load(out)
+    assert type(got["m"]) is np.ndarray and got["m"].dtype == m.dtype and np.array_equal(got["m"], np.asarray(m))
+    assert np.array_equal(got["a"], np.arange(3))
+    rules = [f["rule"] for f in report["files"][0]["removed"]]
+    assert rules == ["cdr.converted"], report["files"][0]["removed"]
