@@ -25,6 +25,7 @@ struct Entry {
 // fitted numpy arrays and numpy scalars, and other registry objects; its __setstate__ (if any)
 // only checks and stores that state; instantiating it runs no user-supplied code.
 constexpr const char* kEst = "scikit-learn estimator: hyper-parameters and fitted numpy arrays in __dict__";
+constexpr const char* kLoss = "scikit-learn loss: its Cython loss object (a row below), link, interval, numbers in __dict__";
 const Entry kDefaults[] = {
 #define MCDR_GLOBAL(module, name, roles)
 #define MCDR_CLASS(module, name, construct, why) {module, name, Construct::construct, why},

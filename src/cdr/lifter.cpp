@@ -493,6 +493,41 @@ class Lifter {
   }
 
   // ---- calls (REDUCE) --------------------------------------------------------------------
+  static bool bit_generator_name(const Node& a) {
+    return a.kind == NodeKind::Str &&
+           (a.text == "MT19937" || a.text == "PCG64" || a.text == "PCG64DXSM" || a.text == "Philox" || a.text == "SFC64");
+  }
+
+  // Registry helpers whose arguments are themselves callables or classes: numpy's
+  // __randomstate_ctor(name, ctor) calls its second argument and __bit_generator_ctor(cls)
+  // instantiates any class it is given, so only the exact shapes numpy writes are accepted.
+  const char* reduce_args_problem(std::string_view mod, std::string_view name, const pickle::NodeIds& args) const {
+    if (mod == "numpy.random._pickle" && name == "__bit_generator_ctor") {
+      if (args.size() != 1) return "it does not take exactly one argument";
+      const Node& a = at(args[0]);
+      if (bit_generator_name(a) || is_global(a, "numpy.random._mt19937", "MT19937") ||
+          is_global(a, "numpy.random._pcg64", "PCG64") || is_global(a, "numpy.random._pcg64", "PCG64DXSM") ||
+          is_global(a, "numpy.random._philox", "Philox") || is_global(a, "numpy.random._sfc64", "SFC64"))
+        return nullptr;
+      return "its argument is not a known bit generator name or class";
+    }
+    if (mod == "numpy.random._pickle" && (name == "__randomstate_ctor" || name == "__generator_ctor")) {
+      if (args.size() == 1 && (bit_generator_name(at(args[0])) ||
+                               (at(args[0]).kind == NodeKind::Call &&
+                                is_global(at(at(args[0]).items[0]), "numpy.random._pickle", "__bit_generator_ctor"))))
+        return nullptr;
+      return "its argument is not a bit generator or its name (a constructor argument is never kept)";
+    }
+    if (name.starts_with("__pyx_unpickle_")) {
+      // Cython's helper(cls, checksum, state): cls must be the helper's own class
+      if (args.size() == 3 && is_global(at(args[0]), mod, name.substr(15)) && at(args[1]).kind == NodeKind::Int &&
+          (at(args[2]).kind == NodeKind::Tuple || at(args[2]).kind == NodeKind::None))
+        return nullptr;
+      return "its arguments are not (its class, checksum, state)";
+    }
+    return nullptr;
+  }
+
   Result<ValueId> call(NodeId id, uint32_t depth) {
     const Node& n = at(id);
     const Node& callee = at(n.items[0]);
@@ -523,6 +558,8 @@ class Lifter {
     if ((mod == "numpy.core.multiarray" || mod == "numpy._core.multiarray") && name == "_reconstruct")
       return numpy_reconstruct(n, *args, depth);
     if (mod == "numpy" && name == "dtype") return numpy_dtype(n, *args, depth);
+    if ((mod == "numpy.core.numeric" || mod == "numpy._core.numeric") && name == "_frombuffer")
+      return numpy_frombuffer(n, *args, depth);
     if (opt_.registry && mod == "copyreg" && name == "_reconstructor" && args->size() == 3 &&
         at((*args)[0]).kind == NodeKind::Global && is_global(at((*args)[1]), "builtins", "object") &&
         at((*args)[2]).kind == NodeKind::None) {
@@ -539,8 +576,10 @@ class Lifter {
         return registry_object(n, *cid, nullptr, depth);
     }
     if (opt_.registry)
-      if (auto cid = opt_.registry->find(mod, name); cid && opt_.registry->at(*cid).construct == Construct::reduce)
+      if (auto cid = opt_.registry->find(mod, name); cid && opt_.registry->at(*cid).construct == Construct::reduce) {
+        if (const char* why = reduce_args_problem(mod, name, *args)) return dropped(n, "call of " + global_text(callee), why);
         return registry_object(n, *cid, args, depth);
+      }
     if (mod == "pathlib" && (name == "PosixPath" || name == "WindowsPath" || name == "Path"))
       return path_call(n, *args, name == "WindowsPath" ? '\\' : '/');
     Severity s = is_known_global(mod, name) ? Severity::medium : unknown_global_severity(mod, name);
@@ -1569,6 +1608,25 @@ class Lifter {
     return make_array(n, *dt, std::move(*shape), fortran, view, &owned, "numpy array at offset " + std::to_string(n.offset));
   }
 
+  // numpy's protocol-5 pickle of an array: _frombuffer(bytes, dtype, shape, order), the bytes in
+  // memory order (what joblib >= 1.5 writes for the arrays inside an object array).
+  Result<ValueId> numpy_frombuffer(const Node& n, const pickle::NodeIds& args, uint32_t depth) {
+    if (args.size() != 4) return dropped(n, "numpy array", "not _frombuffer(bytes, dtype, shape, order)");
+    const Node& data = at(args[0]);
+    auto order = as_text(args[3]);
+    if (!(data.kind == NodeKind::Bytes || data.kind == NodeKind::ByteArray) || !order || (*order != "C" && *order != "F"))
+      return dropped(n, "numpy array", "not _frombuffer(bytes, dtype, shape, 'C' or 'F')");
+    MCDR_ASSIGN(auto shape, array_shape(args[2]));
+    if (!shape) return dropped(n, "numpy array", "shape is not a tuple of non-negative integers");
+    std::string why;
+    MCDR_ASSIGN(auto dt, array_dtype(args[1], depth, why));
+    if (!dt) return dropped(n, "numpy array", why);
+    if (dt->code.kind == 'O') return dropped(n, "numpy array", "an object dtype has no buffer");
+    std::vector<uint8_t> owned(data.text.begin(), data.text.end());
+    std::span<const uint8_t> view(owned.data(), owned.size());
+    return make_array(n, *dt, std::move(*shape), *order == "F", view, &owned, "numpy array at offset " + std::to_string(n.offset));
+  }
+
   Result<ValueId> object_array(const Node& n, const ArrayDtype& dt, std::vector<int64_t> shape, const Node& data,
                                uint32_t depth) {
     if (data.kind != NodeKind::List) return dropped(n, "numpy object array", "elements are not a list");
@@ -1597,10 +1655,14 @@ class Lifter {
            dtype = dict_get(st, "dtype");
     if (sub == kNoNode || shape_id == kNoNode || order == kNoNode || dtype == kNoNode)
       return dropped(n, "joblib array", "wrapper state lacks subclass/shape/order/dtype");
+    // numpy.matrix only adds 2-d operator semantics to the same data (and joblib under numpy 2
+    // loads it as a plain ndarray): its data is kept as a plain array, and said so
+    bool matrix = is_global(at(sub), "numpy.matrixlib.defmatrix", "matrix") || is_global(at(sub), "numpy", "matrix");
     if (!is_global(at(sub), "numpy", "ndarray") && !is_global(at(sub), "numpy", "memmap") &&
-        !is_global(at(sub), "numpy.core.memmap", "memmap"))
+        !is_global(at(sub), "numpy.core.memmap", "memmap") && !matrix)
       return dropped(n, "joblib array", "array subclass " + (at(sub).kind == NodeKind::Global ? global_text(at(sub)) : "?") +
                                             " is not numpy.ndarray");
+    if (matrix) note(Severity::low, Rule::cdr_converted, "numpy.matrix written as a plain numpy.ndarray", n.offset);
     if (!n.has_payload) return dropped(n, "joblib array", "its data was not read (not parsed as a joblib stream)");
     const pickle::NodePayload& pl = p_.payloads.at(static_cast<NodeId>(&n - p_.nodes.data()));
     MCDR_ASSIGN(auto shape, array_shape(shape_id));
@@ -1669,7 +1731,9 @@ class Lifter {
       }
     if (!n.build_states.empty()) {
       const Node& st = at(n.build_states.back());
-      if (rc.tuple_state) {
+      // numpy's bit generators (reduce, tuple state) took a dict state before numpy 2
+      bool dict_too = rc.construct == Construct::reduce && st.kind == NodeKind::Dict;
+      if (rc.tuple_state && !dict_too) {
         if (st.kind != NodeKind::Tuple) return dropped(n, what, "its state is not the tuple its __setstate__ takes");
       } else {
         if (st.kind != NodeKind::Dict) return dropped(n, what, "its state is not a dict");

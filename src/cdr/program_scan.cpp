@@ -6,6 +6,7 @@
 #include <cstring>
 #include <iterator>
 #include <optional>
+#include <map>
 #include <set>
 #include <span>
 #include <vector>
@@ -505,15 +506,28 @@ void fold_call_removals(Findings& findings) {
   for (const Finding& f : findings)
     if (f.rule == Rule::pickle_call || f.rule == Rule::pickle_call_computed) calls.insert({f.entry, f.offset});
   if (calls.empty()) return;
-  std::set<std::pair<std::string, uint64_t>> removed;
+  // The call line takes the removal's severity: a registry call softened to info by the joblib
+  // reader (soften_vetted) that the lifter still dropped (bad arguments) is a removal, not a rebuild.
+  std::map<std::pair<std::string, uint64_t>, Severity> removed;
   std::erase_if(findings, [&](const Finding& f) {
     bool fold = f.rule == Rule::cdr_dropped && calls.count({f.entry, f.offset});
-    if (fold) removed.insert({f.entry, f.offset});
+    if (fold) {
+      auto [it, fresh] = removed.emplace(std::pair{f.entry, f.offset}, f.severity);
+      if (!fresh) it->second = std::max(it->second, f.severity);
+    }
     return fold;
   });
-  for (Finding& f : findings)
-    if ((f.rule == Rule::pickle_call || f.rule == Rule::pickle_call_computed) && removed.count({f.entry, f.offset}))
-      f.message += "; removed by disarm";
+  static constexpr std::string_view kVetted = " (vetted: rebuilt from data by the class registry)";
+  for (Finding& f : findings) {
+    if (f.rule != Rule::pickle_call && f.rule != Rule::pickle_call_computed) continue;
+    auto it = removed.find({f.entry, f.offset});
+    if (it == removed.end()) continue;
+    if (f.severity < it->second) {
+      f.severity = it->second;
+      if (auto at = f.message.find(kVetted); at != std::string::npos) f.message.erase(at, kVetted.size());
+    }
+    f.message += "; removed by disarm";
+  }
 }
 
 }  // namespace modelcdr::cdr

@@ -60,6 +60,9 @@ def disarm_ok(tmp_path, inp, *extra, out_name="out.pt"):
     rc, so, se, report = disarm(inp, out, *extra, report=tmp_path / f"{out_name}.report.json")
     assert rc in (0, 1), explain(rc, so, se)
     assert out.is_file(), explain(rc, so, se)
+    if out.suffix == ".pt" and "torch1.13" not in extra:  # every torch output also loads with mmap=True
+        d = vocab.compare(torch.load(out, weights_only=True), torch.load(out, weights_only=True, mmap=True))
+        assert d == [], "mmap=True load differs:\n" + "\n".join(d[:20])
     return out, rc, report
 
 
@@ -470,3 +473,48 @@ def test_lightning_callback_state_keyed_by_class_keeps_its_keys(tmp_path):
     assert_faithful(exp, got)
     assert list(got["callbacks"]) == [f"{mod}.ModelCheckpoint", f"{mod}.EarlyStopping"]
     assert rc == 1 and "(a class) written as the string" in findings_text(report), findings_text(report)
+
+
+# --------------------------------------------------------------------------------------------------
+# 9. Python attributes on a tensor or Parameter (t.tag = ...): torch's weights_only loader restores
+#    them (_rebuild_from_type_v2 / _rebuild_parameter_with_state state); disarm keeps the tensor and
+#    reports the attributes it drops (README exceptions)
+# --------------------------------------------------------------------------------------------------
+def test_tensor_python_attributes_are_reported_and_the_tensor_kept(tmp_path):
+    t = torch.arange(4.0)
+    t.tag = "hi"
+    p = torch.nn.Parameter(torch.ones(2))
+    p.lr_scale = 0.5
+    exp, out, rc, report = save_and_disarm(tmp_path, {"t": t, "p": p, "plain": torch.zeros(1)})
+    assert exp["t"].tag == "hi" and exp["p"].lr_scale == 0.5  # the loader does restore them
+    got = torch.load(out, weights_only=True)
+    assert torch.equal(got["t"], exp["t"]) and type(got["p"]) is torch.nn.Parameter
+    assert torch.equal(got["p"].detach(), exp["p"].detach()) and got["p"].requires_grad
+    text = findings_text(report)
+    assert rc == 1 and "Python attributes of a tensor" in text and "Python attributes of a parameter" in text, text
+
+
+# --------------------------------------------------------------------------------------------------
+# 10. numpy object arrays of plain Python data (joblib and pickle outputs keep them as object arrays)
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("writer", ["joblib", "pickle"])
+def test_object_arrays_of_plain_data_are_rebuilt(tmp_path, writer):
+    np = pytest.importorskip("numpy")
+    joblib = pytest.importorskip("joblib")
+    import pickle
+
+    obj = {"mixed": np.array(["a", 1, 2.5, None, (1, 2), {"k": [3]}], dtype=object),
+           "grid": np.array([["x", 1], [b"y", 2.0]], dtype=object), "w": np.arange(3.0)}
+    inp = tmp_path / f"in.{writer}"
+    if writer == "joblib":
+        joblib.dump(obj, inp)
+    else:
+        inp.write_bytes(pickle.dumps(obj, protocol=4))
+    out, rc, report = disarm_ok(tmp_path, inp, "--to", writer, out_name=f"out.{writer}")
+    from test_formats_objects import writer_globals_ok
+    writer_globals_ok(out)  # before it is loaded
+    got = joblib.load(out) if writer == "joblib" else pickle.loads(out.read_bytes())
+    for k, a in obj.items():
+        assert got[k].dtype == a.dtype and got[k].shape == a.shape, k
+        assert got[k].tolist() == a.tolist(), k
+    assert rc == 0, findings_text(report)

@@ -323,6 +323,8 @@ def test_torch2x_output_loads_weights_only(rec, results):
     r = results[rec["path"]]
     assert r["out"].is_file(), explain(r["rc"], r["stdout"], r["stderr"])
     got = torch.load(r["out"], weights_only=True)
+    d = vocab.compare(got, torch.load(r["out"], weights_only=True, mmap=True))  # mmap-ready layout
+    assert d == [], "mmap=True load differs:\n" + "\n".join(d[:20])
     n = sum(1 for _ in _tensors(got)) + UNWRITTEN_ARRAYS.get(rec["path"], 0)
     assert n == r["report"]["files"][0]["tensors"]["count"], (n, r["report"]["files"][0]["tensors"])
     assert n > 0 or rec["path"] == PREFIX + "torch2_misc_values.pt", "no tensors in the output"
