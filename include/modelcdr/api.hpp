@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "modelcdr/byte_ranges.hpp"
 #include "modelcdr/finding.hpp"
 #include "modelcdr/model.hpp"
 #include "modelcdr/result.hpp"
@@ -115,11 +116,14 @@ struct LoadedModelDeleter {
 };
 using LoadedModelPtr = std::unique_ptr<LoadedModel, LoadedModelDeleter>;
 // `defer_storage_crc`: leave the CRC-32 of plain-checkpoint storage records unchecked and put
-// it in Storage::expected_crc instead; the caller must then check it as it reads the bytes
-// (one pass over the payload instead of two).
+// it in the storage's ByteRange (byte_ranges_of) instead; the caller must then check it as it
+// reads the bytes (one pass over the payload instead of two): write_model does, given the
+// LoadedModel as `source`.
 Result<LoadedModelPtr> load_model(const std::string& input, const DisarmOptions& options, FileReport& report,
                                   bool defer_storage_crc = false);
 model::Model& model_of(LoadedModel& loaded);
+// Where the container found each storage's bytes in the input (beside the IR, not in it).
+const ByteRanges& byte_ranges_of(const LoadedModel& loaded);
 // `source`: the input the model came from; when it changed while being read (truncated
 // under the mapping, size changed) the output is not committed (io.input-changed).
 Status write_model(const model::Model& model, const std::string& output, const DisarmOptions& options,

@@ -46,20 +46,9 @@ struct Storage {
   std::span<const uint8_t> bytes;   // into the mapped input (or into `owned`)
   std::vector<uint8_t> owned;       // set when a transform rewrote the payload
   std::string source;               // where it came from, e.g. "archive/data/3"
-  // `bytes` is a span of the read-only input mapping: a writer may drop its pages once they
-  // are written (bounded resident set). Never true for owned or in-memory buffers.
-  bool mapped = false;
-  // CRC-32 the input's zip directory claims for these bytes, when the reader left checking it
-  // to the writer (disarm computes the CRC once, while copying, and rejects on a mismatch).
-  std::optional<uint32_t> expected_crc;
-  // When `mapped`: the input's descriptor and the file offset of `bytes`, so a writer can
-  // stream the payload with pread() instead of touching the mapping.
-  int source_fd = -1;
-  uint64_t source_offset = 0;
+  // Where `bytes` lie in the input (file descriptor, offset, the CRC left to check) is the
+  // container's business, not the model's: see modelcdr/byte_ranges.hpp.
   void set_owned(std::vector<uint8_t> data) {
-    mapped = false;
-    source_fd = -1;
-    expected_crc.reset();
     owned = std::move(data);
     bytes = std::span<const uint8_t>(owned.data(), owned.size());
     nbytes = owned.size();

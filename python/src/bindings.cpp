@@ -260,18 +260,18 @@ void prefault(uint8_t* dst, size_t n) {
 // file (not through the mapping, so the resident set is the destination alone) or memcpy
 // from a memory source, in chunks that stay in the CPU cache for the CRC. Returns the part's
 // CRC-32 (0 when the record has none to check).
-uint32_t read_part(const model::Storage& s, uint8_t* dst, size_t begin, size_t end) {
+uint32_t read_part(const model::Storage& s, const ByteRange* in, uint8_t* dst, size_t begin, size_t end) {
   prefault(dst + begin, end - begin);
   constexpr size_t kChunk = size_t(256) << 10;
-  bool use_pread = s.mapped && s.source_fd >= 0;
+  bool use_pread = in && in->in_file();
   uint32_t crc = 0;
   for (size_t off = begin; off < end; off += kChunk) {
     const size_t len = std::min(kChunk, end - off);
-    if (!(use_pread && pread_all(s.source_fd, dst + off, len, s.source_offset + off))) {
+    if (!(use_pread && pread_all(in->fd, dst + off, len, in->offset + off))) {
       use_pread = false;  // the mapping (or the memory source) holds the same bytes
       std::memcpy(dst + off, s.bytes.data() + off, len);
     }
-    if (s.expected_crc) crc = libdeflate_crc32(crc, dst + off, len);
+    if (in && in->expected_crc) crc = libdeflate_crc32(crc, dst + off, len);
   }
   return crc;
 }
@@ -284,6 +284,7 @@ uint32_t read_part(const model::Storage& s, uint8_t* dst, size_t begin, size_t e
 void storage_into(PyModel& self, size_t i, uintptr_t address, size_t n) {
   if (i >= self.m->storages.size()) throw py::index_error("no such storage");
   const auto& s = self.m->storages[i];
+  const ByteRange* in = byte_ranges_of(*self.loaded).of(*self.m, static_cast<model::StorageId>(i));
   if (n != s.bytes.size()) throw py::value_error("storage_into: the destination is not the storage's size");
   if (n == 0) return;
   auto* dst = reinterpret_cast<uint8_t*>(address);
@@ -301,27 +302,27 @@ void storage_into(PyModel& self, size_t i, uintptr_t address, size_t n) {
       const size_t begin = std::min(n, p * step), end = p + 1 == parts ? n : std::min(n, (p + 1) * step);
       lens[p] = end - begin;
       if (p == 0) continue;
-      workers.emplace_back([&, p, begin, end] { crcs[p] = read_part(s, dst, begin, end); });
+      workers.emplace_back([&, p, begin, end] { crcs[p] = read_part(s, in, dst, begin, end); });
     }
-    crcs[0] = read_part(s, dst, 0, lens[0]);
+    crcs[0] = read_part(s, in, dst, 0, lens[0]);
     for (auto& w : workers) w.join();
-    if (s.expected_crc) {
+    if (in && in->expected_crc) {
       uLong crc = crcs[0];
       for (size_t p = 1; p < parts; ++p) crc = crc32_combine(crc, crcs[p], static_cast<z_off_t>(lens[p]));
-      crc_ok = static_cast<uint32_t>(crc) == *s.expected_crc;
+      crc_ok = static_cast<uint32_t>(crc) == *in->expected_crc;
     }
   }
   if (!crc_ok)
     throw py::value_error(s.source + ": CRC-32 of the storage record does not match the zip directory [zip.bad-crc]");
 }
 
-py::tuple storage_tuple(const model::Storage& s) {
+py::tuple storage_tuple(const model::Storage& s, const ByteRange* in) {
   // (dtype, nbytes, file offset or None, descriptor of the input or -1): mmap=True maps the
   // file itself (copy-on-write, as torch.load does) at that offset.
-  const bool in_file = s.mapped && s.source_fd >= 0;
+  const bool in_file = in && in->in_file();
   return py::make_tuple(model::dtype_info(s.dtype).name, s.bytes.size(),
-                        in_file ? py::object(py::int_(s.source_offset)) : py::object(py::none()),
-                        in_file ? s.source_fd : -1);
+                        in_file ? py::object(py::int_(in->offset)) : py::object(py::none()),
+                        in_file ? in->fd : -1);
 }
 
 // ---- the Engine ----------------------------------------------------------------------------
@@ -592,7 +593,9 @@ PYBIND11_MODULE(_core, m) {
       })
       .def("storages", [](PyModel& s) {
         py::list l;
-        for (const auto& st : s.m->storages) l.append(storage_tuple(st));
+        const ByteRanges& ranges = byte_ranges_of(*s.loaded);
+        for (model::StorageId i = 0; i < s.m->storages.size(); ++i)
+          l.append(storage_tuple(s.m->storages[i], ranges.of(*s.m, i)));
         return l;
       })
       .def("file_metadata", [](PyModel& s) { return s.m->file_metadata; })

@@ -61,15 +61,19 @@ bool add_ok(uint64_t a, uint64_t b, uint64_t& out) { return !__builtin_add_overf
 
 class Lifter {
  public:
-  Lifter(const Program& p, const StorageResolver& r, const LiftOptions& o) : p_(p), resolve_(r), opt_(o) {}
+  Lifter(const Program& p, const StorageTable& t, const LiftOptions& o) : p_(p), table_(t), opt_(o) {}
 
-  Result<Model> run() {
+  Result<Model> run(StorageBinding* binding) {
     if (p_.root == kNoNode) return err(0, Rule::cdr_no_root, "pickle has no root value");
     // About one value per node: reserving avoids the vector's doubling, whose copy briefly holds
     // the old and the new array (up to 3x the values) on pickles of millions of objects.
     m_.values.reserve(p_.nodes.size() + 64);
     done_.assign(p_.nodes.size(), model::kNoValue);
     MCDR_ASSIGN(m_.root, lift(p_.root, 0));
+    if (binding) {
+      binding->assign(m_.storages.size(), kNoRecord);
+      for (auto [sid, record] : bound_) (*binding)[sid] = record;
+    }
     return std::move(m_);
   }
 
@@ -941,11 +945,7 @@ class Lifter {
     }
     if (*location != "cpu")
       note(Severity::info, Rule::cdr_converted, "storage '" + *key + "' location '" + *location + "' written as 'cpu'", pn.offset);
-    MCDR_ASSIGN(model::Storage s, resolve_(StorageRequest{*key, *dtype, nbytes, pn.offset}));
-    s.dtype = *dtype;
-    m_.storages.push_back(std::move(s));
-    auto sid = static_cast<model::StorageId>(m_.storages.size() - 1);
-    storages_by_key_[*key] = sid;
+    MCDR_ASSIGN(auto sid, add_storage(*key, *dtype, nbytes, pn.offset));
     return std::optional<StorageView>(StorageView{sid, *dtype});
   }
 
@@ -1396,11 +1396,7 @@ class Lifter {
       if (m_.storages[sid].dtype != tt.dtype)
         return err(n.offset, Rule::cdr_storage_dtype_conflict, "storage '" + tt.storage_key + "' is used with two dtypes");
     } else {
-      MCDR_ASSIGN(model::Storage st, resolve_(StorageRequest{tt.storage_key, tt.dtype, tt.storage_nbytes, n.offset}));
-      st.dtype = tt.dtype;
-      m_.storages.push_back(std::move(st));
-      sid = static_cast<model::StorageId>(m_.storages.size() - 1);
-      storages_by_key_[tt.storage_key] = sid;
+      MCDR_ASSIGN(sid, add_storage(tt.storage_key, tt.dtype, tt.storage_nbytes, n.offset));
     }
     Tensor t;
     t.dtype = tt.dtype;
@@ -1701,15 +1697,14 @@ class Lifter {
     Findings ignored;  // the reader reported this program's findings when it read the file
     auto program = pickle::decode(bytes, d, ignored);
     if (!program.ok()) return dropped(n, what, "its nested pickle does not decode");
-    StorageResolver none = [&](const StorageRequest& r) -> Result<model::Storage> {
-      return make_error(Rule::cdr_no_storage, "an object array's pickle has no storage records", r.pid_offset, opt_.entry);
-    };
+    StorageTable none;
+    none.what = "an object array's pickle";
     LiftOptions lo;
     lo.entry = opt_.entry;
     lo.max_depth = opt_.max_depth > depth ? opt_.max_depth - depth : 0;
     lo.max_dims = opt_.max_dims;
     lo.registry = opt_.registry;
-    MCDR_ASSIGN(Model sub, cdr::lift(*program, none, lo));
+    MCDR_ASSIGN(Model sub, cdr::lift(*program, none, lo));  // binds nothing: no records
     const Value& root = sub.values[sub.root];
     if (root.kind != ValueKind::ndarray || !sub.values[root.state].text.starts_with("O"))
       return dropped(n, what, "its nested pickle is not a numpy object array");
@@ -1746,9 +1741,44 @@ class Lifter {
     return m_.add(std::move(v));
   }
 
+  // A storage the program names by `key`, from the container's table: the record must exist
+  // and, where the container says so, hold exactly the bytes the program declares. The storage
+  // gets its bytes when the container binds it (bound_ says to which record).
+  Result<model::StorageId> add_storage(const std::string& key, DType dtype, uint64_t nbytes, uint64_t offset) {
+    using Kind = StorageTable::Kind;
+    auto it = table_.by_key.find(key);
+    if (table_.kind == Kind::none || it == table_.by_key.end()) {
+      switch (table_.kind) {
+        case Kind::none:
+          return err(offset, Rule::cdr_no_storage, std::string(table_.what) + " has no storage records (key '" + key + "')");
+        case Kind::zip:
+          return err(offset, Rule::torch_missing_storage, "storage record '" + table_.key_prefix + key + "' does not exist");
+        case Kind::legacy:
+          return err(offset, Rule::torch_missing_storage, "storage '" + key + "' is not in the data section");
+        case Kind::tar:
+          return err(offset, Rule::torch_missing_storage, "storage '" + key + "' is missing");
+      }
+    }
+    const StorageRecord& rec = table_.records[it->second];
+    if (table_.kind != Kind::tar && rec.size != nbytes)
+      return err(offset, Rule::torch_storage_size_mismatch,
+                 "record '" + rec.source + "' holds " + std::to_string(rec.size) + " bytes, the pickle declares " +
+                     std::to_string(nbytes));
+    model::Storage s;
+    s.dtype = dtype;
+    s.nbytes = rec.size;
+    s.source = rec.source;
+    m_.storages.push_back(std::move(s));
+    auto sid = static_cast<model::StorageId>(m_.storages.size() - 1);
+    storages_by_key_[key] = sid;
+    bound_.emplace_back(sid, it->second);
+    return sid;
+  }
+
   const Program& p_;
-  const StorageResolver& resolve_;
+  const StorageTable& table_;
   const LiftOptions& opt_;
+  std::vector<std::pair<model::StorageId, uint32_t>> bound_;  // storage -> its record in table_
   Model m_;
   // By NodeId: the value a node lifted to, kInProgress while its lift runs (a cycle when met
   // again), kNoValue before. A flat array: 4 bytes a node, where a hash map cost about 40.
@@ -1860,9 +1890,10 @@ model::ValueId graft(model::Model& dst, model::Model&& src) {
   return remap(src.root);
 }
 
-Result<Model> lift(const Program& program, const StorageResolver& resolver, const LiftOptions& options) {
-  Lifter l(program, resolver, options);
-  return l.run();
+Result<Model> lift(const Program& program, const StorageTable& storages, const LiftOptions& options,
+                   StorageBinding* binding) {
+  Lifter l(program, storages, options);
+  return l.run(binding);
 }
 
 }  // namespace modelcdr::cdr

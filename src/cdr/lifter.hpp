@@ -3,7 +3,6 @@
 // `_metadata`, primitives, containers, a handful of plain-data classes). Everything else is
 // replaced by a Dropped value and reported. Arguments are checked, not only names.
 #pragma once
-#include <functional>
 #include <span>
 #include <unordered_map>
 #include <vector>
@@ -16,16 +15,36 @@
 
 namespace modelcdr::cdr {
 
-struct StorageRequest {
-  std::string key;       // persistent-id key ("0", "140234..." in legacy files)
-  model::DType dtype;
-  uint64_t nbytes = 0;   // numel x element size, overflow-checked by the lifter
-  uint64_t pid_offset = 0;
+// The storage records the container stage found, as plain data built before lifting: what a
+// storage persistent id may name. The lifter looks keys up here and checks the declared size;
+// it reads no bytes and calls nothing back. The container then binds each lifted storage to
+// its record's bytes (and keeps where they lie in a ByteRanges beside the model).
+struct StorageRecord {
+  std::string source;  // "archive/data/3", "storage 3", "storages/3": reports and the IR's Storage::source
+  uint64_t size = 0;   // bytes the record holds
 };
-
-// Returns the storage's bytes (a span into the mapped input) or an error (missing record,
-// size mismatch). Called once per distinct key.
-using StorageResolver = std::function<Result<model::Storage>(const StorageRequest&)>;
+struct StorageTable {
+  // How the lifter words a missing or mis-sized record, per container.
+  enum class Kind : uint8_t {
+    none,    // a stream without storage records (pickle, joblib, npy): any storage pid is cdr.no-storage
+    zip,     // torch zip / TorchScript: data/<key> records, sizes must match the pickle
+    legacy,  // legacy (0.1.10-1.5) files: the data section after the pickles, sizes must match
+    tar,     // tar format: the storages member; a record's size is its storage's size
+  };
+  Kind kind = Kind::none;
+  const char* what = "a pickle";  // Kind::none: "a bare pickle has no storage records"
+  std::string key_prefix;         // Kind::zip: "archive/data/", to name a missing record
+  std::vector<StorageRecord> records;
+  std::unordered_map<std::string, uint32_t> by_key;  // persistent-id key -> index in records
+  void add(std::string key, StorageRecord r) {
+    by_key.emplace(std::move(key), static_cast<uint32_t>(records.size()));
+    records.push_back(std::move(r));
+  }
+};
+// Lift's output beside the model: the record each storage was lifted from, by StorageId
+// (kNoRecord for payloads the program itself carries, e.g. joblib arrays).
+constexpr uint32_t kNoRecord = 0xFFFFFFFFu;
+using StorageBinding = std::vector<uint32_t>;
 
 class ClassRegistry;
 
@@ -52,8 +71,11 @@ struct LiftOptions {
   const std::unordered_map<std::string, TarTensor>* tar_tensors = nullptr;
 };
 
-Result<model::Model> lift(const pickle::Program& program, const StorageResolver& resolver,
-                          const LiftOptions& options);
+// A pure function of the program and the container's table: no callbacks, no I/O. The
+// lifted storages carry source, dtype and nbytes but no bytes until the container binds them
+// (`binding`, if given, receives the record of each storage).
+Result<model::Model> lift(const pickle::Program& program, const StorageTable& storages, const LiftOptions& options,
+                          StorageBinding* binding = nullptr);
 
 // Appends `src` into `dst` (every id remapped) and returns the root of `src` in `dst`: a
 // nested pickle (an object array's) lifted on its own joins the outer model.

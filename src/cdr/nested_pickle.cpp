@@ -50,10 +50,8 @@ std::optional<std::string> rebuild_nested_pickle(std::string_view data, const Ne
     add_finding(inner, Severity::medium, Rule::cdr_dropped,
                 std::to_string(bytes.size() - program->end_offset) + " bytes after the nested pickle's STOP removed",
                 o.entry, o.offset + program->end_offset);
-  StorageResolver no_storages = [&](const StorageRequest& r) -> Result<model::Storage> {
-    return make_error(Rule::cdr_no_storage, "a nested pickle has no storage records (key '" + r.key + "')", r.pid_offset,
-                      o.entry);
-  };
+  StorageTable no_storages;  // no storage records: a storage pid is cdr.no-storage
+  no_storages.what = "a nested pickle";
   LiftOptions lo;
   lo.entry = o.entry;
   lo.max_depth = o.max_depth;

@@ -292,6 +292,7 @@ namespace modelcdr {
 
 void LoadedModelDeleter::operator()(LoadedModel* m) const { delete m; }
 model::Model& model_of(LoadedModel& loaded) { return loaded.parsed.model; }
+const ByteRanges& byte_ranges_of(const LoadedModel& loaded) { return loaded.parsed.ranges; }
 
 namespace {
 Result<LoadedModelPtr> load_model_impl(const Source& source, const DisarmOptions& options, FileReport& r,
@@ -390,7 +391,8 @@ Status write_model_impl(const model::Model& model, Sink& sink, const DisarmOptio
   const uint64_t total = r.tensors.total_bytes;
   if (options.progress || options.cancel)
     out.set_progress([&](uint64_t written) { return step(options.progress, options.cancel, Stage::write, written, total); });
-  MCDR_TRY(formats::write(options.output_format, formats::WriteRequest{model, options, ctx.registry, r}, out));
+  const ByteRanges* ranges = source ? &source->parsed.ranges : nullptr;
+  MCDR_TRY(formats::write(options.output_format, formats::WriteRequest{model, options, ctx.registry, r, ranges}, out));
   std::optional<io::AtomicOutput> arch;
   auto drop_architecture = [&] {
     if (!r.architecture.empty() && !sink.is_memory()) std::remove(r.architecture.c_str());

@@ -158,9 +158,8 @@ Result<ParsedModel> read_joblib(std::span<const uint8_t> file, const ReadOptions
   const cdr::ClassRegistry& reg = options.registry ? *options.registry : cdr::ClassRegistry::active();
   soften_vetted(program, reg, "", parsed.findings, first);
   if (arrays) parsed.format = container::Format::joblib;
-  cdr::StorageResolver no_storages = [](const cdr::StorageRequest& r) -> Result<model::Storage> {
-    return make_error(Rule::cdr_no_storage, "a pickle has no storage records (key '" + r.key + "')", r.pid_offset);
-  };
+  cdr::StorageTable no_storages;  // no storage records: a storage pid is cdr.no-storage
+  no_storages.what = "a pickle";
   cdr::LiftOptions lo;
   lo.payload_bytes = file;
   lo.registry = &reg;

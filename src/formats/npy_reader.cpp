@@ -120,10 +120,8 @@ Result<model::ValueId> read_one(std::span<const uint8_t> bytes, const std::strin
     add_finding(findings, Severity::medium, Rule::npy_object_array,
                 "object array: its data is a pickle (np.load refuses it without allow_pickle=True)", entry, h.data_offset);
     MCDR_ASSIGN(pickle::Program program, decode_stream(payload, entry, h.data_offset, options, findings, false));
-    cdr::StorageResolver no_storages = [&](const cdr::StorageRequest& r) -> Result<model::Storage> {
-      return make_error(Rule::cdr_no_storage, "an object array's pickle has no storage records (key '" + r.key + "')",
-                        r.pid_offset, entry);
-    };
+    cdr::StorageTable no_storages;  // no storage records: a storage pid is cdr.no-storage
+    no_storages.what = "an object array's pickle";
     cdr::LiftOptions lo;
     lo.entry = entry;
     MCDR_ASSIGN(model::Model sub, cdr::lift(program, no_storages, lo));

@@ -6,7 +6,9 @@
 #include <span>
 #include <string>
 
+#include "cdr/lifter.hpp"
 #include "container/sniff.hpp"
+#include "modelcdr/byte_ranges.hpp"
 #include "modelcdr/finding.hpp"
 #include "modelcdr/model.hpp"
 #include "pickle/pickle_machine.hpp"
@@ -25,6 +27,9 @@ namespace modelcdr::formats {
 struct ParsedModel {
   container::Format format = container::Format::unknown;
   model::Model model;
+  // Beside the model, from the container stage: where each storage's bytes lie in the input
+  // and the CRCs it left to the copy (defer_storage_crc). Writers and MTD read it.
+  ByteRanges ranges;
   Findings findings;
   // Set when the file was understood but cannot be disarmed (e.g. TorchScript): scan reports
   // it, disarm rejects with this text.
@@ -37,8 +42,8 @@ struct ParsedModel {
 struct ReadOptions {
   pickle::MachineLimits limits;
   bool input_is_mapped = false;  // the input span is an io::MappedFile (pages may be released)
-  int input_fd = -1;             // its descriptor (for Storage::source_fd), when mapped
-  // Leave the CRC check of stored storage records to the writer (Storage::expected_crc), so
+  int input_fd = -1;             // its descriptor (for ByteRange::fd), when mapped
+  // Leave the CRC check of stored storage records to the copy (ByteRange::expected_crc), so
   // disarm reads each tensor byte once. Every other record is still checked when read.
   bool defer_storage_crc = false;
   // The vetted classes objects may be rebuilt from: the Engine's own (docs/API.md);
@@ -71,11 +76,13 @@ Result<ParsedModel> read_compressed(std::span<const uint8_t> file, const ReadOpt
 // become a state dict, code/ and constants are removed (torchscript_reader.cpp).
 Status read_torchscript_archive(std::span<const uint8_t> file, const container::ZipArchive& zip, const std::string& prefix,
                                 const ReadOptions& options, ParsedModel& parsed);
-// The record `name` that a storage's persistent id refers to, checked to hold exactly the
-// bytes the pickle declares (torch zip checkpoints and TorchScript archives alike).
-Result<const container::ZipEntry*> find_storage_record(const container::ZipArchive& zip, const std::string& name,
-                                                       uint64_t declared_nbytes, uint64_t pid_offset,
-                                                       const std::string& pickle_entry);
+// The container's table of a zip's <prefix>/data/<key> records (torch zip checkpoints and
+// TorchScript archives alike), for cdr::lift, and the entry behind each of its records.
+struct StorageRecords {
+  cdr::StorageTable table;
+  std::vector<const container::ZipEntry*> entries;  // by record index
+};
+StorageRecords zip_storage_records(const container::ZipArchive& zip, const std::string& prefix);
 // PyTorch's pre-0.1.10 tar format (docs/FORMATS.md §3.3; torch_tar_reader.cpp).
 Result<ParsedModel> read_torch_tar(std::span<const uint8_t> file, const ReadOptions& options);
 

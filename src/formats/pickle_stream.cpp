@@ -47,9 +47,8 @@ Result<ParsedModel> read_bare_pickle(std::span<const uint8_t> file, const ReadOp
   ParsedModel parsed;
   parsed.format = container::Format::pickle;
   MCDR_ASSIGN(pickle::Program program, decode_stream(file, "", 0, options, parsed.findings, false));
-  cdr::StorageResolver no_storages = [](const cdr::StorageRequest& r) -> Result<model::Storage> {
-    return make_error(Rule::cdr_no_storage, "a bare pickle has no storage records (key '" + r.key + "')", r.pid_offset);
-  };
+  cdr::StorageTable no_storages;  // no storage records: a storage pid is cdr.no-storage
+  no_storages.what = "a bare pickle";
   cdr::LiftOptions lo;
   MCDR_ASSIGN(parsed.model, cdr::lift(program, no_storages, lo));
   return parsed;

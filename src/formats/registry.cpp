@@ -108,6 +108,7 @@ Status write_pt(const WriteRequest& q, io::AtomicOutput& out) {
   wo.compat = q.options.compat == CompatTarget::torch1_13 ? Compat::torch1_13 : Compat::torch2;
   wo.reflink = q.options.reflink;
   wo.shared_bytes = &q.report.shared_bytes;
+  wo.ranges = q.ranges;
   MCDR_TRY(write_torch_zip(q.model, wo, out));
   // Content the output lacks is content removed: it counts (exit 1, listed as removed).
   report_metadata_dropped(q, "a PyTorch checkpoint has no place for them (use --to safetensors)");

@@ -28,6 +28,7 @@ struct WriteRequest {
   const DisarmOptions& options;
   const cdr::ClassRegistry* registry;
   FileReport& report;
+  const ByteRanges* ranges = nullptr;  // where the payloads lie in the input (the reader's), if known
 };
 
 // A bid on the first bytes (up to kSniffBytes) and the file's size: 0 = not this format; the

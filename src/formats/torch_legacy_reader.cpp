@@ -105,29 +105,31 @@ Result<ParsedModel> read_torch_legacy(std::span<const uint8_t> file, const ReadO
     add_finding(parsed.findings, Severity::high, Rule::torch_trailing_data,
                 std::to_string(cur.remaining()) + " bytes after the last storage", "", cur.abs_pos());
 
-  cdr::StorageResolver resolver = [&](const cdr::StorageRequest& r) -> Result<model::Storage> {
-    auto it = spans.find(r.key);
-    if (it == spans.end())
-      return make_error(Rule::torch_missing_storage, "storage '" + r.key + "' is not in the data section", r.pid_offset);
-    if (it->second.size() != r.nbytes)
-      return make_error(Rule::torch_storage_size_mismatch,
-                        "storage '" + r.key + "' holds " + std::to_string(it->second.size()) + " bytes, the pickle declares " +
-                            std::to_string(r.nbytes),
-                        r.pid_offset);
-    model::Storage s;
-    s.source = "storage " + r.key;
-    s.nbytes = r.nbytes;
-    s.bytes = it->second;
-    s.mapped = options.input_is_mapped;
-    if (s.mapped) {
-      s.source_fd = options.input_fd;
-      s.source_offset = static_cast<uint64_t>(it->second.data() - file.data());
-    }
-    return s;
-  };
+  // The container's table of the data section; lift is a pure function of it and the object.
+  cdr::StorageTable table;
+  table.kind = cdr::StorageTable::Kind::legacy;
+  std::vector<std::span<const uint8_t>> record_bytes;
+  for (const auto& [key, bytes] : spans) {
+    table.add(key, cdr::StorageRecord{"storage " + key, bytes.size()});
+    record_bytes.push_back(bytes);
+  }
   cdr::LiftOptions lo;
   (void)object_offset;
-  MCDR_ASSIGN(parsed.model, cdr::lift(object, resolver, lo));
+  cdr::StorageBinding binding;
+  MCDR_ASSIGN(parsed.model, cdr::lift(object, table, lo, &binding));
+  for (model::StorageId sid = 0; sid < parsed.model.storages.size(); ++sid) {
+    if (binding[sid] == cdr::kNoRecord) continue;
+    auto bytes = record_bytes[binding[sid]];
+    parsed.model.storages[sid].bytes = bytes;
+    ByteRange range;
+    range.view = bytes;
+    range.mapped = options.input_is_mapped;
+    if (range.mapped) {
+      range.fd = options.input_fd;
+      range.offset = static_cast<uint64_t>(bytes.data() - file.data());
+    }
+    parsed.ranges.set(sid, range);
+  }
   return parsed;
 }
 

@@ -154,19 +154,21 @@ Result<ParsedModel> read_torch_tar(std::span<const uint8_t> file, const ReadOpti
   MCDR_ASSIGN(auto pk_bytes, member("pickle"));
   const uint64_t pk_base = tar.find("pickle")->data_offset;
   MCDR_ASSIGN(Program object, decode_stream(pk_bytes, "pickle", pk_base, options, parsed.findings, false));
-  cdr::StorageResolver resolver = [&](const cdr::StorageRequest& r) -> Result<model::Storage> {
-    auto it = storages.find(r.key);
-    if (it == storages.end()) return make_error(Rule::torch_missing_storage, "storage '" + r.key + "' is missing", r.pid_offset, "pickle");
-    model::Storage s;
-    s.source = "storages/" + r.key;
-    s.nbytes = it->second.bytes.size();
-    s.bytes = it->second.bytes;
-    return s;
-  };
+  // The container's table of the storages member; lift is a pure function of it and the object.
+  cdr::StorageTable table;
+  table.kind = cdr::StorageTable::Kind::tar;
+  std::vector<std::span<const uint8_t>> record_bytes;
+  for (const auto& [key, rec] : storages) {
+    table.add(key, cdr::StorageRecord{"storages/" + key, rec.bytes.size()});
+    record_bytes.push_back(rec.bytes);
+  }
   cdr::LiftOptions lo;
   lo.entry = "pickle";
   lo.tar_tensors = &tensors;
-  MCDR_ASSIGN(parsed.model, cdr::lift(object, resolver, lo));
+  cdr::StorageBinding binding;
+  MCDR_ASSIGN(parsed.model, cdr::lift(object, table, lo, &binding));
+  for (model::StorageId sid = 0; sid < parsed.model.storages.size(); ++sid)
+    if (binding[sid] != cdr::kNoRecord) parsed.model.storages[sid].bytes = record_bytes[binding[sid]];
   return parsed;
 }
 

@@ -132,17 +132,18 @@ Result<bool> big_endian(const ArchiveView& a) {
 
 }  // namespace
 
-Result<const container::ZipEntry*> find_storage_record(const container::ZipArchive& zip, const std::string& name,
-                                                       uint64_t declared_nbytes, uint64_t pid_offset,
-                                                       const std::string& pickle_entry) {
-  const container::ZipEntry* e = zip.find(name);
-  if (!e) return make_error(Rule::torch_missing_storage, "storage record '" + name + "' does not exist", pid_offset, pickle_entry);
-  if (e->uncompressed_size != declared_nbytes)
-    return make_error(Rule::torch_storage_size_mismatch,
-                      "record '" + name + "' holds " + std::to_string(e->uncompressed_size) +
-                          " bytes, the pickle declares " + std::to_string(declared_nbytes),
-                      pid_offset, pickle_entry);
-  return e;
+StorageRecords zip_storage_records(const container::ZipArchive& zip, const std::string& prefix) {
+  StorageRecords out;
+  out.table.kind = cdr::StorageTable::Kind::zip;
+  out.table.key_prefix = prefix + "/data/";
+  const std::string& dir = out.table.key_prefix;
+  for (const auto& e : zip.entries) {
+    if (e.name.size() <= dir.size() || e.name.compare(0, dir.size(), dir) != 0) continue;
+    if (out.table.by_key.count(e.name.substr(dir.size()))) continue;  // the first of duplicates, as find() does
+    out.table.add(e.name.substr(dir.size()), cdr::StorageRecord{e.name, e.uncompressed_size});
+    out.entries.push_back(&e);
+  }
+  return out;
 }
 
 Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOptions& options) {
@@ -198,35 +199,40 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
   MCDR_ASSIGN(auto pkl_bytes, a.read(*pkl, pkl_scratch));
   MCDR_ASSIGN(pickle::Program program, decode_stream(pkl_bytes, pkl->name, 0, options, parsed.findings, false));
 
-  UsedRecords used{zip};
-  cdr::StorageResolver resolver = [&](const cdr::StorageRequest& r) -> Result<model::Storage> {
-    std::string name = a.prefix + "/data/" + r.key;
-    MCDR_ASSIGN(const ZipEntry* e, find_storage_record(zip, name, r.nbytes, r.pid_offset, pkl->name));
-    used.mark(e);
-    model::Storage s;
-    s.source = name;
-    s.nbytes = r.nbytes;
-    std::vector<uint8_t> scratch;
-    bool defer = !a.crc_checked && e->method == 0 && !swap;
-    MCDR_ASSIGN(auto bytes, defer ? container::entry_bytes(zip, file, *e, scratch) : a.read(*e, scratch));
-    if (defer) s.expected_crc = e->crc32;
-    if (swap || e->method != 0) {
-      std::vector<uint8_t> owned(bytes.begin(), bytes.end());
-      if (swap) byteswap(owned, r.dtype);
-      s.set_owned(std::move(owned));
-    } else {
-      s.bytes = bytes;
-      s.mapped = options.input_is_mapped;
-      if (s.mapped) {
-        s.source_fd = options.input_fd;
-        s.source_offset = static_cast<uint64_t>(bytes.data() - file.data());
-      }
-    }
-    return s;
-  };
+  // Container: the table of storage records. Lift: a pure function of the program and it.
+  StorageRecords records = zip_storage_records(zip, a.prefix);
   cdr::LiftOptions lo;
   lo.entry = pkl->name;
-  MCDR_ASSIGN(parsed.model, cdr::lift(program, resolver, lo));
+  cdr::StorageBinding binding;
+  MCDR_ASSIGN(parsed.model, cdr::lift(program, records.table, lo, &binding));
+  // Container again: each lifted storage gets its record's bytes. A stored record's CRC is
+  // either checked now or, deferred, left in its ByteRange for the one copy that reads it.
+  UsedRecords used{zip};
+  for (model::StorageId sid = 0; sid < parsed.model.storages.size(); ++sid) {
+    if (binding[sid] == cdr::kNoRecord) continue;
+    const ZipEntry& e = *records.entries[binding[sid]];
+    model::Storage& s = parsed.model.storages[sid];
+    used.mark(&e);
+    std::vector<uint8_t> scratch;
+    bool defer = !a.crc_checked && e.method == 0 && !swap;
+    MCDR_ASSIGN(auto bytes, defer ? container::entry_bytes(zip, file, e, scratch) : a.read(e, scratch));
+    if (swap || e.method != 0) {
+      std::vector<uint8_t> owned(bytes.begin(), bytes.end());
+      if (swap) byteswap(owned, s.dtype);
+      s.set_owned(std::move(owned));
+      continue;
+    }
+    s.bytes = bytes;
+    ByteRange range;
+    range.view = bytes;
+    range.mapped = options.input_is_mapped;
+    if (range.mapped) {
+      range.fd = options.input_fd;
+      range.offset = static_cast<uint64_t>(bytes.data() - file.data());
+    }
+    if (defer) range.expected_crc = e.crc32;
+    parsed.ranges.set(sid, range);
+  }
   if (swap) add_finding(parsed.findings, Severity::info, Rule::torch_big_endian, "big-endian storages converted to little-endian");
   report_records(zip, a.prefix, used, parsed.findings);
   MCDR_TRY(check_unused_storage_crcs(a, used, options.input_is_mapped, parsed.findings));

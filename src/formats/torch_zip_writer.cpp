@@ -29,7 +29,6 @@ using pickle::EmitGlobal;
 using pickle::PickleEmitter;
 
 constexpr size_t kBatch = 1000;  // items per APPENDS/SETITEMS, as CPython's pickler does
-constexpr uint32_t kNewStorageBase = 0x80000000u;  // ids of storages the writer creates itself
 
 // Model ids (values, tensors, storages: numbered from 0) to numbers: a flat array, 4 bytes an
 // id. A hash map per table cost an allocation and a cache miss per tensor (issue 14).
@@ -538,41 +537,44 @@ Status stream_from_fd(container::ZipWriter& zip, int fd, uint64_t offset, uint64
 // folios. A function of the input record alone, so that protect (which streams, not copies)
 // and restore lay records out exactly as disarm does, and a restored file is bit-identical
 // to the disarmed original.
-std::optional<uint64_t> folio_phase(const model::Storage& s) {
-  if (!s.mapped || s.source_fd < 0 || s.bytes.size() < kKernelCopyMin || s.source_offset % 64 != 0)
-    return std::nullopt;
-  return s.source_offset % container::ZipWriter::kPhaseUnit;
+std::optional<uint64_t> folio_phase(const model::Storage& s, const ByteRange* r) {
+  if (!r || !r->in_file() || s.bytes.size() < kKernelCopyMin || r->offset % 64 != 0) return std::nullopt;
+  return r->offset % container::ZipWriter::kPhaseUnit;
 }
 
 // One storage record, its payload taken from the input in the cheapest way the storage allows:
 // a kernel copy (large, mapped), pread chunks (mapped), or straight from memory (owned).
-Status copy_payload(container::ZipWriter& zip, const std::string& name, const model::Storage& s,
+// `r` (may be null) is where the bytes lie in the input; its expected_crc, when the container
+// stage left it to this copy, is the one "verify while copying" check.
+Status copy_payload(container::ZipWriter& zip, const std::string& name, const model::Storage& s, const ByteRange* r,
                     std::vector<uint8_t>& buffer) {
   const std::span<const uint8_t> bytes = s.bytes;
-  const int fd = s.mapped ? s.source_fd : -1;
-  MCDR_TRY(zip.begin_entry(name, bytes.size(), folio_phase(s)));
+  const int fd = r && r->in_file() ? r->fd : -1;
+  const std::optional<uint32_t> expected_crc = r ? r->expected_crc : std::nullopt;
+  MCDR_TRY(zip.begin_entry(name, bytes.size(), folio_phase(s, r)));
   bool copied = false;
   if (fd >= 0 && bytes.size() >= kKernelCopyMin) {
-    auto r = zip.copy_payload_from(fd, s.source_offset, bytes.size(), s.expected_crc, s.source);
-    if (!r) {
-      Error e = r.error();
+    auto c = zip.copy_payload_from(fd, r->offset, bytes.size(), expected_crc, s.source);
+    if (!c) {
+      Error e = c.error();
       e.entry = s.source;
       return e;
     }
-    copied = *r;  // false: the kernel cannot copy between these files, so stream them below
+    copied = *c;  // false: the kernel cannot copy between these files, so stream them below
   }
   if (!copied && fd >= 0) {
-    MCDR_TRY(stream_from_fd(zip, fd, s.source_offset, bytes.size(), buffer, s.source));
+    MCDR_TRY(stream_from_fd(zip, fd, r->offset, bytes.size(), buffer, s.source));
   } else if (!copied) {
+    const bool mapped = r && r->mapped;
     for (size_t off = 0; off < bytes.size(); off += kChunk) {
       auto chunk = bytes.subspan(off, std::min(kChunk, bytes.size() - off));
       MCDR_TRY(zip.write_payload(chunk));
-      if (s.mapped) io::release_mapped_pages(chunk);  // keeps RSS bounded whatever the model's size
+      if (mapped) io::release_mapped_pages(chunk);  // keeps RSS bounded whatever the model's size
     }
   }
   // The input directory's CRC for these same bytes, checked here instead of in a separate
   // read pass (the writer computes the CRC anyway); a mismatch aborts the output.
-  if (s.expected_crc && zip.entry_crc() != *s.expected_crc)
+  if (expected_crc && zip.entry_crc() != *expected_crc)
     return make_error(Rule::zip_bad_crc, "CRC-32 of the storage record does not match the zip directory", 0, s.source);
   return zip.end_entry();
 }
@@ -608,15 +610,16 @@ Status write_torch_zip(const Model& model, const TorchWriteOptions& options, io:
   for (size_t key = 0; key < order.size(); ++key) {
     uint32_t sid = order[key];
     const auto& s = sid >= kNewStorageBase ? extra[sid - kNewStorageBase] : model.storages[sid];
+    const ByteRange* range = sid < kNewStorageBase && options.ranges ? options.ranges->of(sid, s) : nullptr;
     const std::string name = "archive/data/" + std::to_string(key);
     if (options.storage_stream) {
-      MCDR_TRY(zip.begin_entry(name, s.bytes.size(), folio_phase(s)));
-      MCDR_TRY(options.storage_stream(static_cast<uint32_t>(key), s,
+      MCDR_TRY(zip.begin_entry(name, s.bytes.size(), folio_phase(s, range)));
+      MCDR_TRY(options.storage_stream(static_cast<uint32_t>(key), s, range,
                                       [&](std::span<const uint8_t> chunk) { return zip.write_payload(chunk); }));
       MCDR_TRY(zip.end_entry());  // refuses a payload shorter than declared
       continue;
     }
-    MCDR_TRY(copy_payload(zip, name, s, copy_buffer));
+    MCDR_TRY(copy_payload(zip, name, s, range, copy_buffer));
   }
   MCDR_TRY(zip.add("archive/version", text("3\n")));
   MCDR_TRY(zip.finish());  // waits for the checks of shared records

@@ -465,22 +465,20 @@ Status read_torchscript_archive(std::span<const uint8_t> file, const container::
   }
   program.root = add(od);
 
-  std::unordered_set<std::string> used_records;
-  cdr::StorageResolver resolver = [&](const cdr::StorageRequest& r) -> Result<model::Storage> {
-    std::string name = prefix + "/data/" + r.key;
-    MCDR_ASSIGN(const container::ZipEntry* e, find_storage_record(zip, name, r.nbytes, r.pid_offset, pkl->name));
-    model::Storage s;
-    s.source = name;
-    s.nbytes = r.nbytes;
-    std::vector<uint8_t> scratch;
-    MCDR_ASSIGN(auto bytes, container::entry_bytes(zip, file, *e, scratch));
-    if (e->method != 0) s.set_owned(std::vector<uint8_t>(bytes.begin(), bytes.end()));
-    else s.bytes = bytes;
-    return s;
-  };
+  StorageRecords records = zip_storage_records(zip, prefix);
   cdr::LiftOptions lo;
   lo.entry = pkl->name;
-  MCDR_ASSIGN(parsed.model, cdr::lift(program, resolver, lo));
+  cdr::StorageBinding binding;
+  MCDR_ASSIGN(parsed.model, cdr::lift(program, records.table, lo, &binding));
+  for (model::StorageId sid = 0; sid < parsed.model.storages.size(); ++sid) {
+    if (binding[sid] == cdr::kNoRecord) continue;
+    const container::ZipEntry& e = *records.entries[binding[sid]];
+    model::Storage& s = parsed.model.storages[sid];
+    std::vector<uint8_t> scratch;
+    MCDR_ASSIGN(auto bytes, container::entry_bytes(zip, file, e, scratch));
+    if (e.method != 0) s.set_owned(std::vector<uint8_t>(bytes.begin(), bytes.end()));
+    else s.bytes = bytes;
+  }
   for (auto& info : arch) cdr::vet_architecture(info, parsed.findings, pkl->name, 0);
   parsed.model.architecture = std::move(arch);
   add_finding(parsed.findings, Severity::medium, Rule::torchscript_converted,

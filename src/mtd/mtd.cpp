@@ -63,6 +63,13 @@ std::string hex(const Digest& d) { return to_hex(d.data(), d.size()); }
 size_t leaf_of(const model::Storage& s) { return tree_leaf_bytes(model::dtype_info(s.dtype).element_size); }
 
 // Tree digest and, where the reader deferred it, the zip CRC-32 of one record, in one pass.
+// One record as read: its storage and where its bytes lie in the input (the container's
+// ByteRange beside the IR; nullptr when owned or unknown), whose deferred CRC the reader checks.
+struct Record {
+  const model::Storage* s = nullptr;
+  const ByteRange* in = nullptr;
+};
+
 struct RecordSum {
   Digest digest;
   bool crc_ok = true;
@@ -72,35 +79,38 @@ struct RecordSum {
 // whole-file pass, faulting pages in and unmapping them again (to bound RSS) cost the two
 // threads page faults and TLB-shootdown interrupts (restore of 2.5 GiB: 9.7 s of CPU against
 // 6.9 s for protect of the same file).
-RecordSum sum_record(const model::Storage& s, std::vector<uint8_t>& buf) {
+RecordSum sum_record(const Record& rec, std::vector<uint8_t>& buf) {
+  const model::Storage& s = *rec.s;
+  const ByteRange* in = rec.in;
+  const std::optional<uint32_t> expected_crc = in ? in->expected_crc : std::nullopt;
   RecordSum r;
   TreeDigest h(s.bytes.size(), leaf_of(s));
   uint32_t crc = 0;
   buf.resize(kStreamChunk);
   for (size_t off = 0; off < s.bytes.size(); off += kStreamChunk) {
     auto chunk = s.bytes.subspan(off, std::min(kStreamChunk, s.bytes.size() - off));
-    if (s.mapped && s.source_fd >= 0) {
+    if (in && in->in_file()) {
       ssize_t got;
-      do got = ::pread(s.source_fd, buf.data(), chunk.size(), static_cast<off_t>(s.source_offset + off));
+      do got = ::pread(in->fd, buf.data(), chunk.size(), static_cast<off_t>(in->offset + off));
       while (got < 0 && errno == EINTR);
       if (got == static_cast<ssize_t>(chunk.size())) chunk = std::span<const uint8_t>(buf.data(), chunk.size());
       // else: read through the mapping, which holds the same bytes
     }
     h.add(off, chunk);
-    if (s.expected_crc) crc = libdeflate_crc32(crc, chunk.data(), chunk.size());
+    if (expected_crc) crc = libdeflate_crc32(crc, chunk.data(), chunk.size());
   }
   r.digest = h.finish();
-  r.crc_ok = !s.expected_crc || crc == *s.expected_crc;
+  r.crc_ok = !expected_crc || crc == *expected_crc;
   return r;
 }
 
 // Sums many records with up to 4 threads (the verification pass over a whole file).
-std::vector<RecordSum> sum_all(const std::vector<const model::Storage*>& records) {
+std::vector<RecordSum> sum_all(const std::vector<Record>& records) {
   std::vector<RecordSum> out(records.size());
   std::atomic<size_t> next{0};
   auto worker = [&] {
     std::vector<uint8_t> buf;
-    for (size_t i; (i = next++) < records.size();) out[i] = sum_record(*records[i], buf);
+    for (size_t i; (i = next++) < records.size();) out[i] = sum_record(records[i], buf);
   };
   unsigned n = std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
   std::vector<std::thread> pool;
@@ -163,11 +173,11 @@ Result<Digest> output_layout(io::AtomicOutput& out, const Ranges& ranges) {
 }
 
 // The layout digest of an input file as parsed: every record must be a stored span of it.
-std::optional<Digest> input_layout(const std::string& path, const std::vector<const model::Storage*>& records) {
+std::optional<Digest> input_layout(const std::string& path, const std::vector<Record>& records) {
   Ranges ranges;
-  for (const auto* s : records) {
-    if (!s->mapped || s->source_fd < 0) return std::nullopt;
-    ranges.emplace_back(s->source_offset, s->bytes.size());
+  for (const auto& r : records) {
+    if (!r.in || !r.in->in_file()) return std::nullopt;
+    ranges.emplace_back(r.in->offset, r.s->bytes.size());
   }
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return std::nullopt;
@@ -305,10 +315,17 @@ struct Layout {
   std::vector<uint8_t> pkl;
   std::vector<StorageId> order;
   std::vector<model::Storage> extra;
+  const ByteRanges* ranges = nullptr;  // the loaded input's (byte_ranges_of)
   const model::Storage& at(const Model& m, size_t key) const {
     StorageId sid = order[key];
-    return sid < m.storages.size() ? m.storages[sid] : extra[sid - 0x80000000u];
+    return sid < formats::kNewStorageBase ? m.storages[sid] : extra[sid - formats::kNewStorageBase];
   }
+  // Where record `key`'s bytes lie in the input; nullptr for writer-created or owned ones.
+  const ByteRange* range(const Model& m, size_t key) const {
+    StorageId sid = order[key];
+    return ranges && sid < formats::kNewStorageBase ? ranges->of(m, sid) : nullptr;
+  }
+  Record record(const Model& m, size_t key) const { return Record{&at(m, key), range(m, key)}; }
 };
 
 Result<Layout> layout_of(const Model& m, CompatTarget c) {
@@ -551,7 +568,8 @@ Result<std::unique_ptr<MapDoc>> open_and_parse(const std::string& map_path, cons
 // The digest of protected record k as it would be if the file were the restored original:
 // the forward transform (permutation, then encryption) of original record source[k], tree-
 // hashed. Verifying a restored file this way needs no second set of hashes in the map.
-RecordSum restored_sum(const model::Storage& original, const MapDoc& doc, uint32_t k, std::vector<uint8_t>& buf) {
+RecordSum restored_sum(const Record& rec, const MapDoc& doc, uint32_t k, std::vector<uint8_t>& buf) {
+  const model::Storage& original = *rec.s;
   const MapEntry& e = doc.entries[k];
   const std::span<const uint8_t> in = original.bytes;
   const size_t esize = model::dtype_info(original.dtype).element_size;
@@ -579,8 +597,8 @@ RecordSum restored_sum(const model::Storage& original, const MapDoc& doc, uint32
   }
   RecordSum r;
   r.digest = h.finish();
-  if (original.expected_crc) r.crc_ok = libdeflate_crc32(0, in.data(), in.size()) == *original.expected_crc;
-  if (original.mapped) io::release_mapped_pages(in);
+  if (rec.in && rec.in->expected_crc) r.crc_ok = libdeflate_crc32(0, in.data(), in.size()) == *rec.in->expected_crc;
+  if (rec.in && rec.in->mapped) io::release_mapped_pages(in);
   return r;
 }
 
@@ -624,8 +642,8 @@ StateCheck check_state(const std::string& input, const Model& m, const Layout& l
     c.mismatches.push_back(x);
   }
   const size_t n = std::min(l.order.size(), entries.size());
-  std::vector<const model::Storage*> records(n);
-  for (size_t k = 0; k < n; ++k) records[k] = &l.at(m, k);
+  std::vector<Record> records(n);
+  for (size_t k = 0; k < n; ++k) records[k] = l.record(m, k);
   if (as_protected && l.order.size() == entries.size()) {
     auto now = input_layout(input, records);
     if (!now || hex(*now) != doc.layout_after) {
@@ -645,7 +663,7 @@ StateCheck check_state(const std::string& input, const Model& m, const Layout& l
   for (size_t k = 0; k < n; ++k) {
     from[k] = as_protected ? static_cast<uint32_t>(k) : entries[k].source;
     if (from[k] >= n) from[k] = static_cast<uint32_t>(k), fits[k] = false;
-    fits[k] = fits[k] && fits_entry(*records[from[k]], entries[k]);
+    fits[k] = fits[k] && fits_entry(*records[from[k]].s, entries[k]);
   }
   std::vector<RecordSum> sums;
   if (as_protected) {
@@ -656,7 +674,7 @@ StateCheck check_state(const std::string& input, const Model& m, const Layout& l
     auto worker = [&] {
       std::vector<uint8_t> buf;
       for (size_t k; (k = next++) < n;)
-        if (fits[k]) sums[k] = restored_sum(*records[from[k]], doc, static_cast<uint32_t>(k), buf);
+        if (fits[k]) sums[k] = restored_sum(records[from[k]], doc, static_cast<uint32_t>(k), buf);
     };
     unsigned threads = std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
     std::vector<std::thread> pool;
@@ -667,7 +685,7 @@ StateCheck check_state(const std::string& input, const Model& m, const Layout& l
   for (size_t k = 0; k < n; ++k) {
     const uint32_t j = from[k];
     const auto& e = entries[j];  // the record as named in this state
-    const auto size = records[j]->bytes.size();
+    const auto size = records[j].s->bytes.size();
     const std::string h = fits[k] ? hex(sums[k].digest) : std::string();
     if (fits[k] && h == entries[k].after && sums[k].crc_ok) {
       ++c.matching_records;
@@ -684,7 +702,7 @@ StateCheck check_state(const std::string& input, const Model& m, const Layout& l
     if (size != e.nbytes)
       x.detail = "size " + std::to_string(size) + " bytes, map says " + std::to_string(e.nbytes);
     else if (!fits[k])
-      x.detail = "dtype " + std::string(model::dtype_info(records[j]->dtype).name) + ", map says " + e.dtype;
+      x.detail = "dtype " + std::string(model::dtype_info(records[j].s->dtype).name) + ", map says " + e.dtype;
     else if (!sums[k].crc_ok)
       x.detail = "tensor bytes changed (the record's CRC-32 no longer matches the zip directory)";
     else if (j < names_now.size() && !names_now[j].empty() && names_now[j] != e.name)
@@ -765,6 +783,7 @@ std::optional<Error> load_source(const std::string& input, const ProtectOptions&
   auto layout = layout_of(m, options.compat);
   if (!layout.ok()) return layout.error();
   src.layout = std::move(*layout);
+  src.layout.ranges = &byte_ranges_of(*src.loaded);
   const Layout& l = src.layout;
   src.by_sid = storage_names(m);
   const size_t n = l.order.size();
@@ -835,11 +854,13 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
   if (!out.ok()) return fail(r, out.error());
   Ranges written(n);  // where each record's payload lands in the output (for the layout digest)
   auto wo = write_options(options.compat);
-  wo.storage_stream = [&](uint32_t key, const model::Storage& s,
+  wo.ranges = l.ranges;
+  wo.storage_stream = [&](uint32_t key, const model::Storage& s, const ByteRange* range,
                           const formats::TorchWriteOptions::PayloadSink& sink) -> Status {
     if (key >= n) return make_error(Rule::mtd_internal, "writer and layout disagree on the records");
     written[key] = {out->tell(), s.bytes.size()};
     const model::Storage& src = source[key] == key ? s : l.at(m, source[key]);
+    const ByteRange* src_range = source[key] == key ? range : l.range(m, source[key]);
     if (src.bytes.size() != s.bytes.size()) return make_error(Rule::mtd_internal, "swap between different sizes");
     const std::span<const uint8_t> in = src.bytes;
     const size_t esize = model::dtype_info(src.dtype).element_size;
@@ -858,7 +879,7 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
     const size_t leaf = leaf_of(src);
     TreeDigest after_sum(in.size(), leaf);
     uint32_t crc = 0;
-    const bool check_crc = !cached.crc_checked && src.expected_crc.has_value();
+    const bool check_crc = !cached.crc_checked && src_range && src_range->expected_crc.has_value();
     // Helper thread, in order: the CRC the reader deferred over the input as read, and the
     // protected chunk into the slot, whose leaves are then hashed by either core.
     auto prepare = [&](size_t off, size_t len, ChunkSlot& slot) {
@@ -875,9 +896,9 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
     };
     io::populate_mapped_pages(in);  // both threads read it (the gather anywhere in it)
     Status streamed = pipe.run(in.size(), prepare, consume);
-    if (src.mapped) io::release_mapped_pages(in);  // never heap memory: DONTNEED would zero it
+    if (src_range && src_range->mapped) io::release_mapped_pages(in);  // never heap memory: DONTNEED would zero it
     MCDR_TRY(streamed);
-    if (check_crc && crc != *src.expected_crc)
+    if (check_crc && crc != *src_range->expected_crc)
       return make_error(Rule::zip_bad_crc, "CRC-32 of the storage record does not match the zip directory", 0, src.source);
     after[key] = after_sum.finish();
     return ok_status();
@@ -1051,6 +1072,7 @@ std::optional<MtdResult> prepare(const std::string& input, const std::string& ma
   auto layout = layout_of(m, p.doc->compat);
   if (!layout.ok()) return mismatch_file(r, layout.error());
   p.layout = std::move(*layout);
+  p.layout.ranges = &byte_ranges_of(*p.loaded);
   p.names_now = names_by_key(m, p.layout);
   r.storages = p.doc->entries.size();
   return std::nullopt;
@@ -1196,8 +1218,8 @@ std::optional<MtdResult> check_protected_structure(const std::string& input, con
   const bool structure = l.order.size() == doc.entries.size();
   bool ok = structure && hex(hash_bytes(l.pkl)) == doc.nt;
   if (ok) {
-    std::vector<const model::Storage*> records;
-    for (size_t k = 0; k < l.order.size(); ++k) records.push_back(&l.at(m, k));
+    std::vector<Record> records;
+    for (size_t k = 0; k < l.order.size(); ++k) records.push_back(l.record(m, k));
     auto now = input_layout(input, records);
     ok = now && hex(*now) == doc.layout_after;
   }
@@ -1231,11 +1253,13 @@ MtdResult restore_impl(const std::string& input, const std::string& map_path, co
   // restored, even if the input changes under us, and each byte is read and hashed once.
   auto wo = write_options(doc.compat);
   RecordPipeline pipe(kStreamChunk, kRing);
-  wo.storage_stream = [&](uint32_t key, const model::Storage& s,
+  wo.ranges = l.ranges;
+  wo.storage_stream = [&](uint32_t key, const model::Storage& s, const ByteRange* range,
                           const formats::TorchWriteOptions::PayloadSink& sink) -> Status {
     if (key >= n) return make_error(Rule::mtd_internal, "writer and map disagree on the records");
     const uint32_t from = holder[key];
     const model::Storage& src = from == key ? s : l.at(m, from);
+    const ByteRange* src_range = from == key ? range : l.range(m, from);
     if (src.bytes.size() != s.bytes.size()) return make_error(Rule::mtd_internal, "swap between different sizes");
     const std::span<const uint8_t> in = src.bytes;
     const size_t esize = model::dtype_info(src.dtype).element_size;
@@ -1247,7 +1271,7 @@ MtdResult restore_impl(const std::string& input, const std::string& map_path, co
     };
     io::populate_mapped_pages(in);  // the gather reads anywhere in it
     Status streamed = pipe.run(in.size(), prepare, consume);
-    if (src.mapped) io::release_mapped_pages(in);  // never heap memory: DONTNEED would zero it
+    if (src_range && src_range->mapped) io::release_mapped_pages(in);  // never heap memory: DONTNEED would zero it
     MCDR_TRY(streamed);
     undo.check(doc, from, r.mismatches);
     return ok_status();
@@ -1407,8 +1431,9 @@ TraceResult trace_impl(const std::string& leaked, const std::vector<std::string>
   auto loaded = load_model(leaked, DisarmOptions{}, file, /*defer_storage_crc=*/true);
   if (!loaded.ok()) return t.error = loaded.error(), t;
   const Model& m = model_of(**loaded);
-  std::vector<const model::Storage*> records;
-  for (const auto& s : m.storages) records.push_back(&s);
+  std::vector<Record> records;
+  for (StorageId sid = 0; sid < m.storages.size(); ++sid)
+    records.push_back(Record{&m.storages[sid], byte_ranges_of(**loaded).of(m, sid)});
   std::set<std::string> have;
   for (const auto& sum : sum_all(records)) have.insert(hex(sum.digest));
   t.leaked_records = records.size();

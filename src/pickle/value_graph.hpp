@@ -7,6 +7,7 @@
 // text is a view into the Program's byte arena, child lists are arena blocks reached by one
 // pointer, and the rare joblib payload span sits in a side table (Program::payloads).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>

@@ -86,8 +86,7 @@ Lifted lift_raw(const std::string& bytes) {
   auto program = pickle::decode(data, d, f);
   EXPECT_TRUE(program.ok()) << (program.ok() ? "" : program.error().describe());
   if (!program.ok()) return {program.error()};
-  cdr::StorageResolver none = [](const cdr::StorageRequest&) -> Result<model::Storage> { return make_error(Rule::io_read, "none"); };
-  return {cdr::lift(*program, none, cdr::LiftOptions{})};
+  return {cdr::lift(*program, cdr::StorageTable{}, cdr::LiftOptions{})};
 }
 
 std::string uni(const std::string& s) {

@@ -20,28 +20,22 @@ struct Lifted {
   Findings findings;
 };
 
-// A resolver serving `count` float32 elements of zeros for every key.
-cdr::StorageResolver zeros_resolver(std::vector<uint8_t>& backing, uint64_t max_bytes = 4096) {
-  backing.assign(max_bytes, 0);
-  return [&backing, max_bytes](const cdr::StorageRequest& r) -> Result<model::Storage> {
-    if (r.nbytes > max_bytes) return make_error(Rule::io_read, "storage too big");
-    model::Storage s;
-    s.nbytes = r.nbytes;
-    s.bytes = std::span<const uint8_t>(backing.data(), r.nbytes);
-    s.source = "data/" + r.key;
-    return s;
-  };
+// The container's table for a program: records of `size` bytes under `keys` ("data/<key>").
+cdr::StorageTable zeros_table(std::initializer_list<const char*> keys, uint64_t size) {
+  cdr::StorageTable t;
+  t.kind = cdr::StorageTable::Kind::zip;
+  for (const char* k : keys) t.add(k, cdr::StorageRecord{std::string("data/") + k, size});
+  return t;
 }
 
-Lifted run(const std::vector<uint8_t>& bytes, cdr::StorageResolver resolver = nullptr) {
+Lifted run(const std::vector<uint8_t>& bytes, const cdr::StorageTable& table = {}) {
   Findings f;
   pickle::DecodeOptions d;
   auto program = pickle::decode(bytes, d, f);
   EXPECT_TRUE(program.ok()) << (program.ok() ? "" : program.error().describe());
   if (!program.ok()) return {program.error(), f};
   cdr::scan_program(*program, "", f);
-  if (!resolver) resolver = [](const cdr::StorageRequest&) -> Result<model::Storage> { return make_error(Rule::io_read, "no storage"); };
-  return {cdr::lift(*program, resolver, cdr::LiftOptions{}), f};
+  return {cdr::lift(*program, table, cdr::LiftOptions{}), f};
 }
 
 // Literal bytes, NULs included (a string_view of a literal would stop at the first NUL).
@@ -104,8 +98,7 @@ TEST(Lifter, StateDictWithSharedStorageAndTiedTensor) {
   e.get(w);
   e.setitems();
   e.stop();
-  std::vector<uint8_t> backing;
-  auto l = run(e.bytes(), zeros_resolver(backing));
+  auto l = run(e.bytes(), zeros_table({"0"}, 48));
   ASSERT_TRUE(l.model.ok()) << l.model.error().describe();
   const auto& m = *l.model;
   const auto& root = m.values[m.root];
@@ -155,10 +148,62 @@ TEST(Lifter, ViewOutsideStorageIsRejected) {
   e.proto2();
   tensor(e, "0", 4, 2, {2, 2}, {2, 1});  // reaches element 5 of 4
   e.stop();
-  std::vector<uint8_t> backing;
-  auto l = run(e.bytes(), zeros_resolver(backing));
+  auto l = run(e.bytes(), zeros_table({"0"}, 16));
   ASSERT_FALSE(l.model.ok());
   EXPECT_EQ(l.model.error().rule, Rule::cdr_tensor_out_of_bounds);
+}
+
+// Plain hand-offs (issue 14): lift reads the container's table only. A storage it lifts is
+// named and sized from its record, holds no bytes (the container binds them afterwards) and
+// the binding says which record it came from.
+TEST(Lifter, StoragesComeFromTheTableUnbound) {
+  PickleEmitter e;
+  e.proto2();
+  e.mark();
+  tensor(e, "b", 4, 0, {4}, {1});
+  tensor(e, "a", 2, 0, {2}, {1});
+  e.tuple();
+  e.stop();
+  cdr::StorageTable t;
+  t.kind = cdr::StorageTable::Kind::zip;
+  t.add("a", cdr::StorageRecord{"archive/data/a", 8});
+  t.add("b", cdr::StorageRecord{"archive/data/b", 16});
+  t.add("unused", cdr::StorageRecord{"archive/data/unused", 4});
+  Findings f;
+  auto program = pickle::decode(e.bytes(), pickle::DecodeOptions{}, f);
+  ASSERT_TRUE(program.ok());
+  cdr::StorageBinding binding;
+  auto m = cdr::lift(*program, t, cdr::LiftOptions{}, &binding);
+  ASSERT_TRUE(m.ok()) << m.error().describe();
+  ASSERT_EQ(m->storages.size(), 2u);
+  ASSERT_EQ(binding.size(), 2u);
+  EXPECT_EQ(m->storages[0].source, "archive/data/b");
+  EXPECT_EQ(m->storages[0].nbytes, 16u);
+  EXPECT_EQ(binding[0], 1u);
+  EXPECT_EQ(m->storages[1].source, "archive/data/a");
+  EXPECT_EQ(binding[1], 0u);
+  for (const auto& s : m->storages) EXPECT_TRUE(s.bytes.empty()) << "the lifter reads no payload";
+}
+
+TEST(Lifter, RecordMissingOrOfAnotherSizeIsRejected) {
+  PickleEmitter e;
+  e.proto2();
+  tensor(e, "0", 4, 0, {4}, {1});
+  e.stop();
+  auto missing = run(e.bytes(), zeros_table({"1"}, 16));
+  ASSERT_FALSE(missing.model.ok());
+  EXPECT_EQ(missing.model.error().rule, Rule::torch_missing_storage);
+  auto short_record = run(e.bytes(), zeros_table({"0"}, 12));
+  ASSERT_FALSE(short_record.model.ok());
+  EXPECT_EQ(short_record.model.error().rule, Rule::torch_storage_size_mismatch);
+  auto none = run(e.bytes());  // a stream without records (bare pickle, joblib)
+  ASSERT_FALSE(none.model.ok());
+  EXPECT_EQ(none.model.error().rule, Rule::cdr_no_storage);
+  cdr::StorageTable tar = zeros_table({"0"}, 12);
+  tar.kind = cdr::StorageTable::Kind::tar;  // the tar format's record size is the storage's size
+  auto tar_lift = run(e.bytes(), tar);
+  ASSERT_FALSE(tar_lift.model.ok());
+  EXPECT_EQ(tar_lift.model.error().rule, Rule::cdr_tensor_out_of_bounds) << "4 floats do not fit 12 bytes";
 }
 
 TEST(Lifter, HugeStrideOverflowIsRejected) {
@@ -166,8 +211,7 @@ TEST(Lifter, HugeStrideOverflowIsRejected) {
   e.proto2();
   tensor(e, "0", 4, 0, {3, 2}, {INT64_MAX / 2, 1});
   e.stop();
-  std::vector<uint8_t> backing;
-  auto l = run(e.bytes(), zeros_resolver(backing));
+  auto l = run(e.bytes(), zeros_table({"0"}, 16));
   ASSERT_FALSE(l.model.ok());
   EXPECT_EQ(l.model.error().rule, Rule::cdr_tensor_out_of_bounds);
 }
@@ -199,8 +243,7 @@ TEST(Lifter, StorageKeyWithTwoDtypesIsRejected) {
   e.reduce();
   e.tuple();
   e.stop();
-  std::vector<uint8_t> backing;
-  auto l = run(e.bytes(), zeros_resolver(backing));
+  auto l = run(e.bytes(), zeros_table({"0"}, 16));
   ASSERT_FALSE(l.model.ok());
   EXPECT_EQ(l.model.error().rule, Rule::cdr_storage_dtype_conflict);
 }
@@ -408,8 +451,7 @@ TEST(Lifter, WholeModuleBecomesStateDict) {
   e.setitems();
   e.build();
   e.stop();
-  std::vector<uint8_t> backing;
-  auto l = run(e.bytes(), zeros_resolver(backing));
+  auto l = run(e.bytes(), zeros_table({"0", "1"}, 16));
   ASSERT_TRUE(l.model.ok()) << l.model.error().describe();
   const auto& m = *l.model;
   const auto& root = m.values[m.root];

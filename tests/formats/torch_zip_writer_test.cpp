@@ -116,3 +116,63 @@ TEST(TorchZipWriter, FailedWriteLeavesNothing) {
   for (const auto& e : std::filesystem::directory_iterator(std::filesystem::temp_directory_path()))
     EXPECT_EQ(e.path().filename().string().find("abandoned.pt.modelcdr-"), std::string::npos);
 }
+
+// Plain hand-offs (issue 14): the reader keeps where each payload lies (and the CRC it left
+// unchecked) in ByteRanges beside the IR; the writer's copy is the one step that verifies it.
+// A payload a transform replaced has no range any more, so the input's bytes (and their CRC)
+// can never stand in for the transformed ones.
+TEST(TorchZipWriter, DeferredCrcIsVerifiedWhileCopyingAndReplacedPayloadsHaveNoRange) {
+  std::vector<float> data;
+  auto m = sample_model(data);
+  std::string path = temp_path("ranges.pt"), copy = temp_path("ranges_copy.pt");
+  {
+    auto out = io::AtomicOutput::create(path);
+    ASSERT_TRUE(out.ok());
+    ASSERT_TRUE(formats::write_torch_zip(m, {}, *out).ok());
+    ASSERT_TRUE(out->commit().ok());
+  }
+  auto file = io::MappedFile::open(path);
+  ASSERT_TRUE(file.ok());
+  formats::ReadOptions ro;
+  ro.defer_storage_crc = true;
+  ro.input_is_mapped = true;
+  ro.input_fd = file->fd();
+  auto parsed = formats::read_torch_zip(file->bytes(), ro);
+  ASSERT_TRUE(parsed.ok()) << parsed.error().describe();
+  auto& pm = parsed->model;
+  ASSERT_EQ(pm.storages.size(), 1u);
+  const ByteRange* r = parsed->ranges.of(pm, 0);
+  ASSERT_NE(r, nullptr);
+  ASSERT_TRUE(r->expected_crc.has_value()) << "the reader left the storage CRC to the copy";
+  EXPECT_TRUE(r->in_file());
+  EXPECT_EQ(file->bytes().data() + r->offset, pm.storages[0].bytes.data());
+  auto write = [&](const ByteRanges* ranges) -> Status {
+    formats::TorchWriteOptions o;
+    o.ranges = ranges;
+    auto out = io::AtomicOutput::create(copy, false, true);
+    if (!out.ok()) return out.error();
+    MCDR_TRY(formats::write_torch_zip(pm, o, *out));
+    return out->commit();
+  };
+  EXPECT_TRUE(write(&parsed->ranges).ok());
+  ByteRanges wrong;
+  ByteRange bad = *r;
+  bad.expected_crc = *r->expected_crc ^ 1u;  // what a record with a corrupted payload looks like
+  wrong.set(0, bad);
+  auto s = write(&wrong);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().rule, Rule::zip_bad_crc);
+  // A transform's payload: the stale range (and its CRC) no longer applies.
+  std::vector<float> other = {9, 8, 7, 6, 5, 4};
+  const auto* b = reinterpret_cast<const uint8_t*>(other.data());
+  pm.storages[0].set_owned(std::vector<uint8_t>(b, b + 24));
+  EXPECT_EQ(wrong.of(pm, 0), nullptr);
+  ASSERT_TRUE(write(&wrong).ok());
+  auto back_file = io::MappedFile::open(copy);
+  ASSERT_TRUE(back_file.ok());
+  auto back = formats::read_torch_zip(back_file->bytes(), {});
+  ASSERT_TRUE(back.ok()) << back.error().describe();
+  EXPECT_EQ(std::memcmp(back->model.storages[0].bytes.data(), other.data(), 24), 0) << "the owned bytes were written";
+  std::filesystem::remove(path);
+  std::filesystem::remove(copy);
+}
