@@ -2,7 +2,7 @@
 # modelcdr scan side by side with picklescan, modelscan, fickling and modelaudit (issue 11 item 6).
 # Installs the four tools, pinned, in a scratch venv (bench/.venv-scanners, or $SCANNERS_VENV),
 # then runs bench/compare_scanners.py on the corpus. Not a test: prints a table (bench/README.md).
-#   bench/compare_scanners.sh [--jobs N] [--limit N] [--json OUT]
+#   bench/compare_scanners.sh [--jobs N] [--limit N] [--repeat N] [--json OUT]
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(dirname "$HERE")"

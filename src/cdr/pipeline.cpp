@@ -10,6 +10,7 @@
 
 #include "cdr/class_registry.hpp"
 #include "cdr/lifter.hpp"
+#include "cdr/scan_keras.hpp"
 #include "cdr/scan_salvage.hpp"
 #include "cdr/sparse_check.hpp"
 #include "container/sniff.hpp"
@@ -248,6 +249,12 @@ static FileReport scan_file_impl(const Source& source, const ScanOptions& option
   r.entries = entry_locations(loaded->bytes, loaded->format);
   const uint64_t size = loaded->bytes.size();
   if (!step(options.progress, options.cancel, Stage::read, 0, size)) return fail(cancelled_error());
+  // A Keras model (HDF5, or a zip with a root config.json), graded from its config whether or not
+  // a reader below also accepts the bytes (an HDF5 user block may hold a pickle): scan_keras.hpp.
+  std::vector<std::string> entry_names;
+  for (const auto& e : r.entries) entry_names.push_back(e.name);
+  Findings keras;
+  const std::optional<std::string> keras_format = cdr::scan_keras(loaded->bytes, entry_names, keras);
   Findings salvage;
   auto parsed = checked(parse(loaded->bytes, loaded->format, ctx, false, loaded->mapped, loaded->file.fd(), &salvage));
   if (!parsed.ok()) {
@@ -259,6 +266,14 @@ static FileReport scan_file_impl(const Source& source, const ScanOptions& option
       if (parsed.error().rule == Rule::format_unknown) cdr::salvage_unsniffed_pickle(loaded->bytes, salvage);
     }
     r.findings = std::move(salvage);
+    if (keras_format && !loaded->changed()) {  // read for a verdict, not an unreadable file
+      r.findings.insert(r.findings.end(), keras.begin(), keras.end());
+      r.status = FileStatus::findings;
+      r.error.reset();
+      r.format = *keras_format;
+      r.verdict = file_verdict(r.findings);
+      return r;
+    }
     r.verdict = file_verdict(r.findings, &*r.error);
     return r;
   }
@@ -272,6 +287,7 @@ static FileReport scan_file_impl(const Source& source, const ScanOptions& option
   r.findings = parsed->findings;
   r.findings.insert(r.findings.end(), parsed->model.findings.begin(), parsed->model.findings.end());
   cdr::fold_call_removals(r.findings);
+  r.findings.insert(r.findings.end(), keras.begin(), keras.end());
   r.tensors = tensor_stats(parsed->model);
   if (!step(options.progress, options.cancel, Stage::read, size, size)) return fail(cancelled_error());
   if (options.inspect) options.inspect(parsed->model, r);

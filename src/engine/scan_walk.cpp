@@ -181,15 +181,29 @@ std::vector<FileReport> scan_paths(const std::vector<std::string>& paths, const 
   // reports keep the walk's order. At most kMaxWorkers files are in memory at once.
   constexpr unsigned kMaxWorkers = 4;
   std::vector<FileReport> reports(items.size());
+  // Largest files first: one big pickle started last would keep one core busy after the other
+  // has finished (wall time = its start + its scan). Sizes are hints only (a file may change).
+  std::vector<size_t> order(items.size());
+  {
+    std::vector<uintmax_t> size(items.size(), 0);
+    for (size_t i = 0; i < items.size(); ++i) {
+      order[i] = i;
+      std::error_code ec;
+      if (items[i].path != "-") size[i] = fs::file_size(items[i].path, ec);
+      if (ec) size[i] = 0;
+    }
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return size[a] > size[b]; });
+  }
   std::atomic<size_t> next{0};
   std::mutex progress_lock;
   std::exception_ptr failed;  // what escaped a worker is rethrown here, as the serial loop would
   auto work = [&] {
-    for (size_t i; (i = next.fetch_add(1)) < items.size();) try {
+    for (size_t k; (k = next.fetch_add(1)) < items.size();) try {
+      const size_t i = order[k];
       const auto& it = items[i];
       if (options.progress) {
         std::lock_guard<std::mutex> hold(progress_lock);
-        options.progress(i, it.path);
+        options.progress(k, it.path);  // k files started before this one
       }
       if (it.path == "-") reports[i] = scan_stdin(options.scan, options.max_stdin_bytes, scan_one);
       else if (it.found) reports[i] = scan_found(it.path, options.scan, scan_one);

@@ -69,6 +69,15 @@ Status check_value_graph(const model::Model& m) {
       if (path.size() + height[c] > kMaxDepth) return too_deep("values");
       continue;
     }
+    const model::Value& cv = m.values[c];
+    if (cv.items.empty() && cv.entries.empty() && cv.metadata == model::kNoValue && cv.state == model::kNoValue) {
+      // A leaf (a float of a 60 000-element list, a string): height 1 without a frame of its own,
+      // exactly what open() and the pop above would record (path.size() + 1 <= kMaxDepth holds).
+      if (path.size() >= kMaxDepth) return too_deep("values");
+      height[c] = 1;
+      if (top.best < 1) top.best = 1;
+      continue;
+    }
     MCDR_TRY(open(c));
   }
   return ok_status();

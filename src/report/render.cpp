@@ -259,7 +259,18 @@ std::string printable(std::string_view s) {
   };
   std::string out;
   out.reserve(s.size());
+  auto plain = [&](size_t k) {
+    const unsigned char x = static_cast<unsigned char>(s[k]);
+    return x >= 0x20 && x < 0x7F && x != '\\';
+  };
   for (size_t i = 0; i < s.size();) {
+    if (plain(i)) {  // a run of printable ASCII (most of every line) is copied as it is
+      size_t j = i + 1;
+      while (j < s.size() && plain(j)) ++j;
+      out.append(s.data() + i, j - i);
+      i = j;
+      continue;
+    }
     unsigned char c = static_cast<unsigned char>(s[i]);
     uint32_t cp = 0;
     size_t len = utf8_length(s, i, cp);

@@ -31,6 +31,9 @@ OUTSIDE = re.compile(r"shared/docs|(?<!docs/)\b(?:FORMATS|ARCHITECTURE|STYLE)\.m
 def tree_files() -> Iterator[Path]:
     for d in SCANNED_DIRS:
         for p in sorted((REPO / d).rglob("*")):
+            # a virtual environment (bench/.venv-scanners) holds other projects' files, not ours
+            if any(part.startswith(".venv") for part in p.relative_to(REPO).parts):
+                continue
             if p.is_file() and p.suffix in SUFFIXES and p.resolve() != THIS_FILE:
                 yield p
     for f in SCANNED_FILES:
