@@ -330,32 +330,28 @@ Result<EndRecords> read_end_records(Bytes file, Findings& findings) {
 }
 
 // Data-descriptor layouts a writer may have used: optional signature, 4- or 8-byte sizes.
+// Reads the candidate fields straight from the bytes (no cursors, no error text): this runs once
+// per entry of a checkpoint that may hold hundreds of thousands. A field past the end rules that
+// form out. The order of the forms is the order of the choices: signed 32/64-bit, then unsigned.
 std::vector<uint64_t> descriptor_lengths(Bytes file, uint64_t at, const ZipEntry& e) {
   std::vector<uint64_t> lengths;
+  if (at > file.size()) return lengths;
+  const Bytes rest = file.subspan(static_cast<size_t>(at));
+  auto field = [&rest](size_t off, size_t n, uint64_t& v) {
+    if (off > rest.size() || n > rest.size() - off) return false;
+    v = 0;
+    for (size_t i = 0; i < n; ++i) v |= static_cast<uint64_t>(rest[off + i]) << (8 * i);
+    return true;
+  };
   for (bool with_sig : {true, false}) {
-    for (bool wide : {false, true}) {
-      auto c = cursor_at(file, at, "data descriptor");
-      if (!c) return lengths;
-      if (with_sig) {
-        auto sig = c->u32le();
-        if (!sig || *sig != kDescriptorSig) continue;
-      }
-      auto crc = c->u32le();
-      if (!crc) continue;
-      uint64_t cs = 0, us = 0;
-      if (wide) {
-        auto a = c->u64le();
-        auto b = c->u64le();
-        if (!a || !b) continue;
-        cs = *a, us = *b;
-      } else {
-        auto a = c->u32le();
-        auto b = c->u32le();
-        if (!a || !b) continue;
-        cs = *a, us = *b;
-      }
-      if (*crc == e.crc32 && cs == e.compressed_size && us == e.uncompressed_size)
-        lengths.push_back(static_cast<uint64_t>(c->pos()) - at);
+    uint64_t sig = 0;
+    if (with_sig && (!field(0, 4, sig) || sig != kDescriptorSig)) continue;
+    const size_t base = with_sig ? 4 : 0;
+    for (size_t width : {size_t{4}, size_t{8}}) {
+      uint64_t crc = 0, cs = 0, us = 0;
+      if (!field(base, 4, crc) || !field(base + 4, width, cs) || !field(base + 4 + width, width, us)) continue;
+      if (crc == e.crc32 && cs == e.compressed_size && us == e.uncompressed_size)
+        lengths.push_back(base + 4 + 2 * width);
     }
   }
   return lengths;
