@@ -330,35 +330,32 @@ Result<EndRecords> read_end_records(Bytes file, Findings& findings) {
 }
 
 // Data-descriptor layouts a writer may have used: optional signature, 4- or 8-byte sizes.
-std::vector<uint64_t> descriptor_lengths(Bytes file, uint64_t at, const ZipEntry& e) {
-  std::vector<uint64_t> lengths;
-  for (bool with_sig : {true, false}) {
-    for (bool wide : {false, true}) {
-      auto c = cursor_at(file, at, "data descriptor");
-      if (!c) return lengths;
-      if (with_sig) {
-        auto sig = c->u32le();
-        if (!sig || *sig != kDescriptorSig) continue;
-      }
-      auto crc = c->u32le();
-      if (!crc) continue;
-      uint64_t cs = 0, us = 0;
-      if (wide) {
-        auto a = c->u64le();
-        auto b = c->u64le();
-        if (!a || !b) continue;
-        cs = *a, us = *b;
-      } else {
-        auto a = c->u32le();
-        auto b = c->u32le();
-        if (!a || !b) continue;
-        cs = *a, us = *b;
-      }
-      if (*crc == e.crc32 && cs == e.compressed_size && us == e.uncompressed_size)
-        lengths.push_back(static_cast<uint64_t>(c->pos()) - at);
-    }
+// The data-descriptor forms, in the order they are tried: with signature 32/64-bit sizes, then
+// without. Bit k of a form mask stands for kDescriptorLengths[k] (bytes after the entry's data).
+constexpr uint64_t kDescriptorLengths[] = {16, 24, 12, 20};
+
+// The forms that agree with the central directory, as a mask (a small value per entry, not a
+// vector: a checkpoint may hold hundreds of thousands of entries). Reads straight from the bytes,
+// no cursors or error text; a field past the end rules that form out.
+uint8_t descriptor_forms(Bytes file, uint64_t at, const ZipEntry& e) {
+  if (at > file.size()) return 0;
+  const Bytes rest = file.subspan(static_cast<size_t>(at));
+  auto field = [&rest](size_t off, size_t n, uint64_t& v) {
+    if (off > rest.size() || n > rest.size() - off) return false;
+    v = 0;
+    for (size_t i = 0; i < n; ++i) v |= static_cast<uint64_t>(rest[off + i]) << (8 * i);
+    return true;
+  };
+  uint8_t mask = 0;
+  for (int k = 0; k < 4; ++k) {
+    const bool with_sig = k < 2;
+    const size_t base = with_sig ? 4 : 0, width = (k % 2) ? 8 : 4;
+    uint64_t sig = 0, crc = 0, cs = 0, us = 0;
+    if (with_sig && (!field(0, 4, sig) || sig != kDescriptorSig)) continue;
+    if (!field(base, 4, crc) || !field(base + 4, width, cs) || !field(base + 4 + width, width, us)) continue;
+    if (crc == e.crc32 && cs == e.compressed_size && us == e.uncompressed_size) mask |= static_cast<uint8_t>(1u << k);
   }
-  return lengths;
+  return mask;
 }
 
 struct Region {
@@ -454,7 +451,7 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
   ZipArchive archive;
   archive.inflate_left = total_inflate_budget(file.size(), limits);
   archive.entries.reserve(static_cast<size_t>(er.entries));
-  std::vector<std::vector<uint64_t>> descriptor_choices;
+  std::vector<uint8_t> descriptor_choices;  // per entry: descriptor_forms' mask
   descriptor_choices.reserve(static_cast<size_t>(er.entries));
   std::vector<uint64_t> data_ends;
   data_ends.reserve(static_cast<size_t>(er.entries));
@@ -607,14 +604,14 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
     }
     if (!local_zip64_ok) mismatch("zip64 extra field");
 
-    std::vector<uint64_t> choices;
+    uint8_t choices = 0;
     if (lflags & kFlagDescriptor) {
       // Sizes and CRC live in the descriptor; the local fields are zero (or, from some writers, real).
       if (lcrc != 0 && lcrc != crc) mismatch("CRC-32");
       if (lusize32 != 0 && lf.usize != e.uncompressed_size) mismatch("uncompressed size");
       if (lcsize32 != 0 && lf.csize != e.compressed_size) mismatch("compressed size");
-      choices = descriptor_lengths(file, data_end, e);
-      if (choices.empty())
+      choices = descriptor_forms(file, data_end, e);
+      if (choices == 0)
         add_finding(findings, Severity::high, Rule::zip_local_central_mismatch,
                     "data descriptor missing or disagrees with the central directory", e.name, data_end);
     } else {
@@ -627,7 +624,7 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
 
     archive.entries.push_back(std::move(e));
     names.insert(archive.entries, static_cast<uint32_t>(archive.entries.size() - 1));  // false: a duplicate
-    descriptor_choices.push_back(std::move(choices));
+    descriptor_choices.push_back(choices);
     data_ends.push_back(data_end);
   }
   if (!cd.at_end())
@@ -649,12 +646,14 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
   // Descriptor length: the variant that makes the next structure follow directly, if any.
   for (size_t k = 0; k < order.size(); ++k) {
     size_t i = order[k];
-    const auto& choices = descriptor_choices[i];
-    if (choices.empty()) continue;
+    const uint8_t choices = descriptor_choices[i];
+    if (choices == 0) continue;
     uint64_t next = k + 1 < order.size() ? archive.entries[order[k + 1]].local_header_offset : er.cd_offset;
-    uint64_t pick = choices.front();
-    for (uint64_t len : choices)
-      if (data_ends[i] + len == next) pick = len;
+    uint64_t pick = 0;
+    for (int f = 3; f >= 0; --f)  // the first form that agrees, unless a later one fits the layout
+      if ((choices >> f) & 1) pick = kDescriptorLengths[f];
+    for (int f = 0; f < 4; ++f)
+      if (((choices >> f) & 1) && data_ends[i] + kDescriptorLengths[f] == next) pick = kDescriptorLengths[f];
     regions[i].end = data_ends[i] + pick;
   }
   regions.push_back({er.cd_offset, cd_end, "central directory", 1});

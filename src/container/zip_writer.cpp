@@ -29,6 +29,8 @@ constexpr uint16_t kZip64ExtraId = 0x0001;
 
 class Buf {
  public:
+  // One allocation for a whole header (push_back growth cost ~6 per record, per entry).
+  Buf() { b_.reserve(128); }
   void u16(uint16_t v) {
     for (int i = 0; i < 2; ++i) b_.push_back(static_cast<uint8_t>(v >> (8 * i)));
   }

@@ -76,11 +76,17 @@ void PickleEmitter::additems() { op(0x90); }
 void PickleEmitter::newobj() { op(0x81); }
 
 void PickleEmitter::class_global(std::string_view module, std::string_view name) {
-  op('c');
-  raw(module);
-  op('\n');
-  raw(name);
-  op('\n');
+  // One append for the whole opcode (1-2 per tensor), not five separate vector inserts.
+  const size_t at = out_.size();
+  out_.resize(at + module.size() + name.size() + 3);
+  uint8_t* p = out_.data() + at;
+  *p++ = 'c';
+  std::memcpy(p, module.data(), module.size());
+  p += module.size();
+  *p++ = '\n';
+  std::memcpy(p, name.data(), name.size());
+  p += name.size();
+  *p = '\n';
 }
 
 void PickleEmitter::payload(std::span<const uint8_t> b) {

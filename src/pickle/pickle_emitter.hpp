@@ -30,8 +30,10 @@ enum class EmitGlobal : uint8_t {
 enum class EmitStream : uint8_t { checkpoint = 1, plain = 2 };
 
 struct EmitGlobalName {
-  const char* module;
-  const char* name;
+  // Views, not C strings: the emitter and the verifier compare and copy these once per tensor,
+  // and a view carries its length (no strlen per use).
+  std::string_view module;
+  std::string_view name;
   uint8_t streams;  // EmitStream bits
 };
 const EmitGlobalName& emit_global_name(EmitGlobal g);

@@ -548,5 +548,49 @@ TEST(ZipReader, StoredEntryPastEof) {
   EXPECT_EQ(entry_bytes(as_span(z), e, scratch).error().rule, Rule::zip_data_past_eof);
 }
 
+
+// Data descriptors in each of the four forms (signature or not, 32- or 64-bit sizes): the reader
+// picks the form that makes the next structure follow directly, so nothing is left unreferenced;
+// a descriptor that disagrees with the central directory is a finding (issue 14 rewrote this check).
+std::string descriptor(const std::string& data, bool with_sig, bool wide, uint32_t crc_delta = 0) {
+  Bytes d;
+  if (with_sig) put32(d, 0x08074b50);
+  put32(d, libdeflate_crc32(0, data.data(), data.size()) + crc_delta);
+  for (int k = 0; k < 2; ++k) {
+    put32(d, static_cast<uint32_t>(data.size()));
+    if (wide) put32(d, 0);
+  }
+  return std::string(d.begin(), d.end());
+}
+
+TEST(ZipReader, DataDescriptorFormsFitTheLayout) {
+  for (bool with_sig : {true, false}) {
+    for (bool wide : {false, true}) {
+      TEntry a{"a.bin", "first entry data"}, b{"b.bin", "second"};
+      a.flags = b.flags = 0x8;
+      b.gap_before = descriptor(a.data, with_sig, wide);
+      TOpts o;
+      o.gap_before_cd = descriptor(b.data, with_sig, wide);
+      Bytes z = build_zip({a, b}, o);
+      Findings f;
+      auto r = read_zip(as_span(z), f);
+      ASSERT_TRUE(r.ok()) << r.error().message;
+      EXPECT_EQ(count_rule(f, Rule::zip_local_central_mismatch), 0u) << with_sig << wide << dump(f);
+      EXPECT_EQ(count_rule(f, Rule::zip_unreferenced_bytes), 0u) << with_sig << wide << dump(f);
+      EXPECT_EQ(count_rule(f, Rule::zip_overlap), 0u) << with_sig << wide << dump(f);
+    }
+  }
+  TEntry a{"a.bin", "first entry data"};
+  a.flags = 0x8;
+  TOpts o;
+  o.gap_before_cd = descriptor(a.data, true, false, 1);  // wrong CRC in the descriptor
+  Bytes z = build_zip({a}, o);
+  Findings f;
+  auto r = read_zip(as_span(z), f);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(count_rule(f, Rule::zip_local_central_mismatch), 1u) << dump(f);
+  EXPECT_EQ(count_rule(f, Rule::zip_unreferenced_bytes), 1u) << dump(f);
+}
+
 }  // namespace
 }  // namespace modelcdr::container

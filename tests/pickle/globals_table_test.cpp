@@ -46,7 +46,7 @@ TEST(GlobalsTable, RowsAreUniqueAndFeedEveryUser) {
   // The emitter's vocabulary is the table's emit rows.
   for (uint8_t g = 0; g <= static_cast<uint8_t>(pickle::EmitGlobal::joblib_array_wrapper); ++g) {
     const auto& n = pickle::emit_global_name(static_cast<pickle::EmitGlobal>(g));
-    EXPECT_TRUE(in_table(n.module, n.name)) << n.module;
+    EXPECT_TRUE(in_table(std::string(n.module), std::string(n.name))) << n.module;
   }
   // The built-in class registry is the table's class rows.
   auto reg = cdr::ClassRegistry::defaults();
