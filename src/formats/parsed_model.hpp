@@ -55,6 +55,19 @@ struct ReadOptions {
   Findings* salvage = nullptr;
 };
 
+// The ByteRange of a storage's bytes that lie in the input `file` as they are: a mapped input
+// also gives the writers its descriptor and the file offset, for their kernel-copy path.
+inline ByteRange input_range(std::span<const uint8_t> bytes, std::span<const uint8_t> file, const ReadOptions& options) {
+  ByteRange range;
+  range.view = bytes;
+  range.mapped = options.input_is_mapped;
+  if (range.mapped) {
+    range.fd = options.input_fd;
+    range.offset = static_cast<uint64_t>(bytes.data() - file.data());
+  }
+  return range;
+}
+
 Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOptions& options);
 Result<ParsedModel> read_torch_legacy(std::span<const uint8_t> file, const ReadOptions& options);
 Result<ParsedModel> read_bare_pickle(std::span<const uint8_t> file, const ReadOptions& options);

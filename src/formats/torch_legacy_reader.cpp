@@ -121,13 +121,7 @@ Result<ParsedModel> read_torch_legacy(std::span<const uint8_t> file, const ReadO
     if (binding[sid] == cdr::kNoRecord) continue;
     auto bytes = record_bytes[binding[sid]];
     parsed.model.storages[sid].bytes = bytes;
-    ByteRange range;
-    range.view = bytes;
-    range.mapped = options.input_is_mapped;
-    if (range.mapped) {
-      range.fd = options.input_fd;
-      range.offset = static_cast<uint64_t>(bytes.data() - file.data());
-    }
+    ByteRange range = input_range(bytes, file, options);
     parsed.ranges.set(sid, range);
   }
   return parsed;

@@ -223,13 +223,7 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
       continue;
     }
     s.bytes = bytes;
-    ByteRange range;
-    range.view = bytes;
-    range.mapped = options.input_is_mapped;
-    if (range.mapped) {
-      range.fd = options.input_fd;
-      range.offset = static_cast<uint64_t>(bytes.data() - file.data());
-    }
+    ByteRange range = input_range(bytes, file, options);
     if (defer) range.expected_crc = e.crc32;
     parsed.ranges.set(sid, range);
   }
