@@ -157,8 +157,12 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
   // The directory walk read every local header: in a checkpoint of small tensors that is every
   // page of the file. Drop them from this process's resident set (they stay in the page cache;
   // a later read faults them back) instead of holding the whole file while the pickle is decoded
-  // and lifted (issue 14: about 350 bytes a tensor at 16 floats each).
-  if (options.input_is_mapped) io::release_mapped_pages(file);
+  // and lifted (issue 14: about 350 bytes a tensor at 16 floats each). Only when the records
+  // are small on average: in a file of large tensors the walk touched few pages, and dropping
+  // pages the CRC pass or MTD's readers then fault back cost protect/restore of 1 GiB 0.7-1.1 s
+  // of CPU (bench_mtd.sh).
+  constexpr uint64_t kSmallRecords = 64 * 1024;  // mean bytes a zip entry
+  if (options.input_is_mapped && file.size() < zip.entries.size() * kSmallRecords) io::release_mapped_pages(file);
   if (zip.entries.empty()) return make_error(Rule::torch_empty_archive, "zip archive has no entries");
   const std::string first = zip.entries.front().name;
   auto slash = first.find('/');
