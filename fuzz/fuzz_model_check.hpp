@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <span>
 
+#include "cdr/sparse_check.hpp"
 #include "formats/parsed_model.hpp"
 #include "modelcdr/limits.hpp"
 
@@ -58,6 +59,8 @@ inline void check_model(const formats::ParsedModel& parsed, std::span<const uint
     if (v.kind == model::ValueKind::tensor) expect(v.tensor < m.tensors.size());
   }
   (void)limits::check_value_graph(m);  // an error is an answer; a crash or a hang is not
+  Findings sparse;  // the sparse invariant check reads index bytes through input-made strides
+  (void)cdr::check_sparse_tensors(m, sparse);
 }
 
 // The usual body of a reader's target: an error is fine, a model must be well formed.
