@@ -935,13 +935,13 @@ class Lifter {
     } else if (!mul_ok(static_cast<uint64_t>(*numel), elsize, nbytes)) {
       return err(pn.offset, Rule::cdr_bad_storage_size, "storage size overflows");
     }
-    if (auto it = storages_by_key_.find(*key); it != storages_by_key_.end()) {
-      const auto& s = m_.storages[it->second];
+    if (auto shared = lifted_storage(*key)) {
+      const auto& s = m_.storages[*shared];
       if (s.dtype != *dtype)
         return err(pn.offset, Rule::cdr_storage_dtype_conflict,
                    "storage '" + *key + "' is used as " + model::dtype_info(s.dtype).name + " and as " +
                        model::dtype_info(*dtype).name);
-      return std::optional<StorageView>(StorageView{it->second, *dtype});
+      return std::optional<StorageView>(StorageView{*shared, *dtype});
     }
     if (*location != "cpu")
       note(Severity::info, Rule::cdr_converted, "storage '" + *key + "' location '" + *location + "' written as 'cpu'", pn.offset);
@@ -1391,8 +1391,8 @@ class Lifter {
     if (it == opt_.tar_tensors->end()) return err(n.offset, Rule::torch_missing_tensor, "tensor '" + key.substr(0, 64) + "' is not in the tensors member");
     const TarTensor& tt = it->second;
     model::StorageId sid;
-    if (auto s = storages_by_key_.find(tt.storage_key); s != storages_by_key_.end()) {
-      sid = s->second;
+    if (auto shared = lifted_storage(tt.storage_key)) {
+      sid = *shared;
       if (m_.storages[sid].dtype != tt.dtype)
         return err(n.offset, Rule::cdr_storage_dtype_conflict, "storage '" + tt.storage_key + "' is used with two dtypes");
     } else {
@@ -1746,8 +1746,8 @@ class Lifter {
   // gets its bytes when the container binds it (bound_ says to which record).
   Result<model::StorageId> add_storage(const std::string& key, DType dtype, uint64_t nbytes, uint64_t offset) {
     using Kind = StorageTable::Kind;
-    auto it = table_.by_key.find(key);
-    if (table_.kind == Kind::none || it == table_.by_key.end()) {
+    const int64_t found = table_.kind == Kind::none ? -1 : table_.find(key);
+    if (found < 0) {
       switch (table_.kind) {
         case Kind::none:
           return err(offset, Rule::cdr_no_storage, std::string(table_.what) + " has no storage records (key '" + key + "')");
@@ -1759,20 +1759,31 @@ class Lifter {
           return err(offset, Rule::torch_missing_storage, "storage '" + key + "' is missing");
       }
     }
-    const StorageRecord& rec = table_.records[it->second];
-    if (table_.kind != Kind::tar && rec.size != nbytes)
+    const auto record = static_cast<uint32_t>(found);
+    const uint64_t size = table_.record_size(record);
+    if (table_.kind != Kind::tar && size != nbytes)
       return err(offset, Rule::torch_storage_size_mismatch,
-                 "record '" + rec.source + "' holds " + std::to_string(rec.size) + " bytes, the pickle declares " +
-                     std::to_string(nbytes));
+                 "record '" + std::string(table_.source(record)) + "' holds " + std::to_string(size) +
+                     " bytes, the pickle declares " + std::to_string(nbytes));
     model::Storage s;
     s.dtype = dtype;
-    s.nbytes = rec.size;
-    s.source = rec.source;
+    s.nbytes = size;
+    s.source = table_.source(record);
+    if (m_.storages.empty()) m_.storages.reserve(table_.size());  // at most one storage a record
     m_.storages.push_back(std::move(s));
     auto sid = static_cast<model::StorageId>(m_.storages.size() - 1);
-    storages_by_key_[key] = sid;
-    bound_.emplace_back(sid, it->second);
+    if (storage_of_record_.empty()) storage_of_record_.assign(table_.size(), kNoStorage);
+    storage_of_record_[record] = sid;
+    bound_.emplace_back(sid, record);
     return sid;
+  }
+
+  // The storage already lifted from the record named `key`, if any: a storage is shared by key.
+  std::optional<model::StorageId> lifted_storage(std::string_view key) const {
+    if (storage_of_record_.empty()) return std::nullopt;
+    const int64_t record = table_.find(key);
+    if (record < 0 || storage_of_record_[static_cast<size_t>(record)] == kNoStorage) return std::nullopt;
+    return storage_of_record_[static_cast<size_t>(record)];
   }
 
   const Program& p_;
@@ -1786,7 +1797,10 @@ class Lifter {
   std::vector<ValueId> done_;
   std::vector<uint32_t> heights_;   // by ValueId: nesting height once known, 0 = not yet
   std::vector<uint8_t> hashable_;   // by ValueId: 1 plain key, 2 not, 0 not yet known
-  std::unordered_map<std::string, model::StorageId> storages_by_key_;
+  // By record index in table_: the storage lifted from it (a flat array, where a map keyed by
+  // the key string cost about 70 bytes a storage).
+  static constexpr model::StorageId kNoStorage = 0xFFFFFFFFu;
+  std::vector<model::StorageId> storage_of_record_;
   std::unordered_map<NodeId, TensorId> tensor_nodes_;
   int module_roots_ = 0;
   std::vector<std::string> module_attributes_;  // of the whole model being converted

@@ -3,11 +3,14 @@
 // `_metadata`, primitives, containers, a handful of plain-data classes). Everything else is
 // replaced by a Dropped value and reported. Arguments are checked, not only names.
 #pragma once
+#include <deque>
 #include <span>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 #include <string>
 
+#include "container/name_index.hpp"
 #include "modelcdr/limits.hpp"
 #include "modelcdr/model.hpp"
 #include "modelcdr/result.hpp"
@@ -23,7 +26,8 @@ struct StorageRecord {
   std::string source;  // "archive/data/3", "storage 3", "storages/3": reports and the IR's Storage::source
   uint64_t size = 0;   // bytes the record holds
 };
-struct StorageTable {
+class StorageTable {
+ public:
   // How the lifter words a missing or mis-sized record, per container.
   enum class Kind : uint8_t {
     none,    // a stream without storage records (pickle, joblib, npy): any storage pid is cdr.no-storage
@@ -34,12 +38,45 @@ struct StorageTable {
   Kind kind = Kind::none;
   const char* what = "a pickle";  // Kind::none: "a bare pickle has no storage records"
   std::string key_prefix;         // Kind::zip: "archive/data/", to name a missing record
-  std::vector<StorageRecord> records;
-  std::unordered_map<std::string, uint32_t> by_key;  // persistent-id key -> index in records
+
+  StorageTable() = default;
+  StorageTable(StorageTable&&) = default;  // moving keeps the deque's strings where the views point
+  StorageTable& operator=(StorageTable&&) = default;
+  StorageTable(const StorageTable&) = delete;  // a copy's views would point into the original
+  StorageTable& operator=(const StorageTable&) = delete;
+
+  // A record whose key and source text the table keeps (copied).
   void add(std::string key, StorageRecord r) {
-    by_key.emplace(std::move(key), static_cast<uint32_t>(records.size()));
-    records.push_back(std::move(r));
+    const std::string& k = text_.emplace_back(std::move(key));
+    const std::string& s = text_.emplace_back(std::move(r.source));
+    add_view(k, s, r.size);
   }
+  // A record whose key and source are views into text that outlives the table (a zip's entry
+  // names): a checkpoint has one record per storage, 160k in a big one, and two std::strings
+  // plus a string-keyed map node cost about 270 bytes a record (issue 14).
+  void add_view(std::string_view key, std::string_view source, uint64_t size) {
+    recs_.push_back(Rec{key, source, size});
+    index_.insert(static_cast<uint32_t>(recs_.size() - 1), Keys{recs_});  // a duplicate key: the first stays
+  }
+  void reserve(size_t n) { recs_.reserve(n); }
+  // The index of the record with `key`, or -1.
+  int64_t find(std::string_view key) const { return index_.find(key, Keys{recs_}); }
+  size_t size() const { return recs_.size(); }
+  std::string_view source(uint32_t i) const { return recs_[i].source; }
+  uint64_t record_size(uint32_t i) const { return recs_[i].size; }
+
+ private:
+  struct Rec {
+    std::string_view key, source;
+    uint64_t size;
+  };
+  struct Keys {
+    const std::vector<Rec>& recs;
+    std::string_view operator()(uint32_t k) const { return recs[k].key; }
+  };
+  std::vector<Rec> recs_;
+  container::NameIndex index_;
+  std::deque<std::string> text_;  // add()'s copies: a deque, so views into them stay put
 };
 // Lift's output beside the model: the record each storage was lifted from, by StorageId
 // (kNoRecord for payloads the program itself carries, e.g. joblib arrays).

@@ -137,10 +137,13 @@ StorageRecords zip_storage_records(const container::ZipArchive& zip, const std::
   out.table.kind = cdr::StorageTable::Kind::zip;
   out.table.key_prefix = prefix + "/data/";
   const std::string& dir = out.table.key_prefix;
+  out.table.reserve(zip.entries.size());
+  out.entries.reserve(zip.entries.size());
   for (const auto& e : zip.entries) {
     if (e.name.size() <= dir.size() || e.name.compare(0, dir.size(), dir) != 0) continue;
-    if (out.table.by_key.count(e.name.substr(dir.size()))) continue;  // the first of duplicates, as find() does
-    out.table.add(e.name.substr(dir.size()), cdr::StorageRecord{e.name, e.uncompressed_size});
+    const std::string_view key = std::string_view(e.name).substr(dir.size());
+    if (out.table.find(key) >= 0) continue;  // the first of duplicates, as find() does
+    out.table.add_view(key, e.name, e.uncompressed_size);  // views: the archive outlives the table
     out.entries.push_back(&e);
   }
   return out;

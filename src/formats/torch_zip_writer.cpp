@@ -516,6 +516,31 @@ constexpr size_t kChunk = 1 << 20;
 // pread/write to 1.24-1.34x). Below it, a thread start costs more than the copy saves.
 constexpr size_t kKernelCopyMin = 4 << 20;
 
+// Records below this size are copied from the input's mapping, not with pread: in a checkpoint
+// of small tensors a pread a record was a system call a tensor (160k of 64 bytes: about 0.3 s of
+// system time, bench/bench_tensor_count.sh), where the mapping's pages come back from the page
+// cache many at a time (fault-around). SmallCopies drops them again every few MiB.
+constexpr size_t kMappedCopyMax = 64 * 1024;
+
+// The input pages that copies of small records faulted in since they were last dropped, so that
+// the resident set stays bounded however many records there are.
+struct SmallCopies {
+  const uint8_t* lo = nullptr;
+  const uint8_t* hi = nullptr;
+  size_t bytes = 0;
+  static constexpr size_t kReleaseEvery = 4 << 20;
+  void touched(std::span<const uint8_t> b) {
+    lo = lo ? std::min(lo, b.data()) : b.data();
+    hi = std::max(hi, b.data() + b.size());
+    if ((bytes += b.size()) >= kReleaseEvery) release();
+  }
+  void release() {
+    if (lo) io::release_mapped_pages(std::span<const uint8_t>(lo, static_cast<size_t>(hi - lo)));
+    lo = hi = nullptr;
+    bytes = 0;
+  }
+};
+
 // Streams `size` bytes at `offset` of the input descriptor through one reused buffer: a
 // pread/write pair per chunk costs about what cp costs, far less than faulting in a mapping.
 Status stream_from_fd(container::ZipWriter& zip, int fd, uint64_t offset, uint64_t size, std::vector<uint8_t>& buffer,
@@ -547,9 +572,10 @@ std::optional<uint64_t> folio_phase(const model::Storage& s, const ByteRange* r)
 // `r` (may be null) is where the bytes lie in the input; its expected_crc, when the container
 // stage left it to this copy, is the one "verify while copying" check.
 Status copy_payload(container::ZipWriter& zip, const std::string& name, const model::Storage& s, const ByteRange* r,
-                    std::vector<uint8_t>& buffer) {
+                    std::vector<uint8_t>& buffer, SmallCopies& small) {
   const std::span<const uint8_t> bytes = s.bytes;
-  const int fd = r && r->in_file() ? r->fd : -1;
+  const bool small_mapped = r && r->mapped && bytes.size() < kMappedCopyMax;
+  const int fd = r && r->in_file() && !small_mapped ? r->fd : -1;
   const std::optional<uint32_t> expected_crc = r ? r->expected_crc : std::nullopt;
   MCDR_TRY(zip.begin_entry(name, bytes.size(), folio_phase(s, r)));
   bool copied = false;
@@ -565,7 +591,8 @@ Status copy_payload(container::ZipWriter& zip, const std::string& name, const mo
   if (!copied && fd >= 0) {
     MCDR_TRY(stream_from_fd(zip, fd, r->offset, bytes.size(), buffer, s.source));
   } else if (!copied) {
-    const bool mapped = r && r->mapped;
+    const bool mapped = r && r->mapped && !small_mapped;
+    if (small_mapped) small.touched(bytes);
     for (size_t off = 0; off < bytes.size(); off += kChunk) {
       auto chunk = bytes.subspan(off, std::min(kChunk, bytes.size() - off));
       MCDR_TRY(zip.write_payload(chunk));
@@ -607,6 +634,7 @@ Status write_torch_zip(const Model& model, const TorchWriteOptions& options, io:
   MCDR_TRY(zip.add("archive/.storage_alignment", text("64")));
   MCDR_TRY(zip.add("archive/byteorder", text("little")));
   std::vector<uint8_t> copy_buffer;  // pread chunks of unchanged input payloads
+  SmallCopies small;                 // input pages small records were copied from
   for (size_t key = 0; key < order.size(); ++key) {
     uint32_t sid = order[key];
     const auto& s = sid >= kNewStorageBase ? extra[sid - kNewStorageBase] : model.storages[sid];
@@ -619,8 +647,9 @@ Status write_torch_zip(const Model& model, const TorchWriteOptions& options, io:
       MCDR_TRY(zip.end_entry());  // refuses a payload shorter than declared
       continue;
     }
-    MCDR_TRY(copy_payload(zip, name, s, range, copy_buffer));
+    MCDR_TRY(copy_payload(zip, name, s, range, copy_buffer, small));
   }
+  small.release();
   MCDR_TRY(zip.add("archive/version", text("3\n")));
   MCDR_TRY(zip.finish());  // waits for the checks of shared records
   if (options.shared_bytes) *options.shared_bytes = zip.shared_bytes();
