@@ -69,6 +69,11 @@ class Lifter {
     // the old and the new array (up to 3x the values) on pickles of millions of objects.
     m_.values.reserve(p_.nodes.size() + 64);
     done_.assign(p_.nodes.size(), model::kNoValue);
+    // At most one storage a record, and usually one tensor a storage: no doubling copies (and
+    // first touches of their pages) for checkpoints of many small tensors. Address space only
+    // until used.
+    m_.storages.reserve(table_.size());
+    m_.tensors.reserve(table_.size());
     MCDR_ASSIGN(m_.root, lift(p_.root, 0));
     if (binding) {
       binding->assign(m_.storages.size(), kNoRecord);
@@ -1769,7 +1774,6 @@ class Lifter {
     s.dtype = dtype;
     s.nbytes = size;
     s.source = table_.source(record);
-    if (m_.storages.empty()) m_.storages.reserve(table_.size());  // at most one storage a record
     m_.storages.push_back(std::move(s));
     auto sid = static_cast<model::StorageId>(m_.storages.size() - 1);
     if (storage_of_record_.empty()) storage_of_record_.assign(table_.size(), kNoStorage);

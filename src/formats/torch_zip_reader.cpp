@@ -205,6 +205,9 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
   std::vector<uint8_t> pkl_scratch;
   MCDR_ASSIGN(auto pkl_bytes, a.read(*pkl, pkl_scratch));
   MCDR_ASSIGN(pickle::Program program, decode_stream(pkl_bytes, pkl->name, 0, options, parsed.findings, false));
+  // The program keeps its own copy of every text: the stream's pages (about 100 bytes a tensor)
+  // need not stay resident while it is lifted.
+  if (options.input_is_mapped && pkl->method == 0) io::release_mapped_pages(pkl_bytes);
 
   // Container: the table of storage records. Lift: a pure function of the program and it.
   StorageRecords records = zip_storage_records(zip, a.prefix);
