@@ -32,9 +32,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (id >= prog.nodes.size()) __builtin_trap();
     };
     for (NodeId id : n.items) check(id);
-    for (NodeId id : n.appended) check(id);
-    for (NodeId id : n.build_states) check(id);
-    for (auto [k, v] : n.entries) {
+    for (NodeId id : n.appended()) check(id);
+    for (NodeId id : n.build_states()) check(id);
+    for (auto [k, v] : n.entries()) {
       check(k);
       check(v);
     }

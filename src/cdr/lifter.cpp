@@ -146,7 +146,7 @@ class Lifter {
   // as in CPython's unpickler.
   NodeId dict_get(const Node& d, std::string_view key) const {
     NodeId found = kNoNode;
-    for (auto [k, v] : d.entries) {
+    for (auto [k, v] : d.entries()) {
       const Node& kn = at(k);
       if ((kn.kind == NodeKind::Str || kn.kind == NodeKind::Py2Str) && kn.text == key) found = v;
     }
@@ -157,7 +157,7 @@ class Lifter {
     const Node& n = at(id);
     if (n.kind != NodeKind::Call || !is_global(at(n.items[0]), "collections", "OrderedDict")) return false;
     auto* args = tuple_items(n.items[1]);
-    return args && args->empty() && n.entries.empty() && n.build_states.empty();
+    return args && args->empty() && n.entries().empty() && n.build_states().empty();
   }
 
   // ---- the walk ------------------------------------------------------------------------
@@ -207,9 +207,9 @@ class Lifter {
 
   Result<ValueId> lift_uncached(NodeId id, uint32_t depth) {
     const Node& n = at(id);
-    if (n.kind != NodeKind::List && n.kind != NodeKind::Set && !n.appended.empty())
+    if (n.kind != NodeKind::List && n.kind != NodeKind::Set && !n.appended().empty())
       note(Severity::high, Rule::cdr_dropped, "APPEND on a non-list object removed", n.offset);
-    if (n.kind != NodeKind::Dict && n.kind != NodeKind::Call && !n.entries.empty())
+    if (n.kind != NodeKind::Dict && n.kind != NodeKind::Call && !n.entries().empty())
       note(Severity::high, Rule::cdr_dropped, "SETITEM on a non-dict object removed", n.offset);
     switch (n.kind) {
       case NodeKind::None: return scalar(ValueKind::none);
@@ -296,17 +296,17 @@ class Lifter {
   Result<ValueId> sequence(const Node& n, ValueKind k, const pickle::NodeIds& items, uint32_t depth) {
     Value v;
     v.kind = k;
-    v.items.reserve(items.size() + n.appended.size());
+    v.items.reserve(items.size() + n.appended().size());
     for (NodeId c : items) {
       MCDR_ASSIGN(ValueId cv, lift(c, depth + 1));
       v.items.push_back(cv);
     }
     if (k == ValueKind::set)
-      for (NodeId c : n.appended) {
+      for (NodeId c : n.appended()) {
         MCDR_ASSIGN(ValueId cv, lift(c, depth + 1));
         v.items.push_back(cv);
       }
-    if (!n.build_states.empty()) note(Severity::high, Rule::cdr_dropped, "BUILD state on a container removed", n.offset);
+    if (!n.build_states().empty()) note(Severity::high, Rule::cdr_dropped, "BUILD state on a container removed", n.offset);
     return m_.add(std::move(v));
   }
 
@@ -344,7 +344,7 @@ class Lifter {
     v.kind = k;
     MCDR_TRY(add_entries(n, v, depth));
     MCDR_TRY(merge_equal_keys(v, n.offset));
-    if (!n.build_states.empty()) note(Severity::high, Rule::cdr_dropped, "BUILD state on a dict removed", n.offset);
+    if (!n.build_states().empty()) note(Severity::high, Rule::cdr_dropped, "BUILD state on a dict removed", n.offset);
     return m_.add(std::move(v));
   }
 
@@ -444,8 +444,8 @@ class Lifter {
   }
 
   Status add_entries(const Node& n, Value& v, uint32_t depth) {
-    v.entries.reserve(n.entries.size());
-    for (auto [kn, vn] : n.entries) {
+    v.entries.reserve(n.entries().size());
+    for (auto [kn, vn] : n.entries()) {
       ValueId kv;
       if (at(kn).kind == NodeKind::Global) {
         kv = class_key(at(kn));
@@ -622,7 +622,7 @@ class Lifter {
     if (name == "defaultdict" && !args.empty() && at(args[0]).kind != NodeKind::None)
       note(Severity::low, Rule::cdr_dropped, "defaultdict default factory removed", n.offset);
     MCDR_TRY(add_entries(n, v, depth));
-    for (NodeId s : n.build_states) MCDR_TRY(apply_dict_state(n, s, v, depth));
+    for (NodeId s : n.build_states()) MCDR_TRY(apply_dict_state(n, s, v, depth));
     MCDR_TRY(merge_equal_keys(v, n.offset));
     return m_.add(std::move(v));
   }
@@ -634,7 +634,7 @@ class Lifter {
       note(Severity::high, Rule::pickle_build_on_object, "BUILD with a non-dict state removed", st.offset);
       return ok_status();
     }
-    for (auto [kn, vn] : st.entries) {
+    for (auto [kn, vn] : st.entries()) {
       const Node& k = at(kn);
       if (k.kind == NodeKind::Str && k.text == "_metadata" &&
           (at(vn).kind == NodeKind::Dict || at(vn).kind == NodeKind::Call)) {
@@ -816,8 +816,8 @@ class Lifter {
     auto* a = tuple_items(dt.items[1]);
     if (!a || a->empty() || !as_text((*a)[0])) return std::nullopt;
     char order = '<';
-    if (!dt.build_states.empty()) {
-      auto* st = tuple_items(dt.build_states.back());
+    if (!dt.build_states().empty()) {
+      auto* st = tuple_items(dt.build_states().back());
       if (st && st->size() >= 2 && as_text((*st)[1]) && as_text((*st)[1])->size() == 1) order = (*as_text((*st)[1]))[0];
     }
     return std::make_pair(order, *as_text((*a)[0]));
@@ -1040,7 +1040,7 @@ class Lifter {
       const Node& meta = at(a[meta_index]);
       if (meta.kind != NodeKind::Dict && meta.kind != NodeKind::None)
         return err(n.offset, Rule::cdr_bad_tensor, "tensor metadata is not a dict");
-      for (auto [k, v] : meta.entries)
+      for (auto [k, v] : meta.entries())
         if (as_int(v).value_or(0) != 0)
           return err(n.offset, Rule::cdr_unsupported, "tensor with conj/neg bits set is not supported");
     }
@@ -1061,7 +1061,7 @@ class Lifter {
       note(Severity::medium, Rule::cdr_dropped, "parameter backward hooks removed", at(a[2]).offset);
     if (a.size() == 4) {
       const Node& st = at(a[3]);
-      bool empty = st.kind == NodeKind::None || (st.kind == NodeKind::Dict && st.entries.empty());
+      bool empty = st.kind == NodeKind::None || (st.kind == NodeKind::Dict && st.entries().empty());
       if (!empty) note(Severity::medium, Rule::cdr_dropped, "Python attributes of a parameter removed", st.offset);
     }
     Tensor t = m_.tensors[*inner];
@@ -1179,7 +1179,7 @@ class Lifter {
     bool plain = is_global(type, "torch", "Tensor") || is_global(type, "torch.nn.parameter", "Parameter");
     if (!plain) note(Severity::medium, Rule::cdr_converted, "tensor subclass " + global_text(type) + " written as a plain tensor", n.offset);
     const Node& st = at(a[3]);
-    if (!(st.kind == NodeKind::None || (st.kind == NodeKind::Dict && st.entries.empty())))
+    if (!(st.kind == NodeKind::None || (st.kind == NodeKind::Dict && st.entries().empty())))
       note(Severity::medium, Rule::cdr_dropped, "Python attributes of a tensor removed", st.offset);
     if (fn.text != "torch._utils") return dropped(n, "tensor subclass", "inner rebuild function is not torch._utils");
     MCDR_ASSIGN(std::optional<TensorId> tid, tensor_from_call(a[2], fn.name, *tuple_items(a[2]), depth + 1));
@@ -1208,8 +1208,8 @@ class Lifter {
       }
     }
     if (cls->kind != NodeKind::Global) return dropped(n, "object of a computed class", "not plain data", Severity::critical);
-    const Node& state = n.build_states.empty() ? n : at(n.build_states.back());
-    bool has_state_dict = !n.build_states.empty() && state.kind == NodeKind::Dict;
+    const Node& state = n.build_states().empty() ? n : at(n.build_states().back());
+    bool has_state_dict = !n.build_states().empty() && state.kind == NodeKind::Dict;
     if (has_state_dict && dict_get(state, "_parameters") != kNoNode && dict_get(state, "_modules") != kNoNode)
       return module_state_dict(id, *cls, depth);
     if (has_state_dict && (is_global(*cls, "argparse", "Namespace") || is_global(*cls, "types", "SimpleNamespace"))) {
@@ -1278,7 +1278,7 @@ class Lifter {
   std::vector<std::pair<NodeId, NodeId>> last_value_wins_of(const Node& d) const {
     std::vector<std::pair<NodeId, NodeId>> out;
     std::unordered_map<std::string, size_t> seen;
-    for (auto [kn, vn] : d.entries) {
+    for (auto [kn, vn] : d.entries()) {
       auto t = as_text(kn);
       if (!t) continue;
       auto [it, fresh] = seen.emplace(*t, out.size());
@@ -1293,7 +1293,7 @@ class Lifter {
   std::vector<std::pair<NodeId, NodeId>> last_value_wins(NodeId holder) const {
     std::vector<std::pair<NodeId, NodeId>> out;
     std::unordered_map<std::string, size_t> seen;
-    for (auto [kn, vn] : at(holder).entries) {
+    for (auto [kn, vn] : at(holder).entries()) {
       const Node& k = at(kn);
       bool text = k.kind == NodeKind::Str || k.kind == NodeKind::Py2Str || k.kind == NodeKind::Bytes;
       if (!text) {
@@ -1322,7 +1322,7 @@ class Lifter {
       auto* t = tuple_items(cls->items[0]);
       if (t && t->size() >= 2) cls = &at((*t)[at((*t)[0]).kind == NodeKind::Global ? 0 : 1]);
     }
-    const Node& state = at(n.build_states.back());
+    const Node& state = at(n.build_states().back());
     model::ModuleInfo info;
     info.path = root_prefix + (prefix.empty() ? "" : prefix.substr(0, prefix.size() - 1));
     if (cls->kind == NodeKind::Global) {
@@ -1363,9 +1363,9 @@ class Lifter {
       auto name = as_text(kn);
       const Node& child = at(vn);
       if (!name || child.kind == NodeKind::None) continue;
-      bool is_module = child.kind == NodeKind::NewObj && !child.build_states.empty() &&
-                       at(child.build_states.back()).kind == NodeKind::Dict &&
-                       dict_get(at(child.build_states.back()), "_parameters") != kNoNode;
+      bool is_module = child.kind == NodeKind::NewObj && !child.build_states().empty() &&
+                       at(child.build_states().back()).kind == NodeKind::Dict &&
+                       dict_get(at(child.build_states().back()), "_parameters") != kNoNode;
       if (!is_module) {
         note(Severity::high, Rule::cdr_dropped, "submodule '" + prefix + *name + "' is not a module object", child.offset);
         continue;
@@ -1424,8 +1424,8 @@ class Lifter {
     if (m_.values[inner].kind != ValueKind::tensor) return dropped(n, "parameter", "its data is not a tensor");
     bool rg = true;
     if (args.size() == 2 && as_int(args[1])) rg = *as_int(args[1]) != 0;
-    if (!n.build_states.empty()) {
-      auto* st = tuple_items(n.build_states.back());
+    if (!n.build_states().empty()) {
+      auto* st = tuple_items(n.build_states().back());
       if (st && !st->empty() && as_int((*st)[0])) rg = *as_int((*st)[0]) != 0;
       if (st && st->size() >= 3 && at((*st)[2]).kind != NodeKind::None && !is_empty_ordered_dict_call((*st)[2]))
         note(Severity::medium, Rule::cdr_dropped, "parameter backward hooks removed", n.offset);
@@ -1448,9 +1448,9 @@ class Lifter {
     Value v;
     v.kind = ValueKind::numpy_dtype;
     v.text = *code;
-    if (n.build_states.size() > 1) return dropped(n, "numpy dtype", "more than one BUILD");
-    if (!n.build_states.empty()) {
-      NodeId sid = n.build_states.back();
+    if (n.build_states().size() > 1) return dropped(n, "numpy dtype", "more than one BUILD");
+    if (!n.build_states().empty()) {
+      NodeId sid = n.build_states().back();
       auto* st = tuple_items(sid);
       if (!st || st->size() != 8 || as_int((*st)[0]) != std::optional<int64_t>(3) || !as_text((*st)[1]) ||
           at((*st)[2]).kind != NodeKind::None)
@@ -1579,8 +1579,8 @@ class Lifter {
   Result<ValueId> numpy_reconstruct(const Node& n, const pickle::NodeIds& args, uint32_t depth) {
     if (args.size() != 3 || !is_global(at(args[0]), "numpy", "ndarray"))
       return dropped(n, "numpy array", "not a plain numpy.ndarray (subclasses are not rebuilt)");
-    if (n.build_states.size() != 1) return dropped(n, "numpy array", "expected exactly one BUILD");
-    auto* st = tuple_items(n.build_states.back());
+    if (n.build_states().size() != 1) return dropped(n, "numpy array", "expected exactly one BUILD");
+    auto* st = tuple_items(n.build_states().back());
     if (!st || st->size() != 5 || as_int((*st)[0]) != std::optional<int64_t>(1) || !as_int((*st)[3]))
       return dropped(n, "numpy array", "state is not (1, shape, dtype, is_fortran, data)");
     MCDR_ASSIGN(auto shape, array_shape((*st)[1]));
@@ -1649,9 +1649,9 @@ class Lifter {
   // joblib NumpyArrayWrapper + BUILD {subclass, shape, order, dtype, allow_mmap[, alignment]},
   // with the array bytes consumed by the reader's hook (Node::has_payload).
   Result<ValueId> joblib_array(const Node& n, uint32_t depth) {
-    if (n.build_states.size() != 1 || at(n.build_states.back()).kind != NodeKind::Dict)
+    if (n.build_states().size() != 1 || at(n.build_states().back()).kind != NodeKind::Dict)
       return dropped(n, "joblib array", "wrapper state is not one dict");
-    const Node& st = at(n.build_states.back());
+    const Node& st = at(n.build_states().back());
     NodeId sub = dict_get(st, "subclass"), shape_id = dict_get(st, "shape"), order = dict_get(st, "order"),
            dtype = dict_get(st, "dtype");
     if (sub == kNoNode || shape_id == kNoNode || order == kNoNode || dtype == kNoNode)
@@ -1720,7 +1720,7 @@ class Lifter {
   Result<ValueId> registry_object(const Node& n, uint32_t cid, const pickle::NodeIds* ctor_args, uint32_t depth) {
     const RegistryClass& rc = opt_.registry->at(cid);
     std::string what = "object of class " + rc.module + "." + rc.name;
-    if (n.build_states.size() > 1) return dropped(n, what, "more than one BUILD");
+    if (n.build_states().size() > 1) return dropped(n, what, "more than one BUILD");
     Value v;
     v.kind = ValueKind::object;
     v.class_id = cid;
@@ -1729,18 +1729,18 @@ class Lifter {
         MCDR_ASSIGN(ValueId av, lift(a, depth + 1));
         v.items.push_back(av);
       }
-    if (!n.build_states.empty()) {
-      const Node& st = at(n.build_states.back());
+    if (!n.build_states().empty()) {
+      const Node& st = at(n.build_states().back());
       // numpy's bit generators (reduce, tuple state) took a dict state before numpy 2
       bool dict_too = rc.construct == Construct::reduce && st.kind == NodeKind::Dict;
       if (rc.tuple_state && !dict_too) {
         if (st.kind != NodeKind::Tuple) return dropped(n, what, "its state is not the tuple its __setstate__ takes");
       } else {
         if (st.kind != NodeKind::Dict) return dropped(n, what, "its state is not a dict");
-        for (auto [k, val] : st.entries)
+        for (auto [k, val] : st.entries())
           if (at(k).kind != NodeKind::Str) return dropped(n, what, "its state has a non-string attribute name");
       }
-      MCDR_ASSIGN(v.state, lift(n.build_states.back(), depth + 1));
+      MCDR_ASSIGN(v.state, lift(n.build_states().back(), depth + 1));
     }
     note(Severity::info, Rule::cdr_registry_object, what + " rebuilt from the vetted class registry", n.offset);
     return m_.add(std::move(v));

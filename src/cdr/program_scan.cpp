@@ -495,7 +495,7 @@ void scan_program(const pickle::Program& p, const std::string& entry, Findings& 
         break;
       default: break;
     }
-    if (!n.build_states.empty() && !plain_build_target(p, n) && n.kind != NodeKind::NewObj)
+    if (!n.build_states().empty() && !plain_build_target(p, n) && n.kind != NodeKind::NewObj)
       add_finding(out, safe_build_target(p, n) ? Severity::low : Severity::high, Rule::pickle_build_on_object,
                   "BUILD applies state to a non-plain object" + build_target_name(p, n), entry, n.offset);
   }

@@ -23,7 +23,7 @@ using pickle::NodeKind;
 using pickle::Program;
 
 NodeId dict_get(const Program& p, const Node& d, std::string_view key) {
-  for (auto [k, v] : d.entries) {
+  for (auto [k, v] : d.entries()) {
     const Node& kn = p.at(k);
     if ((kn.kind == NodeKind::Str || kn.kind == NodeKind::Py2Str) && kn.text == key) return v;
   }
@@ -41,7 +41,7 @@ void soften_vetted(const Program& p, const cdr::ClassRegistry& reg, const std::s
 Result<pickle::RawPayload> read_array_payload(const Program& p, NodeId id, io::ByteCursor& cur, const ReadOptions& options,
                                               Findings& findings) {
   const Node& n = p.at(id);
-  const Node& st = p.at(n.build_states.back());
+  const Node& st = p.at(n.build_states().back());
   if (st.kind != NodeKind::Dict) return bad(cur, "NumpyArrayWrapper state is not a dict");
   NodeId dt = dict_get(p, st, "dtype"), shape = dict_get(p, st, "shape");
   if (dt == pickle::kNoNode || shape == pickle::kNoNode) return bad(cur, "NumpyArrayWrapper state lacks dtype or shape");

@@ -71,7 +71,7 @@ Result<ParsedModel> read_torch_legacy(std::span<const uint8_t> file, const ReadO
   MCDR_ASSIGN(Program sys_info, next("sys_info"));
   if (sys_info.at(sys_info.root).kind != NodeKind::Dict)
     return make_error(Rule::torch_legacy_header, "sys_info is not a dict", sysinfo_offset);
-  for (auto [k, v] : sys_info.at(sys_info.root).entries)
+  for (auto [k, v] : sys_info.at(sys_info.root).entries())
     if (sys_info.at(k).text == "little_endian" && sys_info.at(v).kind == NodeKind::Bool && !sys_info.at(v).b)
       return make_error(Rule::cdr_unsupported, "big-endian legacy checkpoints are not supported", sysinfo_offset);
   uint64_t object_offset = pos;

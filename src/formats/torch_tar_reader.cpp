@@ -62,7 +62,7 @@ Result<ParsedModel> read_torch_tar(std::span<const uint8_t> file, const ReadOpti
   const uint64_t sys_base = tar.find("sys_info")->data_offset;
   MCDR_ASSIGN(Program sys, decode_stream(sys_bytes, "sys_info", sys_base, options, parsed.findings, false));
   if (sys.at(sys.root).kind != NodeKind::Dict) return make_error(Rule::torch_legacy_header, "sys_info is not a dict", 0, "sys_info");
-  for (auto [k, v] : sys.at(sys.root).entries)
+  for (auto [k, v] : sys.at(sys.root).entries())
     if (sys.at(k).text == "little_endian" && sys.at(v).kind == NodeKind::Bool && !sys.at(v).b)
       return make_error(Rule::cdr_unsupported, "big-endian tar checkpoints are not supported", 0, "sys_info");
 

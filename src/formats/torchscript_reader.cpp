@@ -111,7 +111,7 @@ class Walker {
     info.path = path.empty() ? "" : path.substr(0, path.size() - 1);
     info.class_module = cls.text;
     info.class_name = cls.name;
-    if (n.build_states.size() != 1 || p_.at(n.build_states.back()).kind != NodeKind::Dict) {
+    if (n.build_states().size() != 1 || p_.at(n.build_states().back()).kind != NodeKind::Dict) {
       add_finding(findings_, Severity::high, Rule::torchscript_setstate,
                   "module '" + info.path + "' (" + cls.text + "." + cls.name +
                       ") is restored by a TorchScript __setstate__; its state was dropped",
@@ -119,7 +119,7 @@ class Walker {
       arch.push_back(info);
       return ok_status();
     }
-    const Node& st = p_.at(n.build_states.back());
+    const Node& st = p_.at(n.build_states().back());
     Declared decl = declared(cls);
     std::vector<std::pair<std::string, NodeId>> params, buffers, children;
     for (auto [k, v] : last_value_wins(st)) {
@@ -163,7 +163,7 @@ class Walker {
   std::vector<std::pair<NodeId, NodeId>> last_value_wins(const Node& st) const {
     std::vector<std::pair<NodeId, NodeId>> out;
     std::unordered_map<std::string, size_t> seen;
-    for (auto [k, v] : st.entries) {
+    for (auto [k, v] : st.entries()) {
       const Node& kn = p_.at(k);
       if (kn.kind != NodeKind::Str) continue;
       auto [it, fresh] = seen.emplace(kn.text, out.size());
@@ -461,7 +461,7 @@ Status read_torchscript_archive(std::span<const uint8_t> file, const container::
     k.kind = NodeKind::Str;
     k.text = program.keep(path);
     NodeId kid = add(k);
-    od.entries.push_back(*program.arena, {kid, v});
+    od.mutations(*program.arena).entries.push_back(*program.arena, {kid, v});
   }
   program.root = add(od);
 

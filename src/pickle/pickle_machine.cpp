@@ -733,7 +733,7 @@ class Machine {
     const Node& t = node(target);
     const Node& st = node(state);
     if (t.kind != NodeKind::Global || st.kind != NodeKind::Dict) return;
-    for (const auto& [k, v] : st.entries)
+    for (const auto& [k, v] : st.entries())
       if (const Node* key = as_cpython_str(k)) module_attrs_[std::string(t.text) + "." + std::string(t.name) + "." + std::string(key->text)] = v;
   }
 
@@ -794,7 +794,7 @@ class Machine {
     stack_.reserve(256);
     marks_.reserve(64);
     // The whole node budget up front: address space only until used, and no doubling copy that
-    // briefly holds 3x the nodes (80 bytes each) on a stream of millions of objects.
+    // briefly holds 3x the nodes (64 bytes each) on a stream of millions of objects.
     prog_.nodes.reserve(static_cast<size_t>(std::min<uint64_t>({cur_.size() + 16, lim_.max_nodes})));
     while (true) {
       op_pos_ = cur_.pos();
@@ -996,7 +996,7 @@ class Machine {
       case Op::DICT: {
         MCDR_ASSIGN(size_t m, pop_mark());
         MCDR_ASSIGN(NodeId id, make(NodeKind::Dict));
-        MCDR_TRY(take_pairs(m, node(id).entries, "DICT"));
+        MCDR_TRY(take_pairs(m, node(id).mutations(*prog_.arena).entries, "DICT"));
         return push(id);
       }
       case Op::TUPLE1: return small_tuple(1);
@@ -1007,33 +1007,33 @@ class Machine {
         MCDR_TRY(count_items(1));
         NodeId v = pop_unchecked();
         Node& target = node(stack_.back());
-        (target.kind == NodeKind::List ? target.items : target.appended).push_back(*prog_.arena, v);
+        (target.kind == NodeKind::List ? target.items : target.mutations(*prog_.arena).appended).push_back(*prog_.arena, v);
         return ok_status();
       }
       case Op::APPENDS: {
         MCDR_ASSIGN(size_t m, pop_mark());
         if (m <= fence() || m > stack_.size()) return underflow();
         Node& target = node(stack_[m - 1]);
-        return take_from(m, target.kind == NodeKind::List ? target.items : target.appended);
+        return take_from(m, target.kind == NodeKind::List ? target.items : target.mutations(*prog_.arena).appended);
       }
       case Op::ADDITEMS: {
         MCDR_ASSIGN(size_t m, pop_mark());
         if (m <= fence() || m > stack_.size()) return underflow();
         Node& target = node(stack_[m - 1]);
-        return take_from(m, target.kind == NodeKind::Set ? target.items : target.appended);
+        return take_from(m, target.kind == NodeKind::Set ? target.items : target.mutations(*prog_.arena).appended);
       }
       case Op::SETITEM: {
         MCDR_TRY(need(3));
         MCDR_TRY(count_items(2));
         NodeId v = pop_unchecked();
         NodeId k = pop_unchecked();
-        node(stack_.back()).entries.push_back(*prog_.arena, {k, v});
+        node(stack_.back()).mutations(*prog_.arena).entries.push_back(*prog_.arena, {k, v});
         return ok_status();
       }
       case Op::SETITEMS: {
         MCDR_ASSIGN(size_t m, pop_mark());
         if (m <= fence() || m > stack_.size()) return underflow();
-        return take_pairs(m, node(stack_[m - 1]).entries, "SETITEMS");
+        return take_pairs(m, node(stack_[m - 1]).mutations(*prog_.arena).entries, "SETITEMS");
       }
 
       // ---- stack manipulation
@@ -1125,7 +1125,7 @@ class Machine {
         MCDR_TRY(need(2));
         MCDR_TRY(count_items(1));
         NodeId state = pop_unchecked();
-        node(stack_.back()).build_states.push_back(*prog_.arena, state);
+        node(stack_.back()).mutations(*prog_.arena).build_states.push_back(*prog_.arena, state);
         if (opt_.cpython_view) note_module_setattr(stack_.back(), state);
         if (opt_.on_array_build && is_array_wrapper(stack_.back())) return array_payload(stack_.back());
         return ok_status();

@@ -3,8 +3,9 @@
 // arena and refer to each other by index, so memo references keep identity (tied weights
 // stay tied) and cycles are representable without ownership problems.
 //
-// Memory: a checkpoint holds about 15 nodes per tensor, so a Node is kept small (80 bytes):
+// Memory: a checkpoint holds about 15 nodes per tensor, so a Node is kept small (64 bytes):
 // text is a view into the Program's byte arena, child lists are arena blocks reached by one
+// pointer, the rarer lists (dict entries, appends, BUILD states) one arena block reached by one
 // pointer, and the rare joblib payload span sits in a side table (Program::payloads).
 #pragma once
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <memory>
+#include <new>
 #include <span>
 #include <string>
 #include <string_view>
@@ -149,6 +151,15 @@ enum class NodeKind : uint8_t {
   Buffer,     // NEXT_BUFFER (out-of-band; never legitimate in a file)
 };
 
+// Mutations applied to a node after construction, in stream order. Few nodes have any (dicts,
+// SETITEM(S)/APPEND(S)/BUILD targets), so they sit in one arena block the node points to.
+struct NodeMutations {
+  NodePairs entries;         // DICT contents and SETITEM(S) on any node
+  NodeIds appended;          // APPEND(S)/ADDITEMS applied to a non-List/Set node
+  NodeIds build_states;      // BUILD states applied to this node
+};
+inline constexpr NodeMutations kNoMutations{};
+
 struct Node {
   // One word for the kind, the flags and the offset (a Node is built per pickle object, about
   // 15 a tensor, so every word counts; offsets stay far below 2^52).
@@ -166,12 +177,18 @@ struct Node {
   Text text;                 // Str / Py2Str / Bytes / ByteArray / BigInt payload; Global module (arena)
   Text name;                 // Global name (arena)
   NodeIds items;             // see NodeKind
-  // Mutations applied after construction, in stream order:
-  NodePairs entries;         // DICT contents and SETITEM(S) on any node
-  NodeIds appended;          // APPEND(S)/ADDITEMS applied to a non-List/Set node
-  NodeIds build_states;      // BUILD states applied to this node
+  NodeMutations* mut = nullptr;  // arena; null when nothing was applied (most nodes)
+
+  const NodePairs& entries() const { return (mut ? *mut : kNoMutations).entries; }
+  const NodeIds& appended() const { return (mut ? *mut : kNoMutations).appended; }
+  const NodeIds& build_states() const { return (mut ? *mut : kNoMutations).build_states; }
+  // For whoever owns the arena (the machine, a reader building a program): the block to add to.
+  NodeMutations& mutations(Arena& arena) {
+    if (!mut) mut = new (arena.allocate(sizeof(NodeMutations))) NodeMutations();
+    return *mut;
+  }
 };
-static_assert(sizeof(Node) == 80, "keep pickle::Node compact: it is built about 15 times a tensor");
+static_assert(sizeof(Node) == 64, "keep pickle::Node compact: it is built about 15 times a tensor");
 
 // Raw bytes after a BUILD (joblib): [offset, +size) of the decoded span.
 struct NodePayload {

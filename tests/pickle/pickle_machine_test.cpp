@@ -275,12 +275,12 @@ TEST(PickleMachine, BuildRecordsStateAndKeepsTarget) {
   EXPECT_OK(r);
   const Node& obj = r.root();
   ASSERT_EQ(obj.kind, NodeKind::NewObj);
-  ASSERT_EQ(obj.build_states.size(), 1u);
-  const Node& state = r.at(obj.build_states[0]);
+  ASSERT_EQ(obj.build_states().size(), 1u);
+  const Node& state = r.at(obj.build_states()[0]);
   ASSERT_EQ(state.kind, NodeKind::Dict);
-  ASSERT_EQ(state.entries.size(), 1u);
-  EXPECT_EQ(r.at(state.entries[0].first).text, "a");
-  EXPECT_EQ(r.at(state.entries[0].second).i, 1);
+  ASSERT_EQ(state.entries().size(), 1u);
+  EXPECT_EQ(r.at(state.entries()[0].first).text, "a");
+  EXPECT_EQ(r.at(state.entries()[0].second).i, 1);
   EXPECT_ERR(run("}b."), Rule::pickle_stack_underflow);
 }
 
@@ -289,23 +289,23 @@ TEST(PickleMachine, SetItemsOnACallNodeAreEntries) {
   EXPECT_OK(r);
   const Node& od = r.root();
   ASSERT_EQ(od.kind, NodeKind::Call);
-  ASSERT_EQ(od.entries.size(), 3u);
-  EXPECT_EQ(r.at(od.entries[0].first).text, "k");
-  EXPECT_EQ(r.at(od.entries[1].second).i, 2);
-  EXPECT_EQ(r.at(od.entries[2].first).text, "z");
-  EXPECT_TRUE(od.appended.empty());
+  ASSERT_EQ(od.entries().size(), 3u);
+  EXPECT_EQ(r.at(od.entries()[0].first).text, "k");
+  EXPECT_EQ(r.at(od.entries()[1].second).i, 2);
+  EXPECT_EQ(r.at(od.entries()[2].first).text, "z");
+  EXPECT_TRUE(od.appended().empty());
 }
 
 TEST(PickleMachine, AppendsOnNonListGoToAppended) {
   auto r = run("cfoo\nBag\n)RK\x01" "a(K\x02K\x03" "e."sv);
   EXPECT_OK(r);
   EXPECT_EQ(r.root().kind, NodeKind::Call);
-  EXPECT_EQ(r.root().appended.size(), 3u);
+  EXPECT_EQ(r.root().appended().size(), 3u);
   EXPECT_EQ(r.at(r.root().items[1]).kind, NodeKind::Tuple);
   auto list = run("](K\x02K\x03" "eK\x04" "a."sv);
   EXPECT_OK(list);
   EXPECT_EQ(list.root().items.size(), 3u);
-  EXPECT_TRUE(list.root().appended.empty());
+  EXPECT_TRUE(list.root().appended().empty());
 }
 
 TEST(PickleMachine, AddItemsAndFrozenSet) {
@@ -316,7 +316,7 @@ TEST(PickleMachine, AddItemsAndFrozenSet) {
   auto other = run("](K\x01\x90."sv);  // ADDITEMS on a list: set.update semantics -> appended
   EXPECT_OK(other);
   EXPECT_TRUE(other.root().items.empty());
-  EXPECT_EQ(other.root().appended.size(), 1u);
+  EXPECT_EQ(other.root().appended().size(), 1u);
   auto fs = run("(K\x01K\x02\x91."sv);
   EXPECT_OK(fs);
   EXPECT_EQ(fs.root().kind, NodeKind::FrozenSet);
@@ -327,7 +327,7 @@ TEST(PickleMachine, DictAndSetItemsRejectOddCounts) {
   auto d = run("(K\x01K\x02K\x03K\x04" "d."sv);
   EXPECT_OK(d);
   EXPECT_EQ(d.root().kind, NodeKind::Dict);
-  EXPECT_EQ(d.root().entries.size(), 2u);
+  EXPECT_EQ(d.root().entries().size(), 2u);
   EXPECT_ERR(run("(K\x01" "d."sv), Rule::pickle_odd_items);
   EXPECT_ERR(run("}(K\x01u."sv), Rule::pickle_odd_items);
 }
