@@ -940,7 +940,8 @@ class Lifter {
     } else if (!mul_ok(static_cast<uint64_t>(*numel), elsize, nbytes)) {
       return err(pn.offset, Rule::cdr_bad_storage_size, "storage size overflows");
     }
-    if (auto shared = lifted_storage(*key)) {
+    const int64_t record = find_record(*key);
+    if (auto shared = lifted_storage(record)) {
       const auto& s = m_.storages[*shared];
       if (s.dtype != *dtype)
         return err(pn.offset, Rule::cdr_storage_dtype_conflict,
@@ -950,7 +951,7 @@ class Lifter {
     }
     if (*location != "cpu")
       note(Severity::info, Rule::cdr_converted, "storage '" + *key + "' location '" + *location + "' written as 'cpu'", pn.offset);
-    MCDR_ASSIGN(auto sid, add_storage(*key, *dtype, nbytes, pn.offset));
+    MCDR_ASSIGN(auto sid, add_storage(*key, record, *dtype, nbytes, pn.offset));
     return std::optional<StorageView>(StorageView{sid, *dtype});
   }
 
@@ -1396,12 +1397,13 @@ class Lifter {
     if (it == opt_.tar_tensors->end()) return err(n.offset, Rule::torch_missing_tensor, "tensor '" + key.substr(0, 64) + "' is not in the tensors member");
     const TarTensor& tt = it->second;
     model::StorageId sid;
-    if (auto shared = lifted_storage(tt.storage_key)) {
+    const int64_t record = find_record(tt.storage_key);
+    if (auto shared = lifted_storage(record)) {
       sid = *shared;
       if (m_.storages[sid].dtype != tt.dtype)
         return err(n.offset, Rule::cdr_storage_dtype_conflict, "storage '" + tt.storage_key + "' is used with two dtypes");
     } else {
-      MCDR_ASSIGN(sid, add_storage(tt.storage_key, tt.dtype, tt.storage_nbytes, n.offset));
+      MCDR_ASSIGN(sid, add_storage(tt.storage_key, record, tt.dtype, tt.storage_nbytes, n.offset));
     }
     Tensor t;
     t.dtype = tt.dtype;
@@ -1749,9 +1751,15 @@ class Lifter {
   // A storage the program names by `key`, from the container's table: the record must exist
   // and, where the container says so, hold exactly the bytes the program declares. The storage
   // gets its bytes when the container binds it (bound_ says to which record).
-  Result<model::StorageId> add_storage(const std::string& key, DType dtype, uint64_t nbytes, uint64_t offset) {
+  // The record the program's storage `key` names in the container's table, or -1.
+  int64_t find_record(std::string_view key) const {
+    return table_.kind == StorageTable::Kind::none ? -1 : table_.find(key);
+  }
+
+  // `found`: find_record(key).
+  Result<model::StorageId> add_storage(const std::string& key, int64_t found, DType dtype, uint64_t nbytes,
+                                       uint64_t offset) {
     using Kind = StorageTable::Kind;
-    const int64_t found = table_.kind == Kind::none ? -1 : table_.find(key);
     if (found < 0) {
       switch (table_.kind) {
         case Kind::none:
@@ -1782,11 +1790,10 @@ class Lifter {
     return sid;
   }
 
-  // The storage already lifted from the record named `key`, if any: a storage is shared by key.
-  std::optional<model::StorageId> lifted_storage(std::string_view key) const {
-    if (storage_of_record_.empty()) return std::nullopt;
-    const int64_t record = table_.find(key);
-    if (record < 0 || storage_of_record_[static_cast<size_t>(record)] == kNoStorage) return std::nullopt;
+  // The storage already lifted from `record` (find_record), if any: a storage is shared by key.
+  std::optional<model::StorageId> lifted_storage(int64_t record) const {
+    if (record < 0 || storage_of_record_.empty() || storage_of_record_[static_cast<size_t>(record)] == kNoStorage)
+      return std::nullopt;
     return storage_of_record_[static_cast<size_t>(record)];
   }
 

@@ -54,11 +54,17 @@ class StorageTable {
   // A record whose key and source are views into text that outlives the table (a zip's entry
   // names): a checkpoint has one record per storage, 160k in a big one, and two std::strings
   // plus a string-keyed map node cost about 270 bytes a record (issue 14).
-  void add_view(std::string_view key, std::string_view source, uint64_t size) {
+  // False (nothing added) when a record with this key is there already: the first one stays.
+  bool add_view(std::string_view key, std::string_view source, uint64_t size) {
     recs_.push_back(Rec{key, source, size});
-    index_.insert(static_cast<uint32_t>(recs_.size() - 1), Keys{recs_});  // a duplicate key: the first stays
+    if (index_.insert(static_cast<uint32_t>(recs_.size() - 1), Keys{recs_})) return true;
+    recs_.pop_back();
+    return false;
   }
-  void reserve(size_t n) { recs_.reserve(n); }
+  void reserve(size_t n) {
+    recs_.reserve(n);
+    index_.reserve(n);
+  }
   // The index of the record with `key`, or -1.
   int64_t find(std::string_view key) const { return index_.find(key, Keys{recs_}); }
   size_t size() const { return recs_.size(); }

@@ -43,6 +43,14 @@ class NameIndex {
     slots_.clear();
     used_ = 0;
   }
+  // Room for n names without growing: each growth hashes every name again. Only on an empty
+  // index (the caller knows the count: a zip directory's, a writer's record count).
+  void reserve(size_t n) {
+    if (used_ != 0) return;
+    size_t size = 16;
+    while (size < n * 2) size *= 2;
+    if (size > slots_.size()) slots_.assign(size, kEmpty);
+  }
 
  private:
   static constexpr uint32_t kEmpty = 0xFFFFFFFFu;

@@ -456,6 +456,7 @@ Result<ZipArchive> read_zip(std::span<const uint8_t> file, Findings& findings, c
   std::vector<uint64_t> data_ends;
   data_ends.reserve(static_cast<size_t>(er.entries));
   ZipNameIndex names;
+  names.reserve(static_cast<size_t>(er.entries));
   std::vector<ExtraField> extras;
 
   MCDR_ASSIGN(ByteCursor cdc_full, cursor_at(file, er.cd_offset, "central directory"));

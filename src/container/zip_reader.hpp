@@ -37,6 +37,7 @@ class ZipNameIndex {
     return index_.find(name, Names{entries});
   }
   void clear() { index_.clear(); }
+  void reserve(size_t n) { index_.reserve(n); }
 
  private:
   struct Names {

@@ -59,6 +59,12 @@ class ZipWriter {
   // Sharing blocks with the input is on by default; off (--no-reflink), every byte is copied
   // and the kernel is kept from sharing on its own (copy_file_range clones aligned ranges).
   void set_reflink(bool on) { reflink_ = on; }
+  // Room for n entries: a writer that knows its record count (one a storage) saves the name
+  // index's regrowth, which hashes every name again.
+  void reserve_entries(size_t n) {
+    written_.reserve(n);
+    names_.reserve(n);
+  }
   // Payload bytes shared with the input so far.
   uint64_t shared_bytes() const { return shared_bytes_; }
   Status end_entry();

@@ -60,6 +60,7 @@ struct UsedRecords {
   std::vector<bool> by_index = std::vector<bool>(zip.entries.size());
   void mark(const ZipEntry* e) { by_index[static_cast<size_t>(e - zip.entries.data())] = true; }
   bool has(const ZipEntry& e) const {
+    if (by_index[static_cast<size_t>(&e - zip.entries.data())]) return true;  // marked: a first entry
     const ZipEntry* first = zip.find(e.name);
     return first && by_index[static_cast<size_t>(first - zip.entries.data())];
   }
@@ -142,9 +143,8 @@ StorageRecords zip_storage_records(const container::ZipArchive& zip, const std::
   for (const auto& e : zip.entries) {
     if (e.name.size() <= dir.size() || e.name.compare(0, dir.size(), dir) != 0) continue;
     const std::string_view key = std::string_view(e.name).substr(dir.size());
-    if (out.table.find(key) >= 0) continue;  // the first of duplicates, as find() does
-    out.table.add_view(key, e.name, e.uncompressed_size);  // views: the archive outlives the table
-    out.entries.push_back(&e);
+    // Views: the archive outlives the table. The first of duplicates, as find() does.
+    if (out.table.add_view(key, e.name, e.uncompressed_size)) out.entries.push_back(&e);
   }
   return out;
 }
@@ -215,6 +215,7 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
   lo.entry = pkl->name;
   cdr::StorageBinding binding;
   MCDR_ASSIGN(parsed.model, cdr::lift(program, records.table, lo, &binding));
+  program = pickle::Program{};  // lifted: its nodes are not needed while the storages are bound
   // Container again: each lifted storage gets its record's bytes. A stored record's CRC is
   // either checked now or, deferred, left in its ByteRange for the one copy that reads it.
   UsedRecords used{zip};

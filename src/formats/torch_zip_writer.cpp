@@ -629,6 +629,7 @@ Status write_torch_zip(const Model& model, const TorchWriteOptions& options, io:
   MCDR_TRY(pickle::verify_emitted(pkl, check));
   container::ZipWriter zip(out, 64);
   zip.set_reflink(options.reflink);
+  zip.reserve_entries(order.size() + 5);
   MCDR_TRY(zip.add("archive/data.pkl", pkl));
   MCDR_TRY(zip.add("archive/.format_version", text("1")));
   MCDR_TRY(zip.add("archive/.storage_alignment", text("64")));
