@@ -37,10 +37,10 @@ using pickle::NodeKind;
 using pickle::Program;
 
 bool is_global(const Node& n, std::string_view module, std::string_view name) {
-  return n.kind == NodeKind::Global && n.text == module && n.name == name;
+  return n.kind == NodeKind::Global && n.text == module && n.name() == name;
 }
 
-std::string global_text(const Node& n) { return n.text + "." + n.name; }
+std::string global_text(const Node& n) { return n.text + "." + n.name(); }
 
 bool valid_utf8(std::string_view s) {
   size_t i = 0;
@@ -483,22 +483,22 @@ class Lifter {
 
   ValueId bare_global(const Node& n) {
     if (opt_.registry)
-      if (auto cid = opt_.registry->find(n.text, n.name); cid && opt_.registry->at(*cid).construct == Construct::type_ref) {
+      if (auto cid = opt_.registry->find(n.text, n.name()); cid && opt_.registry->at(*cid).construct == Construct::type_ref) {
         Value v;  // the class object itself (numpy.float64 as a `dtype` hyper-parameter)
         v.kind = ValueKind::object;
         v.class_id = *cid;
         return m_.add(std::move(v));
       }
-    if (is_torch_dtype(n.text, n.name)) {
-      note(Severity::low, Rule::cdr_converted, "dtype object torch." + n.name + " written as the string 'torch." + n.name + "'",
+    if (is_torch_dtype(n.text, n.name())) {
+      note(Severity::low, Rule::cdr_converted, "dtype object torch." + n.name() + " written as the string 'torch." + n.name() + "'",
            n.offset);
       Value v;
       v.kind = ValueKind::string;
-      v.text = "torch." + n.name;
+      v.text = "torch." + n.name();
       return m_.add(std::move(v));
     }
     return dropped(n, "reference to " + global_text(n), "globals are not plain data",
-                   is_known_global(n.text, n.name) ? Severity::medium : unknown_global_severity(n.text, n.name));
+                   is_known_global(n.text, n.name()) ? Severity::medium : unknown_global_severity(n.text, n.name()));
   }
 
   // ---- calls (REDUCE) --------------------------------------------------------------------
@@ -544,7 +544,7 @@ class Lifter {
     if (callee.kind != NodeKind::Global)
       return dropped(n, "call of a computed callable", "only named, known functions are recognised", Severity::critical);
     const std::string& mod = callee.text;
-    const std::string& name = callee.name;
+    const std::string& name = callee.name();
     auto* args = tuple_items(args_id);
     if (!args) return dropped(n, "call of " + global_text(callee), "arguments are not a tuple", Severity::high);
 
@@ -573,7 +573,7 @@ class Lifter {
         at((*args)[0]).kind == NodeKind::Global && is_global(at((*args)[1]), "builtins", "object") &&
         at((*args)[2]).kind == NodeKind::None) {
       const Node& cls = at((*args)[0]);
-      if (auto cid = opt_.registry->find(cls.text, cls.name); cid && opt_.registry->at(*cid).construct == Construct::newobj)
+      if (auto cid = opt_.registry->find(cls.text, cls.name()); cid && opt_.registry->at(*cid).construct == Construct::newobj)
         return registry_object(n, *cid, nullptr, depth);
     }
     if (opt_.registry && name == "newObj" && is_newobj_helper(mod) && args->size() == 1 &&
@@ -581,7 +581,7 @@ class Lifter {
       // Cython's newObj(cls) = cls.__new__(cls) (sklearn's KDTree/BallTree and distance
       // metrics): the same as NEWOBJ with no arguments, and written as that.
       const Node& cls = at((*args)[0]);
-      if (auto cid = opt_.registry->find(cls.text, cls.name); cid && opt_.registry->at(*cid).construct == Construct::newobj)
+      if (auto cid = opt_.registry->find(cls.text, cls.name()); cid && opt_.registry->at(*cid).construct == Construct::newobj)
         return registry_object(n, *cid, nullptr, depth);
     }
     if (opt_.registry)
@@ -880,7 +880,7 @@ class Lifter {
       return std::optional<TensorId>();
     const Node& callee = at(n.items[0]);
     if (callee.text != "torch._utils") return std::optional<TensorId>();
-    return tensor_from_call(id, callee.name, *tuple_items(n.items[1]), depth);
+    return tensor_from_call(id, callee.name(), *tuple_items(n.items[1]), depth);
   }
 
   Result<std::optional<TensorId>> tensor_from_call(NodeId id, const std::string& fn, const pickle::NodeIds& a,
@@ -924,8 +924,8 @@ class Lifter {
       return err(pn.offset, Rule::cdr_bad_persistent_id, "storage key is empty or longer than 64 bytes");
     std::optional<DType> dtype;
     bool untyped = false;
-    if ((cls.text == "torch" || cls.text == "torch.cuda") ) dtype = model::dtype_from_storage_class(cls.name);
-    if (cls.text == "torch.storage" && (cls.name == "UntypedStorage" || cls.name == "TypedStorage")) {
+    if ((cls.text == "torch" || cls.text == "torch.cuda") ) dtype = model::dtype_from_storage_class(cls.name());
+    if (cls.text == "torch.storage" && (cls.name() == "UntypedStorage" || cls.name() == "TypedStorage")) {
       untyped = true;
       dtype = explicit_dtype ? explicit_dtype : std::optional<DType>(DType::u8);
     }
@@ -1015,9 +1015,9 @@ class Lifter {
     std::optional<DType> explicit_dtype;
     if (v3) {
       const Node& d = at(a[6]);
-      if (d.kind != NodeKind::Global || !is_torch_dtype(d.text, d.name))
+      if (d.kind != NodeKind::Global || !is_torch_dtype(d.text, d.name()))
         return err(n.offset, Rule::cdr_bad_tensor, "_rebuild_tensor_v3 dtype is not a torch dtype");
-      explicit_dtype = model::dtype_from_name(d.name);
+      explicit_dtype = model::dtype_from_name(d.name());
     }
     MCDR_ASSIGN(std::optional<StorageView> sv, storage_of(a[0], explicit_dtype));
     if (!sv) return std::optional<TensorId>();
@@ -1088,7 +1088,7 @@ class Lifter {
     auto* q = tuple_items(a[4]);
     if (!q || q->empty() || at((*q)[0]).kind != NodeKind::Global)
       return err(n.offset, Rule::cdr_bad_tensor, "quantizer parameters are not (scheme, ...)");
-    const std::string& scheme = at((*q)[0]).name;
+    const std::string& scheme = at((*q)[0]).name();
     if ((scheme == "per_tensor_affine") && q->size() == 3 && as_number((*q)[1]) && as_int((*q)[2])) {
       t.kind = TensorKind::quantized_per_tensor;
       t.q_scale = *as_number((*q)[1]);
@@ -1183,7 +1183,7 @@ class Lifter {
     if (!(st.kind == NodeKind::None || (st.kind == NodeKind::Dict && st.entries().empty())))
       note(Severity::medium, Rule::cdr_dropped, "Python attributes of a tensor removed", st.offset);
     if (fn.text != "torch._utils") return dropped(n, "tensor subclass", "inner rebuild function is not torch._utils");
-    MCDR_ASSIGN(std::optional<TensorId> tid, tensor_from_call(a[2], fn.name, *tuple_items(a[2]), depth + 1));
+    MCDR_ASSIGN(std::optional<TensorId> tid, tensor_from_call(a[2], fn.name(), *tuple_items(a[2]), depth + 1));
     if (!tid) return dropped(n, "tensor subclass", "inner rebuild call not recognised");
     Value v;
     v.kind = ValueKind::tensor;
@@ -1222,18 +1222,18 @@ class Lifter {
       return m_.add(std::move(v));
     }
     if (is_global(*cls, "collections", "OrderedDict")) return mapping_call(n, "OrderedDict", {}, depth);
-    if (cls->name == "NumpyArrayWrapper" &&
+    if (cls->name() == "NumpyArrayWrapper" &&
         (cls->text == "joblib.numpy_pickle" || cls->text == "sklearn.externals.joblib.numpy_pickle"))
       return joblib_array(n, depth);
     if (opt_.registry) {
       auto* args = n.items.size() == 2 ? tuple_items(n.items[1]) : nullptr;
-      if (auto cid = opt_.registry->find(cls->text, cls->name); cid) {
+      if (auto cid = opt_.registry->find(cls->text, cls->name()); cid) {
         if (opt_.registry->at(*cid).construct == Construct::newobj && args && args->empty())
           return registry_object(n, *cid, nullptr, depth);
         return dropped(n, "object of class " + global_text(*cls), "created with unexpected constructor arguments");
       }
     }
-    Severity s = is_known_global(cls->text, cls->name) ? Severity::medium : unknown_global_severity(cls->text, cls->name);
+    Severity s = is_known_global(cls->text, cls->name()) ? Severity::medium : unknown_global_severity(cls->text, cls->name());
     return dropped(n, "object of class " + global_text(*cls), "not a recognised data class", s);
   }
 
@@ -1328,7 +1328,7 @@ class Lifter {
     info.path = root_prefix + (prefix.empty() ? "" : prefix.substr(0, prefix.size() - 1));
     if (cls->kind == NodeKind::Global) {
       info.class_module = cls->text;
-      info.class_name = cls->name;
+      info.class_name = cls->name();
     }
     std::unordered_set<std::string> non_persistent;
     NodeId np = dict_get(state, "_non_persistent_buffers_set");

@@ -25,7 +25,7 @@ namespace {
 using pickle::Node;
 using pickle::NodeKind;
 
-std::string quoted_global(const Node& g) { return "'" + g.text + " " + g.name + "'"; }
+std::string quoted_global(const Node& g) { return "'" + g.text + " " + g.name() + "'"; }
 
 bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
 
@@ -117,7 +117,7 @@ void render_value(const pickle::Program& p, pickle::NodeId id, int depth, std::s
     }
     case NodeKind::Tuple: items(n.items, "(", ")"); break;
     case NodeKind::List: items(n.items, "[", "]"); break;
-    case NodeKind::Global: out += n.text + "." + n.name; break;
+    case NodeKind::Global: out += n.text + "." + n.name(); break;
     case NodeKind::Call:
     case NodeKind::NewObj:
       if (n.items.size() < 2) {
@@ -162,8 +162,8 @@ void check_call_target(const pickle::Program& p, const Node& n, const char* what
   if (n.items.empty()) return;  // a partial program (cpython_view.cpp) can end inside the opcode
   const Node& callee = p.at(n.items[0]);
   if (callee.kind == NodeKind::Global) {
-    if (!is_known_global(callee.text, callee.name))
-      add_finding(out, call_severity(callee.text, callee.name), Rule::pickle_call,
+    if (!is_known_global(callee.text, callee.name()))
+      add_finding(out, call_severity(callee.text, callee.name()), Rule::pickle_call,
                   std::string(what) + " calls " + quoted_global(callee) + call_arguments(p, n) + " (GLOBAL at offset " +
                       std::to_string(callee.offset) + ")",
                   entry, n.offset);
@@ -176,7 +176,7 @@ void check_call_target(const pickle::Program& p, const Node& n, const char* what
 bool plain_build_target(const pickle::Program& p, const Node& n) {
   if (n.kind != NodeKind::Call && n.kind != NodeKind::NewObj) return false;
   const Node& c = p.at(n.items[0]);
-  return c.kind == NodeKind::Global && c.text == "collections" && c.name == "OrderedDict";
+  return c.kind == NodeKind::Global && c.text == "collections" && c.name() == "OrderedDict";
 }
 
 // BUILD on an object of a class in the `safe` table (a torch.nn module, a numpy array, a vetted
@@ -186,18 +186,18 @@ bool plain_build_target(const pickle::Program& p, const Node& n) {
 bool safe_build_target(const pickle::Program& p, const Node& n) {
   if ((n.kind != NodeKind::Call && n.kind != NodeKind::NewObj) || n.items.empty()) return false;
   const Node& c = p.at(n.items[0]);
-  if (c.kind != NodeKind::Global || !is_safe_library_global(c.text, c.name)) return false;
-  if (c.name != "_reconstruct" && c.name != "_reconstructor") return true;
+  if (c.kind != NodeKind::Global || !is_safe_library_global(c.text, c.name())) return false;
+  if (c.name() != "_reconstruct" && c.name() != "_reconstructor") return true;
   if (n.items.size() < 2 || p.at(n.items[1]).kind != NodeKind::Tuple || p.at(n.items[1]).items.empty()) return false;
   const Node& cls = p.at(p.at(n.items[1]).items[0]);
-  return cls.kind == NodeKind::Global && is_safe_library_global(cls.text, cls.name);
+  return cls.kind == NodeKind::Global && is_safe_library_global(cls.text, cls.name());
 }
 
 // " of class 'module name'" for the finding, where the object's class is a named global.
 std::string build_target_name(const pickle::Program& p, const Node& n) {
   if ((n.kind != NodeKind::Call && n.kind != NodeKind::NewObj && n.kind != NodeKind::Inst) || n.items.empty()) return {};
   const Node* c = &p.at(n.items[0]);
-  if (c->kind == NodeKind::Global && (c->name == "_reconstruct" || c->name == "_reconstructor") && n.items.size() >= 2 &&
+  if (c->kind == NodeKind::Global && (c->name() == "_reconstruct" || c->name() == "_reconstructor") && n.items.size() >= 2 &&
       p.at(n.items[1]).kind == NodeKind::Tuple && !p.at(n.items[1]).items.empty())
     c = &p.at(p.at(n.items[1]).items[0]);
   return c->kind == NodeKind::Global ? " of class " + quoted_global(*c) : std::string();
@@ -473,8 +473,8 @@ void scan_program(const pickle::Program& p, const std::string& entry, Findings& 
     const Node& n = p.nodes[id];
     switch (n.kind) {
       case NodeKind::Global:
-        if (!called[id] && !is_known_global(n.text, n.name))
-          add_finding(out, is_lightning_callback_class(n.text, n.name) ? Severity::low : global_severity(n.text, n.name),
+        if (!called[id] && !is_known_global(n.text, n.name()))
+          add_finding(out, is_lightning_callback_class(n.text, n.name()) ? Severity::low : global_severity(n.text, n.name()),
                       Rule::pickle_global_not_allowed,
                       "GLOBAL " + quoted_global(n) + " is not allowed", entry, n.offset);
         break;

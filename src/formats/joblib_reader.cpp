@@ -47,7 +47,7 @@ Result<pickle::RawPayload> read_array_payload(const Program& p, NodeId id, io::B
   if (dt == pickle::kNoNode || shape == pickle::kNoNode) return bad(cur, "NumpyArrayWrapper state lacks dtype or shape");
   const Node& d = p.at(dt);
   if (d.kind != NodeKind::Call || p.at(d.items[0]).kind != NodeKind::Global || p.at(d.items[0]).text != "numpy" ||
-      p.at(d.items[0]).name != "dtype" || p.at(d.items[1]).kind != NodeKind::Tuple || p.at(d.items[1]).items.empty())
+      p.at(d.items[0]).name() != "dtype" || p.at(d.items[1]).kind != NodeKind::Tuple || p.at(d.items[1]).items.empty())
     return bad(cur, "NumpyArrayWrapper dtype is not numpy.dtype(...)");
   const Node& code_node = p.at(p.at(d.items[1]).items[0]);
   if (code_node.kind != NodeKind::Str && code_node.kind != NodeKind::Py2Str)
@@ -114,15 +114,15 @@ void soften_vetted(const Program& p, const cdr::ClassRegistry& reg, const std::s
   // never by message text.
   std::unordered_set<uint64_t> vetted_globals, vetted_calls;
   for (const Node& n : p.nodes) {
-    if (n.kind == NodeKind::Global && names.count("'" + n.text + " " + n.name + "'")) vetted_globals.insert(n.offset);
+    if (n.kind == NodeKind::Global && names.count("'" + n.text + " " + n.name() + "'")) vetted_globals.insert(n.offset);
     if ((n.kind == NodeKind::Call || n.kind == NodeKind::NewObj) && p.at(n.items[0]).kind == NodeKind::Global) {
       const Node& g = p.at(n.items[0]);
-      if (names.count("'" + g.text + " " + g.name + "'")) vetted_calls.insert(n.offset);
+      if (names.count("'" + g.text + " " + g.name() + "'")) vetted_calls.insert(n.offset);
       // scikit-learn's Cython newObj(cls) helper on a registry class (lifter.cpp, is_newobj_helper)
-      if (n.kind == NodeKind::Call && g.name == "newObj" && g.text.rfind("sklearn.", 0) == 0 &&
+      if (n.kind == NodeKind::Call && g.name() == "newObj" && g.text.rfind("sklearn.", 0) == 0 &&
           p.at(n.items[1]).kind == NodeKind::Tuple && p.at(n.items[1]).items.size() == 1) {
         const Node& cls = p.at(p.at(n.items[1]).items[0]);
-        if (cls.kind == NodeKind::Global && cls.text.rfind(g.text, 0) == 0 && reg.find(cls.text, cls.name))
+        if (cls.kind == NodeKind::Global && cls.text.rfind(g.text, 0) == 0 && reg.find(cls.text, cls.name()))
           vetted_calls.insert(n.offset);
       }
     }

@@ -29,7 +29,7 @@ Result<std::unordered_map<std::string, model::DType>> storage_dtypes(const Progr
     if (tag.text != "storage") continue;
     const Node& cls = p.at(pid.items[1]);
     const Node& key = p.at(pid.items[2]);
-    auto d = model::dtype_from_storage_class(cls.name);
+    auto d = model::dtype_from_storage_class(cls.name());
     if (cls.kind != NodeKind::Global || !d || (key.kind != NodeKind::Str && key.kind != NodeKind::Py2Str))
       return make_error(Rule::torch_bad_persistent_id, "storage persistent id with an unknown class or key", n.offset);
     auto [it, inserted] = out.emplace(key.text, *d);

@@ -86,7 +86,7 @@ Result<ParsedModel> read_torch_tar(std::span<const uint8_t> file, const ReadOpti
     auto key = key_text(rec, t.items[0]);
     const Node& cls = rec.at(t.items[2]);
     std::optional<model::DType> dtype;
-    if (cls.kind == NodeKind::Global && cls.text == "torch") dtype = model::dtype_from_storage_class(cls.name);
+    if (cls.kind == NodeKind::Global && cls.text == "torch") dtype = model::dtype_from_storage_class(cls.name());
     if (!key || !dtype) return make_error(Rule::torch_tar_storage, "storage record has an unknown key or storage class", at, "storages");
     MCDR_ASSIGN(int64_t count, sc.i64le());
     uint64_t nbytes = 0;

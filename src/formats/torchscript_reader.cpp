@@ -89,7 +89,7 @@ bool is_torch_class(const Program& p, const Node& n) {
 bool is_tensor_call(const Program& p, const Node& n) {
   if (n.kind != NodeKind::Call) return false;
   const Node& c = p.at(n.items[0]);
-  return c.kind == NodeKind::Global && c.text == "torch._utils" && c.name.rfind("_rebuild_", 0) == 0;
+  return c.kind == NodeKind::Global && c.text == "torch._utils" && c.name().rfind("_rebuild_", 0) == 0;
 }
 
 class Walker {
@@ -110,10 +110,10 @@ class Walker {
     model::ModuleInfo info;
     info.path = path.empty() ? "" : path.substr(0, path.size() - 1);
     info.class_module = cls.text;
-    info.class_name = cls.name;
+    info.class_name = cls.name();
     if (n.build_states().size() != 1 || p_.at(n.build_states().back()).kind != NodeKind::Dict) {
       add_finding(findings_, Severity::high, Rule::torchscript_setstate,
-                  "module '" + info.path + "' (" + cls.text + "." + cls.name +
+                  "module '" + info.path + "' (" + cls.text + "." + cls.name() +
                       ") is restored by a TorchScript __setstate__; its state was dropped",
                   "", n.offset);
       arch.push_back(info);
@@ -184,7 +184,7 @@ class Walker {
   // bytes searched are budgeted too (many class names pointing into one large code file);
   // past the budget a class counts as undeclared (tensors classified by requires_grad).
   Declared declared(const Node& cls) {
-    auto key = std::make_pair(cls.text, cls.name);
+    auto key = std::make_pair(cls.text, cls.name());
     if (auto it = declared_.find(key); it != declared_.end()) return it->second;
     Declared d = declared_uncached(cls);
     declared_.emplace(std::move(key), d);
@@ -201,7 +201,7 @@ class Walker {
     auto bytes = container::entry_bytes(zip_, file_, *e, scratch);
     if (!bytes.ok()) return {};
     std::string_view text(reinterpret_cast<const char*>(bytes->data()), bytes->size());
-    return declarations(text, cls.name);
+    return declarations(text, cls.name());
   }
 
   static constexpr size_t kMaxModulePath = 64 * 1024;  // bytes of a dotted module path
@@ -446,9 +446,7 @@ Status read_torchscript_archive(std::span<const uint8_t> file, const container::
     return static_cast<NodeId>(program.nodes.size() - 1);
   };
   Node g;
-  g.kind = NodeKind::Global;
-  g.text = "collections";
-  g.name = "OrderedDict";
+  program.set_global(g, "collections", "OrderedDict");
   NodeId gid = add(g);
   Node empty;
   empty.kind = NodeKind::Tuple;

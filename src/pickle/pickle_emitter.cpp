@@ -218,13 +218,13 @@ namespace {
 bool in_vocabulary(const Node& g, const VerifyOptions& o) {
   const uint8_t stream = static_cast<uint8_t>(o.stream);
   for (const auto& n : kNames)
-    if ((n.streams & stream) && g.text == n.module && g.name == n.name) return true;
+    if ((n.streams & stream) && g.text == n.module && g.name() == n.name) return true;
   if (o.stream == EmitStream::checkpoint) {
     // storage_class / dtype_global: GLOBAL torch <Storage class or dtype name> from the dtype table.
     if (g.text != "torch") return false;
-    return model::dtype_from_storage_class(g.name).has_value() || model::dtype_from_name(g.name).has_value();
+    return model::dtype_from_storage_class(g.name()).has_value() || model::dtype_from_name(g.name()).has_value();
   }
-  return o.registry_class && o.registry_class(g.text, g.name);
+  return o.registry_class && o.registry_class(g.text, g.name());
 }
 
 // A checkpoint's global: a kEmitCheckpoint row, or GLOBAL torch <Storage class or dtype name>.

@@ -702,8 +702,7 @@ class Machine {
     }
     MCDR_ASSIGN(NodeId id, make(NodeKind::Global));
     Node& g = node(id);
-    g.text = prog_.keep(module);
-    g.name = prog_.keep(name);
+    prog_.set_global(g, module, name);
     g.remapped = remapped;
     return id;
   }
@@ -713,7 +712,7 @@ class Machine {
   const Node* as_cpython_str(NodeId id) const {
     const Node* n = &prog_.nodes[id];
     if (n->kind == NodeKind::Global)
-      if (auto it = module_attrs_.find(std::string(n->text) + "." + std::string(n->name)); it != module_attrs_.end()) n = &prog_.nodes[it->second];
+      if (auto it = module_attrs_.find(std::string(n->text) + "." + std::string(n->name())); it != module_attrs_.end()) n = &prog_.nodes[it->second];
     if (n->kind == NodeKind::Str || (n->kind == NodeKind::Py2Str && valid_utf8(n->text, false))) return n;
     return nullptr;
   }
@@ -734,7 +733,7 @@ class Machine {
     const Node& st = node(state);
     if (t.kind != NodeKind::Global || st.kind != NodeKind::Dict) return;
     for (const auto& [k, v] : st.entries())
-      if (const Node* key = as_cpython_str(k)) module_attrs_[std::string(t.text) + "." + std::string(t.name) + "." + std::string(key->text)] = v;
+      if (const Node* key = as_cpython_str(k)) module_attrs_[std::string(t.text) + "." + std::string(t.name()) + "." + std::string(key->text)] = v;
   }
 
   Result<std::pair<std::string, std::string>> global_lines() {
@@ -794,7 +793,7 @@ class Machine {
     stack_.reserve(256);
     marks_.reserve(64);
     // The whole node budget up front: address space only until used, and no doubling copy that
-    // briefly holds 3x the nodes (64 bytes each) on a stream of millions of objects.
+    // briefly holds 3x the nodes (48 bytes each) on a stream of millions of objects.
     prog_.nodes.reserve(static_cast<size_t>(std::min<uint64_t>({cur_.size() + 16, lim_.max_nodes})));
     while (true) {
       op_pos_ = cur_.pos();
@@ -1201,7 +1200,7 @@ class Machine {
     if ((n.kind != NodeKind::NewObj && n.kind != NodeKind::Call && n.kind != NodeKind::Inst) || n.items.empty())
       return false;
     const Node& cls = prog_.nodes[n.items[0]];
-    return cls.kind == NodeKind::Global && cls.name == "NumpyArrayWrapper" &&
+    return cls.kind == NodeKind::Global && cls.name() == "NumpyArrayWrapper" &&
            (cls.text == "joblib.numpy_pickle" || cls.text == "sklearn.externals.joblib.numpy_pickle");
   }
 

@@ -3,8 +3,8 @@
 // arena and refer to each other by index, so memo references keep identity (tied weights
 // stay tied) and cycles are representable without ownership problems.
 //
-// Memory: a checkpoint holds about 15 nodes per tensor, so a Node is kept small (64 bytes):
-// text is a view into the Program's byte arena, child lists are arena blocks reached by one
+// Memory: a checkpoint holds about 15 nodes per tensor, so a Node is kept small (48 bytes):
+// text is a view into the Program's byte arena (a Global's name follows its module there), child lists are arena blocks reached by one
 // pointer, the rarer lists (dict entries, appends, BUILD states) one arena block reached by one
 // pointer, and the rare joblib payload span sits in a side table (Program::payloads).
 #pragma once
@@ -170,15 +170,20 @@ struct Node {
   // consumed by DecodeOptions::on_array_build); their span is Program::payloads[id].
   bool has_payload : 1 = false;
   uint64_t offset : 53 = 0;       // byte offset (inside the pickle's entry) of the creating opcode
-  union {                         // an Int or Ext has i, a Float f, never both
+  union {                         // an Int or Ext has i, a Float f, never both; a Global its name's length
     int64_t i = 0;
     double f;
   };
   Text text;                 // Str / Py2Str / Bytes / ByteArray / BigInt payload; Global module (arena)
-  Text name;                 // Global name (arena)
   NodeIds items;             // see NodeKind
   NodeMutations* mut = nullptr;  // arena; null when nothing was applied (most nodes)
 
+  // Global: the name. Program::set_global keeps it in the arena right after the module and a
+  // NUL, its length in `i` (a Global has no number): a view of its own cost 16 bytes a node.
+  Text name() const {
+    if (kind != NodeKind::Global || text.data() == nullptr) return Text();
+    return Text(std::string_view(text.data() + text.size() + 1, static_cast<size_t>(i)));
+  }
   const NodePairs& entries() const { return (mut ? *mut : kNoMutations).entries; }
   const NodeIds& appended() const { return (mut ? *mut : kNoMutations).appended; }
   const NodeIds& build_states() const { return (mut ? *mut : kNoMutations).build_states; }
@@ -188,7 +193,7 @@ struct Node {
     return *mut;
   }
 };
-static_assert(sizeof(Node) == 64, "keep pickle::Node compact: it is built about 15 times a tensor");
+static_assert(sizeof(Node) == 48, "keep pickle::Node compact: it is built about 15 times a tensor");
 
 // Raw bytes after a BUILD (joblib): [offset, +size) of the decoded span.
 struct NodePayload {
@@ -209,6 +214,16 @@ struct Program {
 
   const Node& at(NodeId id) const { return nodes[id]; }
   Text keep(std::string_view s) { return Text(arena->keep(s)); }
+  // Makes `g` name module.name (see Node::name).
+  void set_global(Node& g, std::string_view module, std::string_view name) {
+    char* p = static_cast<char*>(arena->allocate(module.size() + 1 + name.size()));
+    std::memcpy(p, module.data(), module.size());
+    p[module.size()] = '\0';
+    std::memcpy(p + module.size() + 1, name.data(), name.size());
+    g.kind = NodeKind::Global;
+    g.text = Text(std::string_view(p, module.size()));
+    g.i = static_cast<int64_t>(name.size());
+  }
   NodeId add(Node n) {
     nodes.push_back(n);
     return static_cast<NodeId>(nodes.size() - 1);

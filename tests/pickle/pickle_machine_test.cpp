@@ -124,7 +124,7 @@ TEST(PickleMachine, CpythonProtocols0To5GiveTheSameGraph) {
       const Node& callee = r.at(set.items[0]);
       ASSERT_EQ(callee.kind, NodeKind::Global);
       EXPECT_EQ(callee.text, "builtins");
-      EXPECT_EQ(callee.name, "set");
+      EXPECT_EQ(callee.name(), "set");
       EXPECT_EQ(callee.remapped, p < 3);  // protocols 0-2 write "__builtin__"
       EXPECT_EQ(r.has_finding(Rule::pickle_py2_name_remap), p < 3);
       const Node& args = r.at(set.items[1]);
@@ -145,7 +145,7 @@ TEST(PickleMachine, GlobalPy2RemapOnlyBelowProtocol3) {
   EXPECT_OK(r);
   EXPECT_EQ(r.root().kind, NodeKind::Global);
   EXPECT_EQ(r.root().text, "builtins");
-  EXPECT_EQ(r.root().name, "set");
+  EXPECT_EQ(r.root().name(), "set");
   EXPECT_TRUE(r.root().remapped);
   const Finding* f = r.finding(Rule::pickle_py2_name_remap);
   ASSERT_NE(f, nullptr);
@@ -204,7 +204,7 @@ TEST(PickleMachine, ObjTakesClassFromTheStack) {
   EXPECT_OK(r);
   ASSERT_EQ(r.root().kind, NodeKind::Inst);
   ASSERT_EQ(r.root().items.size(), 2u);
-  EXPECT_EQ(r.at(r.root().items[0]).name, "Bar");
+  EXPECT_EQ(r.at(r.root().items[0]).name(), "Bar");
   EXPECT_EQ(r.at(r.root().items[1]).i, 5);
   EXPECT_ERR(run("(o."), Rule::pickle_stack_underflow);
 }
@@ -214,7 +214,7 @@ TEST(PickleMachine, StackGlobalNeedsTwoStrs) {
   EXPECT_OK(ok);
   EXPECT_EQ(ok.root().kind, NodeKind::Global);
   EXPECT_EQ(ok.root().text, "os");
-  EXPECT_EQ(ok.root().name, "system");
+  EXPECT_EQ(ok.root().name(), "system");
   EXPECT_FALSE(ok.root().remapped);
 
   auto bad = run("\x80\x04\x8c\x02osK\x01\x93."sv);
@@ -226,7 +226,7 @@ TEST(PickleMachine, StackGlobalNeedsTwoStrs) {
   auto p2 = run("\x80\x02\x8c\x0b__builtin__\x8c\x06xrange\x93."sv);
   EXPECT_OK(p2);
   EXPECT_EQ(p2.root().text, "builtins");
-  EXPECT_EQ(p2.root().name, "range");
+  EXPECT_EQ(p2.root().name(), "range");
 }
 
 TEST(PickleMachine, GlobalNamesMustBeStrictUtf8) {
@@ -247,7 +247,7 @@ TEST(PickleMachine, ReduceBecomesACallNode) {
   const Node& callee = r.at(call.items[0]);
   EXPECT_EQ(callee.kind, NodeKind::Global);
   EXPECT_EQ(callee.text, "posix");
-  EXPECT_EQ(callee.name, "system");
+  EXPECT_EQ(callee.name(), "system");
   const Node& args = r.at(call.items[1]);
   ASSERT_EQ(args.kind, NodeKind::Tuple);
   ASSERT_EQ(args.items.size(), 1u);
