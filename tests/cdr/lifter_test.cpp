@@ -185,6 +185,37 @@ TEST(Lifter, StoragesComeFromTheTableUnbound) {
   for (const auto& s : m->storages) EXPECT_TRUE(s.bytes.empty()) << "the lifter reads no payload";
 }
 
+// The table's records are views (a zip's entry names); a duplicate key keeps the first record,
+// as a lookup of the zip by name does, and two tensors on one key share one storage.
+TEST(Lifter, StorageSharedByKeyAndFirstOfDuplicateRecordsWins) {
+  PickleEmitter e;
+  e.proto2();
+  e.mark();
+  tensor(e, "a", 2, 0, {2}, {1});
+  tensor(e, "a", 2, 0, {1}, {1});
+  e.tuple();
+  e.stop();
+  const std::string first = "archive/data/a", second = "archive/data/a (second)";
+  cdr::StorageTable t;
+  t.kind = cdr::StorageTable::Kind::zip;
+  EXPECT_TRUE(t.add_view("a", first, 8));
+  EXPECT_FALSE(t.add_view("a", second, 4));
+  EXPECT_EQ(t.size(), 1u);
+  EXPECT_EQ(t.find("b"), -1);
+  Findings f;
+  auto program = pickle::decode(e.bytes(), pickle::DecodeOptions{}, f);
+  ASSERT_TRUE(program.ok());
+  cdr::StorageBinding binding;
+  auto m = cdr::lift(*program, t, cdr::LiftOptions{}, &binding);
+  ASSERT_TRUE(m.ok()) << m.error().describe();
+  ASSERT_EQ(m->storages.size(), 1u);
+  ASSERT_EQ(m->tensors.size(), 2u);
+  EXPECT_EQ(m->tensors[0].storage, m->tensors[1].storage);
+  EXPECT_EQ(m->storages[0].source, first);
+  EXPECT_EQ(m->storages[0].nbytes, 8u);
+  EXPECT_EQ(binding[0], 0u);
+}
+
 TEST(Lifter, RecordMissingOrOfAnotherSizeIsRejected) {
   PickleEmitter e;
   e.proto2();
