@@ -59,6 +59,45 @@ bool valid_utf8(std::string_view s) {
 bool mul_ok(uint64_t a, uint64_t b, uint64_t& out) { return !__builtin_mul_overflow(a, b, &out); }
 bool add_ok(uint64_t a, uint64_t b, uint64_t& out) { return !__builtin_add_overflow(a, b, &out); }
 
+// NodeId -> TensorId: open addressing in one array of 8-byte slots, at most half full. A
+// checkpoint has one entry a tensor; a std::unordered_map cost an allocation and about 40 bytes
+// each (issue 14).
+class IdMap {
+ public:
+  std::optional<uint32_t> find(uint32_t key) const {
+    if (slots_.empty()) return std::nullopt;
+    const size_t mask = slots_.size() - 1;
+    for (size_t s = home(key, mask);; s = (s + 1) & mask) {
+      if (slots_[s] == kEmpty) return std::nullopt;
+      if (static_cast<uint32_t>(slots_[s] >> 32) == key) return static_cast<uint32_t>(slots_[s]);
+    }
+  }
+  void set(uint32_t key, uint32_t value) {  // key: never 0xFFFFFFFF (kNoNode)
+    if ((used_ + 1) * 2 > slots_.size()) grow();
+    const size_t mask = slots_.size() - 1;
+    for (size_t s = home(key, mask);; s = (s + 1) & mask) {
+      if (slots_[s] == kEmpty) ++used_;
+      if (slots_[s] == kEmpty || static_cast<uint32_t>(slots_[s] >> 32) == key) {
+        slots_[s] = (uint64_t{key} << 32) | value;
+        return;
+      }
+    }
+  }
+
+ private:
+  static constexpr uint64_t kEmpty = ~uint64_t{0};
+  static size_t home(uint32_t key, size_t mask) { return static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> 32) & mask; }
+  void grow() {
+    std::vector<uint64_t> old = std::move(slots_);
+    slots_.assign(std::max<size_t>(16, old.size() * 2), kEmpty);
+    used_ = 0;
+    for (uint64_t k : old)
+      if (k != kEmpty) set(static_cast<uint32_t>(k >> 32), static_cast<uint32_t>(k));
+  }
+  std::vector<uint64_t> slots_;
+  size_t used_ = 0;
+};
+
 class Lifter {
  public:
   Lifter(const Program& p, const StorageTable& t, const LiftOptions& o) : p_(p), table_(t), opt_(o) {}
@@ -77,7 +116,8 @@ class Lifter {
     MCDR_ASSIGN(m_.root, lift(p_.root, 0));
     if (binding) {
       binding->assign(m_.storages.size(), kNoRecord);
-      for (auto [sid, record] : bound_) (*binding)[sid] = record;
+      for (size_t record = 0; record < storage_of_record_.size(); ++record)
+        if (storage_of_record_[record] != kNoStorage) (*binding)[storage_of_record_[record]] = static_cast<uint32_t>(record);
     }
     return std::move(m_);
   }
@@ -874,7 +914,7 @@ class Lifter {
 
   // A tensor node (a rebuild call, possibly wrapped) to a TensorId; nullopt = unrecognised.
   Result<std::optional<TensorId>> tensor_of(NodeId id, uint32_t depth) {
-    if (auto it = tensor_nodes_.find(id); it != tensor_nodes_.end()) return std::optional<TensorId>(it->second);
+    if (auto t = tensor_nodes_.find(id)) return std::optional<TensorId>(*t);
     const Node& n = at(id);
     if (n.kind != NodeKind::Call || at(n.items[0]).kind != NodeKind::Global || !tuple_items(n.items[1]))
       return std::optional<TensorId>();
@@ -896,7 +936,7 @@ class Lifter {
     } else if (fn == "_rebuild_sparse_tensor" || fn == "_rebuild_sparse_csr_tensor") {
       MCDR_ASSIGN(result, sparse_tensor(id, a, depth));
     }
-    if (result) tensor_nodes_[id] = *result;
+    if (result) tensor_nodes_.set(id, *result);
     return result;
   }
 
@@ -1750,7 +1790,7 @@ class Lifter {
 
   // A storage the program names by `key`, from the container's table: the record must exist
   // and, where the container says so, hold exactly the bytes the program declares. The storage
-  // gets its bytes when the container binds it (bound_ says to which record).
+  // gets its bytes when the container binds it (storage_of_record_ says to which record).
   // The record the program's storage `key` names in the container's table, or -1.
   int64_t find_record(std::string_view key) const {
     return table_.kind == StorageTable::Kind::none ? -1 : table_.find(key);
@@ -1786,7 +1826,6 @@ class Lifter {
     auto sid = static_cast<model::StorageId>(m_.storages.size() - 1);
     if (storage_of_record_.empty()) storage_of_record_.assign(table_.size(), kNoStorage);
     storage_of_record_[record] = sid;
-    bound_.emplace_back(sid, record);
     return sid;
   }
 
@@ -1800,7 +1839,6 @@ class Lifter {
   const Program& p_;
   const StorageTable& table_;
   const LiftOptions& opt_;
-  std::vector<std::pair<model::StorageId, uint32_t>> bound_;  // storage -> its record in table_
   Model m_;
   // By NodeId: the value a node lifted to, kInProgress while its lift runs (a cycle when met
   // again), kNoValue before. A flat array: 4 bytes a node, where a hash map cost about 40.
@@ -1812,7 +1850,7 @@ class Lifter {
   // the key string cost about 70 bytes a storage).
   static constexpr model::StorageId kNoStorage = 0xFFFFFFFFu;
   std::vector<model::StorageId> storage_of_record_;
-  std::unordered_map<NodeId, TensorId> tensor_nodes_;
+  IdMap tensor_nodes_;  // rebuild-call node -> its tensor
   int module_roots_ = 0;
   std::vector<std::string> module_attributes_;  // of the whole model being converted
   limits::Budget module_budget_{limits::expansion_budget(p_.nodes.size(), limits::kModuleBudgetFloor)};
