@@ -19,6 +19,8 @@
 
 namespace modelcdr {
 
+class Transform;  // modelcdr/transform.hpp
+
 inline constexpr const char* kVersion = "0.1.0";
 
 struct TensorStats {
@@ -99,9 +101,9 @@ struct DisarmOptions {
   bool fsync = false;                // fsync outputs before the rename (durable, slower)
   bool force = false;                // replace existing outputs (--force); otherwise they are never touched
   bool reflink = true;               // share payload blocks with the input where the file system can (--no-reflink)
-  // Optional transform of the IR between lift and emit (LSB randomisation, MTD). It may
-  // replace storage payloads (Storage::set_owned) and must report what it did in `report`.
-  std::function<Status(model::Model&, FileReport&)> transform;
+  // Transforms (include/modelcdr/transform.hpp), run in order: their IR stages between lift
+  // and write (LSB randomisation), at most one record stage inside the torch writer (MTD).
+  std::vector<std::shared_ptr<Transform>> transforms;
   ProgressFn progress;                        // optional, see Progress
   const std::atomic<bool>* cancel = nullptr;  // optional: checked between stages and chunks
 };

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <new>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -25,6 +26,7 @@
 #include "modelcdr/api.hpp"
 #include "modelcdr/engine.hpp"
 #include "modelcdr/limits.hpp"
+#include "modelcdr/transform.hpp"
 
 namespace modelcdr {
 
@@ -399,11 +401,59 @@ Result<io::AtomicOutput> open_output(const Sink& sink, const std::string& suffix
   return io::AtomicOutput::create(sink.name() + suffix, suffix.empty() && sink.durable(), sink.replace());
 }
 
+// The one transform whose record stage the torch writer calls (transform.hpp), or nullptr.
+Result<Transform*> record_stage(const DisarmOptions& options) {
+  Transform* found = nullptr;
+  for (const auto& t : options.transforms) {
+    if (!t || !t->has_record_stage()) continue;
+    if (found) return make_error(Rule::engine_unsupported, "more than one transform with a record stage");
+    found = t.get();
+  }
+  if (found && options.output_format != OutputFormat::pt)
+    return make_error(Rule::engine_unsupported, std::string("transform ") + found->name() + " writes PyTorch checkpoints only");
+  return found;
+}
+
+// The output as written so far, read back for a transform's finish() (through a mapping of it).
+// One mapping of the whole output, made at the first read (finish() reads many small pieces).
+WrittenOutput written_view(io::AtomicOutput& out) {
+  WrittenOutput w;
+  w.size = out.tell();
+  auto window = std::make_shared<std::optional<io::AtomicOutput::Window>>();
+  w.read = [&out, window, size = w.size](uint64_t offset, std::span<uint8_t> into) -> Status {
+    if (offset > size || into.size() > size - offset)
+      return make_error(Rule::io_read, "read past the end of the output");
+    if (into.empty()) return ok_status();
+    if (!*window) {
+      MCDR_ASSIGN(*window, out.window(0, size));
+    }
+    std::memcpy(into.data(), (*window)->data() + offset, into.size());
+    return ok_status();
+  };
+  return w;
+}
+
+Status finish_transforms(const DisarmOptions& options, io::AtomicOutput& out, FileReport& r) {
+  if (options.transforms.empty()) return ok_status();
+  MCDR_TRY(out.flush());
+  const WrittenOutput w = written_view(out);
+  for (const auto& t : options.transforms)
+    if (t) MCDR_TRY(t->finish(w, r));
+  return ok_status();
+}
+
+void after_commit(const DisarmOptions& options, bool committed) {
+  for (const auto& t : options.transforms)
+    if (t) t->after_commit(committed);
+}
+
 Status write_model_impl(const model::Model& model, Sink& sink, const DisarmOptions& options, FileReport& r,
                         const LoadedModel* source, const RunContext& ctx) {
+  MCDR_ASSIGN(Transform* records, record_stage(options));
   report_torch_types(model, options, r);
   report_string_arrays(model, options, r);
   MCDR_ASSIGN(io::AtomicOutput out, open_output(sink, ""));
+  if (records && records->confidential_output()) MCDR_TRY(out.set_mode(0600));
   const uint64_t total = r.tensors.total_bytes;
   if (options.progress || options.cancel)
     out.set_progress([&](uint64_t written) { return step(options.progress, options.cancel, Stage::write, written, total); });
@@ -431,10 +481,16 @@ Status write_model_impl(const model::Model& model, Sink& sink, const DisarmOptio
     drop_architecture();
     return cancelled_error();
   }
-  if (auto s = out.commit(); !s.ok()) {
+  if (auto s = finish_transforms(options, out, r); !s.ok()) {
     drop_architecture();
     return s;
   }
+  if (auto s = out.commit(); !s.ok()) {
+    drop_architecture();
+    after_commit(options, false);
+    return s;
+  }
+  after_commit(options, true);
   if (sink.is_memory())
     SinkAccess::fill(sink, std::move(out.memory_bytes()),
                      arch ? std::move(arch->memory_bytes()) : std::vector<uint8_t>{});
@@ -443,6 +499,11 @@ Status write_model_impl(const model::Model& model, Sink& sink, const DisarmOptio
 }
 
 }  // namespace
+
+Status engine::run_write(const model::Model& model, Sink& sink, const DisarmOptions& options, FileReport& report,
+                         const LoadedModel* source, const RunContext& ctx) {
+  return write_model_impl(model, sink, options, report, source, ctx);
+}
 
 Status write_model(const model::Model& model, const std::string& output, const DisarmOptions& options, FileReport& r,
                    const LoadedModel* source) {
@@ -504,14 +565,17 @@ static FileReport disarm_file_impl(const Source& source, Sink& sink, const Disar
   // Plain disarm to a torch checkpoint reads each tensor byte once: the writer checks the
   // input's CRCs while copying. Transforms and other writers read payloads themselves, so
   // for them every CRC is checked up front.
-  bool defer_crc = !options.transform && options.output_format == OutputFormat::pt;
+  bool defer_crc = options.transforms.empty() && options.output_format == OutputFormat::pt;
   auto loaded = load_model_impl(source, options, r, defer_crc, ctx);
   if (!loaded.ok()) return reject(loaded.error());
   model::Model& m = model_of(**loaded);
   if (options.compat == CompatTarget::torch1_13 && options.output_format == OutputFormat::pt) drop_for_torch113(m, r);
-  if (options.transform) {
+  if (auto records = record_stage(options); !records.ok()) return reject(records.error());
+  if (std::any_of(options.transforms.begin(), options.transforms.end(), [](const TransformPtr& t) { return t && t->has_model_stage(); })) {
     if (!step(options.progress, options.cancel, Stage::transform, 0, 1)) return reject(cancelled_error());
-    if (auto s = options.transform(m, r); !s.ok()) return reject(s.error());
+    for (const auto& t : options.transforms)
+      if (t && t->has_model_stage())
+        if (auto s = t->apply(m, r); !s.ok()) return reject(s.error());
     // A transform rewrites payloads: what is written must still be proven valid.
     Findings after;
     if (cdr::check_sparse_tensors(m, after)) return reject(*sparse_error(after));

@@ -358,7 +358,7 @@ static int run_cli(int argc, char** argv) {
         std::cerr << "modelcdr: " << report::printable(policy.error().message) << "\n";
         return 2;
       }
-      options.transform = stego::make_lsb_transform(*policy);
+      options.transforms.push_back(stego::make_lsb_transform(*policy));
     }
     engine::BatchOptions batch;
     options.reflink = !no_reflink;

@@ -23,5 +23,11 @@ FileReport run_disarm(const Source& source, Sink& sink, const DisarmOptions& opt
 // load_model of api.hpp for any source (a memory source is borrowed by the LoadedModel).
 Result<LoadedModelPtr> run_load(const Source& source, const DisarmOptions& options, FileReport& report,
                                 bool defer_storage_crc, const RunContext& ctx);
+// The write half of disarm (write_model of api.hpp) into any sink, with the record stage and
+// finish() of options.transforms (the IR stages are run_disarm's): protect/restore write
+// through it. A rejected write leaves nothing in the sink only for memory sinks' callers that
+// clear it; file sinks never see a partial file.
+Status run_write(const model::Model& model, Sink& sink, const DisarmOptions& options, FileReport& report,
+                 const LoadedModel* source, const RunContext& ctx);
 
 }  // namespace modelcdr::engine

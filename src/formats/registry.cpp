@@ -109,6 +109,8 @@ Status write_pt(const WriteRequest& q, io::AtomicOutput& out) {
   wo.reflink = q.options.reflink;
   wo.shared_bytes = &q.report.shared_bytes;
   wo.ranges = q.ranges;
+  for (const auto& t : q.options.transforms)  // the pipeline allows at most one record stage
+    if (t && t->has_record_stage()) wo.records = t.get();
   MCDR_TRY(write_torch_zip(q.model, wo, out));
   // Content the output lacks is content removed: it counts (exit 1, listed as removed).
   report_metadata_dropped(q, "a PyTorch checkpoint has no place for them (use --to safetensors)");

@@ -641,10 +641,10 @@ Status write_torch_zip(const Model& model, const TorchWriteOptions& options, io:
     const auto& s = sid >= kNewStorageBase ? extra[sid - kNewStorageBase] : model.storages[sid];
     const ByteRange* range = sid < kNewStorageBase && options.ranges ? options.ranges->of(sid, s) : nullptr;
     const std::string name = "archive/data/" + std::to_string(key);
-    if (options.storage_stream) {
+    if (options.records) {
       MCDR_TRY(zip.begin_entry(name, s.bytes.size(), folio_phase(s, range)));
-      MCDR_TRY(options.storage_stream(static_cast<uint32_t>(key), s, range,
-                                      [&](std::span<const uint8_t> chunk) { return zip.write_payload(chunk); }));
+      const RecordCopy rec{static_cast<uint32_t>(key), &s, range, out.tell()};
+      MCDR_TRY(options.records->copy_record(rec, [&](std::span<const uint8_t> chunk) { return zip.write_payload(chunk); }));
       MCDR_TRY(zip.end_entry());  // refuses a payload shorter than declared
       continue;
     }

@@ -11,28 +11,23 @@
 #include "modelcdr/byte_ranges.hpp"
 #include "modelcdr/model.hpp"
 #include "modelcdr/result.hpp"
+#include "modelcdr/transform.hpp"
 
 namespace modelcdr::formats {
 
 enum class Compat { torch2, torch1_13 };
 
 // Storage ids at and above this name the storages the writer creates itself (emit_data_pkl's
-// `extra_storages`, index id - kNewStorageBase): a transform that walks the written records
-// (MTD) tells them from the model's own with it.
+// `extra_storages`, index id - kNewStorageBase): a record stage (MTD) tells them from the
+// model's own with it.
 inline constexpr uint32_t kNewStorageBase = 0x80000000u;
 
 struct TorchWriteOptions {
   Compat compat = Compat::torch2;
-  // Optional payload hook (MTD protect/restore): writes the payload of the record with key
-  // `key` (archive/data/<key>) through `sink` instead of copying `s.bytes`. Called once per
-  // record, in key order, writer-created storages included. The hook may hand over the bytes
-  // in any chunking, but exactly s.bytes.size() of them (the writer checks), so a transform
-  // can stream through a small buffer instead of holding a whole storage. `range`: where the
-  // record's bytes lie in the input (nullptr for owned or writer-created ones); whoever reads
-  // them checks its expected_crc.
-  using PayloadSink = std::function<Status(std::span<const uint8_t>)>;
-  std::function<Status(uint32_t key, const model::Storage& s, const ByteRange* range, const PayloadSink& sink)>
-      storage_stream;
+  // Optional record stage (modelcdr::Transform, MTD protect/restore): called once per record,
+  // in key order, writer-created storages included, to write the record's payload instead of
+  // copying s.bytes; it then checks the record's deferred CRC, if any (transform.hpp).
+  Transform* records = nullptr;
   // Where the model's storages lie in the input (the container's ByteRanges, beside the IR):
   // the fast copy path (kernel copy, pread) and the deferred CRC checks read it. nullptr: every
   // payload is copied from its Storage::bytes.

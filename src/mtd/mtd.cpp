@@ -29,6 +29,7 @@
 #include "mtd/digest.hpp"
 #include "mtd/permute.hpp"
 #include "mtd/pipeline.hpp"
+#include "modelcdr/transform.hpp"
 
 namespace modelcdr::mtd {
 
@@ -156,20 +157,6 @@ std::optional<Digest> layout_digest(uint64_t file_size, const Ranges& ranges,
     pos = off + len;
   }
   return h.finish();
-}
-
-// The layout digest of the output just written (read back through a mapping of it).
-Result<Digest> output_layout(io::AtomicOutput& out, const Ranges& ranges) {
-  MCDR_TRY(out.flush());
-  const uint64_t size = out.tell();
-  MCDR_ASSIGN(auto window, out.window(0, size));
-  auto d = layout_digest(size, ranges, [&](uint64_t off, size_t n, uint8_t* buf) {
-    std::memcpy(buf, window.data() + off, n);
-    return true;
-  });
-  window.drop(0, size);
-  if (!d) return make_error(Rule::mtd_internal, "the written records overlap");
-  return *d;
 }
 
 // The layout digest of an input file as parsed: every record must be a stored span of it.
@@ -815,12 +802,108 @@ Digest protected_digest(const Digest& layout, const std::vector<Digest>& after) 
   return h.finish();
 }
 
+// MTD permute as a Transform's record stage (modelcdr/transform.hpp): the pipeline's torch
+// writer calls copy_record for each record, which writes the record's protected bytes (the
+// swapped-in source record, permuted, optionally encrypted) and keeps their tree digest.
+// Per record, one pipeline over two cores (mtd/pipeline.hpp): the helper reads the input in
+// order and gathers the permuted (and encrypted) chunk into a ring slot; both cores hash its
+// leaves; this thread hands it to the writer. Each byte is read once and hashed once.
+class ProtectRecords final : public Transform {
+ public:
+  ProtectRecords(const Model& m, const Layout& l, const std::vector<std::string>& names, const std::vector<uint32_t>& source,
+                 const std::vector<bool>& permuted, const Key32& secret, bool encrypt, bool crc_checked)
+      : after(l.order.size()), m_(m), l_(l), names_(names), source_(source), permuted_(permuted), secret_(secret),
+        encrypt_(encrypt), crc_checked_(crc_checked), written_(l.order.size()), pipe_(kStreamChunk, kRing) {}
+  const char* name() const override { return "mtd-permute"; }
+  bool has_record_stage() const override { return true; }
+  Status copy_record(const RecordCopy& rec, const PayloadSink& sink) override;
+  // The layout digest of the output as written, then `seal` (the map: sealed and committed).
+  Status finish(const WrittenOutput& out, FileReport&) override {
+    auto d = layout_digest(out.size, written_, [&](uint64_t off, size_t n, uint8_t* buf) {
+      return out.read(off, std::span<uint8_t>(buf, n)).ok();
+    });
+    if (!d) return make_error(Rule::mtd_internal, "the written records overlap");
+    return seal ? seal(*d) : ok_status();
+  }
+  void after_commit(bool ok) override {
+    if (committed) committed(ok);
+  }
+
+  std::vector<Digest> after;  // each record's tree digest as protected, by key
+  std::function<Status(const Digest& layout_after)> seal;
+  std::function<void(bool)> committed;
+
+ private:
+  const Model& m_;
+  const Layout& l_;
+  const std::vector<std::string>& names_;
+  const std::vector<uint32_t>& source_;
+  const std::vector<bool>& permuted_;
+  const Key32& secret_;
+  const bool encrypt_;
+  // The first copy of an input checks the CRCs the reader deferred; later copies need not.
+  const bool crc_checked_;
+  Ranges written_;  // where each record's payload lands in the output (for the layout digest)
+  RecordPipeline pipe_;
+};
+
+Status ProtectRecords::copy_record(const RecordCopy& rec, const PayloadSink& sink) {
+  const size_t n = l_.order.size();
+  const uint32_t key = rec.key;
+  const model::Storage& s = *rec.storage;
+  if (key >= n) return make_error(Rule::mtd_internal, "writer and layout disagree on the records");
+  written_[key] = {rec.output_offset, s.bytes.size()};
+  const model::Storage& src = source_[key] == key ? s : l_.at(m_, source_[key]);
+  const ByteRange* src_range = source_[key] == key ? rec.range : l_.range(m_, source_[key]);
+  if (src.bytes.size() != s.bytes.size()) return make_error(Rule::mtd_internal, "swap between different sizes");
+  const std::span<const uint8_t> in = src.bytes;
+  const size_t esize = model::dtype_info(src.dtype).element_size;
+  std::optional<Permuter> perm;
+  if (permuted_[key]) {
+    Key32 pk = derive_storage_key(secret_, names_[key], key);
+    perm.emplace(pk.data(), in.size() / esize, esize, false);
+    sodium_memzero(pk.data(), pk.size());
+  }
+  std::optional<RecordCipher> cipher;
+  if (encrypt_) {  // encrypt after permuting: the keystream runs over the output in order
+    Key32 ck = derive_record_cipher_key(secret_, key);
+    cipher.emplace(ck);
+    sodium_memzero(ck.data(), ck.size());
+  }
+  const size_t leaf = leaf_of(src);
+  TreeDigest after_sum(in.size(), leaf);
+  uint32_t crc = 0;
+  const bool check_crc = !crc_checked_ && src_range && src_range->expected_crc.has_value();
+  // Helper thread, in order: the CRC the reader deferred over the input as read, and the
+  // protected chunk into the slot, whose leaves are then hashed by either core.
+  auto prepare = [&](size_t off, size_t len, ChunkSlot& slot) {
+    if (check_crc) crc = libdeflate_crc32(crc, in.data() + off, len);
+    uint8_t* o = slot.out.data();
+    if (perm) perm->produce(in.data(), o, off / esize, len / esize);
+    if (cipher) cipher->apply(perm ? o : in.data() + off, o, len, off);
+    if (!perm && !cipher) std::memcpy(o, in.data() + off, len);  // hashed and written from one private copy
+    for (size_t at = 0; at < len; at += leaf) slot.leaves.push_back({(off + at) / leaf, o + at, std::min(leaf, len - at)});
+  };
+  auto consume = [&](const ChunkSlot& slot) {
+    for (size_t i = 0; i < slot.leaves.size(); ++i) after_sum.put(slot.leaves[i].index, slot.digests[i]);
+    return sink(std::span<const uint8_t>(slot.out.data(), slot.length));
+  };
+  io::populate_mapped_pages(in);  // both threads read it (the gather anywhere in it)
+  Status streamed = pipe_.run(in.size(), prepare, consume);
+  if (src_range && src_range->mapped) io::release_mapped_pages(in);  // never heap memory: DONTNEED would zero it
+  MCDR_TRY(streamed);
+  if (check_crc && crc != *src_range->expected_crc)
+    return make_error(Rule::zip_bad_crc, "CRC-32 of the storage record does not match the zip directory", 0, src.source);
+  after[key] = after_sum.finish();
+  return ok_status();
+}
+
 // One protected copy of `src`, with its own fresh secret and swaps, and its own map.
 MtdResult protect_copy(Source& src, const std::string& output, const std::string& map_path, const SealOptions& seal,
                        const ProtectOptions& options, const CopyInfo& copy) {
   MtdResult r;
   r.file = src.file;
-  Source& cached = src;  // the lambdas below name the record they stream `src`
+  Source& cached = src;
   Model& m = model_of(*src.loaded);
   const Layout& l = src.layout;
   const auto& by_sid = src.by_sid;
@@ -843,154 +926,101 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
     for (size_t i = 0; i < keys.size(); ++i) source[keys[i]] = perm[i];
   }
 
-  std::vector<Digest> after(n);
   std::vector<bool> permuted(n, false);
   for (size_t k = 0; k < n; ++k) permuted[k] = is_float_storage(l.at(m, k));
-  // Per record, one pipeline over two cores (mtd/pipeline.hpp): the helper reads the input in
-  // order and gathers the permuted (and encrypted) chunk into a ring slot; both cores hash its
-  // leaves; this thread hands it to the writer. Each byte is read once and hashed once.
-  RecordPipeline pipe(kStreamChunk, kRing);
-  auto out = io::AtomicOutput::create(output);
-  if (!out.ok()) return fail(r, out.error());
-  Ranges written(n);  // where each record's payload lands in the output (for the layout digest)
-  auto wo = write_options(options.compat);
-  wo.ranges = l.ranges;
-  wo.storage_stream = [&](uint32_t key, const model::Storage& s, const ByteRange* range,
-                          const formats::TorchWriteOptions::PayloadSink& sink) -> Status {
-    if (key >= n) return make_error(Rule::mtd_internal, "writer and layout disagree on the records");
-    written[key] = {out->tell(), s.bytes.size()};
-    const model::Storage& src = source[key] == key ? s : l.at(m, source[key]);
-    const ByteRange* src_range = source[key] == key ? range : l.range(m, source[key]);
-    if (src.bytes.size() != s.bytes.size()) return make_error(Rule::mtd_internal, "swap between different sizes");
-    const std::span<const uint8_t> in = src.bytes;
-    const size_t esize = model::dtype_info(src.dtype).element_size;
-    std::optional<Permuter> perm;
-    if (permuted[key]) {
-      Key32 pk = derive_storage_key(secret, names[key], key);
-      perm.emplace(pk.data(), in.size() / esize, esize, false);
-      sodium_memzero(pk.data(), pk.size());
+  // The record stage of the pipeline's torch writer (ProtectRecords): each byte is read once
+  // and hashed once. The map is sealed and committed in its finish(), before the output.
+  auto records = std::make_shared<ProtectRecords>(m, l, names, source, permuted, secret, options.encrypt, cached.crc_checked);
+  io::AtomicOutput map_out;
+  bool map_committed = false;
+  records->seal = [&](const Digest& layout_after) -> Status {
+    std::string pkl_hash = hex(hash_bytes(l.pkl));
+    json storages = json::array();
+    json swaps = json::array();
+    for (size_t k = 0; k < n; ++k) {
+      const auto& s = l.at(m, k);
+      storages.push_back({{"key", k},
+                          {"name", names[k]},
+                          {"dtype", model::dtype_info(s.dtype).name},
+                          {"nbytes", s.bytes.size()},
+                          {"permuted", bool(permuted[k])},
+                          {"source", source[k]},
+                          {"after", hex(records->after[k])}});
+      if (source[k] != k) {
+        swaps.push_back({{"at", names[k]}, {"holds", names[source[k]]}});
+        ++r.swapped;
+      }
+      if (permuted[k]) ++r.permuted;
     }
-    std::optional<RecordCipher> cipher;
-    if (options.encrypt) {  // encrypt after permuting: the keystream runs over the output in order
-      Key32 ck = derive_record_cipher_key(secret, key);
-      cipher.emplace(ck);
-      sodium_memzero(ck.data(), ck.size());
-    }
-    const size_t leaf = leaf_of(src);
-    TreeDigest after_sum(in.size(), leaf);
-    uint32_t crc = 0;
-    const bool check_crc = !cached.crc_checked && src_range && src_range->expected_crc.has_value();
-    // Helper thread, in order: the CRC the reader deferred over the input as read, and the
-    // protected chunk into the slot, whose leaves are then hashed by either core.
-    auto prepare = [&](size_t off, size_t len, ChunkSlot& slot) {
-      if (check_crc) crc = libdeflate_crc32(crc, in.data() + off, len);
-      uint8_t* o = slot.out.data();
-      if (perm) perm->produce(in.data(), o, off / esize, len / esize);
-      if (cipher) cipher->apply(perm ? o : in.data() + off, o, len, off);
-      if (!perm && !cipher) std::memcpy(o, in.data() + off, len);  // hashed and written from one private copy
-      for (size_t at = 0; at < len; at += leaf) slot.leaves.push_back({(off + at) / leaf, o + at, std::min(leaf, len - at)});
-    };
-    auto consume = [&](const ChunkSlot& slot) {
-      for (size_t i = 0; i < slot.leaves.size(); ++i) after_sum.put(slot.leaves[i].index, slot.digests[i]);
-      return sink(std::span<const uint8_t>(slot.out.data(), slot.length));
-    };
-    io::populate_mapped_pages(in);  // both threads read it (the gather anywhere in it)
-    Status streamed = pipe.run(in.size(), prepare, consume);
-    if (src_range && src_range->mapped) io::release_mapped_pages(in);  // never heap memory: DONTNEED would zero it
-    MCDR_TRY(streamed);
-    if (check_crc && crc != *src_range->expected_crc)
-      return make_error(Rule::zip_bad_crc, "CRC-32 of the storage record does not match the zip directory", 0, src.source);
-    after[key] = after_sum.finish();
+    r.storages = n;
+    json payload = {
+        {"schema", kMapSchema},
+        {"tool", std::string("modelcdr ") + kVersion},
+        {"created_unix", static_cast<int64_t>(std::chrono::duration_cast<std::chrono::seconds>(
+                             std::chrono::system_clock::now().time_since_epoch()).count())},
+        {"secret", to_base64(secret.data(), secret.size())},
+        {"permutation",
+         {{"scheme", kPermScheme},
+          {"block_elements", kPermBlock},
+          {"tables", kPermTables},
+          {"key_derivation", "BLAKE2b-256 keyed by secret over 'modelcdr/mtd/v1/perm' 0 name 0 key"},
+          {"stream", "ChaCha20 (crypto_stream_chacha20), nonce 0"}}},
+        {"encryption", options.encrypt ? json{{"cipher", kRecordCipher},
+                                             {"key_derivation", "BLAKE2b-256 keyed by secret over 'modelcdr/mtd/v2/enc' 0 key"},
+                                             {"counter", "starts at 0 in every record; applied after the permutation"}}
+                                       : json(nullptr)},
+        {"hash", kHashName},
+        {"compat", compat_name(options.compat)},
+        {"layout", {{"what", "SHA-256 of the file size, the record ranges and every byte outside the records"},
+                    {"after", hex(layout_after)}}},
+        {"non_tensor", {{"what", "archive/data.pkl as emitted by modelcdr from the IR (no tensor payloads)"},
+                        {"digest", pkl_hash}}},
+        {"signer", seal.signer ? json(to_base64(seal.signer->ed25519_public.data(), 32)) : json(nullptr)},
+        {"architecture", architecture_json(m)},
+        {"storages", storages},
+        {"swaps", swaps},
+  };
+    std::string text = payload.dump(-1, ' ', false, json::error_handler_t::replace);
+    sodium_memzero(secret.data(), secret.size());
+    // Readable without a key (`modelcdr map info`), bound to the MAC and the signature: nothing
+    // secret (the protected file's hash is anyone's to compute; the copy name is the publisher's).
+    SealOptions so = seal;
+    so.info = json{{"schema", "modelcdr.mtd-map-info/1"},
+                   {"tool", std::string("modelcdr ") + kVersion},
+                   {"created_unix", payload["created_unix"]},
+                   {"model_id", copy.model_id},
+                   {"copy", copy.name.empty() ? json(nullptr) : json(utf8_safe(copy.name))},
+                   {"protected_digest", hex(protected_digest(layout_after, records->after))},
+                   {"records", n},
+                   {"encrypted", options.encrypt},
+                   {"version", options.version ? json(*options.version) : json(nullptr)},
+                   {"expires_unix", options.expires_unix ? json(*options.expires_unix) : json(nullptr)}}
+                  .dump(-1, ' ', false, json::error_handler_t::replace);
+    if (so.info.size() > kMaxMapInfo) return make_error(Rule::map_info, "copy name too long for the map's clear info");
+    auto sealed = seal_map(text, so);
+    sodium_memzero(text.data(), text.size());
+    if (!sealed.ok()) return sealed.error();
+    if (seal.signer) r.signer = fingerprint(seal.signer->ed25519_public.data(), 32);
+    MCDR_TRY(write_text(map_path, *sealed, map_out));
+    // Commit the map first: a protected model without its map would be lost.
+    MCDR_TRY(map_out.commit());
+    map_committed = true;
     return ok_status();
   };
-  if (auto s = formats::write_torch_zip(m, wo, *out); !s.ok()) return fail(r, s.error());
-  cached.crc_checked = true;
-  auto layout_after = output_layout(*out, written);
-  if (!layout_after.ok()) return fail(r, layout_after.error());
-
-  std::string pkl_hash = hex(hash_bytes(l.pkl));
-  json storages = json::array();
-  json swaps = json::array();
-  for (size_t k = 0; k < n; ++k) {
-    const auto& s = l.at(m, k);
-    storages.push_back({{"key", k},
-                        {"name", names[k]},
-                        {"dtype", model::dtype_info(s.dtype).name},
-                        {"nbytes", s.bytes.size()},
-                        {"permuted", bool(permuted[k])},
-                        {"source", source[k]},
-                        {"after", hex(after[k])}});
-    if (source[k] != k) {
-      swaps.push_back({{"at", names[k]}, {"holds", names[source[k]]}});
-      ++r.swapped;
-    }
-    if (permuted[k]) ++r.permuted;
-  }
-  r.storages = n;
-  json payload = {
-      {"schema", kMapSchema},
-      {"tool", std::string("modelcdr ") + kVersion},
-      {"created_unix", static_cast<int64_t>(std::chrono::duration_cast<std::chrono::seconds>(
-                           std::chrono::system_clock::now().time_since_epoch()).count())},
-      {"secret", to_base64(secret.data(), secret.size())},
-      {"permutation",
-       {{"scheme", kPermScheme},
-        {"block_elements", kPermBlock},
-        {"tables", kPermTables},
-        {"key_derivation", "BLAKE2b-256 keyed by secret over 'modelcdr/mtd/v1/perm' 0 name 0 key"},
-        {"stream", "ChaCha20 (crypto_stream_chacha20), nonce 0"}}},
-      {"encryption", options.encrypt ? json{{"cipher", kRecordCipher},
-                                           {"key_derivation", "BLAKE2b-256 keyed by secret over 'modelcdr/mtd/v2/enc' 0 key"},
-                                           {"counter", "starts at 0 in every record; applied after the permutation"}}
-                                     : json(nullptr)},
-      {"hash", kHashName},
-      {"compat", compat_name(options.compat)},
-      {"layout", {{"what", "SHA-256 of the file size, the record ranges and every byte outside the records"},
-                  {"after", hex(*layout_after)}}},
-      {"non_tensor", {{"what", "archive/data.pkl as emitted by modelcdr from the IR (no tensor payloads)"},
-                      {"digest", pkl_hash}}},
-      {"signer", seal.signer ? json(to_base64(seal.signer->ed25519_public.data(), 32)) : json(nullptr)},
-      {"architecture", architecture_json(m)},
-      {"storages", storages},
-      {"swaps", swaps},
+  records->committed = [&](bool ok) {
+    if (!ok && map_committed) ::unlink(map_path.c_str());
   };
-  std::string text = payload.dump(-1, ' ', false, json::error_handler_t::replace);
-  sodium_memzero(secret.data(), secret.size());
-  // Readable without a key (`modelcdr map info`), bound to the MAC and the signature: nothing
-  // secret (the protected file's hash is anyone's to compute; the copy name is the publisher's).
-  SealOptions so = seal;
-  so.info = json{{"schema", "modelcdr.mtd-map-info/1"},
-                 {"tool", std::string("modelcdr ") + kVersion},
-                 {"created_unix", payload["created_unix"]},
-                 {"model_id", copy.model_id},
-                 {"copy", copy.name.empty() ? json(nullptr) : json(utf8_safe(copy.name))},
-                 {"protected_digest", hex(protected_digest(*layout_after, after))},
-                 {"records", n},
-                 {"encrypted", options.encrypt},
-                 {"version", options.version ? json(*options.version) : json(nullptr)},
-                 {"expires_unix", options.expires_unix ? json(*options.expires_unix) : json(nullptr)}}
-                .dump(-1, ' ', false, json::error_handler_t::replace);
-  if (so.info.size() > kMaxMapInfo) return fail(r, make_error(Rule::map_info, "copy name too long for the map's clear info"));
-  auto sealed = seal_map(text, so);
-  sodium_memzero(text.data(), text.size());
-  if (!sealed.ok()) return fail(r, sealed.error());
-  if (seal.signer) r.signer = fingerprint(seal.signer->ed25519_public.data(), 32);
-  io::AtomicOutput map_out, arch_out;
-  if (auto s = write_text(map_path, *sealed, map_out); !s.ok()) return fail(r, s.error());
-  if (!m.architecture.empty()) {
-    r.file.architecture = output + ".architecture.json";
-    if (auto s = write_text(r.file.architecture,
-                            architecture_json(m).dump(2, ' ', false, json::error_handler_t::replace) + "\n", arch_out);
-        !s.ok())
-      return fail(r, s.error());
-  }
-  // Commit the map first: a protected model without its map would be lost.
-  if (auto s = map_out.commit(); !s.ok()) return fail(r, s.error());
-  if (auto s = out->commit(); !s.ok()) {
-    ::unlink(map_path.c_str());
-    return fail(r, s.error());
-  }
-  if (!m.architecture.empty()) (void)arch_out.commit();
+  DisarmOptions dopt;
+  dopt.compat = options.compat;
+  dopt.transforms = {records};
+  Sink sink = Sink::file(output);
+  const engine::RunContext& ctx = options.context ? *options.context : engine::process_context();
+  // The write's own notes (conversions the writer reports) stay out of protect's report, as
+  // before the write went through the pipeline; only where it wrote is taken.
+  FileReport written;
+  if (auto s = engine::run_write(m, sink, dopt, written, src.loaded.get(), ctx); !s.ok()) return fail(r, s.error());
+  r.file.architecture = written.architecture;
+  cached.crc_checked = true;
   r.output = output;
   r.file.output = output;
   for (const auto& f : r.file.findings)
@@ -1207,6 +1237,59 @@ struct RecordUndo {
   }
 };
 
+// MTD inverse as a Transform's record stage: the pipeline's torch writer calls copy_record for
+// each record of the restored file, which reads the record holding its original (the map's
+// swaps), undoes the cipher and the permutation and writes the original bytes. The helper
+// reads each input block exactly once, into a private buffer (the permutation's block buffer,
+// or the ring slot), tree-hashes that buffer, decrypts it and gathers the original from it;
+// this thread writes the slot. So the bytes checked are the bytes restored, even if the input
+// changes under us, and each byte is read and hashed once. A record that does not match its
+// map digest is a mismatch; finish() then abandons the output. The output is confidential.
+class RestoreRecords final : public Transform {
+ public:
+  RestoreRecords(const Model& m, const Layout& l, const MapDoc& doc, const std::vector<uint32_t>& holder,
+                 std::vector<Mismatch>& mismatches)
+      : m_(m), l_(l), doc_(doc), holder_(holder), mismatches_(mismatches), pipe_(kStreamChunk, kRing) {}
+  const char* name() const override { return "mtd-restore"; }
+  bool has_record_stage() const override { return true; }
+  bool confidential_output() const override { return true; }
+  Status copy_record(const RecordCopy& rec, const PayloadSink& sink) override {
+    const uint32_t key = rec.key;
+    const model::Storage& s = *rec.storage;
+    if (key >= doc_.entries.size()) return make_error(Rule::mtd_internal, "writer and map disagree on the records");
+    const uint32_t from = holder_[key];
+    const model::Storage& src = from == key ? s : l_.at(m_, from);
+    const ByteRange* src_range = from == key ? rec.range : l_.range(m_, from);
+    if (src.bytes.size() != s.bytes.size()) return make_error(Rule::mtd_internal, "swap between different sizes");
+    const std::span<const uint8_t> in = src.bytes;
+    const size_t esize = model::dtype_info(src.dtype).element_size;
+    RecordUndo undo(doc_, from, src);
+    auto prepare = [&](size_t off, size_t len, ChunkSlot& slot) { undo.stage(in, off, len, esize, slot); };
+    auto consume = [&](const ChunkSlot& slot) {
+      undo.record(slot);
+      return sink(std::span<const uint8_t>(slot.out.data(), slot.length));
+    };
+    io::populate_mapped_pages(in);  // the gather reads anywhere in it
+    Status streamed = pipe_.run(in.size(), prepare, consume);
+    if (src_range && src_range->mapped) io::release_mapped_pages(in);  // never heap memory: DONTNEED would zero it
+    MCDR_TRY(streamed);
+    undo.check(doc_, from, mismatches_);
+    return ok_status();
+  }
+  Status finish(const WrittenOutput&, FileReport&) override {
+    if (mismatches_.empty()) return ok_status();
+    return make_error(Rule::mtd_internal, "restored records do not match the map (see the mismatches)");
+  }
+
+ private:
+  const Model& m_;
+  const Layout& l_;
+  const MapDoc& doc_;
+  const std::vector<uint32_t>& holder_;
+  std::vector<Mismatch>& mismatches_;
+  RecordPipeline pipe_;
+};
+
 // What restore can check without reading the records: the record count, the canonical
 // data.pkl and the zip layout (which holds every record's CRC-32). If any differs, one pass
 // over the records names what changed (or says the map is for another file), and nothing is
@@ -1246,47 +1329,16 @@ MtdResult restore_impl(const std::string& input, const std::string& map_path, co
   const size_t n = doc.entries.size();
   std::vector<uint32_t> holder(n);  // holder[j] = key whose record holds original j
   for (size_t k = 0; k < n; ++k) holder[doc.entries[k].source] = static_cast<uint32_t>(k);
-  // 2. Undo while writing, checking every protected record against its digest on the way.
-  // The helper reads each input block exactly once, into a private buffer (the permutation's
-  // block buffer, or the ring slot), tree-hashes that buffer, decrypts it and gathers the
-  // original from it; this thread writes the slot. So the bytes checked are the bytes
-  // restored, even if the input changes under us, and each byte is read and hashed once.
-  auto wo = write_options(doc.compat);
-  RecordPipeline pipe(kStreamChunk, kRing);
-  wo.ranges = l.ranges;
-  wo.storage_stream = [&](uint32_t key, const model::Storage& s, const ByteRange* range,
-                          const formats::TorchWriteOptions::PayloadSink& sink) -> Status {
-    if (key >= n) return make_error(Rule::mtd_internal, "writer and map disagree on the records");
-    const uint32_t from = holder[key];
-    const model::Storage& src = from == key ? s : l.at(m, from);
-    const ByteRange* src_range = from == key ? range : l.range(m, from);
-    if (src.bytes.size() != s.bytes.size()) return make_error(Rule::mtd_internal, "swap between different sizes");
-    const std::span<const uint8_t> in = src.bytes;
-    const size_t esize = model::dtype_info(src.dtype).element_size;
-    RecordUndo undo(doc, from, src);
-    auto prepare = [&](size_t off, size_t len, ChunkSlot& slot) { undo.stage(in, off, len, esize, slot); };
-    auto consume = [&](const ChunkSlot& slot) {
-      undo.record(slot);
-      return sink(std::span<const uint8_t>(slot.out.data(), slot.length));
-    };
-    io::populate_mapped_pages(in);  // the gather reads anywhere in it
-    Status streamed = pipe.run(in.size(), prepare, consume);
-    if (src_range && src_range->mapped) io::release_mapped_pages(in);  // never heap memory: DONTNEED would zero it
-    MCDR_TRY(streamed);
-    undo.check(doc, from, r.mismatches);
-    return ok_status();
-  };
-  auto out = io::AtomicOutput::create(output);
-  if (!out.ok()) return fail(r, out.error());
-  // The restored model is the confidential plaintext: owner-only, whatever the umask.
-  if (auto s = out->set_mode(0600); !s.ok()) return fail(r, s.error());
-  auto written = formats::write_torch_zip(m, wo, *out);
-  if (!written.ok()) return fail(r, written.error());
-  if (!r.mismatches.empty()) {
-    out->abandon();
-    r.outcome = Outcome::mismatch;
-    return r;
-  }
+  // 2. Undo while writing (RestoreRecords, the record stage of the pipeline's torch writer),
+  // checking every protected record against its digest on the way; any mismatch abandons
+  // the output.
+  auto records = std::make_shared<RestoreRecords>(m, l, doc, holder, r.mismatches);
+  DisarmOptions dopt;
+  dopt.compat = doc.compat;
+  dopt.transforms = {records};
+  // The sidecar is the map's (the protected file has no module tree of its own to write);
+  // it is prepared first so that a failure leaves no restored file.
+  m.architecture.clear();
   io::AtomicOutput arch_out;
   if (!doc.architecture.is_null()) {
     r.file.architecture = output + ".architecture.json";
@@ -1294,7 +1346,16 @@ MtdResult restore_impl(const std::string& input, const std::string& map_path, co
                             arch_out); !s.ok())
       return fail(r, s.error());
   }
-  if (auto s = out->commit(); !s.ok()) return fail(r, s.error());
+  Sink sink = Sink::file(output);
+  const engine::RunContext& ctx = o.context ? *o.context : engine::process_context();
+  FileReport written;  // as protect: the write's own notes stay out of the report
+  if (auto s = engine::run_write(m, sink, dopt, written, p.loaded.get(), ctx); !s.ok()) {
+    if (!r.mismatches.empty()) {
+      r.outcome = Outcome::mismatch;
+      return r;
+    }
+    return fail(r, s.error());
+  }
   if (!r.file.architecture.empty()) (void)arch_out.commit();
   r.output = output;
   r.state = "restored";

@@ -337,12 +337,24 @@ LsbReport randomize_model(model::Model& m, const LsbPolicy& policy, LaneRng* rng
   return rep;
 }
 
-std::function<Status(model::Model&, FileReport&)> make_lsb_transform(LsbPolicy policy) {
-  return [policy](model::Model& m, FileReport& r) -> Status {
-    LsbReport rep = randomize_model(m, policy);
-    add_finding(r.findings, Severity::info, Rule::stego_lsb_randomized, rep.summary() + " [policy " + policy.describe() + "]");
+namespace {
+// LSB randomisation as a transform: an IR stage only (it replaces float payloads).
+class LsbTransform final : public Transform {
+ public:
+  explicit LsbTransform(LsbPolicy policy) : policy_(policy) {}
+  const char* name() const override { return "lsb-randomize"; }
+  bool has_model_stage() const override { return true; }
+  Status apply(model::Model& m, FileReport& r) override {
+    LsbReport rep = randomize_model(m, policy_);
+    add_finding(r.findings, Severity::info, Rule::stego_lsb_randomized, rep.summary() + " [policy " + policy_.describe() + "]");
     return ok_status();
-  };
-}
+  }
+
+ private:
+  LsbPolicy policy_;
+};
+}  // namespace
+
+std::shared_ptr<Transform> make_lsb_transform(LsbPolicy policy) { return std::make_shared<LsbTransform>(policy); }
 
 }  // namespace modelcdr::stego

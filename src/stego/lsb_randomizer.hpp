@@ -20,11 +20,13 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 
 #include "modelcdr/api.hpp"
 #include "modelcdr/model.hpp"
+#include "modelcdr/transform.hpp"
 
 namespace modelcdr::stego {
 
@@ -108,8 +110,8 @@ struct LsbReport {
 // replacing its payload with an owned buffer. `rng` defaults to a fresh CSPRNG-seeded one.
 LsbReport randomize_model(model::Model& m, const LsbPolicy& policy, LaneRng* rng = nullptr);
 
-// DisarmOptions::transform that runs randomize_model and appends an info finding
-// "stego.lsb-randomized" with the counts to the report.
-std::function<Status(model::Model&, FileReport&)> make_lsb_transform(LsbPolicy policy);
+// A Transform (modelcdr/transform.hpp) whose IR stage runs randomize_model and appends an
+// info finding "stego.lsb-randomized" with the counts to the report.
+std::shared_ptr<Transform> make_lsb_transform(LsbPolicy policy);
 
 }  // namespace modelcdr::stego
