@@ -523,16 +523,23 @@ constexpr size_t kKernelCopyMin = 4 << 20;
 constexpr size_t kMappedCopyMax = 64 * 1024;
 
 // The input pages that copies of small records faulted in since they were last dropped, so that
-// the resident set stays bounded however many records there are.
+// the resident set stays bounded however many records there are. The span [lo, hi) is dropped
+// as one range, so it only ever covers records of one mapping: between two mappings could lie
+// heap memory, which dropping would zero. A mapping is told by its base (address minus file
+// offset), the same for every record in it.
 struct SmallCopies {
   const uint8_t* lo = nullptr;
   const uint8_t* hi = nullptr;
+  uintptr_t base = 0;
   size_t bytes = 0;
   static constexpr size_t kReleaseEvery = 4 << 20;
-  void touched(std::span<const uint8_t> b) {
-    lo = lo ? std::min(lo, b.data()) : b.data();
-    hi = std::max(hi, b.data() + b.size());
-    if ((bytes += b.size()) >= kReleaseEvery) release();
+  void touched(const ByteRange& r) {
+    const uintptr_t from = reinterpret_cast<uintptr_t>(r.view.data()) - r.offset;
+    if (lo && from != base) release();
+    base = from;
+    lo = lo ? std::min(lo, r.view.data()) : r.view.data();
+    hi = std::max(hi, r.view.data() + r.view.size());
+    if ((bytes += r.view.size()) >= kReleaseEvery) release();
   }
   void release() {
     if (lo) io::release_mapped_pages(std::span<const uint8_t>(lo, static_cast<size_t>(hi - lo)));
@@ -592,7 +599,7 @@ Status copy_payload(container::ZipWriter& zip, const std::string& name, const mo
     MCDR_TRY(stream_from_fd(zip, fd, r->offset, bytes.size(), buffer, s.source));
   } else if (!copied) {
     const bool mapped = r && r->mapped && !small_mapped;
-    if (small_mapped) small.touched(bytes);
+    if (small_mapped) small.touched(*r);
     for (size_t off = 0; off < bytes.size(); off += kChunk) {
       auto chunk = bytes.subspan(off, std::min(kChunk, bytes.size() - off));
       MCDR_TRY(zip.write_payload(chunk));
