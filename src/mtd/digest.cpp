@@ -11,8 +11,14 @@ namespace modelcdr::mtd {
 
 namespace {
 EVP_MD_CTX* ctx_of(void* p) { return static_cast<EVP_MD_CTX*>(p); }
+// Fetched once: EVP_sha256() is a legacy handle that OpenSSL 3 fetches from its provider again
+// on every EVP_DigestInit_ex, and a record digest starts over once per 16 KiB leaf (65536 times
+// a GiB): 0.62 against 0.59 s of CPU per GiB of leaves here. The fetched method is never freed.
 const EVP_MD* sha256_md() {
-  static const EVP_MD* md = EVP_sha256();
+  static const EVP_MD* md = [] {
+    EVP_MD* fetched = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+    return fetched ? static_cast<const EVP_MD*>(fetched) : EVP_sha256();
+  }();
   return md;
 }
 }  // namespace
