@@ -1,6 +1,7 @@
 #include "mtd/mtd.hpp"
 
 #include <libdeflate.h>
+#include <zlib.h>
 #include <sodium.h>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -802,6 +803,43 @@ Digest protected_digest(const Digest& layout, const std::vector<Digest>& after) 
   return h.finish();
 }
 
+// Where protect's and restore's record stages read a record from: with pread from the input
+// file when the record lies in it (straight into the private staging buffer, never through the
+// mapping), else from memory. A file read just after it was written sits in the page
+// cache as small folios, and mapping those cost restore 0.2 s of system time per GiB (1.54 s
+// against 0.58 s of wall for 1 GiB once the same file was read back in large folios); pread
+// copies them without a page-table entry per 4 KiB, and the record is never resident. Used on
+// the helper thread only; `failed`
+// is read once the pipeline has stopped.
+struct SourceRead {
+  std::span<const uint8_t> in;
+  int fd = -1;
+  uint64_t offset = 0;  // of the record in the file
+  bool failed = false;
+  // Records under this size stay on the mapping: in a checkpoint of many small tensors a pread
+  // each would be a system call a tensor (bench/bench_tensor_count.sh), where mapped pages come
+  // back many at a time.
+  static constexpr size_t kPreadMin = 64 << 10;
+  SourceRead(std::span<const uint8_t> bytes, const ByteRange* r) : in(bytes) {
+    if (r && r->in_file() && r->view.data() == bytes.data() && bytes.size() >= kPreadMin) fd = r->fd, offset = r->offset;
+  }
+  // Copies n bytes at byte `at` of the record to dst; on a short read dst is zeroed (the record
+  // digest then fails too) and `failed` set.
+  void copy(uint8_t* dst, size_t at, size_t n) {
+    if (fd < 0) return (void)std::memcpy(dst, in.data() + at, n);
+    for (size_t done = 0; done < n;) {
+      const ssize_t got = ::pread(fd, dst + done, n - done, static_cast<off_t>(offset + at + done));
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) {
+        std::memset(dst, 0, n);
+        failed = true;
+        return;
+      }
+      done += static_cast<size_t>(got);
+    }
+  }
+};
+
 // MTD permute as a Transform's record stage (modelcdr/transform.hpp): the pipeline's torch
 // writer calls copy_record for each record, which writes the record's protected bytes (the
 // swapped-in source record, permuted, optionally encrypted) and keeps their tree digest.
@@ -874,24 +912,56 @@ Status ProtectRecords::copy_record(const RecordCopy& rec, const PayloadSink& sin
   TreeDigest after_sum(in.size(), leaf);
   uint32_t crc = 0;
   const bool check_crc = !crc_checked_ && src_range && src_range->expected_crc.has_value();
-  // Helper thread, in order: the CRC the reader deferred over the input as read, and the
-  // protected chunk into the slot, whose leaves are then hashed by either core.
+  SourceRead read(in, src_range);
+  if (perm && in.size() % esize != 0) read.fd = -1;  // (never: storages hold whole elements) keep the mapped path
+  // A permuted record read by pread: the gather reads its source blocks out of order, each once
+  // (SourceLoad), so the CRC the reader deferred is taken per block, on the copy just read, and
+  // combined in file order at the end (zlib's crc32_combine_op: the same CRC-32 as libdeflate's).
+  const size_t block_bytes = size_t(kPermBlock) * esize;
+  std::vector<uint32_t> block_crc;
+  Permuter::SourceLoad load;
+  if (perm && read.fd >= 0) {
+    block_crc.assign(perm->blocks() + 1, 0);  // + the tail
+    load = [&](const uint8_t*, uint8_t* dst, size_t nbytes, size_t at) {
+      read.copy(dst, at, nbytes);
+      if (check_crc) block_crc[at / block_bytes] = libdeflate_crc32(0, dst, nbytes);
+    };
+  }
+  // Helper thread, in order: the protected chunk into the slot (read once, into private memory
+  // where pread can), whose leaves are then hashed by either core, and the CRC the reader
+  // deferred over the input as read.
   auto prepare = [&](size_t off, size_t len, ChunkSlot& slot) {
-    if (check_crc) crc = libdeflate_crc32(crc, in.data() + off, len);
     uint8_t* o = slot.out.data();
-    if (perm) perm->produce(in.data(), o, off / esize, len / esize);
-    if (cipher) cipher->apply(perm ? o : in.data() + off, o, len, off);
-    if (!perm && !cipher) std::memcpy(o, in.data() + off, len);  // hashed and written from one private copy
+    if (perm && read.fd >= 0) {
+      perm->produce(in.data(), o, off / esize, len / esize, &load);
+    } else if (perm) {
+      if (check_crc) crc = libdeflate_crc32(crc, in.data() + off, len);
+      perm->produce(in.data(), o, off / esize, len / esize);
+    } else {
+      read.copy(o, off, len);  // hashed, checked and written from one private copy
+      if (check_crc) crc = libdeflate_crc32(crc, o, len);
+    }
+    if (cipher) cipher->apply(o, o, len, off);
     for (size_t at = 0; at < len; at += leaf) slot.leaves.push_back({(off + at) / leaf, o + at, std::min(leaf, len - at)});
   };
   auto consume = [&](const ChunkSlot& slot) {
     for (size_t i = 0; i < slot.leaves.size(); ++i) after_sum.put(slot.leaves[i].index, slot.digests[i]);
     return sink(std::span<const uint8_t>(slot.out.data(), slot.length));
   };
-  io::populate_mapped_pages(in);  // both threads read it (the gather anywhere in it)
+  if (read.fd < 0) io::populate_mapped_pages(in);  // both threads read it (the gather anywhere in it)
   Status streamed = pipe_.run(in.size(), prepare, consume);
   if (src_range && src_range->mapped) io::release_mapped_pages(in);  // never heap memory: DONTNEED would zero it
   MCDR_TRY(streamed);
+  if (read.failed)
+    return make_error(Rule::io_read, "cannot read the input (changed while being protected?)", read.offset, src.source);
+  if (check_crc && !block_crc.empty()) {
+    const uLong op = crc32_combine_gen(static_cast<z_off_t>(block_bytes));
+    uLong c = 0;
+    for (size_t j = 0; j < perm->blocks(); ++j) c = crc32_combine_op(c, block_crc[j], op);
+    const size_t tail = in.size() - perm->blocks() * block_bytes;
+    if (tail) c = crc32_combine(c, block_crc.back(), static_cast<z_off_t>(tail));
+    crc = static_cast<uint32_t>(c);
+  }
   if (check_crc && crc != *src_range->expected_crc)
     return make_error(Rule::zip_bad_crc, "CRC-32 of the storage record does not match the zip directory", 0, src.source);
   after[key] = after_sum.finish();
@@ -1150,38 +1220,6 @@ MtdResult verify_impl(const std::string& input, const std::string& map_path, con
   r.outcome = r.mismatches.empty() ? Outcome::ok : Outcome::mismatch;
   return r;
 }
-
-// Where restore's record stage reads a protected record from: with pread from the input file
-// when the record lies in it (straight into the private staging buffer, never through the
-// mapping), else from memory. A protected file read just after it was written sits in the page
-// cache as small folios, and mapping those cost restore 0.2 s of system time per GiB (1.54 s
-// against 0.58 s of wall for 1 GiB once the same file was read back in large folios); pread
-// copies them without a page-table entry per 4 KiB. Used on the helper thread only; `failed`
-// is read once the pipeline has stopped.
-struct SourceRead {
-  std::span<const uint8_t> in;
-  int fd = -1;
-  uint64_t offset = 0;  // of the record in the file
-  bool failed = false;
-  SourceRead(std::span<const uint8_t> bytes, const ByteRange* r) : in(bytes) {
-    if (r && r->in_file() && r->view.data() == bytes.data()) fd = r->fd, offset = r->offset;
-  }
-  // Copies n bytes at byte `at` of the record to dst; on a short read dst is zeroed (the record
-  // digest then fails too) and `failed` set.
-  void copy(uint8_t* dst, size_t at, size_t n) {
-    if (fd < 0) return (void)std::memcpy(dst, in.data() + at, n);
-    for (size_t done = 0; done < n;) {
-      const ssize_t got = ::pread(fd, dst + done, n - done, static_cast<off_t>(offset + at + done));
-      if (got < 0 && errno == EINTR) continue;
-      if (got <= 0) {
-        std::memset(dst, 0, n);
-        failed = true;
-        return;
-      }
-      done += static_cast<size_t>(got);
-    }
-  }
-};
 
 // Undoing one protected record (restore_impl, restore_model_impl): its inverse permutation
 // and record cipher from the map's secret, and the tree digest of the record as protected.

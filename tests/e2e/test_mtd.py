@@ -463,3 +463,36 @@ def test_usage_errors_exit_2(tmp_path, models, keys):
     rc, so, se = cli("restore", tmp_path / "missing.pt", "--map", tmp_path / "missing.map",
                      "--key-file", keys["sym"], "-o", tmp_path / "r.pt")
     assert rc == 2
+
+
+@pytest.mark.parametrize("what", ["float", "int"])
+def test_protect_refuses_an_input_record_that_breaks_its_crc(tmp_path, keys, what):
+    # The reader leaves each record's CRC-32 to the record stage, which reads the record once
+    # (pread, block by block in the permutation's order for a float record): one flipped byte
+    # of a large record, with the zip directory untouched, must still fail the protect.
+    torch.manual_seed(0)
+    sd = {"w": torch.rand(3 * 4096 * 16 + 123), "i": torch.arange(40000, dtype=torch.int64)}
+    src = tmp_path / "in.pt"
+    torch.save(sd, src)
+    name = "w" if what == "float" else "i"
+    key = list(sd).index(name)
+    with zipfile.ZipFile(src) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith(f"/data/{key}"))
+    raw = bytearray(src.read_bytes())
+    name_len = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little")
+    extra_len = int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    raw[start + info.file_size - 5] ^= 0x40  # in the float record's tail, past its full blocks
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(bytes(raw))
+    out, mp = tmp_path / "out.pt", tmp_path / "out.map"
+    rc, so, se = cli("protect", bad, "-o", out, "--map", mp, "--key-file", keys["sym"])
+    assert rc != 0, explain(rc, so, se)
+    assert "CRC" in so + se, explain(rc, so, se)
+    assert not out.exists() and not mp.exists()
+    # the intact input protects and restores to its own tensors
+    cli("protect", src, "-o", out, "--map", mp, "--key-file", keys["sym"], want=0)
+    back = tmp_path / "back.pt"
+    cli("restore", out, "--map", mp, "--key-file", keys["sym"], "-o", back, want=0)
+    got = load_wo(back)
+    assert torch.equal(got["w"], sd["w"]) and torch.equal(got["i"], sd["i"])
