@@ -361,6 +361,9 @@ bool worth_decoding(std::optional<unsigned char> b, int layers_left) {
 std::optional<std::string> pickle_layer(std::string_view d, int layers) {
   if (parses_as_pickle(d)) return std::string(d);
   if (layers == 0) return std::nullopt;
+  // Under 11 characters no decoding reaches kMinDecoded (below) bytes: base64 gives at most
+  // 6 bits a character, hex 4. Most strings of a model (keys, names) end here.
+  if (d.size() < 11) return std::nullopt;
   if (!worth_decoding(first_decoded_byte(d, base64_digit, 6), layers - 1) &&
       !worth_decoding(first_decoded_byte(d, hex_digit, 4), layers - 1))
     return std::nullopt;

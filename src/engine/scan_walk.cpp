@@ -61,7 +61,8 @@ FileReport not_a_model(const std::string& path, const Classification& c) {
 }
 
 // A file found in a folder is sorted by its bytes, read once by the scan itself (triage):
-// a model file goes on to be scanned, anything else is reported as not a model file.
+// a model file goes on to be scanned, anything else is reported as not a model file. A
+// ScanWalkOptions::scan_one must honour ScanOptions::triage (Engine::scan does).
 FileReport scan_found(const std::string& path, const ScanOptions& options, const ScanOne& scan_one) {
   ScanOptions sorted = options;
   sorted.triage = [&path, next = options.triage](std::span<const uint8_t> bytes) -> std::optional<FileReport> {

@@ -20,7 +20,6 @@ struct ScanWalkOptions {
   uint64_t max_stdin_bytes = 16ull << 30;  // `-` is spooled to a private temporary file up to this size
   std::function<void(size_t done, const std::string& path)> progress;  // called before each file
   // Scans one model file; unset: scan_file (the process default policy). The CLI passes its Engine.
-  // It must honour ScanOptions::triage (folder files are sorted by content through it).
   std::function<FileReport(const std::string& path, const ScanOptions&)> scan_one;
 };
 
