@@ -80,7 +80,9 @@ std::vector<std::string> walk(const std::string& root, const std::vector<std::st
   std::error_code ec;
   auto it = fs::recursive_directory_iterator(root, fs::directory_options::skip_permission_denied, ec);
   for (; !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-    const std::string rel = it->path().lexically_relative(root).generic_string();
+    // The relative path only matters to --exclude (path arithmetic per entry, on the serial
+    // part of a folder scan before the workers start).
+    const std::string rel = globs.empty() ? std::string() : it->path().lexically_relative(root).generic_string();
     std::error_code sec;
     const bool link = it->is_symlink(sec);
     const bool dir = !link && it->is_directory(sec);
