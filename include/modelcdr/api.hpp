@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -87,6 +88,10 @@ struct ScanOptions {
   std::function<void(const model::Model&, FileReport&)> inspect;
   ProgressFn progress;                        // optional
   const std::atomic<bool>* cancel = nullptr;  // optional: set to true to cancel (engine.cancelled)
+  // Optional: called with the input's bytes (read once) before anything parses them; a report
+  // it returns is the file's report. Directory mode sorts files with it (not a model file:
+  // text, JSON, images), so that the file is not opened twice.
+  std::function<std::optional<FileReport>(std::span<const uint8_t> bytes)> triage;
 };
 
 enum class CompatTarget { torch2, torch1_13 };

@@ -2,6 +2,7 @@
 // BUILD, reachable from the root or not. A payload can run while unpickling and be popped before
 // STOP, so walking only what the lifter keeps would miss it.
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cstring>
 #include <iterator>
@@ -232,10 +233,16 @@ namespace {
 // Opcodes a stream can begin with: every other one needs a value, a mark or a memo entry
 // that an empty stack lacks, so the machine would fail on it at once (not worth running).
 bool can_begin_stream(unsigned char op) {
-  static const unsigned char ops[] = {0x80, 0x95, '(', ')', ']', '}', 0x8f, 'N', 0x88, 0x89, 'I', 'J',
-                                      'K',  'M',  'L', 0x8a, 0x8b, 'F', 'G', 'S', 'T', 'U', 'V', 'X',
-                                      'B',  'C',  0x8c, 0x8d, 0x8e, 0x96, 'c', 'P', 0x82, 0x83, 0x84, 0x97};
-  return std::find(std::begin(ops), std::end(ops), op) != std::end(ops);
+  static constexpr unsigned char ops[] = {0x80, 0x95, '(', ')', ']', '}', 0x8f, 'N', 0x88, 0x89, 'I', 'J',
+                                          'K',  'M',  'L', 0x8a, 0x8b, 'F', 'G', 'S', 'T', 'U', 'V', 'X',
+                                          'B',  'C',  0x8c, 0x8d, 0x8e, 0x96, 'c', 'P', 0x82, 0x83, 0x84, 0x97};
+  // A table of the 256 byte values: asked for every string of every pickle (twice per layer).
+  static constexpr std::array<bool, 256> table = [] {
+    std::array<bool, 256> t{};
+    for (unsigned char c : ops) t[c] = true;
+    return t;
+  }();
+  return table[op];
 }
 
 // Text-line opcodes cannot complete without a newline.
@@ -361,6 +368,9 @@ bool worth_decoding(std::optional<unsigned char> b, int layers_left) {
 std::optional<std::string> pickle_layer(std::string_view d, int layers) {
   if (parses_as_pickle(d)) return std::string(d);
   if (layers == 0) return std::nullopt;
+  // Under 11 characters no decoding reaches kMinDecoded (below) bytes: base64 gives at most
+  // 6 bits a character, hex 4. Most strings of a model (keys, names) end here.
+  if (d.size() < 11) return std::nullopt;
   if (!worth_decoding(first_decoded_byte(d, base64_digit, 6), layers - 1) &&
       !worth_decoding(first_decoded_byte(d, hex_digit, 4), layers - 1))
     return std::nullopt;

@@ -60,12 +60,19 @@ FileReport not_a_model(const std::string& path, const Classification& c) {
   return r;
 }
 
+// A file found in a folder is sorted by its bytes, read once by the scan itself (triage):
+// a model file goes on to be scanned, anything else is reported as not a model file. A
+// ScanWalkOptions::scan_one must honour ScanOptions::triage (Engine::scan does).
 FileReport scan_found(const std::string& path, const ScanOptions& options, const ScanOne& scan_one) {
-  Classification c = classify(path);
-  if (c.kind == Kind::model || c.kind == Kind::unreadable || c.kind == Kind::unsupported_model ||
-      (c.kind == Kind::unknown_binary && has_model_extension(path)))
-    return scan_one(path, options);  // a name a loader is pointed at is checked, whatever its bytes
-  return not_a_model(path, c);
+  ScanOptions sorted = options;
+  sorted.triage = [&path, next = options.triage](std::span<const uint8_t> bytes) -> std::optional<FileReport> {
+    Classification c = classify_bytes(fs::path(path).filename().string(), bytes);
+    if (c.kind == Kind::model || c.kind == Kind::unsupported_model ||
+        (c.kind == Kind::unknown_binary && has_model_extension(path)))
+      return next ? next(bytes) : std::nullopt;  // a name a loader is pointed at is checked, whatever its bytes
+    return not_a_model(path, c);
+  };
+  return scan_one(path, sorted);  // unreadable: the scan reports why
 }
 
 std::vector<std::string> walk(const std::string& root, const std::vector<std::string>& globs) {
@@ -73,7 +80,9 @@ std::vector<std::string> walk(const std::string& root, const std::vector<std::st
   std::error_code ec;
   auto it = fs::recursive_directory_iterator(root, fs::directory_options::skip_permission_denied, ec);
   for (; !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-    const std::string rel = it->path().lexically_relative(root).generic_string();
+    // The relative path only matters to --exclude (path arithmetic per entry, on the serial
+    // part of a folder scan before the workers start).
+    const std::string rel = globs.empty() ? std::string() : it->path().lexically_relative(root).generic_string();
     std::error_code sec;
     const bool link = it->is_symlink(sec);
     const bool dir = !link && it->is_directory(sec);

@@ -3,6 +3,7 @@
 // the same stream; the pickle machine calls our hook there, and the hook consumes exactly
 // what joblib's unpickler would read: [pad length byte, pad bytes] + numel x itemsize bytes,
 // or a nested protocol-2 pickle for object arrays (decoded and scanned, not rebuilt).
+#include <unordered_map>
 #include <unordered_set>
 
 #include "cdr/class_registry.hpp"
@@ -106,18 +107,27 @@ Result<pickle::RawPayload> read_array_payload(const Program& p, NodeId id, io::B
 // wrapper, vetted registry classes) are lowered to info: they are understood, not removed.
 void soften_vetted(const Program& p, const cdr::ClassRegistry& reg, const std::string& entry, Findings& findings,
                    size_t first) {
-  std::unordered_set<std::string> names;
-  for (const auto& g : pickle::globals_table())  // pickle/globals.def, role kGData
-    if (g.roles & pickle::kGData) names.insert("'" + std::string(g.module) + " " + std::string(g.name) + "'");
-  for (const auto& c : reg.classes()) names.insert("'" + c.module + " " + c.name + "'");
+  // A name rebuilt from data: pickle/globals.def role kGData, or a class of the registry. Each
+  // GLOBAL node is looked up once (a checkpoint calls the same memoized global per tensor);
+  // building a set of every name per file cost more than the rest of a small file's scan.
+  std::unordered_map<NodeId, bool> known;
+  auto vetted = [&](NodeId id) {
+    auto [it, fresh] = known.try_emplace(id, false);
+    if (fresh) {
+      const Node& g = p.at(id);
+      it->second = pickle::has_role(g.text, g.name(), pickle::kGData) || reg.find(g.text, g.name()).has_value();
+    }
+    return it->second;
+  };
   // Matched by the offsets of the nodes program_scan.cpp reports (GLOBAL, REDUCE/NEWOBJ),
   // never by message text.
   std::unordered_set<uint64_t> vetted_globals, vetted_calls;
-  for (const Node& n : p.nodes) {
-    if (n.kind == NodeKind::Global && names.count("'" + n.text + " " + n.name() + "'")) vetted_globals.insert(n.offset);
+  for (NodeId id = 0; id < p.nodes.size(); ++id) {
+    const Node& n = p.nodes[id];
+    if (n.kind == NodeKind::Global && vetted(id)) vetted_globals.insert(n.offset);
     if ((n.kind == NodeKind::Call || n.kind == NodeKind::NewObj) && p.at(n.items[0]).kind == NodeKind::Global) {
       const Node& g = p.at(n.items[0]);
-      if (names.count("'" + g.text + " " + g.name() + "'")) vetted_calls.insert(n.offset);
+      if (vetted(n.items[0])) vetted_calls.insert(n.offset);
       // scikit-learn's Cython newObj(cls) helper on a registry class (lifter.cpp, is_newobj_helper)
       if (n.kind == NodeKind::Call && g.name() == "newObj" && g.text.rfind("sklearn.", 0) == 0 &&
           p.at(n.items[1]).kind == NodeKind::Tuple && p.at(n.items[1]).items.size() == 1) {

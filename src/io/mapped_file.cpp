@@ -75,9 +75,23 @@ void unregister_mapping(int slot) {
   g_slots[slot].end.store(0);
 }
 
+// Reads up to `size` bytes from the start of `fd` into `out`; returns how many were read
+// (fewer when the file shrank since fstat), or -1 with errno set.
+ssize_t read_all(int fd, uint8_t* out, size_t size) {
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = ::pread(fd, out + done, size - done, static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return -1;
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  return static_cast<ssize_t>(done);
+}
+
 }  // namespace
 
-Result<MappedFile> MappedFile::open(const std::string& path) {
+Result<MappedFile> MappedFile::open(const std::string& path, size_t read_below) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return make_error(Rule::io_open, std::string("cannot open: ") + std::strerror(errno));
   struct stat st{};
@@ -93,45 +107,59 @@ Result<MappedFile> MappedFile::open(const std::string& path) {
   MappedFile m;
   m.path_ = path;
   m.size_ = static_cast<size_t>(st.st_size);
-  if (m.size_ > 0) {
-    void* p = ::mmap(nullptr, m.size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      int e = errno;
-      ::close(fd);
-      return make_error(Rule::io_mmap, std::string("cannot map: ") + std::strerror(e));
+  m.fd_ = fd;  // closed by m from here on
+  if (m.size_ > 0 && m.size_ < read_below) {
+    m.buffer_.reset(new uint8_t[m.size_]);  // no zero fill: every byte is read or zeroed below
+    ssize_t n = read_all(fd, m.buffer_.get(), m.size_);
+    if (n < 0) return make_error(Rule::io_read, std::string("cannot read: ") + std::strerror(errno));
+    if (static_cast<size_t>(n) < m.size_) {  // shrank: zeros after its end, as a truncated mapping reads
+      std::memset(m.buffer_.get() + n, 0, m.size_ - static_cast<size_t>(n));
+      m.short_read_ = true;
     }
+    m.data_ = m.buffer_.get();
+  } else if (m.size_ > 0) {
+    void* p = ::mmap(nullptr, m.size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) return make_error(Rule::io_mmap, std::string("cannot map: ") + std::strerror(errno));
     m.data_ = static_cast<const uint8_t*>(p);
     m.slot_ = register_mapping(m.data_, m.size_);
   }
-  m.fd_ = fd;
   return m;
+}
+
+void MappedFile::reset() {
+  unregister_mapping(slot_);  // before munmap: the range may be reused by the next mapping
+  if (data_ && !buffer_) ::munmap(const_cast<uint8_t*>(data_), size_);
+  if (fd_ >= 0) ::close(fd_);
+  buffer_.reset();
+  data_ = nullptr;
+  size_ = 0;
+  fd_ = -1;
+  slot_ = -1;
+  short_read_ = false;
 }
 
 MappedFile::MappedFile(MappedFile&& o) noexcept { *this = std::move(o); }
 
 MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
   if (this != &o) {
-    unregister_mapping(slot_);
-    if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
-    if (fd_ >= 0) ::close(fd_);
+    reset();
     data_ = o.data_;
     size_ = o.size_;
     fd_ = o.fd_;
     slot_ = o.slot_;
+    buffer_ = std::move(o.buffer_);
+    short_read_ = o.short_read_;
     path_ = std::move(o.path_);
     o.data_ = nullptr;
     o.size_ = 0;
     o.fd_ = -1;
     o.slot_ = -1;
+    o.short_read_ = false;
   }
   return *this;
 }
 
-MappedFile::~MappedFile() {
-  unregister_mapping(slot_);  // before munmap: the range may be reused by the next mapping
-  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
-  if (fd_ >= 0) ::close(fd_);
-}
+MappedFile::~MappedFile() { reset(); }
 
 void release_mapped_pages(std::span<const uint8_t> span) {
   static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
@@ -151,11 +179,12 @@ void populate_mapped_pages(std::span<const uint8_t> span) {
 }
 
 void MappedFile::advise_sequential() const {
-  if (data_) ::madvise(const_cast<uint8_t*>(data_), size_, MADV_SEQUENTIAL);
+  if (data_ && !buffer_) ::madvise(const_cast<uint8_t*>(data_), size_, MADV_SEQUENTIAL);
 }
 
 bool MappedFile::changed() const {
   if (slot_ >= 0 && g_slots[slot_].changed.load(std::memory_order_acquire)) return true;
+  if (short_read_) return true;
   struct stat st{};
   if (fd_ >= 0 && (::fstat(fd_, &st) != 0 || static_cast<uint64_t>(st.st_size) != size_)) return true;
   return false;

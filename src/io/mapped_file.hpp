@@ -1,6 +1,7 @@
 // MappedFile: the input, mapped read-only once. Stages pass spans into it, never copies.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 
@@ -28,7 +29,10 @@ class MappedFile;
 
 class MappedFile {
  public:
-  static Result<MappedFile> open(const std::string& path);
+  // `read_below`: a file smaller than this many bytes is read into a private buffer instead
+  // of being mapped (one read() instead of mmap + page faults + munmap, which with several
+  // threads costs a TLB shootdown each: a folder scan is mostly files of a few KiB).
+  static Result<MappedFile> open(const std::string& path, size_t read_below = 0);
   MappedFile() = default;
   MappedFile(MappedFile&& o) noexcept;
   MappedFile& operator=(MappedFile&& o) noexcept;
@@ -37,6 +41,9 @@ class MappedFile {
   ~MappedFile();
 
   std::span<const uint8_t> bytes() const { return {data_, size_}; }
+  // True for a file read into a private buffer (open's `read_below`): bytes() is heap memory,
+  // never to be passed to release_mapped_pages (DONTNEED would zero it).
+  bool buffered() const { return buffer_ != nullptr; }
   bool contains(std::span<const uint8_t> s) const {
     return data_ && s.data() >= data_ && s.data() + s.size() <= data_ + size_;
   }
@@ -48,12 +55,17 @@ class MappedFile {
   // Tell the kernel we will stream through [off, off+len) once (readahead, then drop).
   void advise_sequential() const;
   // True when the file changed under the mapping: a read past its new end was caught (the
-  // SIGBUS handler below mapped zero pages there) or its size is no longer the mapped size.
+  // SIGBUS handler below mapped zero pages there) or its size is no longer the mapped size;
+  // for a buffered file, when the read ended before the size fstat gave or the size changed.
   // Checked before an output is committed (io.input-changed).
   bool changed() const;
 
  private:
+  void reset();
+
   int slot_ = -1;  // index in the process-wide table of guarded mappings, -1 = none
+  std::unique_ptr<uint8_t[]> buffer_;  // a small file's bytes (data_ points here), else null
+  bool short_read_ = false;            // the buffered read ended early: the file shrank
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
   int fd_ = -1;

@@ -52,6 +52,36 @@ TEST(MappedFileTruncation, SizeChangeWithoutFaultIsChanged) {
   fs::remove(p);
 }
 
+TEST(MappedFileBuffered, SmallFileIsReadIntoABufferLargeFileIsMapped) {
+  std::string text(5000, 'C');
+  text[4999] = 'D';
+  fs::path p = temp_file(text);
+  auto small = MappedFile::open(p.string(), 5001);
+  ASSERT_TRUE(small.ok());
+  EXPECT_TRUE(small->buffered());
+  EXPECT_EQ(std::string(small->bytes().begin(), small->bytes().end()), text);
+  EXPECT_FALSE(small->changed());
+  auto mapped = MappedFile::open(p.string(), 5000);  // not below the bound: mapped as before
+  ASSERT_TRUE(mapped.ok());
+  EXPECT_FALSE(mapped->buffered());
+  EXPECT_EQ(std::string(mapped->bytes().begin(), mapped->bytes().end()), text);
+  MappedFile moved = std::move(*small);  // the buffer moves with it, the source is empty
+  EXPECT_TRUE(moved.buffered());
+  EXPECT_EQ(moved.bytes().back(), 'D');
+  EXPECT_TRUE(small->bytes().empty());
+  // A size change after the read is a changed input, as for a mapping.
+  ASSERT_EQ(::truncate(p.c_str(), 100), 0);
+  EXPECT_TRUE(moved.changed());
+  EXPECT_EQ(moved.bytes().back(), 'D');  // the private copy itself is unaffected
+  fs::remove(p);
+}
+
+TEST(MappedFileBuffered, NotARegularFileIsRefusedBeforeAnyRead) {
+  auto dir = MappedFile::open(fs::temp_directory_path().string(), 1u << 20);
+  ASSERT_FALSE(dir.ok());
+  EXPECT_EQ(dir.error().rule, Rule::io_not_regular);
+}
+
 TEST(MappedFileTruncation, OtherFaultsStillCrash) {
   // A SIGBUS outside every input mapping keeps the default action.
   EXPECT_DEATH(
