@@ -37,8 +37,21 @@ volatile uint8_t sink;
 }  // namespace
 
 int main(int argc, char** argv) {
-  size_t mib = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 256;
-  int repeats = argc > 2 ? std::atoi(argv[2]) : 5;
+  // Both arguments must be positive numbers: anything else (e.g. --help) prints the usage, since a
+  // zero-sized buffer has no middle byte to read.
+  char* end = nullptr;
+  size_t mib = argc > 1 ? std::strtoull(argv[1], &end, 10) : 256;
+  bool ok = argc <= 1 || (*end == '\0' && mib > 0 && mib <= (size_t{1} << 16));
+  int repeats = 5;
+  if (ok && argc > 2) {
+    long r = std::strtol(argv[2], &end, 10);
+    ok = *end == '\0' && r > 0 && r <= 1000;
+    repeats = static_cast<int>(r);
+  }
+  if (!ok || argc > 3) {
+    std::fprintf(stderr, "usage: bench_lsb [MiB=256 (1..65536)] [repeats=5 (1..1000)]\n");
+    return 2;
+  }
   size_t bytes = mib << 20;
   std::vector<uint8_t> in(bytes), out(bytes);
   {
