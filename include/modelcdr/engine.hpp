@@ -94,9 +94,16 @@ class Engine {
   Result<LoadedModelPtr> load(const Source& source, const DisarmOptions& options, FileReport& report,
                               bool defer_storage_crc = false) const;
 
-  // MTD (docs/MTD.md) over file sources and sinks: a memory source or sink is refused
-  // (engine.unsupported). The option types and key loading are in src/mtd/mtd.hpp; the
-  // outcome is in FileReport::mtd, an error in FileReport::error.
+  // MTD (docs/MTD.md) on any source and sink: the model and the map each from a file or
+  // from memory, the protected / restored model and the new map each to an atomic file or to
+  // memory. A file sink with replace is refused (engine.unsupported): MTD never replaces an
+  // existing file. protect commits the map before the model (a file map is removed again if
+  // the model cannot be committed; a memory map is filled only once the model is). On failure
+  // memory sinks are empty. The outcome is in FileReport::mtd, an error in FileReport::error.
+  // The path forms are Sink::file(map_path) / Source::file(map_path).
+  FileReport protect(const Source& source, Sink& sink, Sink& map, const mtd::ProtectOptions& options) const;
+  FileReport restore(const Source& source, const Source& map, Sink& sink, const mtd::RestoreOptions& options) const;
+  FileReport verify(const Source& source, const Source& map, const mtd::RestoreOptions& options) const;
   FileReport protect(const Source& source, Sink& sink, const std::string& map_path,
                      const mtd::ProtectOptions& options) const;
   FileReport restore(const Source& source, const std::string& map_path, Sink& sink,

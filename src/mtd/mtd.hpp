@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "modelcdr/api.hpp"
+#include "modelcdr/engine.hpp"
 #include "mtd/seal.hpp"
 
 namespace modelcdr::engine {
@@ -56,6 +57,11 @@ struct ProtectOptions {
 // --expires DATE: YYYY-MM-DD (00:00:00 UTC that day), YYYY-MM-DDTHH:MM:SSZ, or @UNIX-SECONDS.
 Result<int64_t> parse_expiry(const std::string& text);
 
+// Every call takes any Source and Sink (include/modelcdr/engine.hpp): the input and the map
+// from a file or from memory, the output and the map to an atomic file or to memory. File
+// sinks are never replaced (a sink with replace is refused); a rejected call leaves no output
+// and no map (memory sinks are emptied). The path forms below are Source::file / Sink::file.
+MtdResult protect(const Source& input, Sink& output, Sink& map, const ProtectOptions& options);
 MtdResult protect(const std::string& input, const std::string& output, const std::string& map_path,
                   const ProtectOptions& options);
 
@@ -85,11 +91,15 @@ struct RestoreOptions {
   bool check_expiry = false;            // restore: refuse a map past its expiry: mtd.expired
 };
 
+MtdResult restore(const Source& input, const Source& map, Sink& output, const RestoreOptions& options);
+MtdResult verify(const Source& input, const Source& map, const RestoreOptions& options);
 MtdResult restore(const std::string& input, const std::string& map_path, const std::string& output,
                   const RestoreOptions& options);
 MtdResult verify(const std::string& input, const std::string& map_path, const RestoreOptions& options);
 // restore without an output file (the Python loader): the restored records become owned
 // buffers of `restored`, so the plain weights never touch the disk. Same checks as restore.
+MtdResult restore_model(const Source& input, const Source& map, const RestoreOptions& options,
+                        LoadedModelPtr& restored);
 MtdResult restore_model(const std::string& input, const std::string& map_path, const RestoreOptions& options,
                         LoadedModelPtr& restored);
 
