@@ -18,13 +18,10 @@
 
 #include "modelcdr/api.hpp"
 #include "modelcdr/limits.hpp"
+#include "modelcdr/mtd.hpp"
 
 namespace modelcdr {
 
-namespace mtd {
-struct ProtectOptions;
-struct RestoreOptions;
-}  // namespace mtd
 namespace engine {
 struct BatchOptions;
 }  // namespace engine

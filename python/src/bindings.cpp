@@ -439,13 +439,11 @@ struct KeyHolder {
   }
 };
 
-std::string read_passphrase(const std::string& path) {
-  auto s = mtd::read_small_file(path, 64 << 10);
+// Read into guarded memory (include/modelcdr/mtd.hpp); the first line, not empty.
+mtd::Secret<mtd::SecretString> read_passphrase(const std::string& path) {
+  auto s = mtd::read_passphrase_file(path);
   if (!s.ok()) throw py::value_error("passphrase_file: " + s.error().message);
-  std::string p = *s;
-  if (auto nl = p.find_first_of("\r\n"); nl != std::string::npos) p.resize(nl);
-  if (p.empty()) throw py::value_error("passphrase_file: " + path + ": empty passphrase");
-  return p;
+  return std::move(*s);
 }
 
 py::dict mtd_dict(const mtd::MtdResult& r) {
@@ -541,7 +539,7 @@ py::dict protect(const std::string& input, const std::string& output, const std:
     if (!k->has_symmetric) throw py::value_error("key_file " + f + ": not a symmetric key file");
     o.seal.symmetric_keys.push_back(k->symmetric);
   }
-  for (const auto& f : passphrase_files) o.seal.passphrases.push_back(read_passphrase(f));
+  for (const auto& f : passphrase_files) o.seal.passphrases.push_back(*read_passphrase(f));
   for (const auto& f : recipients) {
     const auto* k = keys.read(f, "recipient");
     if (!k->has_x25519) throw py::value_error("recipient " + f + ": no x25519-public key");

@@ -69,13 +69,7 @@ int load_signer(const MtdArgs& a, const mtd::KeyFile*& signer, std::vector<std::
   return -1;
 }
 
-Result<std::string> read_passphrase(const std::string& path) {
-  MCDR_ASSIGN(std::string s, mtd::read_small_file(path, 64 << 10));
-  auto nl = s.find_first_of("\r\n");
-  if (nl != std::string::npos) s.resize(nl);
-  if (s.empty()) return make_error(Rule::key_passphrase, path + ": empty passphrase");
-  return s;
-}
+Result<mtd::Secret<mtd::SecretString>> read_passphrase(const std::string& path) { return mtd::read_passphrase_file(path); }
 
 nlohmann::ordered_json report_json(const std::string& command, const MtdArgs& a, const mtd::MtdResult& r) {
   using json = nlohmann::ordered_json;
@@ -267,7 +261,7 @@ int protect_main(const MtdArgs& a) {
   for (const auto& f : a.passphrase_files) {
     auto p = read_passphrase(f);
     if (!p.ok()) return error_exit("--passphrase-file", p.error());
-    o.seal.passphrases.push_back(*p);
+    o.seal.passphrases.push_back(**p);
   }
   for (const auto& f : a.recipients) {
     auto k = mtd::read_key_file(f);
@@ -385,7 +379,7 @@ int open_options(const MtdArgs& a, mtd::RestoreOptions& o, std::vector<std::uniq
   if (!a.passphrase_files.empty()) {
     auto p = read_passphrase(a.passphrase_files[0]);
     if (!p.ok()) return error_exit("--passphrase-file", p.error());
-    o.open.passphrase = *p;
+    o.open.passphrase = std::move(*p);
   }
   if (!a.identity.empty()) {
     auto k = mtd::read_key_file(a.identity);

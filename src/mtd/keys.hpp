@@ -11,16 +11,17 @@
 #include <string>
 #include <vector>
 
+#include "modelcdr/mtd.hpp"
 #include "modelcdr/result.hpp"
 
 namespace modelcdr::mtd {
-
-using Key32 = std::array<uint8_t, 32>;
 
 // A subkey of `secret`: keyed BLAKE2b (libsodium crypto_generichash) of the parts joined by NUL
 // bytes, e.g. {"modelcdr/mtd/v2/enc", "7"}. Domain labels keep subkeys for different uses apart.
 Key32 derive_subkey(const Key32& secret, const std::vector<std::string>& parts);
 
+// A parsed key file. The public handle is mtd::Key (include/modelcdr/mtd.hpp), which keeps
+// one in guarded memory.
 struct KeyFile {
   std::string kind;  // secret | public | symmetric
   bool has_x25519 = false, has_x25519_secret = false, has_ed25519 = false, has_ed25519_secret = false;

@@ -8,6 +8,7 @@
 
 #include "modelcdr/api.hpp"
 #include "modelcdr/engine.hpp"
+#include "modelcdr/mtd.hpp"
 #include "mtd/seal.hpp"
 
 namespace modelcdr::engine {
@@ -41,21 +42,7 @@ struct MtdResult {
   FileReport file;                  // the disarm part (protect) / the parsed input
 };
 
-struct ProtectOptions {
-  SealOptions seal;
-  CompatTarget compat = CompatTarget::torch2;
-  bool allow_trailing_data = false;
-  bool encrypt = false;  // also encrypt every record (AES-256-CTR), not only permute
-  // The Engine's class registry and limits (set by Engine::protect); nullptr: the process default.
-  const engine::RunContext* context = nullptr;
-  // Rollback and expiry (docs/MTD.md §4a): written to the clear info, which the MAC and the
-  // signature cover. `restore --min-version` refuses older maps; restore refuses expired ones.
-  std::optional<uint64_t> version;      // --version N: the publisher's release number
-  std::optional<int64_t> expires_unix;  // --expires DATE
-};
-
-// --expires DATE: YYYY-MM-DD (00:00:00 UTC that day), YYYY-MM-DDTHH:MM:SSZ, or @UNIX-SECONDS.
-Result<int64_t> parse_expiry(const std::string& text);
+// ProtectOptions, RestoreOptions and parse_expiry are public: include/modelcdr/mtd.hpp.
 
 // Every call takes any Source and Sink (include/modelcdr/engine.hpp): the input and the map
 // from a file or from memory, the output and the map to an atomic file or to memory. File
@@ -82,14 +69,6 @@ struct ProtectCopy {
 // gives one result).
 std::vector<MtdResult> protect_copies(const std::string& input, const std::vector<ProtectCopy>& copies,
                                       const ProtectOptions& options);
-
-struct RestoreOptions {
-  OpenOptions open;
-  std::string expect = "auto";  // verify only: auto | protected | restored
-  const engine::RunContext* context = nullptr;  // as ProtectOptions::context
-  std::optional<uint64_t> min_version;  // refuse maps of an older (or no) publisher version: mtd.rollback
-  bool check_expiry = false;            // restore: refuse a map past its expiry: mtd.expired
-};
 
 MtdResult restore(const Source& input, const Source& map, Sink& output, const RestoreOptions& options);
 MtdResult verify(const Source& input, const Source& map, const RestoreOptions& options);

@@ -26,27 +26,7 @@ inline constexpr size_t kMaxPassphraseSlots = 4;
 inline constexpr unsigned long long kMaxPwhashOps = 8;
 inline constexpr size_t kMaxPwhashMem = size_t(256) << 20;
 
-struct SealOptions {
-  std::vector<Key32> symmetric_keys;       // --key-file
-  std::vector<std::string> passphrases;    // --passphrase-file (Argon2id)
-  std::vector<Key32> recipients;           // --recipient (X25519 public keys, crypto_box_seal)
-  const KeyFile* signer = nullptr;         // --sign (ed25519 secret)
-  std::string info;                        // clear info (JSON): readable by anyone, bound to MAC and signature
-  unsigned long long pwhash_ops = 3;
-  size_t pwhash_mem = 64u << 20;           // 64 MiB: memory-hard, and within the RSS budget
-};
-
-struct OpenOptions {
-  std::optional<Key32> symmetric_key;
-  std::optional<std::string> passphrase;
-  const KeyFile* identity = nullptr;       // x25519 secret
-  // Pinned signers (--verify-signer, --trust): the map must be signed by one of these keys
-  // (public keys) or by a key whose fingerprint is listed; checked before anything else.
-  std::vector<Key32> trusted_signers;
-  std::vector<std::string> trusted_fingerprints;  // fingerprint() strings
-  // Explicit opt-in (--allow-unsigned): no pinned signer; unsigned maps are opened.
-  bool allow_unsigned = false;
-};
+// SealOptions and OpenOptions are public: include/modelcdr/mtd.hpp.
 
 struct OpenedMap {
   std::string payload;   // plaintext (JSON)

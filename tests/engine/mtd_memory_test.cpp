@@ -13,10 +13,11 @@
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "modelcdr/engine.hpp"
-#include "mtd/mtd.hpp"
+#include "modelcdr/mtd.hpp"  // the public MTD options only: no private header
 
 using namespace modelcdr;
 namespace fs = std::filesystem;
@@ -277,6 +278,54 @@ TEST_F(MtdMemory, MemorySinksAreEmptiedAtEveryCall) {
   prot[prot.size() / 2] ^= 1;
   EXPECT_NE(engine_->restore(Source::memory(prot), Source::memory(map), r, ro_).status, FileStatus::clean);
   EXPECT_TRUE(r.bytes().empty());
+}
+
+// Keys and passphrases through the public handles: a key file parsed into guarded memory
+// opens the map it sealed; a public key file has no symmetric key; a signer is pinned.
+TEST_F(MtdMemory, PublicKeyHandles) {
+  TempDir dir;
+  mtd::Key32 raw;
+  raw.fill(9);
+  char b64[64];
+  sodium_bin2base64(b64, sizeof b64, raw.data(), raw.size(), sodium_base64_VARIANT_ORIGINAL);
+  auto key = mtd::Key::parse("modelcdr-key-v1\nkind: symmetric\nkey: " + std::string(b64) + "\n", "ops.key");
+  ASSERT_TRUE(key.ok()) << key.error().describe();
+  EXPECT_EQ(key->kind(), "symmetric");
+  ASSERT_TRUE(key->has_symmetric());
+  EXPECT_FALSE(key->can_sign());
+  auto bad = mtd::Key::parse("not a key file\n", "x.key");
+  EXPECT_FALSE(bad.ok());
+
+  write_file(dir / "pass.txt", {'h', 'u', 'n', 't', 'e', 'r', '2', '\n', 'x'});
+  auto pass = mtd::read_passphrase_file(dir / "pass.txt");
+  ASSERT_TRUE(pass.ok()) << pass.error().describe();
+  EXPECT_EQ(std::string_view(**pass), "hunter2");  // the first line only
+  write_file(dir / "empty.txt", {'\n'});
+  auto empty = mtd::read_passphrase_file(dir / "empty.txt");
+  ASSERT_FALSE(empty.ok());
+  EXPECT_EQ(empty.error().rule, Rule::key_passphrase);
+
+  mtd::ProtectOptions po;
+  po.seal.symmetric_keys.push_back(*key->symmetric());
+  po.seal.passphrases.push_back(**pass);
+  po.seal.pwhash_ops = 1;                 // the minimum Argon2id cost keeps the test fast
+  po.seal.pwhash_mem = size_t(8) << 20;
+  Sink out = Sink::memory(), map = Sink::memory();
+  ASSERT_EQ(engine_->protect(Source::memory(model_), out, map, po).status, FileStatus::clean);
+  mtd::RestoreOptions by_key, by_pass;
+  by_key.open.symmetric_key = key->symmetric();
+  by_pass.open.passphrase = std::move(*pass);
+  for (auto* o : {&by_key, &by_pass}) {
+    o->open.allow_unsigned = true;
+    auto v = engine_->verify(Source::memory(out.bytes()), Source::memory(map.bytes()), *o);
+    EXPECT_EQ(v.status, FileStatus::clean) << describe(v);
+  }
+  // A Secret copy is a separate guarded copy; reset wipes and frees it.
+  mtd::Secret<mtd::Key32> a = raw, b = a;
+  a.reset();
+  EXPECT_FALSE(a);
+  ASSERT_TRUE(b);
+  EXPECT_EQ(*b, raw);
 }
 
 }  // namespace
