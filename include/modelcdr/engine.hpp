@@ -17,14 +17,11 @@
 #include <vector>
 
 #include "modelcdr/api.hpp"
+#include "modelcdr/batch.hpp"
 #include "modelcdr/limits.hpp"
 #include "modelcdr/mtd.hpp"
 
 namespace modelcdr {
-
-namespace engine {
-struct BatchOptions;
-}  // namespace engine
 
 // Where a model comes from. A memory source borrows the bytes: the caller keeps them alive
 // and unchanged until the call that uses the Source returns. `name` appears in reports and
@@ -107,10 +104,14 @@ class Engine {
                      const mtd::RestoreOptions& options) const;
   FileReport verify(const Source& source, const std::string& map_path, const mtd::RestoreOptions& options) const;
 
-  // Directory mode (src/engine/batch.hpp): every model file under `in` disarmed into `out`
-  // with this Engine's policy and limits; BatchOptions::disarm_one is set by the Engine.
+  // Directory mode (include/modelcdr/batch.hpp): every model file under `in` disarmed into
+  // `out` with this Engine's policy and limits; BatchOptions::disarm_one is set by the Engine.
   Result<std::vector<FileReport>> disarm_tree(const std::string& in, const std::string& out,
                                               engine::BatchOptions options) const;
+  // `scan` over files, folders and "-" (standard input) with this Engine's policy and limits
+  // (include/modelcdr/batch.hpp): one report per file, in walk order; ScanWalkOptions::scan_one
+  // is set by the Engine.
+  std::vector<FileReport> scan_paths(const std::vector<std::string>& paths, engine::ScanWalkOptions options) const;
 
   // "module.Class" of every class this Engine rebuilds (the defaults, then its policy).
   std::vector<std::string> allowed_classes() const;

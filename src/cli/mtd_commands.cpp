@@ -16,7 +16,7 @@
 #include "io/atomic_output.hpp"
 #include "modelcdr/api.hpp"
 #include "mtd/mtd.hpp"
-#include "report/render.hpp"
+#include "modelcdr/render.hpp"
 
 using namespace modelcdr;
 

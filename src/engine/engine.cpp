@@ -9,6 +9,7 @@
 #include "cdr/class_registry.hpp"
 #include "engine/batch.hpp"
 #include "engine/run.hpp"
+#include "engine/scan_walk.hpp"
 #include "engine/sink_access.hpp"
 #include "mtd/mtd.hpp"
 
@@ -176,6 +177,11 @@ Result<std::vector<FileReport>> Engine::disarm_tree(const std::string& in, const
     return engine::run_disarm(Source::file(i), sink, d, state->context);
   };
   return engine::disarm_directory(in, out, options);
+}
+
+std::vector<FileReport> Engine::scan_paths(const std::vector<std::string>& paths, engine::ScanWalkOptions options) const {
+  options.scan_one = [this](const std::string& p, const ScanOptions& o) { return scan(Source::file(p), o); };
+  return engine::scan_paths(paths, options);
 }
 
 std::vector<std::string> Engine::allowed_classes() const {
