@@ -33,6 +33,9 @@ namespace modelcdr::mtd {
 
 using Key32 = std::array<uint8_t, 32>;
 
+// A map is at most this large (checked before any key derivation, from a file or memory).
+inline constexpr size_t kMaxMapBytes = size_t(32) << 20;  // ~130k records of JSON
+
 // The raw allocation behind the secret containers (src/mtd/keys.cpp): sodium_malloc after
 // sodium_init, std::bad_alloc when it fails; secret_free wipes and frees.
 void* secret_alloc(size_t bytes);
