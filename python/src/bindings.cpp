@@ -24,6 +24,7 @@
 
 #include "modelcdr/api.hpp"
 #include "modelcdr/engine.hpp"
+#include "modelcdr/formats.hpp"
 #include "mtd/keys.hpp"
 #include "mtd/mtd.hpp"
 #include "stego/stego_detector.hpp"
@@ -84,13 +85,12 @@ Result<CompatTarget> compat_of(const std::string& s) {
   return make_error(Rule::usage_option, "compat must be 'torch2' or 'torch1.13', not '" + s + "'");
 }
 
+// The names are the CLI's --to names, from the format table (modelcdr/formats.hpp).
 Result<OutputFormat> format_of(const std::string& s) {
-  static const std::pair<const char*, OutputFormat> names[] = {
-      {"pt", OutputFormat::pt},         {"safetensors", OutputFormat::safetensors}, {"npz", OutputFormat::npz},
-      {"joblib", OutputFormat::joblib}, {"pickle", OutputFormat::pickle},           {"npy", OutputFormat::npy}};
-  for (const auto& [n, f] : names)
-    if (s == n) return f;
-  return make_error(Rule::usage_option, "output_format must be one of pt, safetensors, npz, joblib, pickle, npy; not '" + s + "'");
+  if (auto f = output_format_named(s)) return *f;
+  std::string names;
+  for (const auto& n : output_format_names()) names += (names.empty() ? "" : ", ") + n;
+  return make_error(Rule::usage_option, "output_format must be one of " + names + "; not '" + s + "'");
 }
 
 [[noreturn]] void throw_usage(const Error& e) { throw py::value_error(e.message); }

@@ -1192,11 +1192,11 @@ MtdResult verify_impl(const Source& input, const Source& map, const RestoreOptio
   return r;
 }
 
-// Undoing one protected record (restore_impl, restore_model_impl): its inverse permutation
-// and record cipher from the map's secret, and the tree digest of the record as protected.
-// take() copies one source block into a private buffer, hashes that copy (a leaf: every block
-// the inverse permutation reads is one) and decrypts it in place, so the bytes checked are the
-// bytes restored.
+// Undoing one protected record (RestoreRecords: restore_impl, restore_model_impl): its inverse
+// permutation and record cipher from the map's secret, and the tree digest of the record as
+// protected. stage() copies each source block into a private buffer, hashes that copy (a leaf:
+// every block the inverse permutation reads is one) and decrypts from it, so the bytes checked
+// are the bytes restored.
 struct RecordUndo {
   std::optional<Permuter> perm;
   std::optional<RecordCipher> cipher;
@@ -1215,12 +1215,7 @@ struct RecordUndo {
       sodium_memzero(ck.data(), ck.size());
     }
   }
-  void take(const uint8_t* a, uint8_t* b, size_t len, size_t off) {
-    std::memcpy(b, a, len);
-    sum.add(off, std::span<const uint8_t>(b, len));
-    if (cipher) cipher->apply(b, b, len, off);
-  }
-  // The pipeline's form of take(), for output bytes [off, off + len): copies the source bytes
+  // For output bytes [off, off + len): copies the source bytes
   // into the slot's private `staged` buffer (the source block of each output block, one leaf
   // each), lists them as the slot's leaves, and restores `out` from that copy (decrypting into
   // `plain` first, so that the leaves keep the bytes as read until they are hashed).
@@ -1429,6 +1424,10 @@ MtdResult restore_model_impl(const Source& input, const Source& map, const Resto
   const size_t n = doc.entries.size();
   std::vector<uint32_t> holder(n);
   for (size_t k = 0; k < n; ++k) holder[doc.entries[k].source] = static_cast<uint32_t>(k);
+  // The record stage restore writes with (RestoreRecords), into owned buffers instead of a
+  // file: one undo, one set of checks (each block read once into a private buffer, hashed
+  // from there, a record that does not match its map digest is a mismatch).
+  RestoreRecords undo(m, l, doc, holder, r.mismatches);
   std::vector<std::vector<uint8_t>> plain(n);
   for (size_t key = 0; key < n; ++key) {
     const uint32_t from = holder[key];
@@ -1438,20 +1437,20 @@ MtdResult restore_model_impl(const Source& input, const Source& map, const Resto
         return fail(r, make_error(Rule::mtd_internal, "a writer-made record is transformed"));
       continue;
     }
-    const model::Storage& src = l.at(m, from);
-    const std::span<const uint8_t> in = src.bytes;
-    const size_t esize = model::dtype_info(src.dtype).element_size;
-    RecordUndo undo(doc, from, src);
-    std::optional<Permuter>& perm = undo.perm;
-    auto take = [&](const uint8_t* a, uint8_t* b, size_t len, size_t off) { undo.take(a, b, len, off); };
-    const Permuter::SourceLoad load = take;
-    std::vector<uint8_t> buf(in.size());
-    for (size_t off = 0; off < in.size(); off += kStreamChunk) {
-      const size_t len = std::min(kStreamChunk, in.size() - off);
-      if (perm) perm->produce(in.data(), buf.data() + off, off / esize, len / esize, &load);
-      else take(in.data() + off, buf.data() + off, len, off);
-    }
-    undo.check(doc, from, r.mismatches);
+    const model::Storage& s = l.at(m, key);
+    std::vector<uint8_t> buf;
+    buf.reserve(s.bytes.size());
+    RecordCopy rec;
+    rec.key = static_cast<uint32_t>(key);
+    rec.storage = &s;
+    rec.range = l.range(m, key);
+    const PayloadSink sink = [&](std::span<const uint8_t> b) {
+      if (b.size() > s.bytes.size() - buf.size()) return Status(make_error(Rule::mtd_internal, "record longer than declared"));
+      buf.insert(buf.end(), b.begin(), b.end());
+      return ok_status();
+    };
+    if (auto st = undo.copy_record(rec, sink); !st.ok()) return fail(r, st.error());
+    if (buf.size() != s.bytes.size()) return fail(r, make_error(Rule::mtd_internal, "record shorter than declared"));
     plain[key] = std::move(buf);
   }
   if (!r.mismatches.empty()) {

@@ -18,6 +18,7 @@
 
 #include "modelcdr/engine.hpp"
 #include "modelcdr/mtd.hpp"  // the public MTD options only: no private header
+#include "modelcdr/mtd_tools.hpp"
 
 using namespace modelcdr;
 namespace fs = std::filesystem;
@@ -326,6 +327,31 @@ TEST_F(MtdMemory, PublicKeyHandles) {
   EXPECT_FALSE(a);
   ASSERT_TRUE(b);
   EXPECT_EQ(*b, raw);
+}
+
+// restore_model (the Python loader's in-memory restore) goes through the same record stage as
+// restore: from memory, the restored payloads are the original's; a tampered record is a
+// mismatch and nothing is handed back.
+TEST_F(MtdMemory, RestoreModelInMemory) {
+  std::vector<uint8_t> prot, map;
+  protect_in_memory(prot, map);
+  LoadedModelPtr restored;
+  auto r = mtd::restore_model(Source::memory(prot), Source::memory(map), ro_, restored);
+  ASSERT_EQ(r.outcome, mtd::Outcome::ok) << (r.error ? r.error->describe() : r.code);
+  ASSERT_TRUE(restored);
+  FileReport lr;
+  auto original = engine_->load(Source::memory(model_), {}, lr);
+  ASSERT_TRUE(original.ok());
+  const auto& a = model_of(*restored).storages;
+  const auto& b = model_of(**original).storages;
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_TRUE(std::equal(a[i].bytes.begin(), a[i].bytes.end(), b[i].bytes.begin(), b[i].bytes.end())) << i;
+  prot[prot.size() / 2] ^= 0x10;
+  LoadedModelPtr none;
+  auto t = mtd::restore_model(Source::memory(prot), Source::memory(map), ro_, none);
+  EXPECT_NE(t.outcome, mtd::Outcome::ok);
+  EXPECT_FALSE(none);
 }
 
 }  // namespace
