@@ -14,6 +14,7 @@
 #include <iterator>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "modelcdr/engine.hpp"
@@ -352,6 +353,28 @@ TEST_F(MtdMemory, RestoreModelInMemory) {
   auto t = mtd::restore_model(Source::memory(prot), Source::memory(map), ro_, none);
   EXPECT_NE(t.outcome, mtd::Outcome::ok);
   EXPECT_FALSE(none);
+}
+
+// One Engine serving protect / verify / restore in memory from several threads at once (a
+// service's use): every call owns its sinks; each thread's round trip gives the original back.
+TEST_F(MtdMemory, ThreadsShareOneEngine) {
+  constexpr int kThreads = 4;
+  std::vector<int> ok(kThreads, 0);
+  std::vector<std::thread> pool;
+  for (int t = 0; t < kThreads; ++t)
+    pool.emplace_back([&, t] {
+      for (int round = 0; round < 3; ++round) {
+        Sink out = Sink::memory(), map = Sink::memory(), back = Sink::memory();
+        if (engine_->protect(Source::memory(model_), out, map, po_).status != FileStatus::clean) return;
+        if (engine_->verify(Source::memory(out.bytes()), Source::memory(map.bytes()), ro_).status != FileStatus::clean) return;
+        if (engine_->restore(Source::memory(out.bytes()), Source::memory(map.bytes()), back, ro_).status != FileStatus::clean)
+          return;
+        if (back.bytes() != model_) return;
+      }
+      ok[t] = 1;
+    });
+  for (auto& th : pool) th.join();
+  for (int t = 0; t < kThreads; ++t) EXPECT_EQ(ok[t], 1) << "thread " << t;
 }
 
 }  // namespace
