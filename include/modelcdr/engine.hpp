@@ -17,17 +17,11 @@
 #include <vector>
 
 #include "modelcdr/api.hpp"
+#include "modelcdr/batch.hpp"
 #include "modelcdr/limits.hpp"
+#include "modelcdr/mtd.hpp"
 
 namespace modelcdr {
-
-namespace mtd {
-struct ProtectOptions;
-struct RestoreOptions;
-}  // namespace mtd
-namespace engine {
-struct BatchOptions;
-}  // namespace engine
 
 // Where a model comes from. A memory source borrows the bytes: the caller keeps them alive
 // and unchanged until the call that uses the Source returns. `name` appears in reports and
@@ -94,19 +88,30 @@ class Engine {
   Result<LoadedModelPtr> load(const Source& source, const DisarmOptions& options, FileReport& report,
                               bool defer_storage_crc = false) const;
 
-  // MTD (docs/MTD.md) over file sources and sinks: a memory source or sink is refused
-  // (engine.unsupported). The option types and key loading are in src/mtd/mtd.hpp; the
-  // outcome is in FileReport::mtd, an error in FileReport::error.
+  // MTD (docs/MTD.md) on any source and sink: the model and the map each from a file or
+  // from memory, the protected / restored model and the new map each to an atomic file or to
+  // memory. A file sink with replace is refused (engine.unsupported): MTD never replaces an
+  // existing file. protect commits the map before the model (a file map is removed again if
+  // the model cannot be committed; a memory map is filled only once the model is). On failure
+  // memory sinks are empty. The outcome is in FileReport::mtd, an error in FileReport::error.
+  // The path forms are Sink::file(map_path) / Source::file(map_path).
+  FileReport protect(const Source& source, Sink& sink, Sink& map, const mtd::ProtectOptions& options) const;
+  FileReport restore(const Source& source, const Source& map, Sink& sink, const mtd::RestoreOptions& options) const;
+  FileReport verify(const Source& source, const Source& map, const mtd::RestoreOptions& options) const;
   FileReport protect(const Source& source, Sink& sink, const std::string& map_path,
                      const mtd::ProtectOptions& options) const;
   FileReport restore(const Source& source, const std::string& map_path, Sink& sink,
                      const mtd::RestoreOptions& options) const;
   FileReport verify(const Source& source, const std::string& map_path, const mtd::RestoreOptions& options) const;
 
-  // Directory mode (src/engine/batch.hpp): every model file under `in` disarmed into `out`
-  // with this Engine's policy and limits; BatchOptions::disarm_one is set by the Engine.
+  // Directory mode (include/modelcdr/batch.hpp): every model file under `in` disarmed into
+  // `out` with this Engine's policy and limits; BatchOptions::disarm_one is set by the Engine.
   Result<std::vector<FileReport>> disarm_tree(const std::string& in, const std::string& out,
                                               engine::BatchOptions options) const;
+  // `scan` over files, folders and "-" (standard input) with this Engine's policy and limits
+  // (include/modelcdr/batch.hpp): one report per file, in walk order; ScanWalkOptions::scan_one
+  // is set by the Engine.
+  std::vector<FileReport> scan_paths(const std::vector<std::string>& paths, engine::ScanWalkOptions options) const;
 
   // "module.Class" of every class this Engine rebuilds (the defaults, then its policy).
   std::vector<std::string> allowed_classes() const;

@@ -24,9 +24,10 @@
 
 #include "modelcdr/api.hpp"
 #include "modelcdr/engine.hpp"
-#include "mtd/keys.hpp"
-#include "mtd/mtd.hpp"
-#include "stego/stego_detector.hpp"
+#include "modelcdr/formats.hpp"
+#include "modelcdr/mtd.hpp"
+#include "modelcdr/mtd_tools.hpp"
+#include "modelcdr/stego.hpp"
 
 namespace py = pybind11;
 using namespace modelcdr;
@@ -84,13 +85,12 @@ Result<CompatTarget> compat_of(const std::string& s) {
   return make_error(Rule::usage_option, "compat must be 'torch2' or 'torch1.13', not '" + s + "'");
 }
 
+// The names are the CLI's --to names, from the format table (modelcdr/formats.hpp).
 Result<OutputFormat> format_of(const std::string& s) {
-  static const std::pair<const char*, OutputFormat> names[] = {
-      {"pt", OutputFormat::pt},         {"safetensors", OutputFormat::safetensors}, {"npz", OutputFormat::npz},
-      {"joblib", OutputFormat::joblib}, {"pickle", OutputFormat::pickle},           {"npy", OutputFormat::npy}};
-  for (const auto& [n, f] : names)
-    if (s == n) return f;
-  return make_error(Rule::usage_option, "output_format must be one of pt, safetensors, npz, joblib, pickle, npy; not '" + s + "'");
+  if (auto f = output_format_named(s)) return *f;
+  std::string names;
+  for (const auto& n : output_format_names()) names += (names.empty() ? "" : ", ") + n;
+  return make_error(Rule::usage_option, "output_format must be one of " + names + "; not '" + s + "'");
 }
 
 [[noreturn]] void throw_usage(const Error& e) { throw py::value_error(e.message); }
@@ -429,23 +429,22 @@ PyEngine make_engine(uint64_t max_input_bytes, uint64_t max_pickle_ops, uint64_t
 
 // ---- MTD ---------------------------------------------------------------------------------
 
+// Key files loaded for one call, as mtd::Key handles (guarded memory, include/modelcdr/mtd.hpp).
 struct KeyHolder {
-  std::vector<std::unique_ptr<mtd::KeyFile>> keep;
-  const mtd::KeyFile* read(const std::string& path, const char* option) {
-    auto k = mtd::read_key_file(path);
+  std::vector<mtd::Key> keep;
+  const mtd::Key* read(const std::string& path, const char* option) {
+    auto k = mtd::Key::load(path);
     if (!k.ok()) throw py::value_error(std::string(option) + ": " + path + ": " + k.error().message);
-    keep.push_back(std::make_unique<mtd::KeyFile>(std::move(*k)));
-    return keep.back().get();
+    keep.push_back(*k);
+    return &keep.back();  // used before the next read
   }
 };
 
-std::string read_passphrase(const std::string& path) {
-  auto s = mtd::read_small_file(path, 64 << 10);
+// Read into guarded memory (include/modelcdr/mtd.hpp); the first line, not empty.
+mtd::Secret<mtd::SecretString> read_passphrase(const std::string& path) {
+  auto s = mtd::read_passphrase_file(path);
   if (!s.ok()) throw py::value_error("passphrase_file: " + s.error().message);
-  std::string p = *s;
-  if (auto nl = p.find_first_of("\r\n"); nl != std::string::npos) p.resize(nl);
-  if (p.empty()) throw py::value_error("passphrase_file: " + path + ": empty passphrase");
-  return p;
+  return std::move(*s);
 }
 
 py::dict mtd_dict(const mtd::MtdResult& r) {
@@ -495,19 +494,19 @@ mtd::RestoreOptions open_options(KeyHolder& keys, const std::optional<std::strin
   if (given != 1) throw py::value_error("give exactly one of key_file, passphrase_file, identity");
   if (key_file) {
     const auto* k = keys.read(*key_file, "key_file");
-    if (!k->has_symmetric) throw py::value_error("key_file: not a symmetric key file");
-    o.open.symmetric_key = k->symmetric;
+    if (!k->has_symmetric()) throw py::value_error("key_file: not a symmetric key file");
+    o.open.symmetric_key = k->symmetric();
   }
   if (passphrase_file) o.open.passphrase = read_passphrase(*passphrase_file);
   if (identity) {
     const auto* k = keys.read(*identity, "identity");
-    if (!k->has_x25519_secret) throw py::value_error("identity: " + *identity + ": no x25519-secret key (give the .key file)");
-    o.open.identity = k;
+    if (!k->can_open()) throw py::value_error("identity: " + *identity + ": no x25519-secret key (give the .key file)");
+    o.open.identity = k->file();
   }
   for (const auto& f : verify_signers) {
     const auto* k = keys.read(f, "verify_signer");
-    if (!k->has_ed25519) throw py::value_error("verify_signer: " + f + ": no ed25519-public key");
-    o.open.trusted_signers.push_back(k->ed25519_public);
+    if (!k->signer_public()) throw py::value_error("verify_signer: " + f + ": no ed25519-public key");
+    o.open.trusted_signers.push_back(*k->signer_public());
   }
   if (verify_signers.empty() && !allow_unsigned)
     throw py::value_error("a trusted signer is required: give verify_signer=PUBLISHER.pub "
@@ -538,19 +537,19 @@ py::dict protect(const std::string& input, const std::string& output, const std:
   KeyHolder keys;
   for (const auto& f : key_files) {
     const auto* k = keys.read(f, "key_file");
-    if (!k->has_symmetric) throw py::value_error("key_file " + f + ": not a symmetric key file");
-    o.seal.symmetric_keys.push_back(k->symmetric);
+    if (!k->has_symmetric()) throw py::value_error("key_file " + f + ": not a symmetric key file");
+    o.seal.symmetric_keys.push_back(*k->symmetric());
   }
-  for (const auto& f : passphrase_files) o.seal.passphrases.push_back(read_passphrase(f));
+  for (const auto& f : passphrase_files) o.seal.passphrases.push_back(*read_passphrase(f));
   for (const auto& f : recipients) {
     const auto* k = keys.read(f, "recipient");
-    if (!k->has_x25519) throw py::value_error("recipient " + f + ": no x25519-public key");
-    o.seal.recipients.push_back(k->x25519_public);
+    if (!k->recipient()) throw py::value_error("recipient " + f + ": no x25519-public key");
+    o.seal.recipients.push_back(*k->recipient());
   }
   if (sign) {
     const auto* k = keys.read(*sign, "sign");
-    if (!k->has_ed25519_secret) throw py::value_error("sign " + *sign + ": no ed25519-secret key (give the .key file)");
-    o.seal.signer = k;
+    if (!k->can_sign()) throw py::value_error("sign " + *sign + ": no ed25519-secret key (give the .key file)");
+    o.seal.signer = k->file();
   }
   mtd::MtdResult r;
   {

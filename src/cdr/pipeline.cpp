@@ -19,6 +19,7 @@
 #include "container/zip_reader.hpp"
 #include "engine/classify.hpp"
 #include "engine/run.hpp"
+#include "engine/sink_access.hpp"
 #include "formats/parsed_model.hpp"
 #include "formats/registry.hpp"
 #include "io/atomic_output.hpp"
@@ -29,18 +30,6 @@
 #include "modelcdr/transform.hpp"
 
 namespace modelcdr {
-
-// Fills memory sinks (a friend of Sink).
-struct SinkAccess {
-  static void clear(Sink& s) {
-    s.bytes_.clear();
-    s.architecture_.clear();
-  }
-  static void fill(Sink& s, std::vector<uint8_t> bytes, std::vector<uint8_t> architecture) {
-    s.bytes_ = std::move(bytes);
-    s.architecture_ = std::move(architecture);
-  }
-};
 
 namespace {
 
@@ -415,6 +404,10 @@ void report_string_arrays(const model::Model& m, const DisarmOptions& options, F
   if (n)
     add_finding(r.findings, Severity::low, Rule::cdr_converted,
                 std::to_string(n) + " numpy string array(s) written as lists of str/bytes (a checkpoint has no string tensors)");
+}
+
+engine::InputView engine::input_of(const LoadedModel& loaded) {
+  return {loaded.input.bytes, loaded.input.mapped ? loaded.input.file.fd() : -1};
 }
 
 Status check_input_unchanged(const LoadedModel& loaded) {

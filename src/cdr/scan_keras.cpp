@@ -8,7 +8,7 @@
 #include "cdr/globals_policy.hpp"
 #include "container/zip_reader.hpp"
 #include "io/bounded_json.hpp"
-#include "report/render.hpp"
+#include "modelcdr/render.hpp"
 
 namespace modelcdr::cdr {
 

@@ -14,17 +14,15 @@
 #include <new>
 #include <optional>
 
-#include "engine/batch.hpp"
+// Argument parsing and rendering over the public API (include/modelcdr/) only.
 #include "cli/commands.hpp"
-#include "engine/output_names.hpp"
-#include "formats/registry.hpp"
-#include "engine/scan_walk.hpp"
-#include "io/atomic_output.hpp"
 #include "modelcdr/api.hpp"
+#include "modelcdr/batch.hpp"
 #include "modelcdr/engine.hpp"
-#include "report/render.hpp"
-#include "stego/lsb_randomizer.hpp"
-#include "stego/stego_detector.hpp"
+#include "modelcdr/formats.hpp"
+#include "modelcdr/output_file.hpp"
+#include "modelcdr/render.hpp"
+#include "modelcdr/stego.hpp"
 
 namespace fs = std::filesystem;
 using namespace modelcdr;
@@ -51,7 +49,6 @@ int scan_main(const Engine& engine, const std::vector<std::string>& paths, const
   const auto started = std::chrono::steady_clock::now();
   engine::ScanWalkOptions walk;
   walk.excludes = excludes;
-  walk.scan_one = [&engine](const std::string& p, const ScanOptions& o) { return engine.scan(Source::file(p), o); };
   ScanOptions& options = walk.scan;
   options.stego = stego;
   if (stego) {
@@ -63,7 +60,7 @@ int scan_main(const Engine& engine, const std::vector<std::string>& paths, const
     walk.progress = [](size_t done, const std::string& path) {
       std::cerr << "\r\033[K[" << done + 1 << "] " << report::printable(path).substr(0, 70) << std::flush;
     };
-  std::vector<FileReport> reports = engine::scan_paths(paths, walk);
+  std::vector<FileReport> reports = engine.scan_paths(paths, walk);
   if (walk.progress) std::cerr << "\r\033[K" << std::flush;
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   int rc = scan_exit_code(reports, fail_on);
@@ -116,7 +113,7 @@ bool output_usable(const std::string& in, const std::string& out, bool force) {
     std::cerr << "modelcdr: " << report::printable(out) << ": cannot write the output: folder " << report::printable(dir) << " does not exist\n";
     return false;
   }
-  if (io::path_exists(out)) {
+  if (path_exists(out)) {
     if (same_file(in, out) || fs::is_directory(out)) {
       std::cerr << "modelcdr: " << report::printable(out) << ": output must be a new file, not the input or a folder\n";
       return false;
@@ -194,13 +191,13 @@ int disarm_main(const Engine& engine, const std::string& in, const std::string& 
                 const engine::BatchOptions& batch, bool quiet) {
   // The report's temporary file is made first: a report that cannot be written fails the
   // command before any output exists.
-  std::optional<io::AtomicOutput> report;
+  std::optional<OutputFile> report;
   if (!report_path.empty() && (same_file(report_path, in) || same_file(report_path, out))) {
     std::cerr << "modelcdr: --report " << report::printable(report_path) << ": must not be the input or the output\n";
     return 2;
   }
   if (!report_path.empty()) {
-    auto r = io::AtomicOutput::create(report_path, false, batch.disarm.force);
+    auto r = OutputFile::create(report_path, batch.disarm.force);
     if (!r.ok()) {
       std::cerr << "modelcdr: --report " << report::printable(report_path) << ": " << report::printable(r.error().message) << "\n";
       return 2;
@@ -224,13 +221,13 @@ int disarm_main(const Engine& engine, const std::string& in, const std::string& 
 // The output format: --to, or else what the output's name asks for. A name that asks for
 // another format than --to is a usage error. Folder input: per file (hf_layout.hpp).
 std::optional<OutputFormat> pick_format(const std::string& to, bool to_given, const std::string& out, bool folder) {
-  const formats::FormatRow* row = formats::row_for_flag(to);  // --to is checked against the table's names
-  OutputFormat given = row ? *row->output : OutputFormat::pt;
+  // --to is checked against the format table's names
+  OutputFormat given = output_format_named(to).value_or(OutputFormat::pt);
   if (folder) return given;
-  auto by_name = engine::format_for_name(fs::path(out).filename().string());
+  auto by_name = output_format_for_file(fs::path(out).filename().string());
   if (!to_given) return by_name.value_or(OutputFormat::pt);
   if (by_name && *by_name != given) {
-    std::cerr << "modelcdr: -o " << report::printable(out) << " names a " << engine::format_flag(*by_name) << " file but --to is " << to
+    std::cerr << "modelcdr: -o " << report::printable(out) << " names a " << output_format_name(*by_name) << " file but --to is " << to
               << " (rename the output or drop --to)\n";
     return std::nullopt;
   }
@@ -303,7 +300,7 @@ static int run_cli(int argc, char** argv) {
   disarm->add_option("--to", to,
                      "output format: pt (default), safetensors, npz (arrays only), npy (one array), or joblib / pickle (pickle and "
                      "joblib inputs: numpy arrays and vetted scikit-learn objects, docs/REGISTRY.md)")
-      ->check(CLI::IsMember(formats::output_flags()));
+      ->check(CLI::IsMember(output_format_names()));
   disarm->add_option("--jobs,-j", jobs, "files disarmed in parallel (folder input)")->check(CLI::Range(1u, 256u));
   disarm->add_flag("--copy-other", copy_other_files,
                    "copy non-model files proven inert: text, JSON, PNG/JPEG/GIF/WebP (folder input; docs/CLI.md)");

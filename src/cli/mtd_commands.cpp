@@ -13,10 +13,13 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.hpp"
-#include "io/atomic_output.hpp"
+// Over the public API only: the MTD options and key handles (modelcdr/mtd.hpp), the MTD
+// tools (modelcdr/mtd_tools.hpp), atomic report files (modelcdr/output_file.hpp).
 #include "modelcdr/api.hpp"
-#include "mtd/mtd.hpp"
-#include "report/render.hpp"
+#include "modelcdr/mtd.hpp"
+#include "modelcdr/mtd_tools.hpp"
+#include "modelcdr/output_file.hpp"
+#include "modelcdr/render.hpp"
 
 using namespace modelcdr;
 
@@ -41,8 +44,8 @@ struct MtdArgs {
 using report::printable;
 
 // A secret key file that others can read is no secret: say so (the key is still used).
-void warn_if_exposed(const std::string& path, const mtd::KeyFile& k) {
-  if (k.loose_permissions)
+void warn_if_exposed(const std::string& path, const mtd::Key& k) {
+  if (k.loose_permissions())
     std::cerr << "modelcdr: warning: " << printable(path) << " holds a secret key but is readable by group or others "
               << "(chmod 600 " << printable(path) << ")\n";
 }
@@ -58,24 +61,18 @@ int error_exit(const std::string& what, const Error& e) {
 }
 
 // --sign SECRET: the signing key, kept alive in `keep`. Returns an exit code on error, -1 when done.
-int load_signer(const MtdArgs& a, const mtd::KeyFile*& signer, std::vector<std::unique_ptr<mtd::KeyFile>>& keep) {
+int load_signer(const MtdArgs& a, const mtd::KeyFile*& signer, std::vector<mtd::Key>& keep) {
   if (a.sign.empty()) return -1;
-  auto k = mtd::read_key_file(a.sign);
+  auto k = mtd::Key::load(a.sign);
   if (!k.ok()) return error_exit("--sign", k.error());
-  if (!k->has_ed25519_secret) return usage("--sign " + a.sign + ": no ed25519-secret key (give the .key file)");
+  if (!k->can_sign()) return usage("--sign " + a.sign + ": no ed25519-secret key (give the .key file)");
   warn_if_exposed(a.sign, *k);
-  keep.push_back(std::make_unique<mtd::KeyFile>(std::move(*k)));
-  signer = keep.back().get();
+  keep.push_back(*k);
+  signer = keep.back().file();  // the KeyFile is shared, not moved, when `keep` grows
   return -1;
 }
 
-Result<std::string> read_passphrase(const std::string& path) {
-  MCDR_ASSIGN(std::string s, mtd::read_small_file(path, 64 << 10));
-  auto nl = s.find_first_of("\r\n");
-  if (nl != std::string::npos) s.resize(nl);
-  if (s.empty()) return make_error(Rule::key_passphrase, path + ": empty passphrase");
-  return s;
-}
+Result<mtd::Secret<mtd::SecretString>> read_passphrase(const std::string& path) { return mtd::read_passphrase_file(path); }
 
 nlohmann::ordered_json report_json(const std::string& command, const MtdArgs& a, const mtd::MtdResult& r) {
   using json = nlohmann::ordered_json;
@@ -115,7 +112,7 @@ nlohmann::ordered_json report_json(const std::string& command, const MtdArgs& a,
 
 void write_report(const std::string& path, const nlohmann::ordered_json& doc) {
   if (path.empty()) return;
-  auto out = io::AtomicOutput::create(path);
+  auto out = OutputFile::create(path);
   // Paths and names need not be UTF-8: replace what is not, instead of throwing.
   const std::string text = doc.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
   if (!out.ok() || !out->write(text).ok() || !out->commit().ok())
@@ -201,11 +198,12 @@ int keygen_main(const MtdArgs& a) {
     else std::cerr << "modelcdr: wrote " << report::printable(a.keygen_out) << ".key (secret, mode 0600) and " << report::printable(a.keygen_out) << ".pub\n";
   }
   if (!a.symmetric) {  // the fingerprint goes to stdout: it is what a --trust file lists
-    auto k = mtd::read_key_file(a.keygen_out + ".pub");
+    auto k = mtd::Key::load(a.keygen_out + ".pub");
     if (!k.ok()) return error_exit("keygen", k.error());
-    std::cout << mtd::fingerprint(k->ed25519_public.data(), 32) << "  " << a.keygen_out << ".pub\n";
+    if (!k->signer_public() || !k->recipient()) return usage("keygen: " + a.keygen_out + ".pub lacks a public key");
+    std::cout << mtd::fingerprint(k->signer_public()->data(), 32) << "  " << a.keygen_out << ".pub\n";
     if (!a.quiet)  // what `map info` lists for a map sealed to this key (stderr: not a --trust line)
-      std::cerr << "modelcdr: recipient fingerprint " << mtd::fingerprint(k->x25519_public.data(), 32)
+      std::cerr << "modelcdr: recipient fingerprint " << mtd::fingerprint(k->recipient()->data(), 32)
                 << " (as `map info` lists it; `key fingerprint --recipient` prints it)\n";
   }
   return 0;
@@ -214,15 +212,15 @@ int keygen_main(const MtdArgs& a) {
 // `modelcdr key fingerprint FILE`: the line a --trust file lists for this signer.
 int fingerprint_main(const MtdArgs& a) {
   if (a.input.empty()) return usage("key fingerprint: FILE is required");
-  auto k = mtd::read_key_file(a.input);
+  auto k = mtd::Key::load(a.input);
   if (!k.ok()) return error_exit("key fingerprint", k.error());
   if (a.recipient_fp) {
-    if (!k->has_x25519) return usage("key fingerprint: " + printable(a.input) + " has no x25519 key (a symmetric key file?)");
-    std::cout << mtd::fingerprint(k->x25519_public.data(), 32) << "  " << printable(a.input) << "\n";
+    if (!k->recipient()) return usage("key fingerprint: " + printable(a.input) + " has no x25519 key (a symmetric key file?)");
+    std::cout << mtd::fingerprint(k->recipient()->data(), 32) << "  " << printable(a.input) << "\n";
     return 0;
   }
-  if (!k->has_ed25519) return usage("key fingerprint: " + printable(a.input) + " has no ed25519 key (a symmetric key file?)");
-  std::cout << mtd::fingerprint(k->ed25519_public.data(), 32) << "  " << printable(a.input) << "\n";
+  if (!k->signer_public()) return usage("key fingerprint: " + printable(a.input) + " has no ed25519 key (a symmetric key file?)");
+  std::cout << mtd::fingerprint(k->signer_public()->data(), 32) << "  " << printable(a.input) << "\n";
   return 0;
 }
 
@@ -242,7 +240,7 @@ int protect_main(const MtdArgs& a) {
   // protected before), not an existing output, and never the input.
   if (a.recipients_dir.empty())
     for (const auto* p : {&a.output, &a.map})
-      if (io::path_exists(*p)) return usage("protect: " + *p + " already exists: remove it or choose another name");
+      if (path_exists(*p)) return usage("protect: " + *p + " already exists: remove it or choose another name");
   mtd::ProtectOptions o;
   if (!parse_compat(a.compat, o.compat)) return usage("--compat must be torch2 or torch1.13");
   o.allow_trailing_data = a.allow_trailing;
@@ -256,24 +254,24 @@ int protect_main(const MtdArgs& a) {
       return usage("protect: --expires " + a.expires + " is not in the future");
     o.expires_unix = *t;
   }
-  std::vector<std::unique_ptr<mtd::KeyFile>> keep;
+  std::vector<mtd::Key> keep;
   for (const auto& f : a.key_files) {
-    auto k = mtd::read_key_file(f);
+    auto k = mtd::Key::load(f);
     if (!k.ok()) return error_exit("--key-file", k.error());
-    if (!k->has_symmetric) return usage("--key-file " + f + ": not a symmetric key file (make one with keygen --symmetric)");
+    if (!k->has_symmetric()) return usage("--key-file " + f + ": not a symmetric key file (make one with keygen --symmetric)");
     warn_if_exposed(f, *k);
-    o.seal.symmetric_keys.push_back(k->symmetric);
+    o.seal.symmetric_keys.push_back(*k->symmetric());
   }
   for (const auto& f : a.passphrase_files) {
     auto p = read_passphrase(f);
     if (!p.ok()) return error_exit("--passphrase-file", p.error());
-    o.seal.passphrases.push_back(*p);
+    o.seal.passphrases.push_back(**p);
   }
   for (const auto& f : a.recipients) {
-    auto k = mtd::read_key_file(f);
+    auto k = mtd::Key::load(f);
     if (!k.ok()) return error_exit("--recipient", k.error());
-    if (!k->has_x25519) return usage("--recipient " + f + ": no x25519-public key");
-    o.seal.recipients.push_back(k->x25519_public);
+    if (!k->recipient()) return usage("--recipient " + f + ": no x25519-public key");
+    o.seal.recipients.push_back(*k->recipient());
   }
   if (int rc = load_signer(a, o.seal.signer, keep); rc >= 0) return rc;
   if (!a.recipients_dir.empty()) {
@@ -315,14 +313,14 @@ int protect_copies_main(const MtdArgs& a, const mtd::ProtectOptions& o) {
     const std::string name = pub.stem().string();
     if (!safe_name(name))
       return usage("protect: customer key " + pub.string() + ": name must be letters, digits, '.', '_', '-'");
-    auto k = mtd::read_key_file(pub.string());
+    auto k = mtd::Key::load(pub.string());
     if (!k.ok()) return error_exit("--recipients-dir", k.error());
-    if (!k->has_x25519) return usage("protect: " + pub.string() + ": no x25519-public key");
+    if (!k->recipient()) return usage("protect: " + pub.string() + ": no x25519-public key");
     mtd::ProtectCopy c{name, (fs::path(a.output) / (name + ".pt")).string(), (fs::path(a.output) / (name + ".map")).string(),
                        o.seal};
-    c.seal.recipients.push_back(k->x25519_public);
+    c.seal.recipients.push_back(*k->recipient());
     for (const auto* p : {&c.output, &c.map})  // checked for all before any work
-      if (io::path_exists(*p)) return usage("protect: " + *p + " already exists: remove it or choose another folder");
+      if (path_exists(*p)) return usage("protect: " + *p + " already exists: remove it or choose another folder");
     copies.push_back(std::move(c));
   }
   auto results = mtd::protect_copies(a.input, copies, o);
@@ -371,35 +369,35 @@ Result<std::vector<std::string>> read_trust_file(const std::string& path) {
 }
 
 // Builds OpenOptions from the key arguments; returns an exit code on error.
-int open_options(const MtdArgs& a, mtd::RestoreOptions& o, std::vector<std::unique_ptr<mtd::KeyFile>>& keep) {
+int open_options(const MtdArgs& a, mtd::RestoreOptions& o, std::vector<mtd::Key>& keep) {
   int given = !a.key_files.empty() + !a.passphrase_files.empty() + !a.identity.empty();
   if (given != 1 || a.key_files.size() > 1 || a.passphrase_files.size() > 1)
     return usage("give exactly one of --key-file, --passphrase-file, --identity");
   if (!a.key_files.empty()) {
-    auto k = mtd::read_key_file(a.key_files[0]);
+    auto k = mtd::Key::load(a.key_files[0]);
     if (!k.ok()) return error_exit("--key-file", k.error());
-    if (!k->has_symmetric) return usage("--key-file: not a symmetric key file");
+    if (!k->has_symmetric()) return usage("--key-file: not a symmetric key file");
     warn_if_exposed(a.key_files[0], *k);
-    o.open.symmetric_key = k->symmetric;
+    o.open.symmetric_key = k->symmetric();
   }
   if (!a.passphrase_files.empty()) {
     auto p = read_passphrase(a.passphrase_files[0]);
     if (!p.ok()) return error_exit("--passphrase-file", p.error());
-    o.open.passphrase = *p;
+    o.open.passphrase = std::move(*p);
   }
   if (!a.identity.empty()) {
-    auto k = mtd::read_key_file(a.identity);
+    auto k = mtd::Key::load(a.identity);
     if (!k.ok()) return error_exit("--identity", k.error());
-    if (!k->has_x25519_secret) return usage("--identity " + a.identity + ": no x25519-secret key (give the .key file)");
+    if (!k->can_open()) return usage("--identity " + a.identity + ": no x25519-secret key (give the .key file)");
     warn_if_exposed(a.identity, *k);
-    keep.push_back(std::make_unique<mtd::KeyFile>(std::move(*k)));
-    o.open.identity = keep.back().get();
+    keep.push_back(*k);
+    o.open.identity = keep.back().file();
   }
   for (const auto& f : a.verify_signers) {
-    auto k = mtd::read_key_file(f);
+    auto k = mtd::Key::load(f);
     if (!k.ok()) return error_exit("--verify-signer", k.error());
-    if (!k->has_ed25519) return usage("--verify-signer " + f + ": no ed25519-public key");
-    o.open.trusted_signers.push_back(k->ed25519_public);
+    if (!k->signer_public()) return usage("--verify-signer " + f + ": no ed25519-public key");
+    o.open.trusted_signers.push_back(*k->signer_public());
   }
   for (const auto& f : a.trust_files) {
     auto fps = read_trust_file(f);
@@ -421,11 +419,11 @@ int open_options(const MtdArgs& a, mtd::RestoreOptions& o, std::vector<std::uniq
 
 int restore_main(const MtdArgs& a) {
   if (a.input.empty() || a.output.empty() || a.map.empty()) return usage("restore: IN, --map MAP and -o OUT are required");
-  if (io::path_exists(a.output)) return usage("restore: " + a.output + " already exists: remove it or choose another name");
+  if (path_exists(a.output)) return usage("restore: " + a.output + " already exists: remove it or choose another name");
   mtd::RestoreOptions o;
   o.min_version = a.min_version;
   o.check_expiry = true;
-  std::vector<std::unique_ptr<mtd::KeyFile>> keep;
+  std::vector<mtd::Key> keep;
   if (int rc = open_options(a, o, keep); rc >= 0) return rc;
   auto r = mtd::restore(a.input, a.map, a.output, o);
   if (o.open.passphrase) sodium_memzero(o.open.passphrase->data(), o.open.passphrase->size());
@@ -436,7 +434,7 @@ int verify_main(const MtdArgs& a) {
   if (a.input.empty() || a.map.empty()) return usage("verify: IN and --map MAP are required");
   mtd::RestoreOptions o;
   o.min_version = a.min_version;
-  std::vector<std::unique_ptr<mtd::KeyFile>> keep;
+  std::vector<mtd::Key> keep;
   if (int rc = open_options(a, o, keep); rc >= 0) return rc;
   auto r = mtd::verify(a.input, a.map, o);
   if (o.open.passphrase) sodium_memzero(o.open.passphrase->data(), o.open.passphrase->size());
@@ -508,11 +506,11 @@ int map_info_main(const MtdArgs& a) {
 Result<std::string> recipient_fingerprint_of(const std::string& arg) {
   std::string lower = arg;
   for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (lower.size() == 32 && lower.find_first_not_of("0123456789abcdef") == std::string::npos && !io::path_exists(arg))
+  if (lower.size() == 32 && lower.find_first_not_of("0123456789abcdef") == std::string::npos && !path_exists(arg))
     return lower;
-  MCDR_ASSIGN(auto k, mtd::read_key_file(arg));
-  if (!k.has_x25519) return make_error(Rule::key_no_x25519, arg + ": no x25519-public key");
-  return mtd::fingerprint(k.x25519_public.data(), 32);
+  MCDR_ASSIGN(auto k, mtd::Key::load(arg));
+  if (!k.recipient()) return make_error(Rule::key_no_x25519, arg + ": no x25519-public key");
+  return mtd::fingerprint(k.recipient()->data(), 32);
 }
 
 // `modelcdr map add-recipient|remove-recipient M PUB...`: re-wraps the content key for the new
@@ -521,15 +519,15 @@ int map_change_main(const MtdArgs& a, bool add) {
   const std::string cmd = add ? "map add-recipient" : "map remove-recipient";
   if (a.map.empty() || a.changes.empty()) return usage(cmd + ": MAP and at least one " + (add ? "PUB" : "PUB or FINGERPRINT") + " are required");
   mtd::RestoreOptions o;
-  std::vector<std::unique_ptr<mtd::KeyFile>> keep;
+  std::vector<mtd::Key> keep;
   if (int rc = open_options(a, o, keep); rc >= 0) return rc;
   mtd::ResealOptions ro;
   for (const auto& c : a.changes) {
     if (add) {
-      auto k = mtd::read_key_file(c);
+      auto k = mtd::Key::load(c);
       if (!k.ok()) return error_exit(cmd, k.error());
-      if (!k->has_x25519) return usage(cmd + ": " + c + ": no x25519-public key");
-      ro.add_recipients.push_back(k->x25519_public);
+      if (!k->recipient()) return usage(cmd + ": " + c + ": no x25519-public key");
+      ro.add_recipients.push_back(*k->recipient());
     } else {
       auto fp = recipient_fingerprint_of(c);
       if (!fp.ok()) return error_exit(cmd, fp.error());
@@ -537,7 +535,7 @@ int map_change_main(const MtdArgs& a, bool add) {
     }
   }
   if (int rc = load_signer(a, ro.signer, keep); rc >= 0) return rc;
-  if (!a.output.empty() && io::path_exists(a.output)) return usage(cmd + ": " + a.output + " already exists");
+  if (!a.output.empty() && path_exists(a.output)) return usage(cmd + ": " + a.output + " already exists");
   auto sealed = read_map_file(a.map);
   if (!sealed.ok()) return error_exit(cmd, sealed.error());
   auto out = mtd::reseal_map(*sealed, o.open, ro);
@@ -552,7 +550,7 @@ int map_change_main(const MtdArgs& a, bool add) {
   if (auto s = mtd::write_file_atomic(dest, *out, 0644, /*force=*/a.output.empty()); !s.ok()) return error_exit(cmd, s.error());
   if (!a.quiet)
     std::cerr << "modelcdr: " << cmd << ": " << printable(dest) << ": " << (add ? ro.add_recipients.size() : ro.remove_fingerprints.size())
-              << " recipient(s) " << (add ? "added" : "removed") << (ro.signer ? ", re-signed by " + mtd::fingerprint(ro.signer->ed25519_public.data(), 32) : "")
+              << " recipient(s) " << (add ? "added" : "removed") << (ro.signer ? ", re-signed by " + keep.back().fingerprint() : "")
               << "; the protected model is unchanged\n";
   return 0;
 }
@@ -563,7 +561,7 @@ int trace_main(const MtdArgs& a) {
   namespace fs = std::filesystem;
   if (a.input.empty() || a.maps_dir.empty()) return usage("trace: FILE and --maps DIR are required");
   mtd::RestoreOptions o;
-  std::vector<std::unique_ptr<mtd::KeyFile>> keep;
+  std::vector<mtd::Key> keep;
   if (int rc = open_options(a, o, keep); rc >= 0) return rc;
   std::error_code ec;
   std::vector<std::string> maps;

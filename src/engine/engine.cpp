@@ -4,9 +4,13 @@
 // used from many threads: every call reads the shared state and owns everything it writes.
 #include "modelcdr/engine.hpp"
 
+#include <initializer_list>
+
 #include "cdr/class_registry.hpp"
 #include "engine/batch.hpp"
 #include "engine/run.hpp"
+#include "engine/scan_walk.hpp"
+#include "engine/sink_access.hpp"
 #include "mtd/mtd.hpp"
 
 namespace modelcdr {
@@ -114,37 +118,55 @@ FileReport to_report(mtd::MtdResult m, const std::string& map_path, bool verifyi
   return r;
 }
 
-// MTD reads its input and writes its outputs by path (src/mtd/mtd.cpp), never replacing.
-const char* mtd_refusal(const Source& source, const Sink* sink) {
-  if (source.is_memory()) return "protect/restore/verify read files only: use Source::file";
-  if (sink && sink->is_memory()) return "protect/restore write files only: use Sink::file";
-  if (sink && sink->replace()) return "protect/restore never replace an existing file: use a sink without replace";
-  return nullptr;
+// MTD never replaces an existing file (a protected model's map, a restored model): a file
+// sink with replace is refused before anything is read. Memory sinks are emptied.
+FileReport refused_replace(const Source& source, std::initializer_list<Sink*> sinks) {
+  for (Sink* s : sinks)
+    if (s->is_memory()) SinkAccess::clear(*s);
+  return refused(source, "protect/restore never replace an existing file: use a sink without replace");
+}
+
+bool any_replace(std::initializer_list<const Sink*> sinks) {
+  for (const Sink* s : sinks)
+    if (!s->is_memory() && s->replace()) return true;
+  return false;
 }
 
 }  // namespace
 
-FileReport Engine::protect(const Source& source, Sink& sink, const std::string& map_path,
-                           const mtd::ProtectOptions& options) const {
-  if (const char* why = mtd_refusal(source, &sink)) return refused(source, why);
+FileReport Engine::protect(const Source& source, Sink& sink, Sink& map, const mtd::ProtectOptions& options) const {
+  if (any_replace({&sink, &map})) return refused_replace(source, {&sink, &map});
   mtd::ProtectOptions o = options;
   o.context = &state_->context;
-  return to_report(mtd::protect(source.name(), sink.name(), map_path, o), map_path, false);
+  return to_report(mtd::protect(source, sink, map, o), map.name(), false);
+}
+
+FileReport Engine::protect(const Source& source, Sink& sink, const std::string& map_path,
+                           const mtd::ProtectOptions& options) const {
+  Sink map = Sink::file(map_path);
+  return protect(source, sink, map, options);
+}
+
+FileReport Engine::restore(const Source& source, const Source& map, Sink& sink, const mtd::RestoreOptions& options) const {
+  if (any_replace({&sink})) return refused_replace(source, {&sink});
+  mtd::RestoreOptions o = options;
+  o.context = &state_->context;
+  return to_report(mtd::restore(source, map, sink, o), map.name(), false);
 }
 
 FileReport Engine::restore(const Source& source, const std::string& map_path, Sink& sink,
                            const mtd::RestoreOptions& options) const {
-  if (const char* why = mtd_refusal(source, &sink)) return refused(source, why);
+  return restore(source, Source::file(map_path), sink, options);
+}
+
+FileReport Engine::verify(const Source& source, const Source& map, const mtd::RestoreOptions& options) const {
   mtd::RestoreOptions o = options;
   o.context = &state_->context;
-  return to_report(mtd::restore(source.name(), map_path, sink.name(), o), map_path, false);
+  return to_report(mtd::verify(source, map, o), map.name(), true);
 }
 
 FileReport Engine::verify(const Source& source, const std::string& map_path, const mtd::RestoreOptions& options) const {
-  if (const char* why = mtd_refusal(source, nullptr)) return refused(source, why);
-  mtd::RestoreOptions o = options;
-  o.context = &state_->context;
-  return to_report(mtd::verify(source.name(), map_path, o), map_path, true);
+  return verify(source, Source::file(map_path), options);
 }
 
 Result<std::vector<FileReport>> Engine::disarm_tree(const std::string& in, const std::string& out,
@@ -155,6 +177,11 @@ Result<std::vector<FileReport>> Engine::disarm_tree(const std::string& in, const
     return engine::run_disarm(Source::file(i), sink, d, state->context);
   };
   return engine::disarm_directory(in, out, options);
+}
+
+std::vector<FileReport> Engine::scan_paths(const std::vector<std::string>& paths, engine::ScanWalkOptions options) const {
+  options.scan_one = [this](const std::string& p, const ScanOptions& o) { return scan(Source::file(p), o); };
+  return engine::scan_paths(paths, options);
 }
 
 std::vector<std::string> Engine::allowed_classes() const {

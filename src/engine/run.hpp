@@ -23,6 +23,14 @@ FileReport run_disarm(const Source& source, Sink& sink, const DisarmOptions& opt
 // load_model of api.hpp for any source (a memory source is borrowed by the LoadedModel).
 Result<LoadedModelPtr> run_load(const Source& source, const DisarmOptions& options, FileReport& report,
                                 bool defer_storage_crc, const RunContext& ctx);
+// The whole input behind a LoadedModel: the mapping of a file source (and its descriptor, to
+// pread bytes into a private buffer instead of faulting the mapping in) or a memory source's
+// span (fd -1). MTD's layout digest reads every byte outside the records through it.
+struct InputView {
+  std::span<const uint8_t> bytes;
+  int fd = -1;
+};
+InputView input_of(const LoadedModel& loaded);
 // The write half of disarm (write_model of api.hpp) into any sink, with the record stage and
 // finish() of options.transforms (the IR stages are run_disarm's): protect/restore write
 // through it. A rejected write leaves nothing in the sink only for memory sinks' callers that

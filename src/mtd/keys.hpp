@@ -11,16 +11,18 @@
 #include <string>
 #include <vector>
 
+#include "modelcdr/mtd.hpp"
+#include "modelcdr/mtd_tools.hpp"
 #include "modelcdr/result.hpp"
 
 namespace modelcdr::mtd {
-
-using Key32 = std::array<uint8_t, 32>;
 
 // A subkey of `secret`: keyed BLAKE2b (libsodium crypto_generichash) of the parts joined by NUL
 // bytes, e.g. {"modelcdr/mtd/v2/enc", "7"}. Domain labels keep subkeys for different uses apart.
 Key32 derive_subkey(const Key32& secret, const std::vector<std::string>& parts);
 
+// A parsed key file. The public handle is mtd::Key (include/modelcdr/mtd.hpp), which keeps
+// one in guarded memory.
 struct KeyFile {
   std::string kind;  // secret | public | symmetric
   bool has_x25519 = false, has_x25519_secret = false, has_ed25519 = false, has_ed25519_secret = false;
@@ -36,19 +38,13 @@ Result<KeyFile> read_key_file(const std::string& path);
 // The same parser on text already read; `path` only names the file in errors.
 Result<KeyFile> parse_key_file(const std::string& text, const std::string& path);
 std::string render_key_file(const KeyFile& k, bool include_secrets);
-// Generates NAME.key (0600) and NAME.pub; refuses to overwrite unless `force`.
-Status keygen_pair(const std::string& name, bool force);
-Status keygen_symmetric(const std::string& path, bool force);
-// Writes `text` to `path` with `mode`, atomically (temp in the same folder, fsync, rename).
-Status write_file_atomic(const std::string& path, const std::string& text, unsigned mode, bool force);
-Result<std::string> read_small_file(const std::string& path, size_t limit);
+// keygen_pair, keygen_symmetric, write_file_atomic, read_small_file and fingerprint are
+// public: include/modelcdr/mtd_tools.hpp.
 // The first `n` bytes of `path` (fewer when it is shorter).
 Result<std::string> read_small_file_prefix(const std::string& path, size_t n);
 
 std::string to_base64(const uint8_t* p, size_t n);
 Result<std::vector<uint8_t>> from_base64(const std::string& s);
 std::string to_hex(const uint8_t* p, size_t n);
-// Printable id of a public key: the first 128 bits of BLAKE2b-256(key), 32 hex digits.
-std::string fingerprint(const uint8_t* p, size_t n);
 
 }  // namespace modelcdr::mtd

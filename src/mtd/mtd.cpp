@@ -23,6 +23,7 @@
 #include <unordered_set>
 
 #include "engine/run.hpp"
+#include "engine/sink_access.hpp"
 #include "formats/torch_zip_writer.hpp"
 #include "io/atomic_output.hpp"
 #include "io/mapped_file.hpp"
@@ -91,13 +92,18 @@ RecordSum sum_record(const Record& rec, std::vector<uint8_t>& buf) {
   buf.resize(kStreamChunk);
   for (size_t off = 0; off < s.bytes.size(); off += kStreamChunk) {
     auto chunk = s.bytes.subspan(off, std::min(kStreamChunk, s.bytes.size() - off));
+    bool copied = false;
     if (in && in->in_file()) {
       ssize_t got;
       do got = ::pread(in->fd, buf.data(), chunk.size(), static_cast<off_t>(in->offset + off));
       while (got < 0 && errno == EINTR);
-      if (got == static_cast<ssize_t>(chunk.size())) chunk = std::span<const uint8_t>(buf.data(), chunk.size());
+      copied = got == static_cast<ssize_t>(chunk.size());
       // else: read through the mapping, which holds the same bytes
     }
+    // A caller's memory may change while we read it: the digest and the CRC are computed from
+    // one private copy of the chunk, never from two reads of the caller's bytes.
+    if (!copied) std::memcpy(buf.data(), chunk.data(), chunk.size());
+    chunk = std::span<const uint8_t>(buf.data(), chunk.size());
     h.add(off, chunk);
     if (expected_crc) crc = libdeflate_crc32(crc, chunk.data(), chunk.size());
   }
@@ -160,23 +166,34 @@ std::optional<Digest> layout_digest(uint64_t file_size, const Ranges& ranges,
   return h.finish();
 }
 
-// The layout digest of an input file as parsed: every record must be a stored span of it.
-std::optional<Digest> input_layout(const std::string& path, const std::vector<Record>& records) {
+// The layout digest of the input as parsed (a file or a memory source): every record must be
+// a stored span of it. The bytes outside the records are read into the digest's private
+// buffer: from a file by pread on the descriptor that was mapped (never the path again: it may
+// name another file by now), at its size now; from memory by one copy of each chunk.
+std::optional<Digest> input_layout(const LoadedModel& loaded, const std::vector<Record>& records) {
+  const engine::InputView input = engine::input_of(loaded);
+  const uint8_t* base = input.bytes.data();
   Ranges ranges;
   for (const auto& r : records) {
-    if (!r.in || !r.in->in_file()) return std::nullopt;
-    ranges.emplace_back(r.in->offset, r.s->bytes.size());
+    // Where the record lies in the input (for a mapped file, its file offset): a record not
+    // stored in place (decompressed, owned) has no layout.
+    const auto at = reinterpret_cast<uintptr_t>(r.in ? r.in->view.data() : nullptr);
+    const auto from = reinterpret_cast<uintptr_t>(base);
+    const size_t n = r.s->bytes.size();
+    if (!at || at < from || n > input.bytes.size() || at - from > input.bytes.size() - n) return std::nullopt;
+    ranges.emplace_back(static_cast<uint64_t>(at - from), n);
   }
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return std::nullopt;
-  struct stat st{};
-  std::optional<Digest> d;
-  if (::fstat(fd, &st) == 0)
-    d = layout_digest(static_cast<uint64_t>(st.st_size), ranges, [&](uint64_t off, size_t n, uint8_t* buf) {
-      return ::pread(fd, buf, n, static_cast<off_t>(off)) == static_cast<ssize_t>(n);
+  if (input.fd < 0)
+    return layout_digest(input.bytes.size(), ranges, [&](uint64_t off, size_t n, uint8_t* buf) {
+      if (off > input.bytes.size() || n > input.bytes.size() - off) return false;
+      std::memcpy(buf, base + off, n);
+      return true;
     });
-  ::close(fd);
-  return d;
+  struct stat st{};
+  if (::fstat(input.fd, &st) != 0) return std::nullopt;
+  return layout_digest(static_cast<uint64_t>(st.st_size), ranges, [&](uint64_t off, size_t n, uint8_t* buf) {
+    return ::pread(input.fd, buf, n, static_cast<off_t>(off)) == static_cast<ssize_t>(n);
+  });
 }
 
 // ---- names and structure --------------------------------------------------------------------
@@ -527,9 +544,18 @@ Status check_release(const MapDoc& d, const RestoreOptions& o) {
   return ok_status();
 }
 
+// A map's sealed bytes from a file (bounded read) or from memory (one private copy, bounded
+// alike), so that a map given as bytes meets every check a map file does.
+Result<std::string> read_map_bytes(const Source& map) {
+  if (!map.is_memory()) return read_small_file(map.name(), kMaxMapBytes);
+  if (map.bytes().size() > kMaxMapBytes) return make_error(Rule::io_too_large, map.name() + " is too large");
+  return std::string(reinterpret_cast<const char*>(map.bytes().data()), map.bytes().size());
+}
+
 // Opens and decodes a map; fills signer info.
-Result<std::unique_ptr<MapDoc>> open_and_parse(const std::string& map_path, const OpenOptions& o, MtdResult& r) {
-  auto sealed = read_small_file(map_path, kMaxMapBytes);
+Result<std::unique_ptr<MapDoc>> open_and_parse(const Source& map, const OpenOptions& o, MtdResult& r) {
+  const std::string& map_path = map.name();
+  auto sealed = read_map_bytes(map);
   if (!sealed.ok()) {
     if (sealed.error().rule == Rule::io_too_large)
       return make_error(Rule::map_format, map_path + " is larger than a map can be (" + std::to_string(kMaxMapBytes >> 20) + " MiB)");
@@ -604,7 +630,7 @@ struct StateCheck {
   bool nt_differs = false;
 };
 
-StateCheck check_state(const std::string& input, const Model& m, const Layout& l, const MapDoc& doc,
+StateCheck check_state(const LoadedModel& input, const Model& m, const Layout& l, const MapDoc& doc,
                        const std::vector<std::string>& names_now, bool as_protected) {
   StateCheck c;
   const std::string against = as_protected ? "protected" : "restored";
@@ -748,7 +774,7 @@ Key32 derive_storage_key(const Key32& secret, const std::string& name, uint32_t 
 namespace {
 
 // The input, loaded and disarmed once for every copy protect makes of it.
-struct Source {
+struct LoadedInput {
   LoadedModelPtr loaded;
   Layout layout;
   std::vector<std::string> by_sid, names;
@@ -758,12 +784,12 @@ struct Source {
   bool crc_checked = false;
 };
 
-std::optional<Error> load_source(const std::string& input, const ProtectOptions& options, Source& src) {
+std::optional<Error> load_source(const Source& input, const ProtectOptions& options, LoadedInput& src) {
   DisarmOptions dopt;
   dopt.compat = options.compat;
   dopt.allow_trailing_data = options.allow_trailing_data;
   // CRCs are checked as the payloads stream through (one read of each byte, not two).
-  auto loaded = engine::run_load(modelcdr::Source::file(input), dopt, src.file, /*defer_storage_crc=*/true,
+  auto loaded = engine::run_load(input, dopt, src.file, /*defer_storage_crc=*/true,
                                  options.context ? *options.context : engine::process_context());
   if (!loaded.ok()) return loaded.error();
   src.loaded = std::move(*loaded);
@@ -969,11 +995,15 @@ Status ProtectRecords::copy_record(const RecordCopy& rec, const PayloadSink& sin
 }
 
 // One protected copy of `src`, with its own fresh secret and swaps, and its own map.
-MtdResult protect_copy(Source& src, const std::string& output, const std::string& map_path, const SealOptions& seal,
+MtdResult protect_copy(LoadedInput& src, Sink& output, Sink& map, const SealOptions& seal,
                        const ProtectOptions& options, const CopyInfo& copy) {
   MtdResult r;
   r.file = src.file;
-  Source& cached = src;
+  LoadedInput& cached = src;
+  const std::string& map_path = map.name();
+  // Memory sinks hold nothing until both outputs are good (engine.hpp's Sink contract).
+  if (output.is_memory()) SinkAccess::clear(output);
+  if (map.is_memory()) SinkAccess::clear(map);
   Model& m = model_of(*src.loaded);
   const Layout& l = src.layout;
   const auto& by_sid = src.by_sid;
@@ -1003,6 +1033,7 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
   auto records = std::make_shared<ProtectRecords>(m, l, names, source, permuted, secret, options.encrypt, cached.crc_checked);
   io::AtomicOutput map_out;
   bool map_committed = false;
+  std::vector<uint8_t> sealed_map;  // a memory map's bytes, handed over once the output is committed
   records->seal = [&](const Digest& layout_after) -> Status {
     std::string pkl_hash = hex(hash_bytes(l.pkl));
     json storages = json::array();
@@ -1071,6 +1102,10 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
     sodium_memzero(text.data(), text.size());
     if (!sealed.ok()) return sealed.error();
     if (seal.signer) r.signer = fingerprint(seal.signer->ed25519_public.data(), 32);
+    if (map.is_memory()) {
+      sealed_map.assign(sealed->begin(), sealed->end());
+      return ok_status();
+    }
     MCDR_TRY(write_text(map_path, *sealed, map_out));
     // Commit the map first: a protected model without its map would be lost.
     MCDR_TRY(map_out.commit());
@@ -1079,20 +1114,20 @@ MtdResult protect_copy(Source& src, const std::string& output, const std::string
   };
   records->committed = [&](bool ok) {
     if (!ok && map_committed) ::unlink(map_path.c_str());
+    if (ok && map.is_memory()) SinkAccess::fill(map, std::move(sealed_map), {});
   };
   DisarmOptions dopt;
   dopt.compat = options.compat;
   dopt.transforms = {records};
-  Sink sink = Sink::file(output);
   const engine::RunContext& ctx = options.context ? *options.context : engine::process_context();
   // The write's own notes (conversions the writer reports) stay out of protect's report, as
   // before the write went through the pipeline; only where it wrote is taken.
   FileReport written;
-  if (auto s = engine::run_write(m, sink, dopt, written, src.loaded.get(), ctx); !s.ok()) return fail(r, s.error());
+  if (auto s = engine::run_write(m, output, dopt, written, src.loaded.get(), ctx); !s.ok()) return fail(r, s.error());
   r.file.architecture = written.architecture;
   cached.crc_checked = true;
-  r.output = output;
-  r.file.output = output;
+  r.output = output.name();
+  r.file.output = output.name();
   for (const auto& f : r.file.findings)
     if (f.severity >= Severity::low) r.file.removed.push_back(f);
   r.outcome = Outcome::ok;
@@ -1122,8 +1157,12 @@ MtdResult map_failure(MtdResult& r, const std::string& map_path, const Error& e)
 }
 
 // A model file given where the map belongs, or a map given as the model, is named as such.
-bool file_is_map(const std::string& path) {
-  auto head = read_small_file_prefix(path, 8);
+bool file_is_map(const Source& input) {
+  if (input.is_memory()) {
+    const auto b = input.bytes().first(std::min<size_t>(8, input.bytes().size()));
+    return looks_like_map(std::string(reinterpret_cast<const char*>(b.data()), b.size()));
+  }
+  auto head = read_small_file_prefix(input.name(), 8);
   return head.ok() && looks_like_map(*head);
 }
 
@@ -1146,25 +1185,27 @@ Status check_entries_fit(const Model& m, const Layout& l, const MapDoc& doc) {
 }
 
 // Shared first half of restore and verify: open the map, parse the input, compare hashes.
-std::optional<MtdResult> prepare(const std::string& input, const std::string& map_path, const RestoreOptions& o,
+std::optional<MtdResult> prepare(const Source& input, const Source& map, const RestoreOptions& o,
                                  MtdResult& r, Prepared& p) {
+  const std::string& map_path = map.name();
   if (sodium_init() < 0) return fail(r, make_error(Rule::crypto_init, "libsodium failed to initialise"));
   if (file_is_map(input)) {
     r.code = "input-is-map";
-    return fail(r, make_error(Rule::mtd_input_is_map, input + " is a map, not a model (arguments swapped?)"));
+    return fail(r, make_error(Rule::mtd_input_is_map, input.name() + " is a map, not a model (arguments swapped?)"));
   }
-  auto doc = open_and_parse(map_path, o.open, r);
+  auto doc = open_and_parse(map, o.open, r);
   if (!doc.ok()) {
     if (map_integrity_error(doc.error())) return map_failure(r, map_path, doc.error());
     return fail(r, doc.error());
   }
   p.doc = std::move(*doc);
   if (auto rel = check_release(*p.doc, o); !rel.ok()) return map_failure(r, map_path, rel.error());
-  if (::access(input.c_str(), R_OK) != 0) return fail(r, make_error(Rule::io_open, "cannot open " + input));
+  if (!input.is_memory() && ::access(input.name().c_str(), R_OK) != 0)
+    return fail(r, make_error(Rule::io_open, "cannot open " + input.name()));
   DisarmOptions dopt;
   dopt.compat = p.doc->compat;
   // CRCs are checked in the hashing pass (compare), so each byte is read once there.
-  auto loaded = engine::run_load(modelcdr::Source::file(input), dopt, r.file, /*defer_storage_crc=*/true,
+  auto loaded = engine::run_load(input, dopt, r.file, /*defer_storage_crc=*/true,
                                  o.context ? *o.context : engine::process_context());
   if (!loaded.ok()) return mismatch_file(r, loaded.error());
   p.loaded = std::move(*loaded);
@@ -1195,12 +1236,12 @@ void set_mismatch_code(MtdResult& r) {
   if (r.outcome == Outcome::ok) r.code = "ok";
 }
 
-MtdResult verify_impl(const std::string& input, const std::string& map_path, const RestoreOptions& o) {
+MtdResult verify_impl(const Source& input, const Source& map, const RestoreOptions& o) {
   MtdResult r;
   Prepared p;
-  if (auto early = prepare(input, map_path, o, r, p)) return *early;
+  if (auto early = prepare(input, map, o, r, p)) return *early;
   const Model& m = model_of(*p.loaded);
-  auto check = [&](bool as_protected) { return check_state(input, m, p.layout, *p.doc, p.names_now, as_protected); };
+  auto check = [&](bool as_protected) { return check_state(*p.loaded, m, p.layout, *p.doc, p.names_now, as_protected); };
   // The protected state is the cheap one (one hash per byte); the restored state transforms
   // every record forward again, so it is checked only when needed.
   StateCheck a, b;
@@ -1210,7 +1251,7 @@ MtdResult verify_impl(const std::string& input, const std::string& map_path, con
   // With one state named, the other still decides whether the map is for this file at all.
   if (!have_a && b.matching_records == 0) a = check(true), have_a = true;
   if (!have_b && a.matching_records == 0) b = check(false), have_b = true;
-  if (is_wrong_file(*p.doc, a, b)) return wrong_file(r, input, p);
+  if (is_wrong_file(*p.doc, a, b)) return wrong_file(r, input.name(), p);
   bool as_protected;
   if (o.expect == "protected") as_protected = true;
   else if (o.expect == "restored") as_protected = false;
@@ -1221,11 +1262,11 @@ MtdResult verify_impl(const std::string& input, const std::string& map_path, con
   return r;
 }
 
-// Undoing one protected record (restore_impl, restore_model_impl): its inverse permutation
-// and record cipher from the map's secret, and the tree digest of the record as protected.
-// take() copies one source block into a private buffer, hashes that copy (a leaf: every block
-// the inverse permutation reads is one) and decrypts it in place, so the bytes checked are the
-// bytes restored.
+// Undoing one protected record (RestoreRecords: restore_impl, restore_model_impl): its inverse
+// permutation and record cipher from the map's secret, and the tree digest of the record as
+// protected. stage() copies each source block into a private buffer, hashes that copy (a leaf:
+// every block the inverse permutation reads is one) and decrypts from it, so the bytes checked
+// are the bytes restored.
 struct RecordUndo {
   std::optional<Permuter> perm;
   std::optional<RecordCipher> cipher;
@@ -1244,12 +1285,7 @@ struct RecordUndo {
       sodium_memzero(ck.data(), ck.size());
     }
   }
-  void take(const uint8_t* a, uint8_t* b, size_t len, size_t off) {
-    std::memcpy(b, a, len);
-    sum.add(off, std::span<const uint8_t>(b, len));
-    if (cipher) cipher->apply(b, b, len, off);
-  }
-  // The pipeline's form of take(), for output bytes [off, off + len): copies the source bytes
+  // For output bytes [off, off + len): copies the source bytes
   // into the slot's private `staged` buffer (the source block of each output block, one leaf
   // each), lists them as the slot's leaves, and restores `out` from that copy (decrypting into
   // `plain` first, so that the leaves keep the bytes as read until they are hashed).
@@ -1377,28 +1413,29 @@ std::optional<MtdResult> check_protected_structure(const std::string& input, con
   if (ok) {
     std::vector<Record> records;
     for (size_t k = 0; k < l.order.size(); ++k) records.push_back(l.record(m, k));
-    auto now = input_layout(input, records);
+    auto now = input_layout(*p.loaded, records);
     ok = now && hex(*now) == doc.layout_after;
   }
   if (ok) return std::nullopt;
-  StateCheck a = check_state(input, m, l, doc, p.names_now, true);
+  StateCheck a = check_state(*p.loaded, m, l, doc, p.names_now, true);
   if (is_wrong_file(doc, a, StateCheck{})) return wrong_file(r, input, p);
   r.mismatches = a.mismatches;
   r.outcome = Outcome::mismatch;
   return r;
 }
 
-MtdResult restore_impl(const std::string& input, const std::string& map_path, const std::string& output,
-                       const RestoreOptions& o) {
+MtdResult restore_impl(const Source& input, const Source& map, Sink& output, const RestoreOptions& o) {
   MtdResult r;
   Prepared p;
-  if (auto early = prepare(input, map_path, o, r, p)) return *early;
+  const std::string& map_path = map.name();
+  if (output.is_memory()) SinkAccess::clear(output);  // holds nothing unless restored
+  if (auto early = prepare(input, map, o, r, p)) return *early;
   r.state = "protected";
   Model& m = model_of(*p.loaded);
   const Layout& l = p.layout;
   const MapDoc& doc = *p.doc;
   // 1. What can be checked without reading the records (check_protected_structure).
-  if (auto early = check_protected_structure(input, p, r)) return *early;
+  if (auto early = check_protected_structure(input.name(), p, r)) return *early;
   if (auto fit = check_entries_fit(m, l, doc); !fit.ok()) return map_failure(r, map_path, fit.error());
   const size_t n = doc.entries.size();
   std::vector<uint32_t> holder(n);  // holder[j] = key whose record holds original j
@@ -1414,16 +1451,17 @@ MtdResult restore_impl(const std::string& input, const std::string& map_path, co
   // it is prepared first so that a failure leaves no restored file.
   m.architecture.clear();
   io::AtomicOutput arch_out;
+  std::string arch_text;  // a memory sink's architecture(), set once the output is committed
   if (!doc.architecture.is_null()) {
-    r.file.architecture = output + ".architecture.json";
-    if (auto s = write_text(r.file.architecture, doc.architecture.dump(2, ' ', false, json::error_handler_t::replace) + "\n",
-                            arch_out); !s.ok())
-      return fail(r, s.error());
+    arch_text = doc.architecture.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
+    if (!output.is_memory()) {
+      r.file.architecture = output.name() + ".architecture.json";
+      if (auto s = write_text(r.file.architecture, arch_text, arch_out); !s.ok()) return fail(r, s.error());
+    }
   }
-  Sink sink = Sink::file(output);
   const engine::RunContext& ctx = o.context ? *o.context : engine::process_context();
   FileReport written;  // as protect: the write's own notes stay out of the report
-  if (auto s = engine::run_write(m, sink, dopt, written, p.loaded.get(), ctx); !s.ok()) {
+  if (auto s = engine::run_write(m, output, dopt, written, p.loaded.get(), ctx); !s.ok()) {
     if (!r.mismatches.empty()) {
       r.outcome = Outcome::mismatch;
       return r;
@@ -1431,7 +1469,9 @@ MtdResult restore_impl(const std::string& input, const std::string& map_path, co
     return fail(r, s.error());
   }
   if (!r.file.architecture.empty()) (void)arch_out.commit();
-  r.output = output;
+  if (output.is_memory() && !arch_text.empty())
+    SinkAccess::set_architecture(output, std::vector<uint8_t>(arch_text.begin(), arch_text.end()));
+  r.output = output.name();
   r.state = "restored";
   r.outcome = Outcome::ok;
   for (size_t k = 0; k < n; ++k) {
@@ -1443,13 +1483,14 @@ MtdResult restore_impl(const std::string& input, const std::string& map_path, co
 
 // restore_impl's undo, into memory: every restored record becomes an owned buffer of the
 // loaded model (checked against its before-hash first), so the plain weights never reach a file.
-MtdResult restore_model_impl(const std::string& input, const std::string& map_path, const RestoreOptions& o,
+MtdResult restore_model_impl(const Source& input, const Source& map, const RestoreOptions& o,
                              LoadedModelPtr& restored) {
   MtdResult r;
   Prepared p;
-  if (auto early = prepare(input, map_path, o, r, p)) return *early;
+  const std::string& map_path = map.name();
+  if (auto early = prepare(input, map, o, r, p)) return *early;
   r.state = "protected";
-  if (auto early = check_protected_structure(input, p, r)) return *early;
+  if (auto early = check_protected_structure(input.name(), p, r)) return *early;
   Model& m = model_of(*p.loaded);
   const Layout& l = p.layout;
   const MapDoc& doc = *p.doc;
@@ -1457,6 +1498,10 @@ MtdResult restore_model_impl(const std::string& input, const std::string& map_pa
   const size_t n = doc.entries.size();
   std::vector<uint32_t> holder(n);
   for (size_t k = 0; k < n; ++k) holder[doc.entries[k].source] = static_cast<uint32_t>(k);
+  // The record stage restore writes with (RestoreRecords), into owned buffers instead of a
+  // file: one undo, one set of checks (each block read once into a private buffer, hashed
+  // from there, a record that does not match its map digest is a mismatch).
+  RestoreRecords undo(m, l, doc, holder, r.mismatches);
   std::vector<std::vector<uint8_t>> plain(n);
   for (size_t key = 0; key < n; ++key) {
     const uint32_t from = holder[key];
@@ -1466,20 +1511,20 @@ MtdResult restore_model_impl(const std::string& input, const std::string& map_pa
         return fail(r, make_error(Rule::mtd_internal, "a writer-made record is transformed"));
       continue;
     }
-    const model::Storage& src = l.at(m, from);
-    const std::span<const uint8_t> in = src.bytes;
-    const size_t esize = model::dtype_info(src.dtype).element_size;
-    RecordUndo undo(doc, from, src);
-    std::optional<Permuter>& perm = undo.perm;
-    auto take = [&](const uint8_t* a, uint8_t* b, size_t len, size_t off) { undo.take(a, b, len, off); };
-    const Permuter::SourceLoad load = take;
-    std::vector<uint8_t> buf(in.size());
-    for (size_t off = 0; off < in.size(); off += kStreamChunk) {
-      const size_t len = std::min(kStreamChunk, in.size() - off);
-      if (perm) perm->produce(in.data(), buf.data() + off, off / esize, len / esize, &load);
-      else take(in.data() + off, buf.data() + off, len, off);
-    }
-    undo.check(doc, from, r.mismatches);
+    const model::Storage& s = l.at(m, key);
+    std::vector<uint8_t> buf;
+    buf.reserve(s.bytes.size());
+    RecordCopy rec;
+    rec.key = static_cast<uint32_t>(key);
+    rec.storage = &s;
+    rec.range = l.range(m, key);
+    const PayloadSink sink = [&](std::span<const uint8_t> b) {
+      if (b.size() > s.bytes.size() - buf.size()) return Status(make_error(Rule::mtd_internal, "record longer than declared"));
+      buf.insert(buf.end(), b.begin(), b.end());
+      return ok_status();
+    };
+    if (auto st = undo.copy_record(rec, sink); !st.ok()) return fail(r, st.error());
+    if (buf.size() != s.bytes.size()) return fail(r, make_error(Rule::mtd_internal, "record shorter than declared"));
     plain[key] = std::move(buf);
   }
   if (!r.mismatches.empty()) {
@@ -1521,18 +1566,33 @@ MtdResult guarded(F&& f) {
 
 }  // namespace
 
+MtdResult verify(const Source& input, const Source& map, const RestoreOptions& o) {
+  return guarded([&] { return verify_impl(input, map, o); });
+}
+
+MtdResult restore(const Source& input, const Source& map, Sink& output, const RestoreOptions& o) {
+  MtdResult r = guarded([&] { return restore_impl(input, map, output, o); });
+  if (r.outcome != Outcome::ok && output.is_memory()) SinkAccess::clear(output);
+  return r;
+}
+
+MtdResult restore_model(const Source& input, const Source& map, const RestoreOptions& o, LoadedModelPtr& restored) {
+  return guarded([&] { return restore_model_impl(input, map, o, restored); });
+}
+
 MtdResult verify(const std::string& input, const std::string& map_path, const RestoreOptions& o) {
-  return guarded([&] { return verify_impl(input, map_path, o); });
+  return verify(Source::file(input), Source::file(map_path), o);
 }
 
 MtdResult restore(const std::string& input, const std::string& map_path, const std::string& output,
                   const RestoreOptions& o) {
-  return guarded([&] { return restore_impl(input, map_path, output, o); });
+  Sink sink = Sink::file(output);
+  return restore(Source::file(input), Source::file(map_path), sink, o);
 }
 
 MtdResult restore_model(const std::string& input, const std::string& map_path, const RestoreOptions& o,
                         LoadedModelPtr& restored) {
-  return guarded([&] { return restore_model_impl(input, map_path, o, restored); });
+  return restore_model(Source::file(input), Source::file(map_path), o, restored);
 }
 
 namespace {
@@ -1542,7 +1602,7 @@ namespace {
 // nobody). trace_impl also drops digests that several maps share (a permuted all-zero tensor).
 Result<std::vector<std::string>> distinctive_hashes(const std::string& map_path, const OpenOptions& o) {
   MtdResult ignored;
-  MCDR_ASSIGN(auto doc, open_and_parse(map_path, o, ignored));
+  MCDR_ASSIGN(auto doc, open_and_parse(Source::file(map_path), o, ignored));
   std::vector<std::string> out;
   for (const auto& e : doc->entries)
     if (e.permuted || e.source != e.key || doc->encrypted) out.push_back(e.after);
@@ -1646,28 +1706,38 @@ static std::string new_model_id() {
   return to_hex(id, sizeof id);
 }
 
-MtdResult protect(const std::string& input, const std::string& output, const std::string& map_path,
-                  const ProtectOptions& options) {
-  return guarded([&] {
+MtdResult protect(const Source& input, Sink& output, Sink& map, const ProtectOptions& options) {
+  MtdResult result = guarded([&] {
     MtdResult r;
     if (sodium_init() < 0) return fail(r, make_error(Rule::crypto_init, "libsodium failed to initialise"));
-    Source src;
+    LoadedInput src;
     if (auto e = load_source(input, options, src)) {
       r.file = src.file;
       return fail(r, *e);
     }
-    return protect_copy(src, output, map_path, options.seal, options, CopyInfo{"", new_model_id()});
+    return protect_copy(src, output, map, options.seal, options, CopyInfo{"", new_model_id()});
   });
+  if (result.outcome != Outcome::ok) {  // nothing left in memory sinks (files: never committed)
+    if (output.is_memory()) SinkAccess::clear(output);
+    if (map.is_memory()) SinkAccess::clear(map);
+  }
+  return result;
+}
+
+MtdResult protect(const std::string& input, const std::string& output, const std::string& map_path,
+                  const ProtectOptions& options) {
+  Sink out = Sink::file(output), map = Sink::file(map_path);
+  return protect(Source::file(input), out, map, options);
 }
 
 std::vector<MtdResult> protect_copies(const std::string& input, const std::vector<ProtectCopy>& copies,
                                       const ProtectOptions& options) {
   std::vector<MtdResult> out;
-  Source src;
+  LoadedInput src;
   MtdResult first = guarded([&] {
     MtdResult r;
     if (sodium_init() < 0) return fail(r, make_error(Rule::crypto_init, "libsodium failed to initialise"));
-    if (auto e = load_source(input, options, src)) {
+    if (auto e = load_source(Source::file(input), options, src)) {
       r.file = src.file;
       return fail(r, *e);
     }
@@ -1677,7 +1747,10 @@ std::vector<MtdResult> protect_copies(const std::string& input, const std::vecto
   if (first.outcome != Outcome::ok) return {first};
   const std::string model_id = new_model_id();  // one release, many copies
   for (const auto& c : copies) {
-    out.push_back(guarded([&] { return protect_copy(src, c.output, c.map, c.seal, options, CopyInfo{c.name, model_id}); }));
+    out.push_back(guarded([&] {
+      Sink output = Sink::file(c.output), map = Sink::file(c.map);
+      return protect_copy(src, output, map, c.seal, options, CopyInfo{c.name, model_id});
+    }));
     if (out.back().outcome != Outcome::ok) break;  // stop at the first failure: the rest would fail alike
   }
   return out;

@@ -96,7 +96,7 @@ void map_mac(uint8_t out[kMac], const uint8_t cek[32], const uint8_t* p, size_t 
   sodium_memzero(mac_key, sizeof mac_key);
 }
 
-Status derive_passphrase_key(uint8_t out[32], const std::string& pass, const uint8_t* salt, uint64_t ops, uint64_t mem) {
+Status derive_passphrase_key(uint8_t out[32], std::string_view pass, const uint8_t* salt, uint64_t ops, uint64_t mem) {
   if (crypto_pwhash(out, 32, pass.data(), pass.size(), salt, ops, mem, crypto_pwhash_ALG_ARGON2ID13) != 0)
     return make_error(Rule::crypto_pwhash, "Argon2id key derivation failed (out of memory?)");
   return ok_status();

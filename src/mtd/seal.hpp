@@ -20,33 +20,13 @@ inline constexpr size_t kMaxMapInfo = 4096;  // clear info (JSON) readable witho
 
 // Bounds enforced when reading a map (and when sealing one), before any key derivation: a
 // hostile map must not make us burn unbounded time or memory before it is authenticated.
-inline constexpr size_t kMaxMapBytes = size_t(32) << 20;  // ~130k records of JSON
+// kMaxMapBytes (a map is at most 32 MiB) is public: include/modelcdr/mtd.hpp.
 inline constexpr size_t kMaxSlots = 64;
 inline constexpr size_t kMaxPassphraseSlots = 4;
 inline constexpr unsigned long long kMaxPwhashOps = 8;
 inline constexpr size_t kMaxPwhashMem = size_t(256) << 20;
 
-struct SealOptions {
-  std::vector<Key32> symmetric_keys;       // --key-file
-  std::vector<std::string> passphrases;    // --passphrase-file (Argon2id)
-  std::vector<Key32> recipients;           // --recipient (X25519 public keys, crypto_box_seal)
-  const KeyFile* signer = nullptr;         // --sign (ed25519 secret)
-  std::string info;                        // clear info (JSON): readable by anyone, bound to MAC and signature
-  unsigned long long pwhash_ops = 3;
-  size_t pwhash_mem = 64u << 20;           // 64 MiB: memory-hard, and within the RSS budget
-};
-
-struct OpenOptions {
-  std::optional<Key32> symmetric_key;
-  std::optional<std::string> passphrase;
-  const KeyFile* identity = nullptr;       // x25519 secret
-  // Pinned signers (--verify-signer, --trust): the map must be signed by one of these keys
-  // (public keys) or by a key whose fingerprint is listed; checked before anything else.
-  std::vector<Key32> trusted_signers;
-  std::vector<std::string> trusted_fingerprints;  // fingerprint() strings
-  // Explicit opt-in (--allow-unsigned): no pinned signer; unsigned maps are opened.
-  bool allow_unsigned = false;
-};
+// SealOptions and OpenOptions are public: include/modelcdr/mtd.hpp.
 
 struct OpenedMap {
   std::string payload;   // plaintext (JSON)
@@ -63,39 +43,13 @@ struct OpenedMap {
 // "map.no-key" (no slot opens with the given key), "map.corrupt" (authentication failed:
 // modified map), "map.signature" (missing or wrong signature), "map.untrusted" (no pinned
 // signer and no opt-in). All but io.* are integrity failures for the CLI (exit 3).
-// What anyone can read from a map without a key (`modelcdr map info`). Not authenticated:
-// `signature_valid` says whether the embedded signer key signed it (not whether to trust it).
-struct MapHeader {
-  uint16_t version = 0;
-  bool signed_ = false, signature_valid = false;
-  std::string signer;  // fingerprint
-  struct SlotInfo {
-    std::string type;       // key-file | passphrase | recipient
-    std::string recipient;  // fingerprint of the recipient's x25519 public key
-  };
-  std::vector<SlotInfo> slots;
-  std::string info;  // the clear info JSON as stored
-};
-
-// Re-wrapping a map's content key for a new set of recipients (the content is unchanged).
-struct ResealOptions {
-  std::vector<Key32> add_recipients;             // x25519 public keys
-  std::vector<std::string> remove_fingerprints;  // recipient fingerprints (fingerprint() of x25519 public)
-  const KeyFile* signer = nullptr;               // required when the map was signed
-};
-
-Result<MapHeader> read_map_header(const std::string& sealed);
-// Opens the map with `open` (the operator's key), keeps every other slot verbatim, adds and
-// removes recipient slots, and re-signs. Errors: those of open_map, "map.needs-signer",
-// "map.no-such-recipient", "map.duplicate-recipient", "map.no-key" (nothing would open it).
-Result<std::string> reseal_map(const std::string& sealed, const OpenOptions& open, const ResealOptions& r);
+// MapHeader, read_map_header, ResealOptions, reseal_map and looks_like_map are public:
+// include/modelcdr/mtd_tools.hpp.
 Result<std::string> seal_map(const std::string& payload, const SealOptions& options);
 Result<OpenedMap> open_map(const std::string& sealed, const OpenOptions& options);
 // True when the map is signed and its signature verifies with `ed25519_public`.
 bool signature_valid(const std::string& sealed, const Key32& ed25519_public);
 // Reads only the clear header: the format version.
 Result<uint16_t> map_format_version(const std::string& sealed);
-// True when `bytes` start with the map magic.
-bool looks_like_map(const std::string& bytes);
 
 }  // namespace modelcdr::mtd

@@ -1,4 +1,4 @@
-#include "report/render.hpp"
+#include "modelcdr/render.hpp"
 
 #include <algorithm>
 #include <cctype>

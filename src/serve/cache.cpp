@@ -18,7 +18,7 @@
 #include "io/atomic_output.hpp"
 #include "modelcdr/api.hpp"
 #include "mtd/digest.hpp"
-#include "report/render.hpp"
+#include "modelcdr/render.hpp"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;

@@ -26,6 +26,7 @@
 
 #include "modelcdr/api.hpp"
 #include "modelcdr/model.hpp"
+#include "modelcdr/stego.hpp"
 #include "modelcdr/transform.hpp"
 
 namespace modelcdr::stego {
@@ -36,23 +37,7 @@ int mantissa_bits(model::DType d);
 // Bytes of that IEEE component (8, 4, 2), 0 when mantissa_bits is 0.
 uint32_t float_component_size(model::DType d);
 
-// How many low mantissa bits to randomise per float type. The defaults were chosen from the
-// measurements in README "Weight-level CDR" (accuracy sweep N = 1..23 on a digits CNN).
-struct LsbPolicy {
-  static constexpr int kDefaultF64 = 29;
-  static constexpr int kDefaultF32 = 14;
-  static constexpr int kDefaultF16 = 2;
-  static constexpr int kDefaultBF16 = 1;
-  int f64 = kDefaultF64, f32 = kDefaultF32, f16 = kDefaultF16, bf16 = kDefaultBF16;
-
-  int bits_for(model::DType d) const;   // 0 for non-float dtypes
-  std::string describe() const;         // "float64=29,float32=14,float16=2,bfloat16=1"
-};
-
-// Parses the value of --randomize-lsb: "default" (or empty), one integer N applied to every float
-// type (clamped at each type's mantissa width), or a comma list "float32=12,float16=2,..." where
-// missing types keep their defaults (aliases f64/f32/f16/bf16, double/float/half).
-Result<LsbPolicy> parse_lsb_policy(const std::string& spec);
+// LsbPolicy, parse_lsb_policy and make_lsb_transform are public: include/modelcdr/stego.hpp.
 
 // 256-bit-state xoshiro256** in 8 independent lanes (structure of arrays) so that the compiler
 // vectorises it. Not cryptographic: its purpose is unpredictable filler, and its seed comes from
@@ -110,8 +95,5 @@ struct LsbReport {
 // replacing its payload with an owned buffer. `rng` defaults to a fresh CSPRNG-seeded one.
 LsbReport randomize_model(model::Model& m, const LsbPolicy& policy, LaneRng* rng = nullptr);
 
-// A Transform (modelcdr/transform.hpp) whose IR stage runs randomize_model and appends an
-// info finding "stego.lsb-randomized" with the counts to the report.
-std::shared_ptr<Transform> make_lsb_transform(LsbPolicy policy);
 
 }  // namespace modelcdr::stego

@@ -36,14 +36,11 @@
 
 #include "modelcdr/api.hpp"
 #include "modelcdr/model.hpp"
+#include "modelcdr/stego.hpp"
 
 namespace modelcdr::stego {
 
-struct StegoOptions {
-  double threshold = 6.0;        // score for a finding (medium)
-  double high_threshold = 20.0;  // score for severity high
-  uint64_t min_elements = 1024;  // smaller tensors are not tested (too little evidence)
-};
+// StegoOptions and make_stego_inspector are public: include/modelcdr/stego.hpp.
 
 struct StegoScore {
   bool tested = false;
@@ -69,8 +66,5 @@ struct TensorStegoScore {
 // One entry per float storage (named after the first tensor that views it).
 std::vector<TensorStegoScore> score_model(const model::Model& m, const StegoOptions& options);
 
-// ScanOptions::inspect: adds "stego.lsb-suspicious" findings (medium, high above high_threshold)
-// for tensors at or above the threshold, and one info finding "stego.summary".
-std::function<void(const model::Model&, FileReport&)> make_stego_inspector(StegoOptions options = {});
 
 }  // namespace modelcdr::stego

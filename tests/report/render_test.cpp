@@ -1,7 +1,7 @@
 // report::printable: untrusted strings in text output cannot drive the terminal.
 #include <gtest/gtest.h>
 
-#include "report/render.hpp"
+#include "modelcdr/render.hpp"
 
 using modelcdr::report::printable;
 using modelcdr::Rule;

@@ -1,5 +1,6 @@
-// Renderings of FileReports: text for people, JSON (schemas in docs/CLI.md) and SARIF 2.1.0
-// for tools. Rule ids and messages reach the user verbatim.
+// Renderings of FileReports (public: the CLI, the gateway and bindings print with these):
+// text for people, JSON (schemas in docs/CLI.md) and SARIF 2.1.0 for tools. Rule ids and
+// messages reach the user verbatim.
 #pragma once
 #include <string>
 #include <string_view>
