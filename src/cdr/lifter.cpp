@@ -151,7 +151,7 @@ class Lifter {
   const pickle::NodeIds* tuple_items(NodeId id) const {
     if (id == kNoNode) return nullptr;
     const Node& n = at(id);
-    return n.kind == NodeKind::Tuple ? &n.items : nullptr;
+    return n.kind == NodeKind::Tuple ? &n.items.get() : nullptr;
   }
 
   // An (key, value) item of a mapping constructor: a 2-tuple, or a 2-element list, as Python 2's
@@ -159,7 +159,7 @@ class Lifter {
   const pickle::NodeIds* pair_items(NodeId id) const {
     const Node& n = at(id);
     if (n.kind != NodeKind::Tuple && n.kind != NodeKind::List) return nullptr;
-    return n.items.size() == 2 ? &n.items : nullptr;
+    return n.items.size() == 2 ? &n.items.get() : nullptr;
   }
 
   std::optional<int64_t> as_int(NodeId id) const {
@@ -998,11 +998,11 @@ class Lifter {
   Result<std::vector<int64_t>> int_tuple(NodeId id, const char* what) {
     const Node& n = at(id);
     const pickle::NodeIds* items = nullptr;
-    if (n.kind == NodeKind::Tuple || n.kind == NodeKind::List) items = &n.items;
+    if (n.kind == NodeKind::Tuple || n.kind == NodeKind::List) items = &n.items.get();
     // torch.Size((...)) appears in some writers
     if (n.kind == NodeKind::Call && is_global(at(n.items[0]), "torch", "Size")) {
       auto* a = tuple_items(n.items[1]);
-      if (a && a->size() == 1 && at((*a)[0]).kind == NodeKind::Tuple) items = &at((*a)[0]).items;
+      if (a && a->size() == 1 && at((*a)[0]).kind == NodeKind::Tuple) items = &at((*a)[0]).items.get();
     }
     if (!items) return err(n.offset, Rule::cdr_bad_tensor, std::string(what) + " is not a tuple of integers");
     if (items->size() > opt_.max_dims)
@@ -1418,11 +1418,11 @@ class Lifter {
 
   void collect_strings(NodeId id, std::unordered_set<std::string>& out) const {
     const Node& n = at(id);
-    const pickle::NodeIds* items = &n.items;
+    const pickle::NodeIds* items = &n.items.get();
     if (n.kind == NodeKind::Call) {
       auto* a = tuple_items(n.items[1]);
       if (!a || a->empty()) return;
-      items = &at((*a)[0]).items;
+      items = &at((*a)[0]).items.get();
     }
     for (NodeId c : *items)
       if (auto s = as_text(c)) out.insert(*s);

@@ -3,10 +3,13 @@
 // arena and refer to each other by index, so memo references keep identity (tied weights
 // stay tied) and cycles are representable without ownership problems.
 //
-// Memory: a checkpoint holds about 15 nodes per tensor, so a Node is kept small (48 bytes):
-// text is a view into the Program's byte arena (a Global's name follows its module there), child lists are arena blocks reached by one
-// pointer, the rarer lists (dict entries, appends, BUILD states) one arena block reached by one
-// pointer, and the rare joblib payload span sits in a side table (Program::payloads).
+// Memory: a checkpoint holds about 15 nodes per tensor, so a Node is kept small (24 bytes: one
+// word for kind, flags and offset; one for the number or the text, which no kind has both of;
+// one for the items): text lives in the Program's byte arena with its length in front (a
+// Global's name follows its module there), child lists are arena blocks reached by one pointer,
+// the rarer lists (dict entries, appends, BUILD states) one arena block that the items word
+// points to once a node has any, and the rare joblib payload span sits in a side table
+// (Program::payloads).
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -152,13 +155,105 @@ enum class NodeKind : uint8_t {
 };
 
 // Mutations applied to a node after construction, in stream order. Few nodes have any (dicts,
-// SETITEM(S)/APPEND(S)/BUILD targets), so they sit in one arena block the node points to.
+// SETITEM(S)/APPEND(S)/BUILD targets), so they sit in one arena block the node points to; the
+// node's own items move into that block with them (Node::items reads them there), so a node
+// needs one word for both.
 struct NodeMutations {
+  NodeIds items;             // the node's items (see ItemsField)
   NodePairs entries;         // DICT contents and SETITEM(S) on any node
   NodeIds appended;          // APPEND(S)/ADDITEMS applied to a non-List/Set node
   NodeIds build_states;      // BUILD states applied to this node
 };
 inline constexpr NodeMutations kNoMutations{};
+
+struct Node;
+struct Program;
+
+// Node::text: one word that shares the node's number slot (an Int has no text, a Str no number).
+// It points at the text in the Program's arena; the length is in the 8 bytes before it (a
+// Global's name length in the 8 before those, the name right after the module). It reads like
+// the Text view it replaced, and reads empty on a node of a kind without text (the word holds a
+// number there), so no caller can misread one for the other. Not copyable on its own: it finds
+// its node's kind by its place in the node, so a copy away from the node would misread; convert
+// it to a Text (a view) instead.
+class TextField {
+ public:
+  TextField() = default;
+  TextField(const TextField&) = delete;
+  TextField& operator=(const TextField&) = delete;
+
+  inline Text view() const;  // after Node: needs the node's kind
+  operator Text() const { return view(); }                   // NOLINT: reads like the view
+  operator std::string() const { return std::string(view()); }  // NOLINT: reads like a string
+  size_t size() const { return view().size(); }
+  size_t length() const { return size(); }
+  bool empty() const { return size() == 0; }
+  const char* data() const { return view().data(); }
+  auto begin() const { return view().begin(); }
+  auto end() const { return view().end(); }
+  char operator[](size_t k) const { return view()[k]; }
+  char front() const { return view().front(); }
+  char back() const { return view().back(); }
+  std::string_view substr(size_t pos, size_t n = std::string_view::npos) const { return view().substr(pos, n); }
+  size_t find(std::string_view s, size_t pos = 0) const { return view().find(s, pos); }
+  size_t find(char c, size_t pos = 0) const { return view().find(c, pos); }
+  size_t rfind(std::string_view s, size_t pos = std::string_view::npos) const { return view().rfind(s, pos); }
+  size_t rfind(char c, size_t pos = std::string_view::npos) const { return view().rfind(c, pos); }
+  bool starts_with(std::string_view s) const { return view().starts_with(s); }
+  bool ends_with(std::string_view s) const { return view().ends_with(s); }
+  int compare(std::string_view s) const { return view().compare(s); }
+  friend bool operator==(const TextField& a, std::string_view b) { return a.view() == b; }
+  friend bool operator==(const TextField& a, const TextField& b) { return a.view() == b.view(); }
+  friend auto operator<=>(const TextField& a, std::string_view b) { return a.view() <=> b; }
+
+ private:
+  friend struct Node;
+  friend struct Program;
+  const char* p_;  // no initializer: the union's number is the member that starts set
+};
+inline std::string operator+(const std::string& a, const TextField& b) { return a + b.view(); }
+inline std::string operator+(std::string&& a, const TextField& b) { return std::move(a) + b.view(); }
+inline std::string operator+(const TextField& a, const std::string& b) { return a.view() + b; }
+inline std::string operator+(const char* a, const TextField& b) { return a + b.view(); }
+inline std::string operator+(const TextField& a, const char* b) { return a.view() + b; }
+inline std::string operator+(const TextField& a, char b) { return a.view() + b; }
+inline std::string operator+(char a, const TextField& b) { return a + b.view(); }
+
+// Node::items: one word, the node's IdList, or (once the node has mutations) the NodeMutations
+// block that holds its items and the rest. Reads and grows like the IdList it replaced; binds
+// to a NodeIds reference. Not copyable on its own, for the reason TextField is not.
+class ItemsField {
+ public:
+  ItemsField() : list_() {}
+  ItemsField(const ItemsField&) = delete;
+  ItemsField& operator=(const ItemsField&) = delete;
+
+  inline const NodeIds& get() const;  // after Node: needs the node's flag
+  inline NodeIds& get();
+  operator const NodeIds&() const { return get(); }             // NOLINT: reads like the list
+  operator NodeIds&() { return get(); }                         // NOLINT
+  operator std::span<const NodeId>() const { return get(); }    // NOLINT
+  const NodeId* begin() const { return get().begin(); }
+  const NodeId* end() const { return get().end(); }
+  const NodeId* data() const { return get().data(); }
+  size_t size() const { return get().size(); }
+  bool empty() const { return get().empty(); }
+  const NodeId& operator[](size_t k) const { return get()[k]; }
+  const NodeId& front() const { return get().front(); }
+  const NodeId& back() const { return get().back(); }
+  std::vector<NodeId> to_vector() const { return get().to_vector(); }
+  void append(Arena& arena, const NodeId* items, size_t n) { get().append(arena, items, n); }
+  void push_back(Arena& arena, NodeId item) { get().push_back(arena, item); }
+  void assign(Arena& arena, std::initializer_list<NodeId> items) { get().assign(arena, items); }
+  void clear() { get().clear(); }
+
+ private:
+  friend struct Node;
+  union {
+    NodeIds list_;
+    NodeMutations* mut_;
+  };
+};
 
 struct Node {
   // One word for the kind, the flags and the offset (a Node is built per pickle object, about
@@ -169,31 +264,73 @@ struct Node {
   // Raw bytes followed this node's BUILD in the stream (joblib NumpyArrayWrapper arrays,
   // consumed by DecodeOptions::on_array_build); their span is Program::payloads[id].
   bool has_payload : 1 = false;
-  uint64_t offset : 53 = 0;       // byte offset (inside the pickle's entry) of the creating opcode
-  union {                         // an Int or Ext has i, a Float f, never both; a Global its name's length
+  bool has_mut : 1 = false;       // `items` holds a NodeMutations block (see mutations())
+  uint64_t offset : 52 = 0;       // byte offset (inside the pickle's entry) of the creating opcode
+  union {                         // an Int or Ext has i, a Float f, a text kind text; never two
     int64_t i = 0;
     double f;
+    TextField text;               // Str / Py2Str / Bytes / ByteArray / BigInt payload; Global module
   };
-  Text text;                 // Str / Py2Str / Bytes / ByteArray / BigInt payload; Global module (arena)
-  NodeIds items;             // see NodeKind
-  NodeMutations* mut = nullptr;  // arena; null when nothing was applied (most nodes)
+  ItemsField items;               // see NodeKind
 
-  // Global: the name. Program::set_global keeps it in the arena right after the module and a
-  // NUL, its length in `i` (a Global has no number): a view of its own cost 16 bytes a node.
-  Text name() const {
-    if (kind != NodeKind::Global || text.data() == nullptr) return Text();
-    return Text(std::string_view(text.data() + text.size() + 1, static_cast<size_t>(i)));
+  Node() = default;
+  // The fields find their node by their place in it, so they copy only with it (bitwise: a
+  // Node is plain data into the Program's arena).
+  Node(const Node& o) noexcept { std::memcpy(static_cast<void*>(this), static_cast<const void*>(&o), sizeof(Node)); }
+  Node& operator=(const Node& o) noexcept {
+    std::memmove(static_cast<void*>(this), static_cast<const void*>(&o), sizeof(Node));
+    return *this;
   }
-  const NodePairs& entries() const { return (mut ? *mut : kNoMutations).entries; }
-  const NodeIds& appended() const { return (mut ? *mut : kNoMutations).appended; }
-  const NodeIds& build_states() const { return (mut ? *mut : kNoMutations).build_states; }
+
+  // Global: the name (kept after the module, its length before the module's; see TextField).
+  Text name() const {
+    if (kind != NodeKind::Global || text.p_ == nullptr) return Text();
+    uint64_t module_size = 0, name_size = 0;
+    std::memcpy(&module_size, text.p_ - 8, 8);
+    std::memcpy(&name_size, text.p_ - 16, 8);
+    return Text(std::string_view(text.p_ + module_size, static_cast<size_t>(name_size)));
+  }
+  const NodeMutations& muts() const { return has_mut ? *items.mut_ : kNoMutations; }
+  const NodePairs& entries() const { return muts().entries; }
+  const NodeIds& appended() const { return muts().appended; }
+  const NodeIds& build_states() const { return muts().build_states; }
   // For whoever owns the arena (the machine, a reader building a program): the block to add to.
+  // The node's items move into it (a reference to them taken before does not see later items).
   NodeMutations& mutations(Arena& arena) {
-    if (!mut) mut = new (arena.allocate(sizeof(NodeMutations))) NodeMutations();
-    return *mut;
+    if (!has_mut) {
+      auto* m = new (arena.allocate(sizeof(NodeMutations))) NodeMutations();
+      m->items = items.list_;
+      items.mut_ = m;
+      has_mut = true;
+    }
+    return *items.mut_;
+  }
+  bool has_text() const {
+    switch (kind) {
+      case NodeKind::BigInt: case NodeKind::Str: case NodeKind::Py2Str: case NodeKind::Bytes:
+      case NodeKind::ByteArray: case NodeKind::Global: return true;
+      default: return false;
+    }
   }
 };
-static_assert(sizeof(Node) == 48, "keep pickle::Node compact: it is built about 15 times a tensor");
+static_assert(sizeof(Node) == 24, "keep pickle::Node compact: it is built about 15 times a tensor");
+inline constexpr size_t kNodeTextAt = 8, kNodeItemsAt = 16;  // where the fields sit in a Node
+
+inline Text TextField::view() const {
+  const Node& n = *reinterpret_cast<const Node*>(reinterpret_cast<const char*>(this) - kNodeTextAt);
+  if (!n.has_text() || p_ == nullptr) return Text();
+  uint64_t size = 0;
+  std::memcpy(&size, p_ - 8, 8);
+  return Text(std::string_view(p_, static_cast<size_t>(size)));
+}
+inline const NodeIds& ItemsField::get() const {
+  const Node& n = *reinterpret_cast<const Node*>(reinterpret_cast<const char*>(this) - kNodeItemsAt);
+  return n.has_mut ? mut_->items : list_;
+}
+inline NodeIds& ItemsField::get() {
+  const Node& n = *reinterpret_cast<const Node*>(reinterpret_cast<const char*>(this) - kNodeItemsAt);
+  return n.has_mut ? mut_->items : list_;
+}
 
 // Raw bytes after a BUILD (joblib): [offset, +size) of the decoded span.
 struct NodePayload {
@@ -214,15 +351,27 @@ struct Program {
 
   const Node& at(NodeId id) const { return nodes[id]; }
   Text keep(std::string_view s) { return Text(arena->keep(s)); }
+  // Makes `n` a node of text kind `kind` holding a copy of `s` (see TextField).
+  void set_text(Node& n, NodeKind kind, std::string_view s) {
+    n.kind = kind;
+    n.text.p_ = nullptr;
+    if (s.empty()) return;
+    char* p = static_cast<char*>(arena->allocate(8 + s.size()));
+    const uint64_t size = s.size();
+    std::memcpy(p, &size, 8);
+    std::memcpy(p + 8, s.data(), s.size());
+    n.text.p_ = p + 8;
+  }
   // Makes `g` name module.name (see Node::name).
   void set_global(Node& g, std::string_view module, std::string_view name) {
-    char* p = static_cast<char*>(arena->allocate(module.size() + 1 + name.size()));
-    std::memcpy(p, module.data(), module.size());
-    p[module.size()] = '\0';
-    std::memcpy(p + module.size() + 1, name.data(), name.size());
+    char* p = static_cast<char*>(arena->allocate(16 + module.size() + name.size()));
+    const uint64_t module_size = module.size(), name_size = name.size();
+    std::memcpy(p, &name_size, 8);
+    std::memcpy(p + 8, &module_size, 8);
+    std::memcpy(p + 16, module.data(), module.size());
+    std::memcpy(p + 16 + module.size(), name.data(), name.size());
     g.kind = NodeKind::Global;
-    g.text = Text(std::string_view(p, module.size()));
-    g.i = static_cast<int64_t>(name.size());
+    g.text.p_ = p + 16;
   }
   NodeId add(Node n) {
     nodes.push_back(n);
