@@ -629,7 +629,8 @@ class Machine {
     return m;
   }
   // Moves everything above stack position `from` into `dst` and truncates the stack.
-  Status take_from(size_t from, NodeIds& dst) {
+  template <class List>  // a NodeIds or a node's items
+  Status take_from(size_t from, List& dst) {
     size_t n = stack_.size() - from;
     MCDR_TRY(count_items(n));
     dst.append(*prog_.arena, stack_.data() + from, n);
@@ -1006,20 +1007,23 @@ class Machine {
         MCDR_TRY(count_items(1));
         NodeId v = pop_unchecked();
         Node& target = node(stack_.back());
-        (target.kind == NodeKind::List ? target.items : target.mutations(*prog_.arena).appended).push_back(*prog_.arena, v);
+        if (target.kind == NodeKind::List) target.items.push_back(*prog_.arena, v);
+        else target.mutations(*prog_.arena).appended.push_back(*prog_.arena, v);
         return ok_status();
       }
       case Op::APPENDS: {
         MCDR_ASSIGN(size_t m, pop_mark());
         if (m <= fence() || m > stack_.size()) return underflow();
         Node& target = node(stack_[m - 1]);
-        return take_from(m, target.kind == NodeKind::List ? target.items : target.mutations(*prog_.arena).appended);
+        if (target.kind == NodeKind::List) return take_from(m, target.items);
+        return take_from(m, target.mutations(*prog_.arena).appended);
       }
       case Op::ADDITEMS: {
         MCDR_ASSIGN(size_t m, pop_mark());
         if (m <= fence() || m > stack_.size()) return underflow();
         Node& target = node(stack_[m - 1]);
-        return take_from(m, target.kind == NodeKind::Set ? target.items : target.mutations(*prog_.arena).appended);
+        if (target.kind == NodeKind::Set) return take_from(m, target.items);
+        return take_from(m, target.mutations(*prog_.arena).appended);
       }
       case Op::SETITEM: {
         MCDR_TRY(need(3));

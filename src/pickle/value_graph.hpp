@@ -17,6 +17,7 @@
 #include <initializer_list>
 #include <memory>
 #include <new>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -129,6 +130,8 @@ inline std::string operator+(char a, Text b) { return std::string(1, a).append(b
 
 using NodeIds = IdList<NodeId>;
 using NodePairs = IdList<std::pair<NodeId, NodeId>>;
+using Ids = std::span<const NodeId>;      // what readers of a node's items take
+using MaybeIds = std::optional<Ids>;
 
 enum class NodeKind : uint8_t {
   None,
@@ -219,45 +222,52 @@ inline std::string operator+(const TextField& a, const char* b) { return a.view(
 inline std::string operator+(const TextField& a, char b) { return a.view() + b; }
 inline std::string operator+(char a, const TextField& b) { return a + b.view(); }
 
-// Node::items: one word, the node's IdList, or (once the node has mutations) the NodeMutations
-// block that holds its items and the rest. Reads and grows like the IdList it replaced; binds
-// to a NodeIds reference. Not copyable on its own, for the reason TextField is not.
+// Node::items: one word. Up to two items sit in the word itself (a Call's callee and args, a
+// 1-tuple, a PersId: most nodes with items have no more); more are an IdList in the arena; and
+// once the node has mutations the word points to the NodeMutations block, which then holds the
+// items with the rest. Reads and grows like the IdList it replaced (and converts to a span). Not
+// copyable on its own, for the reason TextField is not; a span of inline items points into the
+// node, so it lives as long as the node does not move.
 class ItemsField {
  public:
   ItemsField() : list_() {}
   ItemsField(const ItemsField&) = delete;
   ItemsField& operator=(const ItemsField&) = delete;
 
-  inline const NodeIds& get() const;  // after Node: needs the node's flag
-  inline NodeIds& get();
-  operator const NodeIds&() const { return get(); }             // NOLINT: reads like the list
-  operator NodeIds&() { return get(); }                         // NOLINT
-  operator std::span<const NodeId>() const { return get(); }    // NOLINT
-  const NodeId* begin() const { return get().begin(); }
-  const NodeId* end() const { return get().end(); }
-  const NodeId* data() const { return get().data(); }
-  size_t size() const { return get().size(); }
-  bool empty() const { return get().empty(); }
-  const NodeId& operator[](size_t k) const { return get()[k]; }
-  const NodeId& front() const { return get().front(); }
-  const NodeId& back() const { return get().back(); }
-  std::vector<NodeId> to_vector() const { return get().to_vector(); }
-  void append(Arena& arena, const NodeId* items, size_t n) { get().append(arena, items, n); }
-  void push_back(Arena& arena, NodeId item) { get().push_back(arena, item); }
-  void assign(Arena& arena, std::initializer_list<NodeId> items) { get().assign(arena, items); }
-  void clear() { get().clear(); }
+  // After Node (they need the node's flags):
+  inline size_t size() const;
+  inline const NodeId* begin() const;
+  inline void append(Arena& arena, const NodeId* items, size_t n);
+  inline void clear();
+
+  const NodeId* end() const { return begin() + size(); }
+  const NodeId* data() const { return begin(); }
+  bool empty() const { return size() == 0; }
+  const NodeId& operator[](size_t k) const { return begin()[k]; }
+  const NodeId& front() const { return begin()[0]; }
+  const NodeId& back() const { return begin()[size() - 1]; }
+  operator std::span<const NodeId>() const { return {begin(), size()}; }  // NOLINT: reads like the list
+  std::vector<NodeId> to_vector() const { return {begin(), end()}; }
+  void push_back(Arena& arena, NodeId item) { append(arena, &item, 1); }
+  void assign(Arena& arena, std::initializer_list<NodeId> items) {
+    clear();
+    append(arena, items.begin(), items.size());
+  }
 
  private:
   friend struct Node;
+  inline Node& owner();
+  inline const Node& owner() const;
   union {
-    NodeIds list_;
-    NodeMutations* mut_;
+    NodeIds list_;        // more than two items, no mutations
+    NodeMutations* mut_;  // the node has mutations (Node::has_mut)
+    NodeId ids_[2];       // up to two items (Node::inline_items)
   };
 };
 
 struct Node {
   // One word for the kind, the flags and the offset (a Node is built per pickle object, about
-  // 15 a tensor, so every word counts; offsets stay far below 2^52).
+  // 15 a tensor, so every word counts; offsets stay far below 2^50).
   NodeKind kind : 8 = NodeKind::None;
   bool b : 1 = false;
   bool remapped : 1 = false;      // Global: name changed by the Python-2 compatibility table
@@ -265,7 +275,8 @@ struct Node {
   // consumed by DecodeOptions::on_array_build); their span is Program::payloads[id].
   bool has_payload : 1 = false;
   bool has_mut : 1 = false;       // `items` holds a NodeMutations block (see mutations())
-  uint64_t offset : 52 = 0;       // byte offset (inside the pickle's entry) of the creating opcode
+  uint8_t inline_items : 2 = 0;   // `items` holds this many ids in its word (see ItemsField)
+  uint64_t offset : 50 = 0;       // byte offset (inside the pickle's entry) of the creating opcode
   union {                         // an Int or Ext has i, a Float f, a text kind text; never two
     int64_t i = 0;
     double f;
@@ -299,7 +310,9 @@ struct Node {
   NodeMutations& mutations(Arena& arena) {
     if (!has_mut) {
       auto* m = new (arena.allocate(sizeof(NodeMutations))) NodeMutations();
-      m->items = items.list_;
+      if (inline_items) m->items.append(arena, items.ids_, inline_items);
+      else m->items = items.list_;
+      inline_items = 0;
       items.mut_ = m;
       has_mut = true;
     }
@@ -323,13 +336,42 @@ inline Text TextField::view() const {
   std::memcpy(&size, p_ - 8, 8);
   return Text(std::string_view(p_, static_cast<size_t>(size)));
 }
-inline const NodeIds& ItemsField::get() const {
-  const Node& n = *reinterpret_cast<const Node*>(reinterpret_cast<const char*>(this) - kNodeItemsAt);
-  return n.has_mut ? mut_->items : list_;
+inline Node& ItemsField::owner() { return *reinterpret_cast<Node*>(reinterpret_cast<char*>(this) - kNodeItemsAt); }
+inline const Node& ItemsField::owner() const {
+  return *reinterpret_cast<const Node*>(reinterpret_cast<const char*>(this) - kNodeItemsAt);
 }
-inline NodeIds& ItemsField::get() {
-  const Node& n = *reinterpret_cast<const Node*>(reinterpret_cast<const char*>(this) - kNodeItemsAt);
-  return n.has_mut ? mut_->items : list_;
+inline size_t ItemsField::size() const {
+  const Node& n = owner();
+  if (n.has_mut) return mut_->items.size();
+  return n.inline_items ? n.inline_items : list_.size();
+}
+inline const NodeId* ItemsField::begin() const {
+  const Node& n = owner();
+  if (n.has_mut) return mut_->items.begin();
+  return n.inline_items ? ids_ : list_.begin();
+}
+inline void ItemsField::append(Arena& arena, const NodeId* items, size_t k) {
+  Node& n = owner();
+  if (k == 0) return;
+  if (n.has_mut) return mut_->items.append(arena, items, k);
+  const size_t have = n.inline_items;
+  if (have == 0 && !list_.empty()) return list_.append(arena, items, k);
+  if (have + k <= 2) {  // stays in the word
+    std::memcpy(static_cast<void*>(ids_ + have), items, k * sizeof(NodeId));
+    n.inline_items = static_cast<uint8_t>(have + k);
+    return;
+  }
+  const NodeId kept[2] = {ids_[0], ids_[1]};  // spill into an arena list
+  n.inline_items = 0;
+  list_ = NodeIds();
+  list_.append(arena, kept, have);
+  list_.append(arena, items, k);
+}
+inline void ItemsField::clear() {
+  Node& n = owner();
+  if (n.has_mut) return mut_->items.clear();
+  n.inline_items = 0;
+  list_ = NodeIds();
 }
 
 // Raw bytes after a BUILD (joblib): [offset, +size) of the decoded span.
