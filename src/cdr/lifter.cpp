@@ -1,3 +1,4 @@
+#include "io/huge_pages.hpp"
 #include "cdr/lifter.hpp"
 
 #include <algorithm>
@@ -107,6 +108,7 @@ class Lifter {
     // About one value per node: reserving avoids the vector's doubling, whose copy briefly holds
     // the old and the new array (up to 3x the values) on pickles of millions of objects.
     m_.values.reserve(p_.nodes.size() + 64);
+    io::advise_huge_pages(m_.values.data(), m_.values.capacity() * sizeof(Value));
     done_.assign(p_.nodes.size(), model::kNoValue);
     // At most one storage a record, and usually one tensor a storage: no doubling copies (and
     // first touches of their pages) for checkpoints of many small tensors. Address space only

@@ -20,6 +20,7 @@
 // Program::stop_offset / end_offset are positions inside `data` (not shifted by base_offset):
 // the caller slices `data` with them. Node::offset, Error::offset and Finding::offset are
 // absolute (base_offset added) because they are shown to people.
+#include "io/huge_pages.hpp"
 #include "pickle/pickle_machine.hpp"
 
 #include <algorithm>
@@ -796,6 +797,7 @@ class Machine {
     // The whole node budget up front: address space only until used, and no doubling copy that
     // briefly holds 3x the nodes (24 bytes each) on a stream of millions of objects.
     prog_.nodes.reserve(static_cast<size_t>(std::min<uint64_t>({cur_.size() + 16, lim_.max_nodes})));
+    io::advise_huge_pages(prog_.nodes.data(), prog_.nodes.capacity() * sizeof(Node));
     while (true) {
       op_pos_ = cur_.pos();
       if (cur_.at_end()) return fail(Rule::pickle_truncated, "pickle data ended without STOP");
