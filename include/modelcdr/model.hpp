@@ -3,10 +3,17 @@
 // Tensor payloads are never copied into the IR: a Storage holds a span of the mapped input,
 // or an owned buffer once a transform (LSB randomisation, MTD) has rewritten it.
 #pragma once
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+#include <new>
 #include <optional>
 #include <span>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "modelcdr/finding.hpp"
@@ -34,6 +41,120 @@ struct DTypeInfo {
 const DTypeInfo& dtype_info(DType d);
 std::optional<DType> dtype_from_storage_class(const std::string& class_name);  // "FloatStorage"
 std::optional<DType> dtype_from_name(const std::string& torch_name);           // "float32"
+
+// A vector in one pointer: its size and capacity sit in front of its elements on the heap, and
+// an empty one (most of them) holds no block. A Value has three lists that are empty for nearly
+// every value and is built once per pickle object; as std::vectors (three words each) they made
+// a Value 152 bytes (issue 14). Reads like a std::vector; for elements that copy as bytes.
+template <class T>
+class CompactVec {
+  // std::pair is not trivially copyable (its assignment is user-written) but copies as bytes.
+  static_assert(std::is_trivially_copy_constructible_v<T> && std::is_trivially_destructible_v<T>);
+
+ public:
+  using value_type = T;
+  using iterator = T*;
+  using const_iterator = const T*;
+
+  CompactVec() = default;
+  CompactVec(std::initializer_list<T> xs) { assign(xs.begin(), xs.end()); }
+  CompactVec(const std::vector<T>& xs) { assign(xs.data(), xs.data() + xs.size()); }  // NOLINT: reads like a vector
+  CompactVec(const CompactVec& o) { assign(o.begin(), o.end()); }
+  CompactVec(CompactVec&& o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
+  CompactVec& operator=(const CompactVec& o) {
+    if (this != &o) assign(o.begin(), o.end());
+    return *this;
+  }
+  CompactVec& operator=(CompactVec&& o) noexcept {
+    if (this != &o) {
+      std::free(h_);
+      h_ = std::exchange(o.h_, nullptr);
+    }
+    return *this;
+  }
+  CompactVec& operator=(const std::vector<T>& xs) {
+    assign(xs.data(), xs.data() + xs.size());
+    return *this;
+  }
+  CompactVec& operator=(std::initializer_list<T> xs) {
+    assign(xs.begin(), xs.end());
+    return *this;
+  }
+  ~CompactVec() { std::free(h_); }
+
+  size_t size() const { return h_ ? h_->size : 0; }
+  bool empty() const { return size() == 0; }
+  size_t capacity() const { return h_ ? h_->cap : 0; }
+  T* data() { return h_ ? reinterpret_cast<T*>(h_ + 1) : nullptr; }
+  const T* data() const { return h_ ? reinterpret_cast<const T*>(h_ + 1) : nullptr; }
+  T* begin() { return data(); }
+  T* end() { return data() + size(); }
+  const T* begin() const { return data(); }
+  const T* end() const { return data() + size(); }
+  T& operator[](size_t k) { return data()[k]; }
+  const T& operator[](size_t k) const { return data()[k]; }
+  T& front() { return data()[0]; }
+  const T& front() const { return data()[0]; }
+  T& back() { return data()[size() - 1]; }
+  const T& back() const { return data()[size() - 1]; }
+  operator std::span<const T>() const { return {data(), size()}; }  // NOLINT: reads like a vector
+  std::vector<T> to_vector() const { return {begin(), end()}; }
+  friend bool operator==(const CompactVec& a, const CompactVec& b) {
+    return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+  }
+
+  void reserve(size_t n) {
+    if (n > capacity()) regrow(n);
+  }
+  void push_back(const T& x) {
+    const T copy = x;  // x may be an element of this vector
+    if (size() == capacity()) regrow(std::max<size_t>(4, capacity() * 2));
+    std::memcpy(static_cast<void*>(data() + h_->size), &copy, sizeof(T));
+    ++h_->size;
+  }
+  template <class... A>
+  T& emplace_back(A&&... args) {
+    push_back(T(std::forward<A>(args)...));
+    return back();
+  }
+  void pop_back() { --h_->size; }
+  void clear() {
+    if (h_) h_->size = 0;
+  }
+  void resize(size_t n) {
+    reserve(n);
+    if (n == 0 && !h_) return;
+    for (size_t k = h_->size; k < n; ++k) new (data() + k) T();
+    h_->size = n;
+  }
+  void assign(const T* first, const T* last) {
+    const size_t n = static_cast<size_t>(last - first);
+    if (n == 0) {
+      clear();
+      return;
+    }
+    if (n > capacity()) {
+      std::free(h_);
+      h_ = nullptr;
+      regrow(n);
+    }
+    std::memmove(static_cast<void*>(data()), first, n * sizeof(T));
+    h_->size = n;
+  }
+
+ private:
+  struct Head {
+    size_t size, cap;
+  };
+  void regrow(size_t cap) {
+    auto* h = static_cast<Head*>(std::realloc(static_cast<void*>(h_), sizeof(Head) + cap * sizeof(T)));
+    if (!h) throw std::bad_alloc();
+    if (!h_) h->size = 0;
+    h->cap = cap;
+    h_ = h;
+  }
+  Head* h_ = nullptr;
+};
 
 using StorageId = uint32_t;
 using TensorId = uint32_t;
@@ -108,7 +229,7 @@ enum class ValueKind : uint8_t {
 // a torch.device ("cuda:0"). Writers that cannot name the type write the plain value (reported).
 enum class TorchType : uint8_t { none, size, device };
 
-struct Value {
+struct Value {  // 104 bytes: one per lifted pickle object (the lists are CompactVecs)
   ValueKind kind = ValueKind::none;
   TorchType torch_type = TorchType::none;  // tuple: torch.Size; string: torch.device
   bool b = false;
@@ -116,8 +237,8 @@ struct Value {
   int64_t i = 0;
   double f = 0.0, imag = 0.0;
   std::string text;                 // string / bytes / big_integer (LE two's complement bytes)
-  std::vector<ValueId> items;       // list / tuple / set
-  std::vector<std::pair<ValueId, ValueId>> entries;  // dict / ordered_dict (insertion order)
+  CompactVec<ValueId> items;        // list / tuple / set
+  CompactVec<std::pair<ValueId, ValueId>> entries;  // dict / ordered_dict (insertion order)
   ValueId metadata = kNoValue;      // ordered_dict: the state dict's `_metadata` attribute
   TensorId tensor = 0;              // tensor
   // (kind dropped: emitted as None; what and why are in the finding that dropped it, not here:
@@ -125,7 +246,7 @@ struct Value {
   // numpy and registry objects (appended; zero/empty for every other kind):
   uint32_t class_id = 0;            // object: index into cdr::ClassRegistry (never a name from the input)
   ValueId state = kNoValue;         // object: BUILD state; ndarray: its numpy_dtype; numpy_dtype: state tuple
-  std::vector<int64_t> array_shape; // ndarray: numpy shape
+  CompactVec<int64_t> array_shape;  // ndarray: numpy shape
 };
 
 // A module tree lifted from a whole-model pickle: paths and class names as data only.

@@ -1,3 +1,4 @@
+#include "io/huge_pages.hpp"
 #include "cdr/lifter.hpp"
 
 #include <algorithm>
@@ -107,6 +108,7 @@ class Lifter {
     // About one value per node: reserving avoids the vector's doubling, whose copy briefly holds
     // the old and the new array (up to 3x the values) on pickles of millions of objects.
     m_.values.reserve(p_.nodes.size() + 64);
+    io::advise_huge_pages(m_.values.data(), m_.values.capacity() * sizeof(Value));
     done_.assign(p_.nodes.size(), model::kNoValue);
     // At most one storage a record, and usually one tensor a storage: no doubling copies (and
     // first touches of their pages) for checkpoints of many small tensors. Address space only
@@ -147,19 +149,21 @@ class Lifter {
     return m_.add(std::move(v));
   }
 
-  // The items of a Tuple node (the argument tuple of a call), or nullptr.
-  const pickle::NodeIds* tuple_items(NodeId id) const {
-    if (id == kNoNode) return nullptr;
+  // The items of a Tuple node (the argument tuple of a call), or nothing.
+  pickle::MaybeIds tuple_items(NodeId id) const {
+    if (id == kNoNode) return std::nullopt;
     const Node& n = at(id);
-    return n.kind == NodeKind::Tuple ? &n.items : nullptr;
+    if (n.kind != NodeKind::Tuple) return std::nullopt;
+    return pickle::Ids(n.items);
   }
 
   // An (key, value) item of a mapping constructor: a 2-tuple, or a 2-element list, as Python 2's
   // OrderedDict.__reduce__ wrote them (CPython accepts any pair).
-  const pickle::NodeIds* pair_items(NodeId id) const {
+  pickle::MaybeIds pair_items(NodeId id) const {
     const Node& n = at(id);
-    if (n.kind != NodeKind::Tuple && n.kind != NodeKind::List) return nullptr;
-    return n.items.size() == 2 ? &n.items : nullptr;
+    if (n.kind != NodeKind::Tuple && n.kind != NodeKind::List) return std::nullopt;
+    if (n.items.size() != 2) return std::nullopt;
+    return pickle::Ids(n.items);
   }
 
   std::optional<int64_t> as_int(NodeId id) const {
@@ -196,7 +200,7 @@ class Lifter {
   bool is_empty_ordered_dict_call(NodeId id) const {
     const Node& n = at(id);
     if (n.kind != NodeKind::Call || !is_global(at(n.items[0]), "collections", "OrderedDict")) return false;
-    auto* args = tuple_items(n.items[1]);
+    auto args = tuple_items(n.items[1]);
     return args && args->empty() && n.entries().empty() && n.build_states().empty();
   }
 
@@ -333,7 +337,7 @@ class Lifter {
     return rebuild_nested_pickle(s, o, m_.findings);
   }
 
-  Result<ValueId> sequence(const Node& n, ValueKind k, const pickle::NodeIds& items, uint32_t depth) {
+  Result<ValueId> sequence(const Node& n, ValueKind k, pickle::Ids items, uint32_t depth) {
     Value v;
     v.kind = k;
     v.items.reserve(items.size() + n.appended().size());
@@ -550,7 +554,7 @@ class Lifter {
   // Registry helpers whose arguments are themselves callables or classes: numpy's
   // __randomstate_ctor(name, ctor) calls its second argument and __bit_generator_ctor(cls)
   // instantiates any class it is given, so only the exact shapes numpy writes are accepted.
-  const char* reduce_args_problem(std::string_view mod, std::string_view name, const pickle::NodeIds& args) const {
+  const char* reduce_args_problem(std::string_view mod, std::string_view name, pickle::Ids args) const {
     if (mod == "numpy.random._pickle" && name == "__bit_generator_ctor") {
       if (args.size() != 1) return "it does not take exactly one argument";
       const Node& a = at(args[0]);
@@ -585,7 +589,7 @@ class Lifter {
       return dropped(n, "call of a computed callable", "only named, known functions are recognised", Severity::critical);
     const std::string& mod = callee.text;
     const std::string& name = callee.name();
-    auto* args = tuple_items(args_id);
+    auto args = tuple_items(args_id);
     if (!args) return dropped(n, "call of " + global_text(callee), "arguments are not a tuple", Severity::high);
 
     if (mod == "collections" && (name == "OrderedDict" || name == "Counter" || name == "defaultdict"))
@@ -614,7 +618,7 @@ class Lifter {
         at((*args)[2]).kind == NodeKind::None) {
       const Node& cls = at((*args)[0]);
       if (auto cid = opt_.registry->find(cls.text, cls.name()); cid && opt_.registry->at(*cid).construct == Construct::newobj)
-        return registry_object(n, *cid, nullptr, depth);
+        return registry_object(n, *cid, std::nullopt, depth);
     }
     if (opt_.registry && name == "newObj" && is_newobj_helper(mod) && args->size() == 1 &&
         at((*args)[0]).kind == NodeKind::Global) {
@@ -622,7 +626,7 @@ class Lifter {
       // metrics): the same as NEWOBJ with no arguments, and written as that.
       const Node& cls = at((*args)[0]);
       if (auto cid = opt_.registry->find(cls.text, cls.name()); cid && opt_.registry->at(*cid).construct == Construct::newobj)
-        return registry_object(n, *cid, nullptr, depth);
+        return registry_object(n, *cid, std::nullopt, depth);
     }
     if (opt_.registry)
       if (auto cid = opt_.registry->find(mod, name); cid && opt_.registry->at(*cid).construct == Construct::reduce) {
@@ -635,7 +639,7 @@ class Lifter {
     return dropped(n, "call of " + global_text(callee), "not a recognised data constructor", s);
   }
 
-  Result<ValueId> mapping_call(const Node& n, const std::string& name, const pickle::NodeIds& args,
+  Result<ValueId> mapping_call(const Node& n, const std::string& name, pickle::Ids args,
                                uint32_t depth) {
     Value v;
     v.kind = name == "OrderedDict" ? ValueKind::ordered_dict : ValueKind::dict;
@@ -648,7 +652,7 @@ class Lifter {
         MCDR_TRY(add_entries(a, v, depth));
       } else if (a.kind == NodeKind::List || a.kind == NodeKind::Tuple) {
         for (NodeId pair : a.items) {
-          auto* kv = pair_items(pair);
+          auto kv = pair_items(pair);
           if (!kv) {
             note(Severity::high, Rule::cdr_dropped, "mapping item that is not a pair removed", at(pair).offset);
             continue;
@@ -692,7 +696,7 @@ class Lifter {
 
   // torch.Size((ints...)): kept as a Size (its own value, so that the plain tuple it was built
   // from stays a tuple). A Size of anything but ints would not load: it is written as a tuple.
-  Result<ValueId> size_call(const Node& n, const pickle::NodeIds& args, uint32_t depth) {
+  Result<ValueId> size_call(const Node& n, pickle::Ids args, uint32_t depth) {
     if (args.size() != 1 || at(args[0]).kind != NodeKind::Tuple)
       return dropped(n, "torch.Size", "argument is not a tuple");
     MCDR_ASSIGN(ValueId inner, lift(args[0], depth + 1));
@@ -707,7 +711,7 @@ class Lifter {
     return m_.add(std::move(v));
   }
 
-  Result<ValueId> codecs_encode(const Node& n, const pickle::NodeIds& args) {
+  Result<ValueId> codecs_encode(const Node& n, pickle::Ids args) {
     // Protocol 2 spelling of bytes: encode(<text with code points <= 0xFF>, 'latin1').
     if (args.size() != 2 || at(args[0]).kind != NodeKind::Str || !as_text(args[1]) ||
         (*as_text(args[1]) != "latin1" && *as_text(args[1]) != "latin-1"))
@@ -734,7 +738,7 @@ class Lifter {
     return out;
   }
 
-  Result<ValueId> builtin_call(const Node& n, const std::string& name, const pickle::NodeIds& args,
+  Result<ValueId> builtin_call(const Node& n, const std::string& name, pickle::Ids args,
                                uint32_t depth) {
     if ((name == "set" || name == "frozenset") && args.size() <= 1) {
       Value v;
@@ -766,14 +770,14 @@ class Lifter {
     if (name == "slice" && opt_.registry && args.size() == 3 &&
         std::all_of(args.begin(), args.end(), [&](NodeId x) { return as_int(x) || at(x).kind == NodeKind::None; }))
       if (auto cid = opt_.registry->find("builtins", "slice"))  // ColumnTransformer.output_indices_
-        return registry_object(n, *cid, &args, depth);
+        return registry_object(n, *cid, args, depth);
     Severity s = is_known_global("builtins", name) ? Severity::medium : unknown_global_severity("builtins", name);
     return dropped(n, "call of builtins." + name, "not a recognised data constructor", s);
   }
 
   // torch.device(type) / torch.device(type, index): kept as a device when the type is a plain
   // identifier and the index a small int (torch rejects anything else at load), else a string.
-  Result<ValueId> device_call(const Node& n, const pickle::NodeIds& args) {
+  Result<ValueId> device_call(const Node& n, pickle::Ids args) {
     if (args.empty() || args.size() > 2 || !as_text(args[0])) return dropped(n, "torch.device", "unexpected arguments");
     std::string s = *as_text(args[0]);
     auto index = args.size() == 2 ? as_int(args[1]) : std::nullopt;
@@ -807,7 +811,7 @@ class Lifter {
     return true;
   }
 
-  Result<ValueId> path_call(const Node& n, const pickle::NodeIds& args, char sep) {
+  Result<ValueId> path_call(const Node& n, pickle::Ids args, char sep) {
     std::string s;
     for (NodeId a : args) {
       auto t = as_text(a);
@@ -824,14 +828,14 @@ class Lifter {
 
   // numpy scalar(dtype, raw bytes): e.g. best_acc saved as np.float64. Becomes the equal
   // Python number (reported). The dtype is numpy.dtype('<code>', False, True) + BUILD state.
-  Result<ValueId> numpy_scalar(const Node& n, const pickle::NodeIds& args) {
+  Result<ValueId> numpy_scalar(const Node& n, pickle::Ids args) {
     if (args.size() != 2) return dropped(n, "numpy scalar", "unexpected arguments");
     const Node& dt = at(args[0]);
     std::string raw;
     if (at(args[1]).kind == NodeKind::Call) {
       const Node& enc = at(args[1]);
       const Node& callee = at(enc.items[0]);
-      auto* eargs = tuple_items(enc.items[1]);
+      auto eargs = tuple_items(enc.items[1]);
       if (!is_global(callee, "_codecs", "encode") || !eargs || eargs->size() != 2 || at((*eargs)[0]).kind != NodeKind::Str)
         return dropped(n, "numpy scalar", "payload is not bytes");
       MCDR_ASSIGN(raw, latin1_from_utf8(at((*eargs)[0])));
@@ -853,11 +857,11 @@ class Lifter {
   // ('f8' | 'i8' | ..., byte order) from numpy.dtype(code, False, True) with BUILD state.
   std::optional<std::pair<char, std::string>> numpy_dtype_code(const Node& dt) const {
     if (dt.kind != NodeKind::Call || !is_global(at(dt.items[0]), "numpy", "dtype")) return std::nullopt;
-    auto* a = tuple_items(dt.items[1]);
+    auto a = tuple_items(dt.items[1]);
     if (!a || a->empty() || !as_text((*a)[0])) return std::nullopt;
     char order = '<';
     if (!dt.build_states().empty()) {
-      auto* st = tuple_items(dt.build_states().back());
+      auto st = tuple_items(dt.build_states().back());
       if (st && st->size() >= 2 && as_text((*st)[1]) && as_text((*st)[1])->size() == 1) order = (*as_text((*st)[1]))[0];
     }
     return std::make_pair(order, *as_text((*a)[0]));
@@ -899,7 +903,7 @@ class Lifter {
   }
 
   // ---- tensors -------------------------------------------------------------------------
-  Result<ValueId> tensor_call(NodeId id, const std::string& fn, const pickle::NodeIds& args, uint32_t depth) {
+  Result<ValueId> tensor_call(NodeId id, const std::string& fn, pickle::Ids args, uint32_t depth) {
     MCDR_ASSIGN(std::optional<TensorId> tid, tensor_from_call(id, fn, args, depth));
     if (!tid) {
       std::string why = unsupported_.empty() ? "its rebuild call has unexpected arguments" : unsupported_;
@@ -923,7 +927,7 @@ class Lifter {
     return tensor_from_call(id, callee.name(), *tuple_items(n.items[1]), depth);
   }
 
-  Result<std::optional<TensorId>> tensor_from_call(NodeId id, const std::string& fn, const pickle::NodeIds& a,
+  Result<std::optional<TensorId>> tensor_from_call(NodeId id, const std::string& fn, pickle::Ids a,
                                                    uint32_t depth) {
     if (depth > opt_.max_depth) return too_deep(id);
     std::optional<TensorId> result;
@@ -949,7 +953,7 @@ class Lifter {
   Result<std::optional<StorageView>> storage_of(NodeId pid_node, std::optional<DType> explicit_dtype) {
     const Node& pn = at(pid_node);
     if (pn.kind != NodeKind::PersId) return std::optional<StorageView>();
-    auto* t = tuple_items(pn.items[0]);
+    auto t = tuple_items(pn.items[0]);
     if (!t || t->size() < 5 || t->size() > 6 || as_text((*t)[0]) != std::optional<std::string>("storage"))
       return err(pn.offset, Rule::cdr_bad_persistent_id, "persistent id is not ('storage', class, key, location, numel)");
     const Node& cls = at((*t)[1]);
@@ -997,12 +1001,12 @@ class Lifter {
 
   Result<std::vector<int64_t>> int_tuple(NodeId id, const char* what) {
     const Node& n = at(id);
-    const pickle::NodeIds* items = nullptr;
-    if (n.kind == NodeKind::Tuple || n.kind == NodeKind::List) items = &n.items;
+    pickle::MaybeIds items;
+    if (n.kind == NodeKind::Tuple || n.kind == NodeKind::List) items = pickle::Ids(n.items);
     // torch.Size((...)) appears in some writers
     if (n.kind == NodeKind::Call && is_global(at(n.items[0]), "torch", "Size")) {
-      auto* a = tuple_items(n.items[1]);
-      if (a && a->size() == 1 && at((*a)[0]).kind == NodeKind::Tuple) items = &at((*a)[0]).items;
+      auto a = tuple_items(n.items[1]);
+      if (a && a->size() == 1 && at((*a)[0]).kind == NodeKind::Tuple) items = pickle::Ids(at((*a)[0]).items);
     }
     if (!items) return err(n.offset, Rule::cdr_bad_tensor, std::string(what) + " is not a tuple of integers");
     if (items->size() > opt_.max_dims)
@@ -1045,7 +1049,7 @@ class Lifter {
     return ok_status();
   }
 
-  Result<std::optional<TensorId>> dense_tensor(NodeId id, const std::string& fn, const pickle::NodeIds& a) {
+  Result<std::optional<TensorId>> dense_tensor(NodeId id, const std::string& fn, pickle::Ids a) {
     const Node& n = at(id);
     bool v3 = fn == "_rebuild_tensor_v3";
     size_t min_args = fn == "_rebuild_tensor" ? 4 : v3 ? 7 : 6;
@@ -1090,7 +1094,7 @@ class Lifter {
     return std::optional<TensorId>(static_cast<TensorId>(m_.tensors.size() - 1));
   }
 
-  Result<std::optional<TensorId>> parameter(NodeId id, const std::string& fn, const pickle::NodeIds& a, uint32_t depth) {
+  Result<std::optional<TensorId>> parameter(NodeId id, const std::string& fn, pickle::Ids a, uint32_t depth) {
     const Node& n = at(id);
     if (a.size() != (fn == "_rebuild_parameter" ? 3u : 4u))
       return err(n.offset, Rule::cdr_bad_tensor, fn + " called with " + std::to_string(a.size()) + " arguments");
@@ -1112,7 +1116,7 @@ class Lifter {
     return std::optional<TensorId>(static_cast<TensorId>(m_.tensors.size() - 1));
   }
 
-  Result<std::optional<TensorId>> quantized_tensor(NodeId id, const pickle::NodeIds& a, uint32_t depth) {
+  Result<std::optional<TensorId>> quantized_tensor(NodeId id, pickle::Ids a, uint32_t depth) {
     const Node& n = at(id);
     if (a.size() != 7) return err(n.offset, Rule::cdr_bad_tensor, "_rebuild_qtensor called with " + std::to_string(a.size()) + " arguments");
     MCDR_ASSIGN(std::optional<StorageView> sv, storage_of(a[0], std::nullopt));
@@ -1125,7 +1129,7 @@ class Lifter {
     t.storage_offset = *off;
     MCDR_ASSIGN(t.shape, int_tuple(a[2], "size"));
     MCDR_ASSIGN(t.stride, int_tuple(a[3], "stride"));
-    auto* q = tuple_items(a[4]);
+    auto q = tuple_items(a[4]);
     if (!q || q->empty() || at((*q)[0]).kind != NodeKind::Global)
       return err(n.offset, Rule::cdr_bad_tensor, "quantizer parameters are not (scheme, ...)");
     const std::string& scheme = at((*q)[0]).name();
@@ -1161,7 +1165,7 @@ class Lifter {
   std::optional<TensorKind> sparse_layout(const Node& layout) const {
     if (layout.kind != NodeKind::Call || !is_global(at(layout.items[0]), "torch.serialization", "_get_layout"))
       return std::nullopt;
-    auto* la = tuple_items(layout.items[1]);
+    auto la = tuple_items(layout.items[1]);
     if (!la || la->size() != 1) return std::nullopt;
     auto text = as_text((*la)[0]);
     if (!text) return std::nullopt;
@@ -1181,7 +1185,7 @@ class Lifter {
   // _rebuild_sparse_tensor(layout, data) (torch >= 1.8) and 1.x's _rebuild_sparse_csr_tensor:
   //   COO: data = (indices, values, size[, is_coalesced])
   //   CSR/CSC/BSR/BSC: data = (compressed_indices, plain_indices, values, size)
-  Result<std::optional<TensorId>> sparse_tensor(NodeId id, const pickle::NodeIds& a, uint32_t depth) {
+  Result<std::optional<TensorId>> sparse_tensor(NodeId id, pickle::Ids a, uint32_t depth) {
     const Node& n = at(id);
     if (a.size() != 2) return err(n.offset, Rule::cdr_bad_tensor, "_rebuild_sparse_tensor called with unexpected arguments");
     auto kind = sparse_layout(at(a[0]));
@@ -1189,7 +1193,7 @@ class Lifter {
       unsupported_ = "sparse tensor of an unknown layout";
       return std::optional<TensorId>();
     }
-    auto* d = tuple_items(a[1]);
+    auto d = tuple_items(a[1]);
     Tensor t;
     t.kind = *kind;
     if (*kind == TensorKind::sparse_coo) {
@@ -1211,7 +1215,7 @@ class Lifter {
     return std::optional<TensorId>(static_cast<TensorId>(m_.tensors.size() - 1));
   }
 
-  Result<ValueId> rebuild_from_type(const Node& n, const pickle::NodeIds& a, uint32_t depth) {
+  Result<ValueId> rebuild_from_type(const Node& n, pickle::Ids a, uint32_t depth) {
     // _rebuild_from_type_v2(func, new_type, args, state): keep the tensor, drop the subclass.
     if (a.size() != 4 || at(a[0]).kind != NodeKind::Global || at(a[1]).kind != NodeKind::Global || !tuple_items(a[2]))
       return dropped(n, "tensor subclass", "unexpected _rebuild_from_type_v2 arguments");
@@ -1238,7 +1242,7 @@ class Lifter {
     const Node* cls = &at(cls_id);
     // Legacy-format whole models replace the class by ('module', class, file, source).
     if (cls->kind == NodeKind::PersId) {
-      auto* t = tuple_items(cls->items[0]);
+      auto t = tuple_items(cls->items[0]);
       if (t && t->size() >= 2 && as_text((*t)[0]) == std::optional<std::string>("module")) {
         note(Severity::info, Rule::cdr_dropped, "module source code stored with the class removed", cls->offset);
         cls = &at((*t)[1]);
@@ -1266,10 +1270,10 @@ class Lifter {
         (cls->text == "joblib.numpy_pickle" || cls->text == "sklearn.externals.joblib.numpy_pickle"))
       return joblib_array(n, depth);
     if (opt_.registry) {
-      auto* args = n.items.size() == 2 ? tuple_items(n.items[1]) : nullptr;
+      auto args = n.items.size() == 2 ? tuple_items(n.items[1]) : std::nullopt;
       if (auto cid = opt_.registry->find(cls->text, cls->name()); cid) {
         if (opt_.registry->at(*cid).construct == Construct::newobj && args && args->empty())
-          return registry_object(n, *cid, nullptr, depth);
+          return registry_object(n, *cid, std::nullopt, depth);
         return dropped(n, "object of class " + global_text(*cls), "created with unexpected constructor arguments");
       }
     }
@@ -1360,7 +1364,7 @@ class Lifter {
     const Node& n = at(id);
     const Node* cls = &at(n.items[0]);
     if (cls->kind == NodeKind::PersId) {
-      auto* t = tuple_items(cls->items[0]);
+      auto t = tuple_items(cls->items[0]);
       if (t && t->size() >= 2) cls = &at((*t)[at((*t)[0]).kind == NodeKind::Global ? 0 : 1]);
     }
     const Node& state = at(n.build_states().back());
@@ -1418,11 +1422,11 @@ class Lifter {
 
   void collect_strings(NodeId id, std::unordered_set<std::string>& out) const {
     const Node& n = at(id);
-    const pickle::NodeIds* items = &n.items;
+    pickle::MaybeIds items = pickle::Ids(n.items);
     if (n.kind == NodeKind::Call) {
-      auto* a = tuple_items(n.items[1]);
+      auto a = tuple_items(n.items[1]);
       if (!a || a->empty()) return;
-      items = &at((*a)[0]).items;
+      items = pickle::Ids(at((*a)[0]).items);
     }
     for (NodeId c : *items)
       if (auto s = as_text(c)) out.insert(*s);
@@ -1460,14 +1464,14 @@ class Lifter {
   }
 
   // torch.nn.parameter.Parameter(<tensor pid>) + BUILD (requires_grad, volatile, hooks).
-  Result<ValueId> tar_parameter(const Node& n, const pickle::NodeIds& args, uint32_t depth) {
+  Result<ValueId> tar_parameter(const Node& n, pickle::Ids args, uint32_t depth) {
     if (args.empty() || args.size() > 2) return dropped(n, "parameter", "unexpected arguments");
     MCDR_ASSIGN(ValueId inner, lift(args[0], depth + 1));
     if (m_.values[inner].kind != ValueKind::tensor) return dropped(n, "parameter", "its data is not a tensor");
     bool rg = true;
     if (args.size() == 2 && as_int(args[1])) rg = *as_int(args[1]) != 0;
     if (!n.build_states().empty()) {
-      auto* st = tuple_items(n.build_states().back());
+      auto st = tuple_items(n.build_states().back());
       if (st && !st->empty() && as_int((*st)[0])) rg = *as_int((*st)[0]) != 0;
       if (st && st->size() >= 3 && at((*st)[2]).kind != NodeKind::None && !is_empty_ordered_dict_call((*st)[2]))
         note(Severity::medium, Rule::cdr_dropped, "parameter backward hooks removed", n.offset);
@@ -1484,7 +1488,7 @@ class Lifter {
 
   // ---- numpy arrays and registry objects ------------------------------------------------
   // numpy.dtype(code, False, True) [+ BUILD (3, order, None, names, fields, elsize, align, flags)]
-  Result<ValueId> numpy_dtype(const Node& n, const pickle::NodeIds& args, uint32_t depth) {
+  Result<ValueId> numpy_dtype(const Node& n, pickle::Ids args, uint32_t depth) {
     auto code = args.size() == 3 ? as_text(args[0]) : std::nullopt;
     if (!code || !parse_numpy_code(*code)) return dropped(n, "numpy dtype", "not a plain numpy dtype code");
     Value v;
@@ -1493,7 +1497,7 @@ class Lifter {
     if (n.build_states().size() > 1) return dropped(n, "numpy dtype", "more than one BUILD");
     if (!n.build_states().empty()) {
       NodeId sid = n.build_states().back();
-      auto* st = tuple_items(sid);
+      auto st = tuple_items(sid);
       if (!st || st->size() != 8 || as_int((*st)[0]) != std::optional<int64_t>(3) || !as_text((*st)[1]) ||
           at((*st)[2]).kind != NodeKind::None)
         return dropped(n, "numpy dtype " + *code, "state is not a version-3 dtype state without subarray");
@@ -1557,7 +1561,7 @@ class Lifter {
   }
 
   Result<std::optional<std::vector<int64_t>>> array_shape(NodeId id) {
-    auto* items = tuple_items(id);
+    auto items = tuple_items(id);
     if (!items) return std::optional<std::vector<int64_t>>();
     if (items->size() > opt_.max_dims) return err(at(id).offset, Rule::cdr_bad_array, "array has too many dimensions");
     std::vector<int64_t> shape;
@@ -1618,11 +1622,11 @@ class Lifter {
 
   // numpy.core.multiarray._reconstruct(numpy.ndarray, (0,), b'b') + BUILD
   // (1, shape, dtype, is_fortran, raw bytes | list of objects).
-  Result<ValueId> numpy_reconstruct(const Node& n, const pickle::NodeIds& args, uint32_t depth) {
+  Result<ValueId> numpy_reconstruct(const Node& n, pickle::Ids args, uint32_t depth) {
     if (args.size() != 3 || !is_global(at(args[0]), "numpy", "ndarray"))
       return dropped(n, "numpy array", "not a plain numpy.ndarray (subclasses are not rebuilt)");
     if (n.build_states().size() != 1) return dropped(n, "numpy array", "expected exactly one BUILD");
-    auto* st = tuple_items(n.build_states().back());
+    auto st = tuple_items(n.build_states().back());
     if (!st || st->size() != 5 || as_int((*st)[0]) != std::optional<int64_t>(1) || !as_int((*st)[3]))
       return dropped(n, "numpy array", "state is not (1, shape, dtype, is_fortran, data)");
     MCDR_ASSIGN(auto shape, array_shape((*st)[1]));
@@ -1639,7 +1643,7 @@ class Lifter {
     } else if (data.kind == NodeKind::ByteArray) {
       raw = data.text;
     } else if (data.kind == NodeKind::Call && is_global(at(data.items[0]), "_codecs", "encode")) {
-      auto* ea = tuple_items(data.items[1]);
+      auto ea = tuple_items(data.items[1]);
       if (!ea || ea->size() != 2 || at((*ea)[0]).kind != NodeKind::Str || as_text((*ea)[1]) != std::optional<std::string>("latin1"))
         return dropped(n, "numpy array", "data is not bytes");
       MCDR_ASSIGN(raw, latin1_from_utf8(at((*ea)[0])));
@@ -1653,7 +1657,7 @@ class Lifter {
 
   // numpy's protocol-5 pickle of an array: _frombuffer(bytes, dtype, shape, order), the bytes in
   // memory order (what joblib >= 1.5 writes for the arrays inside an object array).
-  Result<ValueId> numpy_frombuffer(const Node& n, const pickle::NodeIds& args, uint32_t depth) {
+  Result<ValueId> numpy_frombuffer(const Node& n, pickle::Ids args, uint32_t depth) {
     if (args.size() != 4) return dropped(n, "numpy array", "not _frombuffer(bytes, dtype, shape, order)");
     const Node& data = at(args[0]);
     auto order = as_text(args[3]);
@@ -1759,7 +1763,7 @@ class Lifter {
   }
 
   // A vetted class: NEWOBJ () / copyreg._reconstructor / REDUCE(args) + BUILD dict state.
-  Result<ValueId> registry_object(const Node& n, uint32_t cid, const pickle::NodeIds* ctor_args, uint32_t depth) {
+  Result<ValueId> registry_object(const Node& n, uint32_t cid, pickle::MaybeIds ctor_args, uint32_t depth) {
     const RegistryClass& rc = opt_.registry->at(cid);
     std::string what = "object of class " + rc.module + "." + rc.name;
     if (n.build_states().size() > 1) return dropped(n, what, "more than one BUILD");

@@ -81,7 +81,7 @@ void render_value(const pickle::Program& p, pickle::NodeId id, int depth, std::s
     return;
   }
   const Node& n = p.at(id);
-  auto items = [&](const pickle::NodeIds& v, const char* open, const char* close) {
+  auto items = [&](std::span<const pickle::NodeId> v, const char* open, const char* close) {
     out += open;
     for (size_t i = 0; i < v.size() && out.size() <= kMaxOut; ++i) {
       if (i) out += ", ";

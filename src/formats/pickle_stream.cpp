@@ -12,7 +12,7 @@ Result<pickle::Program> decode_stream(std::span<const uint8_t> bytes, const std:
   d.entry = entry;
   d.base_offset = base_offset;
   d.on_array_build = options.on_array_build;
-  // A graph node costs 48 bytes and one opcode byte can create one, so the node budget is
+  // A graph node costs 24 bytes and one opcode byte can create one, so the node budget is
   // tied to the input: a fixed allowance plus one node per 4 input bytes (real data.pkl
   // files use far less). A hostile stream hits this limit and is rejected with a clear error.
   d.limits.max_nodes = std::min<uint64_t>(d.limits.max_nodes, 2'000'000 + bytes.size() / 4);

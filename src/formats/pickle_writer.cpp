@@ -144,7 +144,7 @@ class Walker {
   }
 
   enum Batch { List, Set };
-  Status items(const std::vector<ValueId>& xs, Batch batch, uint32_t depth) {
+  Status items(std::span<const ValueId> xs, Batch batch, uint32_t depth) {
     for (size_t i = 0; i < xs.size(); i += kBatch) {
       e_.mark();
       for (size_t j = i; j < std::min(xs.size(), i + kBatch); ++j) MCDR_TRY(value(xs[j], depth + 1));
@@ -168,7 +168,7 @@ class Walker {
     return ok_status();
   }
 
-  Status shape_tuple(const std::vector<int64_t>& shape) {
+  Status shape_tuple(std::span<const int64_t> shape) {
     e_.mark();
     for (int64_t d : shape) e_.integer(d);
     e_.tuple();

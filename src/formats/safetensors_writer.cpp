@@ -156,7 +156,7 @@ class Flattener {
     const std::string& code = m_.values[v.state].text;
     auto& nt = flat_.tensors.back();
     nt.text_descr = (code[0] == 'S' ? "|" : "<") + code;
-    nt.array_shape = v.array_shape;
+    nt.array_shape = v.array_shape.to_vector();
     nt.fortran_order = v.fortran_order;
   }
 
@@ -250,7 +250,7 @@ class Flattener {
     }
   }
 
-  bool json_array(const std::vector<ValueId>& items, uint32_t depth, std::string& out, std::string& why) {
+  bool json_array(std::span<const ValueId> items, uint32_t depth, std::string& out, std::string& why) {
     out += '[';
     for (size_t i = 0; i < items.size(); ++i) {
       if (i) out += ',';

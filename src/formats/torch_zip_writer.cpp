@@ -280,13 +280,13 @@ class DataPklEmitter {
     e_.reduce();
   }
 
-  void list(ValueId id, const std::vector<ValueId>& items) {
+  void list(ValueId id, std::span<const ValueId> items) {
     e_.empty_list();
     memo_.set(id, e_.put());
     batched(items.size(), [&](size_t i) { value(items[i]); }, [&] { e_.appends(); });
   }
 
-  void tuple(const std::vector<ValueId>& items) {
+  void tuple(std::span<const ValueId> items) {
     if (items.size() <= 3) {
       for (auto it : items) value(it);
       e_.tuple_n(items.size());
@@ -297,7 +297,7 @@ class DataPklEmitter {
     e_.tuple();
   }
 
-  void set(ValueId id, const std::vector<ValueId>& items) {
+  void set(ValueId id, std::span<const ValueId> items) {
     if (compat13()) {  // 1.13 accepts no set at all: a list keeps the elements
       list(id, items);
       return;
@@ -350,7 +350,7 @@ class DataPklEmitter {
     e_.reduce();
   }
 
-  void int_tuple(const std::vector<int64_t>& xs) {
+  void int_tuple(std::span<const int64_t> xs) {
     if (xs.size() <= 3) {
       for (auto x : xs) e_.integer(x);
       e_.tuple_n(xs.size());

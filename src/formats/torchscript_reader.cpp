@@ -184,7 +184,7 @@ class Walker {
   // bytes searched are budgeted too (many class names pointing into one large code file);
   // past the budget a class counts as undeclared (tensors classified by requires_grad).
   Declared declared(const Node& cls) {
-    auto key = std::make_pair(cls.text, cls.name());
+    auto key = std::make_pair(pickle::Text(cls.text), cls.name());
     if (auto it = declared_.find(key); it != declared_.end()) return it->second;
     Declared d = declared_uncached(cls);
     declared_.emplace(std::move(key), d);
@@ -456,8 +456,7 @@ Status read_torchscript_archive(std::span<const uint8_t> file, const container::
   od.items.assign(*program.arena, {gid, eid});
   for (auto& [path, v] : entries) {
     Node k;
-    k.kind = NodeKind::Str;
-    k.text = program.keep(path);
+    program.set_text(k, NodeKind::Str, path);
     NodeId kid = add(k);
     od.mutations(*program.arena).entries.push_back(*program.arena, {kid, v});
   }

@@ -20,6 +20,7 @@
 // Program::stop_offset / end_offset are positions inside `data` (not shifted by base_offset):
 // the caller slices `data` with them. Node::offset, Error::offset and Finding::offset are
 // absolute (base_offset added) because they are shown to people.
+#include "io/huge_pages.hpp"
 #include "pickle/pickle_machine.hpp"
 
 #include <algorithm>
@@ -629,7 +630,8 @@ class Machine {
     return m;
   }
   // Moves everything above stack position `from` into `dst` and truncates the stack.
-  Status take_from(size_t from, NodeIds& dst) {
+  template <class List>  // a NodeIds or a node's items
+  Status take_from(size_t from, List& dst) {
     size_t n = stack_.size() - from;
     MCDR_TRY(count_items(n));
     dst.append(*prog_.arena, stack_.data() + from, n);
@@ -658,12 +660,12 @@ class Machine {
     normalize_twos(le);
     if (le.size() <= 8) return push_int(twos_to_int64(le));
     MCDR_ASSIGN(NodeId id, make(NodeKind::BigInt));
-    node(id).text = prog_.keep(le);
+    prog_.set_text(node(id), NodeKind::BigInt, le);
     return push(id);
   }
   Status push_text(NodeKind kind, std::string_view s) {
     MCDR_ASSIGN(NodeId id, make(kind));
-    node(id).text = prog_.keep(s);
+    prog_.set_text(node(id), kind, s);
     return push(id);
   }
   Status push_simple(NodeKind kind) {
@@ -793,8 +795,9 @@ class Machine {
     stack_.reserve(256);
     marks_.reserve(64);
     // The whole node budget up front: address space only until used, and no doubling copy that
-    // briefly holds 3x the nodes (48 bytes each) on a stream of millions of objects.
+    // briefly holds 3x the nodes (24 bytes each) on a stream of millions of objects.
     prog_.nodes.reserve(static_cast<size_t>(std::min<uint64_t>({cur_.size() + 16, lim_.max_nodes})));
+    io::advise_huge_pages(prog_.nodes.data(), prog_.nodes.capacity() * sizeof(Node));
     while (true) {
       op_pos_ = cur_.pos();
       if (cur_.at_end()) return fail(Rule::pickle_truncated, "pickle data ended without STOP");
@@ -1006,20 +1009,23 @@ class Machine {
         MCDR_TRY(count_items(1));
         NodeId v = pop_unchecked();
         Node& target = node(stack_.back());
-        (target.kind == NodeKind::List ? target.items : target.mutations(*prog_.arena).appended).push_back(*prog_.arena, v);
+        if (target.kind == NodeKind::List) target.items.push_back(*prog_.arena, v);
+        else target.mutations(*prog_.arena).appended.push_back(*prog_.arena, v);
         return ok_status();
       }
       case Op::APPENDS: {
         MCDR_ASSIGN(size_t m, pop_mark());
         if (m <= fence() || m > stack_.size()) return underflow();
         Node& target = node(stack_[m - 1]);
-        return take_from(m, target.kind == NodeKind::List ? target.items : target.mutations(*prog_.arena).appended);
+        if (target.kind == NodeKind::List) return take_from(m, target.items);
+        return take_from(m, target.mutations(*prog_.arena).appended);
       }
       case Op::ADDITEMS: {
         MCDR_ASSIGN(size_t m, pop_mark());
         if (m <= fence() || m > stack_.size()) return underflow();
         Node& target = node(stack_[m - 1]);
-        return take_from(m, target.kind == NodeKind::Set ? target.items : target.mutations(*prog_.arena).appended);
+        if (target.kind == NodeKind::Set) return take_from(m, target.items);
+        return take_from(m, target.mutations(*prog_.arena).appended);
       }
       case Op::SETITEM: {
         MCDR_TRY(need(3));
@@ -1151,7 +1157,7 @@ class Machine {
         if (std::any_of(pid.begin(), pid.end(), [](char c) { return static_cast<uint8_t>(c) >= 0x80; }))
           return fail(Rule::pickle_bad_persid, "persistent IDs in protocol 0 must be ASCII strings: '" + quote(pid) + "'");
         MCDR_ASSIGN(NodeId str, make(NodeKind::Str));
-        node(str).text = prog_.keep(pid);
+        prog_.set_text(node(str), NodeKind::Str, pid);
         MCDR_ASSIGN(NodeId id, make(NodeKind::PersId));
         MCDR_TRY(count_items(1));
         node(id).items.push_back(*prog_.arena, str);

@@ -19,9 +19,9 @@ namespace modelcdr::pickle {
 
 struct MachineLimits {
   uint64_t max_ops = 50'000'000;        // opcodes executed
-  // Graph nodes created. Each costs 48 bytes (value_graph.hpp) plus what the lifter makes of
+  // Graph nodes created. Each costs 24 bytes (value_graph.hpp) plus what the lifter makes of
   // it (a Value, up to about 150 bytes), so this cap is what bounds memory on a hostile stream:
-  // about 1.3 GB at most, whatever the file's size (pickle_stream also scales it down for small inputs).
+  // about 0.9 GB at most, whatever the file's size (pickle_stream also scales it down for small inputs).
   // Real checkpoints hold ~10-20 nodes per tensor; 5M leaves room for large non-tensor data.
   uint64_t max_nodes = 5'000'000;
   uint64_t max_memo_entries = 10'000'000;

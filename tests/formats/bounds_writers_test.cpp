@@ -80,7 +80,7 @@ TEST(WriterBounds, FlattenerExpansionOfSharedValuesIsBudgeted) {
   for (int i = 0; i < 12; ++i) {
     Value l;
     l.kind = ValueKind::list;
-    l.items.assign(10, cur);
+    l.items = std::vector<model::ValueId>(10, cur);
     cur = m.add(l);
   }
   Value key;
