@@ -16,36 +16,16 @@
 
 #include "engine/batch.hpp"
 #include "modelcdr/engine.hpp"
+#include "safetensors_fixture.hpp"
 #include "mtd/mtd.hpp"
 
 using namespace modelcdr;
 namespace fs = std::filesystem;
+using modelcdr::testing::read_file;
+using modelcdr::testing::safetensors_file;
 
 namespace {
 
-// A safetensors file of `n` float32 tensors t0..t(n-1) of `elems` values each, derived from `seed`.
-std::vector<uint8_t> safetensors_file(int n, size_t elems, float seed) {
-  std::string header = "{";
-  std::vector<uint8_t> data;
-  for (int i = 0; i < n; ++i) {
-    const size_t from = data.size(), to = from + elems * 4;
-    header += (i ? "," : "") + std::string("\"t") + std::to_string(i) + "\":{\"dtype\":\"F32\",\"shape\":[" +
-              std::to_string(elems) + "],\"data_offsets\":[" + std::to_string(from) + "," + std::to_string(to) + "]}";
-    for (size_t e = 0; e < elems; ++e) {
-      float v = seed + float(i) * 1000.0f + float(e) * 0.25f;
-      uint8_t b[4];
-      std::memcpy(b, &v, 4);
-      data.insert(data.end(), b, b + 4);
-    }
-  }
-  header += "}";
-  while (header.size() % 8) header += ' ';
-  std::vector<uint8_t> out(8);
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<uint8_t>(uint64_t(header.size()) >> (8 * i));
-  out.insert(out.end(), header.begin(), header.end());
-  out.insert(out.end(), data.begin(), data.end());
-  return out;
-}
 
 // Protocol 2: module.Class.__new__(module.Class) with BUILD state {'alpha': 1.5} (NEWOBJ + BUILD).
 std::vector<uint8_t> object_pickle(const std::string& module, const std::string& name) {
@@ -58,10 +38,6 @@ std::vector<uint8_t> object_pickle(const std::string& module, const std::string&
   return {p.begin(), p.end()};
 }
 
-std::vector<uint8_t> read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), {}};
-}
 
 struct TempDir {
   std::string path;
