@@ -48,9 +48,10 @@ constexpr const char* kMapSchema = "modelcdr.mtd-map/3";
 constexpr const char* kHashName = "sha-256-tree";
 
 // Storages are streamed in chunks of this size: a multiple of a leaf for every element size
-// (4096 elements x 16 bytes = 64 KiB), small enough that the ring stays in the two cores' L2
-// (512 KiB each) between the gather, the hash and the writer's CRC: with 1 MiB chunks the
-// gather's stores missed the cache and took 0.6 s of CPU per GiB (perf on protect).
+// (4096 elements x 16 bytes = 64 KiB), small enough that the ring (kRing x 256 KiB = 1 MiB) stays
+// in L2 (1 MiB a core on the 2-core build VM, lscpu) between the gather, the hash and the writer's
+// CRC: with 1 MiB chunks the gather's stores missed the cache and took 0.6 s of CPU per GiB (perf
+// on protect).
 constexpr size_t kStreamChunk = 256 << 10;
 // Chunk buffers in flight between the helper thread and this one (RecordPipeline).
 constexpr size_t kRing = 4;
