@@ -45,6 +45,9 @@ class Report:
     removed: List[Finding]
     architecture: str = ""
     note: str = ""
+    # scan only: clean | safe | unknown | dangerous, the verdict its findings imply (the CLI's
+    # `scan` verdict and --fail-on, docs/RULES.md); "" in the reports of disarm and load.
+    verdict: str = ""
 
     @property
     def ok(self) -> bool:
@@ -63,6 +66,7 @@ def report_from(d: Dict[str, Any]) -> Report:
         removed=[Finding(**f) for f in d["removed"]],
         architecture=d["architecture"],
         note=d["note"],
+        verdict=d.get("verdict", ""),
     )
 
 

@@ -344,7 +344,9 @@ struct PyEngine {
       r = engine.scan(in.source, o);
     }
     bridge.rethrow();
-    return report_dict(r);
+    py::dict d = report_dict(r);
+    d["verdict"] = verdict_name(r.verdict);  // scan only: what the findings imply (docs/RULES.md)
+    return d;
   }
 
   // (report, the output's bytes when `output` is None, else None).

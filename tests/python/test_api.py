@@ -3,6 +3,7 @@ package (stubs, the `modelcdr` command)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -42,6 +43,29 @@ def test_scan_finds_malicious_without_raising():
     r = modelcdr.scan(malicious_pickle())
     assert r.status in ("findings", "error")
     assert any(f.severity in ("high", "critical") for f in r.findings) or r.error is not None
+
+
+# A project's own class (NEWOBJ of mypkg.layers.Block with a dict state): cannot be proven safe.
+PROJECT_CLASS_PICKLE = b"\x80\x02cmypkg.layers\nBlock\nq\x00)\x81q\x01}q\x02X\x01\x00\x00\x00aq\x03K\x01sb."
+
+
+def test_scan_verdict_matches_the_command(tmp_path, checkpoint):
+    """Report.verdict is the verdict the `modelcdr scan` command prints for the same file."""
+    files = {"clean": checkpoint, "dangerous": tmp_path / "evil.pkl", "unknown": tmp_path / "project.pkl"}
+    files["dangerous"].write_bytes(malicious_pickle())
+    files["unknown"].write_bytes(PROJECT_CLASS_PICKLE)
+    cmd = Path(sys.executable).parent / "modelcdr"
+    for expected, path in files.items():
+        r = modelcdr.scan(path)
+        out = subprocess.run([str(cmd), "scan", "--json", str(path)], capture_output=True, text=True, timeout=60)
+        cli = json.loads(out.stdout)["files"][0]["verdict"]
+        assert r.verdict == cli == expected, (path, r.verdict, cli)
+    assert modelcdr.scan(PROJECT_CLASS_PICKLE).verdict == "unknown"
+    # The Engine's own class policy counts: a class it allows is no longer unknown.
+    allowed = modelcdr.Engine(allow_classes=["mypkg.layers.Block"]).scan(PROJECT_CLASS_PICKLE)
+    assert allowed.verdict in ("clean", "safe"), allowed
+    # disarm reports carry no verdict
+    assert modelcdr.disarm(checkpoint, tmp_path / "out.pt").verdict == ""
 
 
 def test_scan_missing_file_raises(tmp_path):
