@@ -5,6 +5,8 @@
 #include <functional>
 #include <vector>
 
+#include "serve/serve.hpp"
+
 struct ExtraCommand {
   CLI::App* app = nullptr;
   std::function<int()> run;
@@ -14,3 +16,11 @@ struct ExtraCommand {
 std::vector<ExtraCommand>& extra_commands();
 void add_extra_commands(CLI::App& app);
 int run_extra_commands(CLI::App& app);
+
+// `modelcdr serve` runs the gateway in its own program, modelcdr-serve, installed next to
+// modelcdr (src/cli/serve_launch.cpp): only that program links the HTTP stack (libcpp-httplib,
+// libssl, brotli), which every other command would otherwise load and initialise at start-up.
+// modelcdr's definition execs it with the command line as given (remember_args); modelcdr-serve's
+// (src/cli/serve_exe/main.cpp) runs the gateway.
+void remember_args(int argc, char** argv);
+int launch_serve(const modelcdr::serve::ServeOptions& options);

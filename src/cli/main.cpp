@@ -262,6 +262,7 @@ std::vector<std::string> normalize_args(int argc, char** argv) {
 }  // namespace
 
 static int run_cli(int argc, char** argv) {
+  remember_args(argc, argv);  // `serve` execs modelcdr-serve with them (serve_launch.cpp)
   CLI::App app{"modelcdr: disarm and reconstruct AI model files without executing them"};
   app.set_version_flag("--version", kVersion);
   app.require_subcommand(1);

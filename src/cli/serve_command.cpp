@@ -1,8 +1,8 @@
-// `modelcdr serve`: the Hugging Face gateway (src/serve/, docs/SERVE.md).
+// `modelcdr serve`: the Hugging Face gateway (src/serve/, docs/SERVE.md). Its options are parsed
+// by both programs, modelcdr (so that help and usage errors are its own) and modelcdr-serve.
 #include <string>
 
 #include "cli/commands.hpp"
-#include "serve/serve.hpp"
 
 void add_serve_command(CLI::App& app) {
   static modelcdr::serve::ServeOptions o;
@@ -41,6 +41,6 @@ void add_serve_command(CLI::App& app) {
                                   std::fprintf(stderr, "modelcdr serve: --listen %s: bad port\n", listen.c_str());
                                   return 2;
                                 }
-                                return modelcdr::serve::run(o);
+                                return launch_serve(o);
                               }});
 }
