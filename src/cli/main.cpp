@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -77,6 +78,15 @@ int scan_main(const Engine& engine, const std::vector<std::string>& paths, const
     }
     std::cout << engine::scan_summary(reports, seconds);
   }
+  // Done: the process ends here. Freeing the reports, the engine and the heap block by block
+  // took ~1 ms of a ~20 ms folder scan; the kernel frees them with the process. Scan writes no
+  // file (standard input's spool is already unlinked), so nothing else is pending.
+  // (ASan builds return as before, so that LeakSanitizer still checks the scan at exit.)
+#ifndef __SANITIZE_ADDRESS__
+  std::cout.flush();
+  std::fflush(nullptr);
+  std::_Exit(rc);
+#endif
   return rc;
 }
 
