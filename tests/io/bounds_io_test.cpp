@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "io/bounded_json.hpp"
 #include "io/mapped_file.hpp"
@@ -131,6 +132,66 @@ TEST(BoundedJson, ManyKeysAreLinear) {
   EXPECT_TRUE(s.ok());
   EXPECT_EQ(s.root_keys.size(), 360000u);
   EXPECT_LT(secs, 5.0);
+}
+
+// inspect_json answers plain documents with its own checker and leaves the rest to nlohmann;
+// parse_json always runs nlohmann's parser. Both must give the same shape for any text.
+void expect_same_shape(const std::string& text, const JsonLimits& limits) {
+  JsonShape fast = inspect_json(text, limits);
+  JsonShape full;
+  parse_json(text, limits, full);
+  SCOPED_TRACE(text.substr(0, 200));
+  EXPECT_EQ(fast.valid, full.valid);
+  EXPECT_EQ(fast.too_deep, full.too_deep);
+  EXPECT_EQ(fast.too_many, full.too_many);
+  EXPECT_EQ(fast.duplicate_key, full.duplicate_key);
+  EXPECT_EQ(fast.root_keys, full.root_keys);
+}
+
+TEST(BoundedJson, PlainCheckerAgreesWithNlohmann) {
+  const JsonLimits limits{8, 64};
+  const std::vector<std::string> cases = {
+      "", " ", "{}", "[]", "{} ", " \t\r\n[1] \n", "{", "}", "[", "[1,]", "[,1]", "{\"a\":1,}", "{\"a\"}", "{\"a\" 1}",
+      "{\"a\":1 \"b\":2}", "{1:2}", "[1 2]", "[1][2]", "nul", "null", "true", "false", "truex", "tru", "[true,false,null]",
+      "0", "-0", "01", "-", "-01", "1.", ".5", "1.5", "-1.25", "1e5", "1E-5", "1.5e+3", "1e999", "-1e999",
+      std::string(400, '9'), "[" + std::string(299, '9') + "]", "[" + std::string(301, '9') + "]",
+      "18446744073709551616", "-9223372036854775809", "\"a\"", "\"a", "\"\\\"\\\\\\/\\b\\f\\n\\r\\t\"", "\"\\x\"",
+      "\"\\u0041\"", "\"\\ud800\"", "\"\\udc00\\ud800\"", "\"\\ud83d\\ude00\"", "{\"\\u0061\":1,\"a\":2}",
+      "{\"a\\n\":1}", "\"\t\"", std::string("\"\0\"", 3), std::string("[1]\0", 4), "\"\xc3\xa9\"", "\"\xff\"",
+      "\"\xed\xa0\x80\"", "\xef\xbb\xbf{}", "\xef\xbb{}", "{\"a\":1,\"a\":2}", "{\"x\":{\"a\":1,\"a\":2}}",
+      "[{\"a\":1,\"a\":2}]", "{\"a\":{\"b\":1},\"b\":{\"b\":1}}", "{\"b\":1,\"a\":2,\"c\":{\"z\":[]}}",
+      "[[[[[[[[1]]]]]]]]", "[[[[[[[[[1]]]]]]]]]", "{\"a\":{\"a\":{\"a\":{\"a\":{\"a\":{\"a\":{\"a\":{\"a\":1}}}}}}}}",
+      "/*c*/{}", "{}//c", "[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,"
+      "33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63,64]",
+  };
+  for (const auto& c : cases) expect_same_shape(c, limits);
+  // More than 16 keys in one nested object (the hashed key set), with and without a duplicate.
+  std::string many = "{\"o\":{";
+  for (int i = 0; i < 40; ++i) many += (i ? ",\"k" : "\"k") + std::to_string(i) + "\":" + std::to_string(i);
+  expect_same_shape(many + "}}", JsonLimits{8, 1000});
+  expect_same_shape(many + ",\"k7\":0}}", JsonLimits{8, 1000});
+  expect_same_shape(many + "}}", JsonLimits{8, 80});  // past the element limit
+}
+
+TEST(BoundedJson, PlainCheckerAgreesWithNlohmannOnMutations) {
+  // Every position of a plain document replaced by each of a set of bytes that matter to the
+  // grammar, and deleted, and doubled: the two checkers must agree on every variant.
+  const std::string seed =
+      "{\"files\": [{\"path\": \"a/b.pkl\", \"label\": \"benign\", \"size\": 1024, \"ratio\": -0.5}, "
+      "{\"path\": \"c\\\\d\\n\", \"tags\": [true, false, null], \"n\": 0}], \"k\": {\"x\": 1, \"y\": [[], {}]}}";
+  const std::string alphabet = std::string("{}[],:\"\\ 0123456789.-+eEtfnul\t\n\r/abAz") + std::string("\0\x7f\x80\xc3\xff", 5);
+  const JsonLimits limits{4, 40};
+  for (size_t i = 0; i < seed.size(); ++i) {
+    for (char c : alphabet) {
+      std::string m = seed;
+      m[i] = c;
+      expect_same_shape(m, limits);
+      expect_same_shape(m, JsonLimits{});
+    }
+    expect_same_shape(seed.substr(0, i) + seed.substr(i + 1), limits);
+    expect_same_shape(seed.substr(0, i) + seed[i] + seed.substr(i), JsonLimits{});
+    expect_same_shape(seed.substr(0, i), JsonLimits{});
+  }
 }
 
 }  // namespace
