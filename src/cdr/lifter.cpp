@@ -347,7 +347,12 @@ class Lifter {
     v.kind = k;
     v.items.reserve(items.size() + n.appended().size());
     for (NodeId c : items) {
-      MCDR_ASSIGN(ValueId cv, lift(c, depth + 1));
+      ValueId cv;
+      if (k == ValueKind::list && opt_.scan_only && plain_float(c, depth + 1)) {
+        cv = shared_float(at(c).f);
+      } else {
+        MCDR_ASSIGN(cv, lift(c, depth + 1));
+      }
       v.items.push_back(cv);
     }
     if (k == ValueKind::set)
@@ -357,6 +362,18 @@ class Lifter {
       }
     if (!n.build_states().empty()) note(Severity::high, Rule::cdr_dropped, "BUILD state on a container removed", n.offset);
     return m_.add(std::move(v));
+  }
+
+  // A float node whose lift would be exactly floating(n.f): within the depth bound, not lifted
+  // before, nothing appended or set on it (those add findings), no BUILD state.
+  bool plain_float(NodeId c, uint32_t depth) const {
+    const Node& n = at(c);
+    return n.kind == NodeKind::Float && depth <= opt_.max_depth && done_[c] == model::kNoValue && n.appended().empty() &&
+           n.entries().empty() && n.build_states().empty();
+  }
+  ValueId shared_float(double f) {  // LiftOptions::scan_only
+    if (shared_float_ == model::kNoValue) shared_float_ = floating(f);
+    return shared_float_;
   }
 
   // Memoised per value: a key tuple may share sub-tuples (a DAG), which a plain walk would
@@ -1855,6 +1872,7 @@ class Lifter {
   std::vector<ValueId> done_;
   std::vector<uint32_t> heights_;   // by ValueId: nesting height once known, 0 = not yet
   std::vector<uint8_t> hashable_;   // by ValueId: 1 plain key, 2 not, 0 not yet known
+  ValueId shared_float_ = model::kNoValue;  // LiftOptions::scan_only: the lists' one float
   // By record index in table_: the storage lifted from it (a flat array, where a map keyed by
   // the key string cost about 70 bytes a storage).
   static constexpr model::StorageId kNoStorage = 0xFFFFFFFFu;

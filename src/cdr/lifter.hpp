@@ -112,6 +112,10 @@ struct LiftOptions {
   const ClassRegistry* registry = nullptr;
   // Tar format: persistent ids that are tensor keys; class persistent ids (cls, file, source).
   const std::unordered_map<std::string, TarTensor>* tar_tensors = nullptr;
+  // A scan's lift (no caller reads the values): the plain floats of a list all become one
+  // shared float value. Lifting a float has no finding, and the list keeps its length and
+  // height, so findings and the depth/cycle checks are the same; the 104 bytes a float are not.
+  bool scan_only = false;
 };
 
 // A pure function of the program and the container's table: no callbacks, no I/O. The

@@ -55,9 +55,10 @@ formats::ReadOptions read_options(const RunContext& ctx) {
 // in the format table (formats/registry.hpp) opens it.
 Result<formats::ParsedModel> parse(std::span<const uint8_t> bytes, Format format, const RunContext& ctx,
                                    bool defer_storage_crc = false, bool is_mapped = false, int input_fd = -1,
-                                   Findings* salvage = nullptr) {
+                                   Findings* salvage = nullptr, bool scan_only = false) {
   formats::ReadOptions options = read_options(ctx);
   options.salvage = salvage;
+  options.scan_only = scan_only;
   options.input_is_mapped = is_mapped;
   options.input_fd = is_mapped ? input_fd : -1;
   options.defer_storage_crc = defer_storage_crc;
@@ -277,7 +278,8 @@ static FileReport scan_file_impl(const Source& source, const ScanOptions& option
   // flush (an IPI per call with a second thread), and munmap frees the pages when the file is
   // done. Scan reads nothing through the descriptor, so below the bound it says "not mapped".
   const bool release = loaded->mapped && size >= kScanReleaseFrom;
-  auto parsed = checked(parse(loaded->bytes, loaded->format, ctx, false, release, loaded->file.fd(), &salvage));
+  // Without an inspect callback nothing reads the lifted values (LiftOptions::scan_only).
+  auto parsed = checked(parse(loaded->bytes, loaded->format, ctx, false, release, loaded->file.fd(), &salvage, !options.inspect));
   if (!parsed.ok()) {
     r.status = FileStatus::error;
     r.error = parsed.error();

@@ -173,6 +173,7 @@ Result<ParsedModel> read_joblib(std::span<const uint8_t> file, const ReadOptions
   cdr::LiftOptions lo;
   lo.payload_bytes = file;
   lo.registry = &reg;
+  lo.scan_only = options.scan_only;
   MCDR_ASSIGN(parsed.model, cdr::lift(program, no_storages, lo));
   return parsed;
 }

@@ -53,6 +53,9 @@ struct ReadOptions {
   // scan only: where a stream fails the strict parse, decode_stream adds what CPython would
   // import and call reading it here (cdr::scan_cpython_view), kept although the file is an error.
   Findings* salvage = nullptr;
+  // scan only, with no inspect callback: the model is read for findings, tensor counts and
+  // the graph checks only, not for values (cdr::LiftOptions::scan_only).
+  bool scan_only = false;
 };
 
 // The ByteRange of a storage's bytes that lie in the input `file` as they are: a mapped input

@@ -50,6 +50,7 @@ Result<ParsedModel> read_bare_pickle(std::span<const uint8_t> file, const ReadOp
   cdr::StorageTable no_storages;  // no storage records: a storage pid is cdr.no-storage
   no_storages.what = "a bare pickle";
   cdr::LiftOptions lo;
+  lo.scan_only = options.scan_only;
   MCDR_ASSIGN(parsed.model, cdr::lift(program, no_storages, lo));
   return parsed;
 }
