@@ -495,3 +495,68 @@ TEST(Lifter, WholeModuleBecomesStateDict) {
   EXPECT_EQ(m.architecture[1].path, "fc");
   EXPECT_EQ(m.architecture[1].class_module, "torch.nn.modules.linear");
 }
+
+// LiftOptions::scan_only: the floats of lists share one value, and nothing a scan reads
+// changes: the same findings (or the same error) and list lengths, and the graph check agrees.
+std::vector<uint8_t> nested_float_lists(int levels, bool memo_float, bool append_on_float) {
+  std::vector<uint8_t> b = {0x80, 0x02};
+  auto binfloat = [&](double d) {
+    b.push_back('G');
+    uint64_t bits;
+    std::memcpy(&bits, &d, 8);
+    for (int i = 7; i >= 0; --i) b.push_back(static_cast<uint8_t>(bits >> (8 * i)));
+  };
+  for (int l = 0; l < levels; ++l) {
+    b.push_back(']');  // EMPTY_LIST
+    b.push_back('(');  // MARK
+    binfloat(1.5 + l);
+    if (l == 0 && memo_float) b.insert(b.end(), {'q', 0});  // BINPUT 0: the float is shared below
+    if (l == 1 && memo_float) b.insert(b.end(), {'h', 0});  // BINGET 0
+    binfloat(-2.0 * l);
+    if (l + 1 == levels && append_on_float) {  // APPEND onto a float: the lifter reports it
+      binfloat(7.0);
+      b.insert(b.end(), {']', 'a'});
+    }
+  }
+  // APPENDS: each level's floats, and the list inside it, into that level's list.
+  for (int l = 0; l < levels; ++l) b.push_back('e');
+  b.push_back('.');
+  return b;
+}
+
+TEST(Lifter, ScanOnlySharesListFloatsAndChangesNothingAScanReads) {
+  for (int levels = 1; levels <= 6; ++levels)
+    for (bool memo : {false, true})
+      for (bool append : {false, true}) {
+        SCOPED_TRACE(testing::Message() << "levels " << levels << " memo " << memo << " append " << append);
+        auto bytes = nested_float_lists(levels, memo, append);
+        Findings df;
+        auto program = pickle::decode(bytes, pickle::DecodeOptions{}, df);
+        if (!program.ok()) continue;  // a shape the machine refuses says nothing about the lifter
+        cdr::LiftOptions full, scan;
+        full.max_depth = scan.max_depth = 4;
+        scan.scan_only = true;
+        auto a = cdr::lift(*program, cdr::StorageTable{}, full);
+        auto b = cdr::lift(*program, cdr::StorageTable{}, scan);
+        ASSERT_EQ(a.ok(), b.ok());
+        if (!a.ok()) {
+          EXPECT_EQ(a.error().rule, b.error().rule);
+          EXPECT_EQ(a.error().offset, b.error().offset);
+          continue;
+        }
+        ASSERT_EQ(a->findings.size(), b->findings.size());
+        for (size_t i = 0; i < a->findings.size(); ++i) {
+          EXPECT_EQ(a->findings[i].rule, b->findings[i].rule);
+          EXPECT_EQ(a->findings[i].message, b->findings[i].message);
+          EXPECT_EQ(a->findings[i].offset, b->findings[i].offset);
+        }
+        EXPECT_EQ(limits::check_value_graph(*a).ok(), limits::check_value_graph(*b).ok());
+        std::vector<size_t> la, lb;
+        for (const auto& v : a->values)
+          if (v.kind == model::ValueKind::list) la.push_back(v.items.size());
+        for (const auto& v : b->values)
+          if (v.kind == model::ValueKind::list) lb.push_back(v.items.size());
+        EXPECT_EQ(la, lb);
+        if (levels >= 2) EXPECT_LT(b->values.size(), a->values.size());  // the floats are shared
+      }
+}
