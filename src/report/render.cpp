@@ -1,8 +1,10 @@
 #include "modelcdr/render.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <string_view>
 
@@ -84,10 +86,22 @@ class PrettyJson {
   void str(std::string_view s) {
     // Printable ASCII other than '"' and '\\' is written as is; anything else (controls,
     // non-ASCII, invalid UTF-8 from a hostile file) goes through nlohmann's own escaping.
-    if (std::all_of(s.begin(), s.end(), [](char c) { return c >= 0x20 && c <= 0x7E && c != '"' && c != '\\'; })) {
-      out_ += '"';
-      out_ += s;
-      out_ += '"';
+    // (A byte table, and one append of the whole string: this runs on the serial end of a
+    // folder scan, ~15,000 strings for 250 files.)
+    static constexpr auto kPlain = [] {
+      std::array<bool, 256> t{};
+      for (int c = 0x20; c <= 0x7E; ++c) t[c] = c != '"' && c != '\\';
+      return t;
+    }();
+    size_t i = 0;
+    while (i < s.size() && kPlain[static_cast<unsigned char>(s[i])]) ++i;
+    if (i == s.size()) {
+      const size_t at = out_.size();
+      out_.resize(at + s.size() + 2);
+      char* o = out_.data() + at;
+      *o = '"';
+      std::memcpy(o + 1, s.data(), s.size());
+      o[s.size() + 1] = '"';
     } else {
       out_ += json(std::string(s)).dump(-1, ' ', false, json::error_handler_t::replace);
     }
@@ -95,6 +109,7 @@ class PrettyJson {
   void num(uint64_t v) { out_ += std::to_string(v); }
   void null() { out_ += "null"; }
   std::string take() { return std::move(out_) + "\n"; }
+  void reserve(size_t bytes) { out_.reserve(bytes); }
 
  private:
   void newline() {
@@ -158,6 +173,7 @@ std::string scan_json(const std::vector<FileReport>& files) {
   size_t clean = 0, with = 0, errors = 0, skipped = 0;
   std::map<Verdict, uint64_t> verdicts;
   PrettyJson w;
+  w.reserve(1024 + files.size() * 2048);  // ~1.6 KB a file on the corpus: no doubling copies
   w.begin('{');
   w.key("schema"), w.str("modelcdr.scan/1");
   w.key("tool"), w.begin('{');
