@@ -98,6 +98,12 @@ class Engine {
   FileReport protect(const Source& source, Sink& sink, Sink& map, const mtd::ProtectOptions& options) const;
   FileReport restore(const Source& source, const Source& map, Sink& sink, const mtd::RestoreOptions& options) const;
   FileReport verify(const Source& source, const Source& map, const mtd::RestoreOptions& options) const;
+  // restore without an output (the Python loader): the same checks as restore; on success
+  // `restored` holds the restored model, its records in owned buffers (the plain weights
+  // never touch a file). A memory source is borrowed for the restored model's whole life, as
+  // for load.
+  FileReport restore_model(const Source& source, const Source& map, const mtd::RestoreOptions& options,
+                           LoadedModelPtr& restored) const;
   FileReport protect(const Source& source, Sink& sink, const std::string& map_path,
                      const mtd::ProtectOptions& options) const;
   FileReport restore(const Source& source, const std::string& map_path, Sink& sink,
