@@ -1,9 +1,8 @@
-// The MTD tool functions behind `modelcdr protect --recipients-dir / keygen / key / map /
-// trace` (docs/MTD.md, docs/CLI.md), beyond what Engine::protect / restore / verify give: one
-// protected copy per customer from one read of the input, leak tracing, key generation and
-// map re-sealing. The path functions protect / restore / verify / restore_model stay public
-// for existing callers and the tests; the CLI and the Python package use the Engine's, whose
-// FileReport::mtd carries the same diagnosis. Everything here uses the process-wide default
+// The MTD tool functions behind `modelcdr keygen / key / map / trace` (docs/MTD.md,
+// docs/CLI.md), beyond what Engine::protect / restore / verify / protect_copies give: leak
+// tracing, key generation and map re-sealing. The path functions protect / protect_copies /
+// restore / verify / restore_model stay public for existing callers and the tests; the CLI
+// and the Python package use the Engine's, whose FileReport::mtd carries the same diagnosis. Everything here uses the process-wide default
 // class policy and limits (ProtectOptions::context nullptr); the Engine's calls use its own.
 #pragma once
 #include <cstdint>

@@ -238,7 +238,7 @@ int fingerprint_main(const MtdArgs& a) {
   return 0;
 }
 
-int protect_copies_main(const MtdArgs& a, const mtd::ProtectOptions& o);
+int protect_copies_main(const Engine& engine, const MtdArgs& a, const mtd::ProtectOptions& o);
 
 int protect_main(const Engine& engine, const MtdArgs& a) {
   if (!a.recipients_dir.empty()) {
@@ -289,7 +289,7 @@ int protect_main(const Engine& engine, const MtdArgs& a) {
   }
   if (int rc = load_signer(a, o.seal.signer, keep); rc >= 0) return rc;
   if (!a.recipients_dir.empty()) {
-    int rc = protect_copies_main(a, o);
+    int rc = protect_copies_main(engine, a, o);
     for (auto& p : o.seal.passphrases) sodium_memzero(p.data(), p.size());
     return rc;
   }
@@ -310,7 +310,7 @@ bool safe_name(const std::string& n) {
 // `protect IN --recipients-dir DIR -o OUTDIR`: every DIR/NAME.pub is a customer; each gets
 // OUTDIR/NAME.pt and OUTDIR/NAME.map (sealed to them, plus every --key-file, --passphrase-file
 // and --recipient given: the publisher's own keys). The input is read and disarmed once.
-int protect_copies_main(const MtdArgs& a, const mtd::ProtectOptions& o) {
+int protect_copies_main(const Engine& engine, const MtdArgs& a, const mtd::ProtectOptions& o) {
   namespace fs = std::filesystem;
   std::error_code ec;
   std::vector<fs::path> pubs;
@@ -338,10 +338,10 @@ int protect_copies_main(const MtdArgs& a, const mtd::ProtectOptions& o) {
       if (path_exists(*p)) return usage("protect: " + *p + " already exists: remove it or choose another folder");
     copies.push_back(std::move(c));
   }
-  auto results = mtd::protect_copies(a.input, copies, o);
+  const std::vector<FileReport> results = engine.protect_copies(a.input, copies, o);
   for (size_t i = 0; i < results.size(); ++i) {
     const auto& r = results[i];
-    if (r.outcome != mtd::Outcome::ok) {
+    if (mtd_of(r).outcome != MtdOutcome::ok) {
       const std::string who = i < copies.size() && results.size() > 1 ? " (customer " + copies[i].name + ")" : "";
       std::cerr << "modelcdr: protect: " << printable(a.input) << who << ": " << printable(r.error ? r.error->describe() : "failed")
                 << "\n";

@@ -159,6 +159,17 @@ FileReport Engine::protect(const Source& source, Sink& sink, const std::string& 
   return protect(source, sink, map, options);
 }
 
+std::vector<FileReport> Engine::protect_copies(const std::string& input, const std::vector<mtd::ProtectCopy>& copies,
+                                               const mtd::ProtectOptions& options) const {
+  mtd::ProtectOptions o = options;
+  o.context = &state_->context;
+  auto results = mtd::protect_copies(input, copies, o);
+  std::vector<FileReport> out;
+  for (size_t i = 0; i < results.size(); ++i)
+    out.push_back(to_report(std::move(results[i]), i < copies.size() ? copies[i].map : std::string(), false));
+  return out;
+}
+
 FileReport Engine::restore(const Source& source, const Source& map, Sink& sink, const mtd::RestoreOptions& options) const {
   if (any_replace({&sink})) return refused_replace(source, {&sink});
   mtd::RestoreOptions o = options;

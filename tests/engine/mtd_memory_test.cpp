@@ -277,6 +277,29 @@ TEST_F(MtdMemory, EngineLimitsApplyToMtd) {
   EXPECT_TRUE(r.bytes().empty());
   // The same calls on an Engine with the default limits succeed.
   EXPECT_EQ(engine_->verify(Source::memory(prot), Source::memory(map), ro_).status, FileStatus::clean);
+  // One copy per customer (protect --recipients-dir) too: the input is refused once, nothing written.
+  TempDir dir;
+  write_file(dir / "m.pt", model_);
+  std::vector<mtd::ProtectCopy> copies(2);
+  for (size_t i = 0; i < copies.size(); ++i) {
+    copies[i].name = "c" + std::to_string(i);
+    copies[i].output = dir / (copies[i].name + ".pt");
+    copies[i].map = dir / (copies[i].name + ".map");
+    copies[i].seal = po_.seal;
+  }
+  auto refused = strict->protect_copies(dir / "m.pt", copies, po_);
+  ASSERT_EQ(refused.size(), 1u);
+  EXPECT_EQ(refused[0].error.value_or(Error{}).rule, Rule::limits_input_size) << describe(refused[0]);
+  EXPECT_EQ(dir.entries(), 1u);
+  auto made = engine_->protect_copies(dir / "m.pt", copies, po_);
+  ASSERT_EQ(made.size(), 2u);
+  for (const auto& r : made) {
+    EXPECT_EQ(r.status, FileStatus::clean) << describe(r);
+    ASSERT_TRUE(r.mtd.has_value());
+    EXPECT_EQ(r.mtd->outcome, MtdOutcome::ok);
+  }
+  EXPECT_EQ(made[1].mtd->map, copies[1].map);
+  EXPECT_EQ(dir.entries(), 5u);
 }
 
 // A memory sink used before holds nothing of that earlier call after a failed one.
