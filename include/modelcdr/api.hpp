@@ -33,15 +33,33 @@ struct TensorStats {
 enum class FileStatus { clean, findings, error, removed, rejected, skipped };
 const char* status_name(FileStatus s);
 
+// One difference between a file and its map (Engine::verify / restore, docs/MTD.md §6).
+struct MtdMismatch {
+  std::string what;      // "tensor" | "non-tensor" | "structure" | "layout" | "file" | "map" | "wrong-file"
+  std::string name;      // tensor name (state-dict key path) for "tensor"
+  int64_t key = -1;      // archive/data/<key>; -1 when not about one record
+  std::string against;   // "protected" (the map's after-hashes) | "restored" (before-hashes)
+  std::string expected, actual;  // hashes (hex), or sizes/counts for "structure"
+  std::string detail;
+};
+
+// ok: done (protect / restore wrote, verify found the file intact); mismatch: the file does
+// not match its map (restore wrote nothing); error: usage, I/O, a map that does not open, a
+// rejected input (FileReport::error says which).
+enum class MtdOutcome { ok, mismatch, error };
+const char* mtd_outcome_name(MtdOutcome o);  // "ok" | "mismatch" | "error"
+
 // What Engine::protect / restore / verify add to the report (docs/MTD.md §6 for the codes).
+// Every such call sets FileReport::mtd, also when it fails.
 struct MtdReport {
+  MtdOutcome outcome = MtdOutcome::error;
   std::string code;             // ok, tampered, wrong-file, ... (one word per diagnosis)
   std::string state;            // verify: "protected" | "restored"
   std::string map;              // the map written (protect) or read
   std::string signer;           // fingerprint of the map's signer, if signed
-  bool signer_trusted = false;
+  bool signer_trusted = false;  // checked against a pinned signer (RestoreOptions::open)
   size_t storages = 0, permuted = 0, swapped = 0;
-  std::vector<std::string> mismatches;  // one line per difference (verify/restore)
+  std::vector<MtdMismatch> mismatches;  // outcome mismatch: every difference found
 };
 
 // Where a container entry's data lies in the input file (scan: SARIF locates a finding by file

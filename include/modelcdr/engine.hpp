@@ -23,6 +23,10 @@
 
 namespace modelcdr {
 
+namespace mtd {
+struct ProtectCopy;  // include/modelcdr/mtd_tools.hpp
+}
+
 // Where a model comes from. A memory source borrows the bytes: the caller keeps them alive
 // and unchanged until the call that uses the Source returns. `name` appears in reports and
 // messages in place of a path.
@@ -98,11 +102,22 @@ class Engine {
   FileReport protect(const Source& source, Sink& sink, Sink& map, const mtd::ProtectOptions& options) const;
   FileReport restore(const Source& source, const Source& map, Sink& sink, const mtd::RestoreOptions& options) const;
   FileReport verify(const Source& source, const Source& map, const mtd::RestoreOptions& options) const;
+  // restore without an output (the Python loader): the same checks as restore; on success
+  // `restored` holds the restored model, its records in owned buffers (the plain weights
+  // never touch a file). A memory source is borrowed for the restored model's whole life, as
+  // for load.
+  FileReport restore_model(const Source& source, const Source& map, const mtd::RestoreOptions& options,
+                           LoadedModelPtr& restored) const;
   FileReport protect(const Source& source, Sink& sink, const std::string& map_path,
                      const mtd::ProtectOptions& options) const;
   FileReport restore(const Source& source, const std::string& map_path, Sink& sink,
                      const mtd::RestoreOptions& options) const;
   FileReport verify(const Source& source, const std::string& map_path, const mtd::RestoreOptions& options) const;
+  // mtd::protect_copies (include/modelcdr/mtd_tools.hpp) with this Engine's policy and limits:
+  // `input` read and disarmed once, then one protected copy and map per entry; stops at the
+  // first failure. One report per copy written or failed (a load failure gives one report).
+  std::vector<FileReport> protect_copies(const std::string& input, const std::vector<mtd::ProtectCopy>& copies,
+                                         const mtd::ProtectOptions& options) const;
 
   // Directory mode (include/modelcdr/batch.hpp): every model file under `in` disarmed into
   // `out` with this Engine's policy and limits; BatchOptions::disarm_one is set by the Engine.

@@ -1,9 +1,9 @@
-// The MTD tool functions behind `modelcdr protect / restore / verify / keygen / key / map /
-// trace` (docs/MTD.md, docs/CLI.md), for callers that need more than Engine::protect /
-// restore / verify give: the full diagnosis (MtdResult with structured mismatches), one
-// protected copy per customer from one read of the input, leak tracing, key generation and
-// map re-sealing. They use the process-wide default class policy (ProtectOptions::context
-// nullptr); Engine::protect and friends use the Engine's.
+// The MTD tool functions behind `modelcdr keygen / key / map / trace` (docs/MTD.md,
+// docs/CLI.md), beyond what Engine::protect / restore / verify / protect_copies give: leak
+// tracing, key generation and map re-sealing. The path functions protect / protect_copies /
+// restore / verify / restore_model stay public for existing callers and the tests; the CLI
+// and the Python package use the Engine's, whose FileReport::mtd carries the same diagnosis. Everything here uses the process-wide default
+// class policy and limits (ProtectOptions::context nullptr); the Engine's calls use its own.
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -18,17 +18,10 @@
 
 namespace modelcdr::mtd {
 
-// One difference between a file and its map.
-struct Mismatch {
-  std::string what;      // "tensor" | "non-tensor" | "structure" | "file" | "map" | "wrong-file"
-  std::string name;      // tensor name (state-dict key path) for "tensor"
-  int64_t key = -1;      // archive/data/<key>
-  std::string against;   // "protected" (the map's after-hashes) | "restored" (before-hashes)
-  std::string expected, actual;  // hashes (hex), or sizes/counts for "structure"
-  std::string detail;
-};
-
-enum class Outcome { ok, mismatch, error };
+// The structured diagnosis is public API (include/modelcdr/api.hpp): FileReport::mtd carries
+// the same mismatches; these names are kept for the tool functions below.
+using Mismatch = MtdMismatch;
+using Outcome = MtdOutcome;
 
 struct MtdResult {
   Outcome outcome = Outcome::error;

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import _core
 from ._core import CancelToken
@@ -28,6 +28,49 @@ def raise_for(report: Report) -> None:
 # progress(stage, done, total): stage is "read", "transform", "write" or "done"; return False
 # to cancel (CancelledError). Called on the calling thread, with the GIL.
 Progress = Callable[[str, int, int], Optional[bool]]
+
+
+# Where an output goes: a path (an atomic file), a binary file object (the bytes are written
+# to it) or None (the bytes are returned).
+Output = Union[PathLike, IO[bytes], None]
+
+
+def _paths(x: Union[PathLike, Sequence[PathLike], None]) -> List[str]:
+    if x is None:
+        return []
+    if is_path(x):
+        return [os.fspath(x)]  # type: ignore[arg-type]
+    return [os.fspath(p) for p in x]  # type: ignore[union-attr]
+
+
+def _opt(x: Optional[PathLike]) -> Optional[str]:
+    return None if x is None else os.fspath(x)
+
+
+def _out_path(dst: Output) -> Optional[str]:
+    """The path of a file destination; None for a memory sink (None or a file object)."""
+    if dst is None or not is_path(dst):
+        return None
+    path = os.fspath(dst)  # type: ignore[arg-type]
+    if not isinstance(path, str):
+        raise TypeError("paths must be str or os.PathLike[str]")
+    return path
+
+
+def _write_to(dst: Output, data: Optional[bytes]) -> None:
+    if dst is not None and not is_path(dst) and data is not None:
+        dst.write(data)  # type: ignore[union-attr]
+
+
+def _checked(d: dict, what: str) -> MtdResult:
+    r = mtd_result_from(d)
+    if r.outcome == "error":
+        raise MapError(f"modelcdr {what}: {r.error['text'] if r.error else r.code}", r)
+    return r
+
+
+def _open_args(key_file, passphrase_file, identity, verify_signer, allow_unsigned):
+    return (_opt(key_file), _opt(passphrase_file), _opt(identity), _paths(verify_signer), allow_unsigned)
 
 
 class Engine:
@@ -105,6 +148,90 @@ class Engine:
         dst.write(out)  # type: ignore[union-attr]
         return report
 
+    def protect(
+        self,
+        src: Source,
+        dst: Output = None,
+        map: Output = None,
+        *,
+        key_file: Union[PathLike, Sequence[PathLike], None] = None,
+        passphrase_file: Union[PathLike, Sequence[PathLike], None] = None,
+        recipient: Union[PathLike, Sequence[PathLike], None] = None,
+        sign: Optional[PathLike] = None,
+        encrypt: bool = False,
+        compat: str = "torch2",
+        allow_trailing_data: bool = False,
+    ) -> Union[MtdResult, Tuple[Optional[bytes], Optional[bytes]]]:
+        """`modelcdr protect SRC -o DST --map MAP ...` with this Engine's policy and limits:
+        disarms and protects; never overwrites. `src` as for disarm; `dst` and `map` each a
+        path, a binary file object or None. Both paths or file objects: returns the
+        MtdResult; otherwise (protected bytes or None, map bytes or None): bytes for each
+        destination given as None, None for the others. A failure (a rejected input
+        included) raises MapError; nothing is written."""
+        for p in (dst, map):
+            if p is not None and is_path(p) and os.path.lexists(p):  # type: ignore[arg-type]
+                raise FileExistsError(f"protect: {os.fspath(p)} already exists: remove it or choose another name")  # type: ignore[arg-type]
+        data, name = engine_source(src)
+        d, out, map_out = self._core.protect(data, name, _out_path(dst), _out_path(map), _paths(key_file),
+                                             _paths(passphrase_file), _paths(recipient), _opt(sign), compat, encrypt,
+                                             allow_trailing_data)
+        r = _checked(d, "protect")
+        _write_to(dst, out)
+        _write_to(map, map_out)
+        if dst is None or map is None:
+            return (out if dst is None else None), (map_out if map is None else None)
+        return r
+
+    def restore(
+        self,
+        src: Source,
+        map: Source,
+        dst: Output = None,
+        *,
+        key_file: Optional[PathLike] = None,
+        passphrase_file: Optional[PathLike] = None,
+        identity: Optional[PathLike] = None,
+        verify_signer: Union[PathLike, Sequence[PathLike], None] = None,
+        allow_unsigned: bool = False,
+    ) -> Union[MtdResult, bytes]:
+        """`modelcdr restore SRC --map MAP -o DST` with this Engine's policy and limits. `src`
+        and `map` as disarm's `src`; `dst` a path or a binary file object (returns the
+        MtdResult) or None (returns the restored bytes). A mismatch raises MapError
+        (nothing written)."""
+        if dst is not None and is_path(dst) and os.path.lexists(dst):  # type: ignore[arg-type]
+            raise FileExistsError(f"restore: {os.fspath(dst)} already exists: remove it or choose another name")  # type: ignore[arg-type]
+        data, name = engine_source(src)
+        map_data, map_name = engine_source(map)
+        d, out = self._core.restore(data, name, map_data, map_name, _out_path(dst),
+                                    *_open_args(key_file, passphrase_file, identity, verify_signer, allow_unsigned))
+        r = _checked(d, "restore")
+        if not r.ok:
+            raise MapError(f"modelcdr restore: {name}: {r.code}", r)
+        if dst is None:
+            return out
+        _write_to(dst, out)
+        return r
+
+    def verify(
+        self,
+        src: Source,
+        map: Source,
+        *,
+        key_file: Optional[PathLike] = None,
+        passphrase_file: Optional[PathLike] = None,
+        identity: Optional[PathLike] = None,
+        verify_signer: Union[PathLike, Sequence[PathLike], None] = None,
+        allow_unsigned: bool = False,
+        expect: str = "auto",
+    ) -> MtdResult:
+        """`modelcdr verify` with this Engine's policy and limits: returns the result (``ok``
+        False on a mismatch); errors raise MapError. `src` and `map` as disarm's `src`."""
+        data, name = engine_source(src)
+        map_data, map_name = engine_source(map)
+        return _checked(self._core.verify(data, name, map_data, map_name,
+                                          *_open_args(key_file, passphrase_file, identity, verify_signer, allow_unsigned),
+                                          expect), "verify")
+
     def load(self, src: Source, **kwargs: Any) -> Any:
         """modelcdr.load with this Engine's policy and limits."""
         from ._loader import load
@@ -132,94 +259,33 @@ def disarm(src: Source, dst: Union[PathLike, IO[bytes], None] = None, **options:
     return _default_engine.disarm(src, dst, **options)
 
 
-def _paths(x: Union[PathLike, Sequence[PathLike], None]) -> List[str]:
-    if x is None:
-        return []
-    if is_path(x):
-        return [os.fspath(x)]  # type: ignore[arg-type]
-    return [os.fspath(p) for p in x]  # type: ignore[union-attr]
+def protect(src: Source, dst: Output = None, map: Output = None,
+            **options: Any) -> Union[MtdResult, Tuple[Optional[bytes], Optional[bytes]]]:
+    """Engine.protect with the default Engine (options: key_file, passphrase_file, recipient,
+    sign, encrypt, compat, allow_trailing_data)."""
+    return _default_engine.protect(src, dst, map, **options)
 
 
-def _opt(x: Optional[PathLike]) -> Optional[str]:
-    return None if x is None else os.fspath(x)
+def restore(src: Source, map: Source, dst: Output = None, **options: Any) -> Union[MtdResult, bytes]:
+    """Engine.restore with the default Engine (options: key_file | passphrase_file | identity,
+    verify_signer, allow_unsigned)."""
+    return _default_engine.restore(src, map, dst, **options)
 
 
-def _checked(d: dict, what: str) -> MtdResult:
-    r = mtd_result_from(d)
-    if r.outcome == "error":
-        raise MapError(f"modelcdr {what}: {r.error['text'] if r.error else r.code}", r)
-    return r
+def verify(src: Source, map: Source, **options: Any) -> MtdResult:
+    """Engine.verify with the default Engine (options as restore's, and expect)."""
+    return _default_engine.verify(src, map, **options)
 
 
-def protect(
-    src: PathLike,
-    dst: PathLike,
-    map: PathLike,
-    *,
-    key_file: Union[PathLike, Sequence[PathLike], None] = None,
-    passphrase_file: Union[PathLike, Sequence[PathLike], None] = None,
-    recipient: Union[PathLike, Sequence[PathLike], None] = None,
-    sign: Optional[PathLike] = None,
-    encrypt: bool = False,
-    compat: str = "torch2",
-    allow_trailing_data: bool = False,
-) -> MtdResult:
-    """`modelcdr protect SRC -o DST --map MAP ...`: disarms and protects; never overwrites."""
-    for p in (dst, map):
-        if os.path.lexists(p):
-            raise FileExistsError(f"protect: {os.fspath(p)} already exists: remove it or choose another name")
-    r = _checked(_core.protect(os.fspath(src), os.fspath(dst), os.fspath(map), _paths(key_file), _paths(passphrase_file),
-                               _paths(recipient), _opt(sign), compat, encrypt, allow_trailing_data), "protect")
-    return r
-
-
-def _open_args(key_file, passphrase_file, identity, verify_signer, allow_unsigned):
-    return (_opt(key_file), _opt(passphrase_file), _opt(identity), _paths(verify_signer), allow_unsigned)
-
-
-def restore(
-    src: PathLike,
-    map: PathLike,
-    dst: PathLike,
-    *,
-    key_file: Optional[PathLike] = None,
-    passphrase_file: Optional[PathLike] = None,
-    identity: Optional[PathLike] = None,
-    verify_signer: Union[PathLike, Sequence[PathLike], None] = None,
-    allow_unsigned: bool = False,
-) -> MtdResult:
-    """`modelcdr restore SRC --map MAP -o DST`: a mismatch raises MapError (nothing written)."""
-    if os.path.lexists(dst):
-        raise FileExistsError(f"restore: {os.fspath(dst)} already exists: remove it or choose another name")
-    r = _checked(_core.restore(os.fspath(src), os.fspath(map), os.fspath(dst),
-                               *_open_args(key_file, passphrase_file, identity, verify_signer, allow_unsigned)), "restore")
-    if not r.ok:
-        raise MapError(f"modelcdr restore: {os.fspath(src)}: {r.code}", r)
-    return r
-
-
-def verify(
-    src: PathLike,
-    map: PathLike,
-    *,
-    key_file: Optional[PathLike] = None,
-    passphrase_file: Optional[PathLike] = None,
-    identity: Optional[PathLike] = None,
-    verify_signer: Union[PathLike, Sequence[PathLike], None] = None,
-    allow_unsigned: bool = False,
-    expect: str = "auto",
-) -> MtdResult:
-    """`modelcdr verify`: returns the result (``ok`` False on a mismatch); errors raise."""
-    return _checked(_core.verify(os.fspath(src), os.fspath(map),
-                                 *_open_args(key_file, passphrase_file, identity, verify_signer, allow_unsigned), expect),
-                    "verify")
-
-
-def restore_model(src: str, map: PathLike, key_file, passphrase_file, identity, verify_signer, allow_unsigned):
-    """The in-memory restore behind load(map=...): (engine model, MtdResult)."""
-    model, d = _core.restore_model(src, os.fspath(map),
-                                   *_open_args(key_file, passphrase_file, identity, verify_signer, allow_unsigned))
+def restore_model(src: Source, map: Source, key_file, passphrase_file, identity, verify_signer, allow_unsigned,
+                  engine: Optional[Engine] = None):
+    """The in-memory restore behind load(map=...): (engine model, MtdResult), with `engine`'s
+    policy and limits (default: the default Engine)."""
+    data, name = engine_source(src)
+    map_data, map_name = engine_source(map)
+    model, d = (engine or _default_engine)._core.restore_model(
+        data, name, map_data, map_name, *_open_args(key_file, passphrase_file, identity, verify_signer, allow_unsigned))
     r = _checked(d, "load")
     if model is None:
-        raise MapError(f"modelcdr load: {src}: {r.code}: the file does not match its map", r)
+        raise MapError(f"modelcdr load: {name}: {r.code}: the file does not match its map", r)
     return model, r

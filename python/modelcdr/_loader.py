@@ -10,14 +10,13 @@ from __future__ import annotations
 import collections
 import io
 import mmap as _mmap
-import os
 import sys
 import threading
 from typing import Any, Dict, Optional
 
 from . import _api
 from ._errors import ModelcdrError, RejectedError
-from ._io import Source, engine_source, is_path
+from ._io import Source, engine_source
 from ._report import Report, report_from
 
 # modelcdr/model.hpp ValueKind
@@ -309,11 +308,9 @@ def load(
     and ``cancel`` as for Engine.disarm (they cover the engine's parse, not the tensor copies)."""
     if not weights_only:
         raise ValueError("modelcdr.load never runs pickle code: weights_only=False is not supported")
-    if map is not None:
-        if not is_path(src):
-            raise TypeError("load(map=...): MTD reads files only: give the protected model's path")
-        path = os.fspath(src)  # type: ignore[arg-type]
-        model, _ = _api.restore_model(path, map, key_file, passphrase_file, identity, verify_signer, allow_unsigned)
+    if map is not None:  # the model and the map each a path, bytes or a binary file object
+        model, _ = _api.restore_model(src, map, key_file, passphrase_file, identity, verify_signer, allow_unsigned,
+                                      engine)
         return _build_torch(model, False, map_location)
     data, name = engine_source(src)
     model, report = _engine_load(data, name, engine, compat, allow_trailing_data, progress, cancel)

@@ -1,5 +1,5 @@
 // modelcdr._core: the one file of glue between Python and the engine's public API
-// (modelcdr::Engine in modelcdr/engine.hpp; MTD through mtd/mtd.hpp). It converts reports to
+// (modelcdr::Engine in modelcdr/engine.hpp, MTD included; key handles from modelcdr/mtd.hpp). It converts reports to
 // plain dicts and exposes a lifted model as flat tuples; the Python package (python/modelcdr)
 // builds the user's objects from them. Bytes-like sources are borrowed as memory sources (no
 // copy, no temporary file). Every engine call runs with the GIL released, so threads run in
@@ -26,7 +26,6 @@
 #include "modelcdr/engine.hpp"
 #include "modelcdr/formats.hpp"
 #include "modelcdr/mtd.hpp"
-#include "modelcdr/mtd_tools.hpp"
 #include "modelcdr/stego.hpp"
 
 namespace py = pybind11;
@@ -449,23 +448,26 @@ mtd::Secret<mtd::SecretString> read_passphrase(const std::string& path) {
   return std::move(*s);
 }
 
-py::dict mtd_dict(const mtd::MtdResult& r) {
+// The MtdResult dict of modelcdr._report from an Engine report (FileReport::mtd carries the
+// MTD outcome and its structured mismatches; the rest of the report is the file's part).
+py::dict mtd_dict(const FileReport& f) {
+  static const MtdReport none;  // every Engine MTD call sets one; none reads as an error
+  const MtdReport& r = f.mtd ? *f.mtd : none;
   py::dict d;
-  static const char* outcomes[] = {"ok", "mismatch", "error"};
-  d["outcome"] = outcomes[static_cast<int>(r.outcome)];
+  d["outcome"] = mtd_outcome_name(r.outcome);
   d["code"] = r.code;
   d["state"] = r.state;
-  d["output"] = r.output;
+  d["output"] = f.output;
   d["signer"] = r.signer;
   d["signer_trusted"] = r.signer_trusted;
   d["storages"] = r.storages;
   d["permuted"] = r.permuted;
   d["swapped"] = r.swapped;
-  if (r.error) {
+  if (r.outcome == MtdOutcome::error && f.error) {
     py::dict e;
-    e["rule"] = std::string(rule_id(r.error->rule));
-    e["message"] = py::bytes(r.error->message).attr("decode")("utf-8", "replace");
-    e["text"] = py::bytes(r.error->describe()).attr("decode")("utf-8", "replace");
+    e["rule"] = std::string(rule_id(f.error->rule));
+    e["message"] = py::bytes(f.error->message).attr("decode")("utf-8", "replace");
+    e["text"] = py::bytes(f.error->describe()).attr("decode")("utf-8", "replace");
     d["error"] = e;
   } else {
     d["error"] = py::none();
@@ -483,8 +485,13 @@ py::dict mtd_dict(const mtd::MtdResult& r) {
     mism.append(x);
   }
   d["mismatches"] = mism;
-  d["file"] = report_dict(r.file);
+  d["file"] = report_dict(f);
   return d;
+}
+
+py::object bytes_of(const Sink& s) {
+  const auto& b = s.bytes();
+  return py::bytes(reinterpret_cast<const char*>(b.data()), b.size());
 }
 
 // The CLI's rules for opening a map: exactly one key; a pinned signer unless allow_unsigned.
@@ -526,17 +533,16 @@ void wipe(mtd::RestoreOptions& o) {
   if (o.open.passphrase) sodium_memzero(o.open.passphrase->data(), o.open.passphrase->size());
 }
 
-py::dict protect(const std::string& input, const std::string& output, const std::string& map,
-                 const std::vector<std::string>& key_files, const std::vector<std::string>& passphrase_files,
-                 const std::vector<std::string>& recipients, const std::optional<std::string>& sign,
-                 const std::string& compat, bool encrypt, bool allow_trailing_data) {
+mtd::ProtectOptions protect_options(KeyHolder& keys, const std::vector<std::string>& key_files,
+                                    const std::vector<std::string>& passphrase_files, const std::vector<std::string>& recipients,
+                                    const std::optional<std::string>& sign, const std::string& compat, bool encrypt,
+                                    bool allow_trailing_data) {
   if (key_files.empty() && passphrase_files.empty() && recipients.empty())
     throw py::value_error("protect: give at least one of key_file, passphrase_file, recipient");
   mtd::ProtectOptions o;
   o.compat = or_throw(compat_of(compat));
   o.encrypt = encrypt;
   o.allow_trailing_data = allow_trailing_data;
-  KeyHolder keys;
   for (const auto& f : key_files) {
     const auto* k = keys.read(f, "key_file");
     if (!k->has_symmetric()) throw py::value_error("key_file " + f + ": not a symmetric key file");
@@ -553,14 +559,95 @@ py::dict protect(const std::string& input, const std::string& output, const std:
     if (!k->can_sign()) throw py::value_error("sign " + *sign + ": no ed25519-secret key (give the .key file)");
     o.seal.signer = k->file();
   }
-  mtd::MtdResult r;
-  {
-    py::gil_scoped_release nogil;
-    r = mtd::protect(input, output, map, o);
-    for (auto& p : o.seal.passphrases) sodium_memzero(p.data(), p.size());
-  }
-  return mtd_dict(r);
+  return o;
 }
+
+// Engine::protect / restore / verify / restore_model for PyEngine (below). Model and map come
+// from a path or a bytes-like object (borrowed, as for disarm); an output or map given as
+// None is a memory sink whose bytes come back (None after a failure).
+struct MtdCalls {
+  // (result dict, protected bytes or None, map bytes or None)
+  static py::tuple protect(const Engine& engine, const py::object& src, const std::string& name,
+                           const std::optional<std::string>& output, const std::optional<std::string>& map,
+                           const std::vector<std::string>& key_files, const std::vector<std::string>& passphrase_files,
+                           const std::vector<std::string>& recipients, const std::optional<std::string>& sign,
+                           const std::string& compat, bool encrypt, bool allow_trailing_data) {
+    KeyHolder keys;
+    auto o = protect_options(keys, key_files, passphrase_files, recipients, sign, compat, encrypt, allow_trailing_data);
+    PySource in = source_of(src, name);
+    Sink out = output ? Sink::file(*output) : Sink::memory(name);
+    Sink m = map ? Sink::file(*map) : Sink::memory("<memory map>");
+    FileReport r;
+    {
+      py::gil_scoped_release nogil;
+      r = engine.protect(in.source, out, m, o);
+      for (auto& p : o.seal.passphrases) sodium_memzero(p.data(), p.size());
+    }
+    const bool ok = r.mtd && r.mtd->outcome == MtdOutcome::ok;
+    return py::make_tuple(mtd_dict(r), ok && !output ? bytes_of(out) : py::object(py::none()),
+                          ok && !map ? bytes_of(m) : py::object(py::none()));
+  }
+
+  // (result dict, restored bytes or None)
+  static py::tuple restore(const Engine& engine, const py::object& src, const std::string& name, const py::object& map,
+                           const std::string& map_name, const std::optional<std::string>& output,
+                           const std::optional<std::string>& key_file, const std::optional<std::string>& passphrase_file,
+                           const std::optional<std::string>& identity, const std::vector<std::string>& verify_signers,
+                           bool allow_unsigned) {
+    KeyHolder keys;
+    auto o = open_options(keys, key_file, passphrase_file, identity, verify_signers, allow_unsigned, "auto");
+    o.check_expiry = true;  // as `modelcdr restore`: an expired map is refused
+    PySource in = source_of(src, name), mp = source_of(map, map_name);
+    Sink out = output ? Sink::file(*output) : Sink::memory(name);
+    FileReport r;
+    {
+      py::gil_scoped_release nogil;
+      r = engine.restore(in.source, mp.source, out, o);
+      wipe(o);
+    }
+    const bool ok = r.mtd && r.mtd->outcome == MtdOutcome::ok;
+    return py::make_tuple(mtd_dict(r), ok && !output ? bytes_of(out) : py::object(py::none()));
+  }
+
+  static py::dict verify(const Engine& engine, const py::object& src, const std::string& name, const py::object& map,
+                         const std::string& map_name, const std::optional<std::string>& key_file,
+                         const std::optional<std::string>& passphrase_file, const std::optional<std::string>& identity,
+                         const std::vector<std::string>& verify_signers, bool allow_unsigned, const std::string& expect) {
+    KeyHolder keys;
+    auto o = open_options(keys, key_file, passphrase_file, identity, verify_signers, allow_unsigned, expect);
+    PySource in = source_of(src, name), mp = source_of(map, map_name);
+    FileReport r;
+    {
+      py::gil_scoped_release nogil;
+      r = engine.verify(in.source, mp.source, o);
+      wipe(o);
+    }
+    return mtd_dict(r);
+  }
+
+  // The in-memory restore behind modelcdr.load(protected, map=...): (Model | None, result).
+  static py::tuple restore_model(const Engine& engine, const py::object& src, const std::string& name,
+                                 const py::object& map, const std::string& map_name,
+                                 const std::optional<std::string>& key_file, const std::optional<std::string>& passphrase_file,
+                                 const std::optional<std::string>& identity, const std::vector<std::string>& verify_signers,
+                                 bool allow_unsigned) {
+    KeyHolder keys;
+    auto o = open_options(keys, key_file, passphrase_file, identity, verify_signers, allow_unsigned, "auto");
+    o.check_expiry = true;
+    PySource in = source_of(src, name), mp = source_of(map, map_name);
+    std::unique_ptr<PyModel> pm(new PyModel);
+    pm->held = in.held;  // a memory source is borrowed for the model's life
+    FileReport r;
+    {
+      py::gil_scoped_release nogil;
+      r = engine.restore_model(in.source, mp.source, o, pm->loaded);
+      wipe(o);
+    }
+    if (!r.mtd || r.mtd->outcome != MtdOutcome::ok || !pm->loaded) return py::make_tuple(py::object(py::none()), mtd_dict(r));
+    pm->m = &model_of(*pm->loaded);
+    return py::make_tuple(py::cast(pm.release(), py::return_value_policy::take_ownership), mtd_dict(r));
+  }
+};
 
 }  // namespace
 
@@ -630,56 +717,41 @@ PYBIND11_MODULE(_core, m) {
         d["max_container_items"] = l.max_container_items;
         return d;
       })
-      .def("allowed_classes", [](const PyEngine& e) { return e.engine.allowed_classes(); });
+      .def("allowed_classes", [](const PyEngine& e) { return e.engine.allowed_classes(); })
+      .def("protect",
+           [](const PyEngine& e, const py::object& src, const std::string& name, const std::optional<std::string>& output,
+              const std::optional<std::string>& map, const std::vector<std::string>& key_files,
+              const std::vector<std::string>& passphrase_files, const std::vector<std::string>& recipients,
+              const std::optional<std::string>& sign, const std::string& compat, bool encrypt, bool allow_trailing_data) {
+             return MtdCalls::protect(e.engine, src, name, output, map, key_files, passphrase_files, recipients, sign,
+                                      compat, encrypt, allow_trailing_data);
+           },
+           py::arg("src"), py::arg("name"), py::arg("output"), py::arg("map"), py::arg("key_files"),
+           py::arg("passphrase_files"), py::arg("recipients"), py::arg("sign"), py::arg("compat"), py::arg("encrypt"),
+           py::arg("allow_trailing_data"))
+      .def("restore",
+           [](const PyEngine& e, const py::object& src, const std::string& name, const py::object& map,
+              const std::string& map_name, const std::optional<std::string>& output, const std::optional<std::string>& key_file,
+              const std::optional<std::string>& passphrase_file, const std::optional<std::string>& identity,
+              const std::vector<std::string>& verify_signers, bool allow_unsigned) {
+             return MtdCalls::restore(e.engine, src, name, map, map_name, output, key_file, passphrase_file, identity,
+                                      verify_signers, allow_unsigned);
+           })
+      .def("verify",
+           [](const PyEngine& e, const py::object& src, const std::string& name, const py::object& map,
+              const std::string& map_name, const std::optional<std::string>& key_file,
+              const std::optional<std::string>& passphrase_file, const std::optional<std::string>& identity,
+              const std::vector<std::string>& verify_signers, bool allow_unsigned, const std::string& expect) {
+             return MtdCalls::verify(e.engine, src, name, map, map_name, key_file, passphrase_file, identity,
+                                     verify_signers, allow_unsigned, expect);
+           })
+      .def("restore_model",
+           [](const PyEngine& e, const py::object& src, const std::string& name, const py::object& map,
+              const std::string& map_name, const std::optional<std::string>& key_file,
+              const std::optional<std::string>& passphrase_file, const std::optional<std::string>& identity,
+              const std::vector<std::string>& verify_signers, bool allow_unsigned) {
+             return MtdCalls::restore_model(e.engine, src, name, map, map_name, key_file, passphrase_file, identity,
+                                            verify_signers, allow_unsigned);
+           });
 
-  m.def("protect", &protect, py::arg("input"), py::arg("output"), py::arg("map"), py::arg("key_files"),
-        py::arg("passphrase_files"), py::arg("recipients"), py::arg("sign"), py::arg("compat"), py::arg("encrypt"),
-        py::arg("allow_trailing_data"));
-
-  m.def("restore", [](const std::string& input, const std::string& map, const std::string& output,
-                      const std::optional<std::string>& key_file, const std::optional<std::string>& passphrase_file,
-                      const std::optional<std::string>& identity, const std::vector<std::string>& verify_signers,
-                      bool allow_unsigned) {
-    KeyHolder keys;
-    auto o = open_options(keys, key_file, passphrase_file, identity, verify_signers, allow_unsigned, "auto");
-    mtd::MtdResult r;
-    {
-      py::gil_scoped_release nogil;
-      r = mtd::restore(input, map, output, o);
-      wipe(o);
-    }
-    return mtd_dict(r);
-  });
-
-  m.def("verify", [](const std::string& input, const std::string& map, const std::optional<std::string>& key_file,
-                     const std::optional<std::string>& passphrase_file, const std::optional<std::string>& identity,
-                     const std::vector<std::string>& verify_signers, bool allow_unsigned, const std::string& expect) {
-    KeyHolder keys;
-    auto o = open_options(keys, key_file, passphrase_file, identity, verify_signers, allow_unsigned, expect);
-    mtd::MtdResult r;
-    {
-      py::gil_scoped_release nogil;
-      r = mtd::verify(input, map, o);
-      wipe(o);
-    }
-    return mtd_dict(r);
-  });
-
-  // The in-memory restore behind modelcdr.load(protected, map=...): (Model | None, result).
-  m.def("restore_model", [](const std::string& input, const std::string& map, const std::optional<std::string>& key_file,
-                            const std::optional<std::string>& passphrase_file, const std::optional<std::string>& identity,
-                            const std::vector<std::string>& verify_signers, bool allow_unsigned) -> py::tuple {
-    KeyHolder keys;
-    auto o = open_options(keys, key_file, passphrase_file, identity, verify_signers, allow_unsigned, "auto");
-    std::unique_ptr<PyModel> pm(new PyModel);
-    mtd::MtdResult r;
-    {
-      py::gil_scoped_release nogil;
-      r = mtd::restore_model(input, map, o, pm->loaded);
-      wipe(o);
-    }
-    if (r.outcome != mtd::Outcome::ok || !pm->loaded) return py::make_tuple(py::object(py::none()), mtd_dict(r));
-    pm->m = &model_of(*pm->loaded);
-    return py::make_tuple(py::cast(pm.release(), py::return_value_policy::take_ownership), mtd_dict(r));
-  });
 }

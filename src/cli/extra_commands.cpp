@@ -14,9 +14,9 @@ void add_extra_commands(CLI::App& app) {
   add_serve_command(app);
 }
 
-int run_extra_commands(CLI::App& app) {
+int run_extra_commands(CLI::App& app, const modelcdr::Engine& engine) {
   (void)app;
   for (auto& c : extra_commands())
-    if (c.app && c.app->parsed()) return c.run();
+    if (c.app && c.app->parsed()) return c.run(engine);
   return 2;
 }

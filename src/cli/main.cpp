@@ -343,7 +343,8 @@ static int run_cli(int argc, char** argv) {
     int rc = app.exit(e);
     return rc == 0 ? 0 : 2;
   }
-  // scan and disarm go through one Engine; --policy extends its class registry only.
+  // Every command goes through one Engine (protect / restore / verify too); disarm's --policy
+  // extends its class registry only.
   EngineOptions engine_options;
   if (!policy_path.empty()) engine_options.policy_files.push_back(policy_path);
   auto engine = Engine::create(engine_options);
@@ -377,7 +378,7 @@ static int run_cli(int argc, char** argv) {
     batch.copy_code = copy_code;
     return disarm_main(*engine, in, out, report_path, batch, quiet);
   }
-  return run_extra_commands(app);
+  return run_extra_commands(app, *engine);
 }
 
 // Per-file work catches allocation failures itself (scan, disarm); this is the last line for

@@ -13,9 +13,12 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.hpp"
-// Over the public API only: the MTD options and key handles (modelcdr/mtd.hpp), the MTD
-// tools (modelcdr/mtd_tools.hpp), atomic report files (modelcdr/output_file.hpp).
+// Over the public API only: protect / restore / verify through the Engine (modelcdr/engine.hpp,
+// rendered from FileReport::mtd), the MTD options and key handles (modelcdr/mtd.hpp), the MTD
+// tools for copies, trace, keys and maps (modelcdr/mtd_tools.hpp), atomic report files
+// (modelcdr/output_file.hpp).
 #include "modelcdr/api.hpp"
+#include "modelcdr/engine.hpp"
 #include "modelcdr/mtd.hpp"
 #include "modelcdr/mtd_tools.hpp"
 #include "modelcdr/output_file.hpp"
@@ -74,8 +77,18 @@ int load_signer(const MtdArgs& a, const mtd::KeyFile*& signer, std::vector<mtd::
 
 Result<mtd::Secret<mtd::SecretString>> read_passphrase(const std::string& path) { return mtd::read_passphrase_file(path); }
 
-nlohmann::ordered_json report_json(const std::string& command, const MtdArgs& a, const mtd::MtdResult& r) {
+// The MTD part of an Engine report; a report without one (none is expected) reads as an error.
+const MtdReport& mtd_of(const FileReport& f) {
+  static const MtdReport none;
+  return f.mtd ? *f.mtd : none;
+}
+
+nlohmann::ordered_json report_json(const std::string& command, const MtdArgs& a, const FileReport& f) {
   using json = nlohmann::ordered_json;
+  const MtdReport& r = mtd_of(f);
+  // The error is the call's outcome only when it failed (an ok or mismatch report may keep
+  // the parse's own notes in FileReport::error).
+  const std::optional<Error> error = r.outcome == MtdOutcome::error ? f.error : std::nullopt;
   json mism = json::array();
   for (const auto& m : r.mismatches) {
     json x = {{"what", m.what}};
@@ -87,7 +100,7 @@ nlohmann::ordered_json report_json(const std::string& command, const MtdArgs& a,
     x["detail"] = m.detail;
     mism.push_back(x);
   }
-  const char* status = r.outcome == mtd::Outcome::ok ? "ok" : r.outcome == mtd::Outcome::mismatch ? "mismatch" : "error";
+  const char* status = mtd_outcome_name(r.outcome);
   json changed = json::array();
   for (const auto& m : r.mismatches)
     if (m.what == "tensor") changed.push_back(m.name);
@@ -96,12 +109,12 @@ nlohmann::ordered_json report_json(const std::string& command, const MtdArgs& a,
               {"command", command},
               {"input", a.input},
               {"map", a.map},
-              {"output", r.output.empty() ? json(nullptr) : json(r.output)},
+              {"output", f.output.empty() ? json(nullptr) : json(f.output)},
               {"status", status},
               {"code", r.code.empty() ? json(nullptr) : json(r.code)},
               {"state", r.state.empty() ? json(nullptr) : json(r.state)},
               {"signer", r.signer.empty() ? json(nullptr) : json({{"fingerprint", r.signer}, {"trusted", r.signer_trusted}})},
-              {"error", r.error ? json({{"rule", r.error->rule}, {"message", r.error->message}}) : json(nullptr)},
+              {"error", error ? json({{"rule", std::string(rule_id(error->rule))}, {"message", error->message}}) : json(nullptr)},
               {"records", r.storages},
               {"permuted", r.permuted},
               {"swapped", r.swapped},
@@ -120,7 +133,7 @@ void write_report(const std::string& path, const nlohmann::ordered_json& doc) {
 }
 
 // One headline per diagnosis (docs/MTD.md §6), then the details.
-std::string headline(const mtd::MtdResult& r) {
+std::string headline(const MtdReport& r) {
   if (r.code == "wrong-file") return "this map does not belong to this file";
   if (r.code == "wrong-key") return "wrong key: none of the map's key slots opens with it";
   if (r.code == "map-modified") return "the map was modified or damaged";
@@ -140,14 +153,15 @@ std::string headline(const mtd::MtdResult& r) {
   return "tampered: the file does not match the map";
 }
 
-int finish(const std::string& command, const MtdArgs& a, const mtd::MtdResult& r) {
-  write_report(a.report, report_json(command, a, r));
+int finish(const std::string& command, const MtdArgs& a, const FileReport& f) {
+  write_report(a.report, report_json(command, a, f));
+  const MtdReport& r = mtd_of(f);
   const std::string in = printable(a.input);
-  if (r.outcome == mtd::Outcome::error) {
-    std::cerr << "modelcdr: " << command << ": " << in << ": " << printable(r.error->describe()) << "\n";
+  if (r.outcome == MtdOutcome::error) {
+    std::cerr << "modelcdr: " << command << ": " << in << ": " << printable(f.error ? f.error->describe() : "failed") << "\n";
     return 2;
   }
-  if (r.outcome == mtd::Outcome::mismatch) {
+  if (r.outcome == MtdOutcome::mismatch) {
     std::cerr << "modelcdr: " << command << ": " << in << ": " << headline(r) << "\n";
     for (const auto& m : r.mismatches) {
       std::cerr << "modelcdr: integrity: ";
@@ -224,9 +238,9 @@ int fingerprint_main(const MtdArgs& a) {
   return 0;
 }
 
-int protect_copies_main(const MtdArgs& a, const mtd::ProtectOptions& o);
+int protect_copies_main(const Engine& engine, const MtdArgs& a, const mtd::ProtectOptions& o);
 
-int protect_main(const MtdArgs& a) {
+int protect_main(const Engine& engine, const MtdArgs& a) {
   if (!a.recipients_dir.empty()) {
     if (a.input.empty() || a.output.empty()) return usage("protect --recipients-dir: IN and -o OUTDIR are required");
     if (!a.map.empty()) return usage("protect --recipients-dir: the maps go to OUTDIR/NAME.map; --map is not used");
@@ -275,14 +289,15 @@ int protect_main(const MtdArgs& a) {
   }
   if (int rc = load_signer(a, o.seal.signer, keep); rc >= 0) return rc;
   if (!a.recipients_dir.empty()) {
-    int rc = protect_copies_main(a, o);
+    int rc = protect_copies_main(engine, a, o);
     for (auto& p : o.seal.passphrases) sodium_memzero(p.data(), p.size());
     return rc;
   }
-  auto r = mtd::protect(a.input, a.output, a.map, o);
+  Sink out = Sink::file(a.output), map = Sink::file(a.map);
+  FileReport r = engine.protect(Source::file(a.input), out, map, o);
   for (auto& p : o.seal.passphrases) sodium_memzero(p.data(), p.size());
-  if (r.outcome == mtd::Outcome::ok && !a.quiet)
-    for (const auto& f : r.file.removed) std::cerr << "modelcdr: removed " << report::text_line(a.input, f) << "\n";
+  if (mtd_of(r).outcome == MtdOutcome::ok && !a.quiet)
+    for (const auto& f : r.removed) std::cerr << "modelcdr: removed " << report::text_line(a.input, f) << "\n";
   return finish("protect", a, r);
 }
 
@@ -295,7 +310,7 @@ bool safe_name(const std::string& n) {
 // `protect IN --recipients-dir DIR -o OUTDIR`: every DIR/NAME.pub is a customer; each gets
 // OUTDIR/NAME.pt and OUTDIR/NAME.map (sealed to them, plus every --key-file, --passphrase-file
 // and --recipient given: the publisher's own keys). The input is read and disarmed once.
-int protect_copies_main(const MtdArgs& a, const mtd::ProtectOptions& o) {
+int protect_copies_main(const Engine& engine, const MtdArgs& a, const mtd::ProtectOptions& o) {
   namespace fs = std::filesystem;
   std::error_code ec;
   std::vector<fs::path> pubs;
@@ -323,10 +338,10 @@ int protect_copies_main(const MtdArgs& a, const mtd::ProtectOptions& o) {
       if (path_exists(*p)) return usage("protect: " + *p + " already exists: remove it or choose another folder");
     copies.push_back(std::move(c));
   }
-  auto results = mtd::protect_copies(a.input, copies, o);
+  const std::vector<FileReport> results = engine.protect_copies(a.input, copies, o);
   for (size_t i = 0; i < results.size(); ++i) {
     const auto& r = results[i];
-    if (r.outcome != mtd::Outcome::ok) {
+    if (mtd_of(r).outcome != MtdOutcome::ok) {
       const std::string who = i < copies.size() && results.size() > 1 ? " (customer " + copies[i].name + ")" : "";
       std::cerr << "modelcdr: protect: " << printable(a.input) << who << ": " << printable(r.error ? r.error->describe() : "failed")
                 << "\n";
@@ -417,7 +432,7 @@ int open_options(const MtdArgs& a, mtd::RestoreOptions& o, std::vector<mtd::Key>
   return -1;
 }
 
-int restore_main(const MtdArgs& a) {
+int restore_main(const Engine& engine, const MtdArgs& a) {
   if (a.input.empty() || a.output.empty() || a.map.empty()) return usage("restore: IN, --map MAP and -o OUT are required");
   if (path_exists(a.output)) return usage("restore: " + a.output + " already exists: remove it or choose another name");
   mtd::RestoreOptions o;
@@ -425,18 +440,19 @@ int restore_main(const MtdArgs& a) {
   o.check_expiry = true;
   std::vector<mtd::Key> keep;
   if (int rc = open_options(a, o, keep); rc >= 0) return rc;
-  auto r = mtd::restore(a.input, a.map, a.output, o);
+  Sink out = Sink::file(a.output);
+  FileReport r = engine.restore(Source::file(a.input), a.map, out, o);
   if (o.open.passphrase) sodium_memzero(o.open.passphrase->data(), o.open.passphrase->size());
   return finish("restore", a, r);
 }
 
-int verify_main(const MtdArgs& a) {
+int verify_main(const Engine& engine, const MtdArgs& a) {
   if (a.input.empty() || a.map.empty()) return usage("verify: IN and --map MAP are required");
   mtd::RestoreOptions o;
   o.min_version = a.min_version;
   std::vector<mtd::Key> keep;
   if (int rc = open_options(a, o, keep); rc >= 0) return rc;
-  auto r = mtd::verify(a.input, a.map, o);
+  FileReport r = engine.verify(Source::file(a.input), a.map, o);
   if (o.open.passphrase) sodium_memzero(o.open.passphrase->data(), o.open.passphrase->size());
   return finish("verify", a, r);
 }
@@ -618,13 +634,13 @@ void add_mtd_commands(CLI::App& app) {
   kg->add_flag("--symmetric", a.symmetric, "write one random symmetric key file");
   kg->add_flag("--force", a.force, "overwrite existing key files");
   kg->add_flag("--quiet", a.quiet, "no messages");
-  extra_commands().push_back({kg, [] { return keygen_main(a); }});
+  extra_commands().push_back({kg, [](const Engine&) { return keygen_main(a); }});
 
   auto* key = app.add_subcommand("key", "key file tools");
   key->require_subcommand(1);
   auto* fp = key->add_subcommand("fingerprint", "print the signer fingerprint of a key file (for --trust files)");
   fp->add_option("file", a.input, "NAME.pub or NAME.key");
-  extra_commands().push_back({fp, [] { return fingerprint_main(a); }});
+  extra_commands().push_back({fp, [](const Engine&) { return fingerprint_main(a); }});
 
   fp->add_flag("--recipient", a.recipient_fp, "print the recipient (x25519) fingerprint that `map info` lists");
 
@@ -633,7 +649,7 @@ void add_mtd_commands(CLI::App& app) {
   auto* mi = mp->add_subcommand("info", "print a map's clear header: format, model, copy, signer, recipients (no key needed)");
   mi->add_option("map", a.map, "sealed map");
   mi->add_flag("--json", a.json_out, "print JSON (modelcdr.map-info/1)");
-  extra_commands().push_back({mi, [] { return map_info_main(a); }});
+  extra_commands().push_back({mi, [](const Engine&) { return map_info_main(a); }});
   for (bool add : {true, false}) {
     auto* c = mp->add_subcommand(add ? "add-recipient" : "remove-recipient",
                                  add ? "seal a map to more recipients (re-wraps the content key, re-signs)"
@@ -643,14 +659,14 @@ void add_mtd_commands(CLI::App& app) {
     c->add_option("-o,--output", a.output, "write the new map here instead of replacing MAP");
     c->add_option("--sign", a.sign, "re-sign with this secret key file (required when the map is signed)");
     add_key_args(c, a, true);
-    extra_commands().push_back({c, [add] { return map_change_main(a, add); }});
+    extra_commands().push_back({c, [add](const Engine&) { return map_change_main(a, add); }});
   }
 
   auto* tr = app.add_subcommand("trace", "name the customer whose protected copy a leaked file (or some of its tensors) is");
   tr->add_option("file", a.input, "leaked file");
   tr->add_option("--maps", a.maps_dir, "folder of the customers' maps (*.map)");
   add_key_args(tr, a, true);
-  extra_commands().push_back({tr, [] { return trace_main(a); }});
+  extra_commands().push_back({tr, [](const Engine&) { return trace_main(a); }});
 
   auto* pr = app.add_subcommand("protect", "disarm, then apply keyed MTD transforms; write the sealed map");
   pr->add_option("input", a.input, "model file");
@@ -665,7 +681,7 @@ void add_mtd_commands(CLI::App& app) {
   pr->add_option("--expires", a.expires, "restore refuses the map from then on: YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ or @UNIX (UTC)");
   pr->add_flag("--allow-trailing-data", a.allow_trailing, "drop bytes after the pickle's STOP instead of rejecting");
   add_key_args(pr, a, false);
-  extra_commands().push_back({pr, [] { return protect_main(a); }});
+  extra_commands().push_back({pr, [](const Engine& e) { return protect_main(e, a); }});
 
   auto* rs = app.add_subcommand("restore", "verify a protected model against its map, undo the transforms, verify again");
   rs->add_option("input", a.input, "protected model");
@@ -673,7 +689,7 @@ void add_mtd_commands(CLI::App& app) {
   rs->add_option("-o,--output", a.output, "restored model (bit-identical to the disarmed original)");
   rs->add_option("--min-version", a.min_version, "refuse a map whose signed publisher version is older (rollback)");
   add_key_args(rs, a, true);
-  extra_commands().push_back({rs, [] { return restore_main(a); }});
+  extra_commands().push_back({rs, [](const Engine& e) { return restore_main(e, a); }});
 
   auto* vf = app.add_subcommand("verify", "check a protected or restored model against its map");
   vf->add_option("input", a.input, "model file");
@@ -681,5 +697,5 @@ void add_mtd_commands(CLI::App& app) {
   vf->add_option("--expect", a.expect, "auto (default), protected or restored");
   vf->add_option("--min-version", a.min_version, "refuse a map whose signed publisher version is older (rollback)");
   add_key_args(vf, a, true);
-  extra_commands().push_back({vf, [] { return verify_main(a); }});
+  extra_commands().push_back({vf, [](const Engine& e) { return verify_main(e, a); }});
 }

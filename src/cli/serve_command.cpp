@@ -24,7 +24,7 @@ void add_serve_command(CLI::App& app) {
                   "serve .bin weights as this format under converted names (safetensors: pytorch_model.bin is "
                   "served as model.safetensors, its index rewritten)")
       ->check(CLI::IsMember({"safetensors"}));
-  extra_commands().push_back({cmd, [] {
+  extra_commands().push_back({cmd, [](const modelcdr::Engine&) {
                                 auto colon = listen.rfind(':');
                                 if (colon == std::string::npos) {
                                   std::fprintf(stderr, "modelcdr serve: --listen needs HOST:PORT\n");

@@ -49,6 +49,15 @@ Sink Sink::memory(std::string name) {
   return s;
 }
 
+const char* mtd_outcome_name(MtdOutcome o) {
+  switch (o) {
+    case MtdOutcome::ok: return "ok";
+    case MtdOutcome::mismatch: return "mismatch";
+    case MtdOutcome::error: return "error";
+  }
+  return "error";
+}
+
 namespace engine {
 const RunContext& process_context() {
   static const RunContext ctx{&cdr::ClassRegistry::active(), EngineLimits{}};
@@ -90,10 +99,12 @@ FileReport refused(const Source& source, const std::string& why) {
   return r;
 }
 
-// One report type for every call: the MTD outcome goes into FileReport::mtd.
+// One report type for every call: the MTD outcome, with its structured mismatches, goes into
+// FileReport::mtd (the CLI renders its text and JSON reports from it).
 FileReport to_report(mtd::MtdResult m, const std::string& map_path, bool verifying) {
   FileReport r = std::move(m.file);
   MtdReport x;
+  x.outcome = m.outcome;
   x.code = m.code;
   x.state = m.state;
   x.map = map_path;
@@ -102,8 +113,7 @@ FileReport to_report(mtd::MtdResult m, const std::string& map_path, bool verifyi
   x.storages = m.storages;
   x.permuted = m.permuted;
   x.swapped = m.swapped;
-  for (const auto& d : m.mismatches)
-    x.mismatches.push_back(d.what + (d.name.empty() ? "" : " " + d.name) + (d.detail.empty() ? "" : ": " + d.detail));
+  x.mismatches = std::move(m.mismatches);
   r.mtd = std::move(x);
   r.output = m.output;
   switch (m.outcome) {
@@ -123,7 +133,9 @@ FileReport to_report(mtd::MtdResult m, const std::string& map_path, bool verifyi
 FileReport refused_replace(const Source& source, std::initializer_list<Sink*> sinks) {
   for (Sink* s : sinks)
     if (s->is_memory()) SinkAccess::clear(*s);
-  return refused(source, "protect/restore never replace an existing file: use a sink without replace");
+  FileReport r = refused(source, "protect/restore never replace an existing file: use a sink without replace");
+  r.mtd = MtdReport{};  // outcome error: every MTD call's report has its MTD part
+  return r;
 }
 
 bool any_replace(std::initializer_list<const Sink*> sinks) {
@@ -147,6 +159,17 @@ FileReport Engine::protect(const Source& source, Sink& sink, const std::string& 
   return protect(source, sink, map, options);
 }
 
+std::vector<FileReport> Engine::protect_copies(const std::string& input, const std::vector<mtd::ProtectCopy>& copies,
+                                               const mtd::ProtectOptions& options) const {
+  mtd::ProtectOptions o = options;
+  o.context = &state_->context;
+  auto results = mtd::protect_copies(input, copies, o);
+  std::vector<FileReport> out;
+  for (size_t i = 0; i < results.size(); ++i)
+    out.push_back(to_report(std::move(results[i]), i < copies.size() ? copies[i].map : std::string(), false));
+  return out;
+}
+
 FileReport Engine::restore(const Source& source, const Source& map, Sink& sink, const mtd::RestoreOptions& options) const {
   if (any_replace({&sink})) return refused_replace(source, {&sink});
   mtd::RestoreOptions o = options;
@@ -163,6 +186,15 @@ FileReport Engine::verify(const Source& source, const Source& map, const mtd::Re
   mtd::RestoreOptions o = options;
   o.context = &state_->context;
   return to_report(mtd::verify(source, map, o), map.name(), true);
+}
+
+FileReport Engine::restore_model(const Source& source, const Source& map, const mtd::RestoreOptions& options,
+                                 LoadedModelPtr& restored) const {
+  mtd::RestoreOptions o = options;
+  o.context = &state_->context;
+  FileReport r = to_report(mtd::restore_model(source, map, o, restored), map.name(), false);
+  if (r.mtd->outcome != MtdOutcome::ok) restored.reset();  // a model only when it matched its map
+  return r;
 }
 
 FileReport Engine::verify(const Source& source, const std::string& map_path, const mtd::RestoreOptions& options) const {

@@ -228,8 +228,10 @@ def test_diagnosis_arguments_swapped(tmp_path, two_protected, keys):
     p0, m0 = two_protected[0]
     rc, se, rep = run_restore(tmp_path, m0, p0, keys["sym"])  # map as model, model as map
     assert rc == 2 and rep["code"] == "input-is-map" and "is a map, not a model" in se, se
+    assert rep["status"] == "error" and rep["error"]["rule"] == "mtd.input-is-map", rep  # the rule's id
     rc, se, rep = run_restore(tmp_path, p0, p0, keys["sym"])  # a model as the map
     assert rc == 2 and rep["code"] == "map-is-model" and "is a model, not a map" in se, se
+    assert rep["error"]["rule"] == "map.not-a-map", rep
 
 
 def test_diagnosis_wrong_key(tmp_path, two_protected, keys):

@@ -53,7 +53,7 @@ std::string describe(const FileReport& r) {
   if (r.error) s += ": " + r.error->describe();
   if (r.mtd) {
     s += " [" + r.mtd->code + "]";
-    for (const auto& m : r.mtd->mismatches) s += "\n  " + m;
+    for (const auto& m : r.mtd->mismatches) s += "\n  " + m.what + " " + m.name + ": " + m.detail;
   }
   return s;
 }
@@ -160,6 +160,17 @@ TEST_F(MtdMemory, TamperedMemoryInputIsNotRestored) {
   ASSERT_TRUE(v.mtd.has_value());
   EXPECT_FALSE(v.mtd->mismatches.empty());
   EXPECT_NE(v.mtd->code, "ok");
+  EXPECT_EQ(v.mtd->outcome, MtdOutcome::mismatch);
+  // The structured diagnosis (what the CLI's --report lists): the tensor, its record and the
+  // two digests of that record.
+  const auto tensor = std::find_if(v.mtd->mismatches.begin(), v.mtd->mismatches.end(),
+                                   [](const MtdMismatch& m) { return m.what == "tensor"; });
+  ASSERT_NE(tensor, v.mtd->mismatches.end()) << describe(v);
+  EXPECT_FALSE(tensor->name.empty());
+  EXPECT_GE(tensor->key, 0);
+  EXPECT_EQ(tensor->against, "protected");
+  EXPECT_FALSE(tensor->expected.empty());
+  EXPECT_NE(tensor->expected, tensor->actual);
   Sink out = Sink::memory();
   auto r = engine_->restore(Source::memory(prot), Source::memory(map), out, ro_);
   EXPECT_NE(r.status, FileStatus::clean) << describe(r);
@@ -182,7 +193,9 @@ TEST_F(MtdMemory, LayoutOfMemoryInputIsChecked) {
   EXPECT_EQ(v.status, FileStatus::findings) << describe(v);
   ASSERT_TRUE(v.mtd.has_value());
   ASSERT_EQ(v.mtd->mismatches.size(), 1u) << describe(v);
-  EXPECT_EQ(v.mtd->mismatches[0].rfind("layout", 0), 0u) << describe(v);
+  EXPECT_EQ(v.mtd->outcome, MtdOutcome::mismatch);
+  EXPECT_EQ(v.mtd->mismatches[0].what, "layout") << describe(v);
+  EXPECT_EQ(v.mtd->code, "tampered");
   Sink out = Sink::memory();
   auto r = engine_->restore(Source::memory(prot), Source::memory(map), out, ro_);
   EXPECT_NE(r.status, FileStatus::clean) << describe(r);
@@ -237,6 +250,56 @@ TEST_F(MtdMemory, NoMapWithoutItsModel) {
   auto x = engine_->protect(Source::memory(model_), replacing, rmap, po_);
   EXPECT_EQ(x.error.value_or(Error{}).rule, Rule::engine_unsupported);
   EXPECT_EQ(read_file(dir / "exists.pt"), (std::vector<uint8_t>{1, 2, 3}));
+}
+
+// protect / restore / verify use the Engine's limits, not the process-wide defaults: an
+// Engine whose input limit is below the model's size refuses it in each of them.
+TEST_F(MtdMemory, EngineLimitsApplyToMtd) {
+  std::vector<uint8_t> prot, map;
+  protect_in_memory(prot, map);
+  EngineOptions small;
+  small.limits.max_input_bytes = 4096;  // the model is about 61 KB
+  auto strict = Engine::create(small);
+  ASSERT_TRUE(strict.ok());
+  Sink out = Sink::memory(), m = Sink::memory();
+  auto p = strict->protect(Source::memory(model_), out, m, po_);
+  EXPECT_EQ(p.status, FileStatus::rejected) << describe(p);
+  EXPECT_EQ(p.error.value_or(Error{}).rule, Rule::limits_input_size) << describe(p);
+  ASSERT_TRUE(p.mtd.has_value());
+  EXPECT_EQ(p.mtd->outcome, MtdOutcome::error);
+  EXPECT_TRUE(out.bytes().empty());
+  EXPECT_TRUE(m.bytes().empty());
+  auto v = strict->verify(Source::memory(prot), Source::memory(map), ro_);
+  EXPECT_NE(v.status, FileStatus::clean) << describe(v);
+  Sink r = Sink::memory();
+  auto rs = strict->restore(Source::memory(prot), Source::memory(map), r, ro_);
+  EXPECT_NE(rs.status, FileStatus::clean) << describe(rs);
+  EXPECT_TRUE(r.bytes().empty());
+  // The same calls on an Engine with the default limits succeed.
+  EXPECT_EQ(engine_->verify(Source::memory(prot), Source::memory(map), ro_).status, FileStatus::clean);
+  // One copy per customer (protect --recipients-dir) too: the input is refused once, nothing written.
+  TempDir dir;
+  write_file(dir / "m.pt", model_);
+  std::vector<mtd::ProtectCopy> copies(2);
+  for (size_t i = 0; i < copies.size(); ++i) {
+    copies[i].name = "c" + std::to_string(i);
+    copies[i].output = dir / (copies[i].name + ".pt");
+    copies[i].map = dir / (copies[i].name + ".map");
+    copies[i].seal = po_.seal;
+  }
+  auto refused = strict->protect_copies(dir / "m.pt", copies, po_);
+  ASSERT_EQ(refused.size(), 1u);
+  EXPECT_EQ(refused[0].error.value_or(Error{}).rule, Rule::limits_input_size) << describe(refused[0]);
+  EXPECT_EQ(dir.entries(), 1u);
+  auto made = engine_->protect_copies(dir / "m.pt", copies, po_);
+  ASSERT_EQ(made.size(), 2u);
+  for (const auto& r : made) {
+    EXPECT_EQ(r.status, FileStatus::clean) << describe(r);
+    ASSERT_TRUE(r.mtd.has_value());
+    EXPECT_EQ(r.mtd->outcome, MtdOutcome::ok);
+  }
+  EXPECT_EQ(made[1].mtd->map, copies[1].map);
+  EXPECT_EQ(dir.entries(), 5u);
 }
 
 // A memory sink used before holds nothing of that earlier call after a failed one.

@@ -30,8 +30,14 @@ int main(int argc, char** argv) {
       int rc = app.exit(e);
       return rc == 0 ? 0 : 2;  // usage errors exit 2, as in modelcdr (docs/CLI.md)
     }
+    // Commands take the CLI's Engine (extra_commands.cpp); serve's ignores it (serve::run).
+    auto engine = modelcdr::Engine::create(modelcdr::EngineOptions{});
+    if (!engine.ok()) {
+      std::fprintf(stderr, "modelcdr serve: %s\n", engine.error().message.c_str());
+      return 2;
+    }
     for (auto& c : extra_commands())
-      if (c.app && c.app->parsed()) return c.run();
+      if (c.app && c.app->parsed()) return c.run(*engine);
     return 2;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "modelcdr: out of memory [resource.out-of-memory]\n");
