@@ -7,7 +7,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
   build-essential cmake ninja-build pkg-config python3-dev \
-  libdeflate-dev libsodium-dev libssl-dev liblz4-dev liblzma-dev libbz2-dev zlib1g-dev nlohmann-json3-dev libcli11-dev libgtest-dev \
+  libdeflate-dev libsodium-dev libssl-dev liblz4-dev liblzma-dev libbz2-dev zlib1g-dev nlohmann-json3-dev rapidjson-dev libcli11-dev libgtest-dev \
   clang-14 libclang-rt-14-dev libfuzzer-14-dev \
   python3-torch python3-torchvision python3-numpy python3-pytest python3-sklearn python3-joblib \
   xfsprogs e2fsprogs \

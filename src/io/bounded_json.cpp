@@ -1,9 +1,11 @@
 #include "io/bounded_json.hpp"
 
 #include <algorithm>
-#include <optional>
+#include <string>
 #include <string_view>
 #include <nlohmann/json.hpp>
+#include <rapidjson/memorystream.h>
+#include <rapidjson/reader.h>
 #include <unordered_set>
 
 namespace modelcdr::io {
@@ -116,160 +118,83 @@ void finish(JsonShape& shape) {
   if (dup != keys.end()) shape.duplicate_key = std::string(*dup);
 }
 
-// A strict checker for the plain documents a model folder is full of (configs, indexes, a
-// corpus manifest): ASCII, no \u escapes, no escapes in keys, no exponents. It answers only
-// "valid, within the limits, no duplicate key below the root" and leaves every other document
-// (and every doubt) to nlohmann's parser, so its answers are a subset of nlohmann's: it
-// accepts a strict subset of the JSON grammar, counts elements and depth as Inspector does,
-// and compares keys byte for byte (unescaped ASCII keys are their decoded text). nlohmann's
-// lexer costs ~75 instructions a byte (10 M for a 135 KB manifest.json); this about a tenth.
-class PlainJson {
+// The fast first pass: RapidJSON's SAX reader (iterative, so no recursion on deep input;
+// UTF-8 validated), with the same element, depth and duplicate-key counting as Inspector.
+// nlohmann's lexer costs ~75 instructions a byte (10 M for a 135 KB manifest.json); RapidJSON
+// about a tenth. It answers only "valid, within the limits, no duplicate key below the root":
+// any parse error, limit or duplicate (and so any document the two parsers might judge
+// differently, e.g. a number out of range or a byte-order mark) goes to nlohmann's pass, whose
+// answer and diagnosis stand. tests/io/bounds_io_test.cpp checks that the two agree.
+class FastInspector : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, FastInspector> {
  public:
-  PlainJson(std::string_view t, const JsonLimits& l) : p_(t.data()), end_(t.data() + t.size()), lim_(l) {}
+  explicit FastInspector(const JsonLimits& l) : lim_(l) {}
 
-  // True when the document is valid and within the limits; root_keys() then holds the root
-  // object's keys in document order.
-  bool check() {
-    ws();
-    if (!value()) return false;
-    while (!stack_.empty()) {
-      ws();
-      if (p_ == end_) return false;
-      Frame& f = stack_.back();
-      const char closer = f.object ? '}' : ']';
-      if (*p_ == closer) {
-        close();
-        continue;
-      }
-      if (!f.first) {
-        if (*p_ != ',') return false;
-        ++p_;
-        ws();
-      }
-      f.first = false;
-      if (f.object && !member_key(stack_.size() == 1 ? nullptr : &stack_.back())) return false;
-      if (!value()) return false;
+  bool Default() { return element(); }  // null, bools and numbers
+  bool String(const char*, rapidjson::SizeType, bool) { return element(); }
+  bool StartObject() { return open(true); }
+  bool EndObject(rapidjson::SizeType) { return close(); }
+  bool StartArray() { return open(false); }
+  bool EndArray(rapidjson::SizeType) { return close(); }
+  bool Key(const char* s, rapidjson::SizeType n, bool) {
+    if (!element()) return false;
+    std::string k(s, n);
+    if (open_objects_ == 1 && depth_ == 1) {
+      root_keys_.push_back(std::move(k));  // duplicates among these: found by sorting (finish)
+      return true;
     }
-    ws();
-    return p_ == end_;
+    return objects_[open_objects_ - 1].insert(k);
   }
-  const std::vector<std::string_view>& root_keys() const { return root_keys_; }
+  std::vector<std::string>& root_keys() { return root_keys_; }
 
  private:
-  struct Frame {
-    bool object = false;
-    bool first = true;
-    std::vector<std::string_view> keys;  // few: searched linearly
-    std::unordered_set<std::string_view> many;
-  };
-
-  void ws() {
-    while (p_ != end_ && (*p_ == ' ' || *p_ == '\n' || *p_ == '\r' || *p_ == '\t')) ++p_;
-  }
   bool element() { return ++elements_ <= lim_.max_elements; }
-
-  bool value() {
-    if (p_ == end_ || !element()) return false;
-    switch (*p_) {
-      case '{':
-      case '[':
-        if (++depth_ > lim_.max_depth) return false;
-        stack_.emplace_back().object = *p_ == '{';
-        ++p_;
-        return true;
-      case '"': return string(false).has_value();
-      case 't': return literal("true");
-      case 'f': return literal("false");
-      case 'n': return literal("null");
-      default: return number();
-    }
+  bool open(bool object) {
+    if (!element() || ++depth_ > lim_.max_depth) return false;
+    if (object && ++open_objects_ > objects_.size()) objects_.emplace_back();
+    is_object_.push_back(object);
+    return true;
   }
-  void close() {
+  bool close() {
     --depth_;
-    stack_.pop_back();
-    ++p_;
-  }
-  // `frame`: the object's frame for the duplicate check; nullptr for the root object, whose
-  // keys the caller sorts afterwards (as for nlohmann's pass, finish()).
-  bool member_key(Frame* frame) {
-    if (p_ == end_ || *p_ != '"' || !element()) return false;
-    auto k = string(true);
-    if (!k) return false;
-    if (!frame) {
-      root_keys_.push_back(*k);
-    } else if (frame->many.empty() && frame->keys.size() < 16) {
-      for (auto x : frame->keys)
-        if (x == *k) return false;  // a duplicate: nlohmann's pass names it
-      frame->keys.push_back(*k);
-    } else {
-      if (frame->many.empty()) frame->many.insert(frame->keys.begin(), frame->keys.end());
-      if (!frame->many.insert(*k).second) return false;
-    }
-    ws();
-    if (p_ == end_ || *p_ != ':') return false;
-    ++p_;
-    ws();
+    if (is_object_.back()) objects_[--open_objects_].clear();
+    is_object_.pop_back();
     return true;
-  }
-  // A string of printable ASCII; in values also the escapes that stand for one ASCII byte.
-  std::optional<std::string_view> string(bool key) {
-    const char* start = ++p_;
-    for (; p_ != end_; ++p_) {
-      const unsigned char c = static_cast<unsigned char>(*p_);
-      if (c == '"') return std::string_view(start, static_cast<size_t>(p_++ - start));
-      if (c < 0x20 || c >= 0x80) return std::nullopt;
-      if (c == '\\') {
-        if (key || ++p_ == end_) return std::nullopt;
-        const char e = *p_;
-        if (e != '"' && e != '\\' && e != '/' && e != 'b' && e != 'f' && e != 'n' && e != 'r' && e != 't') return std::nullopt;
-      }
-    }
-    return std::nullopt;
-  }
-  bool literal(std::string_view word) {
-    if (static_cast<size_t>(end_ - p_) < word.size() || std::string_view(p_, word.size()) != word) return false;
-    p_ += word.size();
-    return true;
-  }
-  static bool digit(char c) { return c >= '0' && c <= '9'; }
-  // -?(0|[1-9][0-9]*)(.[0-9]+)? and at most 300 characters: always finite as a double, so
-  // nlohmann accepts it (an exponent or a longer number could overflow: its parser decides).
-  bool number() {
-    const char* start = p_;
-    if (*p_ == '-') ++p_;
-    if (p_ == end_) return false;
-    if (*p_ == '0') {
-      ++p_;
-    } else if (*p_ >= '1' && *p_ <= '9') {
-      while (p_ != end_ && digit(*p_)) ++p_;
-    } else {
-      return false;
-    }
-    if (p_ != end_ && *p_ == '.') {
-      ++p_;
-      if (p_ == end_ || !digit(*p_)) return false;
-      while (p_ != end_ && digit(*p_)) ++p_;
-    }
-    if (p_ != end_ && (*p_ == 'e' || *p_ == 'E')) return false;
-    return p_ - start <= 300;
   }
 
-  const char* p_;
-  const char* end_;
   const JsonLimits& lim_;
   uint64_t elements_ = 0;
   uint32_t depth_ = 0;
-  std::vector<Frame> stack_;
-  std::vector<std::string_view> root_keys_;
+  std::vector<KeySet> objects_;
+  size_t open_objects_ = 0;
+  std::vector<bool> is_object_;
+  std::vector<std::string> root_keys_;
 };
+
+// True (and the root keys in `shape`) when RapidJSON accepts the whole document within the
+// limits; false leaves the answer to nlohmann's pass.
+bool fast_inspect(std::string_view text, const JsonLimits& limits, JsonShape& shape) {
+  // Both parsers read a raw NUL byte as the end of input; a text with one is left to nlohmann,
+  // so that reading is its alone.
+  if (text.find('\0') != std::string_view::npos) return false;
+  FastInspector handler(limits);
+  rapidjson::MemoryStream ms(text.data(), text.size());
+  rapidjson::Reader reader;
+  // UTF-8 validation is a third of RapidJSON's time; a text of ASCII bytes needs none.
+  const bool ascii = std::all_of(text.begin(), text.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; });
+  constexpr unsigned kFlags = rapidjson::kParseIterativeFlag;
+  const bool parsed = ascii ? !reader.Parse<kFlags>(ms, handler).IsError()
+                            : !reader.Parse<kFlags | rapidjson::kParseValidateEncodingFlag>(ms, handler).IsError();
+  if (!parsed) return false;
+  shape.valid = true;
+  shape.root_keys = std::move(handler.root_keys());
+  return true;
+}
 
 }  // namespace
 
 JsonShape inspect_json(std::string_view text, const JsonLimits& limits) {
   JsonShape shape;
-  if (PlainJson plain(text, limits); plain.check()) {
-    shape.valid = true;
-    shape.root_keys.assign(plain.root_keys().begin(), plain.root_keys().end());
+  if (fast_inspect(text, limits, shape)) {
     finish(shape);
     return shape;
   }

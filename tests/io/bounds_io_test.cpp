@@ -134,7 +134,7 @@ TEST(BoundedJson, ManyKeysAreLinear) {
   EXPECT_LT(secs, 5.0);
 }
 
-// inspect_json answers plain documents with its own checker and leaves the rest to nlohmann;
+// inspect_json answers with RapidJSON first and leaves every doubt to nlohmann;
 // parse_json always runs nlohmann's parser. Both must give the same shape for any text.
 void expect_same_shape(const std::string& text, const JsonLimits& limits) {
   JsonShape fast = inspect_json(text, limits);
@@ -148,7 +148,7 @@ void expect_same_shape(const std::string& text, const JsonLimits& limits) {
   EXPECT_EQ(fast.root_keys, full.root_keys);
 }
 
-TEST(BoundedJson, PlainCheckerAgreesWithNlohmann) {
+TEST(BoundedJson, FastPassAgreesWithNlohmann) {
   const JsonLimits limits{8, 64};
   const std::vector<std::string> cases = {
       "", " ", "{}", "[]", "{} ", " \t\r\n[1] \n", "{", "}", "[", "[1,]", "[,1]", "{\"a\":1,}", "{\"a\"}", "{\"a\" 1}",
@@ -173,9 +173,9 @@ TEST(BoundedJson, PlainCheckerAgreesWithNlohmann) {
   expect_same_shape(many + "}}", JsonLimits{8, 80});  // past the element limit
 }
 
-TEST(BoundedJson, PlainCheckerAgreesWithNlohmannOnMutations) {
+TEST(BoundedJson, FastPassAgreesWithNlohmannOnMutations) {
   // Every position of a plain document replaced by each of a set of bytes that matter to the
-  // grammar, and deleted, and doubled: the two checkers must agree on every variant.
+  // grammar, and deleted, and doubled: the two passes must agree on every variant.
   const std::string seed =
       "{\"files\": [{\"path\": \"a/b.pkl\", \"label\": \"benign\", \"size\": 1024, \"ratio\": -0.5}, "
       "{\"path\": \"c\\\\d\\n\", \"tags\": [true, false, null], \"n\": 0}], \"k\": {\"x\": 1, \"y\": [[], {}]}}";
