@@ -131,3 +131,28 @@ TEST(MtdFormat4, TraceMixesFormat4And5Maps) {
   ASSERT_EQ(r4.outcome, mtd::Outcome::ok) << r4.code;
   EXPECT_EQ(slurp(t / "r5.pt"), slurp(t / "r4.pt"));
 }
+
+// The hash follows from the (authenticated) format version, and the payload must name the same:
+// a format 4 payload (sha-256-tree digests) sealed again as a format 5 map is refused, not read
+// with either hash.
+TEST(MtdFormat4, APayloadWhoseHashIsNotItsFormatsIsRefused) {
+  ASSERT_GE(sodium_init(), 0);
+  TempDir t;
+  const auto o = with_fixture_key();
+  auto opened = mtd::open_map(slurp(kData + "/protected.map"), o.open);
+  ASSERT_TRUE(opened.ok());
+  EXPECT_EQ(opened->format, 4);
+  ASSERT_NE(opened->payload.find("\"sha-256-tree\""), std::string::npos);
+  mtd::SealOptions so;
+  so.symmetric_keys = {*o.open.symmetric_key};
+  auto resealed = mtd::seal_map(opened->payload, so);
+  ASSERT_TRUE(resealed.ok());
+  std::ofstream(t / "v5.map", std::ios::binary) << *resealed;
+  ASSERT_EQ(format_of(t / "v5.map"), 5);
+  auto v = mtd::verify(kData + "/protected.pt", t / "v5.map", o);
+  EXPECT_EQ(v.outcome, mtd::Outcome::mismatch);
+  EXPECT_EQ(v.code, "bad-map");
+  auto r = mtd::restore(kData + "/protected.pt", t / "v5.map", t / "out.pt", o);
+  EXPECT_NE(r.outcome, mtd::Outcome::ok);
+  EXPECT_FALSE(fs::exists(t / "out.pt"));
+}
