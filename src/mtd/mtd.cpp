@@ -136,9 +136,9 @@ std::vector<RecordSum> sum_all(const std::vector<Record>& records, HashScheme sc
 // Where each record's payload sits in a file: offset and size, by record key.
 using Ranges = std::vector<std::pair<uint64_t, uint64_t>>;
 
-// The hash (the map's: BLAKE3 or SHA-256) of a file's layout: its size, the record ranges, and every byte outside the records
-// (zip headers, data.pkl, the small members, the central directory), read by `read(off, len,
-// buf)`. A re-zipped file or one with an extra or renamed member has another layout even where
+// The hash (the map's: BLAKE3 or SHA-256) of a file's layout: its size, the record ranges, and
+// every byte outside the records (zip headers, data.pkl, the small members, the central
+// directory), read by `read(off, len, buf)`. A re-zipped file or one with an extra or renamed member has another layout even where
 // every record and the canonical data.pkl still match. Empty when the ranges are not disjoint.
 std::optional<Digest> layout_digest(HashScheme scheme, uint64_t file_size, const Ranges& ranges,
                                     const std::function<bool(uint64_t, size_t, uint8_t*)>& read) {
