@@ -13,3 +13,10 @@ $SUDO apt-get install -y -qq --no-install-recommends \
   xfsprogs e2fsprogs \
   libcpp-httplib-dev nginx-light wrk chromium \
   >/dev/null
+# BLAKE3 (MTD map format 5): the packaged library where the release has one (Debian 13), else the
+# official C sources inside the Rust crate's package, which CMake compiles (CMakeLists.txt).
+if apt-cache show libblake3-dev >/dev/null 2>&1; then
+  $SUDO apt-get install -y -qq --no-install-recommends libblake3-dev >/dev/null
+else
+  $SUDO apt-get install -y -qq --no-install-recommends librust-blake3-dev >/dev/null
+fi

@@ -2,10 +2,13 @@
 
 #include <openssl/evp.h>
 
+#include "blake3.h"
+
 #include "mtd/permute.hpp"
 
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 
 namespace modelcdr::mtd {
 
@@ -47,9 +50,46 @@ Digest sha256(std::span<const uint8_t> bytes) {
   return h.finish();
 }
 
-TreeDigest::TreeDigest(uint64_t nbytes, size_t leaf)
+namespace {
+static_assert(sizeof(blake3_hasher) <= 1920 && alignof(blake3_hasher) <= 16, "Blake3::state_ too small");
+blake3_hasher* b3_of(unsigned char* p) { return reinterpret_cast<blake3_hasher*>(p); }
+}  // namespace
+
+Blake3::Blake3() { blake3_hasher_init(b3_of(state_)); }
+
+void Blake3::update(std::span<const uint8_t> bytes) {
+  if (!bytes.empty()) blake3_hasher_update(b3_of(state_), bytes.data(), bytes.size());
+}
+
+Digest Blake3::finish() {
+  Digest d{};
+  blake3_hasher_finalize(b3_of(state_), d.data(), d.size());
+  blake3_hasher_reset(b3_of(state_));
+  return d;
+}
+
+Digest blake3(std::span<const uint8_t> bytes) {
+  Blake3 h;
+  h.update(bytes);
+  return h.finish();
+}
+
+const char* tree_hash_name(HashScheme s) { return s == HashScheme::sha256 ? "sha-256-tree" : "blake3-tree"; }
+
+Hasher::Hasher(HashScheme s) {
+  if (s == HashScheme::sha256) sha_.emplace();
+  else b3_.emplace();
+}
+
+Digest hash_of(HashScheme s, std::span<const uint8_t> bytes) {
+  Hasher h(s);
+  h.update(bytes);
+  return h.finish();
+}
+
+TreeDigest::TreeDigest(uint64_t nbytes, size_t leaf, HashScheme scheme)
     : nbytes_(nbytes), leaf_(leaf), leaves_(static_cast<size_t>((nbytes + leaf - 1) / leaf)),
-      have_(leaves_.size(), false), missing_(leaves_.size()) {}
+      have_(leaves_.size(), false), missing_(leaves_.size()), h_(scheme) {}
 
 void TreeDigest::add(uint64_t offset, std::span<const uint8_t> bytes) {
   if (offset % leaf_ != 0 || offset + bytes.size() > nbytes_) std::abort();  // caller bug
@@ -72,9 +112,10 @@ void TreeDigest::put(size_t i, const Digest& leaf_digest) {
 
 Digest TreeDigest::finish() const {
   if (missing_ != 0) std::abort();  // caller bug: a leaf was never hashed
-  Sha256 root;
-  static const char kLabel[] = "modelcdr-mtd sha-256-tree";
-  root.update(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(kLabel), sizeof kLabel));  // with its 0
+  Hasher root(h_.scheme());
+  // "modelcdr-mtd sha-256-tree" or "modelcdr-mtd blake3-tree", with its 0.
+  const std::string label = std::string("modelcdr-mtd ") + tree_hash_name(h_.scheme());
+  root.update(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(label.c_str()), label.size() + 1));
   uint8_t b[16];
   for (int i = 0; i < 8; ++i) b[i] = uint8_t(nbytes_ >> (8 * i)), b[8 + i] = uint8_t(uint64_t(leaf_) >> (8 * i));
   root.update(std::span<const uint8_t>(b, 16));

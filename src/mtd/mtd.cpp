@@ -44,8 +44,10 @@ using model::ValueId;
 using model::ValueKind;
 
 constexpr const char* kMapSchema = "modelcdr.mtd-map/3";
-// Record digests: TreeDigest (mtd/digest.hpp) with one-permutation-block leaves.
-constexpr const char* kHashName = "sha-256-tree";
+// Record digests: TreeDigest (mtd/digest.hpp) with one-permutation-block leaves. New maps are
+// format 5, whose digests are all BLAKE3; format 4 maps (SHA-256) are still read.
+constexpr HashScheme kWriteScheme = HashScheme::blake3;
+static_assert(kMapFormatVersion == 5, "kWriteScheme is format 5's hash");
 
 // Storages are streamed in chunks of this size: a multiple of a leaf for every element size
 // (4096 elements x 16 bytes = 64 KiB), small enough that the ring (kRing x 256 KiB = 1 MiB) stays
@@ -56,7 +58,7 @@ constexpr size_t kStreamChunk = 256 << 10;
 // Chunk buffers in flight between the helper thread and this one (RecordPipeline).
 constexpr size_t kRing = 4;
 
-Digest hash_bytes(std::span<const uint8_t> b) { return sha256(b); }
+Digest hash_bytes(HashScheme scheme, std::span<const uint8_t> b) { return hash_of(scheme, b); }
 
 // `s` with invalid UTF-8 replaced by U+FFFD, as the JSON map stores it.
 std::string utf8_safe(const std::string& s) {
@@ -83,12 +85,12 @@ struct RecordSum {
 // whole-file pass, faulting pages in and unmapping them again (to bound RSS) cost the two
 // threads page faults and TLB-shootdown interrupts (restore of 2.5 GiB: 9.7 s of CPU against
 // 6.9 s for protect of the same file).
-RecordSum sum_record(const Record& rec, std::vector<uint8_t>& buf) {
+RecordSum sum_record(const Record& rec, HashScheme scheme, std::vector<uint8_t>& buf) {
   const model::Storage& s = *rec.s;
   const ByteRange* in = rec.in;
   const std::optional<uint32_t> expected_crc = in ? in->expected_crc : std::nullopt;
   RecordSum r;
-  TreeDigest h(s.bytes.size(), leaf_of(s));
+  TreeDigest h(s.bytes.size(), leaf_of(s), scheme);
   uint32_t crc = 0;
   buf.resize(kStreamChunk);
   for (size_t off = 0; off < s.bytes.size(); off += kStreamChunk) {
@@ -114,12 +116,12 @@ RecordSum sum_record(const Record& rec, std::vector<uint8_t>& buf) {
 }
 
 // Sums many records with up to 4 threads (the verification pass over a whole file).
-std::vector<RecordSum> sum_all(const std::vector<Record>& records) {
+std::vector<RecordSum> sum_all(const std::vector<Record>& records, HashScheme scheme) {
   std::vector<RecordSum> out(records.size());
   std::atomic<size_t> next{0};
   auto worker = [&] {
     std::vector<uint8_t> buf;
-    for (size_t i; (i = next++) < records.size();) out[i] = sum_record(records[i], buf);
+    for (size_t i; (i = next++) < records.size();) out[i] = sum_record(records[i], scheme, buf);
   };
   unsigned n = std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
   std::vector<std::thread> pool;
@@ -134,13 +136,13 @@ std::vector<RecordSum> sum_all(const std::vector<Record>& records) {
 // Where each record's payload sits in a file: offset and size, by record key.
 using Ranges = std::vector<std::pair<uint64_t, uint64_t>>;
 
-// SHA-256 of a file's layout: its size, the record ranges, and every byte outside the records
-// (zip headers, data.pkl, the small members, the central directory), read by `read(off, len,
-// buf)`. A re-zipped file or one with an extra or renamed member has another layout even where
+// The hash (the map's: BLAKE3 or SHA-256) of a file's layout: its size, the record ranges, and
+// every byte outside the records (zip headers, data.pkl, the small members, the central
+// directory), read by `read(off, len, buf)`. A re-zipped file or one with an extra or renamed member has another layout even where
 // every record and the canonical data.pkl still match. Empty when the ranges are not disjoint.
-std::optional<Digest> layout_digest(uint64_t file_size, const Ranges& ranges,
+std::optional<Digest> layout_digest(HashScheme scheme, uint64_t file_size, const Ranges& ranges,
                                     const std::function<bool(uint64_t, size_t, uint8_t*)>& read) {
-  Sha256 h;
+  Hasher h(scheme);
   auto put64 = [&](uint64_t v) {
     uint8_t b[8];
     for (int i = 0; i < 8; ++i) b[i] = uint8_t(v >> (8 * i));
@@ -171,7 +173,7 @@ std::optional<Digest> layout_digest(uint64_t file_size, const Ranges& ranges,
 // a stored span of it. The bytes outside the records are read into the digest's private
 // buffer: from a file by pread on the descriptor that was mapped (never the path again: it may
 // name another file by now), at its size now; from memory by one copy of each chunk.
-std::optional<Digest> input_layout(const LoadedModel& loaded, const std::vector<Record>& records) {
+std::optional<Digest> input_layout(const LoadedModel& loaded, const std::vector<Record>& records, HashScheme scheme) {
   const engine::InputView input = engine::input_of(loaded);
   const uint8_t* base = input.bytes.data();
   Ranges ranges;
@@ -185,14 +187,14 @@ std::optional<Digest> input_layout(const LoadedModel& loaded, const std::vector<
     ranges.emplace_back(static_cast<uint64_t>(at - from), n);
   }
   if (input.fd < 0)
-    return layout_digest(input.bytes.size(), ranges, [&](uint64_t off, size_t n, uint8_t* buf) {
+    return layout_digest(scheme, input.bytes.size(), ranges, [&](uint64_t off, size_t n, uint8_t* buf) {
       if (off > input.bytes.size() || n > input.bytes.size() - off) return false;
       std::memcpy(buf, base + off, n);
       return true;
     });
   struct stat st{};
   if (::fstat(input.fd, &st) != 0) return std::nullopt;
-  return layout_digest(static_cast<uint64_t>(st.st_size), ranges, [&](uint64_t off, size_t n, uint8_t* buf) {
+  return layout_digest(scheme, static_cast<uint64_t>(st.st_size), ranges, [&](uint64_t off, size_t n, uint8_t* buf) {
     return ::pread(input.fd, buf, n, static_cast<off_t>(off)) == static_cast<ssize_t>(n);
   });
 }
@@ -382,6 +384,7 @@ struct MapEntry {
 struct MapDoc {
   std::vector<MapEntry> entries;
   CompatTarget compat = CompatTarget::torch2;
+  HashScheme scheme = kWriteScheme;  // of every digest below: the map format's (4: SHA-256, 5: BLAKE3)
   Key32 secret{};
   bool encrypted = false;
   std::string nt;            // digest of the canonical data.pkl (protect does not change it)
@@ -434,7 +437,7 @@ Result<MapEntry> entry_of(const json& e, size_t index) {
   const json* permuted = field(e, "permuted", json::value_t::boolean);
   if (!permuted) return bad_field("storages[" + std::to_string(index) + "].permuted missing or not a boolean");
   if (!is_hex_digest(e.value("after", json())))
-    return bad_field("storages[" + std::to_string(index) + "].after is not a SHA-256 hex digest");
+    return bad_field("storages[" + std::to_string(index) + "].after is not a 256-bit hex digest");
   if (key != index) return bad_field("storages out of order");
   m.key = static_cast<uint32_t>(key);
   m.source = static_cast<uint32_t>(source);
@@ -443,24 +446,30 @@ Result<MapEntry> entry_of(const json& e, size_t index) {
   return m;
 }
 
-Status check_scheme(const json& doc) {
+// The payload's hash must be its format's (format 0: not known, either is accepted): a format 5
+// map naming SHA-256, or the reverse, was not made by modelcdr.
+Result<HashScheme> check_scheme(const json& doc, uint16_t format) {
   MCDR_ASSIGN(std::string hash, string_field(doc, "hash", 64));
   const json* perm = field(doc, "permutation", json::value_t::object);
   if (!perm) return bad_field("'permutation' missing");
   MCDR_ASSIGN(std::string scheme, string_field(*perm, "scheme", 64));
-  if (hash != kHashName || scheme != kPermScheme)
-    return make_error(Rule::map_unsupported, "the map uses a hash or permutation scheme this modelcdr does not know");
-  return ok_status();
+  std::optional<HashScheme> h;
+  for (HashScheme x : {HashScheme::sha256, HashScheme::blake3})
+    if (hash == tree_hash_name(x) && (format == 0 || map_hash_scheme(format) == x)) h = x;
+  if (!h || scheme != kPermScheme)
+    return make_error(Rule::map_unsupported, "the map uses a hash or permutation scheme this modelcdr does not know"
+                                             " (or not the one of its format version)");
+  return *h;
 }
 
-Result<std::unique_ptr<MapDoc>> parse_map_doc(const std::string& text) {
+Result<std::unique_ptr<MapDoc>> parse_map_doc(const std::string& text, uint16_t format) {
   json doc = json::parse(text, nullptr, false);
   if (doc.is_discarded() || !doc.is_object()) return bad_field("not a JSON object");
   const json* schema = field(doc, "schema", json::value_t::string);
   if (!schema || schema->get<std::string>() != kMapSchema)
     return make_error(Rule::map_payload, "the map's payload is not a " + std::string(kMapSchema) + " document");
   auto d = std::make_unique<MapDoc>();
-  MCDR_TRY(check_scheme(doc));
+  MCDR_ASSIGN(d->scheme, check_scheme(doc, format));
   MCDR_ASSIGN(std::string compat, string_field(doc, "compat", 16));
   if (compat != "torch2" && compat != "torch1.13") return bad_field("'compat' must be torch2 or torch1.13");
   d->compat = compat == "torch1.13" ? CompatTarget::torch1_13 : CompatTarget::torch2;
@@ -568,7 +577,7 @@ Result<std::unique_ptr<MapDoc>> open_and_parse(const Source& map, const OpenOpti
                       model ? map_path + " is a model, not a map (arguments swapped?)" : map_path + " is not a modelcdr map");
   }
   MCDR_ASSIGN(OpenedMap opened, open_map(*sealed, o));
-  MCDR_ASSIGN(auto doc, parse_map_doc(opened.payload));
+  MCDR_ASSIGN(auto doc, parse_map_doc(opened.payload, opened.format));
   // open_map checked the MAC (and the signature) over the clear info too: now it is trusted
   // as much as the payload.
   MCDR_ASSIGN(MapHeader header, read_map_header(*sealed));
@@ -600,7 +609,7 @@ RecordSum restored_sum(const Record& rec, const MapDoc& doc, uint32_t k, std::ve
     cipher.emplace(ck);
     sodium_memzero(ck.data(), ck.size());
   }
-  TreeDigest h(in.size(), leaf_of(original));
+  TreeDigest h(in.size(), leaf_of(original), doc.scheme);
   buf.resize(kStreamChunk);
   io::populate_mapped_pages(in);  // the gather reads anywhere in it
   for (size_t off = 0; off < in.size(); off += kStreamChunk) {
@@ -636,7 +645,7 @@ StateCheck check_state(const LoadedModel& input, const Model& m, const Layout& l
   StateCheck c;
   const std::string against = as_protected ? "protected" : "restored";
   const auto& entries = doc.entries;
-  const std::string pkl_hash = hex(hash_bytes(l.pkl));
+  const std::string pkl_hash = hex(hash_bytes(doc.scheme, l.pkl));
   if (pkl_hash != doc.nt) {
     c.nt_differs = true;
     Mismatch x;
@@ -660,7 +669,7 @@ StateCheck check_state(const LoadedModel& input, const Model& m, const Layout& l
   std::vector<Record> records(n);
   for (size_t k = 0; k < n; ++k) records[k] = l.record(m, k);
   if (as_protected && l.order.size() == entries.size()) {
-    auto now = input_layout(input, records);
+    auto now = input_layout(input, records, doc.scheme);
     if (!now || hex(*now) != doc.layout_after) {
       Mismatch x;
       x.what = "layout";
@@ -682,7 +691,7 @@ StateCheck check_state(const LoadedModel& input, const Model& m, const Layout& l
   }
   std::vector<RecordSum> sums;
   if (as_protected) {
-    sums = sum_all(records);
+    sums = sum_all(records, doc.scheme);
   } else {
     sums.resize(n);
     std::atomic<size_t> next{0};
@@ -764,7 +773,7 @@ MtdResult mismatch_file(MtdResult r, const Error& e) {
 }  // namespace
 
 Status check_map_payload(const std::string& text) {
-  MCDR_TRY(parse_map_doc(text));
+  MCDR_TRY(parse_map_doc(text, 0));
   return ok_status();
 }
 
@@ -818,11 +827,11 @@ std::optional<Error> load_source(const Source& input, const ProtectOptions& opti
   return std::nullopt;
 }
 
-// The protected file's digest for the clear info: SHA-256 over the layout digest (every byte
+// The protected file's digest for the clear info: the map's hash over the layout digest (every byte
 // outside the records, and where the records are) and each record's tree digest, in key order.
 // It names the whole file without hashing its bytes a second time.
-Digest protected_digest(const Digest& layout, const std::vector<Digest>& after) {
-  Sha256 h;
+Digest protected_digest(HashScheme scheme, const Digest& layout, const std::vector<Digest>& after) {
+  Hasher h(scheme);
   static const char kLabel[] = "modelcdr-mtd protected file";
   h.update(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(kLabel), sizeof kLabel));
   h.update(layout);
@@ -878,13 +887,13 @@ class ProtectRecords final : public Transform {
   ProtectRecords(const Model& m, const Layout& l, const std::vector<std::string>& names, const std::vector<uint32_t>& source,
                  const std::vector<bool>& permuted, const Key32& secret, bool encrypt, bool crc_checked)
       : after(l.order.size()), m_(m), l_(l), names_(names), source_(source), permuted_(permuted), secret_(secret),
-        encrypt_(encrypt), crc_checked_(crc_checked), written_(l.order.size()), pipe_(kStreamChunk, kRing) {}
+        encrypt_(encrypt), crc_checked_(crc_checked), written_(l.order.size()), pipe_(kStreamChunk, kRing, kWriteScheme) {}
   const char* name() const override { return "mtd-permute"; }
   bool has_record_stage() const override { return true; }
   Status copy_record(const RecordCopy& rec, const PayloadSink& sink) override;
   // The layout digest of the output as written, then `seal` (the map: sealed and committed).
   Status finish(const WrittenOutput& out, FileReport&) override {
-    auto d = layout_digest(out.size, written_, [&](uint64_t off, size_t n, uint8_t* buf) {
+    auto d = layout_digest(kWriteScheme, out.size, written_, [&](uint64_t off, size_t n, uint8_t* buf) {
       return out.read(off, std::span<uint8_t>(buf, n)).ok();
     });
     if (!d) return make_error(Rule::mtd_internal, "the written records overlap");
@@ -936,7 +945,7 @@ Status ProtectRecords::copy_record(const RecordCopy& rec, const PayloadSink& sin
     sodium_memzero(ck.data(), ck.size());
   }
   const size_t leaf = leaf_of(src);
-  TreeDigest after_sum(in.size(), leaf);
+  TreeDigest after_sum(in.size(), leaf, kWriteScheme);
   uint32_t crc = 0;
   const bool check_crc = !crc_checked_ && src_range && src_range->expected_crc.has_value();
   SourceRead read(in, src_range);
@@ -1036,7 +1045,7 @@ MtdResult protect_copy(LoadedInput& src, Sink& output, Sink& map, const SealOpti
   bool map_committed = false;
   std::vector<uint8_t> sealed_map;  // a memory map's bytes, handed over once the output is committed
   records->seal = [&](const Digest& layout_after) -> Status {
-    std::string pkl_hash = hex(hash_bytes(l.pkl));
+    std::string pkl_hash = hex(hash_bytes(kWriteScheme, l.pkl));
     json storages = json::array();
     json swaps = json::array();
     for (size_t k = 0; k < n; ++k) {
@@ -1071,9 +1080,9 @@ MtdResult protect_copy(LoadedInput& src, Sink& output, Sink& map, const SealOpti
                                              {"key_derivation", "BLAKE2b-256 keyed by secret over 'modelcdr/mtd/v2/enc' 0 key"},
                                              {"counter", "starts at 0 in every record; applied after the permutation"}}
                                        : json(nullptr)},
-        {"hash", kHashName},
+        {"hash", tree_hash_name(kWriteScheme)},
         {"compat", compat_name(options.compat)},
-        {"layout", {{"what", "SHA-256 of the file size, the record ranges and every byte outside the records"},
+        {"layout", {{"what", "BLAKE3 of the file size, the record ranges and every byte outside the records"},
                     {"after", hex(layout_after)}}},
         {"non_tensor", {{"what", "archive/data.pkl as emitted by modelcdr from the IR (no tensor payloads)"},
                         {"digest", pkl_hash}}},
@@ -1092,7 +1101,7 @@ MtdResult protect_copy(LoadedInput& src, Sink& output, Sink& map, const SealOpti
                    {"created_unix", payload["created_unix"]},
                    {"model_id", copy.model_id},
                    {"copy", copy.name.empty() ? json(nullptr) : json(utf8_safe(copy.name))},
-                   {"protected_digest", hex(protected_digest(layout_after, records->after))},
+                   {"protected_digest", hex(protected_digest(kWriteScheme, layout_after, records->after))},
                    {"records", n},
                    {"encrypted", options.encrypt},
                    {"version", options.version ? json(*options.version) : json(nullptr)},
@@ -1273,7 +1282,7 @@ struct RecordUndo {
   std::optional<RecordCipher> cipher;
   TreeDigest sum;
   RecordUndo(const MapDoc& doc, uint32_t from, const model::Storage& src)
-      : sum(src.bytes.size(), leaf_of(src)) {
+      : sum(src.bytes.size(), leaf_of(src), doc.scheme) {
     const size_t esize = model::dtype_info(src.dtype).element_size;
     if (doc.entries[from].permuted) {
       Key32 pk = derive_storage_key(doc.secret, doc.entries[from].name, from);
@@ -1357,7 +1366,7 @@ class RestoreRecords final : public Transform {
  public:
   RestoreRecords(const Model& m, const Layout& l, const MapDoc& doc, const std::vector<uint32_t>& holder,
                  std::vector<Mismatch>& mismatches)
-      : m_(m), l_(l), doc_(doc), holder_(holder), mismatches_(mismatches), pipe_(kStreamChunk, kRing) {}
+      : m_(m), l_(l), doc_(doc), holder_(holder), mismatches_(mismatches), pipe_(kStreamChunk, kRing, doc.scheme) {}
   const char* name() const override { return "mtd-restore"; }
   bool has_record_stage() const override { return true; }
   bool confidential_output() const override { return true; }
@@ -1410,11 +1419,11 @@ std::optional<MtdResult> check_protected_structure(const std::string& input, con
   const Layout& l = p.layout;
   const MapDoc& doc = *p.doc;
   const bool structure = l.order.size() == doc.entries.size();
-  bool ok = structure && hex(hash_bytes(l.pkl)) == doc.nt;
+  bool ok = structure && hex(hash_bytes(doc.scheme, l.pkl)) == doc.nt;
   if (ok) {
     std::vector<Record> records;
     for (size_t k = 0; k < l.order.size(); ++k) records.push_back(l.record(m, k));
-    auto now = input_layout(*p.loaded, records);
+    auto now = input_layout(*p.loaded, records, doc.scheme);
     ok = now && hex(*now) == doc.layout_after;
   }
   if (ok) return std::nullopt;
@@ -1601,12 +1610,17 @@ namespace {
 // The candidate after-digests of one map: records the transform changed (permuted, swapped or
 // encrypted; an untouched record, e.g. an integer buffer, is the same in every copy and names
 // nobody). trace_impl also drops digests that several maps share (a permuted all-zero tensor).
-Result<std::vector<std::string>> distinctive_hashes(const std::string& map_path, const OpenOptions& o) {
+struct Distinctive {
+  HashScheme scheme;  // of the map's format: the leaked file is hashed with each scheme a map uses
+  std::vector<std::string> hashes;
+};
+
+Result<Distinctive> distinctive_hashes(const std::string& map_path, const OpenOptions& o) {
   MtdResult ignored;
   MCDR_ASSIGN(auto doc, open_and_parse(Source::file(map_path), o, ignored));
-  std::vector<std::string> out;
+  Distinctive out{doc->scheme, {}};
   for (const auto& e : doc->entries)
-    if (e.permuted || e.source != e.key || doc->encrypted) out.push_back(e.after);
+    if (e.permuted || e.source != e.key || doc->encrypted) out.hashes.push_back(e.after);
   return out;
 }
 
@@ -1630,10 +1644,10 @@ TraceResult trace_impl(const std::string& leaked, const std::vector<std::string>
   std::vector<Record> records;
   for (StorageId sid = 0; sid < m.storages.size(); ++sid)
     records.push_back(Record{&m.storages[sid], byte_ranges_of(**loaded).of(m, sid)});
-  std::set<std::string> have;
-  for (const auto& sum : sum_all(records)) have.insert(hex(sum.digest));
   t.leaked_records = records.size();
   std::vector<std::pair<std::string, std::vector<std::string>>> opened;
+  std::set<std::string> have;  // the leaked records' digests, in every scheme an opened map uses
+  std::set<HashScheme> hashed;
   std::map<std::string, size_t> maps_with;  // digest -> how many maps list it
   for (const auto& path : maps) {
     auto hashes = distinctive_hashes(path, o);
@@ -1642,8 +1656,10 @@ TraceResult trace_impl(const std::string& leaked, const std::vector<std::string>
       continue;
     }
     ++t.maps_opened;
-    for (const auto& h : std::set<std::string>(hashes->begin(), hashes->end())) ++maps_with[h];
-    opened.emplace_back(path, std::move(*hashes));
+    if (hashed.insert(hashes->scheme).second)
+      for (const auto& sum : sum_all(records, hashes->scheme)) have.insert(hex(sum.digest));
+    for (const auto& h : std::set<std::string>(hashes->hashes.begin(), hashes->hashes.end())) ++maps_with[h];
+    opened.emplace_back(path, std::move(hashes->hashes));
   }
   for (auto& [path, hashes] : opened) {
     // A record equal in several copies (e.g. a permuted tensor of zeros) tells them apart not.

@@ -10,7 +10,7 @@ namespace modelcdr::mtd {
 namespace {
 
 // Hashes unclaimed leaves of `s` until none is left; returns whether it hashed any.
-bool hash_leaves(ChunkSlot& s, Sha256& h) {
+bool hash_leaves(ChunkSlot& s, Hasher& h) {
   bool any = false;
   for (size_t i; (i = s.claimed.fetch_add(1, std::memory_order_relaxed)) < s.leaves.size();) {
     h.update(std::span<const uint8_t>(s.leaves[i].data, s.leaves[i].size));
@@ -23,7 +23,7 @@ bool hash_leaves(ChunkSlot& s, Sha256& h) {
 
 }  // namespace
 
-RecordPipeline::RecordPipeline(size_t chunk_bytes, size_t ring) : chunk_(chunk_bytes) {
+RecordPipeline::RecordPipeline(size_t chunk_bytes, size_t ring, HashScheme scheme) : chunk_(chunk_bytes), scheme_(scheme) {
   for (size_t i = 0; i < ring; ++i) {
     ring_.push_back(std::make_unique<ChunkSlot>());
     ring_.back()->out.resize(chunk_bytes);
@@ -46,7 +46,7 @@ Status RecordPipeline::run(uint64_t size, const Prepare& prepare, const Consume&
     prepare(uint64_t(i) * chunk_, s.length, s);
     s.digests.resize(s.leaves.size());
   };
-  Sha256 mine;
+  Hasher mine(scheme_);
   auto finish_and_consume = [&](size_t i) {
     ChunkSlot& s = slot_of(i);
     hash_leaves(s, mine);
@@ -67,7 +67,7 @@ Status RecordPipeline::run(uint64_t size, const Prepare& prepare, const Consume&
   size_t prepared = 0, consumed = 0;  // chunks [consumed, prepared) sit in the ring
   bool stop = false;
   std::thread helper([&] {
-    Sha256 h;
+    Hasher h(scheme_);
     std::unique_lock lock(mu);
     for (;;) {
       if (stop || consumed == chunks) return;

@@ -2,7 +2,7 @@
 // through a ring of private chunk buffers. A helper thread prepares chunks in order (read,
 // permute, en/decrypt into the slot); the leaves of a prepared chunk are hashed by whichever
 // core is free (the helper when the ring is full, the caller while it waits for its next
-// chunk), and the caller then hands the chunk to the writer, in order. SHA-256 is most of the
+// chunk), and the caller then hands the chunk to the writer, in order. The hash is most of the
 // work, so sharing its leaves keeps both cores busy whatever the split of the rest.
 #pragma once
 #include <atomic>
@@ -41,12 +41,14 @@ class RecordPipeline {
   // consume(slot): on the calling thread, in order, after every leaf of the slot is hashed.
   using Consume = std::function<Status(const ChunkSlot& slot)>;
 
-  RecordPipeline(size_t chunk_bytes, size_t ring);
+  // Leaves are hashed with `scheme` (the map format's hash).
+  RecordPipeline(size_t chunk_bytes, size_t ring, HashScheme scheme);
   // Streams a record of `size` bytes; chunk_bytes is a multiple of every leaf size.
   Status run(uint64_t size, const Prepare& prepare, const Consume& consume);
 
  private:
   size_t chunk_;
+  HashScheme scheme_;
   std::vector<std::unique_ptr<ChunkSlot>> ring_;
 };
 

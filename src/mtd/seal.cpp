@@ -107,6 +107,15 @@ bool pwhash_params_ok(uint64_t ops, uint64_t mem) {
          mem <= kMaxPwhashMem;
 }
 
+// Versions 1-3 cannot be read safely (docs/MTD.md §4); 4 (SHA-256) and 5 (BLAKE3) can.
+Status check_version(uint16_t version) {
+  if (version < kOldestMapFormatVersion || version > kMapFormatVersion)
+    return make_error(Rule::map_version, "unsupported map format version " + std::to_string(version) + " (this modelcdr reads versions " +
+                                         std::to_string(kOldestMapFormatVersion) + " to " + std::to_string(kMapFormatVersion) +
+                                         "): re-protect the model");
+  return ok_status();
+}
+
 Error corrupt() { return make_error(Rule::map_corrupt, "the map was modified or damaged (authentication failed)"); }
 Error bad_header(const std::string& what) { return make_error(Rule::map_format, "malformed map header: " + what); }
 
@@ -314,9 +323,7 @@ Result<std::string> finish_seal(std::string out, const uint8_t* cek, const std::
 Status open_impl(const std::string& sealed, const OpenOptions& o, OpenedMap& result, Parsed& p, uint8_t cek[32]) {
   if (sodium_init() < 0) return make_error(Rule::crypto_init, "libsodium failed to initialise");
   MCDR_ASSIGN(uint16_t version, map_format_version(sealed));
-  if (version != kMapFormatVersion)
-    return make_error(Rule::map_version, "unsupported map format version " + std::to_string(version) + " (this modelcdr reads version " +
-                                         std::to_string(kMapFormatVersion) + "): re-protect the model");
+  MCDR_TRY(check_version(version));
   // Everything is bounded and checked for shape before any signature, KDF or decryption runs.
   MCDR_ASSIGN(p, parse_header(sealed));
   MCDR_TRY(check_signer(sealed, p, o, result));
@@ -423,9 +430,7 @@ Result<std::string> reseal_map(const std::string& sealed, const OpenOptions& o, 
 Result<MapHeader> read_map_header(const std::string& sealed) {
   if (sodium_init() < 0) return make_error(Rule::crypto_init, "libsodium failed to initialise");
   MCDR_ASSIGN(uint16_t version, map_format_version(sealed));
-  if (version != kMapFormatVersion)
-    return make_error(Rule::map_version, "unsupported map format version " + std::to_string(version) + " (this modelcdr reads version " +
-                                         std::to_string(kMapFormatVersion) + "): re-protect the model");
+  MCDR_TRY(check_version(version));
   MCDR_ASSIGN(Parsed p, parse_header(sealed));
   MapHeader h;
   h.version = version;
@@ -460,6 +465,7 @@ Result<OpenedMap> open_map(const std::string& sealed, const OpenOptions& o) {
   Parsed p;
   ContentKey cek;
   MCDR_TRY(open_impl(sealed, o, result, p, cek.k));
+  MCDR_ASSIGN(result.format, map_format_version(sealed));
   const size_t clen = p.payload_end - p.ct_at;
   result.payload.assign(clen - kTag, '\0');
   unsigned long long plen = 0;

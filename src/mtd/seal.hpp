@@ -11,11 +11,16 @@
 #include <vector>
 
 #include "modelcdr/result.hpp"
+#include "mtd/digest.hpp"
 #include "mtd/keys.hpp"
 
 namespace modelcdr::mtd {
 
-inline constexpr uint16_t kMapFormatVersion = 4;
+// Written: 5 (BLAKE3 digests). Read: 4 (SHA-256 digests) and 5; docs/MTD.md §2 and §4.
+inline constexpr uint16_t kMapFormatVersion = 5;
+inline constexpr uint16_t kOldestMapFormatVersion = 4;
+// The hash every digest of a map of format `version` (4 or 5) uses.
+inline HashScheme map_hash_scheme(uint16_t version) { return version >= 5 ? HashScheme::blake3 : HashScheme::sha256; }
 inline constexpr size_t kMaxMapInfo = 4096;  // clear info (JSON) readable without a key
 
 // Bounds enforced when reading a map (and when sealing one), before any key derivation: a
@@ -30,6 +35,7 @@ inline constexpr size_t kMaxPwhashMem = size_t(256) << 20;
 
 struct OpenedMap {
   std::string payload;   // plaintext (JSON)
+  uint16_t format = 0;   // the map's format version (authenticated: it is in the associated data)
   bool signed_ = false;
   bool signature_checked_against_trusted = false;
   Key32 signer{};        // valid when signed_ (the key the signature verified with)

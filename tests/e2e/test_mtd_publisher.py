@@ -70,7 +70,7 @@ def test_map_info_shows_the_clear_header_without_a_key(tmp_path, env):
     cli("protect", model, "-o", out, "--map", mp, "--recipient", keys["alice"][1], "--recipient", keys["bob"][1],
         "--key-file", keys["ops"], "--sign", keys["publisher"][0], want=0)
     rc, so, se = cli("map", "info", mp, want=0)
-    assert "format: 4" in so
+    assert "format: 5" in so
     assert f"signer: {fp(keys['publisher'][1])} (signature valid" in so
     assert f"recipient {fp(keys['alice'][1], True)}" in so and f"recipient {fp(keys['bob'][1], True)}" in so
     assert "key slots: 3" in so and "  key-file" in so
@@ -82,7 +82,7 @@ def test_map_info_shows_the_clear_header_without_a_key(tmp_path, env):
     assert json.loads(cli("map", "info", mp2, "--json", want=0)[1])["info"]["protected_digest"] != digest
     assert re.search(r"created: 20\d\d-\d\d-\d\dT", so) and "records: 13" in so
     doc = json.loads(cli("map", "info", mp, "--json", want=0)[1])
-    assert doc["format"] == 4 and doc["signer"]["signature_valid"] is True
+    assert doc["format"] == 5 and doc["signer"]["signature_valid"] is True
     assert [s.get("recipient") for s in doc["slots"]] == [None, fp(keys["alice"][1], True), fp(keys["bob"][1], True)]
     assert doc["info"]["protected_digest"] == digest and re.fullmatch(r"[0-9a-f]{32}", doc["info"]["model_id"])
     # Nothing secret: the permutation secret and the hashes are only in the sealed payload.

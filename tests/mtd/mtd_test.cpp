@@ -3,6 +3,8 @@
 
 #include <cstring>
 #include <numeric>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "mtd/digest.hpp"
@@ -233,6 +235,39 @@ TEST(MtdDigest, Sha256KnownAnswerAndStreaming) {
   EXPECT_EQ(h.finish(), sha256(big));
 }
 
+// Map format 5's hash: BLAKE3 against the official test vectors (BLAKE3 repository,
+// test_vectors.json: input byte i is i % 251), and streamed in odd pieces against one call over
+// enough bytes for the SIMD paths (16 chunks of 1 KiB at a time with AVX-512).
+TEST(MtdDigest, Blake3KnownAnswerAndStreaming) {
+  auto hex_of = [](std::span<const uint8_t> b) {
+    Digest d = blake3(b);
+    return to_hex(d.data(), d.size());
+  };
+  EXPECT_EQ(hex_of({}), "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262");
+  const uint8_t zero = 0;
+  EXPECT_EQ(hex_of(std::span<const uint8_t>(&zero, 1)), "2d3adedff11b61f14c886e35afa036736dcd87a74d27b5c1510225d0f592e213");
+  const std::string abc = "abc";
+  EXPECT_EQ(hex_of(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(abc.data()), 3)),
+            "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85");
+  std::vector<uint8_t> big(3'000'001);
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<uint8_t>(i % 251);
+  Blake3 h;
+  for (size_t off = 0; off < big.size(); off += 65'537)
+    h.update(std::span<const uint8_t>(big).subspan(off, std::min<size_t>(65'537, big.size() - off)));
+  const Digest streamed = h.finish();
+  EXPECT_EQ(streamed, blake3(big));
+  EXPECT_NE(streamed, sha256(big));
+  // finish() starts over, and Hasher dispatches on the scheme.
+  h.update(big);
+  EXPECT_EQ(h.finish(), streamed);
+  Hasher b3(HashScheme::blake3), s2(HashScheme::sha256);
+  b3.update(big);
+  s2.update(big);
+  EXPECT_EQ(b3.finish(), streamed);
+  EXPECT_EQ(s2.finish(), sha256(big));
+  EXPECT_EQ(hash_of(HashScheme::blake3, big), streamed);
+}
+
 // The pipeline of protect/restore: chunks are consumed in order, every leaf a prepare lists is
 // hashed (by either thread) before its chunk is consumed, and a failing consume stops it.
 TEST(MtdPipeline, HashesEveryLeafAndConsumesInOrder) {
@@ -240,11 +275,12 @@ TEST(MtdPipeline, HashesEveryLeafAndConsumesInOrder) {
   for (size_t size : {size_t(0), size_t(100), chunk, 37 * chunk + 3 * leaf + 5}) {
     std::vector<uint8_t> rec(size);
     for (size_t i = 0; i < size; ++i) rec[i] = static_cast<uint8_t>(i * 13 + (i >> 11));
-    TreeDigest expect(size, leaf);
-    expect.add(0, rec);
+    for (HashScheme scheme : {HashScheme::sha256, HashScheme::blake3})
     for (size_t ring : {size_t(1), size_t(2), size_t(4)}) {
-      RecordPipeline pipe(chunk, ring);
-      TreeDigest got(size, leaf);
+      TreeDigest expect(size, leaf, scheme);
+      expect.add(0, rec);
+      RecordPipeline pipe(chunk, ring, scheme);
+      TreeDigest got(size, leaf, scheme);
       std::vector<uint8_t> written;
       auto prepare = [&](size_t off, size_t len, ChunkSlot& slot) {
         std::memcpy(slot.out.data(), rec.data() + off, len);
@@ -266,7 +302,7 @@ TEST(MtdPipeline, HashesEveryLeafAndConsumesInOrder) {
 
 TEST(MtdPipeline, AFailingConsumeStopsTheRecord) {
   const size_t chunk = tree_leaf_bytes(1);
-  RecordPipeline pipe(chunk, 3);
+  RecordPipeline pipe(chunk, 3, HashScheme::blake3);
   size_t consumed = 0;
   auto prepare = [&](size_t off, size_t len, ChunkSlot& slot) { slot.leaves.push_back({off / chunk, slot.out.data(), len}); };
   auto consume = [&](const ChunkSlot&) -> modelcdr::Status {
@@ -278,26 +314,32 @@ TEST(MtdPipeline, AFailingConsumeStopsTheRecord) {
   EXPECT_EQ(consumed, 5u);
 }
 
-// The record digest of map format 4: leaves hashed in any order give the documented
-// construction, computed here independently from plain SHA-256 of a concatenation.
+// The record digests of map formats 4 (SHA-256) and 5 (BLAKE3): leaves hashed in any order give
+// the documented construction, computed here independently from the plain hash of a
+// concatenation.
 TEST(MtdDigest, TreeDigestAnyLeafOrderEqualsTheDocumentedConstruction) {
   const size_t leaf = tree_leaf_bytes(4);
   EXPECT_EQ(leaf, 4096u * 4);
+  using Plain = Digest (*)(std::span<const uint8_t>);
+  for (auto [scheme, plain, label] : {std::tuple<HashScheme, Plain, std::string>{HashScheme::sha256, &sha256, "sha-256-tree"},
+                                      {HashScheme::blake3, &blake3, "blake3-tree"}})
   for (size_t size : {size_t(0), size_t(5), leaf, 3 * leaf + 100, 8 * leaf}) {
     std::vector<uint8_t> rec(size);
     for (size_t i = 0; i < size; ++i) rec[i] = static_cast<uint8_t>(i * 7 + (i >> 9));
-    std::string expect_input("modelcdr-mtd sha-256-tree", 26);  // with its 0 byte
+    EXPECT_EQ(tree_hash_name(scheme), label);
+    std::string expect_input = "modelcdr-mtd " + label;
+    expect_input += '\0';
     for (int i = 0; i < 8; ++i) expect_input += char(uint64_t(size) >> (8 * i));
     for (int i = 0; i < 8; ++i) expect_input += char(uint64_t(leaf) >> (8 * i));
     for (size_t at = 0; at < size; at += leaf) {
-      auto d = sha256(std::span<const uint8_t>(rec.data() + at, std::min(leaf, size - at)));
+      auto d = plain(std::span<const uint8_t>(rec.data() + at, std::min(leaf, size - at)));
       expect_input.append(reinterpret_cast<const char*>(d.data()), d.size());
     }
-    const Digest expect = sha256(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(expect_input.data()), expect_input.size()));
-    TreeDigest in_order(size, leaf);
+    const Digest expect = plain(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(expect_input.data()), expect_input.size()));
+    TreeDigest in_order(size, leaf, scheme);
     in_order.add(0, rec);  // one call, many leaves
     EXPECT_EQ(in_order.finish(), expect) << size;
-    TreeDigest backwards(size, leaf);
+    TreeDigest backwards(size, leaf, scheme);
     const size_t leaves = (size + leaf - 1) / leaf;
     for (size_t i = leaves; i-- > 0;)
       backwards.add(i * leaf, std::span<const uint8_t>(rec.data() + i * leaf, std::min(leaf, size - i * leaf)));
@@ -305,7 +347,7 @@ TEST(MtdDigest, TreeDigestAnyLeafOrderEqualsTheDocumentedConstruction) {
     EXPECT_EQ(backwards.finish(), expect) << size;
     if (size > 0) {  // one flipped byte changes it
       rec[size / 2] ^= 1;
-      TreeDigest changed(size, leaf);
+      TreeDigest changed(size, leaf, scheme);
       changed.add(0, rec);
       EXPECT_NE(changed.finish(), expect);
     }
