@@ -214,8 +214,8 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
   cdr::LiftOptions lo;
   lo.entry = pkl->name;
   cdr::StorageBinding binding;
-  MCDR_ASSIGN(parsed.model, cdr::lift(program, records.table, lo, &binding));
-  program = pickle::Program{};  // lifted: its nodes are not needed while the storages are bound
+  // Consumed: freed as it is lifted (and whole once lifted), not held while the storages are bound.
+  MCDR_ASSIGN(parsed.model, cdr::lift_consuming(std::move(program), records.table, lo, &binding));
   // Container again: each lifted storage gets its record's bytes. A stored record's CRC is
   // either checked now or, deferred, left in its ByteRange for the one copy that reads it.
   UsedRecords used{zip};
