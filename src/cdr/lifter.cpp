@@ -1,3 +1,4 @@
+#include "io/free_memory.hpp"
 #include "io/huge_pages.hpp"
 #include "cdr/lifter.hpp"
 
@@ -2136,10 +2137,15 @@ Result<Model> lift(const Program& program, const StorageTable& storages, const L
 
 Result<Model> lift_consuming(Program&& program, const StorageTable& storages, const LiftOptions& options,
                              StorageBinding* binding) {
-  const Program owned = std::move(program);  // freed on return, whatever the outcome
-  Lifter l(owned, storages, options);
-  l.consume_program();
-  return l.run(binding);
+  Result<Model> lifted = Error{};
+  {
+    const Program owned = std::move(program);  // freed here, whatever the outcome
+    Lifter l(owned, storages, options);
+    l.consume_program();
+    lifted = l.run(binding);
+  }
+  io::return_free_memory();  // the program's arena and the lifter's arrays
+  return lifted;
 }
 
 }  // namespace modelcdr::cdr

@@ -23,6 +23,7 @@
 #include "formats/parsed_model.hpp"
 #include "formats/registry.hpp"
 #include "io/atomic_output.hpp"
+#include "io/free_memory.hpp"
 #include "io/mapped_file.hpp"
 #include "modelcdr/api.hpp"
 #include "modelcdr/engine.hpp"
@@ -359,6 +360,9 @@ Result<LoadedModelPtr> load_model_impl(const Source& source, const DisarmOptions
   if (!step(options.progress, options.cancel, Stage::read, 0, size)) return cancelled_error();
   MCDR_ASSIGN(m->parsed, checked(parse(m->input.bytes, m->input.format, ctx, defer_storage_crc, m->input.mapped,
                                        m->input.file.fd())));
+  // The reader's directory and working arrays are freed: give their pages back before the
+  // writer's stage allocates its own (issue 14).
+  io::return_free_memory();
   if (!step(options.progress, options.cancel, Stage::read, size, size)) return cancelled_error();
   r.format = formats::format_name(m->parsed.format);
   r.findings = m->parsed.findings;

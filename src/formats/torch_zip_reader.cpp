@@ -219,6 +219,7 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
   // Container again: each lifted storage gets its record's bytes. A stored record's CRC is
   // either checked now or, deferred, left in its ByteRange for the one copy that reads it.
   UsedRecords used{zip};
+  parsed.ranges.reserve(parsed.model.storages.size());
   for (model::StorageId sid = 0; sid < parsed.model.storages.size(); ++sid) {
     if (binding[sid] == cdr::kNoRecord) continue;
     const ZipEntry& e = *records.entries[binding[sid]];
