@@ -1,4 +1,3 @@
-#include "io/free_memory.hpp"
 #include "io/huge_pages.hpp"
 #include "cdr/lifter.hpp"
 
@@ -2137,15 +2136,10 @@ Result<Model> lift(const Program& program, const StorageTable& storages, const L
 
 Result<Model> lift_consuming(Program&& program, const StorageTable& storages, const LiftOptions& options,
                              StorageBinding* binding) {
-  Result<Model> lifted = Error{};
-  {
-    const Program owned = std::move(program);  // freed here, whatever the outcome
-    Lifter l(owned, storages, options);
-    l.consume_program();
-    lifted = l.run(binding);
-  }
-  io::return_free_memory();  // the program's arena and the lifter's arrays
-  return lifted;
+  const Program owned = std::move(program);  // freed on return, whatever the outcome
+  Lifter l(owned, storages, options);
+  l.consume_program();
+  return l.run(binding);
 }
 
 }  // namespace modelcdr::cdr
