@@ -30,6 +30,11 @@ struct ByteRange {
 
 class ByteRanges {
  public:
+  // Room for `n` storages up front (a reader that knows them all: no doubling copy).
+  void reserve(size_t n) {
+    ranges_.reserve(n);
+    present_.reserve(n);
+  }
   void set(model::StorageId id, ByteRange r) {
     if (id >= ranges_.size()) ranges_.resize(static_cast<size_t>(id) + 1);
     ranges_[id] = r;

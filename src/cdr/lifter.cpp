@@ -8,6 +8,9 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "cdr/class_registry.hpp"
 #include "cdr/globals_policy.hpp"
 #include "cdr/nested_pickle.hpp"
@@ -99,9 +102,167 @@ class IdMap {
   size_t used_ = 0;
 };
 
+// A consuming lift's plan (issue 14): which pages of the program (its node array and its arena
+// chunks) each entry of the root mapping is the last to read, so that they go back to the
+// kernel while the Model grows, instead of the whole Program and the whole Model being resident
+// together at the end of the lift (a state dict of 160k tensors: about 84 MB of program).
+//
+// The lifter reads a node only by following a reference (items, entries, appended, BUILD
+// states) from a node it reads, starting at the root. So, walking the graph from the root's
+// entries in reverse order, the first entry that reaches a node is the last one to read it; the
+// root itself and what it reaches other than through its entries (the OrderedDict callee,
+// `_metadata`) are read to the end. A page is released once every node on it, and every node
+// pointing into it, has its last reader behind the lift. Nodes no path reaches are never read.
+class ReleasePlan {
+ public:
+  // Only for a root mapping with many entries: below that the whole program is small.
+  static constexpr size_t kMinEntries = 1024;
+
+  void build(const Program& p) {
+    const Node& root = p.nodes[p.root];
+    const auto& entries = root.entries();
+    if (entries.size() < kMinEntries || entries.size() >= kKeep) return;
+    std::vector<uint32_t> last(p.nodes.size(), kUnread);
+    std::vector<NodeId> stack;
+    auto visit = [&](NodeId start, uint32_t label) {
+      if (start >= p.nodes.size() || last[start] != kUnread) return;
+      last[start] = label;
+      stack.push_back(start);
+      auto reach = [&](NodeId c) {
+        if (c < p.nodes.size() && last[c] == kUnread) {
+          last[c] = label;
+          stack.push_back(c);
+        }
+      };
+      while (!stack.empty()) {
+        const Node& n = p.nodes[stack.back()];
+        stack.pop_back();
+        for (NodeId c : n.items) reach(c);
+        for (auto [a, b] : n.entries()) {
+          reach(a);
+          reach(b);
+        }
+        for (NodeId c : n.appended()) reach(c);
+        for (NodeId c : n.build_states()) reach(c);
+      }
+    };
+    // The root and what it reaches outside its entries: read to the end.
+    last[p.root] = kKeep;
+    for (NodeId c : root.items) visit(c, kKeep);
+    for (NodeId c : root.appended()) visit(c, kKeep);
+    for (NodeId c : root.build_states()) visit(c, kKeep);
+    for (size_t k = entries.size(); k-- > 0;) {
+      visit(entries[k].second, static_cast<uint32_t>(k));
+      visit(entries[k].first, static_cast<uint32_t>(k));
+    }
+    // Pages of the node array, then of each arena chunk (sorted by address, to find the chunk
+    // of a block), each with the latest reader of anything on it.
+    add_region(p.nodes.data(), p.nodes.size() * sizeof(Node));
+    std::vector<std::pair<uintptr_t, size_t>> chunks;
+    p.arena->for_each_chunk([&](const void* c, size_t bytes) { chunks.emplace_back(reinterpret_cast<uintptr_t>(c), bytes); });
+    std::sort(chunks.begin(), chunks.end());
+    std::vector<size_t> chunk_region(chunks.size());
+    for (size_t c = 0; c < chunks.size(); ++c) {
+      chunk_region[c] = regions_.size();
+      add_region(reinterpret_cast<const void*>(chunks[c].first), chunks[c].second);
+    }
+    size_t hint = 0;  // blocks come mostly in address order
+    auto region_of = [&](uintptr_t a) -> const Region* {
+      if (hint >= chunks.size() || a < chunks[hint].first || a >= chunks[hint].first + chunks[hint].second) {
+        auto it = std::upper_bound(chunks.begin(), chunks.end(), std::make_pair(a, SIZE_MAX));
+        if (it == chunks.begin()) return nullptr;
+        hint = static_cast<size_t>(it - chunks.begin()) - 1;
+        if (a >= chunks[hint].first + chunks[hint].second) return nullptr;
+      }
+      return &regions_[chunk_region[hint]];
+    };
+    for (size_t i = 0; i < p.nodes.size(); ++i) {
+      if (last[i] == kUnread) continue;
+      const uintptr_t at = reinterpret_cast<uintptr_t>(&p.nodes[i]);
+      mark(regions_[0], at, at + sizeof(Node), last[i]);
+      p.nodes[i].for_each_block([&](const void* b, size_t bytes) {
+        const uintptr_t lo = reinterpret_cast<uintptr_t>(b);
+        if (const Region* r = region_of(lo)) mark(*r, lo, lo + bytes, last[i]);
+      });
+    }
+    // Pages in the order they can go.
+    for (const Region& r : regions_)
+      for (size_t k = 0; k < r.pages; ++k)
+        if (pages_[r.first_page + k].last != kKeep) order_.push_back(r.first_page + k);
+    std::stable_sort(order_.begin(), order_.end(), [&](size_t a, size_t b) { return pages_[a].last + 1 < pages_[b].last + 1; });
+    active_ = true;
+  }
+
+  bool active() const { return active_; }
+
+  // Entry `k` of the root mapping is lifted (or dropped): return what only it and earlier
+  // entries read.
+  void entry_done(size_t k) {
+    if (!active_) return;
+    while (next_ < order_.size() && (pages_[order_[next_]].last == kUnread || pages_[order_[next_]].last <= k))
+      pending_.push_back(pages_[order_[next_++]].start);
+    // In batches of whole runs: one call per run rather than one a page, and whole huge pages
+    // of the node array (io/huge_pages.hpp) where the runs cover them.
+    if (pending_.size() * page_ < kBatch) return;
+    std::sort(pending_.begin(), pending_.end());
+    for (size_t a = 0; a < pending_.size();) {
+      size_t b = a + 1;
+      while (b < pending_.size() && pending_[b] == pending_[b - 1] + page_) ++b;
+      (void)::madvise(reinterpret_cast<void*>(pending_[a]), (b - a) * page_, MADV_DONTNEED);
+      a = b;
+    }
+    pending_.clear();
+  }
+
+ private:
+  static constexpr uint32_t kUnread = 0xFFFFFFFFu;  // no path reaches it (sorts first: +1 wraps to 0)
+  static constexpr uint32_t kKeep = 0xFFFFFFFEu;    // read to the end
+  static constexpr size_t kBatch = 2u << 20;  // bytes released at a time
+  const size_t page_ = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  struct Page {
+    uintptr_t start;
+    uint32_t last = kUnread;
+  };
+  struct Region {
+    uintptr_t begin;    // of the first whole page
+    size_t first_page;  // index into pages_
+    size_t pages;
+  };
+
+  // The whole page_-aligned pages inside [data, data + bytes): the partial ones at the edges are
+  // never released (they may hold the allocator's bookkeeping or a neighbour's bytes).
+  void add_region(const void* data, size_t bytes) {
+    const uintptr_t lo = (reinterpret_cast<uintptr_t>(data) + page_ - 1) & ~(page_ - 1);
+    const uintptr_t hi = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(page_ - 1);
+    Region r{lo, pages_.size(), hi > lo ? (hi - lo) / page_ : 0};
+    for (size_t k = 0; k < r.pages; ++k) pages_.push_back(Page{lo + k * page_});
+    regions_.push_back(r);
+  }
+  // Bytes [lo, hi) are read until entry `label` is lifted.
+  void mark(const Region& r, uintptr_t lo, uintptr_t hi, uint32_t label) {
+    if (r.pages == 0 || hi <= r.begin || lo >= r.begin + r.pages * page_) return;
+    const size_t first = lo <= r.begin ? 0 : (lo - r.begin) / page_;
+    const size_t end = std::min(r.pages, (hi - r.begin + page_ - 1) / page_);
+    for (size_t k = first; k < end; ++k) {
+      uint32_t& l = pages_[r.first_page + k].last;
+      if (l == kUnread || (label != kUnread && label > l)) l = label;
+    }
+  }
+
+  std::vector<Page> pages_;
+  std::vector<Region> regions_;
+  std::vector<size_t> order_;
+  std::vector<uintptr_t> pending_;  // released pages not yet handed back
+  size_t next_ = 0;
+  bool active_ = false;
+};
+
 class Lifter {
  public:
   Lifter(const Program& p, const StorageTable& t, const LiftOptions& o) : p_(p), table_(t), opt_(o) {}
+  // The program is used up by this lift (lift_consuming): its pages go back as the root
+  // mapping's entries are lifted (ReleasePlan).
+  void consume_program() { release_.build(p_); }
 
   Result<Model> run(StorageBinding* binding) {
     if (p_.root == kNoNode) return err(0, Rule::cdr_no_root, "pickle has no root value");
@@ -511,20 +672,29 @@ class Lifter {
 
   Status add_entries(const Node& n, Value& v, uint32_t depth) {
     v.entries.reserve(n.entries().size());
-    for (auto [kn, vn] : n.entries()) {
-      ValueId kv;
-      if (at(kn).kind == NodeKind::Global) {
-        kv = class_key(at(kn));
-      } else {
-        MCDR_ASSIGN(kv, lift(kn, depth + 1));
-      }
-      if (!is_hashable_key(kv)) {
-        note(Severity::high, Rule::cdr_dropped, "dict entry with a non-plain key removed", at(kn).offset);
-        continue;
-      }
-      MCDR_ASSIGN(ValueId vv, lift(vn, depth + 1));
-      v.entries.emplace_back(kv, vv);
+    // The root mapping of a consumed program: after each entry, the pages only it still read go.
+    const bool releasing = release_.active() && &n == &at(p_.root);
+    const auto& entries = n.entries();
+    for (size_t j = 0; j < entries.size(); ++j) {
+      MCDR_TRY(add_entry(entries[j].first, entries[j].second, v, depth));
+      if (releasing) release_.entry_done(j);
     }
+    return ok_status();
+  }
+
+  Status add_entry(NodeId kn, NodeId vn, Value& v, uint32_t depth) {
+    ValueId kv;
+    if (at(kn).kind == NodeKind::Global) {
+      kv = class_key(at(kn));
+    } else {
+      MCDR_ASSIGN(kv, lift(kn, depth + 1));
+    }
+    if (!is_hashable_key(kv)) {
+      note(Severity::high, Rule::cdr_dropped, "dict entry with a non-plain key removed", at(kn).offset);
+      return ok_status();
+    }
+    MCDR_ASSIGN(ValueId vv, lift(vn, depth + 1));
+    v.entries.emplace_back(kv, vv);
     return ok_status();
   }
 
@@ -1878,6 +2048,7 @@ class Lifter {
   static constexpr model::StorageId kNoStorage = 0xFFFFFFFFu;
   std::vector<model::StorageId> storage_of_record_;
   IdMap tensor_nodes_;  // rebuild-call node -> its tensor
+  ReleasePlan release_;  // inactive unless the program is consumed
   int module_roots_ = 0;
   std::vector<std::string> module_attributes_;  // of the whole model being converted
   limits::Budget module_budget_{limits::expansion_budget(p_.nodes.size(), limits::kModuleBudgetFloor)};
@@ -1983,6 +2154,14 @@ model::ValueId graft(model::Model& dst, model::Model&& src) {
 Result<Model> lift(const Program& program, const StorageTable& storages, const LiftOptions& options,
                    StorageBinding* binding) {
   Lifter l(program, storages, options);
+  return l.run(binding);
+}
+
+Result<Model> lift_consuming(Program&& program, const StorageTable& storages, const LiftOptions& options,
+                             StorageBinding* binding) {
+  const Program owned = std::move(program);  // freed on return, whatever the outcome
+  Lifter l(owned, storages, options);
+  l.consume_program();
   return l.run(binding);
 }
 

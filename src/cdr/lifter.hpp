@@ -124,6 +124,13 @@ struct LiftOptions {
 Result<model::Model> lift(const pickle::Program& program, const StorageTable& storages, const LiftOptions& options,
                           StorageBinding* binding = nullptr);
 
+// The same, for a caller that has no further use for the program (it is cleared): while the
+// entries of a large root mapping (a state dict) are lifted, the pages of the program's nodes
+// and text that no later entry reads are returned to the kernel, so that the Program and the
+// Model are not both whole at the end (issue 14). The Model is the one lift() builds.
+Result<model::Model> lift_consuming(pickle::Program&& program, const StorageTable& storages,
+                                    const LiftOptions& options, StorageBinding* binding = nullptr);
+
 // Appends `src` into `dst` (every id remapped) and returns the root of `src` in `dst`: a
 // nested pickle (an object array's) lifted on its own joins the outer model.
 model::ValueId graft(model::Model& dst, model::Model&& src);

@@ -23,6 +23,7 @@
 #include "formats/parsed_model.hpp"
 #include "formats/registry.hpp"
 #include "io/atomic_output.hpp"
+#include "io/free_memory.hpp"
 #include "io/mapped_file.hpp"
 #include "modelcdr/api.hpp"
 #include "modelcdr/engine.hpp"
@@ -334,6 +335,8 @@ model::Model& model_of(LoadedModel& loaded) { return loaded.parsed.model; }
 const ByteRanges& byte_ranges_of(const LoadedModel& loaded) { return loaded.parsed.ranges; }
 
 namespace {
+constexpr size_t kTrimObjects = 100'000;  // values and tensors of a model: see load_model_impl
+
 Result<LoadedModelPtr> load_model_impl(const Source& source, const DisarmOptions& options, FileReport& r,
                                        bool defer_storage_crc, const RunContext& ctx);
 }  // namespace
@@ -361,6 +364,10 @@ Result<LoadedModelPtr> load_model_impl(const Source& source, const DisarmOptions
   if (!step(options.progress, options.cancel, Stage::read, 0, size)) return cancelled_error();
   MCDR_ASSIGN(m->parsed, checked(parse(m->input.bytes, m->input.format, ctx, defer_storage_crc, m->input.mapped,
                                        m->input.file.fd())));
+  // The reader's directory, program and working arrays are freed: for a model of many objects
+  // give their pages back before the writer's stage allocates its own (issue 14). Not for small
+  // ones: a trim walks every arena of the process, which a batch of small files need not pay.
+  if (m->parsed.model.values.size() + m->parsed.model.tensors.size() >= kTrimObjects) io::return_free_memory();
   if (!step(options.progress, options.cancel, Stage::read, size, size)) return cancelled_error();
   r.format = formats::format_name(m->parsed.format);
   r.findings = m->parsed.findings;

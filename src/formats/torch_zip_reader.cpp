@@ -214,11 +214,12 @@ Result<ParsedModel> read_torch_zip(std::span<const uint8_t> file, const ReadOpti
   cdr::LiftOptions lo;
   lo.entry = pkl->name;
   cdr::StorageBinding binding;
-  MCDR_ASSIGN(parsed.model, cdr::lift(program, records.table, lo, &binding));
-  program = pickle::Program{};  // lifted: its nodes are not needed while the storages are bound
+  // Consumed: freed as it is lifted (and whole once lifted), not held while the storages are bound.
+  MCDR_ASSIGN(parsed.model, cdr::lift_consuming(std::move(program), records.table, lo, &binding));
   // Container again: each lifted storage gets its record's bytes. A stored record's CRC is
   // either checked now or, deferred, left in its ByteRange for the one copy that reads it.
   UsedRecords used{zip};
+  parsed.ranges.reserve(parsed.model.storages.size());
   for (model::StorageId sid = 0; sid < parsed.model.storages.size(); ++sid) {
     if (binding[sid] == cdr::kNoRecord) continue;
     const ZipEntry& e = *records.entries[binding[sid]];

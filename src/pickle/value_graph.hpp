@@ -46,6 +46,12 @@ class Arena {
     left_ -= bytes;
     return p;
   }
+  // Every chunk as (start, bytes): a consuming lift (cdr::lift_consuming) returns their pages to
+  // the kernel once nothing left to lift points into them.
+  template <class F>
+  void for_each_chunk(F&& f) const {
+    for (size_t k = 0; k < chunks_.size(); ++k) f(static_cast<const void*>(chunks_[k].get()), sizes_[k]);
+  }
   std::string_view keep(std::string_view s) {
     if (s.empty()) return {};
     char* p = static_cast<char*>(allocate(s.size()));
@@ -57,9 +63,11 @@ class Arena {
   static constexpr size_t kChunk = 64 * 1024;
   void* own_chunk(size_t bytes) {
     chunks_.emplace_back(new uint64_t[bytes / 8]);
+    sizes_.push_back(bytes);
     return chunks_.back().get();
   }
   std::vector<std::unique_ptr<uint64_t[]>> chunks_;
+  std::vector<size_t> sizes_;  // bytes of each chunk
   char* cur_ = nullptr;
   size_t left_ = 0;
 };
@@ -97,6 +105,9 @@ class IdList {
     h_->size = static_cast<uint32_t>(need);
   }
   void push_back(Arena& arena, const T& item) { append(arena, &item, 1); }
+  // The arena block the list lives in (nullptr, 0 when empty): see Node::for_each_block.
+  const void* block() const { return h_; }
+  size_t block_bytes() const { return h_ ? sizeof(Head) + size_t{h_->cap} * sizeof(T) : 0; }
   void assign(Arena& arena, std::initializer_list<T> items) {
     h_ = nullptr;
     append(arena, items.begin(), items.size());
@@ -317,6 +328,30 @@ struct Node {
       has_mut = true;
     }
     return *items.mut_;
+  }
+  // Every arena block this node points to, as f(start, bytes): its text (with the lengths in
+  // front), its items list, its mutations block and that block's lists. What a consuming lift
+  // needs to know which arena pages a node still reads (cdr::lift_consuming).
+  template <class F>
+  void for_each_block(F&& f) const {
+    if (has_text() && text.p_ != nullptr) {
+      const size_t head = kind == NodeKind::Global ? 16 : 8;
+      const size_t body = kind == NodeKind::Global ? text.view().size() + name().size() : text.view().size();
+      f(static_cast<const void*>(text.p_ - head), head + body);
+    }
+    auto list = [&](const auto& l) {
+      if (l.block()) f(l.block(), l.block_bytes());
+    };
+    if (has_mut) {
+      const NodeMutations& m = *items.mut_;
+      f(static_cast<const void*>(&m), sizeof(NodeMutations));
+      list(m.items);
+      list(m.entries);
+      list(m.appended);
+      list(m.build_states);
+    } else if (!inline_items) {
+      list(items.list_);
+    }
   }
   bool has_text() const {
     switch (kind) {

@@ -560,3 +560,91 @@ TEST(Lifter, ScanOnlySharesListFloatsAndChangesNothingAScanReads) {
         if (levels >= 2) EXPECT_LT(b->values.size(), a->values.size());  // the floats are shared
       }
 }
+
+// lift_consuming returns the program's pages to the kernel while a large root mapping is lifted
+// (issue 14): what it builds must be what lift() builds, including for entries that reach back
+// to nodes of much earlier entries (tied tensors and a shared string through the memo) and for
+// the `_metadata` BUILD read after every entry. 20k tensors: a program of several MB, so that
+// many batches of pages are released before the last entry.
+TEST(Lifter, ConsumingLiftBuildsTheSameModel) {
+  const int n = 20000;
+  PickleEmitter e;
+  cdr::StorageTable table;
+  table.kind = cdr::StorageTable::Kind::zip;
+  e.proto2();
+  e.global(EmitGlobal::ordered_dict);
+  e.tuple_n(0);
+  e.reduce();
+  e.mark();
+  std::vector<uint32_t> tensors;
+  uint32_t shared = 0;
+  for (int k = 0; k < n; ++k) {
+    e.unicode("layer" + std::to_string(k) + ".weight");
+    if (k % 5 == 4) {
+      e.get(tensors[tensors.size() / 3]);  // tied to a tensor lifted long before
+    } else if (k % 11 == 10) {
+      if (shared == 0) {
+        e.unicode("a string shared by many entries");
+        shared = e.put();
+      } else {
+        e.get(shared);
+      }
+    } else {
+      const std::string key = std::to_string(k);
+      tensor(e, key, 16, 0, {4, 4}, {4, 1});
+      tensors.push_back(e.put());
+      table.add(key, cdr::StorageRecord{"data/" + key, 64});
+    }
+    if (k % 1000 == 999) {
+      e.setitems();
+      e.mark();
+    }
+  }
+  e.setitems();
+  e.empty_dict();
+  e.unicode("_metadata");
+  e.empty_dict();
+  e.unicode("");
+  e.integer(1);
+  e.setitem();
+  e.setitem();
+  e.build();
+  e.stop();
+
+  Findings f;
+  auto a = pickle::decode(e.bytes(), pickle::DecodeOptions{}, f);
+  auto b = pickle::decode(e.bytes(), pickle::DecodeOptions{}, f);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_GT(a->nodes.size() * sizeof(pickle::Node), size_t{4} << 20) << "large enough to release pages";
+  cdr::StorageBinding bind_a, bind_b;
+  auto ma = cdr::lift(*a, table, cdr::LiftOptions{}, &bind_a);
+  auto mb = cdr::lift_consuming(std::move(*b), table, cdr::LiftOptions{}, &bind_b);
+  ASSERT_TRUE(ma.ok() && mb.ok());
+  EXPECT_TRUE(b->nodes.empty()) << "the consumed program is cleared";
+  EXPECT_EQ(bind_a, bind_b);
+  EXPECT_EQ(ma->root, mb->root);
+  ASSERT_EQ(ma->values.size(), mb->values.size());
+  for (size_t i = 0; i < ma->values.size(); ++i) {
+    const auto &x = ma->values[i], &y = mb->values[i];
+    ASSERT_TRUE(x.kind == y.kind && x.i == y.i && x.text == y.text && x.items == y.items && x.entries == y.entries &&
+                x.metadata == y.metadata && x.tensor == y.tensor)
+        << "value " << i;
+  }
+  ASSERT_EQ(ma->tensors.size(), mb->tensors.size());
+  for (size_t i = 0; i < ma->tensors.size(); ++i) {
+    const auto &x = ma->tensors[i], &y = mb->tensors[i];
+    ASSERT_TRUE(x.storage == y.storage && x.shape == y.shape && x.stride == y.stride &&
+                x.storage_offset == y.storage_offset && x.dtype == y.dtype)
+        << "tensor " << i;
+  }
+  ASSERT_EQ(ma->storages.size(), mb->storages.size());
+  for (size_t i = 0; i < ma->storages.size(); ++i)
+    ASSERT_TRUE(ma->storages[i].source == mb->storages[i].source && ma->storages[i].nbytes == mb->storages[i].nbytes);
+  EXPECT_EQ(ma->findings.size(), mb->findings.size());
+  // The shape the test is about: tied entries share a value, `_metadata` is kept.
+  const auto& root = mb->values[mb->root];
+  ASSERT_EQ(root.entries.size(), static_cast<size_t>(n));
+  EXPECT_EQ(root.entries[4].second, root.entries[1].second) << "entry 4 is tied to the tensor of entry 1";
+  EXPECT_EQ(mb->tensors.size(), tensors.size());
+  EXPECT_NE(root.metadata, model::kNoValue);
+}
