@@ -40,51 +40,21 @@ class KeySet {
   std::unordered_set<std::string> big_;
 };
 
-// Each event is checked first and then, when a DOM is wanted, handed to nlohmann's own DOM
-// builder: one lexer pass for checks and DOM together.
-using DomBuilder = nlohmann::detail::json_sax_dom_parser<json>;
-
-class Inspector {
+// The counting both passes share: elements against max_elements, nesting against max_depth,
+// and the keys of each open object for the duplicate check. A false return stops the parse;
+// too_many / too_deep say which limit stopped it.
+class ShapeCounter {
  public:
-  Inspector(const JsonLimits& l, JsonShape& s, DomBuilder* dom) : lim_(l), s_(s), dom_(dom) {}
+  explicit ShapeCounter(const JsonLimits& l) : lim_(l) {}
 
-  bool null() { return element() && (!dom_ || dom_->null()); }
-  bool boolean(bool b) { return element() && (!dom_ || dom_->boolean(b)); }
-  bool number_integer(json::number_integer_t v) { return element() && (!dom_ || dom_->number_integer(v)); }
-  bool number_unsigned(json::number_unsigned_t v) { return element() && (!dom_ || dom_->number_unsigned(v)); }
-  bool number_float(json::number_float_t v, const json::string_t& t) {
-    return element() && (!dom_ || dom_->number_float(v, t));
-  }
-  bool string(json::string_t& v) { return element() && (!dom_ || dom_->string(v)); }
-  bool binary(json::binary_t& v) { return element() && (!dom_ || dom_->binary(v)); }
-  bool start_object(std::size_t n) { return open(true) && (!dom_ || dom_->start_object(n)); }
-  bool end_object() { return close() && (!dom_ || dom_->end_object()); }
-  bool start_array(std::size_t n) { return open(false) && (!dom_ || dom_->start_array(n)); }
-  bool end_array() { return close() && (!dom_ || dom_->end_array()); }
-  bool key(json::string_t& k) {
-    if (!element()) return false;
-    if (open_objects_ == 1 && depth_ == 1) {
-      s_.root_keys.push_back(k);  // duplicates among these are found once, by sorting (finish)
-    } else if (!objects_[open_objects_ - 1].insert(k)) {
-      s_.duplicate_key = k;
-      return false;
-    }
-    return !dom_ || dom_->key(k);
-  }
-  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) { return false; }
-
- private:
   bool element() {
-    if (++elements_ > lim_.max_elements) {
-      s_.too_many = true;
-      return false;
-    }
-    return true;
+    if (++elements_ > lim_.max_elements) too_many = true;
+    return !too_many;
   }
   bool open(bool object) {
     if (!element()) return false;
     if (++depth_ > lim_.max_depth) {
-      s_.too_deep = true;
+      too_deep = true;
       return false;
     }
     if (object && ++open_objects_ > objects_.size()) objects_.emplace_back();
@@ -97,15 +67,65 @@ class Inspector {
     is_object_.pop_back();
     return true;
   }
+  // A key directly in the root object (its duplicates are found once, by sorting: finish()).
+  bool in_root_object() const { return open_objects_ == 1 && depth_ == 1; }
+  // False when the innermost open object already has the key.
+  bool insert_key(const std::string& k) { return objects_[open_objects_ - 1].insert(k); }
 
+  bool too_many = false;
+  bool too_deep = false;
+
+ private:
   const JsonLimits& lim_;
-  JsonShape& s_;
-  DomBuilder* dom_;
   uint64_t elements_ = 0;
   uint32_t depth_ = 0;
   std::vector<KeySet> objects_;  // keys of each open object; frames reused, not reallocated
   size_t open_objects_ = 0;
-  std::vector<bool> is_object_;                            // per open container
+  std::vector<bool> is_object_;  // per open container
+};
+
+// Each event is checked first and then, when a DOM is wanted, handed to nlohmann's own DOM
+// builder: one lexer pass for checks and DOM together.
+using DomBuilder = nlohmann::detail::json_sax_dom_parser<json>;
+
+class Inspector {
+ public:
+  Inspector(const JsonLimits& l, JsonShape& s, DomBuilder* dom) : c_(l), s_(s), dom_(dom) {}
+  // Copies the limit flags into the shape; called once the parse has returned.
+  void report_limits() {
+    s_.too_many = c_.too_many;
+    s_.too_deep = c_.too_deep;
+  }
+
+  bool null() { return c_.element() && (!dom_ || dom_->null()); }
+  bool boolean(bool b) { return c_.element() && (!dom_ || dom_->boolean(b)); }
+  bool number_integer(json::number_integer_t v) { return c_.element() && (!dom_ || dom_->number_integer(v)); }
+  bool number_unsigned(json::number_unsigned_t v) { return c_.element() && (!dom_ || dom_->number_unsigned(v)); }
+  bool number_float(json::number_float_t v, const json::string_t& t) {
+    return c_.element() && (!dom_ || dom_->number_float(v, t));
+  }
+  bool string(json::string_t& v) { return c_.element() && (!dom_ || dom_->string(v)); }
+  bool binary(json::binary_t& v) { return c_.element() && (!dom_ || dom_->binary(v)); }
+  bool start_object(std::size_t n) { return c_.open(true) && (!dom_ || dom_->start_object(n)); }
+  bool end_object() { return c_.close() && (!dom_ || dom_->end_object()); }
+  bool start_array(std::size_t n) { return c_.open(false) && (!dom_ || dom_->start_array(n)); }
+  bool end_array() { return c_.close() && (!dom_ || dom_->end_array()); }
+  bool key(json::string_t& k) {
+    if (!c_.element()) return false;
+    if (c_.in_root_object()) {
+      s_.root_keys.push_back(k);
+    } else if (!c_.insert_key(k)) {
+      s_.duplicate_key = k;
+      return false;
+    }
+    return !dom_ || dom_->key(k);
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) { return false; }
+
+ private:
+  ShapeCounter c_;
+  JsonShape& s_;
+  DomBuilder* dom_;
 };
 
 // The root object's keys are not hashed while parsing (one hash node per key of a 360 000-key
@@ -127,46 +147,25 @@ void finish(JsonShape& shape) {
 // answer and diagnosis stand. tests/io/bounds_io_test.cpp checks that the two agree.
 class FastInspector : public rapidjson::BaseReaderHandler<rapidjson::UTF8<>, FastInspector> {
  public:
-  explicit FastInspector(const JsonLimits& l) : lim_(l) {}
+  explicit FastInspector(const JsonLimits& l) : c_(l) {}
 
-  bool Default() { return element(); }  // null, bools and numbers
-  bool String(const char*, rapidjson::SizeType, bool) { return element(); }
-  bool StartObject() { return open(true); }
-  bool EndObject(rapidjson::SizeType) { return close(); }
-  bool StartArray() { return open(false); }
-  bool EndArray(rapidjson::SizeType) { return close(); }
+  bool Default() { return c_.element(); }  // null, bools and numbers
+  bool String(const char*, rapidjson::SizeType, bool) { return c_.element(); }
+  bool StartObject() { return c_.open(true); }
+  bool EndObject(rapidjson::SizeType) { return c_.close(); }
+  bool StartArray() { return c_.open(false); }
+  bool EndArray(rapidjson::SizeType) { return c_.close(); }
   bool Key(const char* s, rapidjson::SizeType n, bool) {
-    if (!element()) return false;
+    if (!c_.element()) return false;
     std::string k(s, n);
-    if (open_objects_ == 1 && depth_ == 1) {
-      root_keys_.push_back(std::move(k));  // duplicates among these: found by sorting (finish)
-      return true;
-    }
-    return objects_[open_objects_ - 1].insert(k);
+    if (!c_.in_root_object()) return c_.insert_key(k);
+    root_keys_.push_back(std::move(k));
+    return true;
   }
   std::vector<std::string>& root_keys() { return root_keys_; }
 
  private:
-  bool element() { return ++elements_ <= lim_.max_elements; }
-  bool open(bool object) {
-    if (!element() || ++depth_ > lim_.max_depth) return false;
-    if (object && ++open_objects_ > objects_.size()) objects_.emplace_back();
-    is_object_.push_back(object);
-    return true;
-  }
-  bool close() {
-    --depth_;
-    if (is_object_.back()) objects_[--open_objects_].clear();
-    is_object_.pop_back();
-    return true;
-  }
-
-  const JsonLimits& lim_;
-  uint64_t elements_ = 0;
-  uint32_t depth_ = 0;
-  std::vector<KeySet> objects_;
-  size_t open_objects_ = 0;
-  std::vector<bool> is_object_;
+  ShapeCounter c_;
   std::vector<std::string> root_keys_;
 };
 
@@ -200,6 +199,7 @@ JsonShape inspect_json(std::string_view text, const JsonLimits& limits) {
   }
   Inspector in(limits, shape, nullptr);
   shape.valid = json::sax_parse(text.begin(), text.end(), &in, json::input_format_t::json, /*strict=*/true);
+  in.report_limits();
   finish(shape);
   return shape;
 }
@@ -211,6 +211,7 @@ nlohmann::json parse_json(std::string_view text, const JsonLimits& limits, JsonS
   Inspector in(limits, shape, &dom);
   shape.valid = json::sax_parse(text.begin(), text.end(), &in, json::input_format_t::json, /*strict=*/true) &&
                 !doc.is_discarded();
+  in.report_limits();
   finish(shape);
   if (!shape.ok()) return json();
   return doc;
