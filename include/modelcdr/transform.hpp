@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 
 #include "modelcdr/api.hpp"
@@ -34,8 +35,11 @@ struct RecordCopy {
   uint64_t output_offset = 0;               // where its payload starts in the output
 };
 // Takes the record's transformed bytes, in any chunking, exactly storage->bytes.size() of them
-// in all (the writer refuses a record shorter or longer than declared).
-using PayloadSink = std::function<Status(std::span<const uint8_t>)>;
+// in all (the writer refuses a record shorter or longer than declared). `crc`, when given, is
+// the CRC-32 of `chunk`, which the record stage took while the bytes were still in its core's
+// cache; the writer then combines it instead of reading the chunk a second time for the zip
+// directory (a pass over every byte: 0.17 s per GiB from memory here, 0.05 s from cache).
+using PayloadSink = std::function<Status(std::span<const uint8_t> chunk, std::optional<uint32_t> crc)>;
 
 // The output as written, before it is committed: `size` bytes, read back with `read`.
 struct WrittenOutput {

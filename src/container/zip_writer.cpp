@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include <libdeflate.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <atomic>
@@ -130,6 +131,18 @@ Status ZipWriter::write_payload(std::span<const uint8_t> chunk) {
                       "payload exceeds the declared size by " + std::to_string(chunk.size() - pending_) + " bytes",
                       out_.tell(), written_.back().name);
   running_crc_ = crc32(chunk, running_crc_);
+  MCDR_TRY(out_.write(chunk));
+  pending_ -= chunk.size();
+  return ok_status();
+}
+
+Status ZipWriter::write_payload(std::span<const uint8_t> chunk, uint32_t chunk_crc) {
+  if (!open_) return make_error(Rule::zip_writer_state, "write_payload without begin_entry", out_.tell());
+  if (chunk.size() > pending_)
+    return make_error(Rule::zip_writer_size,
+                      "payload exceeds the declared size by " + std::to_string(chunk.size() - pending_) + " bytes",
+                      out_.tell(), written_.back().name);
+  running_crc_ = static_cast<uint32_t>(::crc32_combine64(running_crc_, chunk_crc, static_cast<z_off64_t>(chunk.size())));
   MCDR_TRY(out_.write(chunk));
   pending_ -= chunk.size();
   return ok_status();

@@ -44,6 +44,9 @@ class ZipWriter {
   static constexpr uint64_t kBlockPhaseUnit = 4 << 10;
   Status begin_entry(const std::string& name, uint64_t size, std::optional<uint64_t> phase = std::nullopt);
   Status write_payload(std::span<const uint8_t> chunk);
+  // As write_payload, with the chunk's CRC-32 already known (taken by whoever produced the
+  // chunk, from its cache): combined into the entry's CRC rather than computed again.
+  Status write_payload(std::span<const uint8_t> chunk, uint32_t chunk_crc);
   // The whole payload of the open entry, copied from `size` bytes at `offset` of `fd` inside
   // the kernel while a second thread checksums the copied bytes, read back from the output,
   // just behind it. False (nothing written) where the kernel cannot copy these files or the

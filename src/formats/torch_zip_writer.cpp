@@ -679,7 +679,9 @@ Status write_torch_zip(const Model& model, const TorchWriteOptions& options, io:
       MCDR_TRY(zip.begin_entry(name, s.bytes.size(), folio_phase(s, range)));
       preallocate(out, s.bytes.size());  // the record stage writes every byte of it
       const RecordCopy rec{static_cast<uint32_t>(key), &s, range, out.tell()};
-      MCDR_TRY(options.records->copy_record(rec, [&](std::span<const uint8_t> chunk) { return zip.write_payload(chunk); }));
+      MCDR_TRY(options.records->copy_record(rec, [&](std::span<const uint8_t> chunk, std::optional<uint32_t> crc) {
+        return crc ? zip.write_payload(chunk, *crc) : zip.write_payload(chunk);
+      }));
       MCDR_TRY(zip.end_entry());  // refuses a payload shorter than declared
       continue;
     }

@@ -975,14 +975,19 @@ Status ProtectRecords::copy_record(const RecordCopy& rec, const PayloadSink& sin
       perm->produce(in.data(), o, off / esize, len / esize);
     } else {
       read.copy(o, off, len);  // hashed, checked and written from one private copy
-      if (check_crc) crc = libdeflate_crc32(crc, o, len);
+      slot.crc = libdeflate_crc32(0, o, len);
+      if (check_crc) crc = static_cast<uint32_t>(crc32_combine64(crc, slot.crc, static_cast<z_off64_t>(len)));
     }
     if (cipher) cipher->apply(o, o, len, off);
+    // The zip directory's CRC of the chunk as written, taken here while it is in this core's
+    // cache (the writer would otherwise read it again from memory). A chunk written unchanged
+    // has the input's CRC, just taken.
+    if (perm || cipher) slot.crc = libdeflate_crc32(0, o, len);
     for (size_t at = 0; at < len; at += leaf) slot.leaves.push_back({(off + at) / leaf, o + at, std::min(leaf, len - at)});
   };
   auto consume = [&](const ChunkSlot& slot) {
     for (size_t i = 0; i < slot.leaves.size(); ++i) after_sum.put(slot.leaves[i].index, slot.digests[i]);
-    return sink(std::span<const uint8_t>(slot.out.data(), slot.length));
+    return sink(std::span<const uint8_t>(slot.out.data(), slot.length), slot.crc);
   };
   if (read.fd < 0) io::populate_mapped_pages(in);  // both threads read it (the gather anywhere in it)
   Status streamed = pipe_.run(in.size(), prepare, consume);
@@ -1310,6 +1315,7 @@ struct RecordUndo {
       for (size_t at = 0; at < len; at += leaf) slot.leaves.push_back({(off + at) / leaf, st + at, std::min(leaf, len - at)});
       if (cipher) cipher->apply(st, o, len, off);
       else std::memcpy(o, st, len);
+      slot.crc = libdeflate_crc32(0, o, len);  // while in cache (ChunkSlot::crc)
       return;
     }
     const size_t bb = size_t(kPermBlock) * esize;  // one permutation block = one leaf
@@ -1334,6 +1340,7 @@ struct RecordUndo {
       from = slot.plain.data();
     }
     perm->produce_staged(from, o, off / esize, len / esize);
+    slot.crc = libdeflate_crc32(0, o, len);  // while in cache (ChunkSlot::crc)
   }
   void record(const ChunkSlot& slot) {
     for (size_t i = 0; i < slot.leaves.size(); ++i) sum.put(slot.leaves[i].index, slot.digests[i]);
@@ -1385,7 +1392,7 @@ class RestoreRecords final : public Transform {
     auto prepare = [&](size_t off, size_t len, ChunkSlot& slot) { undo.stage(read, off, len, esize, slot); };
     auto consume = [&](const ChunkSlot& slot) {
       undo.record(slot);
-      return sink(std::span<const uint8_t>(slot.out.data(), slot.length));
+      return sink(std::span<const uint8_t>(slot.out.data(), slot.length), slot.crc);
     };
     if (read.fd < 0) io::populate_mapped_pages(in);  // the staging reads anywhere in it
     Status streamed = pipe_.run(in.size(), prepare, consume);
@@ -1528,7 +1535,7 @@ MtdResult restore_model_impl(const Source& input, const Source& map, const Resto
     rec.key = static_cast<uint32_t>(key);
     rec.storage = &s;
     rec.range = l.range(m, key);
-    const PayloadSink sink = [&](std::span<const uint8_t> b) {
+    const PayloadSink sink = [&](std::span<const uint8_t> b, std::optional<uint32_t>) {
       if (b.size() > s.bytes.size() - buf.size()) return Status(make_error(Rule::mtd_internal, "record longer than declared"));
       buf.insert(buf.end(), b.begin(), b.end());
       return ok_status();

@@ -122,10 +122,14 @@ void gather_blocks(const Permuter::Plan& p, const uint8_t* in_bytes, uint8_t* ou
   // The source block is first copied in order (the prefetcher streams it) and then gathered
   // from L1: gathering straight from the mapped input missed the cache on most first touches
   // (0.63 s per GiB of float32 against about 0.25 s this way, measured with perf on protect).
+  // A staged block (restore) is already a private copy that was just read, so it is gathered
+  // from where it lies rather than copied once more (0.03 s per GiB).
   E local[B];
+  const uint8_t* from = nullptr;  // the source block being gathered: `local` or the staged copy
   auto fetch = [&](size_t src_block) {
     const size_t at = src_block * B * sizeof(E);
-    if (staged) std::memcpy(local, staged, sizeof local), staged += sizeof local;  // in output order
+    from = reinterpret_cast<const uint8_t*>(local);
+    if (staged) from = staged, staged += sizeof local;  // in output order
     else if (load) (*load)(in_bytes + at, reinterpret_cast<uint8_t*>(local), sizeof local, at);
     else std::memcpy(local, in_bytes + at, sizeof local);
   };
@@ -137,11 +141,11 @@ void gather_blocks(const Permuter::Plan& p, const uint8_t* in_bytes, uint8_t* ou
       const uint32_t m = p.mask[b];
       if constexpr (sizeof(E) == 4) {
         if (have_avx2()) {
-          gather_block4_avx2(local, dst, t, m, false);
+          gather_block4_avx2(reinterpret_cast<const uint32_t*>(from), dst, t, m, false);
           continue;
         }
       }
-      for (uint32_t i = 0; i < B; ++i) std::memcpy(dst + i * sizeof(E), &local[t[i ^ m]], sizeof(E));
+      for (uint32_t i = 0; i < B; ++i) std::memcpy(dst + i * sizeof(E), from + size_t(t[i ^ m]) * sizeof(E), sizeof(E));
     } else {  // original block b sat in protected block j = pi^-1(b): gather through T^-1
       const uint32_t j = p.pi_inv[b];
       fetch(j);
@@ -149,11 +153,11 @@ void gather_blocks(const Permuter::Plan& p, const uint8_t* in_bytes, uint8_t* ou
       const uint32_t m = p.mask[j];
       if constexpr (sizeof(E) == 4) {
         if (have_avx2()) {
-          gather_block4_avx2(local, dst, t, m, true);
+          gather_block4_avx2(reinterpret_cast<const uint32_t*>(from), dst, t, m, true);
           continue;
         }
       }
-      for (uint32_t q = 0; q < B; ++q) std::memcpy(dst + q * sizeof(E), &local[t[q] ^ m], sizeof(E));
+      for (uint32_t q = 0; q < B; ++q) std::memcpy(dst + q * sizeof(E), from + size_t(t[q] ^ m) * sizeof(E), sizeof(E));
     }
   }
 }

@@ -30,6 +30,7 @@ struct ChunkSlot {
   std::vector<Leaf> leaves;
   std::vector<Digest> digests;  // digests[i] of leaves[i], once hashed
   size_t length = 0;            // bytes of `out` to write
+  uint32_t crc = 0;             // CRC-32 of out[0, length), taken by `prepare` while it is in cache
   std::atomic<size_t> claimed{0}, done{0};
 };
 

@@ -177,6 +177,57 @@ TEST(ZipWriter, ByteIdenticalToTorchSave) {
   fs::remove_all(dir);
 }
 
+// A record stage that took each chunk's CRC-32 while the chunk was in its cache hands it over
+// (write_payload with a CRC): the entry's CRC is combined from them, and the archive must be
+// byte-identical to one whose writer computed every CRC itself, whatever the chunking.
+TEST(ZipWriter, ChunkCrcsCombineToTheEntryCrc) {
+  fs::path dir = make_temp_dir();
+  auto items = sample_items();
+  const Bytes plain = read_file(write_archive(dir, items, "plain.pt"));
+  for (size_t chunk : {size_t(1), size_t(777), size_t(65536), size_t(1) << 20}) {
+    fs::path p = dir / ("crc-" + std::to_string(chunk) + ".pt");
+    auto out = io::AtomicOutput::create(p.string());
+    ASSERT_TRUE(out.ok());
+    ZipWriter w(*out);
+    for (size_t i = 0; i < items.size(); ++i) {
+      auto sp = span_of(items[i].data);
+      if (i % 2 == 0) {
+        ASSERT_TRUE(w.add(items[i].name, sp).ok());
+        continue;
+      }
+      ASSERT_TRUE(w.begin_entry(items[i].name, sp.size()).ok());
+      for (size_t off = 0, k = 0; off < sp.size(); off += chunk, ++k) {
+        auto c = sp.subspan(off, std::min(chunk, sp.size() - off));
+        // Every other chunk without a CRC: the two forms mix within one entry.
+        ASSERT_TRUE((k % 2 ? w.write_payload(c) : w.write_payload(c, libdeflate_crc32(0, c.data(), c.size()))).ok());
+      }
+      ASSERT_TRUE(w.end_entry().ok());
+    }
+    ASSERT_TRUE(w.finish().ok());
+    ASSERT_TRUE(out->commit().ok());
+    EXPECT_TRUE(read_file(p) == plain) << "chunk " << chunk;
+  }
+  // A wrong chunk CRC is what the directory then says: the reader refuses the entry.
+  {
+    fs::path p = dir / "wrong.pt";
+    auto out = io::AtomicOutput::create(p.string());
+    ASSERT_TRUE(out.ok());
+    ZipWriter w(*out);
+    const std::string data(5000, 'x');
+    ASSERT_TRUE(w.begin_entry("archive/data/0", data.size()).ok());
+    ASSERT_TRUE(w.write_payload(span_of(data), libdeflate_crc32(0, data.data(), data.size()) ^ 1u).ok());
+    ASSERT_TRUE(w.end_entry().ok());
+    ASSERT_TRUE(w.finish().ok());
+    ASSERT_TRUE(out->commit().ok());
+    Bytes z = read_file(p);
+    Findings f;
+    auto a = read_zip(z, f);
+    ASSERT_TRUE(a.ok());
+    EXPECT_NE(a->entries[0].crc32, ZipWriter::crc32(span_of(data)));
+  }
+  fs::remove_all(dir);
+}
+
 TEST(ZipWriter, SizeContractIsEnforced) {
   fs::path dir = make_temp_dir();
   auto out = io::AtomicOutput::create((dir / "x.zip").string());

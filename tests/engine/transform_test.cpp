@@ -1,6 +1,7 @@
 // The Transform interface (include/modelcdr/transform.hpp) through the Engine's pipeline, in
 // memory: a toy record stage (bytes inverted) and a toy IR stage; no torch needed.
 #include <gtest/gtest.h>
+#include <libdeflate.h>
 
 #include <cstring>
 #include <string>
@@ -44,7 +45,10 @@ struct Invert : Transform {
     for (size_t off = 0; off < in.size(); off += 100) {
       std::vector<uint8_t> chunk(in.begin() + off, in.begin() + std::min(in.size(), off + 100));
       for (auto& b : chunk) b = static_cast<uint8_t>(~b);
-      MCDR_TRY(sink(chunk));
+      // Every other chunk comes with its CRC-32, as MTD's record stages hand it over.
+      std::optional<uint32_t> crc;
+      if ((off / 100) % 2 == 0) crc = libdeflate_crc32(0, chunk.data(), chunk.size());
+      MCDR_TRY(sink(chunk, crc));
     }
     return ok_status();
   }
