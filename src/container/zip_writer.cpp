@@ -124,25 +124,18 @@ Status ZipWriter::begin_entry(const std::string& name, uint64_t size, std::optio
   return ok_status();
 }
 
-Status ZipWriter::write_payload(std::span<const uint8_t> chunk) {
-  if (!open_) return make_error(Rule::zip_writer_state, "write_payload without begin_entry", out_.tell());
-  if (chunk.size() > pending_)
-    return make_error(Rule::zip_writer_size,
-                      "payload exceeds the declared size by " + std::to_string(chunk.size() - pending_) + " bytes",
-                      out_.tell(), written_.back().name);
-  running_crc_ = crc32(chunk, running_crc_);
-  MCDR_TRY(out_.write(chunk));
-  pending_ -= chunk.size();
-  return ok_status();
-}
+Status ZipWriter::write_payload(std::span<const uint8_t> chunk) { return append_payload(chunk, std::nullopt); }
 
-Status ZipWriter::write_payload(std::span<const uint8_t> chunk, uint32_t chunk_crc) {
+Status ZipWriter::write_payload(std::span<const uint8_t> chunk, uint32_t chunk_crc) { return append_payload(chunk, chunk_crc); }
+
+Status ZipWriter::append_payload(std::span<const uint8_t> chunk, std::optional<uint32_t> chunk_crc) {
   if (!open_) return make_error(Rule::zip_writer_state, "write_payload without begin_entry", out_.tell());
   if (chunk.size() > pending_)
     return make_error(Rule::zip_writer_size,
                       "payload exceeds the declared size by " + std::to_string(chunk.size() - pending_) + " bytes",
                       out_.tell(), written_.back().name);
-  running_crc_ = static_cast<uint32_t>(::crc32_combine64(running_crc_, chunk_crc, static_cast<z_off64_t>(chunk.size())));
+  running_crc_ = chunk_crc ? static_cast<uint32_t>(::crc32_combine64(running_crc_, *chunk_crc, static_cast<z_off64_t>(chunk.size())))
+                           : crc32(chunk, running_crc_);
   MCDR_TRY(out_.write(chunk));
   pending_ -= chunk.size();
   return ok_status();

@@ -79,6 +79,7 @@ class ZipWriter {
   uint32_t entry_crc() const { return running_crc_; }
 
  private:
+  Status append_payload(std::span<const uint8_t> chunk, std::optional<uint32_t> chunk_crc);
   struct Written {
     std::string name;
     uint64_t size = 0;
