@@ -15,8 +15,11 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <functional>
+#include <future>
 #include <map>
 #include <optional>
+#include <system_error>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
@@ -839,14 +842,18 @@ Digest protected_digest(HashScheme scheme, const Digest& layout, const std::vect
   return h.finish();
 }
 
-// Where protect's and restore's record stages read a record from: with pread from the input
-// file when the record lies in it (straight into the private staging buffer, never through the
-// mapping), else from memory. A file read just after it was written sits in the page
-// cache as small folios, and mapping those cost restore 0.2 s of system time per GiB (1.54 s
-// against 0.58 s of wall for 1 GiB once the same file was read back in large folios); pread
-// copies them without a page-table entry per 4 KiB, and the record is never resident. Used on
-// the helper thread only; `failed`
-// is read once the pipeline has stopped.
+// Where protect's and restore's record stages read a record from: into private memory (the
+// staging buffer), with pread from the input file or copied out of the mapping. Protect reads
+// by pread: its input is usually a file read from disk, whose page cache is large folios either
+// way, and pread keeps the record from ever being resident. Restore copies out of the mapping,
+// populated first (MADV_POPULATE_READ, io::populate_mapped_pages): its input is usually the
+// protected file just written, whose page cache is the small folios of 256 KiB write() calls, and
+// pread looked each up again for every 16 KiB source block (filemap_get_read_batch, xas_load:
+// about 3% of restore's samples in perf); one populate call maps them all at once. Restore of
+// 1 GiB right after protect, same binary interleaved, 9 rounds (bench/README.md): 1.37 -> 1.22 s
+// of CPU, 0.73 -> 0.69 s of wall; protect showed no difference either way. (Without populating,
+// the faults of a gather that reads anywhere in the record cost more: 1.33 s.) Used on the helper
+// thread only; `failed` is read once the pipeline has stopped.
 struct SourceRead {
   std::span<const uint8_t> in;
   int fd = -1;
@@ -856,8 +863,11 @@ struct SourceRead {
   // each would be a system call a tensor (bench/bench_tensor_count.sh), where mapped pages come
   // back many at a time.
   static constexpr size_t kPreadMin = 64 << 10;
-  SourceRead(std::span<const uint8_t> bytes, const ByteRange* r) : in(bytes) {
-    if (r && r->in_file() && r->view.data() == bytes.data() && bytes.size() >= kPreadMin) fd = r->fd, offset = r->offset;
+  enum class From { pread, mapping };
+  SourceRead(std::span<const uint8_t> bytes, const ByteRange* r, From from) : in(bytes) {
+    if (r && r->in_file()) offset = r->offset;
+    if (from == From::pread && r && r->in_file() && r->view.data() == bytes.data() && bytes.size() >= kPreadMin)
+      fd = r->fd;
   }
   // Copies n bytes at byte `at` of the record to dst; on a short read dst is zeroed (the record
   // digest then fails too) and `failed` set.
@@ -876,6 +886,59 @@ struct SourceRead {
   }
 };
 
+// What a record's stage needs before its first byte (its permutation, drawn from the key
+// stream, and its cipher), built for the record after this one on a third thread while this one
+// streams. Built in line, it left one core idle between records: restore of 1 GiB (16 x 64 MiB
+// float32) spent 2.9 ms a record building its inverse permutation and 3.2 ms mapping it, against
+// 39 ms streaming it (steady_clock around each step); built ahead, taking it costs 0.07 ms. The
+// writer takes records in key order, so the guess is key + 1; any other key is built when asked.
+// Only records of kAheadMin bytes and more are built ahead: for a checkpoint of many small
+// tensors a thread each would cost more than it saves.
+template <class T>
+class NextRecord {
+ public:
+  using Make = std::function<std::unique_ptr<T>(uint32_t key)>;
+  using Size = std::function<uint64_t(uint32_t key)>;
+  static constexpr uint64_t kAheadMin = 4 << 20;
+  NextRecord(Make make, Size size) : make_(std::move(make)), size_(std::move(size)) {}
+  NextRecord(const NextRecord&) = delete;
+  NextRecord& operator=(const NextRecord&) = delete;
+  ~NextRecord() {
+    if (next_.valid()) next_.wait();
+  }
+  // Record `key`'s: the one built ahead when it was this key, else built now; then starts on
+  // key + 1 (below `count`).
+  std::unique_ptr<T> take(uint32_t key, size_t count) {
+    std::unique_ptr<T> t;
+    if (next_.valid()) {
+      std::unique_ptr<T> got = next_.get();
+      if (next_key_ == key) t = std::move(got);
+    }
+    if (!t) t = make_(key);
+    if (size_t(key) + 1 < count && size_(key + 1) >= kAheadMin) {
+      try {
+        next_ = std::async(std::launch::async, make_, key + 1);
+        next_key_ = key + 1;
+      } catch (const std::system_error&) {  // no thread to be had: it is built when asked
+      }
+    }
+    return t;
+  }
+
+ private:
+  Make make_;
+  Size size_;
+  uint32_t next_key_ = 0;
+  std::future<std::unique_ptr<T>> next_;
+};
+
+// Protect's per-record state from the key (NextRecord): its permutation and its record cipher.
+struct ProtectPlan {
+  size_t bytes = 0, esize = 0;  // of the record it was built for
+  std::optional<Permuter> perm;
+  std::optional<RecordCipher> cipher;
+};
+
 // MTD permute as a Transform's record stage (modelcdr/transform.hpp): the pipeline's torch
 // writer calls copy_record for each record, which writes the record's protected bytes (the
 // swapped-in source record, permuted, optionally encrypted) and keeps their tree digest.
@@ -887,7 +950,9 @@ class ProtectRecords final : public Transform {
   ProtectRecords(const Model& m, const Layout& l, const std::vector<std::string>& names, const std::vector<uint32_t>& source,
                  const std::vector<bool>& permuted, const Key32& secret, bool encrypt, bool crc_checked)
       : after(l.order.size()), m_(m), l_(l), names_(names), source_(source), permuted_(permuted), secret_(secret),
-        encrypt_(encrypt), crc_checked_(crc_checked), written_(l.order.size()), pipe_(kStreamChunk, kRing, kWriteScheme) {}
+        encrypt_(encrypt), crc_checked_(crc_checked), written_(l.order.size()), pipe_(kStreamChunk, kRing, kWriteScheme),
+        plans_([this](uint32_t key) { return plan(key); },
+               [this](uint32_t key) { return uint64_t(l_.at(m_, source_[key]).bytes.size()); }) {}
   const char* name() const override { return "mtd-permute"; }
   bool has_record_stage() const override { return true; }
   Status copy_record(const RecordCopy& rec, const PayloadSink& sink) override;
@@ -919,7 +984,28 @@ class ProtectRecords final : public Transform {
   const bool crc_checked_;
   Ranges written_;  // where each record's payload lands in the output (for the layout digest)
   RecordPipeline pipe_;
+  std::unique_ptr<ProtectPlan> plan(uint32_t key) const;
+  NextRecord<ProtectPlan> plans_;  // last: its destructor waits for a plan still being built
 };
+
+std::unique_ptr<ProtectPlan> ProtectRecords::plan(uint32_t key) const {
+  auto p = std::make_unique<ProtectPlan>();
+  const model::Storage& src = l_.at(m_, source_[key]);
+  const size_t esize = model::dtype_info(src.dtype).element_size;
+  p->bytes = src.bytes.size();
+  p->esize = esize;
+  if (permuted_[key]) {
+    Key32 pk = derive_storage_key(secret_, names_[key], key);
+    p->perm.emplace(pk.data(), src.bytes.size() / esize, esize, false);
+    sodium_memzero(pk.data(), pk.size());
+  }
+  if (encrypt_) {  // encrypt after permuting: the keystream runs over the output in order
+    Key32 ck = derive_record_cipher_key(secret_, key);
+    p->cipher.emplace(ck);
+    sodium_memzero(ck.data(), ck.size());
+  }
+  return p;
+}
 
 Status ProtectRecords::copy_record(const RecordCopy& rec, const PayloadSink& sink) {
   const size_t n = l_.order.size();
@@ -932,23 +1018,15 @@ Status ProtectRecords::copy_record(const RecordCopy& rec, const PayloadSink& sin
   if (src.bytes.size() != s.bytes.size()) return make_error(Rule::mtd_internal, "swap between different sizes");
   const std::span<const uint8_t> in = src.bytes;
   const size_t esize = model::dtype_info(src.dtype).element_size;
-  std::optional<Permuter> perm;
-  if (permuted_[key]) {
-    Key32 pk = derive_storage_key(secret_, names_[key], key);
-    perm.emplace(pk.data(), in.size() / esize, esize, false);
-    sodium_memzero(pk.data(), pk.size());
-  }
-  std::optional<RecordCipher> cipher;
-  if (encrypt_) {  // encrypt after permuting: the keystream runs over the output in order
-    Key32 ck = derive_record_cipher_key(secret_, key);
-    cipher.emplace(ck);
-    sodium_memzero(ck.data(), ck.size());
-  }
+  const std::unique_ptr<ProtectPlan> plan = plans_.take(key, n);
+  if (plan->bytes != in.size() || plan->esize != esize) return make_error(Rule::mtd_internal, "writer and layout disagree on a record");
+  std::optional<Permuter>& perm = plan->perm;
+  std::optional<RecordCipher>& cipher = plan->cipher;
   const size_t leaf = leaf_of(src);
   TreeDigest after_sum(in.size(), leaf, kWriteScheme);
   uint32_t crc = 0;
   const bool check_crc = !crc_checked_ && src_range && src_range->expected_crc.has_value();
-  SourceRead read(in, src_range);
+  SourceRead read(in, src_range, SourceRead::From::pread);
   if (perm && in.size() % esize != 0) read.fd = -1;  // (never: storages hold whole elements) keep the mapped path
   // A permuted record read by pread: the gather reads its source blocks out of order, each once
   // (SourceLoad), so the CRC the reader deferred is taken per block, on the copy just read, and
@@ -1283,11 +1361,13 @@ MtdResult verify_impl(const Source& input, const Source& map, const RestoreOptio
 // every block the inverse permutation reads is one) and decrypts from it, so the bytes checked
 // are the bytes restored.
 struct RecordUndo {
+  uint32_t from;   // the record it undoes
+  uint64_t bytes;  // and that record's size
   std::optional<Permuter> perm;
   std::optional<RecordCipher> cipher;
   TreeDigest sum;
   RecordUndo(const MapDoc& doc, uint32_t from, const model::Storage& src)
-      : sum(src.bytes.size(), leaf_of(src), doc.scheme) {
+      : from(from), bytes(src.bytes.size()), sum(src.bytes.size(), leaf_of(src), doc.scheme) {
     const size_t esize = model::dtype_info(src.dtype).element_size;
     if (doc.entries[from].permuted) {
       Key32 pk = derive_storage_key(doc.secret, doc.entries[from].name, from);
@@ -1373,7 +1453,9 @@ class RestoreRecords final : public Transform {
  public:
   RestoreRecords(const Model& m, const Layout& l, const MapDoc& doc, const std::vector<uint32_t>& holder,
                  std::vector<Mismatch>& mismatches)
-      : m_(m), l_(l), doc_(doc), holder_(holder), mismatches_(mismatches), pipe_(kStreamChunk, kRing, doc.scheme) {}
+      : m_(m), l_(l), doc_(doc), holder_(holder), mismatches_(mismatches), pipe_(kStreamChunk, kRing, doc.scheme),
+        undos_([this](uint32_t key) { return std::make_unique<RecordUndo>(doc_, holder_[key], l_.at(m_, holder_[key])); },
+               [this](uint32_t key) { return uint64_t(l_.at(m_, holder_[key]).bytes.size()); }) {}
   const char* name() const override { return "mtd-restore"; }
   bool has_record_stage() const override { return true; }
   bool confidential_output() const override { return true; }
@@ -1387,8 +1469,10 @@ class RestoreRecords final : public Transform {
     if (src.bytes.size() != s.bytes.size()) return make_error(Rule::mtd_internal, "swap between different sizes");
     const std::span<const uint8_t> in = src.bytes;
     const size_t esize = model::dtype_info(src.dtype).element_size;
-    RecordUndo undo(doc_, from, src);
-    SourceRead read(in, src_range);
+    const std::unique_ptr<RecordUndo> built = undos_.take(key, doc_.entries.size());
+    RecordUndo& undo = *built;
+    if (undo.from != from || undo.bytes != in.size()) return make_error(Rule::mtd_internal, "writer and map disagree on a record");
+    SourceRead read(in, src_range, SourceRead::From::mapping);
     auto prepare = [&](size_t off, size_t len, ChunkSlot& slot) { undo.stage(read, off, len, esize, slot); };
     auto consume = [&](const ChunkSlot& slot) {
       undo.record(slot);
@@ -1415,6 +1499,7 @@ class RestoreRecords final : public Transform {
   const std::vector<uint32_t>& holder_;
   std::vector<Mismatch>& mismatches_;
   RecordPipeline pipe_;
+  NextRecord<RecordUndo> undos_;  // last: its destructor waits for one still being built
 };
 
 // What restore can check without reading the records: the record count, the canonical
