@@ -1478,7 +1478,7 @@ class RestoreRecords final : public Transform {
       undo.record(slot);
       return sink(std::span<const uint8_t>(slot.out.data(), slot.length), slot.crc);
     };
-    if (read.fd < 0) io::populate_mapped_pages(in);  // the staging reads anywhere in it
+    io::populate_mapped_pages(in);  // the staging reads anywhere in it (SourceRead::From::mapping)
     Status streamed = pipe_.run(in.size(), prepare, consume);
     if (src_range && src_range->mapped) io::release_mapped_pages(in);  // never heap memory: DONTNEED would zero it
     MCDR_TRY(streamed);
