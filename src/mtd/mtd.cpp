@@ -850,10 +850,11 @@ Digest protected_digest(HashScheme scheme, const Digest& layout, const std::vect
 // protected file just written, whose page cache is the small folios of 256 KiB write() calls, and
 // pread looked each up again for every 16 KiB source block (filemap_get_read_batch, xas_load:
 // about 3% of restore's samples in perf); one populate call maps them all at once. Restore of
-// 1 GiB right after protect, same binary interleaved, 9 rounds (bench/README.md): 1.37 -> 1.22 s
-// of CPU, 0.73 -> 0.69 s of wall; protect showed no difference either way. (Without populating,
-// the faults of a gather that reads anywhere in the record cost more: 1.33 s.) Used on the helper
-// thread only; `failed` is read once the pipeline has stopped.
+// 1 GiB, pread against the mapping (bench/README.md, 2026-12-03): 10 alternating rounds, 1.01 ->
+// 0.98 CPU-s (sys 0.61 -> 0.41, the copy moves to user space); bench_mtd.sh 0.62 -> 0.55 s of
+// wall. Protect read by mapping showed no gain. (Without populating, the faults of a gather that
+// reads anywhere in the record cost more: 1.33 CPU-s.) Used on the helper thread only; `failed`
+// is read once the pipeline has stopped.
 struct SourceRead {
   std::span<const uint8_t> in;
   int fd = -1;
